@@ -1,0 +1,160 @@
+"""`mycarenet-cluster`: the local cluster in one command (up, down, status, reset)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mycarenet_cluster.supervisor import DESCRIPTION, ClusterConfig, channel_credentials, health, run
+
+app = typer.Typer(help="Run the mycarenet-mesh locally as real processes.", no_args_is_help=True)
+console = Console()
+DataOpt = Annotated[Path, typer.Option("--data", envvar="MYCARENET_DATA", help="data folder")]
+DEFAULT_DATA = Path("var/cluster")
+
+
+def _read(data: Path) -> dict[str, Any] | None:
+    path = data / DESCRIPTION
+    if not path.is_file():
+        return None
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _table(desc: dict[str, Any]) -> Table:
+    table = Table(title=f"mycarenet-mesh ({desc['data']}), today = {desc['today']}")
+    for col in ("process", "role", "address", "pid", "health", "restarts"):
+        table.add_column(col)
+    for p in desc["processes"]:
+        colour = "green" if p["health"] == "SERVING" else "red"
+        table.add_row(
+            p["name"],
+            p["role"],
+            p["address"],
+            str(p["pid"]),
+            f"[{colour}]{p['health']}[/{colour}]",
+            str(p["restarts"]),
+        )
+    return table
+
+
+@app.command()
+def up(
+    data: DataOpt = DEFAULT_DATA,
+    base_port: Annotated[int, typer.Option(help="hub port; eHealth = +1, OA nodes = +10..+16")] = 7400,
+    population: Annotated[int, typer.Option(help="synthetic members to seed on first start")] = 2000,
+    today: Annotated[str | None, typer.Option(help="run the mesh as if today were YYYY-MM-DD")] = None,
+    database_template: Annotated[
+        str | None,
+        typer.Option(help="database URL per process, '{name}' = process name (default SQLite files)"),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="development only: plaintext inside the mesh")
+    ] = False,
+    reset: Annotated[bool, typer.Option("--reset", help="delete the data folder first")] = False,
+) -> None:
+    """Start eHealth, the hub and the seven OA nodes; Ctrl-C or SIGTERM stops them all."""
+    existing = _read(data)
+    if existing and _alive(existing.get("supervisor_pid")):
+        console.print(
+            f"[red]a cluster is already up with this data folder (pid {existing['supervisor_pid']})[/red]"
+        )
+        raise typer.Exit(1)
+    if reset and data.exists():
+        shutil.rmtree(data)
+    cfg = ClusterConfig(
+        data=data,
+        base_port=base_port,
+        population=population,
+        insecure=insecure,
+        today=dt.date.fromisoformat(today) if today else None,
+        database_template=database_template,
+    )
+
+    def ready(desc: dict[str, Any]) -> None:
+        console.print(_table(desc))
+        console.print(f"cluster description: {data / DESCRIPTION}")
+        demo = desc.get("demo") or {}
+        if demo:
+            console.print(
+                f"demo: GP A {demo['gp_a']}, GP B {demo['gp_b']}, patient {demo['patient']}"
+                f" — try: mycarenet login {demo['gp_b']} && mycarenet consult {demo['patient']}"
+            )
+        console.print("[bold green]cluster up[/bold green] — Ctrl-C to stop", flush=True)  # type: ignore[call-arg]
+
+    raise typer.Exit(asyncio.run(run(cfg, on_ready=ready)))
+
+
+@app.command()
+def down(data: DataOpt = DEFAULT_DATA, timeout: float = 30.0) -> None:
+    """Stop the cluster that runs with this data folder."""
+    desc = _read(data)
+    pid = desc.get("supervisor_pid") if desc else None
+    if not desc or not _alive(pid):
+        console.print("no cluster is up")
+        return
+    assert pid is not None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    console.print("stopped" if not _alive(pid) else "[red]still running[/red]")
+
+
+@app.command()
+def status(data: DataOpt = DEFAULT_DATA, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every process with its address, pid and live health."""
+    desc = _read(data)
+    if not desc or not _alive(desc.get("supervisor_pid")):
+        if as_json:
+            console.print_json(json.dumps({"up": False}))
+        else:
+            console.print("no cluster is up")
+        raise typer.Exit(3)
+    creds = channel_credentials(desc.get("tls"))
+
+    async def refresh() -> None:
+        for p in desc["processes"]:
+            p["health"] = await health(p["address"], creds)
+
+    asyncio.run(refresh())
+    desc["up"] = True
+    if as_json:
+        print(json.dumps(desc, indent=2))
+    else:
+        console.print(_table(desc))
+
+
+@app.command()
+def reset(data: DataOpt = DEFAULT_DATA) -> None:
+    """Delete the data folder (databases, keys, certificates). Refuses while the cluster is up."""
+    desc = _read(data)
+    if desc and _alive(desc.get("supervisor_pid")):
+        console.print("[red]the cluster is up: run `mycarenet-cluster down` first[/red]")
+        raise typer.Exit(1)
+    if data.exists():
+        shutil.rmtree(data)
+    console.print(f"removed {data}")

@@ -1,0 +1,324 @@
+"""A synthetic population that looks like Belgium, as plain data (no I/O), deterministic for a seed.
+
+Members split over the seven insurers by realistic shares, valid NISS (births after 2000 and bis numbers
+included), GPs (enrolled or not, in training with a supervisor, a group practice, a medical house),
+specialists and dentists, therapeutic relations and DMG histories over the last three years.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from mycarenet_core.identifiers import Profession, make_inami, make_niss
+
+# Approximate shares of the Belgian population per insurer (members, 2020s).
+INSURER_SHARES: dict[str, float] = {
+    "100": 0.405,
+    "200": 0.055,
+    "300": 0.255,
+    "400": 0.055,
+    "500": 0.205,
+    "600": 0.015,
+    "900": 0.010,
+}
+FIRST_NAMES = [
+    "Marie",
+    "Anne",
+    "Sofie",
+    "Emma",
+    "Louise",
+    "Julie",
+    "Sarah",
+    "Laura",
+    "Lisa",
+    "Nathalie",
+    "Elise",
+    "Hanne",
+    "Chloé",
+    "Lucie",
+    "Fatima",
+    "Olivia",
+    "Jan",
+    "Luc",
+    "Pieter",
+    "Thomas",
+    "Lucas",
+    "Noah",
+    "Mohamed",
+    "Louis",
+    "Arthur",
+    "Jules",
+    "Bart",
+    "Koen",
+    "Marc",
+    "Philippe",
+    "Kevin",
+    "Adam",
+]
+LAST_NAMES = [
+    "Peeters",
+    "Janssens",
+    "Maes",
+    "Jacobs",
+    "Mertens",
+    "Willems",
+    "Claes",
+    "Goossens",
+    "Wouters",
+    "De",
+    "Smet",
+    "Dubois",
+    "Lambert",
+    "Dupont",
+    "Martin",
+    "Simon",
+    "Laurent",
+    "Leclercq",
+    "Dumont",
+    "Renard",
+    "Lejeune",
+    "Vermeulen",
+    "Hermans",
+    "Michiels",
+    "El",
+    "Amrani",
+    "Van",
+    "Damme",
+]
+CONTACT_CODES = ("101010", "101032", "101076", "103110", "103132", "104110")
+
+
+@dataclass
+class Provider:
+    inami: str
+    first_name: str
+    last_name: str
+    niss: str
+    role: str  # "gp", "trainee", "specialist", "dentist"
+    enrolled: bool = False
+    supervisor: str = ""
+    iban: str = ""
+
+
+@dataclass
+class Organisation:
+    inami: str
+    kind: str  # "medical_house" or "group_practice"
+    name: str
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Affiliation:
+    insurer: str
+    registration_number: str
+    start: dt.date
+    end: dt.date | None = None
+
+
+@dataclass
+class Member:
+    niss: str
+    first_name: str
+    last_name: str
+    birth_date: dt.date
+    sex: str  # "M", "F", "U"
+    affiliations: list[Affiliation]
+    chronic: bool = False
+    medical_house: str = ""
+    usual_gp: str = ""
+
+
+@dataclass
+class DmgEvent:
+    """One event of a DMG history, replayed through the insurer's own services."""
+
+    kind: str  # "notify", "contact", "attest"
+    niss: str
+    insurer: str
+    provider: str
+    date: dt.date
+    submitted: dt.date
+
+
+@dataclass
+class Population:
+    providers: list[Provider]
+    organisations: list[Organisation]
+    members: list[Member]
+    history: list[DmgEvent]
+    demo: dict[str, str]
+
+
+def _iban(rng: random.Random) -> str:
+    """A Belgian IBAN with valid ISO 13616 check digits."""
+    bank = rng.randrange(10**9, 10**10)
+    account = f"{bank:010d}{bank % 97 or 97:02d}"
+    check = 98 - int(account + "111400") % 97  # "BE" → 11 14, then "00"
+    return f"BE{check:02d}{account}"
+
+
+def _members(rng: random.Random, size: int, today: dt.date) -> Iterator[Member]:
+    codes = list(INSURER_SHARES)
+    weights = [INSURER_SHARES[c] for c in codes]
+    counters = dict.fromkeys(codes, 0)
+    used: set[str] = set()
+    for _ in range(size):
+        while True:
+            birth = today - dt.timedelta(days=rng.randrange(0, 95 * 365))
+            seq = rng.randrange(1, 998)
+            bis = rng.choices((0, 20, 40), (0.994, 0.002, 0.004))[0]
+            niss = make_niss(birth, seq, bis=bis)
+            if niss not in used:
+                used.add(niss)
+                break
+        sex = "U" if bis == 20 else ("M" if seq % 2 else "F")
+        insurer = rng.choices(codes, weights)[0]
+        counters[insurer] += 1
+        start = max(birth, dt.date(1990, 1, 1))
+        affiliations = [Affiliation(insurer, f"{counters[insurer]:011d}", start)]
+        if rng.random() < 0.03 and (today - start).days > 800:
+            # Changed mutuality about a year ago: the earlier period stays with the former insurer.
+            other = rng.choice([c for c in codes if c != insurer])
+            counters[other] += 1
+            switch = dt.date(today.year - 1, 1, 1)
+            affiliations = [
+                Affiliation(other, f"{counters[other]:011d}", start, switch - dt.timedelta(days=1)),
+                Affiliation(insurer, f"{counters[insurer]:011d}", switch),
+            ]
+        age = (today - birth).days // 365
+        yield Member(
+            niss=niss,
+            first_name=rng.choice(FIRST_NAMES),
+            last_name=rng.choice(LAST_NAMES),
+            birth_date=birth,
+            sex=sex,
+            affiliations=affiliations,
+            chronic=45 <= age <= 74 and rng.random() < 0.2,
+        )
+
+
+def build(size: int, today: dt.date, seed: int = 2014) -> Population:
+    """A population of ``size`` members with providers and three years of DMG history before ``today``."""
+    rng = random.Random(seed)
+    seq = iter(range(10_000, 99_999))
+
+    def person(role: str, competence: str, profession: Profession = Profession.PHYSICIAN) -> Provider:
+        birth = dt.date(rng.randrange(1955, 1995), rng.randrange(1, 13), rng.randrange(1, 29))
+        return Provider(
+            inami=make_inami(profession, next(seq), competence),
+            first_name=rng.choice(FIRST_NAMES),
+            last_name=rng.choice(LAST_NAMES),
+            niss=make_niss(birth, rng.randrange(1, 998)),
+            role=role,
+            iban=_iban(rng),
+        )
+
+    # Demo actors first, with stable numbers: GP A and GP B (enrolled), a specialist, a dentist, a trainee.
+    gp_a, gp_b = person("gp", "003"), person("gp", "004")
+    gp_a.first_name, gp_a.last_name, gp_a.enrolled = "Anne", "Dupont", True
+    gp_b.first_name, gp_b.last_name, gp_b.enrolled = "Bruno", "Peeters", True
+    gps = [gp_a, gp_b] + [person("gp", rng.choice(("003", "004"))) for _ in range(max(6, size // 800))]
+    for gp in gps[2:]:
+        gp.enrolled = rng.random() < 0.7
+    trainees = [person("trainee", "005") for _ in range(max(1, len(gps) // 10))]
+    for t in trainees:
+        t.supervisor = gp_a.inami
+    specialists = [
+        person("specialist", rng.choice(("580", "690", "780"))) for _ in range(max(2, size // 2000))
+    ]
+    dentists = [person("dentist", "001", Profession.DENTIST) for _ in range(max(2, size // 3000))]
+    group = Organisation(
+        make_inami(Profession.ORGANISATION, next(seq), "200"),
+        "group_practice",
+        "Cabinet du Parc",
+        [g.inami for g in gps[2:5]],
+    )
+    house = Organisation(
+        make_inami(Profession.ORGANISATION, next(seq), "100"),
+        "medical_house",
+        "Maison médicale Les Tilleuls",
+        [g.inami for g in gps[5:7]],
+    )
+
+    members = list(_members(rng, size, today))
+    for m in members:
+        m.usual_gp = rng.choice(gps).inami
+        if rng.random() < 0.02:
+            m.medical_house, m.usual_gp = house.inami, house.members[0]
+    by_inami = {g.inami: g for g in gps}
+    history: list[DmgEvent] = []
+    first_year = today.year - 2
+    for m in members:
+        if m.medical_house or rng.random() > 0.6:
+            continue
+        gp = by_inami[m.usual_gp]
+        opened = dt.date(first_year, rng.randrange(1, 13), rng.randrange(1, 29))
+        if opened >= today or opened < m.birth_date:
+            continue
+        insurer = next(
+            (a.insurer for a in m.affiliations if a.start <= opened and (a.end is None or opened <= a.end)),
+            "",
+        )
+        if not insurer:
+            continue
+        if gp.enrolled:
+            history.append(DmgEvent("notify", m.niss, insurer, gp.inami, opened, opened))
+        else:
+            history.append(
+                DmgEvent("attest", m.niss, insurer, gp.inami, opened, opened + dt.timedelta(days=20))
+            )
+        for year in range(first_year + 1, today.year + 1):
+            contact = dt.date(year, rng.randrange(1, 13), rng.randrange(1, 29))
+            submitted = contact + dt.timedelta(days=rng.randrange(5, 40))
+            at = next(
+                (
+                    a.insurer
+                    for a in m.affiliations
+                    if a.start <= contact and (a.end is None or contact <= a.end)
+                ),
+                "",
+            )
+            if submitted < today and at:
+                history.append(DmgEvent("contact", m.niss, at, gp.inami, contact, submitted))
+    history.sort(key=lambda e: (e.submitted, e.date))
+
+    # The demo patient: affiliated with 100, DMG held by GP A (notified early last year), paid.
+    demo_birth = dt.date(1980, 5, 17)
+    demo_niss = make_niss(demo_birth, 118)
+    demo = Member(
+        demo_niss,
+        "Marie",
+        "Lambert",
+        demo_birth,
+        "F",
+        [Affiliation("100", "99900000001", dt.date(1998, 1, 1))],
+        usual_gp=gp_a.inami,
+    )
+    members.append(demo)
+    opened = dt.date(today.year - 1, 2, 3)
+    history.insert(0, DmgEvent("notify", demo_niss, "100", gp_a.inami, opened, opened))
+    history.insert(
+        0,
+        DmgEvent(
+            "contact", demo_niss, "100", gp_a.inami, dt.date(today.year, 1, 8), dt.date(today.year, 1, 20)
+        ),
+    )
+    history.sort(key=lambda e: (e.submitted, e.date))
+    return Population(
+        providers=[*gps, *trainees, *specialists, *dentists],
+        organisations=[group, house],
+        members=members,
+        history=history,
+        demo={
+            "gp_a": gp_a.inami,
+            "gp_b": gp_b.inami,
+            "specialist": specialists[0].inami,
+            "dentist": dentists[0].inami,
+            "trainee": trainees[0].inami,
+            "patient": demo_niss,
+        },
+    )

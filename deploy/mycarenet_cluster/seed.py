@@ -1,0 +1,320 @@
+"""Load a :class:`~mycarenet_cluster.population.Population` into a running mesh, through its own gRPC
+services only (cadastre and relations at eHealth; members, reference data, enrolments and the DMG history at
+each insurer, replayed event by event so that holdings and payments are what the rules make of them)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from mycarenet_cluster.population import CONTACT_CODES, Population
+from mycarenet_core.channels import open_channel
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.ehealth.v1 import (
+    cadastre_pb2,
+    cadastre_pb2_grpc,
+    therapeutic_relation_pb2,
+    therapeutic_relation_pb2_grpc,
+)
+from mycarenet_core.gen.mycarenet.oa.v1 import (
+    context_pb2,
+    intake_service_pb2,
+    intake_service_pb2_grpc,
+    membership_service_pb2,
+    membership_service_pb2_grpc,
+    oa_dmg_service_pb2,
+    oa_dmg_service_pb2_grpc,
+    reference_data_service_pb2,
+    reference_data_service_pb2_grpc,
+)
+from mycarenet_core.identifiers import parse_inami
+
+log = logging.getLogger(__name__)
+BATCH = 5000
+ROLES: dict[str, common_pb2.ProviderRole.ValueType] = {
+    "GENERAL_PRACTITIONER": common_pb2.PROVIDER_ROLE_GENERAL_PRACTITIONER,
+    "GP_IN_TRAINING": common_pb2.PROVIDER_ROLE_GP_IN_TRAINING,
+    "SPECIALIST": common_pb2.PROVIDER_ROLE_SPECIALIST,
+    "DENTIST": common_pb2.PROVIDER_ROLE_DENTIST,
+    "MEDICAL_HOUSE": common_pb2.PROVIDER_ROLE_MEDICAL_HOUSE,
+    "GROUP_PRACTICE": common_pb2.PROVIDER_ROLE_GROUP_PRACTICE,
+}
+SEX: dict[str, common_pb2.Sex.ValueType] = {
+    "M": common_pb2.SEX_MALE,
+    "F": common_pb2.SEX_FEMALE,
+    "U": common_pb2.SEX_UNKNOWN,
+}
+
+
+def _d(value: dt.date | None) -> common_pb2.Date | None:
+    return None if value is None else common_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def _role(inami: str) -> common_pb2.ProviderRole.ValueType:
+    return ROLES.get(parse_inami(inami).role.name, common_pb2.PROVIDER_ROLE_UNSPECIFIED)
+
+
+def write_keys(population: Population, folder: Path) -> dict[str, str]:
+    """One Ed25519 key per provider (PEM files the CLI logs in with); returns INAMI → public PEM."""
+    folder.mkdir(parents=True, exist_ok=True)
+    public: dict[str, str] = {}
+    for p in population.providers:
+        path = folder / f"{p.inami}.pem"
+        if path.is_file():
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            assert isinstance(key, Ed25519PrivateKey)
+        else:
+            key = Ed25519PrivateKey.generate()
+            path.write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+            path.chmod(0o600)
+        public[p.inami] = (
+            key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+    return public
+
+
+async def seed_ehealth(
+    channel: grpc.aio.Channel, population: Population, public_keys: dict[str, str], today: dt.date
+) -> None:
+    cadastre = cadastre_pb2_grpc.CadastreServiceStub(channel)
+    since = common_pb2.Period(start=_d(dt.date(2000, 1, 1)))
+    for p in population.providers:
+        await cadastre.UpsertProvider(
+            cadastre_pb2.UpsertProviderRequest(
+                provider=cadastre_pb2.CadastreProvider(
+                    inami=p.inami,
+                    niss=p.niss,
+                    first_name=p.first_name,
+                    last_name=p.last_name,
+                    validity=since,
+                    supervisor_inami=p.supervisor,
+                    public_key_pem=public_keys[p.inami],
+                )
+            ),
+            timeout=30,
+        )
+    for org in population.organisations:
+        kind = (
+            cadastre_pb2.ORGANISATION_KIND_MEDICAL_HOUSE
+            if org.kind == "medical_house"
+            else cadastre_pb2.ORGANISATION_KIND_GROUP_PRACTICE
+        )
+        await cadastre.UpsertOrganisation(
+            cadastre_pb2.UpsertOrganisationRequest(
+                organisation=cadastre_pb2.Organisation(
+                    inami=org.inami,
+                    kind=kind,
+                    name=org.name,
+                    validity=since,
+                    members=[cadastre_pb2.OrganisationMember(inami=m, period=since) for m in org.members],
+                )
+            ),
+            timeout=30,
+        )
+    relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(channel)
+    start = _d(today - dt.timedelta(days=3 * 365))
+    sem = asyncio.Semaphore(32)
+
+    async def relate(niss: str, inami: str) -> None:
+        async with sem:
+            await relations.RegisterRelation(
+                therapeutic_relation_pb2.RegisterRelationRequest(
+                    provider_inami=inami,
+                    patient_niss=niss,
+                    proof=therapeutic_relation_pb2.RELATION_PROOF_EID_READ,
+                    start_date=start,
+                ),
+                timeout=30,
+            )
+
+    pairs = [(m.niss, m.usual_gp) for m in population.members]
+    demo = population.demo
+    pairs += [(demo["patient"], demo[k]) for k in ("gp_b", "specialist", "dentist", "trainee")]
+    await asyncio.gather(*(relate(n, i) for n, i in pairs))
+
+
+async def seed_oa(code: str, channel: grpc.aio.Channel, population: Population, today: dt.date) -> None:
+    """Reference data, members and enrolments of one insurer."""
+    ref = reference_data_service_pb2_grpc.ReferenceDataServiceStub(channel)
+    await ref.UpsertProviders(
+        reference_data_service_pb2.UpsertProvidersRequest(
+            providers=[
+                reference_data_service_pb2.KnownProvider(
+                    provider=common_pb2.Provider(
+                        inami=p.inami, role=_role(p.inami), first_name=p.first_name, last_name=p.last_name
+                    ),
+                    supervisor_inami=p.supervisor,
+                )
+                for p in population.providers
+            ]
+        ),
+        timeout=60,
+    )
+    since = common_pb2.Period(start=_d(dt.date(2000, 1, 1)))
+    await ref.UpsertOrganisations(
+        reference_data_service_pb2.UpsertOrganisationsRequest(
+            organisations=[
+                reference_data_service_pb2.KnownOrganisation(
+                    organisation=common_pb2.Provider(inami=o.inami, role=_role(o.inami), last_name=o.name),
+                    members=[
+                        reference_data_service_pb2.OrganisationMembership(member_inami=m, period=since)
+                        for m in o.members
+                    ],
+                )
+                for o in population.organisations
+            ]
+        ),
+        timeout=60,
+    )
+    members = membership_service_pb2_grpc.MembershipServiceStub(channel)
+    mine = [m for m in population.members if any(a.insurer == code for a in m.affiliations)]
+    for i in range(0, len(mine), BATCH):
+        batch = []
+        for m in mine[i : i + BATCH]:
+            periods = [a for a in m.affiliations if a.insurer == code]
+            house = common_pb2.Period(start=_d(dt.date(today.year - 5, 1, 1))) if m.medical_house else None
+            batch.append(
+                membership_service_pb2.Member(
+                    patient=common_pb2.Patient(
+                        niss=m.niss,
+                        first_name=m.first_name,
+                        last_name=m.last_name,
+                        birth_date=_d(m.birth_date),
+                        sex=SEX[m.sex],
+                        member=common_pb2.MemberNumber(
+                            mutuality_code=code, registration_number=periods[-1].registration_number
+                        ),
+                    ),
+                    affiliations=[common_pb2.Period(start=_d(a.start), end=_d(a.end)) for a in periods],
+                    chronic_condition=m.chronic,
+                    medical_house_inami=m.medical_house,
+                    medical_house_period=house,
+                )
+            )
+        await members.UpsertMembers(membership_service_pb2.UpsertMembersRequest(members=batch), timeout=300)
+    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(channel)
+    for p in population.providers:
+        if not p.enrolled:
+            continue
+        context = context_pb2.RequestContext(
+            requester_inami=p.inami,
+            requester_role=_role(p.inami),
+            executor_id=p.inami,
+            executor_kind="SUBJECT_KIND_PROVIDER",
+            requester_reference=f"seed-enrol-{p.inami}",
+            processing_date=_d(dt.date(today.year - 4, 1, 1)),
+        )
+        try:
+            await dmg.EnrolDmg(
+                oa_dmg_service_pb2.EnrolDmgRequest(
+                    context=context,
+                    bank_account=common_pb2.BankAccount(
+                        iban=p.iban, bic="GEBABEBB", holder_name=f"{p.first_name} {p.last_name}"
+                    ),
+                    start_date=_d(dt.date(today.year - 4, 1, 1)),
+                ),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+
+
+async def replay_history(code: str, channel: grpc.aio.Channel, population: Population) -> dict[str, int]:
+    """Replay this insurer's DMG events in order; a rule's refusal is part of history, not a failure."""
+    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(channel)
+    intake = intake_service_pb2_grpc.InvoicingIntakeServiceStub(channel)
+    outcome: dict[str, int] = defaultdict(int)
+    for n, event in enumerate(e for e in population.history if e.insurer == code):
+        ref = f"seed-{code}-{n}"
+        try:
+            if event.kind == "notify":
+                await dmg.NotifyDmg(
+                    oa_dmg_service_pb2.NotifyDmgRequest(
+                        context=context_pb2.RequestContext(
+                            requester_inami=event.provider,
+                            requester_role=common_pb2.PROVIDER_ROLE_GENERAL_PRACTITIONER,
+                            executor_id=event.provider,
+                            executor_kind="SUBJECT_KIND_PROVIDER",
+                            requester_reference=ref,
+                            processing_date=_d(event.submitted),
+                        ),
+                        patient=common_pb2.PatientSelector(niss=event.niss),
+                        contact_date=_d(event.date),
+                        nomenclature_code=CONTACT_CODES[n % len(CONTACT_CODES)],
+                    ),
+                    timeout=30,
+                )
+            elif event.kind == "contact":
+                await intake.RegisterContact(
+                    intake_service_pb2.RegisterContactRequest(
+                        intake_reference=ref,
+                        patient_niss=event.niss,
+                        provider_inami=event.provider,
+                        contact_date=_d(event.date),
+                        nomenclature_code=CONTACT_CODES[n % len(CONTACT_CODES)],
+                        submission_date=_d(event.submitted),
+                    ),
+                    timeout=30,
+                )
+            else:
+                await intake.RegisterPaperAttestation(
+                    intake_service_pb2.RegisterPaperAttestationRequest(
+                        intake_reference=ref,
+                        patient_niss=event.niss,
+                        provider_inami=event.provider,
+                        attestation_date=_d(event.date),
+                        submission_date=_d(event.submitted),
+                    ),
+                    timeout=30,
+                )
+            outcome[f"{event.kind}_ok"] += 1
+        except grpc.aio.AioRpcError as error:
+            if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL):
+                raise
+            outcome[f"{event.kind}_refused"] += 1
+    return dict(outcome)
+
+
+async def seed(
+    population: Population,
+    *,
+    ehealth: str,
+    oas: dict[str, str],
+    keys_folder: Path,
+    today: dt.date,
+    credentials: grpc.ChannelCredentials | None = None,
+    only: Sequence[str] = (),
+) -> dict[str, object]:
+    """Seed the whole mesh; returns counts for the cluster description."""
+    public_keys = write_keys(population, keys_folder)
+    async with open_channel(ehealth, credentials=credentials) as channel:
+        await seed_ehealth(channel, population, public_keys, today)
+
+    async def one(code: str, target: str) -> tuple[str, dict[str, int]]:
+        async with open_channel(target, credentials=credentials) as channel:
+            await seed_oa(code, channel, population, today)
+            return code, await replay_history(code, channel, population)
+
+    results = await asyncio.gather(*(one(c, t) for c, t in oas.items() if not only or c in only))
+    return {
+        "members": len(population.members),
+        "providers": len(population.providers),
+        "history": dict(results),
+    }

@@ -1,0 +1,310 @@
+"""Run the mesh as real processes: eHealth, the seven OA nodes and the hub, each with its own database.
+
+Starts them in order, waits until every one reports SERVING (grpc health), seeds a synthetic population on
+first start, writes the cluster description (``<data>/cluster.json``), restarts a process that crashes,
+and stops all of them cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mycarenet_cluster import pki, population, seed
+from mycarenet_core.channels import client_credentials, open_channel
+from mycarenet_core.identifiers import INSURER_CODES
+
+log = logging.getLogger("mycarenet-cluster")
+DESCRIPTION = "cluster.json"
+
+
+@dataclass
+class ClusterConfig:
+    """Everything `up` can be told."""
+
+    data: Path = Path("var/cluster")
+    host: str = "127.0.0.1"
+    base_port: int = 7400
+    population: int = 2000
+    insecure: bool = False
+    today: dt.date | None = None
+    database_template: str | None = None  # e.g. "postgresql://postgres@127.0.0.1:5432/mcn_{name}"
+    seed_value: int = 2014
+    startup_timeout: float = 90.0
+
+
+@dataclass
+class ProcSpec:
+    name: str
+    role: str
+    module: str
+    port: int
+    oa_code: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Running:
+    spec: ProcSpec
+    process: asyncio.subprocess.Process
+    restarts: int = 0
+    started: float = field(default_factory=time.time)
+
+
+def database_url(cfg: ClusterConfig, name: str) -> str:
+    if cfg.database_template:
+        return cfg.database_template.format(name=name.replace("-", "_"))
+    return f"sqlite+aiosqlite:///{(cfg.data / 'db' / f'{name}.db').resolve()}"
+
+
+def plan(cfg: ClusterConfig) -> list[ProcSpec]:
+    """The processes of the cluster with their settings (environment variables)."""
+    hub_port, ehealth_port = cfg.base_port, cfg.base_port + 1
+
+    def addr(port: int) -> str:
+        return f"{cfg.host}:{port}"
+
+    oa_ports = {code: cfg.base_port + 10 + i for i, code in enumerate(INSURER_CODES)}
+    specs = [ProcSpec("ehealth", "ehealth", "ehealth", ehealth_port)]
+    specs += [ProcSpec(f"oa-{c}", "oa", "oa_node", p, oa_code=c) for c, p in oa_ports.items()]
+    specs.append(ProcSpec("hub", "hub", "hub", hub_port))
+    certs = cfg.data / "pki"
+    for spec in specs:
+        prefix = {"ehealth": "MCN_EHEALTH_", "oa": "MCN_OA_", "hub": "MCN_HUB_"}[spec.role]
+        env = {"BIND": addr(spec.port), "DATABASE_URL": database_url(cfg, spec.name)}
+        if cfg.insecure:
+            env["INSECURE"] = "true"
+        else:
+            ident = pki.ensure_identity(certs, spec.name)
+            env |= {"TLS_CA": str(ident.ca), "TLS_CERT": str(ident.cert), "TLS_KEY": str(ident.key)}
+        if cfg.today:
+            env["SANDBOX_DATE"] = cfg.today.isoformat()
+        if spec.role == "oa":
+            assert spec.oa_code
+            env |= {"INSURER_CODE": spec.oa_code, "HUB_INTAKE_TARGET": addr(hub_port)}
+        if spec.role == "hub":
+            env |= {
+                "EHEALTH_TARGET": addr(ehealth_port),
+                "OA_TARGETS": ",".join(f"{c}={addr(p)}" for c, p in oa_ports.items()),
+            }
+        spec.env = {prefix + k: v for k, v in env.items()}
+    return specs
+
+
+def client_tls(cfg: ClusterConfig) -> dict[str, str] | None:
+    if cfg.insecure:
+        return None
+    ident = pki.ensure_identity(cfg.data / "pki", "client")
+    return {
+        "ca": str(ident.ca.resolve()),
+        "client_cert": str(ident.cert.resolve()),
+        "client_key": str(ident.key.resolve()),
+    }
+
+
+def channel_credentials(tls: dict[str, str] | None) -> grpc.ChannelCredentials | None:
+    if tls is None:
+        return None
+    return client_credentials(Path(tls["ca"]), Path(tls["client_cert"]), Path(tls["client_key"]))
+
+
+async def health(address: str, credentials: grpc.ChannelCredentials | None, deadline: float = 2.0) -> str:
+    """The overall health of a process ("SERVING", "NOT_SERVING", or "UNREACHABLE")."""
+    async with open_channel(address, credentials=credentials) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=deadline
+            )
+        except grpc.aio.AioRpcError:
+            return "UNREACHABLE"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops the processes of one cluster."""
+
+    def __init__(self, cfg: ClusterConfig) -> None:
+        self.cfg = cfg
+        self.specs = plan(cfg)
+        self.tls = client_tls(cfg)
+        self.credentials = channel_credentials(self.tls)
+        self.running: dict[str, Running] = {}
+        self.stopping = asyncio.Event()
+        self.seed_info: dict[str, Any] = {}
+        self.demo: dict[str, str] = {}
+        (cfg.data / "logs").mkdir(parents=True, exist_ok=True)
+
+    def address(self, spec: ProcSpec) -> str:
+        return f"{self.cfg.host}:{spec.port}"
+
+    async def _spawn(self, spec: ProcSpec) -> asyncio.subprocess.Process:
+        logfile = open(self.cfg.data / "logs" / f"{spec.name}.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                spec.module,
+                env={**os.environ, **spec.env},
+                stdout=logfile,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            logfile.close()
+
+    async def _wait_serving(self, spec: ProcSpec) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout
+        while time.monotonic() < deadline:
+            run = self.running.get(spec.name)
+            if run and run.process.returncode is not None:
+                tail = (self.cfg.data / "logs" / f"{spec.name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{spec.name} exited with {run.process.returncode}:\n{tail}")
+            if await health(self.address(spec), self.credentials) == "SERVING":
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"{spec.name} not SERVING after {self.cfg.startup_timeout:.0f}s")
+
+    async def start(self) -> None:
+        """Start every process in dependency order and wait until all are SERVING."""
+        for group in (["ehealth"], [s.name for s in self.specs if s.role == "oa"], ["hub"]):
+            specs = [s for s in self.specs if s.name in group]
+            for spec in specs:
+                self.running[spec.name] = Running(spec, await self._spawn(spec))
+            await asyncio.gather(*(self._wait_serving(s) for s in specs))
+            log.info("serving: %s", ", ".join(group))
+
+    async def seed_if_new(self) -> None:
+        marker = self.cfg.data / "seeded.json"
+        today = self.cfg.today or dt.date.today()
+        pop = population.build(self.cfg.population, today, self.cfg.seed_value)
+        self.demo = pop.demo
+        if marker.is_file():
+            self.seed_info = json.loads(marker.read_text())
+            return
+        started = time.monotonic()
+        oas = {s.oa_code: self.address(s) for s in self.specs if s.role == "oa" and s.oa_code}
+        ehealth = next(self.address(s) for s in self.specs if s.role == "ehealth")
+        info = await seed.seed(
+            pop,
+            ehealth=ehealth,
+            oas=oas,
+            keys_folder=self.cfg.data / "keys",
+            today=today,
+            credentials=self.credentials,
+        )
+        info["seconds"] = round(time.monotonic() - started, 2)
+        self.seed_info = info
+        marker.write_text(json.dumps(info, indent=2))
+
+    async def describe(self) -> dict[str, Any]:
+        procs = []
+        for spec in self.specs:
+            run = self.running.get(spec.name)
+            procs.append(
+                {
+                    "name": spec.name,
+                    "role": spec.role,
+                    "oa_code": spec.oa_code,
+                    "address": self.address(spec),
+                    "pid": run.process.pid if run else None,
+                    "restarts": run.restarts if run else 0,
+                    "health": await health(self.address(spec), self.credentials),
+                    "log": str((self.cfg.data / "logs" / f"{spec.name}.log").resolve()),
+                }
+            )
+        return {
+            "name": "mycarenet-mesh",
+            "supervisor_pid": os.getpid(),
+            "data": str(self.cfg.data.resolve()),
+            "today": (self.cfg.today or dt.date.today()).isoformat(),
+            "tls": self.tls,
+            "processes": procs,
+            "demo": self.demo,
+            "seed": self.seed_info,
+            "keys": str((self.cfg.data / "keys").resolve()),
+        }
+
+    async def write_description(self) -> dict[str, Any]:
+        desc = await self.describe()
+        path = self.cfg.data / DESCRIPTION
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(desc, indent=2))
+        tmp.replace(path)
+        return desc
+
+    async def watch(self) -> None:
+        """Restart any process that exits while the cluster is up (with a growing back-off)."""
+        while not self.stopping.is_set():
+            waits = {asyncio.ensure_future(r.process.wait()): name for name, r in self.running.items()}
+            stop = asyncio.ensure_future(self.stopping.wait())
+            done, _ = await asyncio.wait([*waits, stop], return_when=asyncio.FIRST_COMPLETED)
+            for fut in waits:
+                fut.cancel()
+            if self.stopping.is_set():
+                return
+            stop.cancel()
+            for fut in done:
+                name = waits.get(fut)
+                if name is None:
+                    continue
+                run = self.running[name]
+                log.warning("%s exited with %s; restarting", name, run.process.returncode)
+                await asyncio.sleep(min(5.0, 0.5 * 2**run.restarts))
+                run.process = await self._spawn(run.spec)
+                run.restarts += 1
+                try:
+                    await self._wait_serving(run.spec)
+                except (RuntimeError, TimeoutError) as error:
+                    log.error("%s", error)
+                await self.write_description()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM every process (hub first, eHealth last), SIGKILL what is left after ``grace``."""
+        self.stopping.set()
+        for group in (["hub"], [s.name for s in self.specs if s.role == "oa"], ["ehealth"]):
+            procs = [self.running[n].process for n in group if n in self.running]
+            for p in procs:
+                if p.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    await asyncio.wait_for(p.wait(), grace)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+                    await p.wait()
+        with contextlib.suppress(FileNotFoundError):
+            (self.cfg.data / DESCRIPTION).unlink()
+
+
+async def run(cfg: ClusterConfig, *, on_ready: Any = None) -> int:
+    """`up`: start, seed, describe, then wait for a signal and stop everything."""
+    sup = Supervisor(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, sup.stopping.set)
+    try:
+        await sup.start()
+        await sup.seed_if_new()
+        desc = await sup.write_description()
+        if on_ready is not None:
+            on_ready(desc)
+        await sup.watch()
+        return 0
+    finally:
+        await sup.stop()
