@@ -9,6 +9,7 @@ separate: tests bind port 0 and stop the server themselves.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,11 @@ log = logging.getLogger(__name__)
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
+# The domain error a handler ended with, for outer interceptors (metrics, tracing attributes) of the same call.
+current_error: contextvars.ContextVar[MeshError | None] = contextvars.ContextVar(
+    "current_error", default=None
+)
+
 
 @dataclass(frozen=True)
 class Service:
@@ -40,6 +46,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
         try:
             return await behavior(request, context)
         except MeshError as error:
+            current_error.set(error)
             await context.abort_with_status(error.to_grpc_status())
         except asyncio.CancelledError:
             raise
@@ -59,6 +66,7 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
             async for item in behavior(request, context):
                 yield item
         except MeshError as error:
+            current_error.set(error)
             await context.abort_with_status(error.to_grpc_status())
 
     return wrapper
