@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
-# The domain error a handler ended with, for outer interceptors (metrics, tracing attributes) of the same call.
+# The domain error a handler ended with, for outer interceptors (metrics, tracing) of the same call.
 current_error: contextvars.ContextVar[MeshError | None] = contextvars.ContextVar(
     "current_error", default=None
 )

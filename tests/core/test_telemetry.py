@@ -54,10 +54,12 @@ async def test_one_trace_across_client_and_server_and_metrics() -> None:
     assert all("Health" not in s.name for s in finished), [s.name for s in finished]
     client_spans = [s for s in finished if s.kind == SpanKind.CLIENT]
     server_spans = [s for s in finished if s.kind == SpanKind.SERVER]
-    assert len(client_spans) == 2 and len(server_spans) == 2
+    assert len(client_spans) == 2
+    assert len(server_spans) == 2
     for c, s in zip(client_spans, server_spans, strict=True):
         assert s.context.trace_id == c.context.trace_id
-        assert s.parent is not None and s.parent.span_id == c.context.span_id
+        assert s.parent is not None
+        assert s.parent.span_id == c.context.span_id
     assert server_spans[0].resource.attributes["service.name"] == "ehealth"
     data = reader.get_metrics_data()
     names = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
@@ -74,4 +76,5 @@ def test_pseudonymise_is_keyed_and_stable() -> None:
     a = telemetry.pseudonymise("85073003328", b"k1")
     assert a == telemetry.pseudonymise("85073003328", b"k1")
     assert a != telemetry.pseudonymise("85073003328", b"k2")
-    assert "85073003328" not in a and len(a) == 16
+    assert "85073003328" not in a
+    assert len(a) == 16
