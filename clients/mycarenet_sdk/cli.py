@@ -102,9 +102,14 @@ def _run(data: Path, fn: Callable[[Client], Awaitable[T]], *, session: bool = Tr
         raise typer.Exit(1) from None
 
 
+def _print_json(value: Any) -> None:
+    """Plain JSON on stdout (never wrapped or coloured), for scripts."""
+    print(json.dumps(value, indent=2))
+
+
 def _emit(message: Message, as_json: bool, table: Table | None = None) -> None:
     if as_json or table is None:
-        console.print_json(json.dumps(MessageToDict(message, preserving_proto_field_name=True)))
+        _print_json(MessageToDict(message, preserving_proto_field_name=True))
     else:
         console.print(table)
 
@@ -154,9 +159,7 @@ def login(
     )
     path.chmod(0o600)
     if as_json:
-        console.print_json(
-            json.dumps({"session_id": session.session_id, "expire_time": str(session.expire_time)})
-        )
+        _print_json({"session_id": session.session_id, "expire_time": session.expire_time.isoformat()})
     else:
         console.print(f"logged in as [bold]{inami}[/bold] until {session.expire_time:%Y-%m-%d %H:%M} UTC")
 
@@ -282,7 +285,7 @@ def inbox(data: DataOpt = DEFAULT_DATA, as_json: JsonOpt = False) -> None:
     """Show the pending messages of your mailbox."""
     messages = _run(data, lambda c: c.all_messages())
     if as_json:
-        console.print_json(json.dumps([MessageToDict(m, preserving_proto_field_name=True) for m in messages]))
+        _print_json([MessageToDict(m, preserving_proto_field_name=True) for m in messages])
     else:
         console.print(_message_rows(messages))
 
@@ -409,6 +412,32 @@ def _intake(data: Path, niss: str, build: Callable[[Any], Awaitable[Message]]) -
         raise typer.Exit(1) from None
 
 
+def _effects_table(reply: Any) -> Table:
+    effects = reply.effects
+    table = Table(title=f"intake {reply.intake_reference}" + (" (replayed)" if reply.replayed else ""))
+    for col in ("effect", "detail"):
+        table.add_column(col)
+    for h in effects.holdings:
+        table.add_row(
+            "holding",
+            f"{h.holder.inami} {_fmt_date(h.period.start)}→{_fmt_date(h.period.end)} "
+            + dmg_pb2.HoldingStatus.Name(h.status).removeprefix("HOLDING_STATUS_").lower(),
+        )
+    for p in effects.payments:
+        table.add_row(
+            "payment", f"{p.year} {p.amount.amount} {p.amount.currency_code} to {p.beneficiary.inami}"
+        )
+    for p in effects.recoveries:
+        table.add_row(
+            "recovery", f"{p.year} {p.amount.amount} {p.amount.currency_code} from {p.beneficiary.inami}"
+        )
+    for m in effects.message_ids:
+        table.add_row("message", m)
+    if effects.note:
+        table.add_row("note", effects.note)
+    return table
+
+
 def _proto_date(value: dt.date) -> Any:
     from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 
@@ -426,6 +455,7 @@ def oa_contact(
     code: Annotated[str, typer.Option(help="nomenclature code")] = "101076",
     reference: Annotated[str | None, typer.Option(help="intake reference (idempotency key)")] = None,
     data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
 ) -> None:
     """Register a contact certificate at the patient's insurer (may prolong a DMG)."""
     from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2
@@ -440,7 +470,8 @@ def oa_contact(
         nomenclature_code=code,
         submission_date=_proto_date(sub),
     )
-    _emit(_intake(data, niss, lambda stub: stub.RegisterContact(request, timeout=10)), True)
+    reply = _intake(data, niss, lambda stub: stub.RegisterContact(request, timeout=10))
+    _emit(reply, as_json, _effects_table(reply))
 
 
 @oa_app.command("attest")
@@ -453,6 +484,7 @@ def oa_attest(
     ] = None,
     reference: Annotated[str | None, typer.Option(help="intake reference (idempotency key)")] = None,
     data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
 ) -> None:
     """Submit a paper 102771 attestation at the patient's insurer."""
     from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2
@@ -466,7 +498,8 @@ def oa_attest(
         attestation_date=_proto_date(when),
         submission_date=_proto_date(sub),
     )
-    _emit(_intake(data, niss, lambda stub: stub.RegisterPaperAttestation(request, timeout=10)), True)
+    reply = _intake(data, niss, lambda stub: stub.RegisterPaperAttestation(request, timeout=10))
+    _emit(reply, as_json, _effects_table(reply))
 
 
 def main() -> None:
