@@ -1,0 +1,164 @@
+"""The hub process: builds its dependencies, serves the public and internal services on one server, and
+runs the background work (affiliation feeds, revocation watch, patient lists, audit, relation moves)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from hub.audit import AuditLog
+from hub.auth import TokenVerifier
+from hub.feeds import AffiliationFollower, RevocationFollower, run_periodically
+from hub.mailbox import MailboxNotifier
+from hub.models import HubBase
+from hub.patient_list import ListPolicy, PatientListWorker
+from hub.routing import RoutingIndex, RoutingRepository
+from hub.services import DmgServicer, HubCore, MailboxIntakeServicer, MailboxServicer
+from hub.throttle import Throttle, ThrottleConfig
+from hub.upstream import CallPolicy, EhealthClient, make_oa_clients
+from mycarenet_core.clock import Clock
+from mycarenet_core.db import create_engine, create_schema, session_factory
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2_grpc, mailbox_service_pb2_grpc
+from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
+from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
+from mycarenet_core.server import MeshServer, Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HubTuning:
+    """Timings of the background work (tests shorten them)."""
+
+    calls: CallPolicy = field(default_factory=CallPolicy)
+    lists: ListPolicy = field(default_factory=ListPolicy)
+    transfer_retry_seconds: float = 2.0
+    watch_poll_seconds: float = 5.0
+    key_refresh_seconds: float = 5.0
+    start_timeout: float = 2.0
+
+
+class HubApp:
+    """One hub instance. ``create`` → ``start(bind)`` → ``stop()``."""
+
+    def __init__(self, engine: AsyncEngine, core: HubCore, server: MeshServer, tuning: HubTuning) -> None:
+        self.engine = engine
+        self.core = core
+        self.server = server
+        self.tuning = tuning
+        self.followers = {
+            code: AffiliationFollower(oa, core.index, core.sessions) for code, oa in core.oas.items()
+        }
+        self.revocations = RevocationFollower(core.ehealth, core.verifier)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port: int | None = None
+
+    @classmethod
+    async def create(
+        cls,
+        *,
+        database_url: str,
+        clock: Clock,
+        ehealth_target: str,
+        oa_targets: Mapping[str, str],
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        server_credentials: grpc.ServerCredentials | None = None,
+        throttle: ThrottleConfig | None = None,
+        tuning: HubTuning | None = None,
+    ) -> HubApp:
+        tuning = tuning or HubTuning()
+        engine = create_engine(database_url)
+        await create_schema(engine, HubBase.metadata)
+        sessions = session_factory(engine)
+        ehealth = EhealthClient(ehealth_target, tuning.calls, credentials=channel_credentials)
+        oas = make_oa_clients(oa_targets, tuning.calls, channel_credentials)
+
+        async def fetch_keys() -> auth_pb2.GetSigningKeysResponse:
+            return await ehealth.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=5)
+
+        verifier = TokenVerifier(fetch_keys, clock, refresh_interval=tuning.key_refresh_seconds)
+        notifier = MailboxNotifier()
+        index = RoutingIndex()
+        async with sessions() as session:
+            loaded = await RoutingRepository(session).load_into(index)
+        log.info("routing index loaded: %d NISS", loaded)
+        core = HubCore(
+            clock=clock,
+            sessions=sessions,
+            verifier=verifier,
+            throttle=Throttle(throttle or ThrottleConfig()),
+            index=index,
+            oas=oas,
+            ehealth=ehealth,
+            audit=AuditLog(sessions, clock),
+            notifier=notifier,
+            lists=PatientListWorker(sessions, oas, notifier, tuning.lists, clock),
+            mtls=server_credentials is not None,
+            watch_poll_seconds=tuning.watch_poll_seconds,
+        )
+        server = MeshServer(
+            "hub",
+            [
+                Service(
+                    dmg_service_pb2_grpc.add_DmgServiceServicer_to_server,
+                    DmgServicer(core),
+                    "mycarenet.dmg.v1.DmgService",
+                ),
+                Service(
+                    mailbox_service_pb2_grpc.add_MailboxServiceServicer_to_server,
+                    MailboxServicer(core),
+                    "mycarenet.dmg.v1.MailboxService",
+                ),
+                Service(
+                    mailbox_intake_service_pb2_grpc.add_MailboxIntakeServiceServicer_to_server,
+                    MailboxIntakeServicer(core),
+                    "mycarenet.hub.v1.MailboxIntakeService",
+                ),
+            ],
+            credentials=server_credentials,
+        )
+        return cls(engine, core, server, tuning)
+
+    async def start(self, bind: str = "127.0.0.1:0") -> int:
+        """Start the feeds and background work, then serve; return the bound port."""
+        core = self.core
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(core.verifier.refresh_keys(force=True), self.tuning.start_timeout)
+        spawn = asyncio.create_task
+        self._tasks = [spawn(f.run(), name=f"affiliations {c}") for c, f in self.followers.items()]
+        self._tasks += [
+            spawn(self.revocations.run(), name="revocations"),
+            spawn(core.audit.run(), name="audit"),
+            spawn(
+                run_periodically(self.tuning.transfer_retry_seconds, core.retry_transfers, "relation moves"),
+                name="relation moves",
+            ),
+        ]
+        await core.lists.resume()
+        self.port = await self.server.start(bind)
+        return self.port
+
+    async def wait_until_synced(self, within: float = 10.0) -> None:
+        """Wait until every affiliation feed and the revocation list have caught up once."""
+        events = [f.caught_up.wait() for f in self.followers.values()] + [self.revocations.caught_up.wait()]
+        await asyncio.wait_for(asyncio.gather(*events), within)
+
+    async def stop(self, grace: float = 0) -> None:
+        await self.server.stop(grace)
+        await self.core.lists.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.core.audit.flush()
+        for oa in self.core.oas.values():
+            await oa.close()
+        await self.core.ehealth.close()
+        await self.engine.dispose()

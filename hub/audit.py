@@ -1,0 +1,98 @@
+"""The audit trail (seed 001 art. 3): one row per request — requester of record, executor, mandate,
+session, RPC, OA, outcome, codes, time. Rows are queued and written in batches off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from hub.auth import Caller
+from hub.models import AuditRecord
+from mycarenet_core.clock import Clock
+from mycarenet_core.db import transaction
+from mycarenet_core.errors import MeshError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AuditEntry:
+    """Filled in by a handler while it runs."""
+
+    rpc: str
+    caller: Caller | None = None
+    requester_reference: str = ""
+    insurer_codes: list[str] = field(default_factory=list)
+
+
+class AuditLog:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self._sessions = sessions
+        self._clock = clock
+        self._queue: list[AuditRecord] = []
+        self._wake = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def record(self, rpc: str) -> AsyncIterator[AuditEntry]:
+        """Audit the enclosed handler: the outcome is OK, or the MeshError's status, reason and codes."""
+        entry = AuditEntry(rpc)
+        started = time.monotonic()
+        outcome, reason, codes = "OK", "", ""
+        try:
+            yield entry
+        except MeshError as error:
+            outcome, reason, codes = error.status.name, error.reason, ",".join(map(str, error.codes))
+            raise
+        except BaseException as error:
+            outcome, reason = "INTERNAL", type(error).__name__
+            raise
+        finally:
+            caller = entry.caller
+            self._queue.append(
+                AuditRecord(
+                    time=self._clock.now(),
+                    rpc=rpc,
+                    requester_inami=caller.requester_inami if caller else "",
+                    executor_id=caller.executor_id if caller else "",
+                    executor_kind=caller.executor_kind if caller else "",
+                    mandate_id=caller.mandate_id if caller else "",
+                    session_id=caller.session_id if caller else "",
+                    requester_reference=entry.requester_reference[:200],
+                    insurer_code=",".join(entry.insurer_codes)[:30],
+                    outcome=outcome,
+                    reason=reason[:60],
+                    codes=codes[:60],
+                    duration_ms=(time.monotonic() - started) * 1000,
+                )
+            )
+            self._wake.set()
+
+    async def flush(self) -> None:
+        if not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        try:
+            async with transaction(self._sessions) as session:
+                session.add_all(batch)
+        except BaseException:
+            self._queue[:0] = batch  # keep them for the next attempt
+            raise
+
+    async def run(self, every: float = 0.2) -> None:
+        """Write queued rows in batches until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(every)
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("audit flush failed")

@@ -1,0 +1,117 @@
+"""The hub's own tables (its own SQLModel base): routing index, feed cursors, mailbox, list requests,
+pending DMG relation moves, audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Column, DateTime, Index, LargeBinary
+from sqlmodel import Field, SQLModel
+
+from mycarenet_core.db import declarative_base
+
+if TYPE_CHECKING:  # mypy cannot use a base class made at run time
+    HubBase = SQLModel
+else:
+    HubBase = declarative_base()
+
+
+def _instant(nullable: bool = False) -> Column:  # type: ignore[type-arg]
+    """An aware instant (TIMESTAMP WITH TIME ZONE on PostgreSQL)."""
+    return Column(DateTime(timezone=True), nullable=nullable)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Affiliation(HubBase, table=True):
+    """The affiliation periods of one NISS at one insurer, as the insurer's feed last said."""
+
+    __tablename__ = "routing_affiliation"
+    __table_args__ = (Index("ix_routing_member", "insurer_code", "registration_number"),)
+
+    niss: str = Field(primary_key=True, max_length=11)
+    insurer_code: str = Field(primary_key=True, max_length=3)
+    registration_number: str = Field(default="", max_length=16)
+    # "YYYY-MM-DD/YYYY-MM-DD;YYYY-MM-DD/" (an empty end = open).
+    periods: str = Field(default="", max_length=2000)
+
+
+class FeedCursor(HubBase, table=True):
+    """Last affiliation-feed sequence applied, per insurer."""
+
+    __tablename__ = "feed_cursor"
+
+    insurer_code: str = Field(primary_key=True, max_length=3)
+    sequence: int = Field(default=0)
+
+
+class StoredMessage(HubBase, table=True):
+    """One mailbox message (stored once per message id)."""
+
+    __tablename__ = "mailbox_message"
+    __table_args__ = (Index("ix_mailbox_pending", "recipient_inami", "confirmed", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True, max_length=200)
+    recipient_inami: str = Field(max_length=11)
+    kind: int
+    insurer_code: str = Field(default="", max_length=3)
+    requester_reference: str = Field(default="", max_length=200)
+    content_hash: str = Field(max_length=64, index=True)
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    stored_at: dt.datetime = Field(default_factory=_utcnow, sa_column=_instant())
+    confirmed: bool = Field(default=False)
+    confirmed_at: dt.datetime | None = Field(default=None, sa_column=_instant(True))
+    duplicate_count: int = Field(default=0)
+
+
+class ListRequest(HubBase, table=True):
+    """A posted patient-list request, until its answer is in the mailbox."""
+
+    __tablename__ = "list_request"
+    __table_args__ = (Index("ix_list_requester_ref", "requester_inami", "requester_reference", unique=True),)
+
+    reference: str = Field(primary_key=True, max_length=64)
+    requester_inami: str = Field(max_length=11)
+    requester_reference: str = Field(max_length=200)
+    year: int
+    insurer_codes: str = Field(max_length=100)  # comma separated
+    context: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # serialized oa RequestContext
+    tack: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # serialized TechnicalAck
+    created_at: dt.datetime = Field(default_factory=_utcnow, sa_column=_instant())
+    done: bool = Field(default=False, index=True)
+
+
+class PendingTransfer(HubBase, table=True):
+    """A DMG relation move that eHealth has not acknowledged yet (retried in the background)."""
+
+    __tablename__ = "pending_transfer"
+
+    source_reference: str = Field(primary_key=True, max_length=250)
+    request: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # TransferDmgRelationRequest
+    attempts: int = Field(default=0)
+    last_error: str = Field(default="", max_length=500)
+
+
+class AuditRecord(HubBase, table=True):
+    """Who asked what, for whom, through whom, when, and how it ended (seed 001 art. 3)."""
+
+    __tablename__ = "audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    time: dt.datetime = Field(sa_column=_instant())
+    rpc: str = Field(max_length=60)
+    requester_inami: str = Field(default="", max_length=11, index=True)
+    executor_id: str = Field(default="", max_length=20)
+    executor_kind: str = Field(default="", max_length=30)
+    mandate_id: str = Field(default="", max_length=64)
+    session_id: str = Field(default="", max_length=64)
+    requester_reference: str = Field(default="", max_length=200)
+    insurer_code: str = Field(default="", max_length=30)
+    outcome: str = Field(max_length=30)
+    reason: str = Field(default="", max_length=60)
+    codes: str = Field(default="", max_length=60)
+    duration_ms: float = Field(default=0.0)

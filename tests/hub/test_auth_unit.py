@@ -1,0 +1,194 @@
+"""Local token verification, the authorization matrix, throttling and the circuit breaker (no servers)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hub.auth import Caller, HubService, TokenVerifier, authorize, bearer_token
+from hub.throttle import Throttle, ThrottleConfig
+from hub.upstream import CircuitBreaker
+from mycarenet_core.clock import FixedClock
+from mycarenet_core.errors import MeshError
+from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
+from mycarenet_core.identifiers import Profession, make_inami
+
+NOW = dt.datetime(2025, 3, 4, 10, 0, tzinfo=dt.UTC)
+KEY = Ed25519PrivateKey.generate()
+GP = make_inami(Profession.PHYSICIAN, 101, "004")
+TRAINEE = make_inami(Profession.PHYSICIAN, 102, "005")
+SPECIALIST = make_inami(Profession.PHYSICIAN, 103, "580")
+DENTIST = make_inami(Profession.DENTIST, 104, "000")
+PHARMACIST = make_inami(Profession.PHARMACIST, 105, "000")
+MEDICAL_HOUSE = make_inami(Profession.ORGANISATION, 106, "100")
+
+
+def pem(key: Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.calls = 0
+        self.keys = [auth_pb2.SigningKey(key_id="k1", algorithm="EdDSA", public_key_pem=pem(KEY))]
+
+    async def __call__(self) -> auth_pb2.GetSigningKeysResponse:
+        self.calls += 1
+        return auth_pb2.GetSigningKeysResponse(keys=self.keys)
+
+
+def token(key: Ed25519PrivateKey = KEY, kid: str = "k1", **over: Any) -> str:
+    iat = int(NOW.timestamp())
+    claims = {
+        "iss": "ehealth",
+        "aud": "mycarenet",
+        "sub": GP,
+        "sub_kind": "SUBJECT_KIND_PROVIDER",
+        "sid": "s1",
+        "iat": iat,
+        "nbf": iat,
+        "exp": iat + 3600,
+        "inami": GP,
+        "principal": "",
+        "mandate_id": "",
+        "mandate_services": [],
+    } | over
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
+
+
+async def reason_of(verifier: TokenVerifier, text: str) -> str:
+    with pytest.raises(MeshError) as err:
+        await verifier.verify(text)
+    assert err.value.status.name == "UNAUTHENTICATED"
+    return err.value.reason
+
+
+async def test_a_good_token_verifies_locally_with_one_key_fetch() -> None:
+    keys = Keys()
+    verifier = TokenVerifier(keys, FixedClock(NOW))
+    for _ in range(3):
+        caller = await verifier.verify(token())
+    assert caller.requester_inami == GP
+    assert keys.calls == 1
+
+
+async def test_every_rejection_reason() -> None:
+    clock = FixedClock(NOW)
+    keys = Keys()
+    verifier = TokenVerifier(keys, clock, refresh_interval=60)
+    assert await reason_of(verifier, "not-a-jwt") == "MALFORMED"
+    assert await reason_of(verifier, token(Ed25519PrivateKey.generate())) == "BAD_SIGNATURE"
+    assert await reason_of(verifier, token(kid="k9")) == "UNKNOWN_KEY"
+    assert await reason_of(verifier, token(kid="k8")) == "UNKNOWN_KEY"
+    assert keys.calls == 1  # unknown kids refresh at most once per interval
+    assert await reason_of(verifier, token(aud="other")) == "WRONG_AUDIENCE"
+    assert await reason_of(verifier, token(exp=int(NOW.timestamp()) - 120)) == "EXPIRED"
+    assert await reason_of(verifier, token(nbf=int(NOW.timestamp()) + 120)) == "NOT_YET_VALID"
+    verifier.revoke(auth_pb2.Revocation(sequence=1, session_id="s1"))
+    assert await reason_of(verifier, token()) == "REVOKED"
+    with pytest.raises(MeshError) as err:
+        bearer_token([])
+    assert err.value.reason == "MISSING_TOKEN"
+    with pytest.raises(MeshError) as err:
+        bearer_token([("authorization", "Basic abc")])
+    assert err.value.reason == "MALFORMED"
+
+
+async def test_a_rotated_key_is_fetched_on_first_sight() -> None:
+    keys = Keys()
+    verifier = TokenVerifier(keys, FixedClock(NOW), refresh_interval=0)
+    await verifier.verify(token())
+    new = Ed25519PrivateKey.generate()
+    keys.keys.append(auth_pb2.SigningKey(key_id="k2", algorithm="EdDSA", public_key_pem=pem(new)))
+    assert (await verifier.verify(token(new, "k2"))).executor_id == GP
+
+
+def caller(inami: str, principal: str = "", services: tuple[str, ...] = ()) -> Caller:
+    return Caller(
+        executor_id=inami or "85073003328",
+        executor_kind="SUBJECT_KIND_PROVIDER" if inami else "SUBJECT_KIND_PERSON",
+        session_id="s",
+        inami=inami,
+        principal=principal,
+        mandate_id="m1" if principal else "",
+        mandate_services=frozenset(services),
+        organisation="",
+        expires=NOW,
+    )
+
+
+@pytest.mark.parametrize(
+    ("inami", "service", "allowed"),
+    [
+        (GP, HubService.CONSULT, True),
+        (TRAINEE, HubService.CONSULT, True),
+        (SPECIALIST, HubService.CONSULT, True),
+        (DENTIST, HubService.CONSULT, True),
+        (PHARMACIST, HubService.CONSULT, False),
+        (MEDICAL_HOUSE, HubService.CONSULT, False),
+        (GP, HubService.NOTIFY, True),
+        (TRAINEE, HubService.NOTIFY, True),
+        (SPECIALIST, HubService.NOTIFY, False),
+        (DENTIST, HubService.NOTIFY, False),
+        (GP, HubService.PATIENT_LIST, True),
+        (TRAINEE, HubService.PATIENT_LIST, False),
+        (SPECIALIST, HubService.PATIENT_LIST, False),
+        (GP, HubService.ENROL, True),
+        (DENTIST, HubService.ENROL, False),
+    ],
+)
+def test_matrix(inami: str, service: HubService, allowed: bool) -> None:
+    if allowed:
+        authorize(caller(inami), service)
+        return
+    with pytest.raises(MeshError) as err:
+        authorize(caller(inami), service)
+    assert (err.value.status.name, err.value.code) == ("PERMISSION_DENIED", 140)
+
+
+def test_a_mandate_must_cover_the_service_and_the_principal_is_the_requester() -> None:
+    mandated = caller("", GP, ("MANDATED_SERVICE_DMG_CONSULT",))
+    assert mandated.requester_inami == GP
+    authorize(mandated, HubService.CONSULT)
+    with pytest.raises(MeshError) as err:
+        authorize(mandated, HubService.NOTIFY)
+    assert err.value.reason == "MANDATE_NOT_COVERING"
+    with pytest.raises(MeshError):
+        authorize(caller(""), HubService.MAILBOX)  # a person without a mandate is nobody's requester
+
+
+def test_throttle_lets_a_burst_through_then_refuses_with_retry_info() -> None:
+    now = [0.0]
+    throttle = Throttle(ThrottleConfig(rate=2, burst=5), monotonic=lambda: now[0])
+    for _ in range(5):
+        throttle.take(GP)
+    with pytest.raises(MeshError) as err:
+        throttle.take(GP)
+    assert err.value.status.name == "RESOURCE_EXHAUSTED"
+    assert err.value.retry_after_seconds == pytest.approx(0.5)
+    throttle.take(SPECIALIST)  # others unaffected
+    now[0] += 0.5
+    throttle.take(GP)
+
+
+def test_breaker_opens_then_lets_one_trial_through() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(3, 2.0, monotonic=lambda: now[0])
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.failure()
+    assert not breaker.allow()
+    now[0] += 2.1
+    assert breaker.allow()
+    assert not breaker.allow()  # only one trial while half-open
+    breaker.success()
+    assert breaker.allow()

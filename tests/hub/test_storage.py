@@ -1,0 +1,104 @@
+"""The hub's own storage: mailbox (store once, pending, confirm), patient-list requests, audit — on SQLite
+and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import select
+
+from hub.audit import AuditLog
+from hub.mailbox import MailboxRepository, content_hash
+from hub.models import AuditRecord, HubBase
+from mycarenet_core.clock import FixedClock
+from mycarenet_core.db import create_engine, create_schema, session_factory, transaction
+from mycarenet_core.errors import permission_denied
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
+
+GP1, GP2 = "10000101004", "10000202004"
+NOW = dt.datetime(2025, 3, 4, 10, 0, tzinfo=dt.UTC)
+
+
+def closure(message_id: str, recipient: str, niss: str = "80051703367") -> dmg_pb2.MailboxMessage:
+    return dmg_pb2.MailboxMessage(
+        message_id=message_id,
+        kind=dmg_pb2.MESSAGE_KIND_CLOSURE,
+        insurer_code="100",
+        recipient_inami=recipient,
+        closure=dmg_pb2.ClosureMessage(patient=common_pb2.Patient(niss=niss)),
+    )
+
+
+@pytest.fixture
+async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = create_engine(database_url)
+    await create_schema(engine, HubBase.metadata)
+    try:
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_message_delivered_twice_is_stored_once(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with transaction(sessions) as session:
+        first = await MailboxRepository(session).store([closure("m1", GP1), closure("m2", GP2)])
+    async with transaction(sessions) as session:
+        again = await MailboxRepository(session).store([closure("m1", GP1), closure("m3", GP1)])
+    assert first.stored == ["m1", "m2"]
+    assert again.stored == ["m3"]
+    assert again.duplicates == ["m1"]
+    async with sessions() as session:
+        pending = await MailboxRepository(session).pending(GP1, [])
+    assert [m.message_id for _, m in pending] == ["m1", "m3"]
+    assert pending[0][1].content_hash == content_hash(closure("m1", GP1))
+
+
+async def test_pending_is_per_recipient_oldest_first_and_paged(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    async with transaction(sessions) as session:
+        await MailboxRepository(session).store([closure(f"m{i}", GP1 if i % 2 else GP2) for i in range(10)])
+    async with sessions() as session:
+        repo = MailboxRepository(session)
+        page1 = await repo.pending(GP1, [], limit=3)
+        page2 = await repo.pending(GP1, [], after_id=page1[-1][0], limit=3)
+        assert [m.message_id for _, m in page1 + page2] == ["m1", "m3", "m5", "m7", "m9"]
+        assert await repo.pending(GP1, [dmg_pb2.MESSAGE_KIND_EXTENSION]) == []
+
+
+async def test_confirm_by_id_and_hash_twice_and_foreign(sessions: async_sessionmaker[AsyncSession]) -> None:
+    async with transaction(sessions) as session:
+        await MailboxRepository(session).store(
+            [closure("a", GP1, "80051703367"), closure("b", GP1, "75010201290"), closure("c", GP2)]
+        )
+    hash_b = content_hash(closure("b", GP1, "75010201290"))
+    async with transaction(sessions) as session:
+        result = await MailboxRepository(session).confirm(GP1, ["a", "c", "zzz"], [hash_b], NOW)
+    assert (result.confirmed, result.already, result.unknown) == (2, 0, ["c", "zzz"])
+    async with transaction(sessions) as session:
+        again = await MailboxRepository(session).confirm(GP1, ["a"], [hash_b], NOW)
+    assert (again.confirmed, again.already, again.unknown) == (0, 2, [])
+    async with sessions() as session:
+        assert await MailboxRepository(session).pending(GP1, []) == []
+        assert [m.message_id for _, m in await MailboxRepository(session).pending(GP2, [])] == ["c"]
+
+
+async def test_audit_rows_are_written(sessions: async_sessionmaker[AsyncSession]) -> None:
+    audit = AuditLog(sessions, FixedClock(NOW))
+    async with audit.record("ConsultDmg") as entry:
+        entry.requester_reference = "r1"
+        entry.insurer_codes = ["100"]
+    with pytest.raises(Exception, match="nope"):
+        async with audit.record("NotifyDmg"):
+            raise permission_denied("PROVIDER_NOT_ENTITLED", "nope", code=140)
+    await audit.flush()
+    async with sessions() as session:
+        rows = (await session.execute(select(AuditRecord).order_by(AuditRecord.id))).scalars().all()  # type: ignore[arg-type]
+    assert [(r.rpc, r.outcome, r.reason, r.codes, r.insurer_code) for r in rows] == [
+        ("ConsultDmg", "OK", "", "", "100"),
+        ("NotifyDmg", "PERMISSION_DENIED", "PROVIDER_NOT_ENTITLED", "140", ""),
+    ]
