@@ -1,0 +1,141 @@
+"""Mandates: a principal provider lets a third party act for it for named services over a period.
+
+No two mandates of one principal overlap for a service (:func:`ehealth.rules.plan_mandate_closures`):
+a new one closes the previous one the day before its start. A previous mandate is closed as a whole
+(all its services), because a mandate is one act of delegation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ehealth.models import MandateRow
+from ehealth.repositories import CadastreRepository, MandateRepository
+from ehealth.rules import MandateView, Period, check_end, plan_mandate_closures
+from mycarenet_core.clock import Clock
+from mycarenet_core.db import transaction
+from mycarenet_core.errors import McnCode, not_found
+
+
+@dataclass(frozen=True)
+class MandateRecord:
+    """A mandate with its services (sorted names)."""
+
+    row: MandateRow
+    services: tuple[str, ...]
+
+    @property
+    def period(self) -> Period:
+        return Period(self.row.valid_from, self.row.valid_to)
+
+
+@dataclass(frozen=True)
+class NewMandate:
+    """A validated mandate request."""
+
+    principal_inami: str
+    mandatee_kind: str
+    mandatee_id: str
+    services: frozenset[str]
+    period: Period
+
+
+async def _records(repo: MandateRepository, rows: Sequence[MandateRow]) -> list[MandateRecord]:
+    services = await repo.services([r.mandate_id for r in rows])
+    return [MandateRecord(r, tuple(services[r.mandate_id])) for r in rows]
+
+
+async def active_mandate(
+    session: AsyncSession, principal: str, mandatee_kind: str, mandatee_id: str, day: dt.date
+) -> MandateRecord | None:
+    """The mandate from ``principal`` to the mandatee valid on ``day``; the latest started when several
+    (for different services) are."""
+    repo = MandateRepository(session)
+    rows = await repo.search(
+        principal_inami=principal, mandatee_id=mandatee_id, mandatee_kind=mandatee_kind, valid_on=day
+    )
+    if not rows:
+        return None
+    return (await _records(repo, rows[-1:]))[0]
+
+
+class Mandates:
+    """Create, revoke and list mandates."""
+
+    def __init__(self, factory: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self.factory = factory
+        self.clock = clock
+
+    async def create(self, new: NewMandate) -> tuple[MandateRecord, list[MandateRecord]]:
+        """The created mandate and the mandates it closed (as they are now)."""
+        async with transaction(self.factory) as session:
+            cadastre = CadastreRepository(session)
+            if (
+                await cadastre.provider(new.principal_inami) is None
+                and await cadastre.organisation(new.principal_inami) is None
+            ):
+                raise not_found(
+                    "PRINCIPAL_UNKNOWN",
+                    f"principal {new.principal_inami} is not in the cadastre",
+                    code=McnCode.PROVIDER_UNKNOWN,
+                    field_path="mandate.principal_inami",
+                )
+            repo = MandateRepository(session)
+            existing = await _records(repo, await repo.of_principal(new.principal_inami))
+            views = [MandateView(m.row.mandate_id, frozenset(m.services), m.period) for m in existing]
+            mandate_id = uuid.uuid4().hex
+            closures = plan_mandate_closures(MandateView(mandate_id, new.services, new.period), views)
+            closed: list[MandateRecord] = []
+            for record in existing:
+                if record.row.mandate_id in closures:
+                    record.row.valid_to = closures[record.row.mandate_id]
+                    closed.append(record)
+            row = MandateRow(
+                mandate_id=mandate_id,
+                principal_inami=new.principal_inami,
+                mandatee_kind=new.mandatee_kind,
+                mandatee_id=new.mandatee_id,
+                valid_from=new.period.start,
+                valid_to=new.period.end,
+                create_time=self.clock.now(),
+            )
+            await repo.add(row, sorted(new.services))
+        return MandateRecord(row, tuple(sorted(new.services))), closed
+
+    async def revoke(self, mandate_id: str, end: dt.date | None) -> MandateRecord:
+        """End the mandate on ``end`` (today when None); never lengthens it. Ending it the day before its
+        start cancels it."""
+        day = end or self.clock.today()
+        async with transaction(self.factory) as session:
+            repo = MandateRepository(session)
+            row = await repo.get(mandate_id)
+            if row is None:
+                raise not_found("MANDATE_UNKNOWN", f"no mandate {mandate_id}")
+            check_end(day, row.valid_from, "end_date")
+            row.valid_to = Period(row.valid_from, row.valid_to).ended_by(day).end
+            return (await _records(repo, [row]))[0]
+
+    async def search(
+        self,
+        *,
+        principal_inami: str,
+        mandatee_id: str,
+        valid_on: dt.date | None,
+        after: tuple[dt.date, str] | None,
+        limit: int,
+    ) -> list[MandateRecord]:
+        async with transaction(self.factory) as session:
+            repo = MandateRepository(session)
+            rows = await repo.search(
+                principal_inami=principal_inami,
+                mandatee_id=mandatee_id,
+                valid_on=valid_on,
+                after=after,
+                limit=limit,
+            )
+            return await _records(repo, rows)

@@ -1,0 +1,219 @@
+"""eHealth tables (SQLModel), on a base of their own so that this metadata holds only eHealth's tables.
+
+Instants are stored as naive UTC (:class:`UtcDateTime`) and come back timezone-aware, the same on SQLite and
+PostgreSQL; civil dates are plain ``DATE`` columns. An unset end date means "open".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from mycarenet_core.db import declarative_base
+
+if TYPE_CHECKING:  # a variable is not a valid base class for mypy; at run time it is eHealth's own base
+    Base = SQLModel
+else:
+    Base = declarative_base()
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """An aware UTC instant stored as a naive UTC ``TIMESTAMP`` (portable between SQLite and PostgreSQL)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _instant(*, nullable: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))
+
+
+# --- authentication ------------------------------------------------------------------------------------
+
+
+class SigningKeyRow(Base, table=True):
+    """A token signing key (Ed25519). The current key has no retire time."""
+
+    __tablename__ = "signing_key"
+
+    key_id: str = Field(primary_key=True, max_length=64)
+    private_key_pem: str = Field(sa_column=Column(Text, nullable=False))
+    public_key_pem: str = Field(sa_column=Column(Text, nullable=False))
+    create_time: dt.datetime = _instant()
+    retire_time: dt.datetime | None = _instant(nullable=True)
+
+
+class CredentialRow(Base, table=True):
+    """The public key a subject authenticates with (replaced on re-registration)."""
+
+    __tablename__ = "credential"
+
+    subject_kind: str = Field(primary_key=True, max_length=32)
+    subject_id: str = Field(primary_key=True, max_length=32)
+    public_key_pem: str = Field(sa_column=Column(Text, nullable=False))
+    fingerprint: str = Field(max_length=64)
+    register_time: dt.datetime = _instant()
+
+
+class ChallengeRow(Base, table=True):
+    """A one-time challenge; ``use_time`` is set by the first answer, right or wrong."""
+
+    __tablename__ = "challenge"
+
+    challenge_id: str = Field(primary_key=True, max_length=64)
+    subject_kind: str = Field(max_length=32)
+    subject_id: str = Field(max_length=32)
+    nonce: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    create_time: dt.datetime = _instant()
+    expire_time: dt.datetime = _instant()
+    use_time: dt.datetime | None = _instant(nullable=True)
+
+
+class SessionRow(Base, table=True):
+    """An issued session (every action is traced to the session's subject)."""
+
+    __tablename__ = "session"
+
+    session_id: str = Field(primary_key=True, max_length=64)
+    subject_kind: str = Field(max_length=32)
+    subject_id: str = Field(max_length=32)
+    audience: str = Field(max_length=128)
+    key_id: str = Field(max_length=64)
+    principal_inami: str | None = Field(default=None, max_length=11)
+    mandate_id: str | None = Field(default=None, max_length=64)
+    issue_time: dt.datetime = _instant()
+    expire_time: dt.datetime = _instant()
+
+
+class RevocationRow(Base, table=True):
+    """A revoked session, numbered in commit order."""
+
+    __tablename__ = "revocation"
+
+    sequence: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+    session_id: str = Field(max_length=64, unique=True)
+    revoke_time: dt.datetime = _instant()
+    expire_time: dt.datetime = _instant()
+
+
+# --- cadastre ------------------------------------------------------------------------------------------
+
+
+class ProviderRow(Base, table=True):
+    """A care provider of the cadastre."""
+
+    __tablename__ = "provider"
+
+    inami: str = Field(primary_key=True, max_length=11)
+    niss: str = Field(max_length=11, index=True)
+    first_name: str = Field(max_length=200)
+    last_name: str = Field(max_length=200)
+    role: str = Field(max_length=32, index=True)
+    valid_from: dt.date
+    valid_to: dt.date | None = None
+    supervisor_inami: str | None = Field(default=None, max_length=11)
+
+
+class OrganisationRow(Base, table=True):
+    """A medical house or group practice."""
+
+    __tablename__ = "organisation"
+
+    inami: str = Field(primary_key=True, max_length=11)
+    kind: str = Field(max_length=32, index=True)
+    name: str = Field(max_length=200)
+    valid_from: dt.date
+    valid_to: dt.date | None = None
+
+
+class MembershipRow(Base, table=True):
+    """A provider's membership of an organisation over a period."""
+
+    __tablename__ = "membership"
+    __table_args__ = (Index("ix_membership_member", "member_inami", "organisation_inami"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    organisation_inami: str = Field(max_length=11, foreign_key="organisation.inami", index=True)
+    member_inami: str = Field(max_length=11)
+    valid_from: dt.date
+    valid_to: dt.date | None = None
+
+
+# --- therapeutic relations -----------------------------------------------------------------------------
+
+
+class RelationRow(Base, table=True):
+    """A therapeutic relation between a provider (or organisation) and a patient."""
+
+    __tablename__ = "therapeutic_relation"
+    __table_args__ = (Index("ix_relation_patient_provider", "patient_niss", "provider_inami"),)
+
+    relation_id: str = Field(primary_key=True, max_length=64)
+    provider_inami: str = Field(max_length=11, index=True)
+    patient_niss: str = Field(max_length=11)
+    proof: str = Field(max_length=32)
+    valid_from: dt.date
+    valid_to: dt.date | None = None
+    create_time: dt.datetime = _instant()
+
+
+class DmgTransferRow(Base, table=True):
+    """A DMG relation move already applied (idempotency by source reference)."""
+
+    __tablename__ = "dmg_transfer"
+
+    source_reference: str = Field(primary_key=True, max_length=200)
+    patient_niss: str = Field(max_length=11)
+    new_relation_id: str = Field(max_length=64)
+    ended_relation_id: str | None = Field(default=None, max_length=64)
+    apply_time: dt.datetime = _instant()
+
+
+# --- mandates ------------------------------------------------------------------------------------------
+
+
+class MandateRow(Base, table=True):
+    """A mandate from a principal provider to a mandatee."""
+
+    __tablename__ = "mandate"
+    __table_args__ = (Index("ix_mandate_mandatee", "mandatee_id", "mandatee_kind"),)
+
+    mandate_id: str = Field(primary_key=True, max_length=64)
+    principal_inami: str = Field(max_length=11, index=True)
+    mandatee_kind: str = Field(max_length=32)
+    mandatee_id: str = Field(max_length=32)
+    valid_from: dt.date
+    valid_to: dt.date | None = None
+    create_time: dt.datetime = _instant()
+
+
+class MandateServiceRow(Base, table=True):
+    """One service delegated by a mandate."""
+
+    __tablename__ = "mandate_service"
+
+    mandate_id: str = Field(primary_key=True, max_length=64, foreign_key="mandate.mandate_id")
+    service: str = Field(primary_key=True, max_length=64)
+
+
+metadata = Base.metadata

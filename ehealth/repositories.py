@@ -1,0 +1,393 @@
+"""Repositories: one per aggregate, each owning its SQL. They take the session in their constructor; the
+caller owns the transaction (nothing here commits)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, delete, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from ehealth.models import (
+    ChallengeRow,
+    CredentialRow,
+    DmgTransferRow,
+    MandateRow,
+    MandateServiceRow,
+    MembershipRow,
+    OrganisationRow,
+    ProviderRow,
+    RelationRow,
+    RevocationRow,
+    SessionRow,
+    SigningKeyRow,
+)
+from ehealth.tokens import KeyPair
+
+
+def _valid_on(start: Any, end: Any, day: dt.date) -> ColumnElement[bool]:
+    """SQL for "the period [start, end] (end NULL = open) contains ``day``"."""
+    return and_(start <= day, or_(end.is_(None), end >= day))
+
+
+def _after(columns: Sequence[Any], key: Sequence[object] | None) -> ColumnElement[bool] | None:
+    """Keyset pagination: rows whose sort key is strictly after ``key``."""
+    if key is None:
+        return None
+    if len(columns) == 1:
+        result: ColumnElement[bool] = columns[0] > key[0]
+        return result
+    return tuple_(*columns) > tuple_(*key)
+
+
+class SigningKeyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def current(self) -> SigningKeyRow | None:
+        stmt = select(SigningKeyRow).where(col(SigningKeyRow.retire_time).is_(None))
+        return (await self.session.scalars(stmt)).first()
+
+    async def add(self, pair: KeyPair, now: dt.datetime) -> SigningKeyRow:
+        row = SigningKeyRow(
+            key_id=pair.key_id,
+            private_key_pem=pair.private_key_pem,
+            public_key_pem=pair.public_key_pem,
+            create_time=now,
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def retire_current(self, now: dt.datetime) -> None:
+        stmt = update(SigningKeyRow).where(col(SigningKeyRow.retire_time).is_(None)).values(retire_time=now)
+        await self.session.execute(stmt)
+
+    async def published(self, retired_after: dt.datetime) -> list[SigningKeyRow]:
+        """The current key first, then keys retired after ``retired_after``, most recent first."""
+        stmt = select(SigningKeyRow).where(
+            or_(
+                col(SigningKeyRow.retire_time).is_(None),
+                col(SigningKeyRow.retire_time) > retired_after,
+            )
+        )
+        rows = list((await self.session.scalars(stmt)).all())
+        rows.sort(key=lambda r: (r.retire_time is not None, -(r.retire_time or r.create_time).timestamp()))
+        return rows
+
+
+class CredentialRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, kind: str, subject_id: str) -> CredentialRow | None:
+        return await self.session.get(CredentialRow, (kind, subject_id))
+
+    async def put(
+        self, kind: str, subject_id: str, public_key_pem: str, fingerprint: str, now: dt.datetime
+    ) -> None:
+        row = await self.get(kind, subject_id)
+        if row is None:
+            row = CredentialRow(subject_kind=kind, subject_id=subject_id, public_key_pem="", fingerprint="")
+            self.session.add(row)
+        row.public_key_pem, row.fingerprint, row.register_time = public_key_pem, fingerprint, now
+        await self.session.flush()
+
+
+class ChallengeRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, row: ChallengeRow) -> None:
+        self.session.add(row)
+        await self.session.flush()
+
+    async def get(self, challenge_id: str) -> ChallengeRow | None:
+        return await self.session.get(ChallengeRow, challenge_id)
+
+    async def consume(self, challenge_id: str, now: dt.datetime) -> bool:
+        """Mark the challenge used; False when it already was (atomic: one answer wins)."""
+        stmt = (
+            update(ChallengeRow)
+            .where(col(ChallengeRow.challenge_id) == challenge_id, col(ChallengeRow.use_time).is_(None))
+            .values(use_time=now)
+            .execution_options(synchronize_session=False)
+        )
+        result: Any = await self.session.execute(stmt)
+        return bool(result.rowcount == 1)
+
+    async def purge(self, expired_before: dt.datetime) -> None:
+        stmt = delete(ChallengeRow).where(col(ChallengeRow.expire_time) < expired_before)
+        await self.session.execute(stmt)
+
+
+class SessionRepository:
+    """Sessions and their revocations."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, row: SessionRow) -> None:
+        self.session.add(row)
+        await self.session.flush()
+
+    async def get(self, session_id: str) -> SessionRow | None:
+        return await self.session.get(SessionRow, session_id)
+
+    async def revocation(self, session_id: str) -> RevocationRow | None:
+        stmt = select(RevocationRow).where(col(RevocationRow.session_id) == session_id)
+        return (await self.session.scalars(stmt)).first()
+
+    async def revoke(self, session_id: str, now: dt.datetime, expire_time: dt.datetime) -> RevocationRow:
+        row = RevocationRow(session_id=session_id, revoke_time=now, expire_time=expire_time)
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def revocations_after(
+        self, sequence: int, *, limit: int, unexpired_at: dt.datetime
+    ) -> list[RevocationRow]:
+        stmt = (
+            select(RevocationRow)
+            .where(col(RevocationRow.sequence) > sequence, col(RevocationRow.expire_time) > unexpired_at)
+            .order_by(col(RevocationRow.sequence))
+            .limit(limit)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+
+class CadastreRepository:
+    """Providers, organisations and memberships."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def provider(self, inami: str) -> ProviderRow | None:
+        return await self.session.get(ProviderRow, inami)
+
+    async def organisation(self, inami: str) -> OrganisationRow | None:
+        return await self.session.get(OrganisationRow, inami)
+
+    async def put_provider(self, values: ProviderRow) -> bool:
+        """Create or replace; True when created."""
+        existing = await self.provider(values.inami)
+        if existing is None:
+            self.session.add(values)
+        else:
+            for name in ("niss", "first_name", "last_name", "role", "valid_from", "valid_to"):
+                setattr(existing, name, getattr(values, name))
+            existing.supervisor_inami = values.supervisor_inami
+        await self.session.flush()
+        return existing is None
+
+    async def put_organisation(self, values: OrganisationRow, members: Sequence[MembershipRow]) -> bool:
+        """Create or replace the organisation and its whole membership; True when created."""
+        existing = await self.organisation(values.inami)
+        if existing is None:
+            self.session.add(values)
+        else:
+            existing.kind, existing.name = values.kind, values.name
+            existing.valid_from, existing.valid_to = values.valid_from, values.valid_to
+        await self.session.flush()
+        await self.session.execute(
+            delete(MembershipRow).where(col(MembershipRow.organisation_inami) == values.inami)
+        )
+        self.session.add_all(members)
+        await self.session.flush()
+        return existing is None
+
+    async def list_providers(self, role: str | None, after: str | None, limit: int) -> list[ProviderRow]:
+        stmt = select(ProviderRow).order_by(col(ProviderRow.inami)).limit(limit)
+        if role is not None:
+            stmt = stmt.where(col(ProviderRow.role) == role)
+        if after is not None:
+            stmt = stmt.where(col(ProviderRow.inami) > after)
+        return list((await self.session.scalars(stmt)).all())
+
+    async def list_organisations(
+        self, kind: str | None, after: str | None, limit: int
+    ) -> list[OrganisationRow]:
+        stmt = select(OrganisationRow).order_by(col(OrganisationRow.inami)).limit(limit)
+        if kind is not None:
+            stmt = stmt.where(col(OrganisationRow.kind) == kind)
+        if after is not None:
+            stmt = stmt.where(col(OrganisationRow.inami) > after)
+        return list((await self.session.scalars(stmt)).all())
+
+    async def members(self, organisation_inamis: Sequence[str]) -> dict[str, list[MembershipRow]]:
+        """Members of each organisation, in member INAMI then start order."""
+        out: dict[str, list[MembershipRow]] = {inami: [] for inami in organisation_inamis}
+        if not organisation_inamis:
+            return out
+        stmt = (
+            select(MembershipRow)
+            .where(col(MembershipRow.organisation_inami).in_(organisation_inamis))
+            .order_by(col(MembershipRow.member_inami), col(MembershipRow.valid_from))
+        )
+        for row in (await self.session.scalars(stmt)).all():
+            out[row.organisation_inami].append(row)
+        return out
+
+    async def organisations_of(self, member_inami: str, day: dt.date) -> list[str]:
+        """Organisations (valid on ``day``) that ``member_inami`` belongs to on ``day``, in INAMI order."""
+        stmt = (
+            select(col(OrganisationRow.inami))
+            .join(MembershipRow, col(MembershipRow.organisation_inami) == col(OrganisationRow.inami))
+            .where(
+                col(MembershipRow.member_inami) == member_inami,
+                _valid_on(col(MembershipRow.valid_from), col(MembershipRow.valid_to), day),
+                _valid_on(col(OrganisationRow.valid_from), col(OrganisationRow.valid_to), day),
+            )
+            .distinct()
+            .order_by(col(OrganisationRow.inami))
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+
+class RelationRepository:
+    """Therapeutic relations and the DMG moves already applied."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, row: RelationRow) -> RelationRow:
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def get(self, relation_id: str) -> RelationRow | None:
+        return await self.session.get(RelationRow, relation_id)
+
+    async def of_pair(self, provider_inami: str, patient_niss: str, proof: str) -> list[RelationRow]:
+        stmt = select(RelationRow).where(
+            col(RelationRow.provider_inami) == provider_inami,
+            col(RelationRow.patient_niss) == patient_niss,
+            col(RelationRow.proof) == proof,
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def granting(self, provider_inami: str, patient_niss: str, day: dt.date) -> list[RelationRow]:
+        """In one query: the patient's relations valid on ``day`` held by the provider itself or by an
+        organisation (valid on ``day``) the provider is a member of on ``day``."""
+        organisations = (
+            select(col(MembershipRow.organisation_inami))
+            .join(OrganisationRow, col(OrganisationRow.inami) == col(MembershipRow.organisation_inami))
+            .where(
+                col(MembershipRow.member_inami) == provider_inami,
+                _valid_on(col(MembershipRow.valid_from), col(MembershipRow.valid_to), day),
+                _valid_on(col(OrganisationRow.valid_from), col(OrganisationRow.valid_to), day),
+            )
+        )
+        stmt = select(RelationRow).where(
+            col(RelationRow.patient_niss) == patient_niss,
+            or_(
+                col(RelationRow.provider_inami) == provider_inami,
+                col(RelationRow.provider_inami).in_(organisations),
+            ),
+            _valid_on(col(RelationRow.valid_from), col(RelationRow.valid_to), day),
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def search(
+        self,
+        *,
+        provider_inami: str,
+        patient_niss: str,
+        valid_on: dt.date | None,
+        after: Sequence[object] | None,
+        limit: int,
+    ) -> list[RelationRow]:
+        """Relations in (start, id) order, filtered; ``after`` is the last (start ISO, id) seen."""
+        order = (col(RelationRow.valid_from), col(RelationRow.relation_id))
+        stmt = select(RelationRow).order_by(*order).limit(limit)
+        if provider_inami:
+            stmt = stmt.where(col(RelationRow.provider_inami) == provider_inami)
+        if patient_niss:
+            stmt = stmt.where(col(RelationRow.patient_niss) == patient_niss)
+        if valid_on is not None:
+            stmt = stmt.where(_valid_on(col(RelationRow.valid_from), col(RelationRow.valid_to), valid_on))
+        condition = _after(order, after)
+        if condition is not None:
+            stmt = stmt.where(condition)
+        return list((await self.session.scalars(stmt)).all())
+
+    async def dmg_relations(self, patient_niss: str, proof: str) -> list[RelationRow]:
+        stmt = select(RelationRow).where(
+            col(RelationRow.patient_niss) == patient_niss, col(RelationRow.proof) == proof
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def applied_transfer(self, source_reference: str) -> DmgTransferRow | None:
+        return await self.session.get(DmgTransferRow, source_reference)
+
+    async def record_transfer(self, row: DmgTransferRow) -> None:
+        self.session.add(row)
+        await self.session.flush()
+
+
+class MandateRepository:
+    """Mandates with their delegated services."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def add(self, row: MandateRow, services: Sequence[str]) -> None:
+        self.session.add(row)
+        await self.session.flush()
+        self.session.add_all(MandateServiceRow(mandate_id=row.mandate_id, service=s) for s in services)
+        await self.session.flush()
+
+    async def get(self, mandate_id: str) -> MandateRow | None:
+        return await self.session.get(MandateRow, mandate_id)
+
+    async def services(self, mandate_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Services of each mandate, sorted."""
+        out: dict[str, list[str]] = {m: [] for m in mandate_ids}
+        if not mandate_ids:
+            return out
+        stmt = (
+            select(MandateServiceRow)
+            .where(col(MandateServiceRow.mandate_id).in_(mandate_ids))
+            .order_by(col(MandateServiceRow.service))
+        )
+        for row in (await self.session.scalars(stmt)).all():
+            out[row.mandate_id].append(row.service)
+        return out
+
+    async def of_principal(self, principal_inami: str) -> list[MandateRow]:
+        stmt = (
+            select(MandateRow)
+            .where(col(MandateRow.principal_inami) == principal_inami)
+            .order_by(col(MandateRow.valid_from), col(MandateRow.mandate_id))
+            .with_for_update()
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def search(
+        self,
+        *,
+        principal_inami: str = "",
+        mandatee_id: str = "",
+        mandatee_kind: str = "",
+        valid_on: dt.date | None = None,
+        after: Sequence[object] | None = None,
+        limit: int = 100,
+    ) -> list[MandateRow]:
+        """Mandates in (start, id) order, filtered."""
+        order = (col(MandateRow.valid_from), col(MandateRow.mandate_id))
+        stmt = select(MandateRow).order_by(*order).limit(limit)
+        if principal_inami:
+            stmt = stmt.where(col(MandateRow.principal_inami) == principal_inami)
+        if mandatee_id:
+            stmt = stmt.where(col(MandateRow.mandatee_id) == mandatee_id)
+        if mandatee_kind:
+            stmt = stmt.where(col(MandateRow.mandatee_kind) == mandatee_kind)
+        if valid_on is not None:
+            stmt = stmt.where(_valid_on(col(MandateRow.valid_from), col(MandateRow.valid_to), valid_on))
+        condition = _after(order, after)
+        if condition is not None:
+            stmt = stmt.where(condition)
+        return list((await self.session.scalars(stmt)).all())
