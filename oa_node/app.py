@@ -1,0 +1,189 @@
+"""One insurer (OA) node: its database, its four services, its outbox relay.
+
+Usage (tests start real nodes in-process)::
+
+    app = await OaNodeApp.create(insurer_code="100", database_url=url, clock=clock, hub_intake_target=hub)
+    port = await app.start("127.0.0.1:0")
+    ...
+    await app.stop()
+"""
+
+from __future__ import annotations
+
+import grpc
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mycarenet_core.clock import Clock
+from mycarenet_core.db import create_engine, create_schema, session_factory, transaction
+from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as intake_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc as ms_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
+from mycarenet_core.identifiers import INSURER_CODES
+from mycarenet_core.server import MeshServer, Service
+from oa_node import models as m
+from oa_node import rules
+from oa_node.audit import Auditor
+from oa_node.dmg import DmgOperations
+from oa_node.membership import FeedNotifier, MembershipOperations
+from oa_node.reference import ReferenceOperations
+from oa_node.relay import OutboxRelay
+from oa_node.repositories import ReferenceRepository
+from oa_node.servicers import (
+    InvoicingIntakeServicer,
+    MembershipServicer,
+    OaDmgServicer,
+    ReferenceDataServicer,
+)
+
+SERVICE_NAMES = {
+    "dmg": "mycarenet.oa.v1.OaDmgService",
+    "intake": "mycarenet.oa.v1.InvoicingIntakeService",
+    "membership": "mycarenet.oa.v1.MembershipService",
+    "reference": "mycarenet.oa.v1.ReferenceDataService",
+}
+
+
+async def init_database(engine: AsyncEngine) -> None:
+    """Create the schema, the feed head row and the default tariff (idempotent)."""
+    await create_schema(engine, m.metadata)
+    async with transaction(session_factory(engine)) as session:
+        if (await session.execute(select(m.FeedHead))).first() is None:
+            session.add(m.FeedHead(id=1, last_sequence=0))
+        await ReferenceRepository(session).seed_tariffs(rules.DEFAULT_TARIFFS)
+
+
+class OaNodeApp:
+    """An insurer node: engine, operations, gRPC server and (when a hub is given) the outbox relay."""
+
+    def __init__(
+        self,
+        *,
+        insurer_code: str,
+        engine: AsyncEngine,
+        clock: Clock,
+        hub_intake_target: str | None,
+        relay_interval: float,
+        channel_credentials: grpc.ChannelCredentials | None,
+        server_credentials: grpc.ServerCredentials | None,
+    ) -> None:
+        self.insurer_code = insurer_code
+        self.engine = engine
+        self.clock = clock
+        self.sessions = session_factory(engine)
+        auditor = Auditor(self.sessions, clock)
+        self.relay = (
+            OutboxRelay(
+                insurer_code=insurer_code,
+                sessions=self.sessions,
+                clock=clock,
+                target=hub_intake_target,
+                interval=relay_interval,
+                credentials=channel_credentials,
+            )
+            if hub_intake_target
+            else None
+        )
+        self.notifier = FeedNotifier()
+        self.dmg = DmgOperations(
+            insurer_code=insurer_code,
+            sessions=self.sessions,
+            clock=clock,
+            auditor=auditor,
+            on_outbox=self.relay.wake if self.relay else lambda: None,
+        )
+        self.membership = MembershipOperations(
+            insurer_code=insurer_code,
+            sessions=self.sessions,
+            clock=clock,
+            auditor=auditor,
+            notifier=self.notifier,
+        )
+        self.reference = ReferenceOperations(sessions=self.sessions, auditor=auditor)
+        self.server = MeshServer(
+            f"oa-{insurer_code}",
+            [
+                Service(
+                    oa_grpc.add_OaDmgServiceServicer_to_server, OaDmgServicer(self.dmg), SERVICE_NAMES["dmg"]
+                ),
+                Service(
+                    intake_grpc.add_InvoicingIntakeServiceServicer_to_server,
+                    InvoicingIntakeServicer(self.dmg),
+                    SERVICE_NAMES["intake"],
+                ),
+                Service(
+                    ms_grpc.add_MembershipServiceServicer_to_server,
+                    MembershipServicer(self.membership),
+                    SERVICE_NAMES["membership"],
+                ),
+                Service(
+                    rd_grpc.add_ReferenceDataServiceServicer_to_server,
+                    ReferenceDataServicer(self.reference),
+                    SERVICE_NAMES["reference"],
+                ),
+            ],
+            credentials=server_credentials,
+        )
+        self.port: int | None = None
+
+    @classmethod
+    async def create(
+        cls,
+        *,
+        insurer_code: str,
+        database_url: str,
+        clock: Clock,
+        hub_intake_target: str | None = None,
+        relay_interval: float = 0.2,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        server_credentials: grpc.ServerCredentials | None = None,
+    ) -> OaNodeApp:
+        """Open the database (creating the schema on first use) and build the node; nothing listens yet."""
+        if insurer_code not in INSURER_CODES:
+            raise ValueError(
+                f"unknown insurer code {insurer_code!r} (expected one of {', '.join(INSURER_CODES)})"
+            )
+        engine = create_engine(database_url)
+        try:
+            await init_database(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(
+            insurer_code=insurer_code,
+            engine=engine,
+            clock=clock,
+            hub_intake_target=hub_intake_target,
+            relay_interval=relay_interval,
+            channel_credentials=channel_credentials,
+            server_credentials=server_credentials,
+        )
+
+    async def start(self, bind: str = "127.0.0.1:0") -> int:
+        """Serve on ``bind``; start the outbox relay when a hub target is configured. Returns the port."""
+        self.port = await self.server.start(bind)
+        if self.relay is not None:
+            self.relay.start()
+        return self.port
+
+    async def stop(self, grace: float = 0) -> None:
+        """Stop the relay, end the feed watches, stop the server, dispose of the engine."""
+        if self.relay is not None:
+            await self.relay.stop()
+        await self.notifier.close()
+        await self.server.stop(grace)
+        await self.engine.dispose()
+
+    async def serve_forever(self, bind: str, *, grace: float = 5.0) -> None:
+        """Serve until SIGTERM/SIGINT, then stop gracefully (the command-line entry point)."""
+        if self.relay is not None:
+            self.relay.start()
+
+        async def on_stop() -> None:
+            if self.relay is not None:
+                await self.relay.stop()
+            await self.notifier.close()
+            await self.engine.dispose()
+
+        await self.server.serve_forever(bind, grace=grace, on_stop=on_stop)

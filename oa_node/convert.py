@@ -1,0 +1,168 @@
+"""Mapping between the OA's domain (rows, rule dataclasses) and the protos."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+from google.protobuf import timestamp_pb2
+
+from mycarenet_core import dates
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
+from mycarenet_core.identifiers import IdentifierError, Role, parse_inami
+from oa_node import models as m
+from oa_node import rules as r
+
+Names = dict[str, tuple[int, str, str]]
+"""INAMI -> (proto role, first name, last name) of the providers and organisations known to the OA."""
+
+
+def role_to_proto(role: Role) -> common_pb2.ProviderRole.ValueType:
+    return common_pb2.ProviderRole.Value(f"PROVIDER_ROLE_{role.name}")
+
+
+_ROLES: dict[int, Role] = {int(role_to_proto(role)): role for role in Role}
+
+
+def role_from_proto(value: int) -> Role | None:
+    """The role of a proto value; None for UNSPECIFIED or an unknown value."""
+    return _ROLES.get(value)
+
+
+def role_of(inami: str) -> int:
+    """The proto role encoded in an INAMI number (UNSPECIFIED when it does not parse)."""
+    try:
+        return role_to_proto(parse_inami(inami).role)
+    except IdentifierError:
+        return common_pb2.PROVIDER_ROLE_UNSPECIFIED
+
+
+def names_of(providers: dict[str, m.KnownProvider], organisations: dict[str, m.Organisation]) -> Names:
+    names: Names = {p.inami: (p.role, p.first_name, p.last_name) for p in providers.values()}
+    names.update({o.inami: (o.role, "", o.name) for o in organisations.values()})
+    return names
+
+
+def provider(inami: str | None, names: Names) -> common_pb2.Provider | None:
+    if not inami:
+        return None
+    role, first, last = names.get(inami, (role_of(inami), "", ""))
+    return common_pb2.Provider(inami=inami, role=role or role_of(inami), first_name=first, last_name=last)  # type: ignore[arg-type]
+
+
+def period(start: dt.date, end: dt.date | None) -> common_pb2.Period:
+    return common_pb2.Period(start=dates.to_proto(start), end=dates.to_proto(end))
+
+
+def patient(member: m.Member) -> common_pb2.Patient:
+    return common_pb2.Patient(
+        niss=member.niss,
+        first_name=member.first_name,
+        last_name=member.last_name,
+        birth_date=dates.to_proto(member.birth_date),
+        sex=member.sex,  # type: ignore[arg-type]
+        member=common_pb2.MemberNumber(
+            mutuality_code=member.mutuality_code, registration_number=member.registration_number
+        ),
+        death_date=dates.to_proto(member.death_date),
+    )
+
+
+_PROCEDURES = {
+    r.Procedure.ELECTRONIC: dmg_pb2.PROCEDURE_ELECTRONIC,
+    r.Procedure.PAPER: dmg_pb2.PROCEDURE_PAPER,
+}
+_KINDS = {
+    r.PaymentKind.NOTIFICATION: dmg_pb2.PAYMENT_KIND_NOTIFICATION,
+    r.PaymentKind.ACCELERATED_PROLONGATION: dmg_pb2.PAYMENT_KIND_ACCELERATED_PROLONGATION,
+    r.PaymentKind.PAPER_ATTESTATION: dmg_pb2.PAYMENT_KIND_PAPER_ATTESTATION,
+    r.PaymentKind.ADMINISTRATIVE_PROLONGATION: dmg_pb2.PAYMENT_KIND_ADMINISTRATIVE_PROLONGATION,
+}
+INDICATORS = {
+    r.PaymentIndicator.WITH_PAYMENT: dmg_pb2.PAYMENT_INDICATOR_WITH_PAYMENT,
+    r.PaymentIndicator.WITHOUT_PAYMENT: dmg_pb2.PAYMENT_INDICATOR_WITHOUT_PAYMENT,
+}
+
+
+def holding(h: r.Holding, names: Names, *, today: dt.date) -> dmg_pb2.DmgHolding:
+    """A holding as it stands ``today`` (an active holding past its end is EXPIRED)."""
+    if h.status is r.HoldingStatus.CANCELLED:
+        status = dmg_pb2.HOLDING_STATUS_CANCELLED
+    elif h.status is r.HoldingStatus.CLOSED:
+        status = dmg_pb2.HOLDING_STATUS_CLOSED
+    else:
+        status = dmg_pb2.HOLDING_STATUS_EXPIRED if h.end < today else dmg_pb2.HOLDING_STATUS_ACTIVE
+    return dmg_pb2.DmgHolding(
+        holder=provider(h.holder, names),
+        period=period(h.start, h.end),
+        procedure=_PROCEDURES[h.procedure],
+        status=status,
+        reopened=h.reopened,
+        trainee=provider(h.trainee, names),
+    )
+
+
+def payment(p: r.Payment, names: Names) -> dmg_pb2.DmgPayment:
+    return dmg_pb2.DmgPayment(
+        year=p.year,
+        kind=_KINDS[p.kind],
+        amount=money(str(p.amount)),
+        payment_date=dates.to_proto(p.registered_on),
+        payment_reference=p.reference,
+        recovered=p.recovered,
+        beneficiary=provider(p.beneficiary, names),
+    )
+
+
+def money(amount: str) -> common_pb2.Money:
+    return common_pb2.Money(currency_code="EUR", amount=amount)
+
+
+def mailbox_message(
+    message: r.Message,
+    *,
+    message_id: str,
+    insurer_code: str,
+    patient_proto: common_pb2.Patient,
+    names: Names,
+    requester_reference: str,
+    now: dt.datetime,
+) -> dmg_pb2.MailboxMessage:
+    """GMD-CLOSURE or GMD-EXTENSION for the outbox, with its content hash."""
+    created = timestamp_pb2.Timestamp()
+    created.FromDatetime(now.astimezone(dt.UTC))
+    out = dmg_pb2.MailboxMessage(
+        message_id=message_id,
+        insurer_code=insurer_code,
+        recipient_inami=message.recipient,
+        requester_reference=requester_reference,
+        created_time=created,
+    )
+    if isinstance(message, r.ClosureMessage):
+        out.kind = dmg_pb2.MESSAGE_KIND_CLOSURE
+        out.closure.CopyFrom(
+            dmg_pb2.ClosureMessage(
+                patient=patient_proto,
+                previous_holder=provider(message.previous_holder, names),
+                end_date=dates.to_proto(message.previous_end),
+                new_holder=provider(message.new_holder, names),
+                start_date=dates.to_proto(message.new_start),
+            )
+        )
+        payload = out.closure.SerializeToString(deterministic=True)
+    else:
+        out.kind = dmg_pb2.MESSAGE_KIND_EXTENSION
+        out.extension.CopyFrom(
+            dmg_pb2.ExtensionMessage(
+                patient=patient_proto,
+                holder=provider(message.holder, names),
+                prolongation_date=dates.to_proto(message.prolonged_on),
+                contact_date=dates.to_proto(message.contact_date),
+                nomenclature_code=message.contact_code,
+                new_end_date=dates.to_proto(message.right_end),
+            )
+        )
+        payload = out.extension.SerializeToString(deterministic=True)
+    out.content_hash = hashlib.sha256(payload).hexdigest()
+    return out

@@ -1,0 +1,306 @@
+"""The tables of one insurer node (its SAV DMG database), on a SQLModel base of its own.
+
+Groups of tables:
+
+* members: :class:`Member` (one row per NISS, also the per-patient lock row: ``file_version``),
+  :class:`Affiliation`, and the affiliation feed (:class:`AffiliationChangeRow`, :class:`FeedHead`);
+* reference data: :class:`KnownProvider`, :class:`Organisation`, :class:`OrganisationMember`,
+  :class:`TariffLine`, and :class:`Enrolment`;
+* the DMG file of each patient, one table per kind of row of :class:`oa_node.rules.DmgFile`:
+  :class:`HoldingRow`, :class:`PaymentRow`, :class:`ContactRow`, :class:`AttestationRow`,
+  :class:`NotificationRow`;
+* idempotency (:class:`RequestRecord`), the :class:`OutboxMessage` table and the :class:`AuditRecord`.
+
+Dates are ``DATE`` columns, amounts exact decimal strings, enums their string values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Column, DateTime, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from mycarenet_core.db import declarative_base
+
+if TYPE_CHECKING:  # mypy cannot use a base class made at run time
+    Base = SQLModel
+else:
+    Base = declarative_base()
+metadata = Base.metadata
+
+
+def _utc() -> Column[dt.datetime]:
+    return Column(DateTime(timezone=True), nullable=False)
+
+
+# --- members and the affiliation feed ------------------------------------------------------------------
+
+
+class Member(Base, table=True):
+    """A person known to this insurer. ``file_version`` is bumped by every change of their DMG file:
+    the UPDATE that bumps it is the per-patient lock (row lock on PostgreSQL, write lock on SQLite)."""
+
+    __tablename__ = "oa_member"
+
+    niss: str = Field(primary_key=True, max_length=11)
+    mutuality_code: str = Field(max_length=3)
+    registration_number: str = Field(index=True, unique=True, max_length=13)
+    first_name: str = ""
+    last_name: str = ""
+    birth_date: dt.date | None = None
+    sex: int = 0
+    death_date: dt.date | None = None
+    chronic_condition: bool = False
+    medical_house_inami: str | None = None
+    medical_house_start: dt.date | None = None
+    medical_house_end: dt.date | None = None
+    file_version: int = 0
+
+
+class Affiliation(Base, table=True):
+    """One affiliation period of a member with this insurer (end None = still affiliated)."""
+
+    __tablename__ = "oa_affiliation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    niss: str = Field(foreign_key="oa_member.niss", index=True)
+    start: dt.date
+    end: dt.date | None = None
+
+
+class FeedHead(Base, table=True):
+    """The single row that allocates feed sequence numbers: updating it serialises feed writers, so that
+    sequence order is commit order and a reader never skips a change committed late."""
+
+    __tablename__ = "oa_feed_head"
+
+    id: int = Field(default=1, primary_key=True)
+    last_sequence: int = 0
+
+
+class AffiliationChangeRow(Base, table=True):
+    """One entry of the affiliation feed: every period of a NISS after a change (JSON list)."""
+
+    __tablename__ = "oa_affiliation_change"
+
+    sequence: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    niss: str = Field(index=True)
+    registration_number: str = ""
+    periods_json: str = "[]"
+    created_at: dt.datetime = Field(sa_column=_utc())
+
+
+# --- reference data ------------------------------------------------------------------------------------
+
+
+class KnownProvider(Base, table=True):
+    """A provider known to this insurer (from the cadastre); GPs in training carry their supervisor."""
+
+    __tablename__ = "oa_provider"
+
+    inami: str = Field(primary_key=True, max_length=11)
+    role: int = 0
+    first_name: str = ""
+    last_name: str = ""
+    supervisor_inami: str | None = None
+
+
+class Organisation(Base, table=True):
+    """A group practice or a medical house."""
+
+    __tablename__ = "oa_organisation"
+
+    inami: str = Field(primary_key=True, max_length=11)
+    role: int = 0
+    name: str = ""
+
+
+class OrganisationMember(Base, table=True):
+    """A GP's membership of an organisation during a period."""
+
+    __tablename__ = "oa_organisation_member"
+
+    id: int | None = Field(default=None, primary_key=True)
+    organisation_inami: str = Field(foreign_key="oa_organisation.inami", index=True)
+    member_inami: str = Field(index=True)
+    start: dt.date
+    end: dt.date | None = None
+
+
+class TariffLine(Base, table=True):
+    """The DMG fee of a year and a patient category."""
+
+    __tablename__ = "oa_tariff"
+
+    year: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    category: str = Field(primary_key=True)
+    amount: str
+
+
+class Enrolment(Base, table=True):
+    """A GP's (or medical house's) enrolment for the electronic DMG at this insurer (never removed)."""
+
+    __tablename__ = "oa_enrolment"
+
+    inami: str = Field(primary_key=True, max_length=11)
+    enrolled_since: dt.date
+    iban: str
+    bic: str = ""
+    holder_name: str = ""
+    requested_at: dt.datetime = Field(sa_column=_utc())
+
+
+# --- the DMG file of a patient -------------------------------------------------------------------------
+
+
+class HoldingRow(Base, table=True):
+    """:class:`oa_node.rules.Holding` of a patient."""
+
+    __tablename__ = "oa_holding"
+    __table_args__ = (UniqueConstraint("niss", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    niss: str = Field(index=True)
+    seq: int
+    holder: str = Field(index=True)
+    start: dt.date
+    end: dt.date
+    right_end: dt.date
+    procedure: str
+    status: str
+    status_reason: str | None = None
+    status_date: dt.date | None = None
+    reopened: bool = False
+    trainee: str | None = None
+    payment_reference: str | None = None
+
+
+class PaymentRow(Base, table=True):
+    """:class:`oa_node.rules.Payment` (one fee; ``patient`` is the NISS)."""
+
+    __tablename__ = "oa_payment"
+
+    id: int | None = Field(default=None, primary_key=True)
+    reference: str = Field(unique=True)
+    patient: str = Field(index=True)
+    year: int
+    beneficiary: str = Field(index=True)
+    kind: str
+    amount: str
+    category: str
+    registered_on: dt.date
+    due_by: dt.date
+    contact_date: dt.date
+    recovered: bool = False
+    recovered_on: dt.date | None = None
+    recovered_for: str | None = None
+
+
+class ContactRow(Base, table=True):
+    """:class:`oa_node.rules.Contact` received through invoicing."""
+
+    __tablename__ = "oa_contact"
+
+    id: int | None = Field(default=None, primary_key=True)
+    niss: str = Field(index=True)
+    provider: str
+    contact_date: dt.date
+    code: str
+    submitted_on: dt.date
+
+
+class AttestationRow(Base, table=True):
+    """:class:`oa_node.rules.PaperAttestation` (102771) and what the insurer did with it."""
+
+    __tablename__ = "oa_attestation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    niss: str = Field(index=True)
+    provider: str
+    attestation_date: dt.date
+    submitted_on: dt.date
+    outcome: str
+    refusal_reason: str | None = None
+    payment_reference: str | None = None
+
+
+class NotificationRow(Base, table=True):
+    """:class:`oa_node.rules.Notification` accepted for a patient."""
+
+    __tablename__ = "oa_notification"
+
+    id: int | None = Field(default=None, primary_key=True)
+    niss: str = Field(index=True)
+    requester_reference: str
+    provider: str
+    holder: str
+    contact_date: dt.date
+    code: str
+    processed_on: dt.date
+    start: dt.date
+    end: dt.date
+    indicator: str
+    supervisor: str | None = None
+
+
+# --- idempotency, outbox, audit --------------------------------------------------------------------------
+
+
+class RequestRecord(Base, table=True):
+    """The first answer to an idempotent request (notify by requester reference, intake by intake
+    reference): a replay with the same fingerprint gets ``response`` back; another content gets 158."""
+
+    __tablename__ = "oa_request_record"
+    __table_args__ = (UniqueConstraint("kind", "requester", "reference"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str
+    requester: str
+    reference: str
+    fingerprint: str
+    response: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: dt.datetime = Field(sa_column=_utc())
+
+
+class OutboxMessage(Base, table=True):
+    """A mailbox message waiting for (or done with) delivery to the hub; written in the transaction of
+    the change that caused it. ``id`` orders delivery; ``message_id`` is the stable id the hub dedups."""
+
+    __tablename__ = "oa_outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(unique=True)
+    recipient_inami: str = Field(index=True)
+    kind: int
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_at: dt.datetime = Field(sa_column=_utc())
+    delivered: bool = Field(default=False, index=True)
+    delivered_at: dt.datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    attempts: int = 0
+
+
+class AuditRecord(Base, table=True):
+    """One request (seed 001 art. 3): who is responsible, who executed it, when, and how it ended."""
+
+    __tablename__ = "oa_audit"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: dt.datetime = Field(sa_column=_utc())
+    rpc: str
+    requester_inami: str = ""
+    requester_role: int = 0
+    executor_id: str = ""
+    executor_kind: str = ""
+    mandate_id: str = ""
+    session_id: str = ""
+    organisation_inami: str = ""
+    requester_reference: str = ""
+    patient_niss: str = ""
+    peer: str = ""
+    outcome: str = "OK"
+    status_code: str = "OK"
+    mycarenet_codes: str = ""
+    incidents: str = ""
+    duration_ms: int = 0

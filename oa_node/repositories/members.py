@@ -1,0 +1,174 @@
+"""Members, their affiliation periods, and the affiliation feed (sequence order = commit order)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from oa_node import models as m
+
+Period = tuple[dt.date, dt.date | None]
+
+
+@dataclass(frozen=True)
+class MemberData:
+    """A member as the back office sends it (already validated)."""
+
+    niss: str
+    mutuality_code: str
+    registration_number: str
+    first_name: str = ""
+    last_name: str = ""
+    birth_date: dt.date | None = None
+    sex: int = 0
+    death_date: dt.date | None = None
+    chronic_condition: bool = False
+    medical_house_inami: str | None = None
+    medical_house_start: dt.date | None = None
+    medical_house_end: dt.date | None = None
+    affiliations: tuple[Period, ...] = ()
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One change of the affiliation feed."""
+
+    sequence: int
+    niss: str
+    registration_number: str
+    periods: tuple[Period, ...]
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    created: int
+    updated: int
+    last_sequence: int
+
+
+def _periods_json(periods: Sequence[Period]) -> str:
+    return json.dumps([[s.isoformat(), e.isoformat() if e else None] for s, e in periods])
+
+
+def _periods_from_json(text: str) -> tuple[Period, ...]:
+    return tuple(
+        (dt.date.fromisoformat(s), dt.date.fromisoformat(e) if e else None) for s, e in json.loads(text)
+    )
+
+
+def covers(periods: Sequence[Period], day: dt.date) -> bool:
+    """Whether one of the periods contains ``day``."""
+    return any(start <= day and (end is None or day <= end) for start, end in periods)
+
+
+class MemberRepository:
+    """Members and the feed. The caller owns the transaction."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, niss: str) -> m.Member | None:
+        return await self.session.get(m.Member, niss)
+
+    async def by_registration(self, registration_number: str) -> m.Member | None:
+        stmt = select(m.Member).where(m.Member.registration_number == registration_number)
+        return (await self.session.execute(stmt)).scalars().first()
+
+    async def periods(self, niss: str) -> tuple[Period, ...]:
+        stmt = select(m.Affiliation).where(m.Affiliation.niss == niss).order_by(col(m.Affiliation.start))
+        return tuple((a.start, a.end) for a in (await self.session.execute(stmt)).scalars())
+
+    async def upsert(self, members: Sequence[MemberData], *, now: dt.datetime) -> UpsertResult:
+        """Create or replace members; append a feed change for each new member, each new set of
+        periods and each new member number. Takes the feed lock first (see :class:`m.FeedHead`)."""
+        head = await self._lock_feed()
+        created = updated = 0
+        changes: list[MemberData] = []
+        for data in members:
+            row = await self.get(data.niss)
+            old_periods = await self.periods(data.niss) if row is not None else None
+            if row is None:
+                row = m.Member(
+                    niss=data.niss,
+                    mutuality_code=data.mutuality_code,
+                    registration_number=data.registration_number,
+                )
+                self.session.add(row)
+                created += 1
+            else:
+                updated += 1
+            old_number = row.registration_number if old_periods is not None else None
+            for name in (
+                "mutuality_code",
+                "registration_number",
+                "first_name",
+                "last_name",
+                "birth_date",
+                "sex",
+                "death_date",
+                "chronic_condition",
+                "medical_house_inami",
+                "medical_house_start",
+                "medical_house_end",
+            ):
+                setattr(row, name, getattr(data, name))
+            new_periods = tuple(sorted(data.affiliations, key=lambda p: p[0]))
+            if old_periods != new_periods:
+                await self._replace_periods(data.niss, new_periods)
+            if old_periods != new_periods or old_number != data.registration_number:
+                changes.append(data)
+            await self.session.flush()
+        last = head.last_sequence
+        for data in changes:
+            last += 1
+            self.session.add(
+                m.AffiliationChangeRow(
+                    sequence=last,
+                    niss=data.niss,
+                    registration_number=data.registration_number,
+                    periods_json=_periods_json(sorted(data.affiliations, key=lambda p: p[0])),
+                    created_at=now,
+                )
+            )
+        head.last_sequence = last
+        await self.session.flush()
+        return UpsertResult(created, updated, last)
+
+    async def _lock_feed(self) -> m.FeedHead:
+        await self.session.execute(
+            update(m.FeedHead).where(col(m.FeedHead.id) == 1).values(last_sequence=m.FeedHead.last_sequence)
+        )
+        head = await self.session.get(m.FeedHead, 1, populate_existing=True)
+        if head is None:
+            raise RuntimeError("feed head row missing: schema not initialised")
+        return head
+
+    async def _replace_periods(self, niss: str, periods: Sequence[Period]) -> None:
+        stmt = select(m.Affiliation).where(m.Affiliation.niss == niss)
+        for old in (await self.session.execute(stmt)).scalars():
+            await self.session.delete(old)
+        await self.session.flush()
+        for start, end in periods:
+            self.session.add(m.Affiliation(niss=niss, start=start, end=end))
+
+    async def changes_after(self, after_sequence: int, limit: int) -> list[FeedEntry]:
+        stmt = (
+            select(m.AffiliationChangeRow)
+            .where(m.AffiliationChangeRow.sequence > after_sequence)
+            .order_by(col(m.AffiliationChangeRow.sequence))
+            .limit(limit)
+        )
+        return [
+            FeedEntry(c.sequence, c.niss, c.registration_number, _periods_from_json(c.periods_json))
+            for c in (await self.session.execute(stmt)).scalars()
+        ]
+
+    async def last_sequence(self) -> int:
+        stmt = select(func.coalesce(func.max(m.AffiliationChangeRow.sequence), 0))
+        return int((await self.session.execute(stmt)).scalar_one())

@@ -1,0 +1,33 @@
+"""Insurer node configuration from the environment (prefix ``MCN_OA_``), validated at start."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from mycarenet_core.config import MeshSettings
+from mycarenet_core.identifiers import INSURER_CODES
+
+
+class OaSettings(MeshSettings):
+    """Settings of one OA node (plus those of :class:`MeshSettings`: bind, TLS, sandbox date...)."""
+
+    model_config = SettingsConfigDict(env_prefix="MCN_OA_", extra="ignore", frozen=True)
+
+    insurer_code: str = Field(description="this node's insurer code: 100 200 300 400 500 600 900")
+    database_url: str = Field("", description="SQLAlchemy URL; default sqlite+aiosqlite:///var/oa-<code>.db")
+    hub_intake_target: str | None = Field(None, description="host:port of the hub's MailboxIntakeService")
+    relay_interval: float = Field(0.2, gt=0, le=60, description="outbox relay poll interval, seconds")
+
+    @field_validator("insurer_code")
+    @classmethod
+    def _known_insurer(cls, value: str) -> str:
+        if value not in INSURER_CODES:
+            raise ValueError(f"must be one of {', '.join(INSURER_CODES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> OaSettings:
+        if not self.database_url:
+            object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///var/oa-{self.insurer_code}.db")
+        return self
