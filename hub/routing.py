@@ -2,10 +2,10 @@
 
 Memory layout (designed for a national population of 11.5 million NISS): two parallel sorted
 ``array('q')`` — the NISS as an integer and one packed 64-bit span (insurer, first day, last day) — so the
-common case (one affiliation at one insurer) costs 16 bytes per person. People with several periods (a
-change of mutuality) keep their spans in a small side dict. Changes land in a delta dict that is merged into
+common case (one affiliation at one insurer) costs 16 bytes per person. Changes land in a delta dict that is merged into
 the arrays when it grows past a fraction of the base (amortised, each merge copies the arrays once with C
-slices). Member numbers are not held in memory: they are looked up in the DB (indexed) when a request
+slices). People with several periods (a change of mutuality) have their spans in two more sorted arrays,
+16 bytes per span. Member numbers are not held in memory: they are looked up in the DB (indexed) when a request
 names a patient by member number.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import delete
@@ -54,31 +54,35 @@ class RoutingIndex:
     """NISS (as int) → affiliation spans; answers "which insurer on this date"."""
 
     def __init__(self, *, min_delta: int = 65_536, delta_fraction: float = 0.125) -> None:
+        # One row per NISS: the NISS and its packed span, or _MULTI when it has several spans, which are
+        # then in the overflow arrays (one row per span, sorted by NISS).
         self._keys = array("q")
         self._vals = array("q")
-        self._multi: dict[int, tuple[Span, ...]] = {}
+        self._mkeys = array("q")
+        self._mvals = array("q")
         self._delta: dict[int, tuple[Span, ...]] = {}
         self._min_delta = min_delta
         self._fraction = delta_fraction
 
     def __len__(self) -> int:
-        """Number of NISS in the base arrays plus those only in the delta (approximate while deltas wait)."""
-        return len(self._keys) + sum(1 for k in self._delta if not self._in_base(k))
+        """Number of NISS known (the delta is merged first)."""
+        self.compact()
+        return len(self._keys)
 
-    def _in_base(self, niss: int) -> bool:
-        i = bisect_left(self._keys, niss)
-        return i < len(self._keys) and self._keys[i] == niss
-
-    def spans(self, niss: int) -> tuple[Span, ...]:
-        found = self._delta.get(niss)
-        if found is not None:
-            return found
+    def _base_spans(self, niss: int) -> tuple[Span, ...]:
         keys = self._keys
         i = bisect_left(keys, niss)
         if i < len(keys) and keys[i] == niss:
             value = self._vals[i]
-            return self._multi[niss] if value == _MULTI else (_unpack(value),)
+            if value != _MULTI:
+                return (_unpack(value),)
+            lo, hi = bisect_left(self._mkeys, niss), bisect_right(self._mkeys, niss)
+            return tuple(_unpack(v) for v in self._mvals[lo:hi])
         return ()
+
+    def spans(self, niss: int) -> tuple[Span, ...]:
+        found = self._delta.get(niss)
+        return found if found is not None else self._base_spans(niss)
 
     def route(self, niss: int, on: dt.date) -> str | None:
         """The insurer the NISS is affiliated with on ``on``, or None."""
@@ -99,45 +103,46 @@ class RoutingIndex:
         if len(self._delta) > max(self._min_delta, int(len(self._keys) * self._fraction)):
             self.compact()
 
+    def _append(self, keys: array[int], vals: array[int], niss: int, spans: Sequence[Span]) -> None:
+        keys.append(niss)
+        if len(spans) == 1:
+            vals.append(_pack(spans[0]))
+            return
+        vals.append(_MULTI)
+        for span in spans:
+            self._mkeys.append(niss)
+            self._mvals.append(_pack(span))
+
     def load_sorted(self, entries: Iterable[tuple[int, Sequence[Span]]]) -> None:
         """Bulk-append entries in strictly increasing NISS order, all greater than what is loaded."""
-        keys, vals, multi = self._keys, self._vals, self._multi
         for niss, spans in entries:
-            if not spans:
-                continue
-            keys.append(niss)
-            if len(spans) == 1:
-                vals.append(_pack(spans[0]))
-            else:
-                vals.append(_MULTI)
-                multi[niss] = tuple(spans)
+            if spans:
+                self._append(self._keys, self._vals, niss, spans)
 
     def compact(self) -> None:
-        """Merge the delta into the sorted arrays."""
+        """Merge the delta into the sorted arrays (one pass, copying runs with C slices)."""
         if not self._delta:
             return
-        old_keys, old_vals = self._keys, self._vals
+        old_keys, old_vals, old_mkeys, old_mvals = self._keys, self._vals, self._mkeys, self._mvals
         keys, vals = array("q"), array("q")
-        prev = 0
+        self._mkeys, self._mvals = array("q"), array("q")
+        prev = mprev = 0
         for niss, spans in sorted(self._delta.items()):
             i = bisect_left(old_keys, niss, prev)
             keys.extend(old_keys[prev:i])
             vals.extend(old_vals[prev:i])
-            prev = i
-            if i < len(old_keys) and old_keys[i] == niss:
-                if old_vals[i] == _MULTI:
-                    del self._multi[niss]
-                prev = i + 1
-            if not spans:
-                continue
-            keys.append(niss)
-            if len(spans) == 1:
-                vals.append(_pack(spans[0]))
-            else:
-                vals.append(_MULTI)
-                self._multi[niss] = spans
+            prev = i + 1 if i < len(old_keys) and old_keys[i] == niss else i
+            lo = bisect_left(old_mkeys, niss, mprev)
+            hi = bisect_right(old_mkeys, niss, lo)
+            self._mkeys.extend(old_mkeys[mprev:lo])
+            self._mvals.extend(old_mvals[mprev:lo])
+            mprev = hi
+            if spans:
+                self._append(keys, vals, niss, spans)
         keys.extend(old_keys[prev:])
         vals.extend(old_vals[prev:])
+        self._mkeys.extend(old_mkeys[mprev:])
+        self._mvals.extend(old_mvals[mprev:])
         self._keys, self._vals = keys, vals
         self._delta.clear()
 

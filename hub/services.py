@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -248,9 +248,9 @@ def check_requester(given: str, caller: Caller) -> None:
         )
 
 
-def insurer_list(codes: list[str], field_name: str) -> list[str]:
-    """The asked insurer codes (all when empty), each a node code (121 otherwise), without repeats."""
-    out: list[str] = []
+def insurer_list(codes: list[str], served: Iterable[str], field_name: str) -> list[str]:
+    """The asked insurer codes, each a node code (121 otherwise), without repeats; when none are asked,
+    every insurer this hub serves (all seven in a full mesh)."""
     bad = [
         FieldViolation(field_name, McnCode.MUTUALITY_UNKNOWN, f"unknown insurer {c!r}")
         for c in codes
@@ -258,10 +258,8 @@ def insurer_list(codes: list[str], field_name: str) -> list[str]:
     ]
     if bad:
         raise invalid_argument(bad)
-    for code in codes or INSURER_CODES:
-        if code not in out:
-            out.append(code)
-    return out
+    asked = codes or [c for c in INSURER_CODES if c in set(served)]
+    return list(dict.fromkeys(asked))
 
 
 class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
@@ -366,7 +364,7 @@ class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
         async with core.handling("EnrolDmg", request.requester_reference) as entry:
             caller = await core.authenticate(context, entry)
             authorize(caller, HubService.ENROL)
-            codes = insurer_list(list(request.insurer_codes), "insurer_codes")
+            codes = insurer_list(list(request.insurer_codes), core.oas, "insurer_codes")
             entry.insurer_codes = codes
             start = dates.optional_from_proto(request.start_date, "start_date") or core.clock.today()
             ctx = core.request_context(caller, request.requester_reference)
@@ -445,7 +443,7 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
                 raise field_error(
                     "reference_date", McnCode.DATE_TOO_OLD, "the year asked for is more than two years back"
                 )
-            codes = insurer_list(list(request.insurer_codes), "insurer_codes")
+            codes = insurer_list(list(request.insurer_codes), core.oas, "insurer_codes")
             entry.insurer_codes = codes
             tack = await core.lists.post(
                 core.request_context(caller, request.requester_reference), when.year, codes

@@ -1,0 +1,454 @@
+"""A whole mesh in process, for integration tests: eHealth + N OA nodes + the hub, on port 0 / free ports,
+seeded through their own gRPC services (providers with Ed25519 keys, members, reference data, enrolments,
+therapeutic relations), with a helper to log in by signing an eHealth challenge.
+
+Usage::
+
+    async with running_mesh(tmp_path) as mesh:
+        token = await mesh.login(mesh.people["gp_a"])
+        answer = await mesh.dmg.ConsultDmg(request, metadata=bearer(token), timeout=5)
+
+Later work (CLI, cluster tests) reuses :func:`running_mesh` and :class:`Mesh`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import socket
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ehealth.app import EhealthApp
+from hub.app import HubApp, HubTuning
+from hub.patient_list import ListPolicy
+from hub.throttle import ThrottleConfig
+from hub.upstream import CallPolicy
+from mycarenet_core.clock import FixedClock
+from mycarenet_core.dates import to_proto
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2_grpc, mailbox_service_pb2_grpc
+from mycarenet_core.gen.mycarenet.ehealth.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    cadastre_pb2,
+    cadastre_pb2_grpc,
+    mandate_pb2,
+    mandate_pb2_grpc,
+    therapeutic_relation_pb2_grpc,
+)
+from mycarenet_core.gen.mycarenet.ehealth.v1 import (
+    therapeutic_relation_pb2 as tr,
+)
+from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import (
+    context_pb2,
+    membership_service_pb2_grpc,
+    oa_dmg_service_pb2_grpc,
+    reference_data_service_pb2_grpc,
+)
+from mycarenet_core.gen.mycarenet.oa.v1 import (
+    membership_service_pb2 as ms,
+)
+from mycarenet_core.gen.mycarenet.oa.v1 import (
+    oa_dmg_service_pb2 as oa_pb,
+)
+from mycarenet_core.gen.mycarenet.oa.v1 import (
+    reference_data_service_pb2 as rd,
+)
+from mycarenet_core.identifiers import INSURER_CODES, Profession, make_inami, make_niss, parse_inami
+from oa_node.app import OaNodeApp
+
+TODAY = dt.date(2025, 3, 4)
+NOW = dt.datetime(2025, 3, 4, 9, 0, tzinfo=dt.UTC)
+D = dt.date
+
+ROLE: dict[str, common_pb2.ProviderRole.ValueType] = {
+    "GENERAL_PRACTITIONER": common_pb2.PROVIDER_ROLE_GENERAL_PRACTITIONER,
+    "GP_IN_TRAINING": common_pb2.PROVIDER_ROLE_GP_IN_TRAINING,
+    "GP_NON_ACCREDITED": common_pb2.PROVIDER_ROLE_GP_NON_ACCREDITED,
+    "SPECIALIST": common_pb2.PROVIDER_ROLE_SPECIALIST,
+    "DENTIST": common_pb2.PROVIDER_ROLE_DENTIST,
+    "PHARMACIST": common_pb2.PROVIDER_ROLE_PHARMACIST,
+}
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Person:
+    """A provider (or a mandated person) with the private key it authenticates with."""
+
+    name: str
+    inami: str
+    niss: str
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate, repr=False)
+    supervisor: str = ""
+
+    @property
+    def public_pem(self) -> str:
+        return (
+            self.key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
+
+    @property
+    def role(self) -> common_pb2.ProviderRole.ValueType:
+        return ROLE[parse_inami(self.inami).role.name]
+
+
+def default_people() -> dict[str, Person]:
+    gp_a = make_inami(Profession.PHYSICIAN, 10001, "004")
+    people = [
+        Person("gp_a", gp_a, make_niss(D(1970, 1, 1), 11)),
+        Person("gp_b", make_inami(Profession.PHYSICIAN, 10002, "003"), make_niss(D(1971, 2, 2), 13)),
+        Person("gp_c", make_inami(Profession.PHYSICIAN, 10003, "004"), make_niss(D(1972, 3, 3), 15)),
+        Person(
+            "trainee",
+            make_inami(Profession.PHYSICIAN, 10004, "005"),
+            make_niss(D(1995, 4, 4), 17),
+            supervisor=gp_a,
+        ),
+        Person("specialist", make_inami(Profession.PHYSICIAN, 10005, "580"), make_niss(D(1973, 5, 5), 19)),
+        Person("dentist", make_inami(Profession.DENTIST, 10006, "000"), make_niss(D(1974, 6, 6), 21)),
+        Person("pharmacist", make_inami(Profession.PHARMACIST, 10007, "000"), make_niss(D(1975, 7, 7), 23)),
+        Person(
+            "gp_nonaccredited", make_inami(Profession.PHYSICIAN, 10008, "001"), make_niss(D(1976, 8, 8), 25)
+        ),
+    ]
+    return {p.name: p for p in people}
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """A patient: NISS, registration number and affiliation periods per insurer."""
+
+    name: str
+    niss: str
+    periods: dict[str, list[tuple[dt.date, dt.date | None]]]
+    registration: str = ""
+
+
+def default_members(insurers: Sequence[str]) -> dict[str, MemberSpec]:
+    """One patient per insurer ("p100", "p200", ...) and a "mover": 100 until 2024, then 200."""
+    out: dict[str, MemberSpec] = {}
+    for i, code in enumerate(insurers):
+        niss = make_niss(D(1980 + i, 1 + i, 10), 101 + 2 * i)
+        out[f"p{code}"] = MemberSpec(f"p{code}", niss, {code: [(D(2000, 1, 1), None)]}, f"R{code}0001")
+    if {"100", "200"} <= set(insurers):
+        out["mover"] = MemberSpec(
+            "mover",
+            make_niss(D(1990, 6, 15), 201),
+            {"100": [(D(2005, 1, 1), D(2024, 12, 31))], "200": [(D(2025, 1, 1), None)]},
+            "MOV0001",
+        )
+    return out
+
+
+class Mesh:
+    """The running mesh and its stubs. Built and closed by :func:`running_mesh`."""
+
+    def __init__(self, tmp: Path, insurers: Sequence[str], clock: FixedClock) -> None:
+        self.tmp = tmp
+        self.insurers = list(insurers)
+        self.clock = clock
+        self.people = default_people()
+        self.members = default_members(insurers)
+        self.ehealth: EhealthApp | None = None
+        self.oas: dict[str, OaNodeApp] = {}
+        self.oa_ports = {code: free_port() for code in insurers}
+        self.hub: HubApp | None = None
+        self.hub_port = 0
+        self._channels: list[grpc.aio.Channel] = []
+        self._ehealth_channel: grpc.aio.Channel | None = None
+
+    # --- plumbing ------------------------------------------------------------------------------------
+
+    def db(self, name: str) -> str:
+        return f"sqlite+aiosqlite:///{self.tmp / (name + '.db')}"
+
+    def channel(self, port: int) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        self._channels.append(channel)
+        return channel
+
+    @property
+    def ehealth_channel(self) -> grpc.aio.Channel:
+        if self._ehealth_channel is None:
+            assert self.ehealth is not None
+            assert self.ehealth.port is not None
+            self._ehealth_channel = self.channel(self.ehealth.port)
+        return self._ehealth_channel
+
+    async def start_oa(self, code: str) -> OaNodeApp:
+        app = await OaNodeApp.create(
+            insurer_code=code,
+            database_url=self.db(f"oa-{code}"),
+            clock=self.clock,
+            hub_intake_target=f"127.0.0.1:{self.hub_port}",
+            relay_interval=0.1,
+        )
+        await app.start(f"127.0.0.1:{self.oa_ports[code]}")
+        self.oas[code] = app
+        return app
+
+    async def stop_oa(self, code: str) -> None:
+        await self.oas.pop(code).stop(0)
+
+    async def start_hub(self, throttle: ThrottleConfig, tuning: HubTuning) -> HubApp:
+        assert self.ehealth is not None
+        self.hub = await HubApp.create(
+            database_url=self.db("hub"),
+            clock=self.clock,
+            ehealth_target=f"127.0.0.1:{self.ehealth.port}",
+            oa_targets={c: f"127.0.0.1:{p}" for c, p in self.oa_ports.items()},
+            throttle=throttle,
+            tuning=tuning,
+        )
+        self.hub_port = await self.hub.start(f"127.0.0.1:{self.hub_port or free_port()}")
+        hub_channel = self.channel(self.hub_port)
+        self.dmg = dmg_service_pb2_grpc.DmgServiceStub(hub_channel)
+        self.mailbox = mailbox_service_pb2_grpc.MailboxServiceStub(hub_channel)
+        self.intake = mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub(hub_channel)
+        return self.hub
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close(None)
+        if self.hub is not None:
+            await self.hub.stop(0)
+        for code in list(self.oas):
+            await self.stop_oa(code)
+        if self.ehealth is not None:
+            await self.ehealth.stop(0)
+
+    # --- seeding -------------------------------------------------------------------------------------
+
+    async def seed_ehealth(self) -> None:
+        cadastre = cadastre_pb2_grpc.CadastreServiceStub(self.ehealth_channel)
+        since = common_pb2.Period(start=to_proto(D(2000, 1, 1)))
+        for p in self.people.values():
+            await cadastre.UpsertProvider(
+                cadastre_pb2.UpsertProviderRequest(
+                    provider=cadastre_pb2.CadastreProvider(
+                        inami=p.inami,
+                        niss=p.niss,
+                        first_name=p.name,
+                        last_name="Test",
+                        validity=since,
+                        supervisor_inami=p.supervisor,
+                        public_key_pem=p.public_pem,
+                    )
+                ),
+                timeout=10,
+            )
+
+    async def seed_oa(self, code: str) -> None:
+        channel = self.channel(self.oa_ports[code])
+        ref = reference_data_service_pb2_grpc.ReferenceDataServiceStub(channel)
+        await ref.UpsertProviders(
+            rd.UpsertProvidersRequest(
+                providers=[
+                    rd.KnownProvider(
+                        provider=common_pb2.Provider(
+                            inami=p.inami, role=p.role, first_name=p.name, last_name="Test"
+                        ),
+                        supervisor_inami=p.supervisor,
+                    )
+                    for p in self.people.values()
+                ]
+            ),
+            timeout=10,
+        )
+        await self.upsert_members(code, [m for m in self.members.values() if code in m.periods])
+        for name in ("gp_a", "gp_b"):
+            await self.enrol_direct(code, self.people[name])
+
+    async def upsert_members(self, code: str, members: Iterable[MemberSpec]) -> None:
+        """Upsert members at one OA and wait until the hub's routing index has the change."""
+        stub = membership_service_pb2_grpc.MembershipServiceStub(self.channel(self.oa_ports[code]))
+        answer = await stub.UpsertMembers(
+            ms.UpsertMembersRequest(
+                members=[
+                    ms.Member(
+                        patient=common_pb2.Patient(
+                            niss=m.niss,
+                            first_name=m.name,
+                            last_name="Patient",
+                            member=common_pb2.MemberNumber(
+                                mutuality_code=code, registration_number=m.registration
+                            ),
+                        ),
+                        affiliations=[
+                            common_pb2.Period(start=to_proto(s), end=to_proto(e)) for s, e in m.periods[code]
+                        ],
+                    )
+                    for m in members
+                ]
+            ),
+            timeout=10,
+        )
+        assert self.hub is not None
+        await self.hub.followers[code].wait_for(answer.last_sequence, 10)
+
+    async def enrol_direct(self, code: str, person: Person) -> None:
+        """Enrol a GP at one OA directly (seeding), from 2020."""
+        stub = oa_dmg_service_pb2_grpc.OaDmgServiceStub(self.channel(self.oa_ports[code]))
+        context = context_pb2.RequestContext(
+            requester_inami=person.inami,
+            requester_role=person.role,
+            executor_id=person.inami,
+            executor_kind="SUBJECT_KIND_PROVIDER",
+            requester_reference=f"seed-enrol-{person.name}",
+            processing_date=to_proto(D(2020, 1, 1)),
+        )
+        await stub.EnrolDmg(
+            oa_pb.EnrolDmgRequest(
+                context=context,
+                bank_account=common_pb2.BankAccount(
+                    iban="BE68539007547034", bic="GEBABEBB", holder_name=person.name
+                ),
+                start_date=to_proto(D(2020, 1, 1)),
+            ),
+            timeout=10,
+        )
+
+    async def relate(self, person: Person, member: MemberSpec, start: dt.date | None = None) -> None:
+        stub = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self.ehealth_channel)
+        await stub.RegisterRelation(
+            tr.RegisterRelationRequest(
+                provider_inami=person.inami,
+                patient_niss=member.niss,
+                proof=tr.RELATION_PROOF_EID_READ,
+                start_date=to_proto(start or D(2020, 1, 1)),
+            ),
+            timeout=10,
+        )
+
+    async def relate_all(self, people: Iterable[str]) -> None:
+        for name in people:
+            for member in self.members.values():
+                await self.relate(self.people[name], member)
+
+    async def mandate(self, principal: Person, person_niss: str, services: Sequence[int]) -> str:
+        stub = mandate_pb2_grpc.MandateServiceStub(self.ehealth_channel)
+        answer = await stub.CreateMandate(
+            mandate_pb2.CreateMandateRequest(
+                mandate=mandate_pb2.Mandate(
+                    principal_inami=principal.inami,
+                    mandatee_kind="SUBJECT_KIND_PERSON",
+                    mandatee_id=person_niss,
+                    services=services,
+                    period=common_pb2.Period(start=to_proto(D(2024, 1, 1))),
+                )
+            ),
+            timeout=10,
+        )
+        return answer.mandate.mandate_id
+
+    # --- sessions ------------------------------------------------------------------------------------
+
+    async def login(
+        self,
+        person: Person,
+        *,
+        kind: auth_pb2.SubjectKind.ValueType = auth_pb2.SUBJECT_KIND_PROVIDER,
+        subject_id: str | None = None,
+        principal: str = "",
+        audience: str = "",
+        lifetime_seconds: int = 0,
+    ) -> str:
+        """A session token: sign the eHealth challenge with the person's private key."""
+        auth = auth_pb2_grpc.AuthServiceStub(self.ehealth_channel)
+        challenge = await auth.CreateChallenge(
+            auth_pb2.CreateChallengeRequest(
+                subject=auth_pb2.Subject(kind=kind, id=subject_id or person.inami)
+            ),
+            timeout=10,
+        )
+        session = await auth.CreateSession(
+            auth_pb2.CreateSessionRequest(
+                challenge_id=challenge.challenge_id,
+                signature=person.key.sign(challenge.nonce),
+                audience=audience,
+                lifetime_seconds=lifetime_seconds,
+                principal_inami=principal,
+            ),
+            timeout=10,
+        )
+        return session.token
+
+    async def register_person(self, person: Person) -> None:
+        """Register a person (no INAMI, e.g. a secretary) with its key, to act under a mandate."""
+        auth = auth_pb2_grpc.AuthServiceStub(self.ehealth_channel)
+        await auth.RegisterCredential(
+            auth_pb2.RegisterCredentialRequest(
+                subject=auth_pb2.Subject(kind=auth_pb2.SUBJECT_KIND_PERSON, id=person.niss),
+                public_key_pem=person.public_pem,
+            ),
+            timeout=10,
+        )
+
+    async def logout(self, token: str) -> None:
+        auth = auth_pb2_grpc.AuthServiceStub(self.ehealth_channel)
+        await auth.Logout(auth_pb2.LogoutRequest(token=token), timeout=10)
+
+
+FAST = HubTuning(
+    calls=CallPolicy(max_deadline=5.0, default_deadline=5.0, connect_timeout=0.5, breaker_cooldown=1.0),
+    lists=ListPolicy(retry_window=8.0, initial_backoff=0.1, max_backoff=0.5),
+    transfer_retry_seconds=0.5,
+    watch_poll_seconds=0.5,
+    key_refresh_seconds=0.0,
+)
+
+
+@contextlib.asynccontextmanager
+async def running_mesh(
+    tmp: Path,
+    *,
+    insurers: Sequence[str] = INSURER_CODES,
+    throttle: ThrottleConfig | None = None,
+    tuning: HubTuning = FAST,
+    relations_for: Sequence[str] = (
+        "gp_a",
+        "gp_b",
+        "trainee",
+        "specialist",
+        "dentist",
+        "pharmacist",
+        "gp_nonaccredited",
+    ),
+) -> AsyncIterator[Mesh]:
+    """Start eHealth, the hub and one OA node per insurer; seed them; stop everything on exit."""
+    mesh = Mesh(tmp, insurers, FixedClock(NOW))
+    try:
+        mesh.ehealth = await EhealthApp.create(database_url=mesh.db("ehealth"), clock=mesh.clock)
+        await mesh.ehealth.start("127.0.0.1:0")
+        await mesh.seed_ehealth()
+        await mesh.start_hub(throttle or ThrottleConfig(rate=50, burst=500), tuning)
+        for code in insurers:
+            await mesh.start_oa(code)
+        for code in insurers:
+            await mesh.seed_oa(code)
+        await mesh.relate_all(relations_for)
+        assert mesh.hub is not None
+        await mesh.hub.wait_until_synced(10)
+        yield mesh
+    finally:
+        await mesh.close()
