@@ -2,11 +2,11 @@
 
 Memory layout (designed for a national population of 11.5 million NISS): two parallel sorted
 ``array('q')`` — the NISS as an integer and one packed 64-bit span (insurer, first day, last day) — so the
-common case (one affiliation at one insurer) costs 16 bytes per person. Changes land in a delta dict that is merged into
-the arrays when it grows past a fraction of the base (amortised, each merge copies the arrays once with C
-slices). People with several periods (a change of mutuality) have their spans in two more sorted arrays,
-16 bytes per span. Member numbers are not held in memory: they are looked up in the DB (indexed) when a request
-names a patient by member number.
+common case (one affiliation at one insurer) costs 16 bytes per person. People with several periods (a
+change of mutuality) have their spans in two more sorted arrays, 16 bytes per span. Changes land in a
+delta dict that is merged into the arrays when it grows past a fraction of the base (amortised: each merge
+copies the arrays once, with C slices). Member numbers are not held in memory: they are looked up in the
+DB (indexed) when a request names a patient by member number.
 """
 
 from __future__ import annotations
