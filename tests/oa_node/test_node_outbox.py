@@ -1,0 +1,186 @@
+"""The outbox relay against a small test mailbox that stores each message id once and counts deliveries:
+at-least-once delivery with duplicates suppressed by id, back-off while the hub fails, and a node stopped
+abruptly mid-delivery then restarted on the same database delivers every message exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from node_support import GP_A, GP_B, PATIENT, PATIENT_2, TODAY, Node, seed, start_node, stop_node
+from sqlalchemy import select
+
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
+from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as mi_pb2
+from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc as mi_grpc
+from oa_node import models as m
+
+
+class TestMailbox(mi_grpc.MailboxIntakeServiceServicer):
+    """Stores each message id once. Modes: "ok"; "fail" (UNAVAILABLE); "store_and_hang" (stores, then
+    never answers, so the acknowledgement is lost)."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.stored: dict[str, dmg_pb2.MailboxMessage] = {}
+        self.deliveries: Counter[str] = Counter()
+        self.calls = 0
+        self.hung = asyncio.Event()
+
+    async def DeliverMessages(
+        self, request: mi_pb2.DeliverMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> mi_pb2.DeliverMessagesResponse:
+        self.calls += 1
+        if self.mode == "fail":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "mailbox down")
+        reply = mi_pb2.DeliverMessagesResponse()
+        for message in request.messages:
+            self.deliveries[message.message_id] += 1
+            if message.message_id in self.stored:
+                reply.duplicate_ids.append(message.message_id)
+            else:
+                self.stored[message.message_id] = message
+                reply.stored_ids.append(message.message_id)
+        if self.mode == "store_and_hang":
+            self.hung.set()
+            await asyncio.Event().wait()
+        return reply
+
+
+@pytest.fixture
+async def mailbox() -> AsyncIterator[tuple[TestMailbox, str]]:
+    box = TestMailbox()
+    server = grpc.aio.server()
+    mi_grpc.add_MailboxIntakeServiceServicer_to_server(box, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield box, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+async def make_messages(node: Node) -> None:
+    """Two patients, each taken over twice: four GMD-CLOSURE messages (to A, then to B)."""
+    for index, niss in enumerate((PATIENT, PATIENT_2)):
+        for step, (gp, days) in enumerate(((GP_A, 6), (GP_B, 4), (GP_A, 2))):
+            await node.notify(
+                gp, niss, contact=TODAY - dt.timedelta(days=days), reference=f"m-{index}-{step}"
+            )
+
+
+async def outbox(node: Node) -> list[m.OutboxMessage]:
+    async with node.app.sessions() as session:
+        return list((await session.execute(select(m.OutboxMessage).order_by(m.OutboxMessage.id))).scalars())  # type: ignore[arg-type]
+
+
+async def until(condition: Any) -> None:
+    """Poll ``condition`` (a coroutine function) for up to 10 s."""
+    for _ in range(500):
+        if await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{condition.__name__} still false after 10 s")
+
+
+async def test_relay_delivers_the_outbox_and_marks_it_delivered(
+    pg_admin_url: str, database_url: str, mailbox: tuple[TestMailbox, str]
+) -> None:
+    box, target = mailbox
+    node = await start_node(database_url, hub=target)
+    try:
+        await seed(node)
+        await make_messages(node)
+
+        async def all_delivered() -> bool:
+            rows = await outbox(node)
+            return len(rows) == 4 and all(r.delivered for r in rows)
+
+        await until(all_delivered)
+        rows = await outbox(node)
+        assert set(box.stored) == {r.message_id for r in rows}
+        assert all(count == 1 for count in box.deliveries.values())
+        first = box.stored[rows[0].message_id]
+        assert first.kind == dmg_pb2.MESSAGE_KIND_CLOSURE
+        assert first.recipient_inami == GP_A
+        assert first.insurer_code == node.app.insurer_code
+    finally:
+        await stop_node(node)
+
+
+async def test_relay_backs_off_while_the_hub_fails_then_delivers(
+    pg_admin_url: str, database_url: str, mailbox: tuple[TestMailbox, str]
+) -> None:
+    box, target = mailbox
+    box.mode = "fail"
+    node = await start_node(database_url, hub=target)
+    try:
+        await seed(node)
+        await make_messages(node)
+        relay = node.app.relay
+        assert relay is not None
+
+        async def failed_twice() -> bool:
+            return relay.failures >= 2
+
+        await until(failed_twice)
+        assert box.stored == {}
+        assert not any(r.delivered for r in await outbox(node))
+        assert all(r.attempts >= 1 for r in (await outbox(node))[:1])
+        box.mode = "ok"
+
+        async def all_delivered() -> bool:
+            return all(r.delivered for r in await outbox(node))
+
+        await until(all_delivered)
+        assert len(box.stored) == 4
+    finally:
+        await stop_node(node)
+
+
+async def test_a_node_stopped_mid_delivery_and_restarted_delivers_each_message_exactly_once(
+    pg_admin_url: str, database_url: str, mailbox: tuple[TestMailbox, str]
+) -> None:
+    box, target = mailbox
+    box.mode = "store_and_hang"  # the hub stores the batch but its acknowledgement never arrives
+    node = await start_node(database_url, hub=target)
+    try:
+        await seed(node)
+        await make_messages(node)
+        await asyncio.wait_for(box.hung.wait(), 10)
+        ids = [r.message_id for r in await outbox(node)]
+        assert len(ids) == 4
+        assert not any(r.delivered for r in await outbox(node))
+    finally:
+        await stop_node(node)  # abrupt: the relay task is cancelled while its call hangs
+    assert 1 <= len(box.stored) <= 4
+
+    box.mode = "ok"
+    restarted = await start_node(database_url, hub=target, clock=node.clock)
+    try:
+
+        async def all_delivered() -> bool:
+            return all(r.delivered for r in await outbox(restarted))
+
+        await until(all_delivered)
+        assert sorted(box.stored) == sorted(ids)
+        resent = [i for i in ids if box.deliveries[i] == 2]
+        assert resent, "the batch whose acknowledgement was lost is delivered again"
+        assert all(box.deliveries[i] in (1, 2) for i in ids)
+        calls = box.calls
+    finally:
+        await stop_node(restarted)
+
+    again = await start_node(database_url, hub=target, clock=node.clock)
+    try:
+        await asyncio.sleep(0.3)
+        assert box.calls == calls  # nothing left to send
+    finally:
+        await stop_node(again)
