@@ -10,7 +10,8 @@ from pathlib import Path
 
 from hub.patient_list import ListPolicy
 from mycarenet_core.dates import to_proto
-from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, mailbox_service_pb2 as mbx
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
 from mycarenet_core.identifiers import INSURER_CODES
 from tests.hub.helpers import notify_request, rejected
 from tests.hub.mesh import FAST, GENEROUS, TODAY, Mesh, bearer, running_mesh
