@@ -1,0 +1,29 @@
+"""Configuration of an OA node from MCN_OA_* variables, validated at start."""
+
+from __future__ import annotations
+
+import pytest
+
+from mycarenet_core.config import load
+from oa_node.settings import OaSettings
+
+
+def test_defaults_derive_the_database_from_the_insurer_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCN_OA_INSURER_CODE", "300")
+    monkeypatch.setenv("MCN_OA_INSECURE", "true")
+    settings = load(OaSettings)
+    assert settings.database_url == "sqlite+aiosqlite:///var/oa-300.db"
+    assert settings.hub_intake_target is None
+    assert settings.relay_interval == 0.2
+
+
+@pytest.mark.parametrize("code", ["", "123", "750"])
+def test_an_unknown_or_missing_insurer_code_fails_fast(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    monkeypatch.setenv("MCN_OA_INSECURE", "true")
+    if code:
+        monkeypatch.setenv("MCN_OA_INSURER_CODE", code)
+    else:
+        monkeypatch.delenv("MCN_OA_INSURER_CODE", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        load(OaSettings)
+    assert stopped.value.code == 2
