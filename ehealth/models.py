@@ -171,7 +171,7 @@ class RelationRow(Base, table=True):
     relation_id: str = Field(primary_key=True, max_length=64)
     provider_inami: str = Field(max_length=11, index=True)
     patient_niss: str = Field(max_length=11)
-    proof: str = Field(max_length=32)
+    proof: str = Field(max_length=64)
     valid_from: dt.date
     valid_to: dt.date | None = None
     create_time: dt.datetime = _instant()

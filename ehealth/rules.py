@@ -22,7 +22,14 @@ class Period:
     def contains(self, day: dt.date) -> bool:
         return self.start <= day and (self.end is None or day <= self.end)
 
+    @property
+    def is_empty(self) -> bool:
+        """True for a cancelled period (ended before it started)."""
+        return self.end is not None and self.end < self.start
+
     def overlaps(self, other: Period) -> bool:
+        if self.is_empty or other.is_empty:
+            return False
         return (self.end is None or other.start <= self.end) and (
             other.end is None or self.start <= other.end
         )
