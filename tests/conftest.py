@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -25,7 +26,9 @@ def _pg_available() -> bool:
         await conn.close()
         return True
 
-    return asyncio.run(probe())
+    # Run in a thread: the fixture may be requested from inside a running event loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, probe()).result()
 
 
 @pytest.fixture(scope="session")
