@@ -103,7 +103,7 @@ def up(
                 f"demo: GP A {demo['gp_a']}, GP B {demo['gp_b']}, patient {demo['patient']}"
                 f" — try: mycarenet login {demo['gp_b']} && mycarenet consult {demo['patient']}"
             )
-        console.print("[bold green]cluster up[/bold green] — Ctrl-C to stop", flush=True)  # type: ignore[call-arg]
+        console.print("[bold green]cluster up[/bold green] — Ctrl-C to stop")
 
     raise typer.Exit(asyncio.run(run(cfg, on_ready=ready)))
 
