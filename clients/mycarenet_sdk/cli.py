@@ -59,6 +59,18 @@ def _address(desc: dict[str, Any], role: str, code: str | None = None) -> str:
     raise typer.BadParameter(f"no {role} {code or ''} in the cluster description")
 
 
+def _today(data: Path) -> dt.date:
+    """The mesh's today: the cluster may run at a sandbox date (``up --today``); time runs on from there."""
+    desc = _describe(data)
+    started = desc.get("started_at")
+    if not desc.get("today"):
+        return dt.date.today()
+    if started:
+        elapsed = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(started)
+        return dt.date.fromisoformat(desc["today"]) + dt.timedelta(days=elapsed.days)
+    return dt.date.fromisoformat(desc["today"])
+
+
 def _client(data: Path) -> Client:
     desc = _describe(data)
     tls = desc.get("tls") or {}
@@ -167,13 +179,14 @@ def login(
 @app.command()
 def consult(
     niss: Annotated[str, typer.Argument(help="patient NISS")],
-    date: Annotated[str | None, typer.Option(help="date of the right (default: today)")] = None,
+    date: Annotated[str | None, typer.Option(help="date of the right (default: the mesh's today)")] = None,
     reference: Annotated[str | None, typer.Option(help="requester reference")] = None,
     data: DataOpt = DEFAULT_DATA,
     as_json: JsonOpt = False,
 ) -> None:
     """Consult a patient's DMG."""
-    reply = _run(data, lambda c: c.consult(niss, date=_parse_date(date), reference=reference))
+    when = _parse_date(date) or _today(data)
+    reply = _run(data, lambda c: c.consult(niss, date=when, reference=reference))
     table = Table(title=f"DMG of {reply.patient.first_name} {reply.patient.last_name} ({reply.patient.niss})")
     for col in ("insurer", "holder", "from", "to", "procedure", "paid this year"):
         table.add_column(col)
@@ -317,7 +330,7 @@ def patient_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask for the list of your DMG patients, then wait for the answer in the mailbox."""
-    when = _parse_date(year_date) or dt.date.today()
+    when = _parse_date(year_date) or _today(data)
 
     async def go(client: Client) -> dmg_pb2.MailboxMessage:
         ack = await client.post_patient_list(reference_date=when)
@@ -460,7 +473,7 @@ def oa_contact(
     """Register a contact certificate at the patient's insurer (may prolong a DMG)."""
     from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2
 
-    when, sub = _parse_date(contact_date), _parse_date(submitted) or dt.date.today()
+    when, sub = _parse_date(contact_date), _parse_date(submitted) or _today(data)
     assert when is not None
     request = intake_service_pb2.RegisterContactRequest(
         intake_reference=reference or f"cli-{os.urandom(8).hex()}",
@@ -489,7 +502,7 @@ def oa_attest(
     """Submit a paper 102771 attestation at the patient's insurer."""
     from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2
 
-    when, sub = _parse_date(attestation_date), _parse_date(submitted) or dt.date.today()
+    when, sub = _parse_date(attestation_date), _parse_date(submitted) or _today(data)
     assert when is not None
     request = intake_service_pb2.RegisterPaperAttestationRequest(
         intake_reference=reference or f"cli-{os.urandom(8).hex()}",

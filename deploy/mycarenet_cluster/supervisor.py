@@ -144,6 +144,7 @@ class Supervisor:
         self.running: dict[str, Running] = {}
         self.stopping = asyncio.Event()
         self.seed_info: dict[str, Any] = {}
+        self.started_at = dt.datetime.now(dt.UTC)
         self.demo: dict[str, str] = {}
         (cfg.data / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -231,6 +232,7 @@ class Supervisor:
             "supervisor_pid": os.getpid(),
             "data": str(self.cfg.data.resolve()),
             "today": (self.cfg.today or dt.date.today()).isoformat(),
+            "started_at": self.started_at.isoformat(),
             "tls": self.tls,
             "processes": procs,
             "demo": self.demo,
