@@ -67,6 +67,7 @@ from mycarenet_core.identifiers import (
     parse_member_number,
     parse_niss,
 )
+from mycarenet_core.server import peer_identities
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -521,16 +522,6 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
                 unknown=result.unknown,
                 acknowledgement=common_pb2.Acknowledgement(complete=not result.unknown),
             )
-
-
-def peer_identities(context: Context) -> set[str]:
-    """Names in the client certificate (CN and SANs) of an mTLS peer."""
-    auth = context.auth_context()
-    names: set[str] = set()
-    for key in ("x509_common_name", "x509_subject_alternative_name"):
-        for value in auth.get(key, ()):
-            names.add(value.decode() if isinstance(value, bytes) else str(value))
-    return names
 
 
 class MailboxIntakeServicer(mailbox_intake_service_pb2_grpc.MailboxIntakeServiceServicer):

@@ -98,6 +98,75 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         return handler
 
 
+def peer_identities(context: Any) -> set[str]:
+    """Names in the client certificate (CN and SANs) of an mTLS peer; empty without TLS."""
+    auth = context.auth_context()
+    names: set[str] = set()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth.get(key, ()):
+            names.add(value.decode() if isinstance(value, bytes) else str(value))
+    return names
+
+
+class PeerAllowList(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Under mutual TLS, answer only peers whose certificate names one of ``allowed`` (health and
+    reflection stay open to any peer the CA vouches for, so that probes and tools work)."""
+
+    OPEN = ("/grpc.health.v1.", "/grpc.reflection.")
+
+    def __init__(self, allowed: set[str]) -> None:
+        self.allowed = frozenset(allowed)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(self.OPEN):
+            return handler
+        allowed = self.allowed
+
+        def refuse(names: set[str]) -> MeshError:
+            who = ", ".join(sorted(names)) or "an anonymous peer"
+            return MeshError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "PEER_NOT_ALLOWED",
+                f"this service answers only {', '.join(sorted(allowed))}, not {who}",
+            )
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                names = peer_identities(context)
+                if not names & allowed:
+                    await context.abort_with_status(refuse(names).to_grpc_status())
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> Any:
+                names = peer_identities(context)
+                if not names & allowed:
+                    await context.abort_with_status(refuse(names).to_grpc_status())
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
 class MeshServer:
     """One grpc.aio server of the mesh with health, reflection and error mapping.
 

@@ -21,7 +21,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc as ms
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
 from mycarenet_core.identifiers import INSURER_CODES
-from mycarenet_core.server import MeshServer, Service
+from mycarenet_core.server import MeshServer, PeerAllowList, Service
 from oa_node import models as m
 from oa_node import rules
 from oa_node.audit import Auditor
@@ -52,6 +52,9 @@ async def init_database(engine: AsyncEngine) -> None:
         if (await session.execute(select(m.FeedHead))).first() is None:
             session.add(m.FeedHead(id=1, last_sequence=0))
         await ReferenceRepository(session).seed_tariffs(rules.DEFAULT_TARIFFS)
+
+
+ALLOWED_PEERS = {"hub", "backoffice"}
 
 
 class OaNodeApp:
@@ -124,6 +127,9 @@ class OaNodeApp:
                 ),
             ],
             credentials=server_credentials,
+            # Under mutual TLS an insurer answers only the hub and its own back office (never provider
+            # software, eHealth or another insurer).
+            interceptors=[PeerAllowList(ALLOWED_PEERS)] if server_credentials is not None else [],
         )
         self.port: int | None = None
 

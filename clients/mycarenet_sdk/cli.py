@@ -401,8 +401,9 @@ def _intake(data: Path, niss: str, build: Callable[[Any], Awaitable[Message]]) -
 
     desc = _describe(data)
     tls = desc.get("tls") or {}
+    # The insurer's back office has its own certificate: OA nodes answer only the hub and the back office.
     creds = (
-        client_credentials(Path(tls["ca"]), Path(tls["client_cert"]), Path(tls["client_key"]))
+        client_credentials(Path(tls["ca"]), Path(tls["backoffice_cert"]), Path(tls["backoffice_key"]))
         if tls
         else None
     )

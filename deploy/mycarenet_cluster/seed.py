@@ -300,6 +300,7 @@ async def seed(
     keys_folder: Path,
     today: dt.date,
     credentials: grpc.ChannelCredentials | None = None,
+    backoffice_credentials: grpc.ChannelCredentials | None = None,
     only: Sequence[str] = (),
 ) -> dict[str, object]:
     """Seed the whole mesh; returns counts for the cluster description."""
@@ -308,7 +309,7 @@ async def seed(
         await seed_ehealth(channel, population, public_keys, today)
 
     async def one(code: str, target: str) -> tuple[str, dict[str, int]]:
-        async with open_channel(target, credentials=credentials) as channel:
+        async with open_channel(target, credentials=backoffice_credentials or credentials) as channel:
             await seed_oa(code, channel, population, today)
             return code, await replay_history(code, channel, population)
 

@@ -105,20 +105,28 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
 
 
 def client_tls(cfg: ClusterConfig) -> dict[str, str] | None:
+    """Certificates for callers: "client" for provider software (hub and eHealth only), "backoffice" for
+    the insurers' own back office (OA intake, reference data, members) and the seeder."""
     if cfg.insecure:
         return None
-    ident = pki.ensure_identity(cfg.data / "pki", "client")
+    client = pki.ensure_identity(cfg.data / "pki", "client")
+    backoffice = pki.ensure_identity(cfg.data / "pki", "backoffice")
     return {
-        "ca": str(ident.ca.resolve()),
-        "client_cert": str(ident.cert.resolve()),
-        "client_key": str(ident.key.resolve()),
+        "ca": str(client.ca.resolve()),
+        "client_cert": str(client.cert.resolve()),
+        "client_key": str(client.key.resolve()),
+        "backoffice_cert": str(backoffice.cert.resolve()),
+        "backoffice_key": str(backoffice.key.resolve()),
     }
 
 
-def channel_credentials(tls: dict[str, str] | None) -> grpc.ChannelCredentials | None:
+def channel_credentials(
+    tls: dict[str, str] | None, *, backoffice: bool = False
+) -> grpc.ChannelCredentials | None:
     if tls is None:
         return None
-    return client_credentials(Path(tls["ca"]), Path(tls["client_cert"]), Path(tls["client_key"]))
+    role = "backoffice" if backoffice else "client"
+    return client_credentials(Path(tls["ca"]), Path(tls[f"{role}_cert"]), Path(tls[f"{role}_key"]))
 
 
 async def health(address: str, credentials: grpc.ChannelCredentials | None, deadline: float = 2.0) -> str:
@@ -141,6 +149,7 @@ class Supervisor:
         self.specs = plan(cfg)
         self.tls = client_tls(cfg)
         self.credentials = channel_credentials(self.tls)
+        self.backoffice_credentials = channel_credentials(self.tls, backoffice=True)
         self.running: dict[str, Running] = {}
         self.stopping = asyncio.Event()
         self.seed_info: dict[str, Any] = {}
@@ -206,6 +215,7 @@ class Supervisor:
             keys_folder=self.cfg.data / "keys",
             today=today,
             credentials=self.credentials,
+            backoffice_credentials=self.backoffice_credentials,
         )
         info["seconds"] = round(time.monotonic() - started, 2)
         self.seed_info = info
