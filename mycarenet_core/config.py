@@ -31,6 +31,9 @@ class MeshSettings(BaseSettings):
     tls_ca: Path | None = Field(None, description="PEM of the mesh CA (mutual TLS)")
     tls_cert: Path | None = Field(None, description="PEM certificate of this process")
     tls_key: Path | None = Field(None, description="PEM private key of this process")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="serve Prometheus metrics on 127.0.0.1:<port>/metrics"
+    )
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> MeshSettings:

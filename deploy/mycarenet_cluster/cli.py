@@ -75,6 +75,16 @@ def up(
         bool, typer.Option("--insecure", help="development only: plaintext inside the mesh")
     ] = False,
     reset: Annotated[bool, typer.Option("--reset", help="delete the data folder first")] = False,
+    postgres: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL server URL: one database per process (created when missing)"),
+    ] = None,
+    otlp_endpoint: Annotated[
+        str | None, typer.Option(help="send every process's traces to this OTLP/gRPC endpoint (host:port)")
+    ] = None,
+    metrics: Annotated[
+        bool, typer.Option("--metrics", help="Prometheus endpoint per process (port + 1000)")
+    ] = False,
 ) -> None:
     """Start eHealth, the hub and the seven OA nodes; Ctrl-C or SIGTERM stops them all."""
     existing = _read(data)
@@ -92,6 +102,9 @@ def up(
         insecure=insecure,
         today=dt.date.fromisoformat(today) if today else None,
         database_template=database_template,
+        postgres=postgres,
+        otlp_endpoint=otlp_endpoint,
+        metrics=metrics,
     )
 
     def ready(desc: dict[str, Any]) -> None:

@@ -44,6 +44,13 @@ class ClusterConfig:
     database_template: str | None = None  # e.g. "postgresql://postgres@127.0.0.1:5432/mcn_{name}"
     seed_value: int = 2014
     startup_timeout: float = 90.0
+    otlp_endpoint: str | None = None  # OTLP/gRPC collector for every process's traces
+    metrics: bool = False  # a Prometheus endpoint per process, on its gRPC port + 1000
+    postgres: str | None = None  # a PostgreSQL server URL: one database per process, created when missing
+
+    def __post_init__(self) -> None:
+        if self.postgres and not self.database_template:
+            self.database_template = self.postgres.rstrip("/") + "/mcn_{name}"
 
 
 @dataclass
@@ -95,13 +102,37 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
         if spec.role == "oa":
             assert spec.oa_code
             env |= {"INSURER_CODE": spec.oa_code, "HUB_INTAKE_TARGET": addr(hub_port)}
+        if cfg.metrics:
+            env["METRICS_PORT"] = str(spec.port + 1000)
         if spec.role == "hub":
             env |= {
                 "EHEALTH_TARGET": addr(ehealth_port),
                 "OA_TARGETS": ",".join(f"{c}={addr(p)}" for c, p in oa_ports.items()),
             }
         spec.env = {prefix + k: v for k, v in env.items()}
+        spec.env["OTEL_SERVICE_NAME"] = spec.name
+        if cfg.otlp_endpoint:
+            spec.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = cfg.otlp_endpoint
     return specs
+
+
+async def create_databases(cfg: ClusterConfig, specs: list[ProcSpec]) -> None:
+    """With a PostgreSQL template, create each process's database when it does not exist yet."""
+    if not cfg.database_template or not cfg.database_template.startswith("postgres"):
+        return
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    for spec in specs:
+        url = make_url(database_url(cfg, spec.name))
+        admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(admin)
+        try:
+            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", url.database)
+            if not exists:
+                await conn.execute(f'CREATE DATABASE "{url.database}"')
+        finally:
+            await conn.close()
 
 
 def client_tls(cfg: ClusterConfig) -> dict[str, str] | None:
@@ -190,6 +221,7 @@ class Supervisor:
 
     async def start(self) -> None:
         """Start every process in dependency order and wait until all are SERVING."""
+        await create_databases(self.cfg, self.specs)
         for group in (["ehealth"], [s.name for s in self.specs if s.role == "oa"], ["hub"]):
             specs = [s for s in self.specs if s.name in group]
             for spec in specs:
@@ -231,6 +263,8 @@ class Supervisor:
                     "role": spec.role,
                     "oa_code": spec.oa_code,
                     "address": self.address(spec),
+                    "metrics_address": f"{self.cfg.host}:{spec.port + 1000}" if self.cfg.metrics else None,
+                    "database_url": database_url(self.cfg, spec.name),
                     "pid": run.process.pid if run else None,
                     "restarts": run.restarts if run else 0,
                     "health": await health(self.address(spec), self.credentials),
