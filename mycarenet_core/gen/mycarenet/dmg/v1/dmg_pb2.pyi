@@ -575,6 +575,8 @@ class MailboxMessage(_message.Message):
     REQUESTER_REFERENCE_FIELD_NUMBER: _builtins.int
     CREATED_TIME_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
+    TRACESTATE_FIELD_NUMBER: _builtins.int
     CLOSURE_FIELD_NUMBER: _builtins.int
     EXTENSION_FIELD_NUMBER: _builtins.int
     PATIENT_LIST_FIELD_NUMBER: _builtins.int
@@ -591,6 +593,12 @@ class MailboxMessage(_message.Message):
     """Requester reference of the request that caused this message, when there was one."""
     content_hash: _builtins.str
     """SHA-256 of the serialized payload, hex; may be used to confirm instead of the id."""
+    traceparent: _builtins.str
+    """W3C trace context ("traceparent" header value) of the request that caused the message, so that its
+    delivery and pick-up can be linked to that request's trace; empty when not traced.
+    """
+    tracestate: _builtins.str
+    """W3C "tracestate" header value accompanying traceparent; usually empty."""
     @_builtins.property
     def created_time(self) -> _timestamp_pb2.Timestamp:
         """When the issuer created the message."""
@@ -621,6 +629,8 @@ class MailboxMessage(_message.Message):
         requester_reference: _builtins.str = ...,
         created_time: _timestamp_pb2.Timestamp | None = ...,
         content_hash: _builtins.str = ...,
+        traceparent: _builtins.str = ...,
+        tracestate: _builtins.str = ...,
         closure: Global___ClosureMessage | None = ...,
         extension: Global___ExtensionMessage | None = ...,
         patient_list: Global___PatientListMessage | None = ...,
@@ -628,7 +638,7 @@ class MailboxMessage(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "created_time", b"created_time", "extension", b"extension", "patient_list", b"patient_list", "payload", b"payload", "technical_ack", b"technical_ack"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "content_hash", b"content_hash", "created_time", b"created_time", "extension", b"extension", "insurer_code", b"insurer_code", "kind", b"kind", "message_id", b"message_id", "patient_list", b"patient_list", "payload", b"payload", "recipient_inami", b"recipient_inami", "requester_reference", b"requester_reference", "technical_ack", b"technical_ack"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "content_hash", b"content_hash", "created_time", b"created_time", "extension", b"extension", "insurer_code", b"insurer_code", "kind", b"kind", "message_id", b"message_id", "patient_list", b"patient_list", "payload", b"payload", "recipient_inami", b"recipient_inami", "requester_reference", b"requester_reference", "technical_ack", b"technical_ack", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["closure", "extension", "patient_list", "technical_ack"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
