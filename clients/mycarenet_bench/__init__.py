@@ -1,0 +1,1 @@
+"""mycarenet-bench: latency and availability of the mesh under load and faults."""
