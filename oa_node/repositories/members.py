@@ -67,6 +67,21 @@ def covers(periods: Sequence[Period], day: dt.date) -> bool:
     return any(start <= day and (end is None or day <= end) for start, end in periods)
 
 
+_MEMBER_FIELDS = (
+    "mutuality_code",
+    "registration_number",
+    "first_name",
+    "last_name",
+    "birth_date",
+    "sex",
+    "death_date",
+    "chronic_condition",
+    "medical_house_inami",
+    "medical_house_start",
+    "medical_house_end",
+)
+
+
 class MemberRepository:
     """Members and the feed. The caller owns the transaction."""
 
@@ -86,13 +101,34 @@ class MemberRepository:
 
     async def upsert(self, members: Sequence[MemberData], *, now: dt.datetime) -> UpsertResult:
         """Create or replace members; append a feed change for each new member, each new set of
-        periods and each new member number. Takes the feed lock first (see :class:`m.FeedHead`)."""
+        periods and each new member number. Takes the feed lock first (see :class:`m.FeedHead`).
+
+        Works on the whole batch at once (one read of the existing rows, one write), so that loading a
+        national population in batches stays fast."""
         head = await self._lock_feed()
         created = updated = 0
         changes: list[MemberData] = []
+        wanted = list(dict.fromkeys(d.niss for d in members))
+        rows = {
+            row.niss: row
+            for row in (
+                await self.session.execute(select(m.Member).where(col(m.Member.niss).in_(wanted)))
+            ).scalars()
+        }
+        old_periods: dict[str, list[m.Affiliation]] = {}
+        if rows:
+            stmt = select(m.Affiliation).where(col(m.Affiliation.niss).in_(list(rows)))
+            for aff in (await self.session.execute(stmt)).scalars():
+                old_periods.setdefault(aff.niss, []).append(aff)
+        before: dict[str, tuple[Period, ...]] = {}
+        numbers: dict[str, str | None] = {}
         for data in members:
-            row = await self.get(data.niss)
-            old_periods = await self.periods(data.niss) if row is not None else None
+            row = rows.get(data.niss)
+            if data.niss not in before:
+                before[data.niss] = tuple(
+                    sorted(((a.start, a.end) for a in old_periods.get(data.niss, [])), key=lambda p: p[0])
+                )
+                numbers[data.niss] = row.registration_number if row is not None else None
             if row is None:
                 row = m.Member(
                     niss=data.niss,
@@ -100,30 +136,29 @@ class MemberRepository:
                     registration_number=data.registration_number,
                 )
                 self.session.add(row)
+                rows[data.niss] = row
                 created += 1
             else:
                 updated += 1
-            old_number = row.registration_number if old_periods is not None else None
-            for name in (
-                "mutuality_code",
-                "registration_number",
-                "first_name",
-                "last_name",
-                "birth_date",
-                "sex",
-                "death_date",
-                "chronic_condition",
-                "medical_house_inami",
-                "medical_house_start",
-                "medical_house_end",
-            ):
+            for name in _MEMBER_FIELDS:
                 setattr(row, name, getattr(data, name))
+        # Members first (the periods refer to them), then the periods that changed.
+        await self.session.flush()
+        for data in members:
             new_periods = tuple(sorted(data.affiliations, key=lambda p: p[0]))
-            if old_periods != new_periods:
-                await self._replace_periods(data.niss, new_periods)
-            if old_periods != new_periods or old_number != data.registration_number:
+            existed = numbers[data.niss] is not None
+            if not existed or before[data.niss] != new_periods:
+                for old in old_periods.pop(data.niss, []):
+                    await self.session.delete(old)
+                fresh = [m.Affiliation(niss=data.niss, start=start, end=end) for start, end in new_periods]
+                self.session.add_all(fresh)
+                old_periods[data.niss] = fresh
+                before[data.niss] = new_periods
                 changes.append(data)
-            await self.session.flush()
+            elif numbers[data.niss] != data.registration_number:
+                changes.append(data)
+            numbers[data.niss] = data.registration_number
+        await self.session.flush()
         last = head.last_sequence
         for data in changes:
             last += 1
@@ -148,14 +183,6 @@ class MemberRepository:
         if head is None:
             raise RuntimeError("feed head row missing: schema not initialised")
         return head
-
-    async def _replace_periods(self, niss: str, periods: Sequence[Period]) -> None:
-        stmt = select(m.Affiliation).where(m.Affiliation.niss == niss)
-        for old in (await self.session.execute(stmt)).scalars():
-            await self.session.delete(old)
-        await self.session.flush()
-        for start, end in periods:
-            self.session.add(m.Affiliation(niss=niss, start=start, end=end))
 
     async def changes_after(self, after_sequence: int, limit: int) -> list[FeedEntry]:
         stmt = (
