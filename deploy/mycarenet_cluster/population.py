@@ -151,6 +151,7 @@ class Population:
     members: list[Member]
     history: list[DmgEvent]
     demo: dict[str, str]
+    bulk: int = 0  # further members, streamed by :func:`bulk_members` (no history, no relations)
 
 
 def _iban(rng: random.Random) -> str:
@@ -169,7 +170,7 @@ def _members(rng: random.Random, size: int, today: dt.date) -> Iterator[Member]:
     for _ in range(size):
         while True:
             birth = today - dt.timedelta(days=rng.randrange(0, 95 * 365))
-            seq = rng.randrange(1, 998)
+            seq = rng.randrange(1, 500)  # 500 and up are left to bulk_members
             bis = rng.choices((0, 20, 40), (0.994, 0.002, 0.004))[0]
             niss = make_niss(birth, seq, bis=bis)
             if niss not in used:
@@ -201,8 +202,55 @@ def _members(rng: random.Random, size: int, today: dt.date) -> Iterator[Member]:
         )
 
 
+DETAILED_LIMIT = 20_000
+AGE_DAYS = 95 * 365
+
+
+def bulk_members(count: int, today: dt.date, gps: list[str], seed: int = 2014) -> Iterator[list[Member]]:
+    """``count`` further members in chunks, generated lazily (a national population does not fit in
+    memory as objects). NISS are unique by construction: member ``i`` is born ``i mod AGE_DAYS`` days
+    before ``today`` with sequence ``500 + i div AGE_DAYS`` (at most 832 for 11.5 million; detailed
+    members use sequences below 500)."""
+    if count > AGE_DAYS * 497:
+        raise ValueError(f"at most {AGE_DAYS * 497} bulk members")
+    rng = random.Random(seed + 1)
+    codes = list(INSURER_SHARES)
+    weights = [INSURER_SHARES[c] for c in codes]
+    counters = dict.fromkeys(codes, 5_000_000_000)
+    chunk: list[Member] = []
+    for i in range(count):
+        birth = today - dt.timedelta(days=1 + i % AGE_DAYS)
+        seq = 500 + i // AGE_DAYS
+        insurer = rng.choices(codes, weights)[0]
+        counters[insurer] += 1
+        chunk.append(
+            Member(
+                niss=make_niss(birth, seq),
+                first_name=rng.choice(FIRST_NAMES),
+                last_name=rng.choice(LAST_NAMES),
+                birth_date=birth,
+                sex="M" if seq % 2 else "F",
+                affiliations=[
+                    Affiliation(insurer, f"{counters[insurer]:011d}", max(birth, dt.date(1990, 1, 1)))
+                ],
+                usual_gp=gps[i % len(gps)],
+            )
+        )
+        if len(chunk) == 10_000:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def build(size: int, today: dt.date, seed: int = 2014) -> Population:
-    """A population of ``size`` members with providers and three years of DMG history before ``today``."""
+    """A population of ``size`` members with providers and three years of DMG history before ``today``.
+
+    Up to :data:`DETAILED_LIMIT` members are detailed (relations, DMG history, mutuality changes, bis
+    numbers); beyond that, members are streamed in bulk by :func:`bulk_members` (``Population.bulk``).
+    """
+    bulk = max(0, size - DETAILED_LIMIT)
+    size -= bulk
     rng = random.Random(seed)
     seq = iter(range(10_000, 99_999))
 
@@ -312,6 +360,7 @@ def build(size: int, today: dt.date, seed: int = 2014) -> Population:
         providers=[*gps, *trainees, *specialists, *dentists],
         organisations=[group, house],
         members=members,
+        bulk=bulk,
         history=history,
         demo={
             "gp_a": gp_a.inami,

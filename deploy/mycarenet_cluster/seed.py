@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from mycarenet_cluster.population import CONTACT_CODES, Population
+from mycarenet_cluster.population import CONTACT_CODES, Member, Population, bulk_members
 from mycarenet_core.channels import open_channel
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
@@ -314,8 +315,64 @@ async def seed(
             return code, await replay_history(code, channel, population)
 
     results = await asyncio.gather(*(one(c, t) for c, t in oas.items() if not only or c in only))
-    return {
+    info: dict[str, object] = {
         "members": len(population.members),
         "providers": len(population.providers),
         "history": dict(results),
     }
+    if population.bulk:
+        started = time.monotonic()
+        await seed_bulk(population, oas=oas, today=today, credentials=backoffice_credentials or credentials)
+        info["bulk_members"] = population.bulk
+        info["bulk_seconds"] = round(time.monotonic() - started, 1)
+    return info
+
+
+def _member_proto(m: Member, code: str) -> membership_service_pb2.Member:
+    periods = [a for a in m.affiliations if a.insurer == code]
+    return membership_service_pb2.Member(
+        patient=common_pb2.Patient(
+            niss=m.niss,
+            first_name=m.first_name,
+            last_name=m.last_name,
+            birth_date=_d(m.birth_date),
+            sex=SEX[m.sex],
+            member=common_pb2.MemberNumber(
+                mutuality_code=code, registration_number=periods[-1].registration_number
+            ),
+        ),
+        affiliations=[common_pb2.Period(start=_d(a.start), end=_d(a.end)) for a in periods],
+        chronic_condition=m.chronic,
+    )
+
+
+async def seed_bulk(
+    population: Population,
+    *,
+    oas: dict[str, str],
+    today: dt.date,
+    credentials: grpc.ChannelCredentials | None,
+) -> None:
+    """Stream the bulk members to their insurers, 10 000 at a time, every insurer loading in parallel."""
+    gps = [p.inami for p in population.providers if p.role == "gp"]
+    channels = {code: open_channel(target, credentials=credentials) for code, target in oas.items()}
+    try:
+        stubs = {code: membership_service_pb2_grpc.MembershipServiceStub(ch) for code, ch in channels.items()}
+        pending: set[asyncio.Future[object]] = set()
+        for chunk in bulk_members(population.bulk, today, gps):
+            by_code: dict[str, list[membership_service_pb2.Member]] = defaultdict(list)
+            for m in chunk:
+                by_code[m.affiliations[-1].insurer].append(_member_proto(m, m.affiliations[-1].insurer))
+            for code, batch in by_code.items():
+                request = membership_service_pb2.UpsertMembersRequest(members=batch)
+                pending.add(asyncio.ensure_future(stubs[code].UpsertMembers(request, timeout=600)))
+            # Keep a bounded number of batches in flight.
+            while len(pending) > 2 * len(stubs):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+        for task in asyncio.as_completed(pending):
+            await task
+    finally:
+        for ch in channels.values():
+            await ch.close(None)

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mycarenet_cluster import pki, population, seed
+from mycarenet_cluster import faultproxy, pki, population, seed
 from mycarenet_core.channels import client_credentials, open_channel
 from mycarenet_core.identifiers import INSURER_CODES
 
@@ -47,6 +47,7 @@ class ClusterConfig:
     otlp_endpoint: str | None = None  # OTLP/gRPC collector for every process's traces
     metrics: bool = False  # a Prometheus endpoint per process, on its gRPC port + 1000
     postgres: str | None = None  # a PostgreSQL server URL: one database per process, created when missing
+    fault_proxies: bool = False  # a fault-injecting TCP proxy on each hub → OA link (see faultproxy)
 
     def __post_init__(self) -> None:
         if self.postgres and not self.database_template:
@@ -77,6 +78,11 @@ def database_url(cfg: ClusterConfig, name: str) -> str:
     return f"sqlite+aiosqlite:///{(cfg.data / 'db' / f'{name}.db').resolve()}"
 
 
+def fault_proxy_ports(cfg: ClusterConfig) -> dict[str, int]:
+    """Listening port of the fault proxy in front of each OA node (base port + 30..36)."""
+    return {code: cfg.base_port + 30 + i for i, code in enumerate(INSURER_CODES)}
+
+
 def plan(cfg: ClusterConfig) -> list[ProcSpec]:
     """The processes of the cluster with their settings (environment variables)."""
     hub_port, ehealth_port = cfg.base_port, cfg.base_port + 1
@@ -85,6 +91,7 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
         return f"{cfg.host}:{port}"
 
     oa_ports = {code: cfg.base_port + 10 + i for i, code in enumerate(INSURER_CODES)}
+    hub_oa_ports = fault_proxy_ports(cfg) if cfg.fault_proxies else oa_ports
     specs = [ProcSpec("ehealth", "ehealth", "ehealth", ehealth_port)]
     specs += [ProcSpec(f"oa-{c}", "oa", "oa_node", p, oa_code=c) for c, p in oa_ports.items()]
     specs.append(ProcSpec("hub", "hub", "hub", hub_port))
@@ -107,13 +114,36 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
         if spec.role == "hub":
             env |= {
                 "EHEALTH_TARGET": addr(ehealth_port),
-                "OA_TARGETS": ",".join(f"{c}={addr(p)}" for c, p in oa_ports.items()),
+                "OA_TARGETS": ",".join(f"{c}={addr(p)}" for c, p in hub_oa_ports.items()),
             }
         spec.env = {prefix + k: v for k, v in env.items()}
         spec.env["OTEL_SERVICE_NAME"] = spec.name
         if cfg.otlp_endpoint:
             spec.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = cfg.otlp_endpoint
     return specs
+
+
+async def database_sizes(cfg: ClusterConfig, specs: list[ProcSpec]) -> dict[str, int]:
+    """Size on disk of each process's database (SQLite file with its WAL, or pg_database_size)."""
+    from sqlalchemy.engine import make_url
+
+    sizes: dict[str, int] = {}
+    for spec in specs:
+        url = make_url(database_url(cfg, spec.name))
+        if url.get_backend_name() == "sqlite" and url.database:
+            sizes[spec.name] = sum(
+                p.stat().st_size for p in Path(url.database).parent.glob(Path(url.database).name + "*")
+            )
+        else:
+            import asyncpg
+
+            admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            conn = await asyncpg.connect(admin)
+            try:
+                sizes[spec.name] = int(await conn.fetchval("SELECT pg_database_size(current_database())"))
+            finally:
+                await conn.close()
+    return sizes
 
 
 async def create_databases(cfg: ClusterConfig, specs: list[ProcSpec]) -> None:
@@ -186,6 +216,7 @@ class Supervisor:
         self.seed_info: dict[str, Any] = {}
         self.started_at = dt.datetime.now(dt.UTC)
         self.demo: dict[str, str] = {}
+        self.proxies: dict[str, faultproxy.FaultProxy] = {}
         (cfg.data / "logs").mkdir(parents=True, exist_ok=True)
 
     def address(self, spec: ProcSpec) -> str:
@@ -222,12 +253,28 @@ class Supervisor:
     async def start(self) -> None:
         """Start every process in dependency order and wait until all are SERVING."""
         await create_databases(self.cfg, self.specs)
+        await self._start_fault_proxies()
         for group in (["ehealth"], [s.name for s in self.specs if s.role == "oa"], ["hub"]):
             specs = [s for s in self.specs if s.name in group]
             for spec in specs:
                 self.running[spec.name] = Running(spec, await self._spawn(spec))
             await asyncio.gather(*(self._wait_serving(s) for s in specs))
             log.info("serving: %s", ", ".join(group))
+
+    async def _start_fault_proxies(self) -> None:
+        """With ``fault_proxies``: a proxy per hub → OA link, controlled by ``<data>/faults/<name>.json``."""
+        if not self.cfg.fault_proxies:
+            return
+        ports = fault_proxy_ports(self.cfg)
+        for spec in self.specs:
+            if spec.role == "oa" and spec.oa_code:
+                control = (self.cfg.data / "faults" / f"{spec.name}.json").resolve()
+                faultproxy.write_control(control, faultproxy.LinkFaults())
+                proxy = faultproxy.FaultProxy(
+                    f"{self.cfg.host}:{ports[spec.oa_code]}", self.address(spec), control=control
+                )
+                await proxy.start()
+                self.proxies[spec.oa_code] = proxy
 
     async def seed_if_new(self) -> None:
         marker = self.cfg.data / "seeded.json"
@@ -250,6 +297,7 @@ class Supervisor:
             backoffice_credentials=self.backoffice_credentials,
         )
         info["seconds"] = round(time.monotonic() - started, 2)
+        info["database_bytes"] = await database_sizes(self.cfg, self.specs)
         self.seed_info = info
         marker.write_text(json.dumps(info, indent=2))
 
@@ -282,6 +330,10 @@ class Supervisor:
             "demo": self.demo,
             "seed": self.seed_info,
             "keys": str((self.cfg.data / "keys").resolve()),
+            "fault_proxies": [
+                {"oa_code": c, "address": p.address, "target": p.target, "control": str(p.control)}
+                for c, p in self.proxies.items()
+            ],
         }
 
     async def write_description(self) -> dict[str, Any]:
@@ -334,6 +386,8 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
                     await p.wait()
+        for proxy in self.proxies.values():
+            await proxy.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.cfg.data / DESCRIPTION).unlink()
 
