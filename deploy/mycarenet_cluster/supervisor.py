@@ -398,12 +398,27 @@ async def run(cfg: ClusterConfig, *, on_ready: Any = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stopping.set)
-    try:
+
+    async def bring_up() -> None:
         await sup.start()
         await sup.seed_if_new()
         desc = await sup.write_description()
         if on_ready is not None:
             on_ready(desc)
+
+    try:
+        # A signal during start-up or seeding stops everything at once (seeding resumes from scratch on
+        # the next start, since its marker is written only when it completes).
+        starting = asyncio.ensure_future(bring_up())
+        stop = asyncio.ensure_future(sup.stopping.wait())
+        await asyncio.wait([starting, stop], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return 130
+        stop.cancel()
+        starting.result()
         await sup.watch()
         return 0
     finally:
