@@ -24,6 +24,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
+from mycarenet_core.telemetry import Telemetry, from_environment
 from mycarenet_sdk.client import Client, MyCareNetError, Session, connect
 
 T = TypeVar("T")
@@ -71,7 +72,7 @@ def _today(data: Path) -> dt.date:
     return dt.date.fromisoformat(desc["today"])
 
 
-def _client(data: Path) -> Client:
+def _client(data: Path, telemetry: Telemetry | None = None) -> Client:
     desc = _describe(data)
     tls = desc.get("tls") or {}
     return connect(
@@ -80,6 +81,7 @@ def _client(data: Path) -> Client:
         ca=Path(tls["ca"]) if tls else None,
         cert=Path(tls["client_cert"]) if tls else None,
         key=Path(tls["client_key"]) if tls else None,
+        telemetry=telemetry,
     )
 
 
@@ -99,8 +101,11 @@ def _load_session(client: Client) -> None:
 
 
 def _run(data: Path, fn: Callable[[Client], Awaitable[T]], *, session: bool = True) -> T:
+    # Traced when OTEL_EXPORTER_OTLP_ENDPOINT is set: the command's calls start the trace.
+    telemetry = from_environment("mycarenet-cli")
+
     async def go() -> T:
-        async with _client(data) as client:
+        async with _client(data, telemetry) as client:
             if session:
                 _load_session(client)
             return await fn(client)
@@ -112,6 +117,9 @@ def _run(data: Path, fn: Callable[[Client], Awaitable[T]], *, session: bool = Tr
         for v in error.violations:
             err_console.print(f"  [yellow]{v.code}[/yellow] {v.field}: {v.description}")
         raise typer.Exit(1) from None
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()
 
 
 def _print_json(value: Any) -> None:
@@ -294,9 +302,20 @@ def _message_rows(messages: list[dmg_pb2.MailboxMessage]) -> Table:
 
 
 @app.command()
-def inbox(data: DataOpt = DEFAULT_DATA, as_json: JsonOpt = False) -> None:
+def inbox(
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(help="only this kind (closure, extension, patient_list, technical_ack)"),
+    ] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
     """Show the pending messages of your mailbox."""
-    messages = _run(data, lambda c: c.all_messages())
+    try:
+        kinds = [dmg_pb2.MessageKind.Value(f"MESSAGE_KIND_{k.upper()}") for k in kind or ()]
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    messages = _run(data, lambda c: c.all_messages(kinds=kinds))
     if as_json:
         _print_json([MessageToDict(m, preserving_proto_field_name=True) for m in messages])
     else:
