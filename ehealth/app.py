@@ -14,17 +14,17 @@ import grpc
 from ehealth.auth import Authenticator, AuthLimits, RevocationFeed
 from ehealth.cadastre import Cadastre
 from ehealth.mandates import Mandates
-from ehealth.models import metadata
 from ehealth.relations import Relations
 from ehealth.servicers import AuthServicer, CadastreServicer, MandateServicer, TherapeuticRelationServicer
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import create_engine, create_schema, session_factory
+from mycarenet_core.db import create_engine, session_factory
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     auth_pb2_grpc,
     cadastre_pb2_grpc,
     mandate_pb2_grpc,
     therapeutic_relation_pb2_grpc,
 )
+from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
 
 PACKAGE = "mycarenet.ehealth.v1"
@@ -54,7 +54,7 @@ class EhealthApp:
         limits = AuthLimits(max_token_lifetime, audience, challenge_ttl)
         engine = create_engine(database_url)
         try:
-            await create_schema(engine, metadata)
+            await upgrade(engine, HISTORIES["ehealth"].script_location)
             factory = session_factory(engine)
             auth = Authenticator(factory, clock, limits, RevocationFeed())
             await auth.ensure_signing_key()

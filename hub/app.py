@@ -16,17 +16,17 @@ from hub.audit import AuditLog
 from hub.auth import TokenVerifier
 from hub.feeds import AffiliationFollower, RevocationFollower, run_periodically
 from hub.mailbox import MailboxNotifier
-from hub.models import HubBase
 from hub.patient_list import ListPolicy, PatientListWorker
 from hub.routing import RoutingIndex, RoutingRepository
 from hub.services import DmgServicer, HubCore, MailboxIntakeServicer, MailboxServicer
 from hub.throttle import Throttle, ThrottleConfig
 from hub.upstream import CallPolicy, EhealthClient, make_oa_clients
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import create_engine, create_schema, session_factory
+from mycarenet_core.db import create_engine, session_factory
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2_grpc, mailbox_service_pb2_grpc
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
+from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class HubApp:
     ) -> HubApp:
         tuning = tuning or HubTuning()
         engine = create_engine(database_url)
-        await create_schema(engine, HubBase.metadata)
+        await upgrade(engine, HISTORIES["hub"].script_location)
         sessions = session_factory(engine)
         ehealth = EhealthClient(ehealth_target, tuning.calls, credentials=channel_credentials)
         oas = make_oa_clients(oa_targets, tuning.calls, channel_credentials)

@@ -15,12 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import create_engine, create_schema, session_factory, transaction
+from mycarenet_core.db import create_engine, session_factory, transaction
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as intake_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc as ms_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
 from mycarenet_core.identifiers import INSURER_CODES
+from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, PeerAllowList, Service
 from oa_node import models as m
 from oa_node import rules
@@ -46,8 +47,8 @@ SERVICE_NAMES = {
 
 
 async def init_database(engine: AsyncEngine) -> None:
-    """Create the schema, the feed head row and the default tariff (idempotent)."""
-    await create_schema(engine, m.metadata)
+    """Migrate the schema to head, create the feed head row and the default tariff (idempotent)."""
+    await upgrade(engine, HISTORIES["oa_node"].script_location)
     async with transaction(session_factory(engine)) as session:
         if (await session.execute(select(m.FeedHead))).first() is None:
             session.add(m.FeedHead(id=1, last_sequence=0))

@@ -1,0 +1,1 @@
+"""eHealth's migration history (Alembic); applied at start by :func:`mycarenet_core.migrations.upgrade`."""

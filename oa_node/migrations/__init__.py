@@ -1,0 +1,2 @@
+"""An insurer node's migration history (Alembic); applied at start by
+:func:`mycarenet_core.migrations.upgrade`."""
