@@ -4,127 +4,28 @@ through the `mycarenet` CLI (issue 6):
 GP A holds the DMG; the patient goes to GP B; B consults (sees A, a payment made this year), notifies
 (without payment); A finds the closure in its inbox; next year B's first contact is registered and B finds
 the prolongation.
+
+It runs twice: on SQLite files (the default) and on PostgreSQL, one database per process created by the
+cluster from ``--database-template`` (a prefix of its own, dropped at the end).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import random
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.cluster.cluster_support import Cluster, cli, wait_for
 
-BIN = Path(sys.executable).parent
 TODAY = "2026-11-20"
 NEXT_YEAR = "2027-01-20"
-
-
-def _free_base_port() -> int:
-    for _ in range(50):
-        base = random.randrange(20000, 40000, 20)
-        ports = [base, base + 1, *range(base + 10, base + 17)]
-        try:
-            socks = []
-            for p in ports:
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise RuntimeError("no free port range")
-
-
-class Cluster:
-    def __init__(self, data: Path, base_port: int) -> None:
-        self.data, self.base_port = data, base_port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def up(self, today: str) -> dict[str, Any]:
-        log = open(self.data.parent / f"cluster-{today}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                str(BIN / "mycarenet-cluster"),
-                "up",
-                "--data",
-                str(self.data),
-                "--base-port",
-                str(self.base_port),
-                "--population",
-                "300",
-                "--today",
-                today,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 240
-        desc_path = self.data / "cluster.json"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError((self.data.parent / f"cluster-{today}.log").read_text()[-4000:])
-            if desc_path.is_file():
-                desc: dict[str, Any] = json.loads(desc_path.read_text())
-                if desc.get("supervisor_pid") == self.proc.pid:
-                    return desc
-            time.sleep(0.3)
-        raise AssertionError("cluster did not come up")
-
-    def down(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "data", _free_base_port())
-    try:
-        yield c
-    finally:
-        c.down()
-
-
-def cli(data: Path, session: Path, *args: str) -> Any:
-    env = {**os.environ, "MYCARENET_DATA": str(data), "MYCARENET_SESSION": str(session), "COLUMNS": "200"}
-    done = subprocess.run(
-        [str(BIN / "mycarenet"), *args, "--json"], capture_output=True, env=env, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
-    return json.loads(done.stdout)
-
-
-def wait_for(fn: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.5)
 
 
 def test_seed_story_through_the_cli(cluster: Cluster, tmp_path: Path) -> None:
     desc = cluster.up(TODAY)
     assert {p["health"] for p in desc["processes"]} == {"SERVING"}
     assert len(desc["processes"]) == 9
+    backends = {p["database_url"].split(":", 1)[0] for p in desc["processes"]}
+    assert backends == ({"postgresql"} if cluster.database_template else {"sqlite+aiosqlite"})
     demo = desc["demo"]
     data, patient, gp_a, gp_b = cluster.data, demo["patient"], demo["gp_a"], demo["gp_b"]
     session_a, session_b = tmp_path / "a.json", tmp_path / "b.json"

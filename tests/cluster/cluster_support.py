@@ -1,0 +1,129 @@
+"""A real local cluster for the tests: ``mycarenet-cluster up`` as a subprocess on free ports, its
+description, the ``mycarenet`` CLI against it, and the PostgreSQL databases it made."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+
+
+def free_base_port() -> int:
+    for _ in range(50):
+        base = random.randrange(20000, 40000, 20)
+        ports = [base, base + 1, *range(base + 10, base + 17)]
+        try:
+            socks = []
+            for p in ports:
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        return base
+    raise RuntimeError("no free port range")
+
+
+class Cluster:
+    def __init__(
+        self, data: Path, base_port: int, database_template: str | None = None, population: int = 300
+    ) -> None:
+        self.data, self.base_port, self.population = data, base_port, population
+        self.database_template = database_template
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def up(self, today: str) -> dict[str, Any]:
+        log = open(self.data.parent / f"cluster-{today}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "mycarenet-cluster"),
+                "up",
+                "--data",
+                str(self.data),
+                "--base-port",
+                str(self.base_port),
+                "--population",
+                str(self.population),
+                "--today",
+                today,
+                *(["--database-template", self.database_template] if self.database_template else []),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 240
+        desc_path = self.data / "cluster.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError((self.data.parent / f"cluster-{today}.log").read_text()[-4000:])
+            if desc_path.is_file():
+                desc: dict[str, Any] = json.loads(desc_path.read_text())
+                if desc.get("supervisor_pid") == self.proc.pid:
+                    return desc
+            time.sleep(0.3)
+        raise AssertionError("cluster did not come up")
+
+    def down(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+def drop_databases(admin_url: str, prefix: str) -> list[str]:
+    import asyncio
+
+    import asyncpg
+
+    async def drop() -> list[str]:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            names = [
+                r["datname"]
+                for r in await conn.fetch(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, $1)", prefix
+                )
+            ]
+            for name in names:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        return names
+
+    return asyncio.run(drop())
+
+
+def cli(data: Path, session: Path, *args: str) -> Any:
+    env = {**os.environ, "MYCARENET_DATA": str(data), "MYCARENET_SESSION": str(session), "COLUMNS": "200"}
+    done = subprocess.run(
+        [str(BIN / "mycarenet"), *args, "--json"], capture_output=True, env=env, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
+    return json.loads(done.stdout)
+
+
+def wait_for(fn: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fn()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.5)

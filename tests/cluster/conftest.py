@@ -1,0 +1,34 @@
+"""The cluster fixture: one local cluster per test, on SQLite files and on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.cluster_support import Cluster, drop_databases, free_base_port
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    if request.param == "sqlite":
+        c = Cluster(tmp_path / "data", free_base_port())
+        try:
+            yield c
+        finally:
+            c.down()
+        return
+    admin: str = request.getfixturevalue("pg_admin_url")
+    prefix = f"mcn_t{uuid.uuid4().hex[:10]}_"
+    c = Cluster(tmp_path / "data", free_base_port(), admin.rsplit("/", 1)[0] + f"/{prefix}{{name}}")
+    try:
+        yield c
+    finally:
+        try:
+            c.down()
+        finally:
+            dropped = drop_databases(admin, prefix)
+    # One database per process: eHealth, the hub and each of the seven insurers.
+    assert len(dropped) == 9, dropped
