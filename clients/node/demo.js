@@ -1,0 +1,98 @@
+#!/usr/bin/env node
+// The seed story from Node.js against a running local cluster (`mycarenet-cluster up`):
+//
+//   node clients/node/demo.js --cluster var/cluster/cluster.json [--wait 30]
+//
+// GP B logs in, consults the demo patient (GP A holds the DMG), notifies (B takes it over); GP A logs in,
+// finds the closure in the mailbox and confirms it. Reads the addresses, the client certificate (mutual
+// TLS), the providers' keys and the demo identities from the cluster description. Prints one JSON object
+// per step on stdout; exits 1 on the first failure.
+
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+
+import { connect } from "./mycarenet.js";
+
+const { values: args } = parseArgs({
+  options: {
+    cluster: { type: "string", default: "var/cluster/cluster.json" },
+    wait: { type: "string", default: "30" },
+  },
+});
+
+const desc = JSON.parse(readFileSync(args.cluster, "utf8"));
+const address = (role) => desc.processes.find((p) => p.role === role).address;
+const tls = desc.tls ?? {};
+const keyOf = (inami) => readFileSync(path.join(desc.keys, `${inami}.pem`), "utf8");
+const { patient, gp_a: gpA, gp_b: gpB } = desc.demo;
+const today = desc.today;
+
+const step = (name, fields) => console.log(JSON.stringify({ step: name, ...fields }));
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function client() {
+  return connect({
+    hub: address("hub"),
+    ehealth: address("ehealth"),
+    ca: tls.ca,
+    cert: tls.client_cert,
+    key: tls.client_key,
+  });
+}
+
+async function main() {
+  const b = client();
+  const a = client();
+  try {
+    const sessionB = await b.login(gpB, keyOf(gpB));
+    step("login", { subject: gpB, session_id: sessionB.session_id });
+
+    const seen = await b.consult({ niss: patient, date: today });
+    step("consult", {
+      patient,
+      insurer_code: seen.insurer_code,
+      holder: seen.holding?.holder?.inami ?? null,
+      payment_made_this_year: seen.payment_made_this_year,
+    });
+
+    const notified = await b.notify({ niss: patient, contactDate: today });
+    step("notify", {
+      patient,
+      holder: notified.holder.inami,
+      payment: notified.payment,
+      end_date: notified.end_date,
+    });
+
+    await a.login(gpA, keyOf(gpA));
+    step("login", { subject: gpA });
+    const deadline = Date.now() + Number(args.wait) * 1000;
+    let closures = [];
+    while (Date.now() < deadline) {
+      const pending = await a.messages({ kinds: ["MESSAGE_KIND_CLOSURE"] });
+      closures = pending.filter((m) => m.closure?.patient?.niss === patient);
+      if (closures.length) break;
+      await sleep(300);
+    }
+    if (!closures.length) throw new Error(`no closure for ${patient} in ${gpA}'s mailbox`);
+    const [closure] = closures;
+    step("mailbox", {
+      message_id: closure.message_id,
+      kind: closure.kind,
+      end_date: closure.closure.end_date,
+      new_holder: closure.closure.new_holder?.inami ?? null,
+    });
+
+    const confirmed = await a.confirm([closure.message_id]);
+    const left = (await a.messages()).filter((m) => m.message_id === closure.message_id);
+    step("confirm", { confirmed_count: confirmed.confirmed_count, still_pending: left.length });
+  } finally {
+    a.close();
+    b.close();
+  }
+}
+
+main().catch((error) => {
+  step("error", { status: error.status ?? null, message: error.message });
+  process.exitCode = 1;
+});

@@ -1,0 +1,64 @@
+"""The Node.js client (clients/node, built only from protos/) against a real local cluster under mutual
+TLS with the cluster's client certificate: it logs in (Ed25519 challenge signature), consults, notifies,
+and reads and confirms its mailbox."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster.cluster_support import Cluster, free_base_port
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_CLIENT = ROOT / "clients" / "node"
+TODAY = "2026-11-20"
+
+
+@pytest.fixture
+def sqlite_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "data", free_base_port(), population=120)
+    try:
+        yield c
+    finally:
+        c.down()
+
+
+def test_node_client_plays_login_consult_notify_mailbox(sqlite_cluster: Cluster) -> None:
+    node = shutil.which("node")
+    assert node, "node is needed (./dev test installs the Node client's packages)"
+    assert (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run ./dev test (npm ci)"
+    desc = sqlite_cluster.up(TODAY)
+    assert desc["tls"], "the cluster runs under mutual TLS"
+    done = subprocess.run(
+        [node, str(NODE_CLIENT / "demo.js"), "--cluster", str(sqlite_cluster.data / "cluster.json")],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        cwd=ROOT,
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()
+    steps: dict[str, Any] = {}
+    for line in out.splitlines():
+        event = json.loads(line)
+        steps.setdefault(event.pop("step"), []).append(event)
+    demo = desc["demo"]
+    assert [s["subject"] for s in steps["login"]] == [demo["gp_b"], demo["gp_a"]]
+    (consult,) = steps["consult"]
+    assert consult["holder"] == demo["gp_a"]
+    assert consult["payment_made_this_year"] is True
+    (notify,) = steps["notify"]
+    assert notify["holder"] == demo["gp_b"]
+    assert notify["payment"] == "PAYMENT_INDICATOR_WITHOUT_PAYMENT"
+    assert notify["end_date"] == {"year": 2028, "month": 12, "day": 31}
+    (mailbox,) = steps["mailbox"]
+    assert mailbox["kind"] == "MESSAGE_KIND_CLOSURE"
+    assert mailbox["end_date"] == {"year": 2026, "month": 11, "day": 19}
+    assert mailbox["new_holder"] == demo["gp_b"]
+    assert steps["confirm"] == [{"confirmed_count": 1, "still_pending": 0}]
