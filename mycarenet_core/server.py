@@ -41,6 +41,28 @@ class Service:
     name: str
 
 
+def replace_behavior(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    *,
+    unary: Callable[..., Awaitable[Any]] | None = None,
+    stream: Callable[..., Any] | None = None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same method handler (same (de)serializers) with a new unary-unary or unary-stream behavior,
+    for interceptors that wrap the call."""
+    if unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    assert stream is not None
+    return grpc.unary_stream_rpc_method_handler(
+        stream,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: Any) -> Any:
         try:

@@ -11,25 +11,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor, filters
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from sqlalchemy.ext.asyncio import AsyncEngine
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
-from mycarenet_core.server import current_error
+from mycarenet_core.server import current_error, replace_behavior
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 _DEFAULT_KEY = b"mycarenet-mesh-sandbox-pseudonymisation-key"
@@ -41,15 +52,102 @@ def pseudonymise(niss: str, key: bytes | None = None) -> str:
     return hmac.new(secret, niss.encode(), hashlib.sha256).hexdigest()[:16]
 
 
+# --- W3C trace context carried by messages (the asynchronous link) ----------------------------------------
+
+_W3C = TraceContextTextMapPropagator()
+
+
+class TraceCarrier(Protocol):
+    """A message with the W3C trace context fields (``mycarenet.dmg.v1.MailboxMessage``)."""
+
+    message_id: str
+    traceparent: str
+    tracestate: str
+
+
+def current_trace_context() -> tuple[str, str]:
+    """``(traceparent, tracestate)`` of the current span; ``("", "")`` outside a trace."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier.get("traceparent", ""), carrier.get("tracestate", "")
+
+
+def stamp_trace_context(message: TraceCarrier) -> None:
+    """Write the current trace context into ``message`` (kept when it already carries one)."""
+    if message.traceparent:
+        return
+    message.traceparent, message.tracestate = current_trace_context()
+
+
+def link_to(traceparent: str, tracestate: str = "", attributes: Attributes = None) -> trace.Link | None:
+    """A span link to the span a W3C ``traceparent`` names; None when it is empty or malformed."""
+    if not traceparent:
+        return None
+    found = _W3C.extract({"traceparent": traceparent, "tracestate": tracestate})
+    span_context = trace.get_current_span(found).get_span_context()
+    if not span_context.is_valid:
+        return None
+    return trace.Link(span_context, attributes)
+
+
+def message_links(messages: Iterable[TraceCarrier]) -> list[trace.Link]:
+    """One link per message that carries a trace context (to the request that caused it)."""
+    links = (link_to(m.traceparent, m.tracestate, {"messaging.message.id": m.message_id}) for m in messages)
+    return [link for link in links if link is not None]
+
+
+# --- database spans -------------------------------------------------------------------------------------
+
+
+class _ChildSpansOnly(trace.Tracer):
+    """A tracer that records a span only inside an existing trace: statements of background polls (outbox
+    relay, gauges, audit flush) do not each start a trace of their own."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    @staticmethod
+    def _in_trace(context: otel_context.Context | None) -> bool:
+        return trace.get_current_span(context).get_span_context().is_valid
+
+    def start_span(
+        self, name: str, context: otel_context.Context | None = None, *args: Any, **kw: Any
+    ) -> Any:
+        if not self._in_trace(context):
+            return trace.INVALID_SPAN
+        return self._tracer.start_span(name, context, *args, **kw)
+
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self, name: str, context: otel_context.Context | None = None, *args: Any, **kw: Any
+    ) -> Iterator[trace.Span]:
+        if not self._in_trace(context):
+            yield trace.INVALID_SPAN
+            return
+        with self._tracer.start_as_current_span(name, context, *args, **kw) as span:
+            yield span
+
+
+# --- the process's telemetry ----------------------------------------------------------------------------
+
+
 @dataclass
 class Telemetry:
-    """The providers and interceptors of one process; pass the interceptors to servers and channels."""
+    """The providers and interceptors of one process; pass the interceptors to servers and channels.
+
+    ``attributes`` (e.g. ``{"mycarenet.oa": "100"}``) are on the resource, on every server span and on
+    every server metric of the process.
+    """
 
     service_name: str
     tracer_provider: TracerProvider
     meter_provider: MeterProvider
     server_interceptors: list[Any] = field(default_factory=list)
     client_interceptors: list[Any] = field(default_factory=list)
+    attributes: dict[str, str] = field(default_factory=dict)
+    prometheus_server: Any = None
+    _otel_client: list[Any] = field(default_factory=list)
+    _client_instruments: tuple[metrics.Histogram, metrics.Counter] | None = None
 
     @property
     def tracer(self) -> trace.Tracer:
@@ -59,28 +157,265 @@ class Telemetry:
     def meter(self) -> metrics.Meter:
         return self.meter_provider.get_meter("mycarenet-mesh", VERSION)
 
-    def instrument_engine(self, engine: AsyncEngine) -> None:
-        """Database spans for this engine (one per statement)."""
-        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    def client_interceptors_for(self, **attributes: str) -> list[Any]:
+        """Interceptors for a channel to one peer: client spans (W3C context injected) and the client
+        duration histogram, both tagged with ``attributes`` (``peer_service="ehealth"``, ``oa="100"``:
+        keys become ``peer.service`` and ``mycarenet.oa``)."""
+        if self._client_instruments is None:
+            meter = self.meter
+            self._client_instruments = (
+                meter.create_histogram(
+                    "rpc.client.duration", unit="ms", description="Duration of outbound RPCs"
+                ),
+                meter.create_counter("rpc.client.requests", description="Outbound RPCs"),
+            )
+        names = {"peer_service": "peer.service", "oa": "mycarenet.oa"}
+        tags = {names.get(k, k): v for k, v in attributes.items()}
+        return [*self._otel_client, ClientMetricsInterceptor(*self._client_instruments, tags)]
 
-        SQLAlchemyInstrumentor().instrument(engine=engine.sync_engine, tracer_provider=self.tracer_provider)
+    def instrument_engine(self, engine: AsyncEngine) -> None:
+        """Database spans for this engine (one per statement, inside a trace) and its connection-pool
+        usage, with this process's providers (no global patching: several engines, one per app, may live
+        in one test process)."""
+        from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+        usage = self.meter.create_up_down_counter(
+            "db.client.connections.usage", unit="connections", description="Connections by state"
+        )
+        EngineTracer(_ChildSpansOnly(self.tracer), engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+
+    def observe(self, name: str, read: Callable[[], float], *, description: str, unit: str = "1") -> None:
+        """An observable gauge whose value ``read()`` gives at each collection (keep it cheap and
+        non-blocking: a scrape calls it from the exporter's thread)."""
+        tags = dict(self.attributes)
+
+        def callback(_options: CallbackOptions) -> Iterable[Observation]:
+            try:
+                return [Observation(read(), tags)]
+            except Exception:  # a gauge must never break a scrape
+                log.exception("gauge %s failed", name)
+                return []
+
+        self.meter.create_observable_gauge(name, callbacks=[callback], unit=unit, description=description)
+
+    def sampled_gauge(
+        self,
+        name: str,
+        sample: Callable[[], Awaitable[float]],
+        *,
+        interval: float,
+        description: str,
+        unit: str = "1",
+    ) -> SampledGauge:
+        """A gauge whose value an async ``sample()`` (a database count) refreshes every ``interval``
+        seconds once :meth:`SampledGauge.start` is called; scrapes read the last value."""
+        gauge = SampledGauge(sample, interval)
+        self.observe(name, lambda: gauge.value, description=description, unit=unit)
+        return gauge
 
     def shutdown(self) -> None:
+        """Flush and stop: pending spans are exported, the scrape endpoint closes."""
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+        if self.prometheus_server is not None:
+            self.prometheus_server.shutdown()
+            self.prometheus_server.server_close()
+            self.prometheus_server = None
+
+
+class SampledGauge:
+    """The last value of an async sampler, refreshed in a task (see :meth:`Telemetry.sampled_gauge`)."""
+
+    def __init__(self, sample: Callable[[], Awaitable[float]], interval: float) -> None:
+        self._sample = sample
+        self.interval = interval
+        self.value = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> float:
+        self.value = float(await self._sample())
+        return self.value
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the database hiccupped: keep the last value
+                log.warning("gauge sampling failed: %s", error)
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="gauge sampler")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# --- interceptors ---------------------------------------------------------------------------------------
+
+REFERENCE_FIELDS = ("requester_reference", "context.requester_reference")
+PATIENT_FIELDS = ("patient.niss", "patient_niss")
+
+
+def _field(message: Any, path: str) -> Any:
+    for name in path.split("."):
+        descriptor = getattr(message, "DESCRIPTOR", None)
+        if descriptor is None or name not in getattr(descriptor, "fields_by_name", {}):
+            return None
+        message = getattr(message, name)
+    return message
+
+
+def request_attributes(request: Any) -> dict[str, str]:
+    """Span attributes read from a request: the requester reference and the patient, pseudonymised."""
+    out: dict[str, str] = {}
+    for path in REFERENCE_FIELDS:
+        value = _field(request, path)
+        if value:
+            out["mycarenet.requester_reference"] = str(value)
+            break
+    for path in PATIENT_FIELDS:
+        value = _field(request, path)
+        if value:
+            out["mycarenet.patient"] = pseudonymise(str(value))
+            break
+    return out
+
+
+class SpanAttributesInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Inside the server span: the process's attributes, the request's (reference, pseudonymised
+    patient), and on failure the status, the MyCareNet code and reason (``abort_with_status`` bypasses
+    the instrumentation's own status recording)."""
+
+    def __init__(self, attributes: Mapping[str, str]) -> None:
+        self._attributes = dict(attributes)
+
+    def _failed(self, span: trace.Span, context: Any) -> None:
+        error = current_error.get()
+        if error is not None:
+            status, code, reason = error.status, str(error.code or ""), error.reason
+        else:
+            found = context.code() if hasattr(context, "code") else None
+            status = found if isinstance(found, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+            code, reason = "", ""
+            if status is grpc.StatusCode.OK:
+                return
+        span.set_attribute("rpc.grpc.status_code", status.value[0])
+        if code:
+            span.set_attribute("mycarenet.code", code)
+        if reason:
+            span.set_attribute("mycarenet.reason", reason)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{status.name} {reason}".strip()))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith("/grpc."):
+            return handler
+        static = self._attributes
+        failed = self._failed
+
+        def start(request: Any) -> trace.Span:
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attributes({**static, **request_attributes(request)})
+            current_error.set(None)
+            return span
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                span = start(request)
+                try:
+                    return await inner(request, context)
+                except BaseException:
+                    failed(span, context)
+                    raise
+
+            return replace_behavior(handler, unary=unary)
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> Any:
+                span = start(request)
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except BaseException:
+                    failed(span, context)
+                    raise
+
+            return replace_behavior(handler, stream=stream)
+        return handler
+
+
+class ClientMetricsInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Outbound duration histogram and count per method and status, tagged with the peer (e.g. the OA);
+    the tags also go on the current client span."""
+
+    def __init__(
+        self, duration: metrics.Histogram, requests: metrics.Counter, attributes: Mapping[str, str]
+    ) -> None:
+        self._duration = duration
+        self._requests = requests
+        self._attributes = dict(attributes)
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Awaitable[Any]], client_call_details: Any, request: Any
+    ) -> Any:
+        method = client_call_details.method
+        method = method.decode() if isinstance(method, bytes) else str(method)
+        span = trace.get_current_span()
+        if self._attributes and span.is_recording():
+            span.set_attributes(self._attributes)
+        started = time.perf_counter()
+        status = "UNKNOWN"
+        try:
+            call = await continuation(client_call_details, request)
+            code = await call.code()
+            status = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            return call
+        except grpc.aio.AioRpcError as error:
+            status = error.code().name
+            raise
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        finally:
+            if not method.startswith("/grpc."):
+                attrs = {**self._attributes, "rpc.method": method, "rpc.grpc.status_code": status}
+                self._duration.record((time.perf_counter() - started) * 1000, attrs)
+                self._requests.add(1, attrs)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Request count and latency histogram per RPC, by gRPC status and MyCareNet code."""
 
-    def __init__(self, meter: metrics.Meter) -> None:
+    def __init__(self, meter: metrics.Meter, attributes: Mapping[str, str] | None = None) -> None:
         self._duration = meter.create_histogram(
             "rpc.server.duration", unit="ms", description="Duration of inbound RPCs"
         )
         self._requests = meter.create_counter("rpc.server.requests", description="Inbound RPCs")
+        self._attributes = dict(attributes or {})
 
     def _record(self, method: str, started: float, status: str, code: str) -> None:
-        attrs = {"rpc.method": method, "rpc.grpc.status_code": status, "mycarenet.code": code}
+        attrs = {
+            **self._attributes,
+            "rpc.method": method,
+            "rpc.grpc.status_code": status,
+            "mycarenet.code": code,
+        }
         self._duration.record((time.perf_counter() - started) * 1000, attrs)
         self._requests.add(1, attrs)
 
@@ -113,11 +448,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             record(method, started, code.name if isinstance(code, grpc.StatusCode) else "OK", "")
             return reply
 
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return replace_behavior(handler, unary=wrapped)
 
 
 def setup(
@@ -127,12 +458,16 @@ def setup(
     metric_readers: Iterable[MetricReader] = (),
     prometheus_port: int | None = None,
     otlp_endpoint: str | None = None,
+    attributes: Mapping[str, str] | None = None,
 ) -> Telemetry:
     """Telemetry for one process. Nothing is exported unless an exporter, endpoint or port is given.
 
-    ``otlp_endpoint`` defaults to ``OTEL_EXPORTER_OTLP_ENDPOINT``.
+    ``otlp_endpoint`` defaults to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (batch export; the standard
+    ``OTEL_BSP_*`` variables tune it). ``attributes`` tag the resource, every server span and every
+    server metric (e.g. ``{"mycarenet.oa": "100"}``). No global provider is set.
     """
-    resource = Resource.create({"service.name": service_name, "service.version": VERSION})
+    static = dict(attributes or {})
+    resource = Resource.create({"service.name": service_name, "service.version": VERSION, **static})
     tracer_provider = TracerProvider(resource=resource)
     for exporter in span_exporters:
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -144,20 +479,36 @@ def setup(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=True))
         )
     readers = list(metric_readers)
+    http_server = None
     if prometheus_port is not None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
         readers.append(PrometheusMetricReader())
-        start_http_server(prometheus_port, addr="127.0.0.1")
+        http_server, _thread = start_http_server(prometheus_port, addr="127.0.0.1")
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-    telemetry = Telemetry(service_name, tracer_provider, meter_provider)
+    telemetry = Telemetry(
+        service_name, tracer_provider, meter_provider, attributes=static, prometheus_server=http_server
+    )
     not_health = filters.negate(filters.health_check())
     telemetry.server_interceptors = [
         aio_server_interceptor(tracer_provider=tracer_provider, filter_=not_health),  # type: ignore[no-untyped-call]
-        MetricsInterceptor(telemetry.meter),
+        MetricsInterceptor(telemetry.meter, static),
+        SpanAttributesInterceptor(static),
     ]
-    telemetry.client_interceptors = list(
+    telemetry._otel_client = list(
         aio_client_interceptors(tracer_provider=tracer_provider, filter_=not_health)  # type: ignore[no-untyped-call]
     )
+    telemetry.client_interceptors = telemetry.client_interceptors_for()
     return telemetry
+
+
+def from_environment(
+    service_name: str, *, metrics_port: int | None = None, attributes: Mapping[str, str] | None = None
+) -> Telemetry | None:
+    """The telemetry of a process started from the command line: traces to OTLP when
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, a Prometheus endpoint when ``metrics_port`` is; None (no
+    instrumentation at all, no overhead) when neither is."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and metrics_port is None:
+        return None
+    return setup(service_name, prometheus_port=metrics_port, attributes=attributes)
