@@ -1,0 +1,330 @@
+"""Faults applied on a schedule during a run.
+
+A fault is written ``KIND:TARGET@AT[+DURATION][/EVERY][=VALUE]``, times in ``ms``, ``s`` (default) or ``m``:
+
+- ``kill:oa-300@10s``            SIGKILL the process (the cluster's supervisor restarts it)
+- ``kill:oa-300@30s/30s``        ... at 30 s, then every 30 s until the end of the run
+- ``restart:hub@20s``            SIGTERM: a graceful stop, then the supervisor's restart
+- ``pause:ehealth@15s+5s``       SIGSTOP, then SIGCONT 5 s later (default 5 s)
+- ``latency:oa-500@10s+20s=200ms``  200 ms more per round trip on the hub → OA 500 link (default 10 s)
+- ``errors:oa-500@10s+20s=30%``  reset a fraction of that link's connections/requests (``0.3`` or ``30%``)
+
+A target is a process name of the cluster description (``hub``, ``ehealth``, ``oa-100`` ...; ``oa:100`` and
+``100`` name the same OA node). Link faults need the cluster started with ``--fault-proxies``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mycarenet_cluster.faultproxy import LinkFaults, write_control
+
+KINDS = ("kill", "restart", "pause", "latency", "errors")
+PROCESS_KINDS = ("kill", "restart", "pause")
+LINK_KINDS = ("latency", "errors")
+DEFAULT_DURATION = {"pause": 5.0, "latency": 10.0, "errors": 10.0}
+_TIME = r"\d+(?:\.\d+)?(?:ms|s|m)?"
+_SPEC = re.compile(
+    rf"^(?P<kind>[a-z]+):(?P<target>[A-Za-z0-9:_-]+)@(?P<at>{_TIME})"
+    rf"(?:\+(?P<duration>{_TIME}))?(?:/(?P<every>{_TIME}))?(?:=(?P<value>\d+(?:\.\d+)?(?:ms|s|%)?))?$"
+)
+
+
+class FaultSpecError(ValueError):
+    """A fault that cannot be parsed or applied."""
+
+
+def parse_seconds(text: str) -> float:
+    """``"500ms"`` → 0.5, ``"2m"`` → 120, ``"3"`` / ``"3s"`` → 3."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)?", text.strip())
+    if not match:
+        raise FaultSpecError(f"not a duration: {text!r}")
+    value, unit = float(match[1]), match[2] or "s"
+    return value * {"ms": 0.001, "s": 1.0, "m": 60.0}[unit]
+
+
+def normalise_target(target: str) -> str:
+    """``oa:300`` / ``300`` / ``oa-300`` → ``oa-300``; ``hub`` and ``ehealth`` unchanged."""
+    if target.isdigit():
+        return f"oa-{target}"
+    if target.startswith("oa:"):
+        return f"oa-{target[3:]}"
+    return target
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """One line of the schedule."""
+
+    kind: str
+    target: str
+    at: float
+    duration: float = 0.0
+    every: float | None = None
+    value: float = 0.0
+    text: str = ""
+
+    @property
+    def oa_code(self) -> str | None:
+        return self.target[3:] if self.target.startswith("oa-") else None
+
+
+def parse_fault(text: str) -> FaultSpec:
+    match = _SPEC.match(text.strip())
+    if not match:
+        raise FaultSpecError(f"cannot read fault {text!r} (KIND:TARGET@AT[+DURATION][/EVERY][=VALUE])")
+    kind = match["kind"]
+    if kind not in KINDS:
+        raise FaultSpecError(f"unknown fault kind {kind!r} in {text!r} (one of {', '.join(KINDS)})")
+    target = normalise_target(match["target"])
+    duration = parse_seconds(match["duration"]) if match["duration"] else DEFAULT_DURATION.get(kind, 0.0)
+    every = parse_seconds(match["every"]) if match["every"] else None
+    if every is not None and every <= 0:
+        raise FaultSpecError(f"repeat period must be positive in {text!r}")
+    value = 0.0
+    raw = match["value"]
+    if kind == "latency":
+        if not raw:
+            raise FaultSpecError(f"latency needs a value, e.g. {text}=200ms")
+        value = parse_seconds(raw) * 1000.0 if raw.endswith(("ms", "s")) else float(raw)
+    elif kind == "errors":
+        if not raw:
+            raise FaultSpecError(f"errors needs a fraction, e.g. {text}=30%")
+        value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
+        if not 0.0 < value <= 1.0:
+            raise FaultSpecError(f"error fraction must be in (0, 1] in {text!r}")
+    elif raw:
+        raise FaultSpecError(f"{kind} takes no value in {text!r}")
+    if kind in LINK_KINDS and not target.startswith("oa-"):
+        raise FaultSpecError(f"{kind} applies to an OA link (oa-XXX), not {target!r}")
+    if kind == "pause" and duration <= 0:
+        raise FaultSpecError(f"pause needs a duration in {text!r}")
+    return FaultSpec(kind, target, parse_seconds(match["at"]), duration, every, value, text.strip())
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    """One application of a fault, at ``at`` seconds after the start of measurement."""
+
+    kind: str
+    target: str
+    at: float
+    duration: float
+    value: float
+    spec: str
+
+
+def expand(specs: Sequence[FaultSpec], run_seconds: float) -> list[FaultEvent]:
+    """Every event of the schedule within the run (repeating faults unrolled), in time order."""
+    events: list[FaultEvent] = []
+    for spec in specs:
+        at = spec.at
+        while at < run_seconds:
+            events.append(FaultEvent(spec.kind, spec.target, at, spec.duration, spec.value, spec.text))
+            if spec.every is None:
+                break
+            at += spec.every
+    return sorted(events, key=lambda e: (e.at, e.target, e.kind))
+
+
+@dataclass
+class FaultRecord:
+    """What happened when an event was applied (for the report)."""
+
+    kind: str
+    target: str
+    at: float
+    duration: float
+    value: float
+    spec: str
+    applied_at: float | None = None  # run seconds
+    cleared_at: float | None = None  # run seconds: resumed, link restored, or back to SERVING
+    pid: int | None = None
+    new_pid: int | None = None
+    serving_after_s: float | None = None  # from the fault (kill/restart) or the resume (pause)
+    note: str = ""
+    recovery: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def oa_code(self) -> str | None:
+        return self.target[3:] if self.target.startswith("oa-") else None
+
+
+class ClusterControl:
+    """What the injector needs from the cluster: fresh pids, addresses, health and link controls."""
+
+    def __init__(
+        self,
+        describe: Callable[[], dict[str, Any]],
+        health: Callable[[str], Awaitable[str]],
+    ) -> None:
+        self._describe = describe
+        self._health = health
+
+    def process(self, name: str) -> dict[str, Any]:
+        for proc in self._describe().get("processes", []):
+            if proc["name"] == name:
+                found: dict[str, Any] = proc
+                return found
+        raise FaultSpecError(f"no process {name!r} in the cluster description")
+
+    def link_control(self, oa_code: str) -> Path:
+        for proxy in self._describe().get("fault_proxies") or []:
+            if proxy["oa_code"] == oa_code:
+                return Path(proxy["control"])
+        raise FaultSpecError(
+            f"no fault proxy for OA {oa_code}: start the cluster with `mycarenet-cluster up --fault-proxies`"
+        )
+
+    async def health(self, address: str) -> str:
+        return await self._health(address)
+
+    def validate(self, events: Sequence[FaultEvent]) -> None:
+        for event in events:
+            proc = self.process(event.target)
+            if event.kind in LINK_KINDS:
+                self.link_control(proc["oa_code"])
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (a zombie counts until its parent reaps it)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class FaultInjector:
+    """Applies a schedule against a cluster while the load runs; every task it starts ends by itself."""
+
+    def __init__(
+        self,
+        control: ClusterControl,
+        events: Sequence[FaultEvent],
+        *,
+        t0: float,
+        serving_timeout: float = 60.0,
+        poll: float = 0.05,
+    ) -> None:
+        self.control = control
+        self.events = list(events)
+        self.t0 = t0
+        self.serving_timeout = serving_timeout
+        self.poll = poll
+        self.records: list[FaultRecord] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._paused: set[int] = set()
+        self._links: set[Path] = set()
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.t0, 3)
+
+    async def run(self) -> None:
+        """Apply each event at its time (returns when all are applied and their follow-ups are done)."""
+        try:
+            for event in self.events:
+                wait = self.t0 + event.at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                record = FaultRecord(
+                    event.kind, event.target, event.at, event.duration, event.value, event.spec
+                )
+                self.records.append(record)
+                self._tasks.append(asyncio.create_task(self._apply(event, record)))
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.cleanup()
+
+    async def cleanup(self) -> None:
+        """Resume anything paused and clear every link fault (also when the run is interrupted)."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pid in list(self._paused):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        self._paused.clear()
+        for path in list(self._links):
+            write_control(path, LinkFaults())
+        self._links.clear()
+
+    async def _wait_serving(self, address: str, since: float, pid: int | None) -> float | None:
+        """Seconds from ``since`` (monotonic) until the process at ``address`` answers SERVING again
+        (after the old ``pid`` is gone, when given)."""
+        deadline = since + self.serving_timeout
+        while time.monotonic() < deadline:
+            if (pid is None or not pid_alive(pid)) and await self.control.health(address) == "SERVING":
+                return round(time.monotonic() - since, 3)
+            await asyncio.sleep(self.poll)
+        return None
+
+    async def _new_pid(self, target: str, old: int, within: float = 5.0) -> int | None:
+        """The pid the supervisor recorded for the restarted process (it writes it once SERVING)."""
+        give_up = time.monotonic() + within
+        while True:
+            pid: int | None = self.control.process(target).get("pid")
+            if pid != old or time.monotonic() > give_up:
+                return pid if pid != old else None
+            await asyncio.sleep(self.poll)
+
+    async def _apply(self, event: FaultEvent, record: FaultRecord) -> None:
+        proc = self.control.process(event.target)
+        record.pid = proc.get("pid")
+        address = proc["address"]
+        if event.kind in PROCESS_KINDS and not record.pid:
+            record.note = "no pid in the cluster description"
+            return
+        if event.kind in ("kill", "restart"):
+            assert record.pid is not None
+            if not pid_alive(record.pid):
+                record.note = "process was not running (still restarting?)"
+                return
+            fired = time.monotonic()
+            os.kill(record.pid, signal.SIGKILL if event.kind == "kill" else signal.SIGTERM)
+            record.applied_at = self.now()
+            record.serving_after_s = await self._wait_serving(address, fired, record.pid)
+            if record.serving_after_s is not None:
+                record.cleared_at = round(fired - self.t0 + record.serving_after_s, 3)
+            else:
+                record.note = f"not SERVING after {self.serving_timeout:.0f}s"
+            record.new_pid = await self._new_pid(event.target, record.pid)
+        elif event.kind == "pause":
+            assert record.pid is not None
+            os.kill(record.pid, signal.SIGSTOP)
+            self._paused.add(record.pid)
+            record.applied_at = self.now()
+            await asyncio.sleep(max(0.0, self.t0 + event.at + event.duration - time.monotonic()))
+            resumed = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGCONT)
+            self._paused.discard(record.pid)
+            record.serving_after_s = await self._wait_serving(address, resumed, None)
+            record.cleared_at = round(resumed - self.t0, 3)
+        else:
+            path = self.control.link_control(proc["oa_code"])
+            faults = (
+                LinkFaults(latency_ms=event.value)
+                if event.kind == "latency"
+                else LinkFaults(reset_fraction=event.value)
+            )
+            write_control(path, faults)
+            self._links.add(path)
+            record.applied_at = self.now()
+            await asyncio.sleep(max(0.0, self.t0 + event.at + event.duration - time.monotonic()))
+            write_control(path, LinkFaults())
+            self._links.discard(path)
+            record.cleared_at = self.now()
