@@ -23,6 +23,7 @@ async def run(settings: EhealthSettings) -> None:
         challenge_ttl=settings.challenge_ttl,
         credentials=credentials,
     )
+    app.server.health_bind = settings.health_bind  # plaintext health only, for probes
     await app.serve_forever(settings.bind, grace=settings.grace_seconds)
 
 

@@ -69,6 +69,7 @@ async def run(settings: HubSettings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    app.server.health_bind = settings.health_bind  # plaintext health only, for probes
     await app.start(settings.bind)
     try:
         await stop.wait()

@@ -31,6 +31,9 @@ class MeshSettings(BaseSettings):
     tls_ca: Path | None = Field(None, description="PEM of the mesh CA (mutual TLS)")
     tls_cert: Path | None = Field(None, description="PEM certificate of this process")
     tls_key: Path | None = Field(None, description="PEM private key of this process")
+    health_bind: str | None = Field(
+        None, description="host:port of a plaintext listener serving only gRPC health (Kubernetes probes)"
+    )
     metrics_port: int | None = Field(
         None, ge=1, le=65535, description="serve Prometheus metrics on 127.0.0.1:<port>/metrics"
     )

@@ -220,6 +220,11 @@ class MeshServer:
         )
         self._credentials = credentials
         self.port: int | None = None
+        # Set before start: a second, plaintext listener that serves only grpc.health.v1 (same statuses), for
+        # Kubernetes' native gRPC probes, which cannot speak mutual TLS. Nothing else is reachable there.
+        self.health_bind: str | None = None
+        self.health_port: int | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._stopping = asyncio.Event()
         for service in self.services:
             service.add(service.servicer, self._server)
@@ -238,6 +243,13 @@ class MeshServer:
             raise RuntimeError(f"{self.name}: could not bind {bind}")
         await self._server.start()
         self.port = port
+        if self.health_bind is not None:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
+            self.health_port = self._health_server.add_insecure_port(self.health_bind)
+            if self.health_port == 0:
+                raise RuntimeError(f"{self.name}: could not bind {self.health_bind} (health)")
+            await self._health_server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         for service in self.services:
             await self.health.set(service.name, serving)
@@ -249,6 +261,8 @@ class MeshServer:
         """Report NOT_SERVING, then stop accepting calls and let running ones finish within ``grace``."""
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
 
     def request_stop(self) -> None:
         """Ask :meth:`serve_forever` to stop (what SIGTERM and SIGINT do)."""

@@ -25,6 +25,7 @@ async def run(settings: OaSettings) -> None:
         channel_credentials=channel_creds,
         server_credentials=server_creds,
     )
+    app.server.health_bind = settings.health_bind  # plaintext health only, for probes
     await app.serve_forever(settings.bind, grace=settings.grace_seconds)
 
 
