@@ -26,6 +26,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
 )
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
+from mycarenet_core.telemetry import Telemetry
 
 PACKAGE = "mycarenet.ehealth.v1"
 Disposer = Callable[[], Awaitable[None]]
@@ -49,10 +50,16 @@ class EhealthApp:
         audience: str = "mycarenet",
         challenge_ttl: dt.timedelta = dt.timedelta(minutes=2),
         credentials: grpc.ServerCredentials | None = None,
+        telemetry: Telemetry | None = None,
     ) -> EhealthApp:
-        """Create the engine and the schema, a first signing key when there is none, and the server."""
+        """Create the engine and the schema, a first signing key when there is none, and the server.
+
+        With ``telemetry``, server spans and metrics (interceptors first in the chain) and database spans.
+        """
         limits = AuthLimits(max_token_lifetime, audience, challenge_ttl)
         engine = create_engine(database_url)
+        if telemetry is not None:
+            telemetry.instrument_engine(engine)
         try:
             await upgrade(engine, HISTORIES["ehealth"].script_location)
             factory = session_factory(engine)
@@ -81,7 +88,12 @@ class EhealthApp:
                 f"{PACKAGE}.MandateService",
             ),
         ]
-        server = MeshServer("ehealth", services, credentials=credentials)
+        server = MeshServer(
+            "ehealth",
+            services,
+            credentials=credentials,
+            interceptors=telemetry.server_interceptors if telemetry else (),
+        )
         return cls(server, auth, engine.dispose)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -13,6 +14,7 @@ from mycarenet_core.channels import client_credentials, server_credentials
 from mycarenet_core.clock import clock_from_setting
 from mycarenet_core.config import MeshSettings, configure_logging, load
 from mycarenet_core.identifiers import INSURER_CODES
+from mycarenet_core.telemetry import Telemetry, from_environment
 
 
 class HubSettings(MeshSettings):
@@ -52,8 +54,20 @@ def parse_targets(value: str) -> dict[str, str]:
     return out
 
 
+Tls = tuple[Path | None, Path | None, Path | None]
+
+
 async def run(settings: HubSettings) -> None:
     tls = None if settings.insecure else (settings.tls_ca, settings.tls_cert, settings.tls_key)
+    telemetry = from_environment("hub", metrics_port=settings.metrics_port)
+    try:
+        await _serve(settings, tls, telemetry)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # flush the last spans
+
+
+async def _serve(settings: HubSettings, tls: Tls | None, telemetry: Telemetry | None) -> None:
     app = await HubApp.create(
         database_url=settings.database_url,
         clock=clock_from_setting(settings.sandbox_date),
@@ -62,6 +76,7 @@ async def run(settings: HubSettings) -> None:
         channel_credentials=client_credentials(*tls) if tls and all(tls) else None,  # type: ignore[arg-type]
         server_credentials=server_credentials(*tls) if tls and all(tls) else None,  # type: ignore[arg-type]
         throttle=ThrottleConfig(rate=settings.throttle_rate, burst=settings.throttle_burst),
+        telemetry=telemetry,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.audit import AuditLog
 from hub.auth import TokenVerifier
 from hub.feeds import AffiliationFollower, RevocationFollower, run_periodically
-from hub.mailbox import MailboxNotifier
+from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.patient_list import ListPolicy, PatientListWorker
 from hub.routing import RoutingIndex, RoutingRepository
 from hub.services import DmgServicer, HubCore, MailboxIntakeServicer, MailboxServicer
@@ -28,6 +29,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
+from mycarenet_core.telemetry import SampledGauge, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,23 @@ class HubTuning:
     watch_poll_seconds: float = 5.0
     key_refresh_seconds: float = 5.0
     start_timeout: float = 2.0
+    gauge_refresh_seconds: float = 5.0
 
 
 class HubApp:
     """One hub instance. ``create`` → ``start(bind)`` → ``stop()``."""
 
-    def __init__(self, engine: AsyncEngine, core: HubCore, server: MeshServer, tuning: HubTuning) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        core: HubCore,
+        server: MeshServer,
+        tuning: HubTuning,
+        *,
+        gauges: Sequence[SampledGauge] = (),
+    ) -> None:
         self.engine = engine
+        self.gauges = tuple(gauges)
         self.core = core
         self.server = server
         self.tuning = tuning
@@ -71,13 +83,24 @@ class HubApp:
         server_credentials: grpc.ServerCredentials | None = None,
         throttle: ThrottleConfig | None = None,
         tuning: HubTuning | None = None,
+        telemetry: Telemetry | None = None,
     ) -> HubApp:
+        """Build the hub; with ``telemetry``: server spans and metrics, client spans and per-OA duration
+        histograms on the eHealth and OA channels, database spans, and the mailbox and routing gauges."""
         tuning = tuning or HubTuning()
         engine = create_engine(database_url)
+        if telemetry is not None:
+            telemetry.instrument_engine(engine)
         await upgrade(engine, HISTORIES["hub"].script_location)
         sessions = session_factory(engine)
-        ehealth = EhealthClient(ehealth_target, tuning.calls, credentials=channel_credentials)
-        oas = make_oa_clients(oa_targets, tuning.calls, channel_credentials)
+        ehealth = EhealthClient(
+            ehealth_target,
+            tuning.calls,
+            credentials=channel_credentials,
+            interceptors=telemetry.client_interceptors_for(peer_service="ehealth") if telemetry else (),
+        )
+        oas = make_oa_clients(oa_targets, tuning.calls, channel_credentials, telemetry)
+        tracer = telemetry.tracer if telemetry else trace.NoOpTracer()
 
         async def fetch_keys() -> auth_pb2.GetSigningKeysResponse:
             return await ehealth.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=5)
@@ -98,10 +121,33 @@ class HubApp:
             ehealth=ehealth,
             audit=AuditLog(sessions, clock),
             notifier=notifier,
-            lists=PatientListWorker(sessions, oas, notifier, tuning.lists, clock),
+            lists=PatientListWorker(sessions, oas, notifier, tuning.lists, clock, tracer=tracer),
             mtls=server_credentials is not None,
             watch_poll_seconds=tuning.watch_poll_seconds,
+            tracer=tracer,
         )
+        gauges: list[SampledGauge] = []
+        if telemetry is not None:
+            telemetry.observe(
+                "mycarenet.routing.index.size",
+                lambda: len(index),
+                description="NISS in the hub's routing index",
+                unit="{niss}",
+            )
+
+            async def mailbox_size() -> float:
+                async with sessions() as session:
+                    return await MailboxRepository(session).count_pending()
+
+            gauges.append(
+                telemetry.sampled_gauge(
+                    "mycarenet.mailbox.size",
+                    mailbox_size,
+                    interval=tuning.gauge_refresh_seconds,
+                    description="Messages waiting in the mailbox (not confirmed by their recipient)",
+                    unit="{message}",
+                )
+            )
         server = MeshServer(
             "hub",
             [
@@ -122,8 +168,9 @@ class HubApp:
                 ),
             ],
             credentials=server_credentials,
+            interceptors=telemetry.server_interceptors if telemetry else (),
         )
-        return cls(engine, core, server, tuning)
+        return cls(engine, core, server, tuning, gauges=gauges)
 
     async def start(self, bind: str = "127.0.0.1:0") -> int:
         """Start the feeds and background work, then serve; return the bound port."""
@@ -141,6 +188,8 @@ class HubApp:
             ),
         ]
         await core.lists.resume()
+        for gauge in self.gauges:
+            gauge.start()
         self.port = await self.server.start(bind)
         return self.port
 
@@ -152,6 +201,8 @@ class HubApp:
     async def stop(self, grace: float = 0) -> None:
         await self.server.stop(grace)
         await self.core.lists.stop()
+        for gauge in self.gauges:
+            await gauge.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

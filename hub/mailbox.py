@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -99,6 +100,11 @@ class MailboxRepository:
             query = query.where(col(StoredMessage.kind).in_(wanted))
         rows = await self.session.execute(query.order_by(col(StoredMessage.id)).limit(limit))
         return [(int(row_id), dmg_pb2.MailboxMessage.FromString(payload)) for row_id, payload in rows.all()]
+
+    async def count_pending(self) -> int:
+        """Messages not confirmed yet, every recipient (the mailbox size gauge)."""
+        query = select(func.count()).select_from(StoredMessage).where(col(StoredMessage.confirmed).is_(False))
+        return int((await self.session.execute(query)).scalar_one())
 
     async def confirm(
         self, recipient: str, message_ids: Sequence[str], hashes: Sequence[str], now: dt.datetime

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col, select
 
@@ -73,7 +74,10 @@ class PatientListWorker:
         notifier: MailboxNotifier,
         policy: ListPolicy,
         clock: Clock,
+        *,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or trace.NoOpTracer()
         self._sessions = sessions
         self._oas = oas
         self._notifier = notifier
@@ -186,6 +190,13 @@ class PatientListWorker:
                 backoff = min(self.policy.max_backoff, backoff * 2)
 
     async def _run(self, reference: str) -> None:
+        # A span for the fan-out (a child of the post's span when started by it), one child per OA.
+        with self._tracer.start_as_current_span(
+            "patient_list.fan_out", attributes={"mycarenet.list_reference": reference}
+        ):
+            await self._fan_out(reference)
+
+    async def _fan_out(self, reference: str) -> None:
         async with self._sessions() as session:
             row = await session.get(ListRequest, reference)
         if row is None or row.done:
@@ -198,7 +209,12 @@ class PatientListWorker:
 
         async def one(code: str) -> list[dmg_pb2.PatientListEntry]:
             try:
-                return await self._collect(code, context, row.year)
+                with self._tracer.start_as_current_span(
+                    "patient_list.oa", attributes={"mycarenet.oa": code}
+                ) as span:
+                    entries = await self._collect(code, context, row.year)
+                    span.set_attribute("mycarenet.patient_count", len(entries))
+                    return entries
             finally:
                 timing.per_oa[code] = time.monotonic() - started
 

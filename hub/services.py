@@ -11,10 +11,11 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import select
 
@@ -68,6 +69,7 @@ from mycarenet_core.identifiers import (
     parse_niss,
 )
 from mycarenet_core.server import peer_identities
+from mycarenet_core.telemetry import message_links
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -90,6 +92,7 @@ class HubCore:
     lists: PatientListWorker
     mtls: bool = False
     watch_poll_seconds: float = 5.0
+    tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
 
     # --- shared steps -------------------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class HubCore:
                     code=McnCode.PATIENT_UNKNOWN,
                     field_path="patient.niss",
                 )
+            trace.get_current_span().set_attribute("mycarenet.oa", code)
             return code, niss
         if which == "member":
             try:
@@ -166,6 +170,7 @@ class HubCore:
                     code=McnCode.MEMBER_NUMBER_UNKNOWN,
                     field_path="patient.member.registration_number",
                 )
+            trace.get_current_span().set_attribute("mycarenet.oa", member.insurer)
             return member.insurer, found
         raise field_error(
             "patient", McnCode.MANDATORY_FIELD_MISSING, "patient NISS or member number is mandatory"
@@ -575,7 +580,14 @@ class MailboxIntakeServicer(mailbox_intake_service_pb2_grpc.MailboxIntakeService
                 copy.CopyFrom(message)
                 copy.insurer_code = code
                 messages.append(copy)
-            async with transaction(core.sessions) as session:
-                result = await MailboxRepository(session).store(messages)
+            # The storage links back to the request that caused each message (its W3C trace context).
+            with core.tracer.start_as_current_span(
+                "mailbox.store",
+                kind=trace.SpanKind.CONSUMER,
+                links=message_links(messages),
+                attributes={"mycarenet.oa": code, "messaging.batch.message_count": len(messages)},
+            ):
+                async with transaction(core.sessions) as session:
+                    result = await MailboxRepository(session).store(messages)
             core.notifier.notify(result.recipients)
             return intake.DeliverMessagesResponse(stored_ids=result.stored, duplicate_ids=result.duplicates)

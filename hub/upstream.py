@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     therapeutic_relation_pb2_grpc,
 )
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc, oa_dmg_service_pb2_grpc
+from mycarenet_core.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,6 +123,7 @@ class OaClient:
         policy: CallPolicy,
         *,
         credentials: grpc.ChannelCredentials | None = None,
+        interceptors: Sequence[Any] = (),
     ) -> None:
         self.insurer_code = insurer_code
         self.target = target
@@ -131,6 +133,7 @@ class OaClient:
             credentials=credentials,
             service_config=retry_service_config(OA_IDEMPOTENT),
             options=CHANNEL_OPTIONS,
+            interceptors=interceptors,
         )
         self.dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(self.channel)
         self.membership = membership_service_pb2_grpc.MembershipServiceStub(self.channel)
@@ -192,7 +195,12 @@ class EhealthClient:
     """The eHealth services the hub uses, on one channel."""
 
     def __init__(
-        self, target: str, policy: CallPolicy, *, credentials: grpc.ChannelCredentials | None = None
+        self,
+        target: str,
+        policy: CallPolicy,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        interceptors: Sequence[Any] = (),
     ) -> None:
         self.policy = policy
         self.channel = open_channel(
@@ -200,6 +208,7 @@ class EhealthClient:
             credentials=credentials,
             service_config=retry_service_config(EHEALTH_IDEMPOTENT),
             options=CHANNEL_OPTIONS,
+            interceptors=interceptors,
         )
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self.channel)
@@ -225,6 +234,21 @@ class EhealthClient:
 
 
 def make_oa_clients(
-    targets: Mapping[str, str], policy: CallPolicy, credentials: grpc.ChannelCredentials | None
+    targets: Mapping[str, str],
+    policy: CallPolicy,
+    credentials: grpc.ChannelCredentials | None,
+    telemetry: Telemetry | None = None,
 ) -> dict[str, OaClient]:
-    return {code: OaClient(code, target, policy, credentials=credentials) for code, target in targets.items()}
+    """One client per OA; with ``telemetry`` each channel's spans and duration histogram name its OA."""
+    return {
+        code: OaClient(
+            code,
+            target,
+            policy,
+            credentials=credentials,
+            interceptors=telemetry.client_interceptors_for(peer_service=f"oa-{code}", oa=code)
+            if telemetry
+            else (),
+        )
+        for code, target in targets.items()
+    }

@@ -7,6 +7,7 @@ import asyncio
 from mycarenet_core.channels import client_credentials, server_credentials
 from mycarenet_core.clock import clock_from_setting
 from mycarenet_core.config import configure_logging, load
+from mycarenet_core.telemetry import from_environment
 from oa_node.app import OaNodeApp
 from oa_node.settings import OaSettings
 
@@ -16,17 +17,26 @@ async def run(settings: OaSettings) -> None:
     if settings.tls_ca and settings.tls_cert and settings.tls_key:
         server_creds = server_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
         channel_creds = client_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
-    app = await OaNodeApp.create(
-        insurer_code=settings.insurer_code,
-        database_url=settings.database_url,
-        clock=clock_from_setting(settings.sandbox_date),
-        hub_intake_target=settings.hub_intake_target,
-        relay_interval=settings.relay_interval,
-        channel_credentials=channel_creds,
-        server_credentials=server_creds,
+    code = settings.insurer_code
+    telemetry = from_environment(
+        f"oa-{code}", metrics_port=settings.metrics_port, attributes={"mycarenet.oa": code}
     )
-    app.server.health_bind = settings.health_bind  # plaintext health only, for probes
-    await app.serve_forever(settings.bind, grace=settings.grace_seconds)
+    try:
+        app = await OaNodeApp.create(
+            insurer_code=code,
+            database_url=settings.database_url,
+            clock=clock_from_setting(settings.sandbox_date),
+            hub_intake_target=settings.hub_intake_target,
+            relay_interval=settings.relay_interval,
+            channel_credentials=channel_creds,
+            server_credentials=server_creds,
+            telemetry=telemetry,
+        )
+        app.server.health_bind = settings.health_bind  # plaintext health only, for probes
+        await app.serve_forever(settings.bind, grace=settings.grace_seconds)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # flush the last spans
 
 
 def main() -> None:

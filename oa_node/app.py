@@ -23,6 +23,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc a
 from mycarenet_core.identifiers import INSURER_CODES
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, PeerAllowList, Service
+from mycarenet_core.telemetry import SampledGauge, Telemetry
 from oa_node import models as m
 from oa_node import rules
 from oa_node.audit import Auditor
@@ -30,7 +31,7 @@ from oa_node.dmg import DmgOperations
 from oa_node.membership import FeedNotifier, MembershipOperations
 from oa_node.reference import ReferenceOperations
 from oa_node.relay import OutboxRelay
-from oa_node.repositories import ReferenceRepository
+from oa_node.repositories import OutboxRepository, ReferenceRepository
 from oa_node.servicers import (
     InvoicingIntakeServicer,
     MembershipServicer,
@@ -71,11 +72,16 @@ class OaNodeApp:
         relay_interval: float,
         channel_credentials: grpc.ChannelCredentials | None,
         server_credentials: grpc.ServerCredentials | None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.insurer_code = insurer_code
         self.engine = engine
         self.clock = clock
         self.sessions = session_factory(engine)
+        self.gauges: list[SampledGauge] = []
+        if telemetry is not None:
+            telemetry.instrument_engine(engine)
+            self.gauges.append(self._backlog_gauge(telemetry, relay_interval))
         auditor = Auditor(self.sessions, clock)
         self.relay = (
             OutboxRelay(
@@ -85,6 +91,8 @@ class OaNodeApp:
                 target=hub_intake_target,
                 interval=relay_interval,
                 credentials=channel_credentials,
+                interceptors=telemetry.client_interceptors_for(peer_service="hub") if telemetry else (),
+                tracer=telemetry.tracer if telemetry else None,
             )
             if hub_intake_target
             else None
@@ -130,9 +138,28 @@ class OaNodeApp:
             credentials=server_credentials,
             # Under mutual TLS an insurer answers only the hub and its own back office (never provider
             # software, eHealth or another insurer).
-            interceptors=[PeerAllowList(ALLOWED_PEERS)] if server_credentials is not None else [],
+            # Telemetry first, so that refused peers are traced and counted too.
+            interceptors=[
+                *(telemetry.server_interceptors if telemetry else ()),
+                *([PeerAllowList(ALLOWED_PEERS)] if server_credentials is not None else []),
+            ],
         )
         self.port: int | None = None
+
+    def _backlog_gauge(self, telemetry: Telemetry, relay_interval: float) -> SampledGauge:
+        sessions = self.sessions
+
+        async def backlog() -> float:
+            async with sessions() as session:
+                return await OutboxRepository(session).backlog()
+
+        return telemetry.sampled_gauge(
+            "mycarenet.outbox.backlog",
+            backlog,
+            interval=max(1.0, relay_interval * 5),
+            description="Outbox messages not yet delivered to the hub",
+            unit="{message}",
+        )
 
     @classmethod
     async def create(
@@ -145,8 +172,12 @@ class OaNodeApp:
         relay_interval: float = 0.2,
         channel_credentials: grpc.ChannelCredentials | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
+        telemetry: Telemetry | None = None,
     ) -> OaNodeApp:
-        """Open the database (creating the schema on first use) and build the node; nothing listens yet."""
+        """Open the database (creating the schema on first use) and build the node; nothing listens yet.
+
+        With ``telemetry`` (built with ``attributes={"mycarenet.oa": code}``): server spans and metrics,
+        database spans, the relay's client spans and delivery spans, the outbox backlog gauge."""
         if insurer_code not in INSURER_CODES:
             raise ValueError(
                 f"unknown insurer code {insurer_code!r} (expected one of {', '.join(INSURER_CODES)})"
@@ -165,6 +196,7 @@ class OaNodeApp:
             relay_interval=relay_interval,
             channel_credentials=channel_credentials,
             server_credentials=server_credentials,
+            telemetry=telemetry,
         )
 
     async def start(self, bind: str = "127.0.0.1:0") -> int:
@@ -172,10 +204,14 @@ class OaNodeApp:
         self.port = await self.server.start(bind)
         if self.relay is not None:
             self.relay.start()
+        for gauge in self.gauges:
+            gauge.start()
         return self.port
 
     async def stop(self, grace: float = 0) -> None:
         """Stop the relay, end the feed watches, stop the server, dispose of the engine."""
+        for gauge in self.gauges:
+            await gauge.stop()
         if self.relay is not None:
             await self.relay.stop()
         await self.notifier.close()
@@ -186,8 +222,12 @@ class OaNodeApp:
         """Serve until SIGTERM/SIGINT, then stop gracefully (the command-line entry point)."""
         if self.relay is not None:
             self.relay.start()
+        for gauge in self.gauges:
+            gauge.start()
 
         async def on_stop() -> None:
+            for gauge in self.gauges:
+                await gauge.stop()
             if self.relay is not None:
                 await self.relay.stop()
             await self.notifier.close()

@@ -36,6 +36,7 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2 as intake_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from mycarenet_core.identifiers import parse_niss
+from mycarenet_core.telemetry import stamp_trace_context
 from oa_node import controls as c
 from oa_node import convert, rules
 from oa_node import models as m
@@ -616,6 +617,7 @@ class DmgOperations:
                 requester_reference=requester_reference,
                 now=now,
             )
+            stamp_trace_context(proto)  # the delivery and the pick-up link back to this request
             rows.append(
                 m.OutboxMessage(
                     message_id=message_id,

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 import grpc
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mycarenet_core.channels import open_channel
@@ -24,6 +27,7 @@ from mycarenet_core.db import transaction
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as intake_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc as intake_grpc
+from mycarenet_core.telemetry import message_links
 from oa_node.repositories import OutboxRepository
 
 log = logging.getLogger(__name__)
@@ -44,8 +48,12 @@ class OutboxRelay:
         deadline: float = 5.0,
         max_backoff: float = 5.0,
         credentials: grpc.ChannelCredentials | None = None,
+        interceptors: Sequence[Any] = (),
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.insurer_code = insurer_code
+        self._interceptors = tuple(interceptors)
+        self._tracer = tracer or trace.NoOpTracer()
         self._sessions = sessions
         self._clock = clock
         self._target = target
@@ -62,7 +70,9 @@ class OutboxRelay:
 
     def start(self) -> None:
         if self._task is None:
-            self._channel = open_channel(self._target, credentials=self._credentials)
+            self._channel = open_channel(
+                self._target, credentials=self._credentials, interceptors=self._interceptors
+            )
             self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.insurer_code}")
 
     def wake(self) -> None:
@@ -111,18 +121,26 @@ class OutboxRelay:
             insurer_code=self.insurer_code,
             messages=[dmg_pb2.MailboxMessage.FromString(row.payload) for row in pending],
         )
-        try:
-            reply = await stub.DeliverMessages(request, timeout=self._deadline)
-        except grpc.aio.AioRpcError:
+        # A delivery is its own trace, linked to the request that caused each message.
+        with self._tracer.start_as_current_span(
+            "outbox.deliver",
+            context=trace.set_span_in_context(trace.INVALID_SPAN),
+            kind=trace.SpanKind.PRODUCER,
+            links=message_links(request.messages),
+            attributes={"mycarenet.oa": self.insurer_code, "messaging.batch.message_count": len(pending)},
+        ):
+            try:
+                reply = await stub.DeliverMessages(request, timeout=self._deadline)
+            except grpc.aio.AioRpcError:
+                async with transaction(self._sessions) as session:
+                    await OutboxRepository(session).count_attempt(
+                        [row.id for row in pending if row.id is not None]
+                    )
+                raise
+            acknowledged = [*reply.stored_ids, *reply.duplicate_ids]
+            if not acknowledged:
+                raise RuntimeError(f"the hub acknowledged none of {len(pending)} messages")
             async with transaction(self._sessions) as session:
-                await OutboxRepository(session).count_attempt(
-                    [row.id for row in pending if row.id is not None]
-                )
-            raise
-        acknowledged = [*reply.stored_ids, *reply.duplicate_ids]
-        if not acknowledged:
-            raise RuntimeError(f"the hub acknowledged none of {len(pending)} messages")
-        async with transaction(self._sessions) as session:
-            await OutboxRepository(session).mark_delivered(acknowledged, self._clock.now())
+                await OutboxRepository(session).mark_delivered(acknowledged, self._clock.now())
         self.delivered += len(reply.stored_ids)
         return len(pending)

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from opentelemetry import trace
 
 from mycarenet_core.channels import client_credentials, open_channel
 from mycarenet_core.errors import MeshError, parse_rpc_error
@@ -25,6 +26,7 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import (
     mailbox_service_pb2_grpc,
 )
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, auth_pb2_grpc
+from mycarenet_core.telemetry import Telemetry, message_links
 
 T = TypeVar("T")
 
@@ -110,9 +112,12 @@ class Client:
         ehealth: str,
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = 10.0,
+        interceptors: Sequence[Any] = (),
+        tracer: trace.Tracer | None = None,
     ) -> None:
-        self._hub_channel = open_channel(hub, credentials=credentials)
-        self._ehealth_channel = open_channel(ehealth, credentials=credentials)
+        self._hub_channel = open_channel(hub, credentials=credentials, interceptors=interceptors)
+        self._ehealth_channel = open_channel(ehealth, credentials=credentials, interceptors=interceptors)
+        self._tracer = tracer
         self._dmg = dmg_service_pb2_grpc.DmgServiceStub(self._hub_channel)
         self._mailbox = mailbox_service_pb2_grpc.MailboxServiceStub(self._hub_channel)
         self._auth = auth_pb2_grpc.AuthServiceStub(self._ehealth_channel)
@@ -266,7 +271,15 @@ class Client:
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._call(self._mailbox.GetMessages, request)
+        if self._tracer is None:
+            return await self._call(self._mailbox.GetMessages, request)
+        # The pick-up links to the request that caused each message (its W3C trace context).
+        with self._tracer.start_as_current_span("mailbox.receive", kind=trace.SpanKind.CONSUMER) as span:
+            reply = await self._call(self._mailbox.GetMessages, request)
+            for link in message_links(reply.messages):
+                span.add_link(link.context, link.attributes)
+            span.set_attribute("messaging.batch.message_count", len(reply.messages))
+            return reply
 
     async def all_messages(self, *, kinds: Sequence[int] = ()) -> list[dmg_pb2.MailboxMessage]:
         """Every pending message (all pages)."""
@@ -289,6 +302,13 @@ class Client:
         )
         try:
             async for event in call:
+                if self._tracer is not None:
+                    self._tracer.start_span(
+                        "mailbox.receive",
+                        kind=trace.SpanKind.CONSUMER,
+                        links=message_links([event.message]),
+                        attributes={"messaging.message.id": event.message.message_id},
+                    ).end()
                 yield event.message
         except grpc.RpcError as error:
             raise MyCareNetError.from_rpc_error(error) from None
@@ -313,9 +333,22 @@ def connect(
     cert: Path | None = None,
     key: Path | None = None,
     timeout: float = 10.0,
+    telemetry: Telemetry | None = None,
 ) -> Client:
-    """A client of the mesh; mutual TLS when ``ca``, ``cert`` and ``key`` are given. Use ``async with``."""
+    """A client of the mesh; mutual TLS when ``ca``, ``cert`` and ``key`` are given. Use ``async with``.
+
+    With ``telemetry`` (:func:`mycarenet_core.telemetry.setup`), every call is a client span whose W3C
+    context the hub continues (one trace down to the OA's database), and mailbox pick-ups are
+    ``mailbox.receive`` spans linked to the requests that caused the messages.
+    """
     credentials = None
     if ca and cert and key:
         credentials = client_credentials(ca, cert, key)
-    return Client(hub=hub, ehealth=ehealth, credentials=credentials, timeout=timeout)
+    return Client(
+        hub=hub,
+        ehealth=ehealth,
+        credentials=credentials,
+        timeout=timeout,
+        interceptors=telemetry.client_interceptors if telemetry else (),
+        tracer=telemetry.tracer if telemetry else None,
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -60,6 +60,11 @@ class OutboxRepository:
             .limit(limit)
         )
         return list((await self.session.execute(stmt)).scalars())
+
+    async def backlog(self) -> int:
+        """Messages not delivered yet (the outbox backlog gauge)."""
+        stmt = select(func.count()).select_from(m.OutboxMessage).where(m.OutboxMessage.delivered == False)  # noqa: E712
+        return int((await self.session.execute(stmt)).scalar_one())
 
     async def mark_delivered(self, message_ids: Sequence[str], now: dt.datetime) -> None:
         if message_ids:
