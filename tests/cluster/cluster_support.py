@@ -11,16 +11,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
 
 
-def free_base_port() -> int:
+def free_base_port(*, metrics: bool = False) -> int:
+    """A base port whose cluster ports are free (and their metrics ports, + 1000, with ``metrics``)."""
     for _ in range(50):
-        base = random.randrange(20000, 40000, 20)
+        base = random.randrange(20000, 39000, 20)
         ports = [base, base + 1, *range(base + 10, base + 17)]
+        ports += [p + 1000 for p in ports] if metrics else []
         try:
             socks = []
             for p in ports:
@@ -38,10 +41,18 @@ def free_base_port() -> int:
 
 class Cluster:
     def __init__(
-        self, data: Path, base_port: int, database_template: str | None = None, population: int = 300
+        self,
+        data: Path,
+        base_port: int,
+        database_template: str | None = None,
+        population: int = 300,
+        *,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.data, self.base_port, self.population = data, base_port, population
         self.database_template = database_template
+        self.extra_args, self.env = list(extra_args), dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def up(self, today: str) -> dict[str, Any]:
@@ -59,10 +70,12 @@ class Cluster:
                 "--today",
                 today,
                 *(["--database-template", self.database_template] if self.database_template else []),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + 240
         desc_path = self.data / "cluster.json"

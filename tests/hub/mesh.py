@@ -62,6 +62,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import (
     reference_data_service_pb2 as rd,
 )
 from mycarenet_core.identifiers import INSURER_CODES, Profession, make_inami, make_niss, parse_inami
+from mycarenet_core.telemetry import Telemetry
 from oa_node.app import OaNodeApp
 
 TODAY = dt.date(2025, 3, 4)
@@ -176,6 +177,7 @@ class Mesh:
         self.hub_port = 0
         self._channels: list[grpc.aio.Channel] = []
         self._ehealth_channel: grpc.aio.Channel | None = None
+        self.telemetry: Telemetry | None = None
 
     # --- plumbing ------------------------------------------------------------------------------------
 
@@ -202,6 +204,7 @@ class Mesh:
             clock=self.clock,
             hub_intake_target=f"127.0.0.1:{self.hub_port}",
             relay_interval=0.1,
+            telemetry=self.telemetry,
         )
         await app.start(f"127.0.0.1:{self.oa_ports[code]}")
         self.oas[code] = app
@@ -219,6 +222,7 @@ class Mesh:
             oa_targets={c: f"127.0.0.1:{p}" for c, p in self.oa_ports.items()},
             throttle=throttle,
             tuning=tuning,
+            telemetry=self.telemetry,
         )
         self.hub_port = await self.hub.start(f"127.0.0.1:{self.hub_port or free_port()}")
         hub_channel = self.channel(self.hub_port)
@@ -435,11 +439,17 @@ async def running_mesh(
         "pharmacist",
         "gp_nonaccredited",
     ),
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[Mesh]:
-    """Start eHealth, the hub and one OA node per insurer; seed them; stop everything on exit."""
+    """Start eHealth, the hub and one OA node per insurer; seed them; stop everything on exit.
+
+    With ``telemetry``, every app of the mesh is instrumented with it (one set of providers)."""
     mesh = Mesh(tmp, insurers, FixedClock(NOW))
+    mesh.telemetry = telemetry
     try:
-        mesh.ehealth = await EhealthApp.create(database_url=mesh.db("ehealth"), clock=mesh.clock)
+        mesh.ehealth = await EhealthApp.create(
+            database_url=mesh.db("ehealth"), clock=mesh.clock, telemetry=telemetry
+        )
         await mesh.ehealth.start("127.0.0.1:0")
         await mesh.seed_ehealth()
         await mesh.start_hub(throttle or GENEROUS, tuning)
