@@ -32,6 +32,8 @@ def fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "–"
+        if 0 < abs(value) < 0.1:
+            return f"{value:.2g}"  # small ratios (rate ×echo) keep two significant digits
         return f"{value:.{digits}f}"
     return str(value)
 

@@ -50,10 +50,11 @@ class RunConfig:
 
 
 def _fault_windows(records: Sequence[FaultRecord], run_seconds: float) -> list[tuple[FaultRecord, float]]:
-    """Each fault with the end of its observation window: the next fault on the same target, or the end."""
+    """Each fault with the end of its observation window: the next fault (on any target, so that one
+    fault's effect is not charged to another), or the end of the run."""
     out = []
-    for i, rec in enumerate(records):
-        later = [r.at for r in records[i + 1 :] if r.target == rec.target and r.at > rec.at]
+    for rec in records:
+        later = [r.at for r in records if r.at > rec.at]
         out.append((rec, min(later, default=run_seconds)))
     return out
 

@@ -241,23 +241,30 @@ def recovery(
     end: float,
     *,
     threshold: float = 0.99,
+    stable: int = 3,
 ) -> Recovery:
     """The effect of a fault applied at ``start`` (run seconds) on ``series`` (availability per second),
-    looked at until ``end`` (the next fault on the same target or the end of the run).
+    looked at until ``end`` (the next fault on the same target, or the end of the run).
 
-    The fault is recovered after the last second below ``threshold`` in the window; seconds without any
-    attempt are skipped.
+    Recovered at the first second after the first bad one (below ``threshold``) from which ``stable``
+    seconds in a row are good (fewer when the window ends first); seconds without attempts are skipped.
+    The resolution is one second (requests are counted in the second they were due).
     """
     first, last = int(start), min(len(series), math.ceil(end))
-    bad = [s for s in range(first, last) if series[s] is not None and series[s] < threshold]  # type: ignore[operator]
-    values = [v for v in series[first:last] if v is not None]
+    window = [(s, series[s]) for s in range(first, last) if series[s] is not None]
+    values = [v for _, v in window if v is not None]
     worst = min(values) if values else None
+    bad = [s for s, v in window if v is not None and v < threshold]
     if not bad:
         return Recovery(0, worst, None, 0.0)
-    recovered_at = float(bad[-1] + 1)
-    if recovered_at >= end:
-        return Recovery(len(bad), worst, None, round(end - start, 3))
-    return Recovery(len(bad), worst, recovered_at, round(recovered_at - start, 3))
+    for i, (s, _) in enumerate(window):
+        if s <= bad[0]:
+            continue
+        run = window[i : i + stable]
+        if all(v is not None and v >= threshold for _, v in run):
+            impacted = sum(1 for b in bad if b < s)
+            return Recovery(impacted, worst, float(s), round(s - start, 3))
+    return Recovery(len(bad), worst, None, round(end - start, 3))
 
 
 def merge_counts(items: Iterable[Mapping[str, int]]) -> Counter[str]:

@@ -82,6 +82,10 @@ def test_recovery_time_after_a_fault() -> None:
     clean = recovery([1.0, 1.0, 1.0], 0.5, 3.0)
     assert clean.recovery_seconds == 0
     assert clean.impacted_seconds == 0
+    # A bad second right before the next fault (requests in flight when it struck) is not a relapse.
+    spill = recovery([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.5], 1.0, 8.0)
+    assert spill.recovered_at == 3.0
+    assert spill.impacted_seconds == 2
     never = recovery([1.0, 0.0, 0.0], 1.0, 3.0)
     assert never.recovered_at is None
     assert never.recovery_seconds == 2.0
