@@ -29,6 +29,7 @@ from mycarenet_core.identifiers import INSURER_CODES
 
 log = logging.getLogger("mycarenet-cluster")
 DESCRIPTION = "cluster.json"
+STABLE_AFTER = 30.0  # seconds up after which a crash no longer counts towards the restart back-off
 
 
 @dataclass
@@ -69,7 +70,8 @@ class Running:
     spec: ProcSpec
     process: asyncio.subprocess.Process
     restarts: int = 0
-    started: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
+    quick_crashes: int = 0  # consecutive crashes within STABLE_AFTER of a start: they grow the back-off
 
 
 def database_url(cfg: ClusterConfig, name: str) -> str:
@@ -361,8 +363,13 @@ class Supervisor:
                     continue
                 run = self.running[name]
                 log.warning("%s exited with %s; restarting", name, run.process.returncode)
-                await asyncio.sleep(min(5.0, 0.5 * 2**run.restarts))
+                # A process that had been up for a while restarts at once; one that keeps crashing right
+                # after its start waits longer and longer (at most 5 s).
+                stable = time.monotonic() - run.started >= STABLE_AFTER
+                run.quick_crashes = 0 if stable else run.quick_crashes + 1
+                await asyncio.sleep(min(5.0, 0.1 * 2**run.quick_crashes) if run.quick_crashes else 0.0)
                 run.process = await self._spawn(run.spec)
+                run.started = time.monotonic()
                 run.restarts += 1
                 try:
                     await self._wait_serving(run.spec)
