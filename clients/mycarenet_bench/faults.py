@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mycarenet_cluster.faultproxy import LinkFaults, write_control
+from mycarenet_cluster.supervisor import pid_alive
 
 KINDS = ("kill", "restart", "pause", "latency", "errors")
 PROCESS_KINDS = ("kill", "restart", "pause")
@@ -193,19 +194,6 @@ class ClusterControl:
             proc = self.process(event.target)
             if event.kind in LINK_KINDS:
                 self.link_control(proc["oa_code"])
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists (a zombie counts until its parent reaps it)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class FaultInjector:

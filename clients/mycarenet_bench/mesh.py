@@ -27,11 +27,10 @@ from typing import Any
 import grpc
 from mycarenet_cluster import pki, population
 from mycarenet_cluster.population import CONTACT_CODES
-from mycarenet_cluster.supervisor import DESCRIPTION, channel_credentials, health
+from mycarenet_cluster.supervisor import DESCRIPTION, channel_credentials, health, pid_alive
 from mycarenet_sdk.client import load_private_key
 
 from mycarenet_bench.baseline import TlsPaths
-from mycarenet_bench.faults import pid_alive
 from mycarenet_core.channels import open_channel
 from mycarenet_core.errors import parse_rpc_error
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2

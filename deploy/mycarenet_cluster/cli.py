@@ -16,7 +16,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mycarenet_cluster.supervisor import DESCRIPTION, ClusterConfig, channel_credentials, health, run
+from mycarenet_cluster.supervisor import (
+    DESCRIPTION,
+    ClusterConfig,
+    channel_credentials,
+    health,
+    pid_alive,
+    run,
+)
 
 app = typer.Typer(help="Run the mycarenet-mesh locally as real processes.", no_args_is_help=True)
 console = Console()
@@ -30,18 +37,6 @@ def _read(data: Path) -> dict[str, Any] | None:
         return None
     loaded: dict[str, Any] = json.loads(path.read_text())
     return loaded
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _table(desc: dict[str, Any]) -> Table:
@@ -95,7 +90,7 @@ def up(
 ) -> None:
     """Start eHealth, the hub and the seven OA nodes; Ctrl-C or SIGTERM stops them all."""
     existing = _read(data)
-    if existing and _alive(existing.get("supervisor_pid")):
+    if existing and pid_alive(existing.get("supervisor_pid")):
         console.print(
             f"[red]a cluster is already up with this data folder (pid {existing['supervisor_pid']})[/red]"
         )
@@ -134,22 +129,22 @@ def down(data: DataOpt = DEFAULT_DATA, timeout: float = 30.0) -> None:
     """Stop the cluster that runs with this data folder."""
     desc = _read(data)
     pid = desc.get("supervisor_pid") if desc else None
-    if not desc or not _alive(pid):
+    if not desc or not pid_alive(pid):
         console.print("no cluster is up")
         return
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    console.print("stopped" if not _alive(pid) else "[red]still running[/red]")
+    console.print("stopped" if not pid_alive(pid) else "[red]still running[/red]")
 
 
 @app.command()
 def status(data: DataOpt = DEFAULT_DATA, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Every process with its address, pid and live health."""
     desc = _read(data)
-    if not desc or not _alive(desc.get("supervisor_pid")):
+    if not desc or not pid_alive(desc.get("supervisor_pid")):
         if as_json:
             console.print_json(json.dumps({"up": False}))
         else:
@@ -173,7 +168,7 @@ def status(data: DataOpt = DEFAULT_DATA, as_json: Annotated[bool, typer.Option("
 def reset(data: DataOpt = DEFAULT_DATA) -> None:
     """Delete the data folder (databases, keys, certificates). Refuses while the cluster is up."""
     desc = _read(data)
-    if desc and _alive(desc.get("supervisor_pid")):
+    if desc and pid_alive(desc.get("supervisor_pid")):
         console.print("[red]the cluster is up: run `mycarenet-cluster down` first[/red]")
         raise typer.Exit(1)
     if data.exists():

@@ -186,28 +186,7 @@ async def seed_oa(code: str, channel: grpc.aio.Channel, population: Population, 
     members = membership_service_pb2_grpc.MembershipServiceStub(channel)
     mine = [m for m in population.members if any(a.insurer == code for a in m.affiliations)]
     for i in range(0, len(mine), BATCH):
-        batch = []
-        for m in mine[i : i + BATCH]:
-            periods = [a for a in m.affiliations if a.insurer == code]
-            house = common_pb2.Period(start=_d(dt.date(today.year - 5, 1, 1))) if m.medical_house else None
-            batch.append(
-                membership_service_pb2.Member(
-                    patient=common_pb2.Patient(
-                        niss=m.niss,
-                        first_name=m.first_name,
-                        last_name=m.last_name,
-                        birth_date=_d(m.birth_date),
-                        sex=SEX[m.sex],
-                        member=common_pb2.MemberNumber(
-                            mutuality_code=code, registration_number=periods[-1].registration_number
-                        ),
-                    ),
-                    affiliations=[common_pb2.Period(start=_d(a.start), end=_d(a.end)) for a in periods],
-                    chronic_condition=m.chronic,
-                    medical_house_inami=m.medical_house,
-                    medical_house_period=house,
-                )
-            )
+        batch = [_member_proto(m, code, today) for m in mine[i : i + BATCH]]
         await members.UpsertMembers(membership_service_pb2.UpsertMembersRequest(members=batch), timeout=300)
     dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(channel)
     for p in population.providers:
@@ -328,8 +307,10 @@ async def seed(
     return info
 
 
-def _member_proto(m: Member, code: str) -> membership_service_pb2.Member:
+def _member_proto(m: Member, code: str, today: dt.date) -> membership_service_pb2.Member:
+    """The member as insurer ``code`` knows it (its periods there; a medical-house contract since 5 years)."""
     periods = [a for a in m.affiliations if a.insurer == code]
+    house = common_pb2.Period(start=_d(dt.date(today.year - 5, 1, 1))) if m.medical_house else None
     return membership_service_pb2.Member(
         patient=common_pb2.Patient(
             niss=m.niss,
@@ -343,6 +324,8 @@ def _member_proto(m: Member, code: str) -> membership_service_pb2.Member:
         ),
         affiliations=[common_pb2.Period(start=_d(a.start), end=_d(a.end)) for a in periods],
         chronic_condition=m.chronic,
+        medical_house_inami=m.medical_house,
+        medical_house_period=house,
     )
 
 
@@ -362,7 +345,9 @@ async def seed_bulk(
         for chunk in bulk_members(population.bulk, today, gps):
             by_code: dict[str, list[membership_service_pb2.Member]] = defaultdict(list)
             for m in chunk:
-                by_code[m.affiliations[-1].insurer].append(_member_proto(m, m.affiliations[-1].insurer))
+                by_code[m.affiliations[-1].insurer].append(
+                    _member_proto(m, m.affiliations[-1].insurer, today)
+                )
             for code, batch in by_code.items():
                 request = membership_service_pb2.UpsertMembersRequest(members=batch)
                 pending.add(asyncio.ensure_future(stubs[code].UpsertMembers(request, timeout=600)))

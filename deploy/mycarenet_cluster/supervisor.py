@@ -74,6 +74,19 @@ class Running:
     quick_crashes: int = 0  # consecutive crashes within STABLE_AFTER of a start: they grow the back-off
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (a zombie counts until its parent reaps it)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def database_url(cfg: ClusterConfig, name: str) -> str:
     if cfg.database_template:
         return cfg.database_template.format(name=name.replace("-", "_"))
