@@ -202,7 +202,7 @@ def _members(rng: random.Random, size: int, today: dt.date) -> Iterator[Member]:
         )
 
 
-DETAILED_LIMIT = 20_000
+DETAILED_LIMIT = 5_000
 AGE_DAYS = 95 * 365
 
 

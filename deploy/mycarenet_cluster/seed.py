@@ -336,28 +336,45 @@ async def seed_bulk(
     today: dt.date,
     credentials: grpc.ChannelCredentials | None,
 ) -> None:
-    """Stream the bulk members to their insurers, 10 000 at a time, every insurer loading in parallel."""
+    """Stream the bulk members to their insurers, every insurer loading in parallel, one batch at a time
+    each (an insurer's database takes one writer at a time anyway), with a bounded queue per insurer."""
     gps = [p.inami for p in population.providers if p.role == "gp"]
     channels = {code: open_channel(target, credentials=credentials) for code, target in oas.items()}
+    queues: dict[str, asyncio.Queue[list[membership_service_pb2.Member] | None]] = {
+        code: asyncio.Queue(maxsize=2) for code in oas
+    }
+
+    failures: list[BaseException] = []
+
+    async def load(code: str) -> None:
+        stub = membership_service_pb2_grpc.MembershipServiceStub(channels[code])
+        while (batch := await queues[code].get()) is not None:
+            if failures:
+                continue  # drain: the producer stops at the next chunk
+            try:
+                request = membership_service_pb2.UpsertMembersRequest(members=batch)
+                await stub.UpsertMembers(request, timeout=600)
+            except grpc.aio.AioRpcError as error:
+                failures.append(error)
+
+    loaders = [asyncio.ensure_future(load(code)) for code in oas]
     try:
-        stubs = {code: membership_service_pb2_grpc.MembershipServiceStub(ch) for code, ch in channels.items()}
-        pending: set[asyncio.Future[object]] = set()
         for chunk in bulk_members(population.bulk, today, gps):
+            if failures:
+                break
             by_code: dict[str, list[membership_service_pb2.Member]] = defaultdict(list)
             for m in chunk:
-                by_code[m.affiliations[-1].insurer].append(
-                    _member_proto(m, m.affiliations[-1].insurer, today)
-                )
+                code = m.affiliations[-1].insurer
+                by_code[code].append(_member_proto(m, code, today))
             for code, batch in by_code.items():
-                request = membership_service_pb2.UpsertMembersRequest(members=batch)
-                pending.add(asyncio.ensure_future(stubs[code].UpsertMembers(request, timeout=600)))
-            # Keep a bounded number of batches in flight.
-            while len(pending) > 2 * len(stubs):
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-        for task in asyncio.as_completed(pending):
-            await task
+                await queues[code].put(batch)
+        for queue in queues.values():
+            await queue.put(None)
+        await asyncio.gather(*loaders)
+        if failures:
+            raise failures[0]
     finally:
+        for task in loaders:
+            task.cancel()
         for ch in channels.values():
             await ch.close(None)

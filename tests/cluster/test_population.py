@@ -1,0 +1,57 @@
+"""The synthetic population: valid and unique identifiers (detailed and bulk), realistic insurer shares,
+the demo actors, and a DMG history in processing order."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+
+from mycarenet_cluster import population as pop
+
+from mycarenet_core.identifiers import Role, parse_inami, parse_niss
+
+TODAY = dt.date(2026, 11, 20)
+
+
+def test_detailed_population_is_valid_and_realistic() -> None:
+    p = pop.build(3000, TODAY)
+    nisses = [m.niss for m in p.members]
+    assert len(nisses) == len(set(nisses)) == 3001  # + the demo patient
+    for m in p.members:
+        parsed = parse_niss(m.niss, today=TODAY)
+        assert parsed.birth_date is None or parsed.birth_date == m.birth_date
+    assert any(parse_niss(m.niss).is_bis for m in p.members)
+    assert any(m.birth_date.year >= 2000 for m in p.members)
+    shares = Counter(m.affiliations[-1].insurer for m in p.members)
+    for code, share in pop.INSURER_SHARES.items():
+        assert abs(shares[code] / len(p.members) - share) < 0.03, (code, shares[code])
+    assert any(len(m.affiliations) == 2 for m in p.members)  # some changed mutuality
+    roles = Counter(parse_inami(x.inami).role for x in p.providers)
+    assert roles[Role.GENERAL_PRACTITIONER] >= 6
+    assert roles[Role.GP_IN_TRAINING] >= 1
+    assert roles[Role.SPECIALIST] >= 2
+    assert roles[Role.DENTIST] >= 2
+    kinds = {o.kind for o in p.organisations}
+    assert kinds == {"medical_house", "group_practice"}
+    demo = {m.niss: m for m in p.members}[p.demo["patient"]]
+    assert demo.usual_gp == p.demo["gp_a"]
+    keys = [(e.submitted, e.date) for e in p.history]
+    assert keys == sorted(keys)
+    assert {e.kind for e in p.history} == {"notify", "contact", "attest"}
+    assert all(e.date <= e.submitted < TODAY or e.niss == p.demo["patient"] for e in p.history)
+
+
+def test_bulk_members_extend_the_population_without_collisions() -> None:
+    p = pop.build(pop.DETAILED_LIMIT + 25_000, TODAY)
+    assert len(p.members) == pop.DETAILED_LIMIT + 1
+    assert p.bulk == 25_000
+    gps = [x.inami for x in p.providers if x.role == "gp"]
+    bulk = [m for chunk in pop.bulk_members(p.bulk, TODAY, gps) for m in chunk]
+    assert len(bulk) == 25_000
+    nisses = {m.niss for m in bulk}
+    assert len(nisses) == 25_000
+    assert not nisses & {m.niss for m in p.members}
+    for m in bulk[::997]:
+        assert parse_niss(m.niss, today=TODAY).birth_date == m.birth_date
+    again = [m.niss for chunk in pop.bulk_members(1000, TODAY, gps) for m in chunk]
+    assert again == [m.niss for m in bulk[:1000]]  # deterministic
