@@ -10,7 +10,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -23,6 +23,7 @@ from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2 as ms
 
+WATCH_APPLY_BATCH = 5000
 log = logging.getLogger(__name__)
 
 Periods = list[tuple[dt.date, dt.date | None]]
@@ -89,6 +90,42 @@ class AffiliationFollower:
             self.sequence = max(self.sequence, last)
             self._advanced.notify_all()
 
+    async def _follow(
+        self, stream: AsyncIterable[ms.WatchAffiliationChangesResponse], backoff: Backoff
+    ) -> None:
+        """Apply the live changes, in one transaction per burst: a reader queues the events, the applier
+        takes everything queued so far (a bulk load of members arrives as a burst of thousands)."""
+        queue: asyncio.Queue[ms.AffiliationChange | None] = asyncio.Queue(maxsize=4 * WATCH_APPLY_BATCH)
+
+        failed: list[BaseException] = []
+
+        async def read() -> None:
+            try:
+                async for event in stream:
+                    await queue.put(event.change)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # handed to the applier, which re-raises it
+                failed.append(error)
+            await queue.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            ended = False
+            while not ended:
+                burst = [await queue.get()]
+                while len(burst) < WATCH_APPLY_BATCH and not queue.empty():
+                    burst.append(queue.get_nowait())
+                ended = burst[-1] is None
+                changes = [c for c in burst if c is not None and c.sequence > self.sequence]
+                if changes:
+                    await self._apply(changes)
+                backoff.reset()
+            if failed:
+                raise failed[0]
+        finally:
+            reader.cancel()
+
     async def wait_for(self, sequence: int, within: float) -> None:
         """Wait until changes up to ``sequence`` are applied (tests, tooling)."""
 
@@ -121,10 +158,7 @@ class AffiliationFollower:
                 stream = self.oa.membership.WatchAffiliationChanges(
                     ms.WatchAffiliationChangesRequest(after_sequence=self.sequence)
                 )
-                async for event in stream:
-                    if event.change.sequence > self.sequence:
-                        await self._apply([event.change])
-                    backoff.reset()
+                await self._follow(stream, backoff)
                 log.info("affiliation feed of %s ended; reconnecting", self.oa.insurer_code)
             except asyncio.CancelledError:
                 raise
