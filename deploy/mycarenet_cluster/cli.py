@@ -60,7 +60,7 @@ def _table(desc: dict[str, Any]) -> Table:
 def up(
     data: DataOpt = DEFAULT_DATA,
     base_port: Annotated[int, typer.Option(help="hub port; eHealth = +1, OA nodes = +10..+16")] = 7400,
-    population: Annotated[int, typer.Option(help="synthetic members to seed on first start")] = 2000,
+    population: Annotated[int, typer.Option(help="synthetic members to seed on first start")] = 500,
     today: Annotated[str | None, typer.Option(help="run the mesh as if today were YYYY-MM-DD")] = None,
     database_template: Annotated[
         str | None,

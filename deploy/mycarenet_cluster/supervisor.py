@@ -39,7 +39,7 @@ class ClusterConfig:
     data: Path = Path("var/cluster")
     host: str = "127.0.0.1"
     base_port: int = 7400
-    population: int = 2000
+    population: int = 500
     insecure: bool = False
     today: dt.date | None = None
     database_template: str | None = None  # e.g. "postgresql://postgres@127.0.0.1:5432/mcn_{name}"
