@@ -72,14 +72,43 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
             await context.abort_with_status(error.to_grpc_status())
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # An unexpected failure: log it with the stack, answer INTERNAL without leaking internals.
+        except Exception as error:
             if context.code() not in (None, grpc.StatusCode.OK):
                 raise
+            busy = database_busy(error)
+            if busy is not None:
+                # The transaction was rolled back: nothing happened, the caller may retry.
+                log.warning("database busy: %s", error)
+                current_error.set(busy)
+                await context.abort_with_status(busy.to_grpc_status())
+            # An unexpected failure: log it with the stack, answer INTERNAL without leaking internals.
             log.exception("unhandled error in handler")
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     return wrapper
+
+
+# SQLSTATEs of PostgreSQL that mean "try again": serialization failure, deadlock, lock not available.
+_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}
+
+
+def database_busy(error: BaseException) -> MeshError | None:
+    """UNAVAILABLE DATABASE_BUSY for a transient database failure (SQLite locked past its busy timeout,
+    PostgreSQL serialization failure or deadlock), else None."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(error, DBAPIError):
+        return None
+    text = str(error.orig).lower()
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    if "database is locked" in text or sqlstate in _TRANSIENT_SQLSTATES or error.connection_invalidated:
+        return MeshError(
+            grpc.StatusCode.UNAVAILABLE,
+            "DATABASE_BUSY",
+            "the database is busy; nothing was changed, retry shortly",
+            retry_after_seconds=1.0,
+        )
+    return None
 
 
 def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mycarenet_core.errors import (
     FieldViolation,
@@ -39,6 +41,10 @@ class FailingCadastre(cadastre_pb2_grpc.CadastreServiceServicer):
             raise resource_exhausted("THROTTLED", "slow down", retry_after_seconds=1.5)
         if request.inami == "boom":
             raise RuntimeError("unexpected")
+        if request.inami == "locked":
+            raise OperationalError("UPDATE x", {}, sqlite3.OperationalError("database is locked"))
+        if request.inami == "constraint":
+            raise IntegrityError("INSERT x", {}, sqlite3.IntegrityError("UNIQUE constraint failed"))
         return cadastre_pb2.GetProviderResponse(provider=cadastre_pb2.CadastreProvider(inami=request.inami))
 
 
@@ -127,6 +133,19 @@ async def test_unexpected_exception_is_internal_without_details(channel: grpc.ai
         await stub.GetProvider(cadastre_pb2.GetProviderRequest(inami="boom"), timeout=5)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "unexpected" not in (err.value.details() or "")
+
+
+async def test_a_busy_database_is_unavailable_and_retryable(channel: grpc.aio.Channel) -> None:
+    stub = cadastre_pb2_grpc.CadastreServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetProvider(cadastre_pb2.GetProviderRequest(inami="locked"), timeout=5)
+    parsed = parse_rpc_error(err.value)
+    assert parsed.status == grpc.StatusCode.UNAVAILABLE
+    assert parsed.reason == "DATABASE_BUSY"
+    assert parsed.retry_after_seconds == pytest.approx(1.0)
+    with pytest.raises(grpc.aio.AioRpcError) as other:
+        await stub.GetProvider(cadastre_pb2.GetProviderRequest(inami="constraint"), timeout=5)
+    assert other.value.code() == grpc.StatusCode.INTERNAL
 
 
 async def test_success_passes_through(channel: grpc.aio.Channel) -> None:
