@@ -237,14 +237,19 @@ class MeshServer:
         interceptors: Sequence[Any] = (),
         credentials: grpc.ServerCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        trust: grpc.aio.ServerInterceptor | None = None,  # type: ignore[type-arg]
     ) -> None:
         self.name = name
         self.services = tuple(services)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        # Telemetry interceptors come first (passed in by the caller); the error mapping is innermost so
-        # that tracing sees the final status.
+        # Telemetry interceptors come first (passed in by the caller), then the error mapping (so that
+        # tracing sees the final status), then the trust model (mycarenet_core.trust), whose refusals the
+        # error mapping turns into statuses.
+        chain: list[Any] = [*interceptors, ErrorMappingInterceptor()]
+        if trust is not None:
+            chain.append(trust)
         self._server = grpc.aio.server(
-            interceptors=[*interceptors, ErrorMappingInterceptor()],
+            interceptors=chain,
             options=[("grpc.so_reuseport", 0), *options],
         )
         self._credentials = credentials

@@ -40,7 +40,12 @@ def _rewrite(text: str) -> str:
 
 def generate(out: Path) -> list[Path]:
     """Generate into `out` (replaced whole) and return the files written."""
-    protos = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
+    # protos/google/ holds the googleapis rich-error protos for other languages' generators; Python takes
+    # them from googleapis-common-protos (grpcio-status), so they are not generated here.
+    google = PROTOS / "google"
+    protos = sorted(
+        p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto") if not p.is_relative_to(google)
+    )
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:
         args = [

@@ -56,6 +56,34 @@ SUBJECT_KIND_COMPANY: SubjectKind.ValueType  # 4
 """A company (e.g. a software vendor acting under a mandate), by its enterprise (KBO/BCE) number."""
 Global___SubjectKind: _TypeAlias = SubjectKind  # noqa: Y015
 
+class _SigningKeyState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SigningKeyStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SigningKeyState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIGNING_KEY_STATE_UNSPECIFIED: _SigningKeyState.ValueType  # 0
+    """Not given (answers of older servers)."""
+    SIGNING_KEY_STATE_NEXT: _SigningKeyState.ValueType  # 1
+    """Published, not signing yet: it will sign after the next rotation."""
+    SIGNING_KEY_STATE_CURRENT: _SigningKeyState.ValueType  # 2
+    """Signs the tokens issued now."""
+    SIGNING_KEY_STATE_RETIRED: _SigningKeyState.ValueType  # 3
+    """Stopped signing; verifies until the tokens it signed expire."""
+
+class SigningKeyState(_SigningKeyState, metaclass=_SigningKeyStateEnumTypeWrapper):
+    """Life of a signing key."""
+
+SIGNING_KEY_STATE_UNSPECIFIED: SigningKeyState.ValueType  # 0
+"""Not given (answers of older servers)."""
+SIGNING_KEY_STATE_NEXT: SigningKeyState.ValueType  # 1
+"""Published, not signing yet: it will sign after the next rotation."""
+SIGNING_KEY_STATE_CURRENT: SigningKeyState.ValueType  # 2
+"""Signs the tokens issued now."""
+SIGNING_KEY_STATE_RETIRED: SigningKeyState.ValueType  # 3
+"""Stopped signing; verifies until the tokens it signed expire."""
+Global___SigningKeyState: _TypeAlias = SigningKeyState  # noqa: Y015
+
 @_typing.final
 class Subject(_message.Message):
     """Who authenticates."""
@@ -227,12 +255,15 @@ class SigningKey(_message.Message):
     PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     RETIRE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     """Key id, as in the token header "kid"."""
     algorithm: _builtins.str
     """JOSE algorithm, "EdDSA"."""
     public_key_pem: _builtins.str
     """The public key, PEM (SubjectPublicKeyInfo)."""
+    state: Global___SigningKeyState.ValueType
+    """Where the key is in its life: published ahead (NEXT), signing (CURRENT), or verifying only (RETIRED)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When this key started signing."""
@@ -249,10 +280,11 @@ class SigningKey(_message.Message):
         public_key_pem: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         retire_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___SigningKeyState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "retire_time", b"retire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "create_time", b"create_time", "key_id", b"key_id", "public_key_pem", b"public_key_pem", "retire_time", b"retire_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "create_time", b"create_time", "key_id", b"key_id", "public_key_pem", b"public_key_pem", "retire_time", b"retire_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,3 +611,57 @@ class RotateSigningKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RotateSigningKeyResponse: _TypeAlias = RotateSigningKeyResponse  # noqa: Y015
+
+@_typing.final
+class RevokeCredentialRequest(_message.Message):
+    """Request to revoke a credential."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    fingerprint: _builtins.str
+    """SHA-256 fingerprint (hex, 64 characters) of the key to revoke, as RegisterCredential answered it."""
+    @_builtins.property
+    def subject(self) -> Global___Subject:
+        """The party whose credential is revoked (a provider may name only itself)."""
+
+    def __init__(
+        self,
+        *,
+        subject: Global___Subject | None = ...,
+        fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCredentialRequest: _TypeAlias = RevokeCredentialRequest  # noqa: Y015
+
+@_typing.final
+class RevokeCredentialResponse(_message.Message):
+    """Answer to a credential revocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_FIELD_NUMBER: _builtins.int
+    ENDED_SESSIONS_FIELD_NUMBER: _builtins.int
+    revoked: _builtins.bool
+    """True when the credential was active until now (false: it was already revoked)."""
+    ended_sessions: _builtins.int
+    """Number of sessions opened with it that were ended."""
+    def __init__(
+        self,
+        *,
+        revoked: _builtins.bool = ...,
+        ended_sessions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_sessions", b"ended_sessions", "revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCredentialResponse: _TypeAlias = RevokeCredentialResponse  # noqa: Y015

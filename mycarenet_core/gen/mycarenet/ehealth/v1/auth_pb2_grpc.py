@@ -82,6 +82,11 @@ class AuthServiceStub:
                 request_serializer=mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.SerializeToString,
                 response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RotateSigningKeyResponse.FromString,
                 _registered_method=True)
+        self.RevokeCredential = channel.unary_unary(
+                '/mycarenet.ehealth.v1.AuthService/RevokeCredential',
+                request_serializer=mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RevokeCredentialRequest.SerializeToString,
+                response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RevokeCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class AuthServiceServicer:
@@ -137,15 +142,25 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterCredential(self, request, context):
-        """Register (or replace) the public key a subject authenticates with. Administrative.
+        """Register (or replace) the public key a subject authenticates with. Administrative (the eID binds a
+        key to a person): the admin certificate only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RotateSigningKey(self, request, context):
-        """Rotate the token signing key: a new key signs from now on; old keys keep verifying until their tokens
-        expire. Administrative.
+        """Rotate the token signing key: the key published at the previous rotation (state NEXT) signs from now
+        on, and a new NEXT key is published, so that verifiers know a key before any token is signed with it;
+        old keys keep verifying until their tokens expire. Administrative.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCredential(self, request, context):
+        """Revoke a subject's credential: it can no longer log in, and every session opened with it ends (the
+        revocation feed carries them). The administrator, or a provider for its own credential.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +208,11 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.RotateSigningKey,
                     request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.FromString,
                     response_serializer=mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RotateSigningKeyResponse.SerializeToString,
+            ),
+            'RevokeCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCredential,
+                    request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RevokeCredentialRequest.FromString,
+                    response_serializer=mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RevokeCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -418,6 +438,33 @@ class AuthService:
             '/mycarenet.ehealth.v1.AuthService/RotateSigningKey',
             mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RotateSigningKeyRequest.SerializeToString,
             mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RotateSigningKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mycarenet.ehealth.v1.AuthService/RevokeCredential',
+            mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RevokeCredentialRequest.SerializeToString,
+            mycarenet_dot_ehealth_dot_v1_dot_auth__pb2.RevokeCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,10 +56,17 @@ class AuthServiceStub:
     WatchRevocations: _grpc.UnaryStreamMultiCallable[_auth_pb2.WatchRevocationsRequest, _auth_pb2.WatchRevocationsResponse]
     """Revocations as they happen, after a sequence number (for verifiers that keep a local list)."""
     RegisterCredential: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RegisterCredentialRequest, _auth_pb2.RegisterCredentialResponse]
-    """Register (or replace) the public key a subject authenticates with. Administrative."""
+    """Register (or replace) the public key a subject authenticates with. Administrative (the eID binds a
+    key to a person): the admin certificate only.
+    """
     RotateSigningKey: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RotateSigningKeyRequest, _auth_pb2.RotateSigningKeyResponse]
-    """Rotate the token signing key: a new key signs from now on; old keys keep verifying until their tokens
-    expire. Administrative.
+    """Rotate the token signing key: the key published at the previous rotation (state NEXT) signs from now
+    on, and a new NEXT key is published, so that verifiers know a key before any token is signed with it;
+    old keys keep verifying until their tokens expire. Administrative.
+    """
+    RevokeCredential: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeCredentialRequest, _auth_pb2.RevokeCredentialResponse]
+    """Revoke a subject's credential: it can no longer log in, and every session opened with it ends (the
+    revocation feed carries them). The administrator, or a provider for its own credential.
     """
 
 @_typing.type_check_only
@@ -87,10 +94,17 @@ class AuthServiceAsyncStub(AuthServiceStub):
     WatchRevocations: _aio.UnaryStreamMultiCallable[_auth_pb2.WatchRevocationsRequest, _auth_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
     """Revocations as they happen, after a sequence number (for verifiers that keep a local list)."""
     RegisterCredential: _aio.UnaryUnaryMultiCallable[_auth_pb2.RegisterCredentialRequest, _auth_pb2.RegisterCredentialResponse]  # type: ignore[assignment]
-    """Register (or replace) the public key a subject authenticates with. Administrative."""
+    """Register (or replace) the public key a subject authenticates with. Administrative (the eID binds a
+    key to a person): the admin certificate only.
+    """
     RotateSigningKey: _aio.UnaryUnaryMultiCallable[_auth_pb2.RotateSigningKeyRequest, _auth_pb2.RotateSigningKeyResponse]  # type: ignore[assignment]
-    """Rotate the token signing key: a new key signs from now on; old keys keep verifying until their tokens
-    expire. Administrative.
+    """Rotate the token signing key: the key published at the previous rotation (state NEXT) signs from now
+    on, and a new NEXT key is published, so that verifiers know a key before any token is signed with it;
+    old keys keep verifying until their tokens expire. Administrative.
+    """
+    RevokeCredential: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeCredentialRequest, _auth_pb2.RevokeCredentialResponse]  # type: ignore[assignment]
+    """Revoke a subject's credential: it can no longer log in, and every session opened with it ends (the
+    revocation feed carries them). The administrator, or a provider for its own credential.
     """
 
 class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -157,7 +171,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.RegisterCredentialRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RegisterCredentialResponse, _abc.Awaitable[_auth_pb2.RegisterCredentialResponse]]:
-        """Register (or replace) the public key a subject authenticates with. Administrative."""
+        """Register (or replace) the public key a subject authenticates with. Administrative (the eID binds a
+        key to a person): the admin certificate only.
+        """
 
     @_abc_1.abstractmethod
     def RotateSigningKey(
@@ -165,8 +181,19 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.RotateSigningKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RotateSigningKeyResponse, _abc.Awaitable[_auth_pb2.RotateSigningKeyResponse]]:
-        """Rotate the token signing key: a new key signs from now on; old keys keep verifying until their tokens
-        expire. Administrative.
+        """Rotate the token signing key: the key published at the previous rotation (state NEXT) signs from now
+        on, and a new NEXT key is published, so that verifiers know a key before any token is signed with it;
+        old keys keep verifying until their tokens expire. Administrative.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeCredential(
+        self,
+        request: _auth_pb2.RevokeCredentialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_auth_pb2.RevokeCredentialResponse, _abc.Awaitable[_auth_pb2.RevokeCredentialResponse]]:
+        """Revoke a subject's credential: it can no longer log in, and every session opened with it ends (the
+        revocation feed carries them). The administrator, or a provider for its own credential.
         """
 
 def add_AuthServiceServicer_to_server(servicer: AuthServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ care organisations (medical houses, group practices) with their members.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as _common_pb2
@@ -486,3 +487,147 @@ class ListOrganisationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOrganisationsResponse: _TypeAlias = ListOrganisationsResponse  # noqa: Y015
+
+@_typing.final
+class CadastreChange(_message.Message):
+    """One change of the cadastre: the provider or organisation as it is after the change. Followers see no
+    NISS and no key: a provider's `niss` and `public_key_pem` are always empty here.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    ORGANISATION_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Position in the cadastre's change log (strictly increasing, no gaps guaranteed)."""
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was made."""
+
+    @_builtins.property
+    def provider(self) -> Global___CadastreProvider:
+        """A provider (created or replaced)."""
+
+    @_builtins.property
+    def organisation(self) -> Global___Organisation:
+        """An organisation with its members (created or replaced)."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+        provider: Global___CadastreProvider | None = ...,
+        organisation: Global___Organisation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "entry", b"entry", "organisation", b"organisation", "provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "entry", b"entry", "organisation", b"organisation", "provider", b"provider", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_entry: _TypeAlias = _typing.Literal["provider", "organisation"]  # noqa: Y015
+    _WhichOneofArgType_entry: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_entry) -> _WhichOneofReturnType_entry | None: ...
+
+Global___CadastreChange: _TypeAlias = CadastreChange  # noqa: Y015
+
+@_typing.final
+class ListCadastreChangesRequest(_message.Message):
+    """Request for the cadastre's changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """Return changes with a sequence number strictly greater than this."""
+    page_size: _builtins.int
+    """Maximum number to return (default 500, at most 5000)."""
+    def __init__(
+        self,
+        *,
+        after_sequence: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCadastreChangesRequest: _TypeAlias = ListCadastreChangesRequest  # noqa: Y015
+
+@_typing.final
+class ListCadastreChangesResponse(_message.Message):
+    """Changes in sequence order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    HEAD_SEQUENCE_FIELD_NUMBER: _builtins.int
+    head_sequence: _builtins.int
+    """The last sequence number of the log when answered (a follower is current once it reached it)."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CadastreChange]:
+        """The changes."""
+
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___CadastreChange] | None = ...,
+        head_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "head_sequence", b"head_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCadastreChangesResponse: _TypeAlias = ListCadastreChangesResponse  # noqa: Y015
+
+@_typing.final
+class WatchCadastreChangesRequest(_message.Message):
+    """Request to watch the cadastre's changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    after_sequence: _builtins.int
+    """Start after this sequence number."""
+    def __init__(
+        self,
+        *,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCadastreChangesRequest: _TypeAlias = WatchCadastreChangesRequest  # noqa: Y015
+
+@_typing.final
+class WatchCadastreChangesResponse(_message.Message):
+    """One change, as it happens."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def change(self) -> Global___CadastreChange:
+        """The change."""
+
+    def __init__(
+        self,
+        *,
+        change: Global___CadastreChange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchCadastreChangesResponse: _TypeAlias = WatchCadastreChangesResponse  # noqa: Y015

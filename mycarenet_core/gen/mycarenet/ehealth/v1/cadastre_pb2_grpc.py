@@ -66,6 +66,16 @@ class CadastreServiceStub:
                 request_serializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListOrganisationsRequest.SerializeToString,
                 response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListOrganisationsResponse.FromString,
                 _registered_method=True)
+        self.ListCadastreChanges = channel.unary_unary(
+                '/mycarenet.ehealth.v1.CadastreService/ListCadastreChanges',
+                request_serializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListCadastreChangesRequest.SerializeToString,
+                response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListCadastreChangesResponse.FromString,
+                _registered_method=True)
+        self.WatchCadastreChanges = channel.unary_stream(
+                '/mycarenet.ehealth.v1.CadastreService/WatchCadastreChanges',
+                request_serializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.WatchCadastreChangesRequest.SerializeToString,
+                response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.WatchCadastreChangesResponse.FromString,
+                _registered_method=True)
 
 
 class CadastreServiceServicer:
@@ -114,6 +124,21 @@ class CadastreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCadastreChanges(self, request, context):
+        """Changes of the cadastre after a sequence number, a page at a time (catch-up for followers: the
+        insurers and the hub follow the authentic source instead of being written one by one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCadastreChanges(self, request, context):
+        """Changes of the cadastre as they happen, after a sequence number (replays what the caller missed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CadastreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +171,16 @@ def add_CadastreServiceServicer_to_server(servicer, server):
                     servicer.ListOrganisations,
                     request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListOrganisationsRequest.FromString,
                     response_serializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListOrganisationsResponse.SerializeToString,
+            ),
+            'ListCadastreChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCadastreChanges,
+                    request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListCadastreChangesRequest.FromString,
+                    response_serializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListCadastreChangesResponse.SerializeToString,
+            ),
+            'WatchCadastreChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCadastreChanges,
+                    request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.WatchCadastreChangesRequest.FromString,
+                    response_serializer=mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.WatchCadastreChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +346,60 @@ class CadastreService:
             '/mycarenet.ehealth.v1.CadastreService/ListOrganisations',
             mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListOrganisationsRequest.SerializeToString,
             mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListOrganisationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCadastreChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mycarenet.ehealth.v1.CadastreService/ListCadastreChanges',
+            mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListCadastreChangesRequest.SerializeToString,
+            mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.ListCadastreChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCadastreChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mycarenet.ehealth.v1.CadastreService/WatchCadastreChanges',
+            mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.WatchCadastreChangesRequest.SerializeToString,
+            mycarenet_dot_ehealth_dot_v1_dot_cadastre__pb2.WatchCadastreChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,12 @@ class CadastreServiceStub:
     """Get one organisation by INAMI number."""
     ListOrganisations: _grpc.UnaryUnaryMultiCallable[_cadastre_pb2.ListOrganisationsRequest, _cadastre_pb2.ListOrganisationsResponse]
     """List organisations, a page at a time."""
+    ListCadastreChanges: _grpc.UnaryUnaryMultiCallable[_cadastre_pb2.ListCadastreChangesRequest, _cadastre_pb2.ListCadastreChangesResponse]
+    """Changes of the cadastre after a sequence number, a page at a time (catch-up for followers: the
+    insurers and the hub follow the authentic source instead of being written one by one).
+    """
+    WatchCadastreChanges: _grpc.UnaryStreamMultiCallable[_cadastre_pb2.WatchCadastreChangesRequest, _cadastre_pb2.WatchCadastreChangesResponse]
+    """Changes of the cadastre as they happen, after a sequence number (replays what the caller missed)."""
 
 @_typing.type_check_only
 class CadastreServiceAsyncStub(CadastreServiceStub):
@@ -66,6 +72,12 @@ class CadastreServiceAsyncStub(CadastreServiceStub):
     """Get one organisation by INAMI number."""
     ListOrganisations: _aio.UnaryUnaryMultiCallable[_cadastre_pb2.ListOrganisationsRequest, _cadastre_pb2.ListOrganisationsResponse]  # type: ignore[assignment]
     """List organisations, a page at a time."""
+    ListCadastreChanges: _aio.UnaryUnaryMultiCallable[_cadastre_pb2.ListCadastreChangesRequest, _cadastre_pb2.ListCadastreChangesResponse]  # type: ignore[assignment]
+    """Changes of the cadastre after a sequence number, a page at a time (catch-up for followers: the
+    insurers and the hub follow the authentic source instead of being written one by one).
+    """
+    WatchCadastreChanges: _aio.UnaryStreamMultiCallable[_cadastre_pb2.WatchCadastreChangesRequest, _cadastre_pb2.WatchCadastreChangesResponse]  # type: ignore[assignment]
+    """Changes of the cadastre as they happen, after a sequence number (replays what the caller missed)."""
 
 class CadastreServiceServicer(metaclass=_abc_1.ABCMeta):
     """Read and fill the cadastre. The write RPCs are administrative (used by the seeder and operators)."""
@@ -117,5 +129,23 @@ class CadastreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cadastre_pb2.ListOrganisationsResponse, _abc.Awaitable[_cadastre_pb2.ListOrganisationsResponse]]:
         """List organisations, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def ListCadastreChanges(
+        self,
+        request: _cadastre_pb2.ListCadastreChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cadastre_pb2.ListCadastreChangesResponse, _abc.Awaitable[_cadastre_pb2.ListCadastreChangesResponse]]:
+        """Changes of the cadastre after a sequence number, a page at a time (catch-up for followers: the
+        insurers and the hub follow the authentic source instead of being written one by one).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchCadastreChanges(
+        self,
+        request: _cadastre_pb2.WatchCadastreChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_cadastre_pb2.WatchCadastreChangesResponse], _abc.AsyncIterator[_cadastre_pb2.WatchCadastreChangesResponse]]:
+        """Changes of the cadastre as they happen, after a sequence number (replays what the caller missed)."""
 
 def add_CadastreServiceServicer_to_server(servicer: CadastreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

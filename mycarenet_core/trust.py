@@ -1,0 +1,412 @@
+"""The trust model of the mesh, read from ``trust.toml`` and enforced by one server interceptor.
+
+Every RPC of every service names, in ``trust.toml``, the grants that let a caller in: the client certificate
+it presents (what kind of party it is), whether a session token is needed (a provider acting for itself, or
+a person under a mandate the provider gave) and, with a session, the roles and the mandated service. The
+:class:`TrustInterceptor` enforces that before any handler runs, and leaves who called in context variables
+(:func:`current_peer`, :func:`current_grant`, :func:`current_session`) for the handler's own scope rules
+("only its own relations"). README's table is generated from the same file (``scripts/trust_table.py``).
+
+Without TLS (development only: ``--insecure``) no certificate exists; a caller then declares the
+certificate kind it stands for in the ``x-mcn-peer`` metadata (default ``client``), which is exactly as
+trustworthy as a plaintext network is. Health and reflection stay open to every peer the CA vouches for.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import enum
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from mycarenet_core.errors import McnCode, MeshError, permission_denied, unauthenticated
+from mycarenet_core.identifiers import Role
+from mycarenet_core.sessions import Caller, TokenVerifier, bearer_token, service_name
+
+TABLE_PATH = Path(__file__).with_name("trust.toml")
+PEER_METADATA = "x-mcn-peer"
+OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+
+class Certificate(enum.StrEnum):
+    """Kinds of client certificate of the mesh (the common name, or its prefix for ``oa-XXX``)."""
+
+    CLIENT = "client"
+    HUB = "hub"
+    EHEALTH = "ehealth"
+    OA = "oa"
+    BACKOFFICE = "backoffice"
+    ADMIN = "admin"
+
+
+class SessionNeed(enum.StrEnum):
+    """What a grant asks of the session token."""
+
+    NONE = "none"
+    PROVIDER = "provider"
+    MANDATED = "mandated"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One way into an RPC."""
+
+    certificate: Certificate
+    session: SessionNeed
+    roles: frozenset[Role] = frozenset()
+    service: str = ""
+    scope: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Every grant of one RPC (at most one per certificate kind)."""
+
+    method: str
+    grants: Mapping[Certificate, Grant]
+
+    @property
+    def service(self) -> str:
+        return self.method.split("/")[1]
+
+    @property
+    def name(self) -> str:
+        return self.method.split("/")[2]
+
+
+@dataclass(frozen=True)
+class TrustTable:
+    certificates: Mapping[Certificate, str]
+    sessions: Mapping[SessionNeed, str]
+    policies: Mapping[str, Policy]
+
+    def for_service(self, prefix: str) -> list[Policy]:
+        """The policies of the methods whose full name starts with ``/<prefix>``."""
+        return [p for m, p in self.policies.items() if m.startswith(f"/{prefix}")]
+
+
+def load_table(path: Path = TABLE_PATH) -> TrustTable:
+    """Parse and check the table (unknown kinds, duplicate methods or grants are errors)."""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    certificates = {Certificate(k): str(v) for k, v in data["certificates"].items()}
+    sessions = {SessionNeed(k): str(v) for k, v in data["sessions"].items()}
+    policies: dict[str, Policy] = {}
+    for entry in data["rpc"]:
+        method = str(entry["method"])
+        if method in policies:
+            raise ValueError(f"{path}: {method} appears twice")
+        grants: dict[Certificate, Grant] = {}
+        for raw in entry["grants"]:
+            grant = Grant(
+                certificate=Certificate(raw["certificate"]),
+                session=SessionNeed(raw["session"]),
+                roles=frozenset(Role[r] for r in raw.get("roles", ())),
+                service=str(raw.get("service", "")),
+                scope=str(raw.get("scope", "")),
+            )
+            if grant.certificate in grants:
+                raise ValueError(f"{path}: {method} grants {grant.certificate} twice")
+            if grant.session is SessionNeed.NONE and (grant.roles or grant.service):
+                raise ValueError(f"{path}: {method}: roles and service need a session")
+            if grant.session is SessionNeed.MANDATED and not grant.service:
+                raise ValueError(f"{path}: {method}: a mandated grant names its service")
+            grants[grant.certificate] = grant
+        policies[method] = Policy(method, grants)
+    return TrustTable(certificates, sessions, policies)
+
+
+TABLE = load_table()
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The party at the other end of the connection, from its certificate."""
+
+    certificate: Certificate | None
+    name: str
+    insurer_code: str = ""
+
+    @classmethod
+    def from_name(cls, name: str) -> Peer:
+        if name.startswith("oa-") and len(name) == 6 and name[3:].isdigit():
+            return cls(Certificate.OA, name, name[3:])
+        try:
+            return cls(Certificate(name), name)
+        except ValueError:
+            return cls(None, name)
+
+
+def peer_names(context: Any) -> list[str]:
+    """Names in the client certificate (CN and SANs) of an mTLS peer; empty without TLS."""
+    auth = context.auth_context()
+    names: list[str] = []
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth.get(key, ()):
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            if text not in names:
+                names.append(text)
+    return names
+
+
+def identify(context: Any, *, secure: bool) -> Peer:
+    """Who the peer is: the first name of its certificate that is a known kind; without TLS, the kind it
+    declares in ``x-mcn-peer`` (``client`` when it declares none)."""
+    if secure:
+        names = peer_names(context)
+        for name in names:
+            peer = Peer.from_name(name)
+            if peer.certificate is not None:
+                return peer
+        return Peer(None, names[0] if names else "")
+    for key, value in context.invocation_metadata() or ():
+        if key == PEER_METADATA:
+            return Peer.from_name(value.decode() if isinstance(value, bytes) else str(value))
+    return Peer(Certificate.CLIENT, "client")
+
+
+_peer: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("mcn_peer", default=None)
+_grant: contextvars.ContextVar[Grant | None] = contextvars.ContextVar("mcn_grant", default=None)
+_session: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("mcn_session", default=None)
+
+
+def current_peer() -> Peer:
+    """The peer of the running RPC (set by :class:`TrustInterceptor`)."""
+    peer = _peer.get()
+    if peer is None:
+        raise RuntimeError("no trust context: is the TrustInterceptor installed?")
+    return peer
+
+
+def current_grant() -> Grant:
+    """The grant the running RPC was let in by."""
+    grant = _grant.get()
+    if grant is None:
+        raise RuntimeError("no trust context: is the TrustInterceptor installed?")
+    return grant
+
+
+def current_session() -> Caller | None:
+    """The verified session of the running RPC, when its grant asks for one."""
+    return _session.get()
+
+
+def require_session() -> Caller:
+    """The verified session (the grant asked for one)."""
+    session = _session.get()
+    if session is None:
+        raise unauthenticated("MISSING_TOKEN", "this call needs a session")
+    return session
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """What the interceptor saw of one call, for the audit of the service (refusals included)."""
+
+    method: str
+    peer: Peer
+    session: Caller | None
+    outcome: str  # "OK" or the status code name
+    reason: str = ""
+    when: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+Observer = Callable[[CallRecord], None]
+
+
+def check_session(grant: Grant, session: Caller) -> None:
+    """The session rules of a grant: own session, mandate coverage, roles. PERMISSION_DENIED 140."""
+    if grant.session is SessionNeed.PROVIDER and session.principal:
+        raise permission_denied(
+            "MANDATE_NOT_ALLOWED",
+            "this call is made by the provider itself; a session under a mandate cannot make it",
+            code=McnCode.PROVIDER_NOT_ENTITLED,
+        )
+    if grant.session is SessionNeed.MANDATED and session.principal:
+        covered = {service_name(s) for s in session.mandate_services}
+        if grant.service not in covered:
+            raise permission_denied(
+                "MANDATE_NOT_COVERING",
+                f"the mandate {session.mandate_id} does not cover {grant.service}",
+                code=McnCode.PROVIDER_NOT_ENTITLED,
+            )
+    if not session.requester_inami:
+        raise permission_denied(
+            "MANDATE_REQUIRED",
+            "the session names no care provider: open it under a mandate",
+            code=McnCode.PROVIDER_NOT_ENTITLED,
+        )
+    if grant.roles:
+        role = session.role
+        if role is None or role not in grant.roles:
+            what = role.value if role else "session without a known role"
+            raise permission_denied(
+                "PROVIDER_NOT_ENTITLED",
+                f"a {what} may not use {grant.service or 'this service'}",
+                code=McnCode.PROVIDER_NOT_ENTITLED,
+            )
+
+
+class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Enforces :data:`TABLE` for every RPC of the server: certificate, then session, then roles.
+
+    ``verifier`` verifies session tokens (needed when a served method has a grant with a session);
+    ``observe`` receives a :class:`CallRecord` for every call that is refused here or that ends (for audit).
+    """
+
+    def __init__(
+        self,
+        *,
+        secure: bool,
+        verifier: TokenVerifier | None = None,
+        table: TrustTable = TABLE,
+        observe: Observer | None = None,
+    ) -> None:
+        self.secure = secure
+        self.verifier = verifier
+        self.table = table
+        self.observe = observe
+
+    async def admit(self, method: str, context: Any) -> tuple[Peer, Grant, Caller | None]:
+        """Who the caller is and by which grant it may call ``method``; raise the refusal otherwise."""
+        peer = identify(context, secure=self.secure)
+        _peer.set(peer)
+        policy = self.table.policies.get(method)
+        if policy is None:
+            raise permission_denied("METHOD_NOT_IN_TRUST_TABLE", f"{method} is open to no one")
+        grant = policy.grants.get(peer.certificate) if peer.certificate is not None else None
+        if grant is None:
+            allowed = ", ".join(sorted(policy.grants))
+            who = peer.name or "an anonymous peer"
+            raise permission_denied(
+                "CERTIFICATE_NOT_ALLOWED", f"{policy.name} answers {allowed} certificates, not {who}"
+            )
+        _grant.set(grant)
+        session: Caller | None = None
+        if grant.session is not SessionNeed.NONE:
+            if self.verifier is None:
+                raise RuntimeError(f"{method} needs sessions but the server has no token verifier")
+            session = await self.verifier.verify(bearer_token(context.invocation_metadata()))
+            _session.set(session)
+            check_session(grant, session)
+        return peer, grant, session
+
+    def _record(self, method: str, context: Any, error: BaseException | None) -> None:
+        if self.observe is None:
+            return
+        peer = _peer.get() or Peer(None, "")
+        if error is None:
+            outcome, reason = "OK", ""
+        elif isinstance(error, MeshError):
+            outcome, reason = error.status.name, error.reason
+        else:
+            code = context.code() if hasattr(context, "code") else None
+            outcome = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
+            reason = type(error).__name__
+        self.observe(CallRecord(method, peer, _session.get(), outcome, reason))
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_PREFIXES):
+            return handler
+        admit, record = self.admit, self._record
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: Any) -> Any:
+                error: BaseException | None = None
+                try:
+                    await admit(method, context)
+                    return await inner(request, context)
+                except BaseException as failed:
+                    error = failed
+                    raise
+                finally:
+                    record(method, context, error)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream: Any = handler.unary_stream
+
+            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+                error: BaseException | None = None
+                try:
+                    await admit(method, context)
+                    async for item in inner_stream(request, context):
+                        yield item
+                except BaseException as failed:
+                    error = failed
+                    raise
+                finally:
+                    record(method, context, error)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+
+def declare_peer(name: str) -> Any:
+    """Client interceptors that declare ``name`` as the certificate kind on a plaintext channel."""
+    metadata = ((PEER_METADATA, name),)
+
+    unary_base: Any = grpc.aio.UnaryUnaryClientInterceptor
+    stream_base: Any = grpc.aio.UnaryStreamClientInterceptor
+
+    class _Declare(unary_base, stream_base):  # type: ignore[misc]
+        async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+            return await continuation(_with(details, metadata), request)
+
+        async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+            return await continuation(_with(details, metadata), request)
+
+    return _Declare()
+
+
+def _with(details: Any, extra: tuple[tuple[str, str], ...]) -> Any:
+    present = [(k, v) for k, v in (details.metadata or ()) if k != PEER_METADATA]
+    return grpc.aio.ClientCallDetails(
+        details.method,
+        details.timeout,
+        grpc.aio.Metadata(*present, *extra),
+        details.credentials,
+        details.wait_for_ready,
+    )
+
+
+__all__ = [
+    "TABLE",
+    "CallRecord",
+    "Certificate",
+    "Grant",
+    "Peer",
+    "Policy",
+    "SessionNeed",
+    "TrustInterceptor",
+    "TrustTable",
+    "check_session",
+    "current_grant",
+    "current_peer",
+    "current_session",
+    "declare_peer",
+    "identify",
+    "load_table",
+    "require_session",
+]
