@@ -57,8 +57,14 @@ def open_channel(
     service_config: str | None = None,
     interceptors: Sequence[Any] = (),
     options: Sequence[tuple[str, Any]] = (),
+    identity: str | None = None,
 ) -> grpc.aio.Channel:
-    """An aio channel to ``target`` (host:port)."""
+    """An aio channel to ``target`` (host:port).
+
+    ``identity`` is the certificate kind this caller stands for (``hub``, ``oa-300``, ``admin`` ...). Under
+    TLS the certificate in ``credentials`` says it and ``identity`` is ignored; on a plaintext channel
+    (development only) it is declared in the ``x-mcn-peer`` metadata (see :mod:`mycarenet_core.trust`).
+    """
     opts: list[tuple[str, Any]] = [
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
@@ -68,5 +74,9 @@ def open_channel(
     if service_config:
         opts.append(("grpc.service_config", service_config))
     if credentials is None:
+        if identity is not None:
+            from mycarenet_core.trust import declare_peer
+
+            interceptors = [*declare_peer(identity), *interceptors]
         return grpc.aio.insecure_channel(target, options=opts, interceptors=list(interceptors) or None)
     return grpc.aio.secure_channel(target, credentials, options=opts, interceptors=list(interceptors) or None)

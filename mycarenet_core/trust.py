@@ -363,21 +363,22 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler
 
 
-def declare_peer(name: str) -> Any:
-    """Client interceptors that declare ``name`` as the certificate kind on a plaintext channel."""
+def declare_peer(name: str) -> list[Any]:
+    """Client interceptors (unary and streaming) that declare ``name`` as the certificate kind on a
+    plaintext channel. grpc.aio files an interceptor under one kind only, hence two objects."""
     metadata = ((PEER_METADATA, name),)
-
     unary_base: Any = grpc.aio.UnaryUnaryClientInterceptor
     stream_base: Any = grpc.aio.UnaryStreamClientInterceptor
 
-    class _Declare(unary_base, stream_base):  # type: ignore[misc]
+    class _Unary(unary_base):  # type: ignore[misc]
         async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
             return await continuation(_with(details, metadata), request)
 
+    class _Stream(stream_base):  # type: ignore[misc]
         async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
             return await continuation(_with(details, metadata), request)
 
-    return _Declare()
+    return [_Unary(), _Stream()]
 
 
 def _with(details: Any, extra: tuple[tuple[str, str], ...]) -> Any:
