@@ -27,15 +27,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mycarenet/ehealth/v1/cadastre.proto\x12\x14mycarenet.ehealth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mycarenet/common/v1/common.proto\"\xe8\x01\n\x10\x43\x61\x64\x61streProvider\x12\r\n\x05inami\x18\x01 \x01(\t\x12\x0c\n\x04niss\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12/\n\x04role\x18\x05 \x01(\x0e\x32!.mycarenet.common.v1.ProviderRole\x12-\n\x08validity\x18\x06 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x18\n\x10supervisor_inami\x18\x07 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x08 \x01(\t\"P\n\x12OrganisationMember\x12\r\n\x05inami\x18\x01 \x01(\t\x12+\n\x06period\x18\x02 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"\xcb\x01\n\x0cOrganisation\x12\r\n\x05inami\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x02 \x01(\x0e\x32&.mycarenet.ehealth.v1.OrganisationKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12-\n\x08validity\x18\x04 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x39\n\x07members\x18\x05 \x03(\x0b\x32(.mycarenet.ehealth.v1.OrganisationMember\"Q\n\x15UpsertProviderRequest\x12\x38\n\x08provider\x18\x01 \x01(\x0b\x32&.mycarenet.ehealth.v1.CadastreProvider\"c\n\x16UpsertProviderResponse\x12\x38\n\x08provider\x18\x01 \x01(\x0b\x32&.mycarenet.ehealth.v1.CadastreProvider\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"#\n\x12GetProviderRequest\x12\r\n\x05inami\x18\x01 \x01(\t\"l\n\x13GetProviderResponse\x12\x38\n\x08provider\x18\x01 \x01(\x0b\x32&.mycarenet.ehealth.v1.CadastreProvider\x12\x1b\n\x13organisation_inamis\x18\x02 \x03(\t\"n\n\x14ListProvidersRequest\x12/\n\x04role\x18\x01 \x01(\x0e\x32!.mycarenet.common.v1.ProviderRole\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x15ListProvidersResponse\x12\x39\n\tproviders\x18\x01 \x03(\x0b\x32&.mycarenet.ehealth.v1.CadastreProvider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x19UpsertOrganisationRequest\x12\x38\n\x0corganisation\x18\x01 \x01(\x0b\x32\".mycarenet.ehealth.v1.Organisation\"g\n\x1aUpsertOrganisationResponse\x12\x38\n\x0corganisation\x18\x01 \x01(\x0b\x32\".mycarenet.ehealth.v1.Organisation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\'\n\x16GetOrganisationRequest\x12\r\n\x05inami\x18\x01 \x01(\t\"S\n\x17GetOrganisationResponse\x12\x38\n\x0corganisation\x18\x01 \x01(\x0b\x32\".mycarenet.ehealth.v1.Organisation\"w\n\x18ListOrganisationsRequest\x12\x34\n\x04kind\x18\x01 \x01(\x0e\x32&.mycarenet.ehealth.v1.OrganisationKind\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x19ListOrganisationsResponse\x12\x39\n\rorganisations\x18\x01 \x03(\x0b\x32\".mycarenet.ehealth.v1.Organisation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd4\x01\n\x0e\x43\x61\x64\x61streChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0b\x63hange_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x08provider\x18\x03 \x01(\x0b\x32&.mycarenet.ehealth.v1.CadastreProviderH\x00\x12:\n\x0corganisation\x18\x04 \x01(\x0b\x32\".mycarenet.ehealth.v1.OrganisationH\x00\x42\x07\n\x05\x65ntry\"G\n\x1aListCadastreChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"k\n\x1bListCadastreChangesResponse\x12\x35\n\x07\x63hanges\x18\x01 \x03(\x0b\x32$.mycarenet.ehealth.v1.CadastreChange\x12\x15\n\rhead_sequence\x18\x02 \x01(\x03\"5\n\x1bWatchCadastreChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"T\n\x1cWatchCadastreChangesResponse\x12\x34\n\x06\x63hange\x18\x01 \x01(\x0b\x32$.mycarenet.ehealth.v1.CadastreChange*\x80\x01\n\x10OrganisationKind\x12!\n\x1dORGANISATION_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fORGANISATION_KIND_MEDICAL_HOUSE\x10\x01\x12$\n ORGANISATION_KIND_GROUP_PRACTICE\x10\x02\x32\xa8\x07\n\x0f\x43\x61\x64\x61streService\x12k\n\x0eUpsertProvider\x12+.mycarenet.ehealth.v1.UpsertProviderRequest\x1a,.mycarenet.ehealth.v1.UpsertProviderResponse\x12\x62\n\x0bGetProvider\x12(.mycarenet.ehealth.v1.GetProviderRequest\x1a).mycarenet.ehealth.v1.GetProviderResponse\x12h\n\rListProviders\x12*.mycarenet.ehealth.v1.ListProvidersRequest\x1a+.mycarenet.ehealth.v1.ListProvidersResponse\x12w\n\x12UpsertOrganisation\x12/.mycarenet.ehealth.v1.UpsertOrganisationRequest\x1a\x30.mycarenet.ehealth.v1.UpsertOrganisationResponse\x12n\n\x0fGetOrganisation\x12,.mycarenet.ehealth.v1.GetOrganisationRequest\x1a-.mycarenet.ehealth.v1.GetOrganisationResponse\x12t\n\x11ListOrganisations\x12..mycarenet.ehealth.v1.ListOrganisationsRequest\x1a/.mycarenet.ehealth.v1.ListOrganisationsResponse\x12z\n\x13ListCadastreChanges\x12\x30.mycarenet.ehealth.v1.ListCadastreChangesRequest\x1a\x31.mycarenet.ehealth.v1.ListCadastreChangesResponse\x12\x7f\n\x14WatchCadastreChanges\x12\x31.mycarenet.ehealth.v1.WatchCadastreChangesRequest\x1a\x32.mycarenet.ehealth.v1.WatchCadastreChangesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#mycarenet/ehealth/v1/cadastre.proto\x12\x14mycarenet.ehealth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mycarenet/common/v1/common.proto\"\xe8\x01\n\x10\x43\x61\x64\x61streProvider\x12\r\n\x05inami\x18\x01 \x01(\t\x12\x0c\n\x04niss\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12/\n\x04role\x18\x05 \x01(\x0e\x32!.mycarenet.common.v1.ProviderRole\x12-\n\x08validity\x18\x06 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x18\n\x10supervisor_inami\x18\x07 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x08 \x01(\t\"P\n\x12OrganisationMember\x12\r\n\x05inami\x18\x01 \x01(\t\x12+\n\x06period\x18\x02 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"\xcb\x01\n\x0cOrganisation\x12\r\n\x05inami\x18\x01 \x01(\t\x12\x34\n\x04kind\x18\x02 \x01(\x0e\x32&.mycarenet.ehealth.v1.OrganisationKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12-\n\x08validity\x18\x04 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x39\n\x07members\x18\x05 \x03(\x0b\x32(.mycarenet.ehealth.v1.OrganisationMember\"Q\n\x15UpsertProviderRequest\x12\x38\n\x08provider\x18\x01 \x01(\x0b\x32&.mycarenet.ehealth.v1.CadastreProvider\"|\n\x16UpsertProviderResponse\x12\x38\n\x08provider\x18\x01 \x01(\x0b\x32&.mycarenet.ehealth.v1.CadastreProvider\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x17\n\x0f\x63hange_sequence\x18\x03 \x01(\x03\"#\n\x12GetProviderRequest\x12\r\n\x05inami\x18\x01 \x01(\t\"l\n\x13GetProviderResponse\x12\x38\n\x08provider\x18\x01 \x01(\x0b\x32&.mycarenet.ehealth.v1.CadastreProvider\x12\x1b\n\x13organisation_inamis\x18\x02 \x03(\t\"n\n\x14ListProvidersRequest\x12/\n\x04role\x18\x01 \x01(\x0e\x32!.mycarenet.common.v1.ProviderRole\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"k\n\x15ListProvidersResponse\x12\x39\n\tproviders\x18\x01 \x03(\x0b\x32&.mycarenet.ehealth.v1.CadastreProvider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x19UpsertOrganisationRequest\x12\x38\n\x0corganisation\x18\x01 \x01(\x0b\x32\".mycarenet.ehealth.v1.Organisation\"\x80\x01\n\x1aUpsertOrganisationResponse\x12\x38\n\x0corganisation\x18\x01 \x01(\x0b\x32\".mycarenet.ehealth.v1.Organisation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x17\n\x0f\x63hange_sequence\x18\x03 \x01(\x03\"\'\n\x16GetOrganisationRequest\x12\r\n\x05inami\x18\x01 \x01(\t\"S\n\x17GetOrganisationResponse\x12\x38\n\x0corganisation\x18\x01 \x01(\x0b\x32\".mycarenet.ehealth.v1.Organisation\"w\n\x18ListOrganisationsRequest\x12\x34\n\x04kind\x18\x01 \x01(\x0e\x32&.mycarenet.ehealth.v1.OrganisationKind\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"o\n\x19ListOrganisationsResponse\x12\x39\n\rorganisations\x18\x01 \x03(\x0b\x32\".mycarenet.ehealth.v1.Organisation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd4\x01\n\x0e\x43\x61\x64\x61streChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0b\x63hange_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12:\n\x08provider\x18\x03 \x01(\x0b\x32&.mycarenet.ehealth.v1.CadastreProviderH\x00\x12:\n\x0corganisation\x18\x04 \x01(\x0b\x32\".mycarenet.ehealth.v1.OrganisationH\x00\x42\x07\n\x05\x65ntry\"G\n\x1aListCadastreChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"k\n\x1bListCadastreChangesResponse\x12\x35\n\x07\x63hanges\x18\x01 \x03(\x0b\x32$.mycarenet.ehealth.v1.CadastreChange\x12\x15\n\rhead_sequence\x18\x02 \x01(\x03\"5\n\x1bWatchCadastreChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"T\n\x1cWatchCadastreChangesResponse\x12\x34\n\x06\x63hange\x18\x01 \x01(\x0b\x32$.mycarenet.ehealth.v1.CadastreChange*\x80\x01\n\x10OrganisationKind\x12!\n\x1dORGANISATION_KIND_UNSPECIFIED\x10\x00\x12#\n\x1fORGANISATION_KIND_MEDICAL_HOUSE\x10\x01\x12$\n ORGANISATION_KIND_GROUP_PRACTICE\x10\x02\x32\xa8\x07\n\x0f\x43\x61\x64\x61streService\x12k\n\x0eUpsertProvider\x12+.mycarenet.ehealth.v1.UpsertProviderRequest\x1a,.mycarenet.ehealth.v1.UpsertProviderResponse\x12\x62\n\x0bGetProvider\x12(.mycarenet.ehealth.v1.GetProviderRequest\x1a).mycarenet.ehealth.v1.GetProviderResponse\x12h\n\rListProviders\x12*.mycarenet.ehealth.v1.ListProvidersRequest\x1a+.mycarenet.ehealth.v1.ListProvidersResponse\x12w\n\x12UpsertOrganisation\x12/.mycarenet.ehealth.v1.UpsertOrganisationRequest\x1a\x30.mycarenet.ehealth.v1.UpsertOrganisationResponse\x12n\n\x0fGetOrganisation\x12,.mycarenet.ehealth.v1.GetOrganisationRequest\x1a-.mycarenet.ehealth.v1.GetOrganisationResponse\x12t\n\x11ListOrganisations\x12..mycarenet.ehealth.v1.ListOrganisationsRequest\x1a/.mycarenet.ehealth.v1.ListOrganisationsResponse\x12z\n\x13ListCadastreChanges\x12\x30.mycarenet.ehealth.v1.ListCadastreChangesRequest\x1a\x31.mycarenet.ehealth.v1.ListCadastreChangesResponse\x12\x7f\n\x14WatchCadastreChanges\x12\x31.mycarenet.ehealth.v1.WatchCadastreChangesRequest\x1a\x32.mycarenet.ehealth.v1.WatchCadastreChangesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarenet.ehealth.v1.cadastre_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORGANISATIONKIND']._serialized_start=2294
-  _globals['_ORGANISATIONKIND']._serialized_end=2422
+  _globals['_ORGANISATIONKIND']._serialized_start=2345
+  _globals['_ORGANISATIONKIND']._serialized_end=2473
   _globals['_CADASTREPROVIDER']._serialized_start=129
   _globals['_CADASTREPROVIDER']._serialized_end=361
   _globals['_ORGANISATIONMEMBER']._serialized_start=363
@@ -45,37 +45,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTPROVIDERREQUEST']._serialized_start=651
   _globals['_UPSERTPROVIDERREQUEST']._serialized_end=732
   _globals['_UPSERTPROVIDERRESPONSE']._serialized_start=734
-  _globals['_UPSERTPROVIDERRESPONSE']._serialized_end=833
-  _globals['_GETPROVIDERREQUEST']._serialized_start=835
-  _globals['_GETPROVIDERREQUEST']._serialized_end=870
-  _globals['_GETPROVIDERRESPONSE']._serialized_start=872
-  _globals['_GETPROVIDERRESPONSE']._serialized_end=980
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=982
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1092
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1094
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1201
-  _globals['_UPSERTORGANISATIONREQUEST']._serialized_start=1203
-  _globals['_UPSERTORGANISATIONREQUEST']._serialized_end=1288
-  _globals['_UPSERTORGANISATIONRESPONSE']._serialized_start=1290
-  _globals['_UPSERTORGANISATIONRESPONSE']._serialized_end=1393
-  _globals['_GETORGANISATIONREQUEST']._serialized_start=1395
-  _globals['_GETORGANISATIONREQUEST']._serialized_end=1434
-  _globals['_GETORGANISATIONRESPONSE']._serialized_start=1436
-  _globals['_GETORGANISATIONRESPONSE']._serialized_end=1519
-  _globals['_LISTORGANISATIONSREQUEST']._serialized_start=1521
-  _globals['_LISTORGANISATIONSREQUEST']._serialized_end=1640
-  _globals['_LISTORGANISATIONSRESPONSE']._serialized_start=1642
-  _globals['_LISTORGANISATIONSRESPONSE']._serialized_end=1753
-  _globals['_CADASTRECHANGE']._serialized_start=1756
-  _globals['_CADASTRECHANGE']._serialized_end=1968
-  _globals['_LISTCADASTRECHANGESREQUEST']._serialized_start=1970
-  _globals['_LISTCADASTRECHANGESREQUEST']._serialized_end=2041
-  _globals['_LISTCADASTRECHANGESRESPONSE']._serialized_start=2043
-  _globals['_LISTCADASTRECHANGESRESPONSE']._serialized_end=2150
-  _globals['_WATCHCADASTRECHANGESREQUEST']._serialized_start=2152
-  _globals['_WATCHCADASTRECHANGESREQUEST']._serialized_end=2205
-  _globals['_WATCHCADASTRECHANGESRESPONSE']._serialized_start=2207
-  _globals['_WATCHCADASTRECHANGESRESPONSE']._serialized_end=2291
-  _globals['_CADASTRESERVICE']._serialized_start=2425
-  _globals['_CADASTRESERVICE']._serialized_end=3361
+  _globals['_UPSERTPROVIDERRESPONSE']._serialized_end=858
+  _globals['_GETPROVIDERREQUEST']._serialized_start=860
+  _globals['_GETPROVIDERREQUEST']._serialized_end=895
+  _globals['_GETPROVIDERRESPONSE']._serialized_start=897
+  _globals['_GETPROVIDERRESPONSE']._serialized_end=1005
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1007
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1117
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1119
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1226
+  _globals['_UPSERTORGANISATIONREQUEST']._serialized_start=1228
+  _globals['_UPSERTORGANISATIONREQUEST']._serialized_end=1313
+  _globals['_UPSERTORGANISATIONRESPONSE']._serialized_start=1316
+  _globals['_UPSERTORGANISATIONRESPONSE']._serialized_end=1444
+  _globals['_GETORGANISATIONREQUEST']._serialized_start=1446
+  _globals['_GETORGANISATIONREQUEST']._serialized_end=1485
+  _globals['_GETORGANISATIONRESPONSE']._serialized_start=1487
+  _globals['_GETORGANISATIONRESPONSE']._serialized_end=1570
+  _globals['_LISTORGANISATIONSREQUEST']._serialized_start=1572
+  _globals['_LISTORGANISATIONSREQUEST']._serialized_end=1691
+  _globals['_LISTORGANISATIONSRESPONSE']._serialized_start=1693
+  _globals['_LISTORGANISATIONSRESPONSE']._serialized_end=1804
+  _globals['_CADASTRECHANGE']._serialized_start=1807
+  _globals['_CADASTRECHANGE']._serialized_end=2019
+  _globals['_LISTCADASTRECHANGESREQUEST']._serialized_start=2021
+  _globals['_LISTCADASTRECHANGESREQUEST']._serialized_end=2092
+  _globals['_LISTCADASTRECHANGESRESPONSE']._serialized_start=2094
+  _globals['_LISTCADASTRECHANGESRESPONSE']._serialized_end=2201
+  _globals['_WATCHCADASTRECHANGESREQUEST']._serialized_start=2203
+  _globals['_WATCHCADASTRECHANGESREQUEST']._serialized_end=2256
+  _globals['_WATCHCADASTRECHANGESRESPONSE']._serialized_start=2258
+  _globals['_WATCHCADASTRECHANGESRESPONSE']._serialized_end=2342
+  _globals['_CADASTRESERVICE']._serialized_start=2476
+  _globals['_CADASTRESERVICE']._serialized_end=3412
 # @@protoc_insertion_point(module_scope)

@@ -202,8 +202,13 @@ class UpsertProviderResponse(_message.Message):
 
     PROVIDER_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    CHANGE_SEQUENCE_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """True when it did not exist before."""
+    change_sequence: _builtins.int
+    """Sequence of the change in the cadastre's change log (0 when nothing changed); a follower that reached
+    it knows the provider as stored.
+    """
     @_builtins.property
     def provider(self) -> Global___CadastreProvider:
         """The provider as stored."""
@@ -213,10 +218,11 @@ class UpsertProviderResponse(_message.Message):
         *,
         provider: Global___CadastreProvider | None = ...,
         created: _builtins.bool = ...,
+        change_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_sequence", b"change_sequence", "created", b"created", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -364,8 +370,11 @@ class UpsertOrganisationResponse(_message.Message):
 
     ORGANISATION_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    CHANGE_SEQUENCE_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """True when it did not exist before."""
+    change_sequence: _builtins.int
+    """Sequence of the change in the cadastre's change log (0 when nothing changed)."""
     @_builtins.property
     def organisation(self) -> Global___Organisation:
         """The organisation as stored."""
@@ -375,10 +384,11 @@ class UpsertOrganisationResponse(_message.Message):
         *,
         organisation: Global___Organisation | None = ...,
         created: _builtins.bool = ...,
+        change_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["organisation", b"organisation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "organisation", b"organisation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_sequence", b"change_sequence", "created", b"created", "organisation", b"organisation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

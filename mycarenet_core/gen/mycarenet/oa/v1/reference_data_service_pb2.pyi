@@ -277,3 +277,46 @@ class ListTariffsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTariffsResponse: _TypeAlias = ListTariffsResponse  # noqa: Y015
+
+@_typing.final
+class GetCadastrePositionRequest(_message.Message):
+    """Request for the cadastre position."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCadastrePositionRequest: _TypeAlias = GetCadastrePositionRequest  # noqa: Y015
+
+@_typing.final
+class GetCadastrePositionResponse(_message.Message):
+    """How far the insurer has followed the cadastre."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FOLLOWING_FIELD_NUMBER: _builtins.int
+    applied_sequence: _builtins.int
+    """Sequence of the last cadastre change applied (0 before the first)."""
+    following: _builtins.bool
+    """True while the node holds an open watch on eHealth's cadastre (changes arrive as they happen)."""
+    def __init__(
+        self,
+        *,
+        applied_sequence: _builtins.int = ...,
+        following: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "following", b"following"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCadastrePositionResponse: _TypeAlias = GetCadastrePositionResponse  # noqa: Y015

@@ -51,6 +51,11 @@ class ReferenceDataServiceStub:
                 request_serializer=mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.ListTariffsRequest.SerializeToString,
                 response_deserializer=mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.ListTariffsResponse.FromString,
                 _registered_method=True)
+        self.GetCadastrePosition = channel.unary_unary(
+                '/mycarenet.oa.v1.ReferenceDataService/GetCadastrePosition',
+                request_serializer=mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.GetCadastrePositionRequest.SerializeToString,
+                response_deserializer=mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.GetCadastrePositionResponse.FromString,
+                _registered_method=True)
 
 
 class ReferenceDataServiceServicer:
@@ -78,6 +83,13 @@ class ReferenceDataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCadastrePosition(self, request, context):
+        """How far this insurer has followed eHealth's cadastre (its providers and organisations come from there).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReferenceDataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +107,11 @@ def add_ReferenceDataServiceServicer_to_server(servicer, server):
                     servicer.ListTariffs,
                     request_deserializer=mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.ListTariffsRequest.FromString,
                     response_serializer=mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.ListTariffsResponse.SerializeToString,
+            ),
+            'GetCadastrePosition': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCadastrePosition,
+                    request_deserializer=mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.GetCadastrePositionRequest.FromString,
+                    response_serializer=mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.GetCadastrePositionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +196,33 @@ class ReferenceDataService:
             '/mycarenet.oa.v1.ReferenceDataService/ListTariffs',
             mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.ListTariffsRequest.SerializeToString,
             mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.ListTariffsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCadastrePosition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mycarenet.oa.v1.ReferenceDataService/GetCadastrePosition',
+            mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.GetCadastrePositionRequest.SerializeToString,
+            mycarenet_dot_oa_dot_v1_dot_reference__data__service__pb2.GetCadastrePositionResponse.FromString,
             options,
             channel_credentials,
             insecure,

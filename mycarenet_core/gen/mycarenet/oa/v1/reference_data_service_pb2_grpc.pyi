@@ -42,6 +42,8 @@ class ReferenceDataServiceStub:
     """Create or replace the membership of a group practice or medical house."""
     ListTariffs: _grpc.UnaryUnaryMultiCallable[_reference_data_service_pb2.ListTariffsRequest, _reference_data_service_pb2.ListTariffsResponse]
     """The DMG tariff in force."""
+    GetCadastrePosition: _grpc.UnaryUnaryMultiCallable[_reference_data_service_pb2.GetCadastrePositionRequest, _reference_data_service_pb2.GetCadastrePositionResponse]
+    """How far this insurer has followed eHealth's cadastre (its providers and organisations come from there)."""
 
 @_typing.type_check_only
 class ReferenceDataServiceAsyncStub(ReferenceDataServiceStub):
@@ -54,6 +56,8 @@ class ReferenceDataServiceAsyncStub(ReferenceDataServiceStub):
     """Create or replace the membership of a group practice or medical house."""
     ListTariffs: _aio.UnaryUnaryMultiCallable[_reference_data_service_pb2.ListTariffsRequest, _reference_data_service_pb2.ListTariffsResponse]  # type: ignore[assignment]
     """The DMG tariff in force."""
+    GetCadastrePosition: _aio.UnaryUnaryMultiCallable[_reference_data_service_pb2.GetCadastrePositionRequest, _reference_data_service_pb2.GetCadastrePositionResponse]  # type: ignore[assignment]
+    """How far this insurer has followed eHealth's cadastre (its providers and organisations come from there)."""
 
 class ReferenceDataServiceServicer(metaclass=_abc_1.ABCMeta):
     """Load reference data (back office, seeding)."""
@@ -81,5 +85,13 @@ class ReferenceDataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_reference_data_service_pb2.ListTariffsResponse, _abc.Awaitable[_reference_data_service_pb2.ListTariffsResponse]]:
         """The DMG tariff in force."""
+
+    @_abc_1.abstractmethod
+    def GetCadastrePosition(
+        self,
+        request: _reference_data_service_pb2.GetCadastrePositionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reference_data_service_pb2.GetCadastrePositionResponse, _abc.Awaitable[_reference_data_service_pb2.GetCadastrePositionResponse]]:
+        """How far this insurer has followed eHealth's cadastre (its providers and organisations come from there)."""
 
 def add_ReferenceDataServiceServicer_to_server(servicer: ReferenceDataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
