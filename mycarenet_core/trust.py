@@ -213,6 +213,7 @@ class CallRecord:
     session: Caller | None
     outcome: str  # "OK" or the status code name
     reason: str = ""
+    codes: tuple[int, ...] = ()  # the MyCareNet codes of a refusal (140 ...)
     when: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
@@ -300,15 +301,16 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if self.observe is None:
             return
         peer = _peer.get() or Peer(None, "")
+        codes: tuple[int, ...] = ()
         if error is None:
             outcome, reason = "OK", ""
         elif isinstance(error, MeshError):
-            outcome, reason = error.status.name, error.reason
+            outcome, reason, codes = error.status.name, error.reason, error.codes
         else:
             code = context.code() if hasattr(context, "code") else None
             outcome = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
             reason = type(error).__name__
-        self.observe(CallRecord(method, peer, _session.get(), outcome, reason))
+        self.observe(CallRecord(method, peer, _session.get(), outcome, reason, codes))
 
     async def intercept_service(
         self,
