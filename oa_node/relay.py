@@ -70,8 +70,13 @@ class OutboxRelay:
 
     def start(self) -> None:
         if self._task is None:
+            # The hub takes this insurer's messages only from its own node (trust.toml): on a plaintext
+            # channel the node declares itself; under TLS its certificate says it.
             self._channel = open_channel(
-                self._target, credentials=self._credentials, interceptors=self._interceptors
+                self._target,
+                credentials=self._credentials,
+                interceptors=self._interceptors,
+                identity=f"oa-{self.insurer_code}",
             )
             self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.insurer_code}")
 
