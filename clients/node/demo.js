@@ -4,15 +4,17 @@
 //   node clients/node/demo.js --cluster var/cluster/cluster.json [--wait 30]
 //
 // GP B logs in, consults the demo patient (GP A holds the DMG), notifies (B takes it over); GP A logs in,
-// finds the closure in the mailbox and confirms it. Reads the addresses, the client certificate (mutual
+// finds the closure in the mailbox and confirms it. First, two calls the trust model refuses (no session;
+// a key registration with the shared client certificate), with their decoded google.rpc.Status. Reads the addresses, the client certificate (mutual
 // TLS), the providers' keys and the demo identities from the cluster description. Prints one JSON object
 // per step on stdout; exits 1 on the first failure.
 
+import { generateKeyPairSync } from "node:crypto";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 
-import { connect } from "./mycarenet.js";
+import { connect, toDate as toDateOf } from "./mycarenet.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -41,10 +43,39 @@ function client() {
   });
 }
 
+/** The step's fields for a call that must be refused (the rich error decoded from the trailers). */
+async function refused(name, promise) {
+  try {
+    await promise;
+    step(name, { refused: false });
+  } catch (error) {
+    step(name, { refused: true, status: error.status, reason: error.reason, codes: error.codes });
+  }
+}
+
 async function main() {
   const b = client();
   const a = client();
   try {
+    // The shared provider-software certificate proves no one: no session, no consult; no key registration.
+    await refused(
+      "refused_without_session",
+      b.call(b.dmg, "ConsultDmg", { patient: { niss: patient }, request_date: toDateOf(today) }, { auth: false }),
+    );
+    const { publicKey } = generateKeyPairSync("ed25519");
+    await refused(
+      "refused_credential",
+      b.call(
+        b.auth,
+        "RegisterCredential",
+        {
+          subject: { kind: "SUBJECT_KIND_PROVIDER", id: gpA },
+          public_key_pem: publicKey.export({ type: "spki", format: "pem" }),
+        },
+        { auth: false },
+      ),
+    );
+
     const sessionB = await b.login(gpB, keyOf(gpB));
     step("login", { subject: gpB, session_id: sessionB.session_id });
 

@@ -14,6 +14,7 @@ import { fileURLToPath } from "node:url";
 
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
+import protobuf from "protobufjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const PROTOS = path.resolve(HERE, "..", "..", "protos");
@@ -37,7 +38,54 @@ export function loadContracts(protosDir = PROTOS) {
   return grpc.loadPackageDefinition(definition);
 }
 
-/** A failed call: the gRPC status (number and name) and the server's message. */
+/** googleapis' rich-error messages (google.rpc.Status and its details), from the copies in protos/google/. */
+export function loadErrorTypes(protosDir = PROTOS) {
+  const root = new protobuf.Root();
+  // google/protobuf/*.proto are built into protobufjs; everything else is under protos/.
+  root.resolvePath = (_origin, target) => (protobuf.common[target] ? target : path.join(protosDir, target));
+  root.loadSync(["google/rpc/status.proto", "google/rpc/error_details.proto"]);
+  return {
+    Status: root.lookupType("google.rpc.Status"),
+    byUrl: {
+      "type.googleapis.com/google.rpc.ErrorInfo": root.lookupType("google.rpc.ErrorInfo"),
+      "type.googleapis.com/google.rpc.BadRequest": root.lookupType("google.rpc.BadRequest"),
+      "type.googleapis.com/google.rpc.RetryInfo": root.lookupType("google.rpc.RetryInfo"),
+    },
+  };
+}
+
+let errorTypes = null;
+
+/** The google.rpc.Status details of a failed call: { reason, codes, violations, retryAfterSeconds }. */
+export function richError(metadata) {
+  const raw = metadata?.get("grpc-status-details-bin")?.[0];
+  const out = { reason: null, codes: [], violations: [], retryAfterSeconds: null };
+  if (!raw) return out;
+  errorTypes ??= loadErrorTypes();
+  const status = errorTypes.Status.decode(raw);
+  for (const any of status.details) {
+    const type = errorTypes.byUrl[any.type_url ?? any.typeUrl];
+    if (!type) continue;
+    const detail = type.toObject(type.decode(any.value), { longs: Number });
+    if (detail.reason !== undefined) {
+      out.reason = detail.reason;
+      const codes = detail.metadata?.mycarenet_codes;
+      if (codes) out.codes = codes.split(",").map(Number);
+    } else if (detail.fieldViolations) {
+      out.violations = detail.fieldViolations.map((v) => ({
+        field: v.field,
+        code: Number(v.description.split(":")[0]) || null,
+        description: v.description,
+      }));
+    } else if (detail.retryDelay) {
+      out.retryAfterSeconds = Number(detail.retryDelay.seconds ?? 0) + (detail.retryDelay.nanos ?? 0) / 1e9;
+    }
+  }
+  return out;
+}
+
+/** A failed call: the gRPC status (number and name), the server's message, and the rich details (reason,
+ * MyCareNet codes, field violations) decoded from the google.rpc.Status in the trailers. */
 export class MyCareNetError extends Error {
   constructor(error) {
     super(`${grpc.status[error.code] ?? error.code}: ${error.details}`);
@@ -45,6 +93,7 @@ export class MyCareNetError extends Error {
     this.status = grpc.status[error.code];
     this.details = error.details;
     this.metadata = error.metadata;
+    Object.assign(this, richError(error.metadata));
   }
 }
 

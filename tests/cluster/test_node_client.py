@@ -49,6 +49,13 @@ def test_node_client_plays_login_consult_notify_mailbox(sqlite_cluster: Cluster)
         event = json.loads(line)
         steps.setdefault(event.pop("step"), []).append(event)
     demo = desc["demo"]
+    # The trust model, read by a client built from protos/ alone (google.rpc.Status decoded in Node).
+    assert steps["refused_without_session"] == [
+        {"refused": True, "status": "UNAUTHENTICATED", "reason": "MISSING_TOKEN", "codes": []}
+    ]
+    assert steps["refused_credential"] == [
+        {"refused": True, "status": "PERMISSION_DENIED", "reason": "CERTIFICATE_NOT_ALLOWED", "codes": []}
+    ]
     assert [s["subject"] for s in steps["login"]] == [demo["gp_b"], demo["gp_a"]]
     (consult,) = steps["consult"]
     assert consult["holder"] == demo["gp_a"]
