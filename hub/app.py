@@ -14,7 +14,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.audit import AuditLog
-from hub.auth import TokenVerifier
+from hub.auth import HubTrust, TokenVerifier
 from hub.feeds import AffiliationFollower, RevocationFollower, run_periodically
 from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.patient_list import ListPolicy, PatientListWorker
@@ -30,6 +30,7 @@ from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
 from mycarenet_core.telemetry import SampledGauge, Telemetry
+from mycarenet_core.trust import TABLE, TrustTable
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +85,11 @@ class HubApp:
         throttle: ThrottleConfig | None = None,
         tuning: HubTuning | None = None,
         telemetry: Telemetry | None = None,
+        trust_table: TrustTable = TABLE,
     ) -> HubApp:
         """Build the hub; with ``telemetry``: server spans and metrics, client spans and per-OA duration
-        histograms on the eHealth and OA channels, database spans, and the mailbox and routing gauges."""
+        histograms on the eHealth and OA channels, database spans, and the mailbox and routing gauges.
+        ``trust_table`` is who may call what (``mycarenet_core/trust.toml`` unless a test gives another)."""
         tuning = tuning or HubTuning()
         engine = create_engine(database_url)
         if telemetry is not None:
@@ -122,7 +125,6 @@ class HubApp:
             audit=AuditLog(sessions, clock),
             notifier=notifier,
             lists=PatientListWorker(sessions, oas, notifier, tuning.lists, clock, tracer=tracer),
-            mtls=server_credentials is not None,
             watch_poll_seconds=tuning.watch_poll_seconds,
             tracer=tracer,
         )
@@ -169,6 +171,14 @@ class HubApp:
             ],
             credentials=server_credentials,
             interceptors=telemetry.server_interceptors if telemetry else (),
+            # The trust model (trust.toml): the certificate under TLS, else the kind the peer declares; the
+            # session, roles and mandate before any handler; every refusal in the audit, with the reference.
+            trust=HubTrust(
+                secure=server_credentials is not None,
+                verifier=verifier,
+                table=trust_table,
+                observe=core.audit.observe,
+            ),
         )
         return cls(engine, core, server, tuning, gauges=gauges)
 

@@ -1,10 +1,18 @@
-"""The audit trail (seed 001 art. 3): one row per request — requester of record, executor, mandate,
-session, RPC, OA, outcome, codes, time. Rows are queued and written in batches off the request path."""
+"""The audit trail (seed 001 art. 3): one row per request — the certificate that called, requester of record,
+executor, mandate, session, RPC, OA, outcome, codes, time. Rows are queued and written in batches off the
+request path.
+
+A call that reaches its handler is recorded by the handler (:meth:`AuditLog.record`), which knows the
+requester reference, the insurers and the MyCareNet codes of the answer. A call refused before its handler
+(wrong certificate, no or bad token, a role or mandate outside the trust table) is recorded from the trust
+interceptor's :class:`~mycarenet_core.trust.CallRecord` (:meth:`AuditLog.observe`): every call has its row.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -12,13 +20,25 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from hub.auth import Caller
+from hub.auth import Caller, request_reference
 from hub.models import AuditRecord
 from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
 from mycarenet_core.errors import MeshError
+from mycarenet_core.trust import CallRecord, current_peer
 
 log = logging.getLogger(__name__)
+
+# Set when a handler audits the running call, so that the interceptor's record of it adds no second row.
+# Every RPC runs in a task of its own, whose context starts without it.
+_handled: contextvars.ContextVar[bool] = contextvars.ContextVar("hub_audit_handled", default=False)
+
+
+def _peer_name() -> str:
+    try:
+        return current_peer().name
+    except RuntimeError:  # no trust interceptor (a handler called directly)
+        return ""
 
 
 @dataclass
@@ -42,6 +62,7 @@ class AuditLog:
     async def record(self, rpc: str) -> AsyncIterator[AuditEntry]:
         """Audit the enclosed handler: the outcome is OK, or the MeshError's status, reason and codes."""
         entry = AuditEntry(rpc)
+        _handled.set(True)
         started = time.monotonic()
         outcome, reason, codes = "OK", "", ""
         try:
@@ -58,6 +79,7 @@ class AuditLog:
                 AuditRecord(
                     time=self._clock.now(),
                     rpc=rpc,
+                    peer=_peer_name()[:20],
                     requester_inami=caller.requester_inami if caller else "",
                     executor_id=caller.executor_id if caller else "",
                     executor_kind=caller.executor_kind if caller else "",
@@ -72,6 +94,30 @@ class AuditLog:
                 )
             )
             self._wake.set()
+
+    def observe(self, call: CallRecord) -> None:
+        """The trust interceptor's record of a call: a row when the handler did not write one (the call was
+        refused before it), with who called, the session when it verified, the outcome and the reason."""
+        if _handled.get():
+            return
+        caller = call.session
+        self._queue.append(
+            AuditRecord(
+                time=self._clock.now(),
+                rpc=call.method.rsplit("/", 1)[-1][:60],
+                peer=call.peer.name[:20],
+                requester_inami=caller.requester_inami if caller else "",
+                executor_id=caller.executor_id if caller else "",
+                executor_kind=caller.executor_kind if caller else "",
+                mandate_id=caller.mandate_id if caller else "",
+                session_id=caller.session_id if caller else "",
+                requester_reference=request_reference.get()[:200],
+                outcome=call.outcome[:30],
+                reason=call.reason[:60],
+                codes=",".join(map(str, call.codes))[:60],
+            )
+        )
+        self._wake.set()
 
     async def flush(self) -> None:
         if not self._queue:

@@ -104,6 +104,8 @@ class AuditRecord(HubBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     time: dt.datetime = Field(sa_column=_instant())
     rpc: str = Field(max_length=60)
+    # The certificate that called (client, oa-100, backoffice ...), as the trust interceptor identified it.
+    peer: str = Field(default="", max_length=20)
     requester_inami: str = Field(default="", max_length=11, index=True)
     executor_id: str = Field(default="", max_length=20)
     executor_kind: str = Field(default="", max_length=30)

@@ -1,4 +1,9 @@
-"""The hub's servicers: thin — authenticate, authorize, throttle, route, then call the OA (or the mailbox).
+"""The hub's servicers: thin — throttle, route, then call the OA (or the mailbox).
+
+Who may call what (certificate, session, roles, mandated service) is settled before a handler runs, by the
+trust interceptor over ``mycarenet_core/trust.toml``; a handler takes the verified session from it
+(:func:`hub.auth.session_caller`) and applies only the scope rules of its own: the requester's own
+mailbox, a therapeutic relation with the patient, an insurer delivering only its own messages.
 
 Public face: ``mycarenet.dmg.v1.DmgService`` and ``MailboxService``; internal face:
 ``mycarenet.hub.v1.MailboxIntakeService`` (OA outbox relays).
@@ -20,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import select
 
 from hub.audit import AuditEntry, AuditLog
-from hub.auth import Caller, HubService, TokenVerifier, authorize, bearer_token
+from hub.auth import Caller, TokenVerifier, current_peer, require_supervisor, session_caller
 from hub.mailbox import DEFAULT_PAGE, MAX_PAGE, MailboxNotifier, MailboxRepository
 from hub.models import PendingTransfer
 from hub.patient_list import PatientListWorker
@@ -68,7 +73,6 @@ from mycarenet_core.identifiers import (
     parse_member_number,
     parse_niss,
 )
-from mycarenet_core.server import peer_identities
 from mycarenet_core.telemetry import message_links
 
 log = logging.getLogger(__name__)
@@ -90,7 +94,6 @@ class HubCore:
     audit: AuditLog
     notifier: MailboxNotifier
     lists: PatientListWorker
-    mtls: bool = False
     watch_poll_seconds: float = 5.0
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
 
@@ -106,8 +109,9 @@ class HubCore:
         except MeshError as error:
             raise error.with_metadata(requester_reference=reference) from None
 
-    async def authenticate(self, context: Context, entry: AuditEntry) -> Caller:
-        caller = await self.verifier.verify(bearer_token(context.invocation_metadata()))
+    def caller(self, entry: AuditEntry) -> Caller:
+        """The session the trust interceptor verified for this call, recorded in its audit row."""
+        caller = session_caller()
         entry.caller = caller
         return caller
 
@@ -275,8 +279,7 @@ class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
     async def ConsultDmg(self, request: pub.ConsultDmgRequest, context: Context) -> pub.ConsultDmgResponse:
         core = self.core
         async with core.handling("ConsultDmg", request.requester_reference) as entry:
-            caller = await core.authenticate(context, entry)
-            authorize(caller, HubService.CONSULT)
+            caller = core.caller(entry)
             check_requester(request.requester_inami, caller)
             core.throttle.take(caller.requester_inami)
             on = dates.from_proto(request.request_date, "request_date")
@@ -304,15 +307,9 @@ class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
     async def NotifyDmg(self, request: pub.NotifyDmgRequest, context: Context) -> pub.NotifyDmgResponse:
         core = self.core
         async with core.handling("NotifyDmg", request.requester_reference) as entry:
-            caller = await core.authenticate(context, entry)
-            role = authorize(caller, HubService.NOTIFY)
+            caller = core.caller(entry)
             check_requester(request.requester_inami, caller)
-            if role.name == "GP_IN_TRAINING" and not request.supervisor_inami:
-                raise field_error(
-                    "supervisor_inami",
-                    McnCode.MANDATORY_FIELD_MISSING,
-                    "a GP in training notifies under a supervisor",
-                )
+            require_supervisor(caller, request.supervisor_inami)
             if not request.requester_reference:
                 raise field_error(
                     "requester_reference", McnCode.MANDATORY_FIELD_MISSING, "the reference is mandatory"
@@ -368,8 +365,7 @@ class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
     async def EnrolDmg(self, request: pub.EnrolDmgRequest, context: Context) -> pub.EnrolDmgResponse:
         core = self.core
         async with core.handling("EnrolDmg", request.requester_reference) as entry:
-            caller = await core.authenticate(context, entry)
-            authorize(caller, HubService.ENROL)
+            caller = core.caller(entry)
             codes = insurer_list(list(request.insurer_codes), core.oas, "insurer_codes")
             entry.insurer_codes = codes
             start = dates.optional_from_proto(request.start_date, "start_date") or core.clock.today()
@@ -433,8 +429,7 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
     ) -> mbx.PostPatientListResponse:
         core = self.core
         async with core.handling("PostPatientList", request.requester_reference) as entry:
-            caller = await core.authenticate(context, entry)
-            authorize(caller, HubService.PATIENT_LIST)
+            caller = core.caller(entry)
             if not request.requester_reference:
                 raise field_error(
                     "requester_reference", McnCode.MANDATORY_FIELD_MISSING, "the reference is mandatory"
@@ -461,8 +456,7 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
     async def GetMessages(self, request: mbx.GetMessagesRequest, context: Context) -> mbx.GetMessagesResponse:
         core = self.core
         async with core.handling("GetMessages") as entry:
-            caller = await core.authenticate(context, entry)
-            authorize(caller, HubService.MAILBOX)
+            caller = core.caller(entry)
             size = _page_size(request.page_size)
             after = _page_token(request.page_token)
             async with core.sessions() as session:
@@ -480,8 +474,7 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
     ) -> AsyncIterator[mbx.WatchMessagesResponse]:
         core = self.core
         async with core.handling("WatchMessages") as entry:
-            caller = await core.authenticate(context, entry)
-            authorize(caller, HubService.MAILBOX)
+            caller = core.caller(entry)
         recipient = caller.requester_inami
         loop = asyncio.get_running_loop()
         end_at = loop.time() + max(0.0, (caller.expires - core.clock.now()).total_seconds())
@@ -512,8 +505,7 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
     ) -> mbx.ConfirmMessagesResponse:
         core = self.core
         async with core.handling("ConfirmMessages") as entry:
-            caller = await core.authenticate(context, entry)
-            authorize(caller, HubService.MAILBOX)
+            caller = core.caller(entry)
             async with transaction(core.sessions) as session:
                 result = await MailboxRepository(session).confirm(
                     caller.requester_inami,
@@ -542,9 +534,12 @@ class MailboxIntakeServicer(mailbox_intake_service_pb2_grpc.MailboxIntakeService
             entry.insurer_codes = [code]
             if code not in INSURER_CODES:
                 raise field_error("insurer_code", McnCode.MUTUALITY_UNKNOWN, f"unknown insurer {code!r}")
-            if core.mtls and f"oa-{code}" not in peer_identities(context):
+            # The trust table lets only insurer nodes in; each delivers only the messages of the insurer its
+            # certificate names (without TLS: the oa-XXX it declares), never another's.
+            peer = current_peer()
+            if peer.insurer_code != code:
                 raise permission_denied(
-                    "NOT_THIS_INSURER", f"the client certificate is not that of oa-{code}"
+                    "NOT_THIS_INSURER", f"{peer.name} delivers only its own messages, not those of oa-{code}"
                 )
             bad: list[FieldViolation] = []
             for i, message in enumerate(request.messages):

@@ -41,6 +41,9 @@ EHEALTH_IDEMPOTENT = [
     ("mycarenet.ehealth.v1.TherapeuticRelationService", "TransferDmgRelation"),
     ("mycarenet.ehealth.v1.CadastreService", "GetProvider"),
 ]
+# The certificate kind the hub calls as (mycarenet_core.trust): under TLS its certificate says it, on a
+# plaintext channel (development only) the channel declares it.
+IDENTITY = "hub"
 # Reconnect quickly when a peer comes back (the default backoff grows to two minutes).
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -134,6 +137,7 @@ class OaClient:
             service_config=retry_service_config(OA_IDEMPOTENT),
             options=CHANNEL_OPTIONS,
             interceptors=interceptors,
+            identity=IDENTITY,
         )
         self.dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(self.channel)
         self.membership = membership_service_pb2_grpc.MembershipServiceStub(self.channel)
@@ -209,6 +213,7 @@ class EhealthClient:
             service_config=retry_service_config(EHEALTH_IDEMPOTENT),
             options=CHANNEL_OPTIONS,
             interceptors=interceptors,
+            identity=IDENTITY,
         )
         self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
         self.relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self.channel)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 ISSUER = "ehealth"
 AUDIENCE = "mycarenet"
 PROVIDER_KINDS = ("SUBJECT_KIND_PROVIDER", "SUBJECT_KIND_ORGANISATION", "PROVIDER", "ORGANISATION")
+# eHealth never issues a session for longer (SPEC §6). A longer token is refused even when its signature
+# verifies: a leaked or mis-minted signing key must not yield sessions that outlive every revocation list.
+MAX_SESSION_LIFETIME = dt.timedelta(hours=12)
 
 
 ROLE_TO_PROTO: dict[Role, common_pb2.ProviderRole.ValueType] = {
@@ -194,9 +197,15 @@ class TokenVerifier:
         now = self._clock.now().timestamp()
         try:
             exp = float(claims["exp"])
-            nbf = float(claims.get("nbf", claims["iat"]))
+            iat = float(claims["iat"])
+            nbf = float(claims.get("nbf", iat))
         except (TypeError, ValueError):
             raise unauthenticated("MALFORMED", "exp/nbf/iat must be numbers") from None
+        if exp - iat > MAX_SESSION_LIFETIME.total_seconds() + self._leeway:
+            raise unauthenticated(
+                "LIFETIME_TOO_LONG",
+                f"the session lasts {(exp - iat) / 3600:.1f} h; eHealth issues sessions of at most 12 h",
+            )
         if now > exp + self._leeway:
             raise unauthenticated("EXPIRED", "the session has expired")
         if now + self._leeway < nbf:
@@ -233,4 +242,4 @@ def bearer_token(metadata: Any) -> str:
     raise unauthenticated("MISSING_TOKEN", "no authorization metadata")
 
 
-__all__ = ["ROLE_TO_PROTO", "Caller", "TokenVerifier", "bearer_token", "service_name"]
+__all__ = ["MAX_SESSION_LIFETIME", "ROLE_TO_PROTO", "Caller", "TokenVerifier", "bearer_token", "service_name"]

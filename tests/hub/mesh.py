@@ -8,6 +8,12 @@ Usage::
         token = await mesh.login(mesh.people["gp_a"])
         answer = await mesh.dmg.ConsultDmg(request, metadata=bearer(token), timeout=5)
 
+Every call is made the way the trust model (``mycarenet_core/trust.toml``) says, with the certificate kind
+declared on the plaintext channels: provider software (``client``) logs in and calls the hub; what stands in
+for the authentic sources (providers, credentials, relations, mandates, members, reference data) is written
+by the ``admin``; a direct enrolment at an OA stands in for the hub (``hub``); an insurer delivers its
+mailbox messages as ``oa-XXX``.
+
 Later work (CLI, cluster tests) reuses :func:`running_mesh` and :class:`Mesh`.
 """
 
@@ -29,6 +35,7 @@ from hub.app import HubApp, HubTuning
 from hub.patient_list import ListPolicy
 from hub.throttle import ThrottleConfig
 from hub.upstream import CallPolicy
+from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import FixedClock
 from mycarenet_core.dates import to_proto
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
@@ -176,7 +183,8 @@ class Mesh:
         self.hub: HubApp | None = None
         self.hub_port = 0
         self._channels: list[grpc.aio.Channel] = []
-        self._ehealth_channel: grpc.aio.Channel | None = None
+        self._ehealth_channels: dict[str, grpc.aio.Channel] = {}
+        self._intakes: dict[str, mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub] = {}
         self.telemetry: Telemetry | None = None
 
     # --- plumbing ------------------------------------------------------------------------------------
@@ -184,18 +192,38 @@ class Mesh:
     def db(self, name: str) -> str:
         return f"sqlite+aiosqlite:///{self.tmp / (name + '.db')}"
 
-    def channel(self, port: int) -> grpc.aio.Channel:
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    def channel(self, port: int, identity: str = "client") -> grpc.aio.Channel:
+        """A plaintext channel declaring the certificate kind ``identity`` (client, admin, hub, oa-100...)."""
+        channel = open_channel(f"127.0.0.1:{port}", identity=identity)
         self._channels.append(channel)
+        return channel
+
+    def ehealth_as(self, identity: str) -> grpc.aio.Channel:
+        """One channel to eHealth per certificate kind (kept across an eHealth restart on the same port)."""
+        channel = self._ehealth_channels.get(identity)
+        if channel is None:
+            assert self.ehealth is not None
+            assert self.ehealth.port is not None
+            channel = self._ehealth_channels[identity] = self.channel(self.ehealth.port, identity)
         return channel
 
     @property
     def ehealth_channel(self) -> grpc.aio.Channel:
-        if self._ehealth_channel is None:
-            assert self.ehealth is not None
-            assert self.ehealth.port is not None
-            self._ehealth_channel = self.channel(self.ehealth.port)
-        return self._ehealth_channel
+        """eHealth as provider software sees it (login, logout, a provider's own calls)."""
+        return self.ehealth_as("client")
+
+    @property
+    def ehealth_admin(self) -> grpc.aio.Channel:
+        """eHealth as the sandbox administrator sees it (the authentic sources' writes)."""
+        return self.ehealth_as("admin")
+
+    def intake_for(self, code: str) -> mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub:
+        """The hub's mailbox intake as insurer node ``oa-<code>`` calls it."""
+        stub = self._intakes.get(code)
+        if stub is None:
+            channel = self.channel(self.hub_port, f"oa-{code}")
+            stub = self._intakes[code] = mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub(channel)
+        return stub
 
     async def start_oa(self, code: str) -> OaNodeApp:
         app = await OaNodeApp.create(
@@ -228,7 +256,6 @@ class Mesh:
         hub_channel = self.channel(self.hub_port)
         self.dmg = dmg_service_pb2_grpc.DmgServiceStub(hub_channel)
         self.mailbox = mailbox_service_pb2_grpc.MailboxServiceStub(hub_channel)
-        self.intake = mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub(hub_channel)
         return self.hub
 
     async def close(self) -> None:
@@ -244,7 +271,7 @@ class Mesh:
     # --- seeding -------------------------------------------------------------------------------------
 
     async def seed_ehealth(self) -> None:
-        cadastre = cadastre_pb2_grpc.CadastreServiceStub(self.ehealth_channel)
+        cadastre = cadastre_pb2_grpc.CadastreServiceStub(self.ehealth_admin)
         since = common_pb2.Period(start=to_proto(D(2000, 1, 1)))
         for p in self.people.values():
             await cadastre.UpsertProvider(
@@ -263,7 +290,7 @@ class Mesh:
             )
 
     async def seed_oa(self, code: str) -> None:
-        channel = self.channel(self.oa_ports[code])
+        channel = self.channel(self.oa_ports[code], "admin")
         ref = reference_data_service_pb2_grpc.ReferenceDataServiceStub(channel)
         await ref.UpsertProviders(
             rd.UpsertProvidersRequest(
@@ -285,7 +312,7 @@ class Mesh:
 
     async def upsert_members(self, code: str, members: Iterable[MemberSpec]) -> None:
         """Upsert members at one OA and wait until the hub's routing index has the change."""
-        stub = membership_service_pb2_grpc.MembershipServiceStub(self.channel(self.oa_ports[code]))
+        stub = membership_service_pb2_grpc.MembershipServiceStub(self.channel(self.oa_ports[code], "admin"))
         answer = await stub.UpsertMembers(
             ms.UpsertMembersRequest(
                 members=[
@@ -311,8 +338,8 @@ class Mesh:
         await self.hub.followers[code].wait_for(answer.last_sequence, 10)
 
     async def enrol_direct(self, code: str, person: Person) -> None:
-        """Enrol a GP at one OA directly (seeding), from 2020."""
-        stub = oa_dmg_service_pb2_grpc.OaDmgServiceStub(self.channel(self.oa_ports[code]))
+        """Enrol a GP at one OA directly (seeding), from 2020: the call the hub makes, as the hub."""
+        stub = oa_dmg_service_pb2_grpc.OaDmgServiceStub(self.channel(self.oa_ports[code], "hub"))
         context = context_pb2.RequestContext(
             requester_inami=person.inami,
             requester_role=person.role,
@@ -333,7 +360,7 @@ class Mesh:
         )
 
     async def relate(self, person: Person, member: MemberSpec, start: dt.date | None = None) -> None:
-        stub = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self.ehealth_channel)
+        stub = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self.ehealth_admin)
         await stub.RegisterRelation(
             tr.RegisterRelationRequest(
                 provider_inami=person.inami,
@@ -350,7 +377,7 @@ class Mesh:
                 await self.relate(self.people[name], member)
 
     async def mandate(self, principal: Person, person_niss: str, services: Sequence[int]) -> str:
-        stub = mandate_pb2_grpc.MandateServiceStub(self.ehealth_channel)
+        stub = mandate_pb2_grpc.MandateServiceStub(self.ehealth_admin)
         answer = await stub.CreateMandate(
             mandate_pb2.CreateMandateRequest(
                 mandate=mandate_pb2.Mandate(
@@ -397,16 +424,18 @@ class Mesh:
         )
         return session.token
 
-    async def register_person(self, person: Person) -> None:
-        """Register a person (no INAMI, e.g. a secretary) with its key, to act under a mandate."""
-        auth = auth_pb2_grpc.AuthServiceStub(self.ehealth_channel)
-        await auth.RegisterCredential(
+    async def register_person(self, person: Person) -> str:
+        """Register a person (no INAMI, e.g. a secretary) with its key, to act under a mandate (the admin
+        binds a key to a person, as the eID does); the key's fingerprint."""
+        auth = auth_pb2_grpc.AuthServiceStub(self.ehealth_admin)
+        answer = await auth.RegisterCredential(
             auth_pb2.RegisterCredentialRequest(
                 subject=auth_pb2.Subject(kind=auth_pb2.SUBJECT_KIND_PERSON, id=person.niss),
                 public_key_pem=person.public_pem,
             ),
             timeout=10,
         )
+        return answer.fingerprint
 
     async def logout(self, token: str) -> None:
         auth = auth_pb2_grpc.AuthServiceStub(self.ehealth_channel)

@@ -1,4 +1,5 @@
-"""Local token verification, the authorization matrix, throttling and the circuit breaker (no servers)."""
+"""Local token verification, the hub's rows of the trust table (SPEC §3's matrix), throttling and the circuit
+breaker (no servers)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub.auth import Caller, HubService, TokenVerifier, authorize, bearer_token
+from hub.auth import Caller, TokenVerifier, bearer_token, require_supervisor
 from hub.throttle import Throttle, ThrottleConfig
 from hub.upstream import CircuitBreaker
 from mycarenet_core.clock import FixedClock
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.identifiers import Profession, make_inami
+from mycarenet_core.trust import TABLE, Certificate, check_session
 
 NOW = dt.datetime(2025, 3, 4, 10, 0, tzinfo=dt.UTC)
 KEY = Ed25519PrivateKey.generate()
@@ -93,6 +95,8 @@ async def test_every_rejection_reason() -> None:
     assert await reason_of(verifier, token(aud="other")) == "WRONG_AUDIENCE"
     assert await reason_of(verifier, token(exp=int(NOW.timestamp()) - 120)) == "EXPIRED"
     assert await reason_of(verifier, token(nbf=int(NOW.timestamp()) + 120)) == "NOT_YET_VALID"
+    iat = int(NOW.timestamp())
+    assert await reason_of(verifier, token(iat=iat - 3600, exp=iat + 12 * 3600)) == "LIFETIME_TOO_LONG"
     verifier.revoke(auth_pb2.Revocation(sequence=1, session_id="s1"))
     assert await reason_of(verifier, token()) == "REVOKED"
     with pytest.raises(MeshError) as err:
@@ -101,6 +105,17 @@ async def test_every_rejection_reason() -> None:
     with pytest.raises(MeshError) as err:
         bearer_token([("authorization", "Basic abc")])
     assert err.value.reason == "MALFORMED"
+
+
+async def test_a_signed_token_lasting_more_than_twelve_hours_is_refused() -> None:
+    """eHealth issues at most 12 h: a longer token, even signed with eHealth's key, is refused."""
+    verifier = TokenVerifier(Keys(), FixedClock(NOW))
+    iat = int(NOW.timestamp())
+    twelve = await verifier.verify(token(exp=iat + 12 * 3600))
+    assert twelve.expires == NOW + dt.timedelta(hours=12)
+    with pytest.raises(MeshError) as err:
+        await verifier.verify(token(exp=iat + 13 * 3600))
+    assert (err.value.status.name, err.value.reason) == ("UNAUTHENTICATED", "LIFETIME_TOO_LONG")
 
 
 async def test_a_rotated_key_is_fetched_on_first_sight() -> None:
@@ -126,44 +141,75 @@ def caller(inami: str, principal: str = "", services: tuple[str, ...] = ()) -> C
     )
 
 
+CONSULT = "/mycarenet.dmg.v1.DmgService/ConsultDmg"
+NOTIFY = "/mycarenet.dmg.v1.DmgService/NotifyDmg"
+ENROL = "/mycarenet.dmg.v1.DmgService/EnrolDmg"
+PATIENT_LIST = "/mycarenet.dmg.v1.MailboxService/PostPatientList"
+MAILBOX = "/mycarenet.dmg.v1.MailboxService/GetMessages"
+
+
+def admit(method: str, session: Caller) -> None:
+    """What the trust interceptor checks of a provider software's session for ``method``."""
+    check_session(TABLE.policies[method].grants[Certificate.CLIENT], session)
+
+
 @pytest.mark.parametrize(
-    ("inami", "service", "allowed"),
+    ("inami", "method", "allowed"),
     [
-        (GP, HubService.CONSULT, True),
-        (TRAINEE, HubService.CONSULT, True),
-        (SPECIALIST, HubService.CONSULT, True),
-        (DENTIST, HubService.CONSULT, True),
-        (PHARMACIST, HubService.CONSULT, False),
-        (MEDICAL_HOUSE, HubService.CONSULT, False),
-        (GP, HubService.NOTIFY, True),
-        (TRAINEE, HubService.NOTIFY, True),
-        (SPECIALIST, HubService.NOTIFY, False),
-        (DENTIST, HubService.NOTIFY, False),
-        (GP, HubService.PATIENT_LIST, True),
-        (TRAINEE, HubService.PATIENT_LIST, False),
-        (SPECIALIST, HubService.PATIENT_LIST, False),
-        (GP, HubService.ENROL, True),
-        (DENTIST, HubService.ENROL, False),
+        (GP, CONSULT, True),
+        (TRAINEE, CONSULT, True),
+        (SPECIALIST, CONSULT, True),
+        (DENTIST, CONSULT, True),
+        (PHARMACIST, CONSULT, False),
+        (MEDICAL_HOUSE, CONSULT, False),
+        (GP, NOTIFY, True),
+        (TRAINEE, NOTIFY, True),
+        (SPECIALIST, NOTIFY, False),
+        (DENTIST, NOTIFY, False),
+        (GP, PATIENT_LIST, True),
+        (TRAINEE, PATIENT_LIST, False),
+        (SPECIALIST, PATIENT_LIST, False),
+        (GP, ENROL, True),
+        (DENTIST, ENROL, False),
+        (PHARMACIST, MAILBOX, True),
+        (MEDICAL_HOUSE, MAILBOX, True),
     ],
 )
-def test_matrix(inami: str, service: HubService, allowed: bool) -> None:
+def test_the_hubs_rows_of_the_trust_table_are_spec_3(inami: str, method: str, allowed: bool) -> None:
     if allowed:
-        authorize(caller(inami), service)
+        admit(method, caller(inami))
         return
     with pytest.raises(MeshError) as err:
-        authorize(caller(inami), service)
-    assert (err.value.status.name, err.value.code) == ("PERMISSION_DENIED", 140)
+        admit(method, caller(inami))
+    assert (err.value.status.name, err.value.reason, err.value.code) == (
+        "PERMISSION_DENIED",
+        "PROVIDER_NOT_ENTITLED",
+        140,
+    )
 
 
 def test_a_mandate_must_cover_the_service_and_the_principal_is_the_requester() -> None:
     mandated = caller("", GP, ("MANDATED_SERVICE_DMG_CONSULT",))
     assert mandated.requester_inami == GP
-    authorize(mandated, HubService.CONSULT)
+    admit(CONSULT, mandated)
     with pytest.raises(MeshError) as err:
-        authorize(mandated, HubService.NOTIFY)
-    assert err.value.reason == "MANDATE_NOT_COVERING"
-    with pytest.raises(MeshError):
-        authorize(caller(""), HubService.MAILBOX)  # a person without a mandate is nobody's requester
+        admit(NOTIFY, mandated)
+    assert (err.value.reason, err.value.code) == ("MANDATE_NOT_COVERING", 140)
+    with pytest.raises(MeshError) as err:
+        admit(MAILBOX, caller(""))  # a person without a mandate is nobody's requester
+    assert (err.value.status.name, err.value.reason, err.value.code) == (
+        "PERMISSION_DENIED",
+        "MANDATE_REQUIRED",
+        140,
+    )
+
+
+def test_a_gp_in_training_notifies_under_a_supervisor() -> None:
+    with pytest.raises(MeshError) as err:
+        require_supervisor(caller(TRAINEE), "")
+    assert (err.value.code, err.value.violations[0].field) == (100, "supervisor_inami")
+    require_supervisor(caller(TRAINEE), GP)
+    require_supervisor(caller(GP), "")
 
 
 def test_throttle_lets_a_burst_through_then_refuses_with_retry_info() -> None:

@@ -105,7 +105,7 @@ async def test_notify_matrix(mesh: Mesh) -> None:
     from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2 as tr
     from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2_grpc
 
-    relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(mesh.ehealth_channel)
+    relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(mesh.ehealth_admin)
     listed = await relations.ListRelations(
         tr.ListRelationsRequest(patient_niss=p100, valid_on=to_proto(TODAY)), timeout=5
     )

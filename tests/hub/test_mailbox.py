@@ -80,10 +80,10 @@ async def test_isolation_confirm_semantics_and_duplicates(mesh: Mesh) -> None:
     gp_a, gp_b = mesh.people["gp_a"], mesh.people["gp_b"]
     token_a, token_b = await mesh.login(gp_a), await mesh.login(gp_b)
     batch = [closure("iso-a1", gp_a.inami), closure("iso-a2", gp_a.inami), closure("iso-b1", gp_b.inami)]
-    first = await mesh.intake.DeliverMessages(
+    first = await mesh.intake_for("100").DeliverMessages(
         intake.DeliverMessagesRequest(insurer_code="100", messages=batch), timeout=5
     )
-    again = await mesh.intake.DeliverMessages(
+    again = await mesh.intake_for("100").DeliverMessages(
         intake.DeliverMessagesRequest(insurer_code="100", messages=batch[:2]), timeout=5
     )
     assert (list(first.stored_ids), list(first.duplicate_ids)) == (["iso-a1", "iso-a2", "iso-b1"], [])
@@ -113,7 +113,7 @@ async def test_isolation_confirm_semantics_and_duplicates(mesh: Mesh) -> None:
         "iso-b1"
     ]
     # a redelivery of a confirmed message does not bring it back
-    await mesh.intake.DeliverMessages(
+    await mesh.intake_for("100").DeliverMessages(
         intake.DeliverMessagesRequest(insurer_code="100", messages=batch), timeout=5
     )
     assert [m.message_id for m in await pending(mesh, token_a) if m.message_id.startswith("iso-")] == []
@@ -121,7 +121,7 @@ async def test_isolation_confirm_semantics_and_duplicates(mesh: Mesh) -> None:
     wrong = closure("iso-x", gp_a.inami)
     wrong.insurer_code = "300"
     error = await rejected(
-        mesh.intake.DeliverMessages(
+        mesh.intake_for("100").DeliverMessages(
             intake.DeliverMessagesRequest(insurer_code="100", messages=[wrong]), timeout=5
         )
     )
@@ -132,7 +132,7 @@ async def test_pagination_oldest_first(mesh: Mesh) -> None:
     gp_b = mesh.people["gp_b"]
     token = await mesh.login(gp_b)
     ids = [f"page-{i:02d}" for i in range(7)]
-    await mesh.intake.DeliverMessages(
+    await mesh.intake_for("200").DeliverMessages(
         intake.DeliverMessagesRequest(insurer_code="200", messages=[closure(i, gp_b.inami) for i in ids]),
         timeout=5,
     )
@@ -155,7 +155,7 @@ async def test_a_mandated_secretary_reads_the_principals_mailbox_only_with_the_m
     mesh: Mesh,
 ) -> None:
     gp_a = mesh.people["gp_a"]
-    await mesh.intake.DeliverMessages(
+    await mesh.intake_for("100").DeliverMessages(
         intake.DeliverMessagesRequest(insurer_code="100", messages=[closure("mand-1", gp_a.inami)]), timeout=5
     )
     with_mailbox = Person("sec1", "", make_niss(dt.date(1986, 6, 6), 611))
@@ -182,7 +182,7 @@ async def test_a_mandated_secretary_reads_the_principals_mailbox_only_with_the_m
 async def test_watch_sends_the_backlog_then_live_messages(mesh: Mesh) -> None:
     gp_c = mesh.people["gp_c"]
     token = await mesh.login(gp_c)
-    await mesh.intake.DeliverMessages(
+    await mesh.intake_for("100").DeliverMessages(
         intake.DeliverMessagesRequest(insurer_code="100", messages=[closure("watch-1", gp_c.inami)]),
         timeout=5,
     )
@@ -198,7 +198,7 @@ async def test_watch_sends_the_backlog_then_live_messages(mesh: Mesh) -> None:
     reader = asyncio.create_task(read())
     await asyncio.sleep(0.2)
     assert received == ["watch-1"]
-    await mesh.intake.DeliverMessages(
+    await mesh.intake_for("200").DeliverMessages(
         intake.DeliverMessagesRequest(
             insurer_code="200",
             messages=[closure("watch-2", gp_c.inami), closure("other", mesh.people["gp_b"].inami)],

@@ -44,7 +44,7 @@ async def test_a_postponed_relation_move_is_retried_until_ehealth_takes_it(tmp_p
                     break
             assert time.monotonic() < deadline, "the move was never pushed"
             await asyncio.sleep(0.1)
-        relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(mesh.ehealth_channel)
+        relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(mesh.ehealth_admin)
         check = await relations.CheckRelation(
             tr.CheckRelationRequest(provider_inami=gp, patient_niss=patient, date=to_proto(TODAY)), timeout=5
         )

@@ -63,7 +63,7 @@ async def test_token_rejections_rotation_and_revocation(tmp_path: Path) -> None:
             consult_request(mesh.members["p100"].niss), metadata=bearer(token), timeout=5
         )
         # rotation: new tokens carry a new kid, fetched on first sight; old tokens still verify
-        auth = auth_pb2_grpc.AuthServiceStub(mesh.ehealth_channel)
+        auth = auth_pb2_grpc.AuthServiceStub(mesh.ehealth_admin)
         await auth.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=5)
         fresh = await mesh.login(gp)
         assert jwt.get_unverified_header(fresh)["kid"] != header["kid"]
