@@ -184,7 +184,7 @@ class Mesh:
         self.hub_port = 0
         self._channels: list[grpc.aio.Channel] = []
         self._ehealth_channels: dict[str, grpc.aio.Channel] = {}
-        self._intakes: dict[str, mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub] = {}
+        self._intakes: dict[str, mailbox_intake_service_pb2_grpc.MailboxIntakeServiceAsyncStub] = {}
         self.telemetry: Telemetry | None = None
 
     # --- plumbing ------------------------------------------------------------------------------------
@@ -217,13 +217,12 @@ class Mesh:
         """eHealth as the sandbox administrator sees it (the authentic sources' writes)."""
         return self.ehealth_as("admin")
 
-    def intake_for(self, code: str) -> mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub:
+    def intake_for(self, code: str) -> mailbox_intake_service_pb2_grpc.MailboxIntakeServiceAsyncStub:
         """The hub's mailbox intake as insurer node ``oa-<code>`` calls it."""
-        stub = self._intakes.get(code)
-        if stub is None:
+        if code not in self._intakes:
             channel = self.channel(self.hub_port, f"oa-{code}")
-            stub = self._intakes[code] = mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub(channel)
-        return stub
+            self._intakes[code] = mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub(channel)
+        return self._intakes[code]
 
     async def start_oa(self, code: str) -> OaNodeApp:
         app = await OaNodeApp.create(
@@ -376,7 +375,9 @@ class Mesh:
             for member in self.members.values():
                 await self.relate(self.people[name], member)
 
-    async def mandate(self, principal: Person, person_niss: str, services: Sequence[int]) -> str:
+    async def mandate(
+        self, principal: Person, person_niss: str, services: Sequence[mandate_pb2.MandatedService.ValueType]
+    ) -> str:
         stub = mandate_pb2_grpc.MandateServiceStub(self.ehealth_admin)
         answer = await stub.CreateMandate(
             mandate_pb2.CreateMandateRequest(
