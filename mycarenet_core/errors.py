@@ -9,7 +9,6 @@ Clients turn a ``grpc.RpcError`` back into a :class:`MeshError` with :func:`pars
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,35 +18,10 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from mycarenet_core.codes import McnCode
+
 DOMAIN = "mycarenet.be"
 DETAILS_KEY = "grpc-status-details-bin"
-
-
-class McnCode(enum.IntEnum):
-    """MyCareNet numeric error codes (SPEC §3.5), kept so that real client software understands them."""
-
-    MANDATORY_FIELD_MISSING = 100
-    BAD_FORMAT = 111
-    BAD_CHECK_DIGIT = 112
-    IMPLAUSIBLE_DATE = 113
-    PATIENT_UNKNOWN = 120
-    MUTUALITY_UNKNOWN = 121
-    MEMBER_NUMBER_UNKNOWN = 122
-    VALUE_NOT_ALLOWED = 130
-    SEX_INCOMPATIBLE = 136
-    PROVIDER_NOT_ENTITLED = 140
-    PROVIDER_UNKNOWN = 141
-    DATE_TOO_OLD = 145
-    DATE_IN_FUTURE = 146
-    ROUTING_INCONSISTENT = 155
-    AUTHOR_MISMATCH = 156
-    IDENTIFICATION_INCONSISTENT = 158
-    ALREADY_HOLDER = 161
-    MEDICAL_HOUSE_CONTRACT = 162
-    NOT_ENROLLED = 163
-    DUPLICATE_CONTACT = 165
-    CONTACT_TOO_OLD = 166
-    ALREADY_ENROLLED = 168
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,9 @@ import enum
 from dataclasses import dataclass
 from typing import TypeGuard
 
+from mycarenet_core.codes import McnCode
+
 __all__ = [
-    "ERR_BAD_CHECK_DIGIT",
-    "ERR_BAD_FORMAT",
-    "ERR_IMPLAUSIBLE_DATE",
-    "ERR_MISSING",
-    "ERR_UNKNOWN_MUTUALITY",
     "INSURER_CODES",
     "INSURER_NAMES",
     "IdentifierError",
@@ -43,11 +40,6 @@ __all__ = [
     "sex_compatible",
 ]
 
-ERR_MISSING = 100
-ERR_BAD_FORMAT = 111
-ERR_BAD_CHECK_DIGIT = 112
-ERR_IMPLAUSIBLE_DATE = 113
-ERR_UNKNOWN_MUTUALITY = 121
 
 _SEPARATORS = str.maketrans("", "", ".- ")
 
@@ -69,10 +61,10 @@ def _present(raw: str | None) -> TypeGuard[str]:
 def _digits(raw: str | None, what: str, length: int) -> str:
     """Strip separators and require exactly ``length`` ASCII digits."""
     if not _present(raw):
-        raise IdentifierError(ERR_MISSING, f"{what} is missing")
+        raise IdentifierError(McnCode.MANDATORY_FIELD_MISSING, f"{what} is missing")
     value = raw.strip().translate(_SEPARATORS)
     if len(value) != length or not (value.isascii() and value.isdigit()):
-        raise IdentifierError(ERR_BAD_FORMAT, f"{what} must be {length} digits")
+        raise IdentifierError(McnCode.BAD_FORMAT, f"{what} must be {length} digits")
     return value
 
 
@@ -145,11 +137,11 @@ def parse_niss(raw: str | None, *, today: datetime.date | None = None) -> Niss:
     elif 40 <= mm <= 52:
         is_bis, bis_sex_known, month = True, True, mm - 40
     else:
-        raise IdentifierError(ERR_BAD_FORMAT, f"NISS month {mm:02d} is impossible")
+        raise IdentifierError(McnCode.BAD_FORMAT, f"NISS month {mm:02d} is impossible")
     if dd > 31:
-        raise IdentifierError(ERR_BAD_FORMAT, f"NISS day {dd:02d} is impossible")
+        raise IdentifierError(McnCode.BAD_FORMAT, f"NISS day {dd:02d} is impossible")
     if sequence in (0, 999):
-        raise IdentifierError(ERR_BAD_FORMAT, f"NISS sequence {sequence:03d} is not assignable")
+        raise IdentifierError(McnCode.BAD_FORMAT, f"NISS sequence {sequence:03d} is not assignable")
 
     body = int(value[:9])
     candidates = [
@@ -158,7 +150,7 @@ def parse_niss(raw: str | None, *, today: datetime.date | None = None) -> Niss:
         if _mod97_check(number) == check
     ]
     if not candidates:
-        raise IdentifierError(ERR_BAD_CHECK_DIGIT, "NISS check digits do not match")
+        raise IdentifierError(McnCode.BAD_CHECK_DIGIT, "NISS check digits do not match")
     if len(candidates) > 1:  # arithmetically impossible (2e9 mod 97 != 0); prefer a reading in the past
         candidates = [c for c in candidates if today is not None and c + yy <= today.year][-1:] or [1900]
     year = candidates[0] + yy
@@ -169,9 +161,9 @@ def parse_niss(raw: str | None, *, today: datetime.date | None = None) -> Niss:
             birth_date = datetime.date(year, month, dd)
         except ValueError:
             reason = f"NISS birth date {year}-{month:02d}-{dd:02d} does not exist"
-            raise IdentifierError(ERR_IMPLAUSIBLE_DATE, reason) from None
+            raise IdentifierError(McnCode.IMPLAUSIBLE_DATE, reason) from None
     if today is not None and _after(year, month, dd, today):
-        raise IdentifierError(ERR_IMPLAUSIBLE_DATE, "NISS birth date is in the future")
+        raise IdentifierError(McnCode.IMPLAUSIBLE_DATE, "NISS birth date is in the future")
 
     sex = Sex.MALE if sequence % 2 else Sex.FEMALE
     if bis_sex_known is False:  # bis number assigned while the sex was unknown
@@ -270,7 +262,7 @@ def _role(profession: Profession, competence: str) -> Role:
         return Role.PHARMACIST
     role = _ORGANISATION_ROLES.get(competence)
     if role is None:
-        raise IdentifierError(ERR_BAD_FORMAT, f"organisation competence {competence} is not 100 or 200")
+        raise IdentifierError(McnCode.BAD_FORMAT, f"organisation competence {competence} is not 100 or 200")
     return role
 
 
@@ -311,11 +303,11 @@ def parse_inami(raw: str | None) -> Inami:
     try:
         profession = Profession(int(value[0]))
     except ValueError:
-        raise IdentifierError(ERR_BAD_FORMAT, f"unknown INAMI profession digit {value[0]}") from None
+        raise IdentifierError(McnCode.BAD_FORMAT, f"unknown INAMI profession digit {value[0]}") from None
     competence = value[8:11]
     role = _role(profession, competence)
     if _mod97_check(int(value[:6])) != int(value[6:8]):
-        raise IdentifierError(ERR_BAD_CHECK_DIGIT, "INAMI check digits do not match")
+        raise IdentifierError(McnCode.BAD_CHECK_DIGIT, "INAMI check digits do not match")
     return Inami(value, profession, int(value[1:6]), competence, role)
 
 
@@ -366,7 +358,7 @@ def routing_insurer(code: str) -> str:
         return code
     if code in _ROUTED_VIA:
         return _ROUTED_VIA[code]
-    raise IdentifierError(ERR_UNKNOWN_MUTUALITY, f"unknown mutuality code {code!r}")
+    raise IdentifierError(McnCode.MUTUALITY_UNKNOWN, f"unknown mutuality code {code!r}")
 
 
 @dataclass(frozen=True)
@@ -390,12 +382,12 @@ def parse_member_number(mutuality_code: str | None, registration_number: str | N
     not in :data:`INSURER_CODES` nor 750/999; 111 malformed registration number.
     """
     if not _present(mutuality_code):
-        raise IdentifierError(ERR_MISSING, "mutuality code is missing")
+        raise IdentifierError(McnCode.MANDATORY_FIELD_MISSING, "mutuality code is missing")
     if not _present(registration_number):
-        raise IdentifierError(ERR_MISSING, "registration number is missing")
+        raise IdentifierError(McnCode.MANDATORY_FIELD_MISSING, "registration number is missing")
     code = mutuality_code.strip()
     routing_insurer(code)
     reg = registration_number.strip().translate(str.maketrans("", "", ".-/ ")).upper()
     if not 1 <= len(reg) <= _REGISTRATION_MAX or not (reg.isascii() and reg.isalnum()):
-        raise IdentifierError(ERR_BAD_FORMAT, "registration number must be 1..13 letters or digits")
+        raise IdentifierError(McnCode.BAD_FORMAT, "registration number must be 1..13 letters or digits")
     return MemberNumber(code, reg)

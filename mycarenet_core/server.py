@@ -63,6 +63,24 @@ def replace_behavior(
     )
 
 
+async def _abort_unexpected(error: Exception, context: Any) -> None:
+    """Answer an exception that is not a MeshError: UNAVAILABLE DATABASE_BUSY for a transient database
+    failure, UNIMPLEMENTED for a method without a handler, INTERNAL (logged with its stack, nothing leaked)
+    for anything else. Unary and streaming calls alike."""
+    if context.code() not in (None, grpc.StatusCode.OK):
+        raise error
+    busy = database_busy(error)
+    if busy is not None:
+        # The transaction was rolled back: nothing happened, the caller may retry.
+        log.warning("database busy: %s", error)
+        current_error.set(busy)
+        await context.abort_with_status(busy.to_grpc_status())
+    if isinstance(error, NotImplementedError):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not implemented")
+    log.exception("unhandled error in handler")
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: Any) -> Any:
         try:
@@ -73,17 +91,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaita
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            if context.code() not in (None, grpc.StatusCode.OK):
-                raise
-            busy = database_busy(error)
-            if busy is not None:
-                # The transaction was rolled back: nothing happened, the caller may retry.
-                log.warning("database busy: %s", error)
-                current_error.set(busy)
-                await context.abort_with_status(busy.to_grpc_status())
-            # An unexpected failure: log it with the stack, answer INTERNAL without leaking internals.
-            log.exception("unhandled error in handler")
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            await _abort_unexpected(error, context)
 
     return wrapper
 
@@ -119,6 +127,10 @@ def _wrap_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
         except MeshError as error:
             current_error.set(error)
             await context.abort_with_status(error.to_grpc_status())
+        except (asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as error:
+            await _abort_unexpected(error, context)
 
     return wrapper
 
