@@ -27,6 +27,7 @@ async def run(settings: OaSettings) -> None:
             database_url=settings.database_url,
             clock=clock_from_setting(settings.sandbox_date),
             hub_intake_target=settings.hub_intake_target,
+            ehealth_target=settings.ehealth_target,
             relay_interval=settings.relay_interval,
             channel_credentials=channel_creds,
             server_credentials=server_creds,

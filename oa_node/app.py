@@ -1,8 +1,14 @@
-"""One insurer (OA) node: its database, its four services, its outbox relay.
+"""One insurer (OA) node: its database, its four services, its outbox relay, its cadastre follower.
+
+Who may call what is the trust table's business (``mycarenet_core/trust.toml``): the node answers the hub,
+the insurer's back office and the sandbox administrator, each on the RPCs the table grants them, and
+never provider software, eHealth or another insurer.
 
 Usage (tests start real nodes in-process)::
 
-    app = await OaNodeApp.create(insurer_code="100", database_url=url, clock=clock, hub_intake_target=hub)
+    app = await OaNodeApp.create(
+        insurer_code="100", database_url=url, clock=clock, hub_intake_target=hub, ehealth_target=ehealth
+    )
     port = await app.start("127.0.0.1:0")
     ...
     await app.stop()
@@ -22,11 +28,13 @@ from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grp
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
 from mycarenet_core.identifiers import INSURER_CODES
 from mycarenet_core.migrations import HISTORIES, upgrade
-from mycarenet_core.server import MeshServer, PeerAllowList, Service
+from mycarenet_core.server import MeshServer, Service
 from mycarenet_core.telemetry import SampledGauge, Telemetry
+from mycarenet_core.trust import TrustInterceptor
 from oa_node import models as m
 from oa_node import rules
 from oa_node.audit import Auditor
+from oa_node.cadastre import CadastreFollower
 from oa_node.dmg import DmgOperations
 from oa_node.membership import FeedNotifier, MembershipOperations
 from oa_node.reference import ReferenceOperations
@@ -48,19 +56,20 @@ SERVICE_NAMES = {
 
 
 async def init_database(engine: AsyncEngine) -> None:
-    """Migrate the schema to head, create the feed head row and the default tariff (idempotent)."""
+    """Migrate the schema to head, create the feed head and cadastre position rows and the default tariff
+    (idempotent)."""
     await upgrade(engine, HISTORIES["oa_node"].script_location)
     async with transaction(session_factory(engine)) as session:
         if (await session.execute(select(m.FeedHead))).first() is None:
             session.add(m.FeedHead(id=1, last_sequence=0))
+        if (await session.execute(select(m.CadastrePosition))).first() is None:
+            session.add(m.CadastrePosition(id=1, applied_sequence=0))
         await ReferenceRepository(session).seed_tariffs(rules.DEFAULT_TARIFFS)
 
 
-ALLOWED_PEERS = {"hub", "backoffice"}
-
-
 class OaNodeApp:
-    """An insurer node: engine, operations, gRPC server and (when a hub is given) the outbox relay."""
+    """An insurer node: engine, operations, gRPC server, and (when their targets are given) the outbox relay
+    to the hub and the follower of eHealth's cadastre."""
 
     def __init__(
         self,
@@ -73,6 +82,7 @@ class OaNodeApp:
         channel_credentials: grpc.ChannelCredentials | None,
         server_credentials: grpc.ServerCredentials | None,
         telemetry: Telemetry | None = None,
+        ehealth_target: str | None = None,
     ) -> None:
         self.insurer_code = insurer_code
         self.engine = engine
@@ -97,6 +107,19 @@ class OaNodeApp:
             if hub_intake_target
             else None
         )
+        self.cadastre = (
+            CadastreFollower(
+                insurer_code=insurer_code,
+                sessions=self.sessions,
+                clock=clock,
+                target=ehealth_target,
+                credentials=channel_credentials,
+                interceptors=telemetry.client_interceptors_for(peer_service="ehealth") if telemetry else (),
+            )
+            if ehealth_target
+            else None
+        )
+        self.auditor = auditor
         self.notifier = FeedNotifier()
         self.dmg = DmgOperations(
             insurer_code=insurer_code,
@@ -112,7 +135,12 @@ class OaNodeApp:
             auditor=auditor,
             notifier=self.notifier,
         )
-        self.reference = ReferenceOperations(sessions=self.sessions, auditor=auditor)
+        cadastre = self.cadastre
+        self.reference = ReferenceOperations(
+            sessions=self.sessions,
+            auditor=auditor,
+            following=(lambda: cadastre.following) if cadastre is not None else (lambda: False),
+        )
         self.server = MeshServer(
             f"oa-{insurer_code}",
             [
@@ -136,13 +164,11 @@ class OaNodeApp:
                 ),
             ],
             credentials=server_credentials,
-            # Under mutual TLS an insurer answers only the hub and its own back office (never provider
-            # software, eHealth or another insurer).
             # Telemetry first, so that refused peers are traced and counted too.
-            interceptors=[
-                *(telemetry.server_interceptors if telemetry else ()),
-                *([PeerAllowList(ALLOWED_PEERS)] if server_credentials is not None else []),
-            ],
+            interceptors=[*(telemetry.server_interceptors if telemetry else ())],
+            # The trust table: the certificate (under mutual TLS) or the declared kind (plaintext,
+            # development only) must have a grant for the RPC; refusals are audited.
+            trust=TrustInterceptor(secure=server_credentials is not None, observe=auditor.observe),
         )
         self.port: int | None = None
 
@@ -173,11 +199,15 @@ class OaNodeApp:
         channel_credentials: grpc.ChannelCredentials | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
         telemetry: Telemetry | None = None,
+        ehealth_target: str | None = None,
     ) -> OaNodeApp:
         """Open the database (creating the schema on first use) and build the node; nothing listens yet.
 
+        ``ehealth_target``: eHealth's address, whose cadastre the node follows (its providers and
+        organisations); without it the reference data come only from the back office.
         With ``telemetry`` (built with ``attributes={"mycarenet.oa": code}``): server spans and metrics,
-        database spans, the relay's client spans and delivery spans, the outbox backlog gauge."""
+        database spans, the relay's and the follower's client spans, delivery spans, the outbox backlog
+        gauge."""
         if insurer_code not in INSURER_CODES:
             raise ValueError(
                 f"unknown insurer code {insurer_code!r} (expected one of {', '.join(INSURER_CODES)})"
@@ -197,40 +227,47 @@ class OaNodeApp:
             channel_credentials=channel_credentials,
             server_credentials=server_credentials,
             telemetry=telemetry,
+            ehealth_target=ehealth_target,
         )
 
-    async def start(self, bind: str = "127.0.0.1:0") -> int:
-        """Serve on ``bind``; start the outbox relay when a hub target is configured. Returns the port."""
-        self.port = await self.server.start(bind)
+    def _start_background(self) -> None:
         if self.relay is not None:
             self.relay.start()
+        if self.cadastre is not None:
+            self.cadastre.start()
         for gauge in self.gauges:
             gauge.start()
-        return self.port
 
-    async def stop(self, grace: float = 0) -> None:
-        """Stop the relay, end the feed watches, stop the server, dispose of the engine."""
+    async def _stop_background(self) -> None:
         for gauge in self.gauges:
             await gauge.stop()
+        if self.cadastre is not None:
+            await self.cadastre.stop()
         if self.relay is not None:
             await self.relay.stop()
         await self.notifier.close()
+
+    async def start(self, bind: str = "127.0.0.1:0") -> int:
+        """Serve on ``bind``; start the outbox relay and the cadastre follower when their targets are
+        configured. Returns the port."""
+        self.port = await self.server.start(bind)
+        self._start_background()
+        return self.port
+
+    async def stop(self, grace: float = 0) -> None:
+        """Stop the follower and the relay, end the feed watches, stop the server, dispose of the engine."""
+        await self._stop_background()
         await self.server.stop(grace)
+        await self.auditor.drain()
         await self.engine.dispose()
 
     async def serve_forever(self, bind: str, *, grace: float = 5.0) -> None:
         """Serve until SIGTERM/SIGINT, then stop gracefully (the command-line entry point)."""
-        if self.relay is not None:
-            self.relay.start()
-        for gauge in self.gauges:
-            gauge.start()
+        self._start_background()
 
         async def on_stop() -> None:
-            for gauge in self.gauges:
-                await gauge.stop()
-            if self.relay is not None:
-                await self.relay.stop()
-            await self.notifier.close()
+            await self._stop_background()
+            await self.auditor.drain()
             await self.engine.dispose()
 
         await self.server.serve_forever(bind, grace=grace, on_stop=on_stop)

@@ -9,6 +9,7 @@ audit row alone is written in a transaction of its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,12 +23,16 @@ from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
+from mycarenet_core.trust import CallRecord
 from oa_node import models as m
 from oa_node.repositories import AuditRepository
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Refusals of the trust model itself (the handler never ran, so no operation audited the call).
+TRUST_REFUSALS = frozenset({"CERTIFICATE_NOT_ALLOWED", "METHOD_NOT_IN_TRUST_TABLE"})
 
 
 @dataclass
@@ -78,6 +83,23 @@ class Auditor:
     def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
         self._sessions = sessions
         self._clock = clock
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def observe(self, record: CallRecord) -> None:
+        """The trust interceptor's observer: audit the calls it refused (who, which RPC, why)."""
+        if record.outcome == "OK" or record.reason not in TRUST_REFUSALS:
+            return
+        entry = AuditEntry(record.method.rsplit("/", 1)[-1], {"peer": record.peer.name or "anonymous"})
+        entry.outcome = "REFUSED"
+        entry.incidents.append(f"{record.reason}: {record.method}")
+        task = asyncio.ensure_future(self._write_alone(entry, time.monotonic(), record.outcome, ""))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        """Wait for the refusal records still being written (before the engine is disposed)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def run(self, entry: AuditEntry, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         started = time.monotonic()

@@ -148,11 +148,29 @@ def caller(context: context_pb2.RequestContext, out: Violations) -> Caller | Non
 
 
 def requester(
-    who: Caller, request: Request, *, known: bool, registered_role: int | None = None
+    who: Caller,
+    request: Request,
+    *,
+    known: bool,
+    registered_role: int | None = None,
+    valid_from: dt.date | None = None,
+    valid_until: dt.date | None = None,
 ) -> Violations:
-    """The requester is known to the OA (141) and entitled to this request type (140)."""
+    """The requester is known to the OA (141), within the validity the cadastre records for it on the
+    processing date, and entitled to this request type (140)."""
     if not known:
         return [_v("context.requester_inami", McnCode.PROVIDER_UNKNOWN, "provider unknown to this insurer")]
+    if (valid_from is not None and who.today < valid_from) or (
+        valid_until is not None and who.today > valid_until
+    ):
+        span = f"{valid_from or '…'} to {valid_until or '…'}"
+        return [
+            _v(
+                "context.requester_inami",
+                McnCode.PROVIDER_NOT_ENTITLED,
+                f"the cadastre lets this provider practise from {span}, not on {who.today}",
+            )
+        ]
     if registered_role and role_from_proto(registered_role) not in (None, who.inami.role):
         return [
             _v(

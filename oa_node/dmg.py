@@ -66,7 +66,7 @@ ALL_YEARS = frozenset(range(1900, 2200))
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 500, 5000
 
 # Rule codes about the request's content (INVALID_ARGUMENT); the others are business refusals.
-_INVALID_CODES = frozenset({100, 111, 112, 113, 130, 145, 146, 158, 166})
+_INVALID_CODES = frozenset({100, 111, 112, 113, 130, 145, 146, 156, 158, 166})
 _NOTIFY_FIELDS = {
     "requester": "context.requester_inami",
     "supervisor": "supervisor_inami",
@@ -531,9 +531,17 @@ class DmgOperations:
         reference = ReferenceRepository(session)
         provider = await reference.provider(who.inami.value)
         organisation = await reference.organisation(who.inami.value) if provider is None else None
-        known = provider is not None or organisation is not None
-        role = provider.role if provider is not None else organisation.role if organisation else None
-        c.reject(c.requester(who, request, known=known, registered_role=role))
+        entry = provider if provider is not None else organisation
+        c.reject(
+            c.requester(
+                who,
+                request,
+                known=entry is not None,
+                registered_role=entry.role if entry is not None else None,
+                valid_from=entry.valid_from if entry is not None else None,
+                valid_until=entry.valid_until if entry is not None else None,
+            )
+        )
 
     async def _member(
         self, session: AsyncSession, key: c.PatientKey, *, on: dt.date, entry: AuditEntry

@@ -5,7 +5,8 @@ Groups of tables:
 * members: :class:`Member` (one row per NISS, also the per-patient lock row: ``file_version``),
   :class:`Affiliation`, and the affiliation feed (:class:`AffiliationChangeRow`, :class:`FeedHead`);
 * reference data: :class:`KnownProvider`, :class:`Organisation`, :class:`OrganisationMember`,
-  :class:`TariffLine`, and :class:`Enrolment`;
+  :class:`TariffLine`, and :class:`Enrolment`; how far the node has followed eHealth's cadastre
+  (:class:`CadastrePosition`);
 * the DMG file of each patient, one table per kind of row of :class:`oa_node.rules.DmgFile`:
   :class:`HoldingRow`, :class:`PaymentRow`, :class:`ContactRow`, :class:`AttestationRow`,
   :class:`NotificationRow`;
@@ -96,7 +97,8 @@ class AffiliationChangeRow(Base, table=True):
 
 
 class KnownProvider(Base, table=True):
-    """A provider known to this insurer (from the cadastre); GPs in training carry their supervisor."""
+    """A provider known to this insurer (from the cadastre); GPs in training carry their supervisor.
+    ``valid_from``/``valid_until``: the period the cadastre lets the provider practise (None = open)."""
 
     __tablename__ = "oa_provider"
 
@@ -105,6 +107,8 @@ class KnownProvider(Base, table=True):
     first_name: str = ""
     last_name: str = ""
     supervisor_inami: str | None = None
+    valid_from: dt.date | None = None
+    valid_until: dt.date | None = None
 
 
 class Organisation(Base, table=True):
@@ -115,6 +119,8 @@ class Organisation(Base, table=True):
     inami: str = Field(primary_key=True, max_length=11)
     role: int = 0
     name: str = ""
+    valid_from: dt.date | None = None
+    valid_until: dt.date | None = None
 
 
 class OrganisationMember(Base, table=True):
@@ -127,6 +133,18 @@ class OrganisationMember(Base, table=True):
     member_inami: str = Field(index=True)
     start: dt.date
     end: dt.date | None = None
+
+
+class CadastrePosition(Base, table=True):
+    """The single row saying how far this node has applied eHealth's cadastre change log. It is updated in
+    the transaction that applies the changes (so each change is applied exactly once), and that UPDATE,
+    made first, serialises appliers."""
+
+    __tablename__ = "oa_cadastre_position"
+
+    id: int = Field(default=1, primary_key=True)
+    applied_sequence: int = 0
+    applied_at: dt.datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
 
 
 class TariffLine(Base, table=True):

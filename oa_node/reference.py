@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -14,7 +15,7 @@ from oa_node import convert
 from oa_node import models as m
 from oa_node.audit import AuditEntry, Auditor
 from oa_node.membership import periods_from
-from oa_node.repositories import OrganisationData, ReferenceRepository
+from oa_node.repositories import CadastreRepository, OrganisationData, ReferenceRepository
 
 _ORGANISATION_ROLES = frozenset({Role.MEDICAL_HOUSE, Role.GROUP_PRACTICE})
 
@@ -29,9 +30,16 @@ def _declared_role(declared: int, actual: Role, field: str, out: c.Violations) -
 class ReferenceOperations:
     """The ReferenceDataService behaviour of one insurer node."""
 
-    def __init__(self, *, sessions: async_sessionmaker[AsyncSession], auditor: Auditor) -> None:
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        auditor: Auditor,
+        following: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._sessions = sessions
         self._auditor = auditor
+        self._following = following
 
     async def upsert_providers(
         self, request: rd_pb2.UpsertProvidersRequest, peer: str = ""
@@ -120,3 +128,11 @@ class ReferenceOperations:
                 rd_pb2.Tariff(year=t.year, category=t.category, amount=convert.money(t.amount)) for t in lines
             ]
         )
+
+    async def cadastre_position(
+        self, _request: rd_pb2.GetCadastrePositionRequest
+    ) -> rd_pb2.GetCadastrePositionResponse:
+        """The last cadastre change applied (from the database) and whether the watch is open."""
+        async with self._sessions() as session:
+            applied = await CadastreRepository(session).applied()
+        return rd_pb2.GetCadastrePositionResponse(applied_sequence=applied, following=self._following())

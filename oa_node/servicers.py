@@ -15,11 +15,17 @@ from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2 as rd_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
+from mycarenet_core.trust import current_peer
 from oa_node.dmg import DmgOperations
 from oa_node.membership import MembershipOperations
 from oa_node.reference import ReferenceOperations
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _peer(context: Context) -> str:
+    """Who called, for the audit: the certificate kind the trust model admitted, and the address."""
+    return f"{current_peer().name}@{context.peer()}"
 
 
 class OaDmgServicer(oa_grpc.OaDmgServiceServicer):
@@ -29,23 +35,23 @@ class OaDmgServicer(oa_grpc.OaDmgServiceServicer):
     async def ConsultDmg(
         self, request: oa_pb2.ConsultDmgRequest, context: Context
     ) -> oa_pb2.ConsultDmgResponse:
-        return await self._ops.consult(request, context.peer())
+        return await self._ops.consult(request, _peer(context))
 
     async def NotifyDmg(self, request: oa_pb2.NotifyDmgRequest, context: Context) -> oa_pb2.NotifyDmgResponse:
-        return await self._ops.notify(request, context.peer())
+        return await self._ops.notify(request, _peer(context))
 
     async def ListHoldings(
         self, request: oa_pb2.ListHoldingsRequest, context: Context
     ) -> oa_pb2.ListHoldingsResponse:
-        return await self._ops.list_holdings(request, context.peer())
+        return await self._ops.list_holdings(request, _peer(context))
 
     async def EnrolDmg(self, request: oa_pb2.EnrolDmgRequest, context: Context) -> oa_pb2.EnrolDmgResponse:
-        return await self._ops.enrol(request, context.peer())
+        return await self._ops.enrol(request, _peer(context))
 
     async def GetEnrolment(
         self, request: oa_pb2.GetEnrolmentRequest, context: Context
     ) -> oa_pb2.GetEnrolmentResponse:
-        return await self._ops.get_enrolment(request, context.peer())
+        return await self._ops.get_enrolment(request, _peer(context))
 
 
 class InvoicingIntakeServicer(intake_grpc.InvoicingIntakeServiceServicer):
@@ -55,17 +61,17 @@ class InvoicingIntakeServicer(intake_grpc.InvoicingIntakeServiceServicer):
     async def RegisterContact(
         self, request: intake_pb2.RegisterContactRequest, context: Context
     ) -> intake_pb2.RegisterContactResponse:
-        return await self._ops.register_contact(request, context.peer())
+        return await self._ops.register_contact(request, _peer(context))
 
     async def RegisterPaperAttestation(
         self, request: intake_pb2.RegisterPaperAttestationRequest, context: Context
     ) -> intake_pb2.RegisterPaperAttestationResponse:
-        return await self._ops.register_paper_attestation(request, context.peer())
+        return await self._ops.register_paper_attestation(request, _peer(context))
 
     async def ProcessYearEnd(
         self, request: intake_pb2.ProcessYearEndRequest, context: Context
     ) -> intake_pb2.ProcessYearEndResponse:
-        return await self._ops.process_year_end(request, context.peer())
+        return await self._ops.process_year_end(request, _peer(context))
 
 
 class MembershipServicer(ms_grpc.MembershipServiceServicer):
@@ -75,7 +81,7 @@ class MembershipServicer(ms_grpc.MembershipServiceServicer):
     async def UpsertMembers(
         self, request: ms_pb2.UpsertMembersRequest, context: Context
     ) -> ms_pb2.UpsertMembersResponse:
-        return await self._ops.upsert_members(request, context.peer())
+        return await self._ops.upsert_members(request, _peer(context))
 
     async def GetMember(self, request: ms_pb2.GetMemberRequest, context: Context) -> ms_pb2.GetMemberResponse:
         return await self._ops.get_member(request)
@@ -99,14 +105,19 @@ class ReferenceDataServicer(rd_grpc.ReferenceDataServiceServicer):
     async def UpsertProviders(
         self, request: rd_pb2.UpsertProvidersRequest, context: Context
     ) -> rd_pb2.UpsertProvidersResponse:
-        return await self._ops.upsert_providers(request, context.peer())
+        return await self._ops.upsert_providers(request, _peer(context))
 
     async def UpsertOrganisations(
         self, request: rd_pb2.UpsertOrganisationsRequest, context: Context
     ) -> rd_pb2.UpsertOrganisationsResponse:
-        return await self._ops.upsert_organisations(request, context.peer())
+        return await self._ops.upsert_organisations(request, _peer(context))
 
     async def ListTariffs(
         self, request: rd_pb2.ListTariffsRequest, context: Context
     ) -> rd_pb2.ListTariffsResponse:
         return await self._ops.list_tariffs(request)
+
+    async def GetCadastrePosition(
+        self, request: rd_pb2.GetCadastrePositionRequest, context: Context
+    ) -> rd_pb2.GetCadastrePositionResponse:
+        return await self._ops.cadastre_position(request)

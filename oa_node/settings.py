@@ -17,6 +17,9 @@ class OaSettings(MeshSettings):
     insurer_code: str = Field(description="this node's insurer code: 100 200 300 400 500 600 900")
     database_url: str = Field("", description="SQLAlchemy URL; default sqlite+aiosqlite:///var/oa-<code>.db")
     hub_intake_target: str | None = Field(None, description="host:port of the hub's MailboxIntakeService")
+    ehealth_target: str | None = Field(
+        None, description="host:port of eHealth, whose cadastre the node follows (providers, organisations)"
+    )
     relay_interval: float = Field(0.2, gt=0, le=60, description="outbox relay poll interval, seconds")
 
     @field_validator("insurer_code")

@@ -3,10 +3,11 @@
 from .dmg_files import DmgFileRepository, HolderYearEntry, LoadedFile
 from .members import FeedEntry, MemberData, MemberRepository, Period, UpsertResult, covers
 from .records import AuditRepository, OutboxRepository, RequestRecordRepository
-from .reference import EnrolmentRepository, OrganisationData, ReferenceRepository
+from .reference import CadastreRepository, EnrolmentRepository, OrganisationData, ReferenceRepository
 
 __all__ = [
     "AuditRepository",
+    "CadastreRepository",
     "DmgFileRepository",
     "EnrolmentRepository",
     "FeedEntry",

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -21,6 +21,8 @@ class OrganisationData:
     role: int
     name: str
     members: tuple[tuple[str, dt.date, dt.date | None], ...]
+    valid_from: dt.date | None = None
+    valid_until: dt.date | None = None
 
 
 class ReferenceRepository:
@@ -50,18 +52,40 @@ class ReferenceRepository:
         return {o.inami: o for o in (await self.session.execute(stmt)).scalars()}
 
     async def upsert_providers(self, providers: Sequence[m.KnownProvider]) -> int:
-        for provider in providers:
-            await self.session.merge(provider)
+        """Create or replace providers (the last one wins when an INAMI number comes twice)."""
+        latest = {p.inami: p for p in providers}
+        existing = await self.providers(latest)
+        for inami, provider in latest.items():
+            row = existing.get(inami)
+            if row is None:
+                self.session.add(provider)
+                continue
+            row.role, row.first_name, row.last_name = provider.role, provider.first_name, provider.last_name
+            row.supervisor_inami = provider.supervisor_inami
+            row.valid_from, row.valid_until = provider.valid_from, provider.valid_until
         await self.session.flush()
         return len(providers)
 
     async def upsert_organisations(self, organisations: Sequence[OrganisationData]) -> int:
-        for org in organisations:
-            await self.session.merge(m.Organisation(inami=org.inami, role=org.role, name=org.name))
-            await self.session.execute(
-                delete(m.OrganisationMember).where(col(m.OrganisationMember.organisation_inami) == org.inami)
+        """Create or replace organisations with their whole membership (the last one wins)."""
+        latest = {o.inami: o for o in organisations}
+        if not latest:
+            return 0
+        existing = await self.organisations(latest)
+        await self.session.execute(
+            delete(m.OrganisationMember).where(
+                col(m.OrganisationMember.organisation_inami).in_(sorted(latest))
             )
-            await self.session.flush()
+        )
+        for inami, org in latest.items():
+            row = existing.get(inami)
+            if row is None:
+                row = m.Organisation(inami=inami)
+                self.session.add(row)
+            row.role, row.name = org.role, org.name
+            row.valid_from, row.valid_until = org.valid_from, org.valid_until
+        await self.session.flush()
+        for org in latest.values():
             for member, start, end in org.members:
                 self.session.add(
                     m.OrganisationMember(
@@ -107,6 +131,37 @@ class ReferenceRepository:
         for year, by_category in table.items():
             for category, amount in by_category.items():
                 self.session.add(m.TariffLine(year=year, category=category.value, amount=f"{amount:.2f}"))
+        await self.session.flush()
+
+
+class CadastreRepository:
+    """How far the node has applied eHealth's cadastre change log (one row, created at start)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def applied(self) -> int:
+        """The last applied sequence (0 before the first change)."""
+        row = await self.session.get(m.CadastrePosition, 1)
+        return row.applied_sequence if row is not None else 0
+
+    async def claim(self) -> int:
+        """Take the applier's lock (an UPDATE first: the row lock on PostgreSQL, the write lock on SQLite,
+        so that two appliers never both apply a change) and return the last applied sequence."""
+        stmt = update(m.CadastrePosition).where(col(m.CadastrePosition.id) == 1)
+        await self.session.execute(stmt.values(applied_sequence=m.CadastrePosition.applied_sequence))
+        row = await self.session.get(m.CadastrePosition, 1, populate_existing=True)
+        if row is None:
+            row = m.CadastrePosition(id=1, applied_sequence=0)
+            self.session.add(row)
+            await self.session.flush()
+        return row.applied_sequence
+
+    async def advance(self, sequence: int, now: dt.datetime) -> None:
+        """Record ``sequence`` as applied (in the transaction that applied the changes)."""
+        row = await self.session.get(m.CadastrePosition, 1)
+        assert row is not None, "claim() first"
+        row.applied_sequence, row.applied_at = sequence, now
         await self.session.flush()
 
 

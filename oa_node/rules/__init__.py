@@ -43,6 +43,8 @@ Where SPEC.md and the seeds disagree or are silent (the seed wins; choices are m
    to the electronic procedure, no paper in parallel); refusals are recorded outcomes, not errors.
 9. *decision*: for a GP in training the *supervisor* must be enrolled and becomes the holder (SPEC
    §9); the holding records the trainee (``Holding.trainee``), since the supervisor is the holder.
+   The supervisor named must be the one the cadastre records for the trainee
+   (``RuleContext.supervisor_of``), else 156: a trainee cannot make any enrolled GP holder.
 10. *decision* (outside the seeds): a patient under a medical-house contract: GP notifications are
     rejected with 162, the medical house itself may notify and hold the DMG, with no separate DMG fee
     (the house's flat fee covers it); contacts and 102771 on such dates have no DMG effect.

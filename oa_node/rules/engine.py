@@ -69,7 +69,7 @@ def notify(
     replayed = _replay(file, provider, requester_reference, contact_date, code, supervisor)
     if replayed is not None:
         return replayed
-    holder = _notifying_holder(provider, supervisor)
+    holder = _notifying_holder(provider, supervisor, ctx)
     _check_contact_code(code, ctx)
     _check_notified_contact_date(contact_date, processing_date, ctx)
     house = ctx.patient.medical_house_on(contact_date)
@@ -166,8 +166,9 @@ def _answer(patient: str, notification: Notification) -> NotifyAnswer:
     )
 
 
-def _notifying_holder(provider: str, supervisor: str | None) -> str:
-    """The holder of a notification: the supervisor for a GP in training (SPEC §2, §9)."""
+def _notifying_holder(provider: str, supervisor: str | None, ctx: RuleContext) -> str:
+    """The holder of a notification: the supervisor for a GP in training (SPEC §2, §9), who must be the
+    supervisor the cadastre records for the trainee (156 otherwise: a trainee cannot make any GP holder)."""
     trainee = is_gp_in_training(provider)
     if trainee and supervisor is None:
         raise DmgRuleError(
@@ -181,6 +182,15 @@ def _notifying_holder(provider: str, supervisor: str | None) -> str:
         )
     if not is_accredited_gp(supervisor):
         raise DmgRuleError(RuleCode.VALUE_NOT_ALLOWED, "supervisor is not an accredited GP", "supervisor")
+    recorded = ctx.supervisor_of.get(provider)
+    if recorded != supervisor:
+        raise DmgRuleError(
+            RuleCode.AUTHOR_MISMATCH,
+            f"the cadastre records {recorded} as this GP in training's supervisor"
+            if recorded
+            else "the cadastre records no supervisor for this GP in training",
+            "supervisor",
+        )
     return supervisor
 
 

@@ -1,5 +1,9 @@
 """Shared fixtures of the OA node service tests: a started node on port 0 (SQLite and PostgreSQL), its
-stubs, and a small seeded world (providers, a medical house, enrolments, members)."""
+stubs, and a small seeded world (providers, a medical house, enrolments, members).
+
+The node runs without TLS, so each channel declares the certificate kind it stands for (``x-mcn-peer``):
+the DMG service is called as the hub, the intake, membership and reference data as the back office, as
+the trust table grants them."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from mycarenet_core import dates
+from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import FixedClock
 from mycarenet_core.errors import MeshError, parse_rpc_error
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
@@ -96,10 +101,11 @@ BANK = common_pb2.BankAccount(iban="BE68539007547034", bic="GKCCBEBB", holder_na
 
 @dataclass
 class Node:
-    """A started node and its stubs."""
+    """A started node and its stubs: ``dmg`` on the hub's channel, the others on the back office's."""
 
     app: OaNodeApp
     channel: grpc.aio.Channel
+    office: grpc.aio.Channel
     dmg: Any
     intake: Any
     members: Any
@@ -149,30 +155,40 @@ class Node:
         )
 
 
-async def start_node(database_url: str, *, hub: str | None = None, clock: FixedClock | None = None) -> Node:
+async def start_node(
+    database_url: str,
+    *,
+    hub: str | None = None,
+    ehealth: str | None = None,
+    clock: FixedClock | None = None,
+) -> Node:
     clock = clock or FixedClock(dt.datetime(2024, 3, 15, 10, 0, tzinfo=dt.UTC))
     app = await OaNodeApp.create(
         insurer_code=INSURER,
         database_url=database_url,
         clock=clock,
         hub_intake_target=hub,
+        ehealth_target=ehealth,
         relay_interval=0.05,
     )
     port = await app.start("127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = open_channel(f"127.0.0.1:{port}", identity="hub")
+    office = open_channel(f"127.0.0.1:{port}", identity="backoffice")
     return Node(
         app,
         channel,
+        office,
         oa_grpc.OaDmgServiceStub(channel),
-        intake_grpc.InvoicingIntakeServiceStub(channel),
-        ms_grpc.MembershipServiceStub(channel),
-        rd_grpc.ReferenceDataServiceStub(channel),
+        intake_grpc.InvoicingIntakeServiceStub(office),
+        ms_grpc.MembershipServiceStub(office),
+        rd_grpc.ReferenceDataServiceStub(office),
         clock,
     )
 
 
 async def stop_node(node: Node) -> None:
     await node.channel.close()
+    await node.office.close()
     await node.app.stop()
 
 

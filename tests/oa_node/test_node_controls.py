@@ -164,6 +164,13 @@ CASES: list[tuple[str, Callable[[Node], Any], grpc.StatusCode, int, str]] = [
     ("specialist lists", listing(2024, SPECIALIST), INVALID, 140, "context.requester_inami"),
     ("provider unknown", consult(GP_UNKNOWN), INVALID, 141, "context.requester_inami"),
     ("supervisor unknown", notify(TRAINEE, supervisor=GP_UNKNOWN), INVALID, 141, "supervisor_inami"),
+    (
+        "trainee names an enrolled GP who is not the supervisor the cadastre records",
+        notify(TRAINEE, supervisor=GP_B),
+        INVALID,
+        156,
+        "supervisor_inami",
+    ),
     ("consult 2 years back", consult(day=dt.date(2022, 3, 14)), INVALID, 145, "request_date"),
     ("list 3 years back", listing(2021), INVALID, 145, "year"),
     ("consult in the future", consult(day=TODAY + dt.timedelta(days=1)), INVALID, 146, "request_date"),

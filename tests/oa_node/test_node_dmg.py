@@ -12,6 +12,7 @@ from node_support import (
     PATIENT,
     PATIENT_2,
     TODAY,
+    TRAINEE,
     Node,
     by_niss,
     context,
@@ -155,3 +156,16 @@ async def test_every_request_leaves_an_audit_row(node: Node) -> None:
     assert rows[1].mycarenet_codes == "158"
     assert rows[0].session_id == "session-1"
     assert rows[0].requester_reference == "audited"
+
+
+async def test_a_trainee_notifies_only_under_the_supervisor_the_cadastre_records(node: Node) -> None:
+    """Naming another enrolled GP would make that GP holder without consent: 156, and nothing changes."""
+    before = await snapshot(node.app)
+    error = await rpc_error(node.notify(TRAINEE, supervisor=GP_B, reference="t-1"))
+    assert error.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert [(v.field, v.code) for v in error.violations] == [("supervisor_inami", 156)]
+    assert GP_A in error.violations[0].description  # says whom the cadastre records
+    assert await snapshot(node.app) == before
+
+    reply = await node.notify(TRAINEE, supervisor=GP_A, reference="t-2")  # the recorded supervisor
+    assert reply.holder.inami == GP_A

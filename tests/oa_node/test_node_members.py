@@ -26,6 +26,7 @@ from node_support import (
 )
 from sqlalchemy import select
 
+from mycarenet_core.channels import open_channel
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2 as ms_pb2
@@ -89,7 +90,7 @@ async def test_watch_replays_the_backlog_then_streams_live_changes_until_stop(
     node = await start_node(database_url)
     try:
         await seed(node)
-        watcher = grpc.aio.insecure_channel(f"127.0.0.1:{node.app.port}")
+        watcher = open_channel(f"127.0.0.1:{node.app.port}", identity="hub")
         stub = ms_grpc.MembershipServiceStub(watcher)
         call = stub.WatchAffiliationChanges(ms_pb2.WatchAffiliationChangesRequest(after_sequence=2))
         seen = [(await call.read()).change.sequence for _ in range(2)]

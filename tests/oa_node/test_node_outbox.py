@@ -33,11 +33,13 @@ class TestMailbox(mi_grpc.MailboxIntakeServiceServicer):
         self.deliveries: Counter[str] = Counter()
         self.calls = 0
         self.hung = asyncio.Event()
+        self.peers: set[str] = set()  # the certificate kinds the callers declared (x-mcn-peer)
 
     async def DeliverMessages(
         self, request: mi_pb2.DeliverMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> mi_pb2.DeliverMessagesResponse:
         self.calls += 1
+        self.peers |= {str(v) for k, v in context.invocation_metadata() or () if k == "x-mcn-peer"}
         if self.mode == "fail":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mailbox down")
         reply = mi_pb2.DeliverMessagesResponse()
@@ -111,6 +113,7 @@ async def test_relay_delivers_the_outbox_and_marks_it_delivered(
         assert first.kind == dmg_pb2.MESSAGE_KIND_CLOSURE
         assert first.recipient_inami == GP_A
         assert first.insurer_code == node.app.insurer_code
+        assert box.peers == {"oa-100"}  # the relay stands for this insurer's certificate
     finally:
         await stop_node(node)
 

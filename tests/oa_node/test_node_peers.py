@@ -1,4 +1,6 @@
-"""Under mutual TLS an OA node answers only the hub and its back office, never provider software."""
+"""Under mutual TLS an OA node answers, per RPC, the certificates the trust table grants (the hub, the
+insurer's back office, the administrator), never provider software, eHealth or another insurer; a
+certificate cannot pass for another kind by declaring it in metadata."""
 
 from __future__ import annotations
 
@@ -14,24 +16,40 @@ from mycarenet_core.channels import client_credentials, open_channel, server_cre
 from mycarenet_core.clock import FixedClock
 from mycarenet_core.errors import parse_rpc_error
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2, oa_dmg_service_pb2_grpc
+from mycarenet_core.trust import PEER_METADATA
 from oa_node.app import OaNodeApp
 
 
-@pytest.mark.parametrize(
-    ("peer", "allowed"), [("hub", True), ("backoffice", True), ("client", False), ("oa-200", False)]
-)
-async def test_only_hub_and_backoffice_are_answered(tmp_path: Path, peer: str, allowed: bool) -> None:
-    folder = tmp_path / "pki"
-    server_id = pki.ensure_identity(folder, "oa-100")
-    caller = pki.ensure_identity(folder, peer)
-    app = await OaNodeApp.create(
+async def _tls_node(tmp_path: Path) -> OaNodeApp:
+    server_id = pki.ensure_identity(tmp_path / "pki", "oa-100")
+    return await OaNodeApp.create(
         insurer_code="100",
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'oa.db'}",
         clock=FixedClock(dt.datetime(2026, 11, 20, 10, tzinfo=dt.UTC)),
         server_credentials=server_credentials(server_id.ca, server_id.cert, server_id.key),
     )
+
+
+@pytest.mark.parametrize(
+    ("peer", "allowed"),
+    [
+        ("hub", True),
+        ("backoffice", True),
+        ("client", False),
+        ("ehealth", False),
+        ("admin", False),
+        ("oa-200", False),
+        ("oa-100", False),
+        ("intruder", False),  # a certificate of the mesh CA for a party the trust table does not know
+    ],
+)
+async def test_get_enrolment_answers_the_certificates_the_table_grants(
+    tmp_path: Path, peer: str, allowed: bool
+) -> None:
+    app = await _tls_node(tmp_path)
     port = await app.start("127.0.0.1:0")
     try:
+        caller = pki.ensure_identity(tmp_path / "pki", peer)
         creds = client_credentials(caller.ca, caller.cert, caller.key)
         async with open_channel(f"localhost:{port}", credentials=creds) as channel:
             health = await health_pb2_grpc.HealthStub(channel).Check(
@@ -47,6 +65,27 @@ async def test_only_hub_and_backoffice_are_answered(tmp_path: Path, peer: str, a
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await stub.GetEnrolment(request, timeout=5)
                 assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-                assert parse_rpc_error(err.value).reason == "PEER_NOT_ALLOWED"
+                assert parse_rpc_error(err.value).reason == "CERTIFICATE_NOT_ALLOWED"
+    finally:
+        await app.stop()
+
+
+async def test_under_tls_the_certificate_decides_not_the_declared_kind(tmp_path: Path) -> None:
+    """Provider software declaring itself the hub in x-mcn-peer is still provider software."""
+    app = await _tls_node(tmp_path)
+    port = await app.start("127.0.0.1:0")
+    try:
+        caller = pki.ensure_identity(tmp_path / "pki", "client")
+        creds = client_credentials(caller.ca, caller.cert, caller.key)
+        async with open_channel(f"localhost:{port}", credentials=creds) as channel:
+            stub = oa_dmg_service_pb2_grpc.OaDmgServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetEnrolment(
+                    oa_dmg_service_pb2.GetEnrolmentRequest(inami="11000095003"),
+                    metadata=((PEER_METADATA, "hub"),),
+                    timeout=5,
+                )
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert parse_rpc_error(err.value).reason == "CERTIFICATE_NOT_ALLOWED"
     finally:
         await app.stop()

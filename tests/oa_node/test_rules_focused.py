@@ -359,13 +359,22 @@ def test_gp_in_training_notifies_and_the_supervisor_becomes_the_holder() -> None
         (TRAINEE, None, 100, "supervisor"),  # a trainee must name his supervisor
         (GP2, GP1, 130, "supervisor"),  # an accredited GP does not notify under a supervisor
         (TRAINEE, inami_number(30009, competence="006"), 130, "supervisor"),  # supervisor is a trainee
-        (TRAINEE, GP3, 163, "requester"),  # the supervisor (the holder) is not enrolled
+        (TRAINEE, GP2, 156, "supervisor"),  # an enrolled GP, but not the supervisor the cadastre records
     ],
 )
 def test_gp_in_training_rejections(provider: str, supervisor: str | None, code: int, field: str) -> None:
     with pytest.raises(DmgRuleError) as err:
         do_notify(EMPTY, provider, "01.03.2016", context(), supervisor=supervisor)
     assert (err.value.code, err.value.field) == (code, field)
+
+
+def test_a_trainee_without_a_recorded_supervisor_names_none_and_an_unenrolled_one_is_refused() -> None:
+    with pytest.raises(DmgRuleError) as err:  # no supervisor recorded: nobody can be named
+        do_notify(EMPTY, TRAINEE, "01.03.2016", context(supervisor_of={}), supervisor=GP1)
+    assert (err.value.code, err.value.field) == (156, "supervisor")
+    with pytest.raises(DmgRuleError) as err:  # the recorded supervisor (the holder) is not enrolled
+        do_notify(EMPTY, TRAINEE, "01.03.2016", context(supervisor_of={TRAINEE: GP3}), supervisor=GP3)
+    assert (err.value.code, err.value.field) == (163, "requester")
 
 
 def test_contact_by_a_member_of_the_holders_group_practice_prolongs_the_dmg() -> None:

@@ -1,0 +1,209 @@
+"""The trust model at an insurer node: every RPC answers exactly the certificate kinds the trust table grants
+it (here without TLS, each caller declaring its kind as the development mesh does), a refused call changes
+nothing and is audited, and provider software never reaches the node."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message_factory import GetMessageClass
+from node_support import (
+    BANK,
+    GP_A,
+    GP_NOT_ENROLLED,
+    PATIENT,
+    PATIENT_2,
+    TODAY,
+    Node,
+    by_niss,
+    context,
+    d,
+    node,
+    rpc_error,
+    snapshot,
+)
+from sqlalchemy import select
+
+from mycarenet_core.channels import open_channel
+from mycarenet_core.clock import FixedClock
+from mycarenet_core.errors import parse_rpc_error
+from mycarenet_core.gen.mycarenet.oa.v1 import (
+    intake_service_pb2,
+    membership_service_pb2,
+    oa_dmg_service_pb2,
+    reference_data_service_pb2,
+)
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
+from mycarenet_core.trust import TABLE, Peer
+from oa_node import models as m
+from oa_node.app import SERVICE_NAMES, OaNodeApp
+
+__all__ = ["node"]
+
+SERVICES = [
+    service
+    for module in (oa_dmg_service_pb2, intake_service_pb2, membership_service_pb2, reference_data_service_pb2)
+    for service in module.DESCRIPTOR.services_by_name.values()
+]
+METHODS: list[MethodDescriptor] = [method for service in SERVICES for method in service.methods]
+# Every kind of caller: each certificate of the table, this insurer and another one, and a party the table
+# does not know. "" = a plaintext caller that declares nothing (taken for provider software).
+CALLERS = ["client", "hub", "ehealth", "oa-100", "oa-200", "backoffice", "admin", "intruder", ""]
+
+
+def _path(method: MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def _allowed(method: MethodDescriptor, caller: str) -> bool:
+    certificate = Peer.from_name(caller or "client").certificate
+    return certificate is not None and certificate in TABLE.policies[_path(method)].grants
+
+
+def test_every_rpc_of_the_node_is_in_the_trust_table() -> None:
+    served = {_path(method) for method in METHODS}
+    in_table = {p for p in TABLE.policies if p.startswith("/mycarenet.oa.v1.")}
+    assert served == in_table
+    assert {service.full_name for service in SERVICES} == set(SERVICE_NAMES.values())
+
+
+@pytest.fixture
+async def plain_node(tmp_path: Path) -> AsyncIterator[OaNodeApp]:
+    app = await OaNodeApp.create(
+        insurer_code="100",
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'oa.db'}",
+        clock=FixedClock(dt.datetime(2024, 3, 15, 10, tzinfo=dt.UTC)),
+    )
+    await app.start("127.0.0.1:0")
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+async def _call(channel: grpc.aio.Channel, method: MethodDescriptor) -> grpc.StatusCode | str:
+    """Call ``method`` with an empty request; the status, or the refusal reason when refused."""
+    request_type: Any = GetMessageClass(method.input_type)
+    response_type: Any = GetMessageClass(method.output_type)
+    path = _path(method)
+    try:
+        if method.server_streaming:
+            stream = channel.unary_stream(
+                path,
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )(request_type(), timeout=1)
+            async for _ in stream:
+                break
+            stream.cancel()
+        else:
+            await channel.unary_unary(
+                path,
+                request_serializer=request_type.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )(request_type(), timeout=10)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.PERMISSION_DENIED:
+            return parse_rpc_error(error).reason
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_every_rpc_answers_exactly_the_callers_the_table_grants(plain_node: OaNodeApp) -> None:
+    """The authorization matrix of the node: 16 RPCs x 9 kinds of caller, against trust.toml."""
+    wrong: list[str] = []
+    for caller in CALLERS:
+        target = f"127.0.0.1:{plain_node.port}"
+        async with open_channel(target, identity=caller or None) as channel:
+            for method in METHODS:
+                outcome = await _call(channel, method)
+                refused = outcome == "CERTIFICATE_NOT_ALLOWED"
+                if refused == _allowed(method, caller):
+                    wrong.append(f"{caller or '(none)'} -> {method.name}: {outcome}")
+    assert wrong == []
+
+
+# --- provider software never reaches the DMG service; the back office never notifies ---------------------
+
+
+def _dmg_calls() -> dict[str, Callable[[Any], Any]]:
+    """A valid request of each OaDmgService RPC (each succeeds when the hub sends it)."""
+    return {
+        "ConsultDmg": lambda stub: stub.ConsultDmg(
+            oa_pb2.ConsultDmgRequest(context=context(GP_A), patient=by_niss(PATIENT), request_date=d(TODAY)),
+            timeout=10,
+        ),
+        "NotifyDmg": lambda stub: stub.NotifyDmg(
+            oa_pb2.NotifyDmgRequest(
+                context=context(GP_A, reference="trust-1"),
+                patient=by_niss(PATIENT_2),
+                contact_date=d(TODAY),
+                nomenclature_code="101010",
+            ),
+            timeout=10,
+        ),
+        "ListHoldings": lambda stub: stub.ListHoldings(
+            oa_pb2.ListHoldingsRequest(context=context(GP_A), year=2024), timeout=10
+        ),
+        "EnrolDmg": lambda stub: stub.EnrolDmg(
+            oa_pb2.EnrolDmgRequest(context=context(GP_NOT_ENROLLED), bank_account=BANK), timeout=10
+        ),
+        "GetEnrolment": lambda stub: stub.GetEnrolment(oa_pb2.GetEnrolmentRequest(inami=GP_A), timeout=10),
+    }
+
+
+def test_the_valid_requests_cover_every_rpc_of_the_dmg_service() -> None:
+    names = {m.name for m in oa_dmg_service_pb2.DESCRIPTOR.services_by_name["OaDmgService"].methods}
+    assert set(_dmg_calls()) == names
+
+
+@pytest.mark.parametrize("declared", ["client", None])
+async def test_provider_software_is_refused_on_every_dmg_rpc_and_nothing_changes(
+    node: Node, declared: str | None
+) -> None:
+    before = await snapshot(node.app)
+    async with open_channel(f"127.0.0.1:{node.app.port}", identity=declared) as channel:
+        stub = oa_grpc.OaDmgServiceStub(channel)
+        refusals = {name: await rpc_error(call(stub)) for name, call in _dmg_calls().items()}
+    assert {name: (e.status, e.reason) for name, e in refusals.items()} == {
+        name: (grpc.StatusCode.PERMISSION_DENIED, "CERTIFICATE_NOT_ALLOWED") for name in refusals
+    }
+    assert await snapshot(node.app) == before
+    # The same requests from the hub pass: the refusals were about who called, not what was asked.
+    for call in _dmg_calls().values():
+        await call(node.dmg)
+
+
+async def test_the_back_office_cannot_notify_and_the_refusal_is_audited(node: Node) -> None:
+    before = await snapshot(node.app)
+    async with open_channel(f"127.0.0.1:{node.app.port}", identity="backoffice") as channel:
+        error = await rpc_error(_dmg_calls()["NotifyDmg"](oa_grpc.OaDmgServiceStub(channel)))
+    assert (error.status, error.reason) == (grpc.StatusCode.PERMISSION_DENIED, "CERTIFICATE_NOT_ALLOWED")
+    assert "backoffice" in error.message
+    assert await snapshot(node.app) == before
+
+    async def audited() -> list[m.AuditRecord]:
+        async with node.app.sessions() as session:
+            stmt = select(m.AuditRecord).where(m.AuditRecord.outcome == "REFUSED")
+            return list((await session.execute(stmt)).scalars())
+
+    for _ in range(100):  # the refusal's audit row is written in the background
+        rows = await audited()
+        if rows:
+            break
+        await asyncio.sleep(0.02)
+    assert [(r.rpc, r.peer, r.status_code) for r in rows] == [
+        ("NotifyDmg", "backoffice", "PERMISSION_DENIED")
+    ]
+    assert "CERTIFICATE_NOT_ALLOWED" in rows[0].incidents
+
+    reply = await _dmg_calls()["NotifyDmg"](node.dmg)  # the hub may
+    assert reply.holder.inami == GP_A
