@@ -214,7 +214,7 @@ async def test_a_session_naming_no_provider_is_refused_mandate_required_140(mesh
         error = await rejected(attempt)
         assert (error.status.name, error.reason, error.code) == ("PERMISSION_DENIED", "MANDATE_REQUIRED", 140)
     rows = await audit_rows(mesh, executor_id=person.niss)
-    assert [(r.rpc, r.requester_inami, r.outcome, r.codes) for r in rows] == [
+    assert sorted((r.rpc, r.requester_inami, r.outcome, r.codes) for r in rows) == [
         ("ConsultDmg", "", "PERMISSION_DENIED", "140"),
         ("GetMessages", "", "PERMISSION_DENIED", "140"),
     ]
