@@ -43,6 +43,7 @@ from mycarenet_core.errors import (
     invalid_argument,
     not_found,
     permission_denied,
+    unauthenticated,
     unavailable,
 )
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
@@ -482,6 +483,10 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
         try:
             last = 0
             while True:
+                # A session ended at eHealth (logout, a mandate or credential revoked, the provider's
+                # validity ended) stops the watch too, within a poll, and says so; its natural end is quiet.
+                if core.verifier.is_revoked(caller.session_id):
+                    raise unauthenticated("REVOKED", "the session was ended")
                 event.clear()
                 async with core.sessions() as session:
                     batch = await MailboxRepository(session).pending(
@@ -493,7 +498,7 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
                 if len(batch) == 200:
                     continue
                 left = end_at - loop.time()
-                if left <= 0 or core.verifier.is_revoked(caller.session_id):
+                if left <= 0:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(left, core.watch_poll_seconds))

@@ -379,3 +379,24 @@ async def test_a_provider_whose_validity_ended_is_stopped_on_the_next_call(mesh:
     error = await refused_soon(lambda: consult(mesh, token))
     assert (error.status.name, error.reason) == ("UNAUTHENTICATED", "REVOKED")
     await consult(mesh, others)
+
+
+async def test_a_watch_in_progress_ends_revoked_when_its_session_is_ended(mesh: Mesh) -> None:
+    gp_b = mesh.people["gp_b"]
+    token = await mesh.login(gp_b)
+    await mesh.intake_for("100").DeliverMessages(
+        intake.DeliverMessagesRequest(insurer_code="100", messages=[closure("watch-b", gp_b.inami)]),
+        timeout=5,
+    )
+    stream = mesh.mailbox.WatchMessages(mbx.WatchMessagesRequest(), metadata=bearer(token))
+    async for event in stream:  # the stream is open and serving
+        if event.message.message_id == "watch-b":
+            break
+    await mesh.logout(token)
+
+    async def rest() -> None:
+        async for _ in stream:
+            pass
+
+    error = await rejected(asyncio.wait_for(rest(), 5))
+    assert (error.status.name, error.reason) == ("UNAUTHENTICATED", "REVOKED")
