@@ -14,7 +14,17 @@ def test_defaults_derive_the_database_from_the_insurer_code(monkeypatch: pytest.
     settings = load(OaSettings)
     assert settings.database_url == "sqlite+aiosqlite:///var/oa-300.db"
     assert settings.hub_intake_target is None
+    assert settings.ehealth_target is None  # no cadastre follower: reference data from the back office only
     assert settings.relay_interval == 0.2
+
+
+def test_the_cadastre_follower_is_configured_by_mcn_oa_ehealth_target(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MCN_OA_INSURER_CODE", "300")
+    monkeypatch.setenv("MCN_OA_INSECURE", "true")
+    monkeypatch.setenv("MCN_OA_EHEALTH_TARGET", "ehealth:7401")
+    assert load(OaSettings).ehealth_target == "ehealth:7401"
 
 
 @pytest.mark.parametrize("code", ["", "123", "750"])
