@@ -14,11 +14,18 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from sqlalchemy import and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
+from ehealth.audit import note
+from ehealth.logs import Logs, end_of_day
 from ehealth.mandates import MandateRecord, active_mandate
 from ehealth.models import ChallengeRow, RevocationRow, SessionRow, SigningKeyRow
 from ehealth.repositories import (
+    CURRENT,
+    NEXT,
+    RETIRED,
     CadastreRepository,
     ChallengeRepository,
     CredentialRepository,
@@ -26,6 +33,7 @@ from ehealth.repositories import (
     SigningKeyRepository,
 )
 from ehealth.rules import Period, token_lifetime
+from ehealth.scope import NOT_OWN_CREDENTIAL, Actor
 from ehealth.tokens import (
     KeyPair,
     TokenClaims,
@@ -39,7 +47,7 @@ from ehealth.tokens import (
 )
 from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
-from mycarenet_core.errors import McnCode, permission_denied, unauthenticated
+from mycarenet_core.errors import McnCode, not_found, permission_denied, unauthenticated
 
 PROVIDER = "SUBJECT_KIND_PROVIDER"
 ORGANISATION = "SUBJECT_KIND_ORGANISATION"
@@ -71,60 +79,61 @@ class IssuedSession:
     mandate: MandateRecord | None
 
 
-class RevocationFeed:
-    """In-process notification of new revocations: watchers wait on the current event, which a publish
-    sets and replaces. :meth:`close` wakes every watcher for good (server stop)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.closed = False
-
-    def changed(self) -> asyncio.Event:
-        """The event the next publish sets; take it *before* reading, so that nothing is missed."""
-        return self._event
-
-    def publish(self) -> None:
-        event, self._event = self._event, asyncio.Event()
-        event.set()
-
-    def close(self) -> None:
-        self.closed = True
-        self._event.set()
-
-
 class Authenticator:
-    """Challenges, sessions, keys and revocations over one database."""
+    """Challenges, sessions, keys, credentials and revocations over one database.
+
+    A session is a snapshot of what it was opened with: the credential, the subject's validity and, under a
+    mandate, the mandate and the principal's validity. Its token expires no later than any of them ends, and
+    it is revoked (in the revocation log every verifier follows) as soon as one of them is ended early.
+    Logins run under the log lock (:class:`ehealth.logs.Logs`) so that a mandate or credential revoked at
+    the same moment cannot miss a session being opened with it.
+    """
 
     def __init__(
         self,
         factory: async_sessionmaker[AsyncSession],
         clock: Clock,
         limits: AuthLimits,
-        feed: RevocationFeed,
+        logs: Logs,
     ) -> None:
         self.factory = factory
         self.clock = clock
         self.limits = limits
-        self.feed = feed
-        self._revocation_lock = asyncio.Lock()  # commit order = sequence order within this process
+        self.logs = logs
+        self._key_lock = asyncio.Lock()  # one rotation at a time in this process
 
     # --- keys -------------------------------------------------------------------------------------------
 
     async def ensure_signing_key(self) -> SigningKeyRow:
-        """The current signing key, created when there is none (first start)."""
-        async with transaction(self.factory) as session:
-            keys = SigningKeyRepository(session)
-            return await keys.current() or await keys.add(generate_signing_key(), self.clock.now())
-
-    async def rotate_signing_key(self) -> SigningKeyRow:
-        async with transaction(self.factory) as session:
+        """The current signing key; on first start (or after an upgrade) a CURRENT and a NEXT key are made,
+        so that the key that will sign after the next rotation is published from the start."""
+        async with self._key_lock, transaction(self.factory) as session:
             keys = SigningKeyRepository(session)
             now = self.clock.now()
-            await keys.retire_current(now)
-            return await keys.add(generate_signing_key(), now)
+            current = await keys.current() or await keys.add(generate_signing_key(), now, CURRENT)
+            if await keys.next() is None:
+                await keys.add(generate_signing_key(), now, NEXT)
+            return current
+
+    async def rotate_signing_key(self) -> SigningKeyRow:
+        """Promote the published NEXT key to CURRENT (verifiers that fetched the keys since the last rotation
+        already know it, so no login in progress breaks), retire the current one (it verifies until its
+        tokens expire) and publish a new NEXT key. The new current key."""
+        async with self._key_lock, transaction(self.factory) as session:
+            keys = SigningKeyRepository(session)
+            now = self.clock.now()
+            current, upcoming = await keys.current(), await keys.next()
+            if current is not None:
+                current.state, current.retire_time = RETIRED, now
+            if upcoming is None:  # a database from before key states: nothing was published ahead
+                upcoming = await keys.add(generate_signing_key(), now, CURRENT)
+            upcoming.state = CURRENT
+            await session.flush()
+            await keys.add(generate_signing_key(), now, NEXT)
+            return upcoming
 
     async def signing_keys(self) -> list[SigningKeyRow]:
-        """The current key first, then retired keys whose tokens may still be valid."""
+        """The current key first, the next one, then retired keys whose tokens may still be valid."""
         async with transaction(self.factory) as session:
             retired_after = self.clock.now() - self.limits.max_token_lifetime
             return await SigningKeyRepository(session).published(retired_after)
@@ -139,6 +148,36 @@ class Authenticator:
                 kind, subject_id, public_key_pem, print_, self.clock.now()
             )
         return print_
+
+    async def revoke_credential(
+        self, kind: str, subject_id: str, fingerprint_: str, actor: Actor
+    ) -> tuple[bool, int]:
+        """Revoke a subject's credential (the registered one when ``fingerprint_`` is empty): it can no
+        longer log in, and every live session opened with it ends. (revoked now, sessions ended).
+
+        A provider's session may revoke only its own credential (NOT_OWN_CREDENTIAL). A fingerprint that is
+        not the registered key but that sessions were opened with (a key since replaced) ends those sessions.
+        """
+        own = kind in (PROVIDER, ORGANISATION) and actor.may_reach(subject_id)
+        if actor.restricted and not own:
+            raise actor.refuse(NOT_OWN_CREDENTIAL, f"the credential of {subject_id}")
+        async with self.logs.transaction() as log:
+            row = await CredentialRepository(log.session).get(kind, subject_id)
+            print_ = fingerprint_ or (row.fingerprint if row is not None else "")
+            current = row is not None and row.fingerprint == print_
+            of_subject = and_(col(SessionRow.subject_id) == subject_id, col(SessionRow.subject_kind) == kind)
+            opened_with = col(SessionRow.credential_fingerprint) == print_
+            if current:
+                # Sessions from before fingerprints were recorded can only have used the registered key.
+                opened_with = or_(opened_with, col(SessionRow.credential_fingerprint).is_(None))
+            ended = await log.end_sessions(and_(of_subject, opened_with)) if print_ else 0
+            if not current and ended == 0:
+                what = f"no credential with fingerprint {print_}" if print_ else "no credential"
+                raise not_found("CREDENTIAL_UNKNOWN", f"{what} is registered for {subject_id}")
+            revoked = False
+            if current and row is not None and row.revoke_time is None:
+                row.revoke_time, revoked = log.now, True
+        return revoked, ended
 
     async def create_challenge(self, kind: str, subject_id: str) -> ChallengeRow:
         now = self.clock.now()
@@ -165,6 +204,7 @@ class Authenticator:
             fresh = challenge is not None and await challenges.consume(challenge_id, now)
         if challenge is None:
             raise unauthenticated("CHALLENGE_UNKNOWN", "no such challenge")
+        note(executor_kind=challenge.subject_kind, executor_id=challenge.subject_id)
         if not fresh:
             raise unauthenticated("CHALLENGE_USED", "the challenge was already answered")
         if challenge.expire_time <= now:
@@ -182,23 +222,36 @@ class Authenticator:
         lifetime_seconds: int,
         principal_inami: str,
     ) -> IssuedSession:
+        """Open a session for the subject of the answered challenge (under the principal's mandate when one
+        is named). Its token lives ``lifetime_seconds`` (at most the configured maximum), and no longer than
+        the subject's validity, the mandate and the principal's validity: a token never outlives what it
+        was issued for."""
         challenge = await self._consume_challenge(challenge_id)
         kind, subject_id = challenge.subject_kind, challenge.subject_id
-        now, today = self.clock.now(), self.clock.today()
-        async with transaction(self.factory) as session:
+        own_inami = subject_id if kind in (PROVIDER, ORGANISATION) else ""
+        note(requester_inami=principal_inami or own_inami, subject=principal_inami or subject_id)
+        async with self.logs.transaction() as log:
+            session, now, today = log.session, log.now, self.clock.today()
             claims = await _subject_claims(CadastreRepository(session), kind, subject_id, today)
             credential = await CredentialRepository(session).get(kind, subject_id)
             if credential is None:
                 raise unauthenticated("NO_CREDENTIAL", f"no public key is registered for {subject_id}")
+            if credential.revoke_time is not None:
+                raise unauthenticated("CREDENTIAL_REVOKED", f"the credential of {subject_id} was revoked")
             if not signature_valid(credential.public_key_pem, challenge.nonce, signature):
                 raise unauthenticated("BAD_SIGNATURE", "the signature of the challenge does not verify")
-            await _check_validity(CadastreRepository(session), kind, subject_id, today)
+            ends = [await _check_validity(CadastreRepository(session), kind, subject_id, today)]
             mandate = None
             if principal_inami:
-                mandate = await _mandate_for(session, principal_inami, kind, subject_id, today)
+                mandate, principal_end = await _mandate_for(session, principal_inami, kind, subject_id, today)
+                ends += [mandate.row.valid_to, principal_end]
+                note(mandate_id=mandate.row.mandate_id)
             keys = SigningKeyRepository(session)
-            key = await keys.current() or await keys.add(generate_signing_key(), now)
-            expire = now + token_lifetime(lifetime_seconds, self.limits.max_token_lifetime)
+            key = await keys.current() or await keys.add(generate_signing_key(), now, CURRENT)
+            expire = min(
+                [now + token_lifetime(lifetime_seconds, self.limits.max_token_lifetime)]
+                + [end_of_day(day) for day in ends if day is not None]
+            )
             # Whole seconds, as in the token (NumericDate).
             issued, expire = now.replace(microsecond=0), expire.replace(microsecond=0)
             token_claims = TokenClaims(
@@ -224,10 +277,12 @@ class Authenticator:
                     key_id=key.key_id,
                     principal_inami=token_claims.principal or None,
                     mandate_id=token_claims.mandate_id or None,
+                    credential_fingerprint=credential.fingerprint,
                     issue_time=issued,
                     expire_time=expire,
                 )
             )
+        note(session_id=token_claims.session_id)
         return IssuedSession(token, token_claims.session_id, expire, mandate)
 
     async def logout(self, token: str) -> tuple[str, bool]:
@@ -237,14 +292,22 @@ class Authenticator:
             claims = verify_token(token, keys, audience=None, now=self.clock.now())
         except TokenError as error:
             raise unauthenticated(error.reason.status_reason, error.message) from None
-        async with self._revocation_lock:
-            async with transaction(self.factory) as session:
-                sessions = SessionRepository(session)
-                if await sessions.revocation(claims.session_id) is not None:
-                    return claims.session_id, False
-                await sessions.revoke(claims.session_id, self.clock.now(), claims.expires_at)
-            self.feed.publish()
-        return claims.session_id, True
+        note(
+            executor_kind=claims.subject_kind,
+            executor_id=claims.subject_id,
+            requester_inami=claims.principal or claims.inami,
+            mandate_id=claims.mandate_id,
+            session_id=claims.session_id,
+            subject=claims.subject_id,
+        )
+        async with self.logs.transaction() as log:
+            ended = await log.end_session(claims.session_id, claims.expires_at)
+        return claims.session_id, ended
+
+    async def session_revoked(self, session_id: str) -> bool:
+        """True when the session was ended (one indexed read)."""
+        async with self.factory() as session:
+            return await SessionRepository(session).is_revoked(session_id)
 
     async def revocations(self, after_sequence: int, limit: int) -> list[RevocationRow]:
         """Revocations after a sequence number whose tokens have not expired, in sequence order."""
@@ -258,9 +321,10 @@ class Authenticator:
     ) -> AsyncIterator[RevocationRow]:
         """The backlog after ``after_sequence``, then each new revocation as it is committed; ends when the
         feed is closed (server stop) or the caller stops iterating."""
+        feed = self.logs.revocations
         last = after_sequence
-        while not self.feed.closed:
-            changed = self.feed.changed()
+        while not feed.closed:
+            changed = feed.changed()
             rows = await self.revocations(last, batch)
             for row in rows:
                 assert row.sequence is not None
@@ -292,21 +356,30 @@ async def _subject_claims(
     return {}
 
 
-async def _check_validity(cadastre: CadastreRepository, kind: str, subject_id: str, today: dt.date) -> None:
-    """PERMISSION_DENIED when a provider or organisation is outside its cadastre validity today."""
+async def _check_validity(
+    cadastre: CadastreRepository, kind: str, subject_id: str, today: dt.date
+) -> dt.date | None:
+    """PERMISSION_DENIED when a provider or organisation is outside its cadastre validity today; else the
+    last day of that validity (None: open, or a subject without one)."""
+    if kind not in (PROVIDER, ORGANISATION):
+        return None
     row = await (cadastre.provider(subject_id) if kind == PROVIDER else cadastre.organisation(subject_id))
-    valid = row is None or Period(row.valid_from, row.valid_to).contains(today)
-    if kind in (PROVIDER, ORGANISATION) and not valid:
+    if row is None:
+        return None
+    if not Period(row.valid_from, row.valid_to).contains(today):
         raise permission_denied(
             "PROVIDER_NOT_VALID",
             f"{subject_id} may not practise on {today.isoformat()} (cadastre validity)",
             code=McnCode.PROVIDER_NOT_ENTITLED,
         )
+    return row.valid_to
 
 
 async def _mandate_for(
     session: AsyncSession, principal: str, kind: str, subject_id: str, today: dt.date
-) -> MandateRecord:
+) -> tuple[MandateRecord, dt.date | None]:
+    """The mandate from ``principal`` to the subject valid today, and the last day of the principal's
+    validity; PERMISSION_DENIED 140 otherwise."""
     cadastre = CadastreRepository(session)
     row = await cadastre.provider(principal) or await cadastre.organisation(principal)
     if row is None or not Period(row.valid_from, row.valid_to).contains(today):
@@ -318,9 +391,11 @@ async def _mandate_for(
     mandate = await active_mandate(session, principal, kind, subject_id, today)
     if mandate is None:
         raise permission_denied(
-            "MANDATE_REQUIRED", f"no active mandate from {principal} to {subject_id} today"
+            "MANDATE_REQUIRED",
+            f"no active mandate from {principal} to {subject_id} today",
+            code=McnCode.PROVIDER_NOT_ENTITLED,
         )
-    return mandate
+    return mandate, row.valid_to
 
 
 __all__ = [
@@ -331,5 +406,4 @@ __all__ = [
     "AuthLimits",
     "Authenticator",
     "IssuedSession",
-    "RevocationFeed",
 ]

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from ehealth.auth import COMPANY, ORGANISATION, PERSON, PROVIDER
-from ehealth.cadastre import OrganisationRecord, ProviderRecord
+from ehealth.cadastre import CadastreChange, OrganisationRecord, ProviderRecord
 from ehealth.inputs import Checker
 from ehealth.mandates import MandateRecord, NewMandate
 from ehealth.models import MembershipRow, OrganisationRow, ProviderRow, RelationRow, SigningKeyRow
@@ -120,12 +120,20 @@ def public_key(check: Checker, field: str, pem: str, *, required: bool) -> str:
 # --- auth -------------------------------------------------------------------------------------------------
 
 
+KEY_STATES: dict[str, auth_pb2.SigningKeyState.ValueType] = {
+    "NEXT": auth_pb2.SIGNING_KEY_STATE_NEXT,
+    "CURRENT": auth_pb2.SIGNING_KEY_STATE_CURRENT,
+    "RETIRED": auth_pb2.SIGNING_KEY_STATE_RETIRED,
+}
+
+
 def signing_key_to_proto(row: SigningKeyRow) -> auth_pb2.SigningKey:
     key = auth_pb2.SigningKey(
         key_id=row.key_id,
         algorithm=ALGORITHM,
         public_key_pem=row.public_key_pem,
         create_time=timestamp(row.create_time),
+        state=KEY_STATES.get(row.state, auth_pb2.SIGNING_KEY_STATE_UNSPECIFIED),
     )
     if row.retire_time is not None:
         key.retire_time.CopyFrom(timestamp(row.retire_time))
@@ -181,6 +189,22 @@ def provider_request(value: cadastre_pb2.CadastreProvider) -> tuple[ProviderRow,
         supervisor_inami=supervisor.value if supervisor else None,
     )
     return row, pem
+
+
+def change_to_proto(change: CadastreChange) -> cadastre_pb2.CadastreChange:
+    """A change of the log as a follower sees it: never a NISS, never a key."""
+    assert change.row.sequence is not None
+    message = cadastre_pb2.CadastreChange(
+        sequence=change.row.sequence, change_time=timestamp(change.row.change_time)
+    )
+    if change.provider is not None:
+        provider = provider_to_proto(change.provider)
+        provider.ClearField("niss")
+        provider.ClearField("public_key_pem")
+        message.provider.CopyFrom(provider)
+    elif change.organisation is not None:
+        message.organisation.CopyFrom(organisation_to_proto(change.organisation))
+    return message
 
 
 def provider_to_proto(record: ProviderRecord) -> cadastre_pb2.CadastreProvider:

@@ -3,6 +3,12 @@
 No two mandates of one principal overlap for a service (:func:`ehealth.rules.plan_mandate_closures`):
 a new one closes the previous one the day before its start. A previous mandate is closed as a whole
 (all its services), because a mandate is one act of delegation.
+
+A mandate is given by its principal (seed 003 annex 11.3): a provider's session creates, revokes and lists
+only the mandates it gives (:mod:`ehealth.scope`); the administrator may do so for anyone. A session opened
+under a mandate is a snapshot of the delegation: when the principal revokes the mandate, or a new mandate
+closes it, every session opened under it ends (revocation log), and the mandatee logs in again under
+whatever mandate is then in force.
 """
 
 from __future__ import annotations
@@ -13,10 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
 
-from ehealth.models import MandateRow
+from ehealth.audit import note
+from ehealth.logs import Logs
+from ehealth.models import MandateRow, SessionRow
 from ehealth.repositories import CadastreRepository, MandateRepository
 from ehealth.rules import MandateView, Period, check_end, plan_mandate_closures
+from ehealth.scope import NOT_OWN_MANDATE, Actor
 from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
 from mycarenet_core.errors import McnCode, not_found
@@ -67,13 +77,18 @@ async def active_mandate(
 class Mandates:
     """Create, revoke and list mandates."""
 
-    def __init__(self, factory: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+    def __init__(self, factory: async_sessionmaker[AsyncSession], clock: Clock, logs: Logs) -> None:
         self.factory = factory
         self.clock = clock
+        self.logs = logs
 
-    async def create(self, new: NewMandate) -> tuple[MandateRecord, list[MandateRecord]]:
-        """The created mandate and the mandates it closed (as they are now)."""
-        async with transaction(self.factory) as session:
+    async def create(self, new: NewMandate, actor: Actor) -> tuple[MandateRecord, list[MandateRecord]]:
+        """The created mandate and the mandates it closed (as they are now). Only the principal (or the
+        administrator) gives a mandate; the sessions opened under a mandate it closes end."""
+        note(subject=new.principal_inami)
+        actor.check(new.principal_inami, NOT_OWN_MANDATE, f"a mandate given by {new.principal_inami}")
+        async with self.logs.transaction() as log:
+            session = log.session
             cadastre = CadastreRepository(session)
             if (
                 await cadastre.provider(new.principal_inami) is None
@@ -95,6 +110,8 @@ class Mandates:
                 if record.row.mandate_id in closures:
                     record.row.valid_to = closures[record.row.mandate_id]
                     closed.append(record)
+            if closed:
+                await log.end_sessions(col(SessionRow.mandate_id).in_([m.row.mandate_id for m in closed]))
             row = MandateRow(
                 mandate_id=mandate_id,
                 principal_inami=new.principal_inami,
@@ -102,23 +119,28 @@ class Mandates:
                 mandatee_id=new.mandatee_id,
                 valid_from=new.period.start,
                 valid_to=new.period.end,
-                create_time=self.clock.now(),
+                create_time=log.now,
             )
             await repo.add(row, sorted(new.services))
         return MandateRecord(row, tuple(sorted(new.services))), closed
 
-    async def revoke(self, mandate_id: str, end: dt.date | None) -> MandateRecord:
+    async def revoke(self, mandate_id: str, end: dt.date | None, actor: Actor) -> tuple[MandateRecord, int]:
         """End the mandate on ``end`` (today when None); never lengthens it. Ending it the day before its
-        start cancels it."""
+        start cancels it. Only its principal (or the administrator) revokes it; every session opened under
+        it ends now, whatever the end date: the principal withdrew the delegation those sessions carry.
+        The mandate as it is now, and the number of sessions ended."""
         day = end or self.clock.today()
-        async with transaction(self.factory) as session:
-            repo = MandateRepository(session)
+        async with self.logs.transaction() as log:
+            repo = MandateRepository(log.session)
             row = await repo.get(mandate_id)
             if row is None:
                 raise not_found("MANDATE_UNKNOWN", f"no mandate {mandate_id}")
+            note(subject=row.principal_inami)
+            actor.check(row.principal_inami, NOT_OWN_MANDATE, f"mandate {mandate_id}")
             check_end(day, row.valid_from, "end_date")
             row.valid_to = Period(row.valid_from, row.valid_to).ended_by(day).end
-            return (await _records(repo, [row]))[0]
+            ended = await log.end_sessions(col(SessionRow.mandate_id) == mandate_id)
+            return (await _records(repo, [row]))[0], ended
 
     async def search(
         self,
@@ -128,7 +150,13 @@ class Mandates:
         valid_on: dt.date | None,
         after: tuple[dt.date, str] | None,
         limit: int,
+        actor: Actor,
     ) -> list[MandateRecord]:
+        """Mandates filtered; a provider's session sees only the mandates it gave (its own INAMI is the
+        principal filter when none is given)."""
+        if actor.own is not None:
+            principal_inami = principal_inami or actor.own
+            actor.check(principal_inami, NOT_OWN_MANDATE, f"the mandates given by {principal_inami}")
         async with transaction(self.factory) as session:
             repo = MandateRepository(session)
             rows = await repo.search(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -50,7 +50,8 @@ def _instant(*, nullable: bool = False) -> Any:
 
 
 class SigningKeyRow(Base, table=True):
-    """A token signing key (Ed25519). The current key has no retire time."""
+    """A token signing key (Ed25519) in its life: NEXT (published, not signing yet), CURRENT (signing; one
+    at a time), RETIRED (verifying the tokens it signed until they expire; has a retire time)."""
 
     __tablename__ = "signing_key"
 
@@ -59,10 +60,12 @@ class SigningKeyRow(Base, table=True):
     public_key_pem: str = Field(sa_column=Column(Text, nullable=False))
     create_time: dt.datetime = _instant()
     retire_time: dt.datetime | None = _instant(nullable=True)
+    state: str = Field(default="CURRENT", max_length=16, index=True)
 
 
 class CredentialRow(Base, table=True):
-    """The public key a subject authenticates with (replaced on re-registration)."""
+    """The public key a subject authenticates with (replaced on re-registration, which also lifts a
+    revocation: the administrator bound a new key to the person)."""
 
     __tablename__ = "credential"
 
@@ -71,6 +74,7 @@ class CredentialRow(Base, table=True):
     public_key_pem: str = Field(sa_column=Column(Text, nullable=False))
     fingerprint: str = Field(max_length=64)
     register_time: dt.datetime = _instant()
+    revoke_time: dt.datetime | None = _instant(nullable=True)
 
 
 class ChallengeRow(Base, table=True):
@@ -88,17 +92,22 @@ class ChallengeRow(Base, table=True):
 
 
 class SessionRow(Base, table=True):
-    """An issued session (every action is traced to the session's subject)."""
+    """An issued session, with what it was opened with (credential, mandate), so that ending those ends it.
+
+    Every action is traced to the session's subject. Sessions opened before the credential was recorded
+    have no fingerprint."""
 
     __tablename__ = "session"
+    __table_args__ = (Index("ix_session_subject", "subject_id", "subject_kind"),)
 
     session_id: str = Field(primary_key=True, max_length=64)
     subject_kind: str = Field(max_length=32)
     subject_id: str = Field(max_length=32)
     audience: str = Field(max_length=128)
     key_id: str = Field(max_length=64)
-    principal_inami: str | None = Field(default=None, max_length=11)
-    mandate_id: str | None = Field(default=None, max_length=64)
+    principal_inami: str | None = Field(default=None, max_length=11, index=True)
+    mandate_id: str | None = Field(default=None, max_length=64, index=True)
+    credential_fingerprint: str | None = Field(default=None, max_length=64)
     issue_time: dt.datetime = _instant()
     expire_time: dt.datetime = _instant()
 
@@ -117,6 +126,27 @@ class RevocationRow(Base, table=True):
 
 
 # --- cadastre ------------------------------------------------------------------------------------------
+
+
+class CadastreChangeRow(Base, table=True):
+    """The cadastre's change log, compacted: one row per provider or organisation, at the sequence of its
+    latest change (a change deletes the entry's previous row and appends a new one). A follower that reads
+    every row after its position therefore learns the current state of everything that changed since.
+
+    On SQLite the table is AUTOINCREMENT so that a sequence number is never handed out twice."""
+
+    __tablename__ = "cadastre_change"
+    __table_args__ = (
+        UniqueConstraint("kind", "inami", name="uq_cadastre_change_entry"),
+        {"sqlite_autoincrement": True},
+    )
+
+    sequence: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+    change_time: dt.datetime = _instant()
+    kind: str = Field(max_length=16)  # "provider" or "organisation"
+    inami: str = Field(max_length=11)
 
 
 class ProviderRow(Base, table=True):
@@ -214,6 +244,31 @@ class MandateServiceRow(Base, table=True):
 
     mandate_id: str = Field(primary_key=True, max_length=64, foreign_key="mandate.mandate_id")
     service: str = Field(primary_key=True, max_length=64)
+
+
+# --- audit ---------------------------------------------------------------------------------------------
+
+
+class AuditRow(Base, table=True):
+    """Who did what at eHealth, on whose behalf, when, and how it ended (seed 001 art. 3): every login,
+    every write, every refusal. ``time`` is eHealth's clock."""
+
+    __tablename__ = "audit"
+
+    id: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+    time: dt.datetime = _instant()
+    method: str = Field(max_length=80)
+    certificate: str = Field(default="", max_length=64)
+    executor_kind: str = Field(default="", max_length=32)
+    executor_id: str = Field(default="", max_length=32)
+    requester_inami: str = Field(default="", max_length=11, index=True)
+    mandate_id: str = Field(default="", max_length=64)
+    session_id: str = Field(default="", max_length=64)
+    subject: str = Field(default="", max_length=64, index=True)
+    outcome: str = Field(max_length=32)
+    reason: str = Field(default="", max_length=80)
 
 
 metadata = Base.metadata

@@ -3,6 +3,10 @@
 Organisation rule: a relation held by an organisation (medical house or group practice) counts, on a date,
 for every provider who is a member of that organisation on that date (membership and organisation both
 valid). So a GP of a medical house that holds a patient's DMG passes the check for that patient.
+
+A relation is registered by the provider who has it (seed 000 §1.3.2.2: it reads the patient's eID): a
+provider's session registers, revokes and lists only its own relations (:mod:`ehealth.scope`); the
+administrator may do so for anyone, and the hub moves DMG relations after an insurer committed a holding.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from ehealth.audit import note
 from ehealth.models import DmgTransferRow, RelationRow
 from ehealth.repositories import CadastreRepository, RelationRepository
 from ehealth.rules import Period, Proof, Relation, check_end, plan_dmg_transfer, strongest_relation
+from ehealth.scope import NOT_OWN_RELATION, Actor
 from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
 from mycarenet_core.errors import McnCode, not_found
@@ -55,9 +61,14 @@ class Relations:
             create_time=self.clock.now(),
         )
 
-    async def register(self, provider: str, patient: str, proof: Proof, period: Period) -> RelationRow:
+    async def register(
+        self, provider: str, patient: str, proof: Proof, period: Period, actor: Actor
+    ) -> RelationRow:
         """Register a relation; an existing one with the same proof whose period covers the new one is
-        returned instead of a duplicate. The provider (or organisation) must be in the cadastre."""
+        returned instead of a duplicate. The provider (or organisation) must be in the cadastre, and be the
+        caller when the caller is a provider's session."""
+        note(subject=provider)
+        actor.check(provider, NOT_OWN_RELATION, f"a relation of {provider}")
         async with transaction(self.factory) as session:
             cadastre = CadastreRepository(session)
             if await cadastre.provider(provider) is None and await cadastre.organisation(provider) is None:
@@ -73,13 +84,16 @@ class Relations:
                     return row
             return await repo.add(self._new_row(provider, patient, proof, period))
 
-    async def revoke(self, relation_id: str, end: dt.date | None) -> RelationRow:
-        """End the relation on ``end`` (today when None); never lengthens it."""
+    async def revoke(self, relation_id: str, end: dt.date | None, actor: Actor) -> RelationRow:
+        """End the relation on ``end`` (today when None); never lengthens it. A provider's session ends only
+        its own relations."""
         day = end or self.clock.today()
         async with transaction(self.factory) as session:
             row = await RelationRepository(session).get(relation_id)
             if row is None:
                 raise not_found("RELATION_UNKNOWN", f"no relation {relation_id}")
+            note(subject=row.provider_inami)
+            actor.check(row.provider_inami, NOT_OWN_RELATION, f"relation {relation_id}")
             check_end(day, row.valid_from, "end_date")
             row.valid_to = period_of(row).ended_by(day).end
             return row
@@ -100,7 +114,13 @@ class Relations:
         valid_on: dt.date | None,
         after: tuple[dt.date, str] | None,
         limit: int,
+        actor: Actor,
     ) -> list[RelationRow]:
+        """Relations filtered; a provider's session sees only its own (its INAMI is the provider filter
+        when none is given)."""
+        if actor.own is not None:
+            provider_inami = provider_inami or actor.own
+            actor.check(provider_inami, NOT_OWN_RELATION, f"the relations of {provider_inami}")
         async with transaction(self.factory) as session:
             return await RelationRepository(session).search(
                 provider_inami=provider_inami,
@@ -115,6 +135,7 @@ class Relations:
     ) -> TransferResult:
         """Move the DMG relation (see :func:`ehealth.rules.plan_dmg_transfer`); idempotent by
         ``source_reference``: a replay changes nothing and answers what the first application did."""
+        note(subject=new_holder)
         try:
             return await self._transfer(patient, new_holder, previous_holder, start, source_reference)
         except IntegrityError:

@@ -7,11 +7,12 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from ehealth.models import (
+    CadastreChangeRow,
     ChallengeRow,
     CredentialRow,
     DmgTransferRow,
@@ -43,39 +44,53 @@ def _after(columns: Sequence[Any], key: Sequence[object] | None) -> ColumnElemen
     return tuple_(*columns) > tuple_(*key)
 
 
+NEXT, CURRENT, RETIRED = "NEXT", "CURRENT", "RETIRED"
+KEY_ORDER = {CURRENT: 0, NEXT: 1, RETIRED: 2}
+
+
 class SigningKeyRepository:
+    """Signing keys by state: one CURRENT (signs), one NEXT (published ahead), RETIRED ones (verify)."""
+
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def current(self) -> SigningKeyRow | None:
-        stmt = select(SigningKeyRow).where(col(SigningKeyRow.retire_time).is_(None))
+    async def _in_state(self, state: str) -> SigningKeyRow | None:
+        stmt = (
+            select(SigningKeyRow)
+            .where(col(SigningKeyRow.state) == state)
+            .order_by(col(SigningKeyRow.create_time).desc())
+        )
         return (await self.session.scalars(stmt)).first()
 
-    async def add(self, pair: KeyPair, now: dt.datetime) -> SigningKeyRow:
+    async def current(self) -> SigningKeyRow | None:
+        return await self._in_state(CURRENT)
+
+    async def next(self) -> SigningKeyRow | None:
+        return await self._in_state(NEXT)
+
+    async def add(self, pair: KeyPair, now: dt.datetime, state: str = CURRENT) -> SigningKeyRow:
         row = SigningKeyRow(
             key_id=pair.key_id,
             private_key_pem=pair.private_key_pem,
             public_key_pem=pair.public_key_pem,
             create_time=now,
+            state=state,
         )
         self.session.add(row)
         await self.session.flush()
         return row
 
-    async def retire_current(self, now: dt.datetime) -> None:
-        stmt = update(SigningKeyRow).where(col(SigningKeyRow.retire_time).is_(None)).values(retire_time=now)
-        await self.session.execute(stmt)
-
     async def published(self, retired_after: dt.datetime) -> list[SigningKeyRow]:
-        """The current key first, then keys retired after ``retired_after``, most recent first."""
+        """The current key first, then the next one, then keys retired after ``retired_after``, most
+        recently retired first."""
         stmt = select(SigningKeyRow).where(
             or_(
-                col(SigningKeyRow.retire_time).is_(None),
+                col(SigningKeyRow.state).in_((CURRENT, NEXT)),
                 col(SigningKeyRow.retire_time) > retired_after,
             )
         )
         rows = list((await self.session.scalars(stmt)).all())
-        rows.sort(key=lambda r: (r.retire_time is not None, -(r.retire_time or r.create_time).timestamp()))
+        rows.sort(key=lambda r: (KEY_ORDER.get(r.state, 3), -(r.retire_time or r.create_time).timestamp()))
         return rows
 
 
@@ -89,11 +104,13 @@ class CredentialRepository:
     async def put(
         self, kind: str, subject_id: str, public_key_pem: str, fingerprint: str, now: dt.datetime
     ) -> None:
+        """Register (or replace) the key; a new registration lifts a revocation."""
         row = await self.get(kind, subject_id)
         if row is None:
             row = CredentialRow(subject_kind=kind, subject_id=subject_id, public_key_pem="", fingerprint="")
             self.session.add(row)
         row.public_key_pem, row.fingerprint, row.register_time = public_key_pem, fingerprint, now
+        row.revoke_time = None
         await self.session.flush()
 
 
@@ -141,11 +158,10 @@ class SessionRepository:
         stmt = select(RevocationRow).where(col(RevocationRow.session_id) == session_id)
         return (await self.session.scalars(stmt)).first()
 
-    async def revoke(self, session_id: str, now: dt.datetime, expire_time: dt.datetime) -> RevocationRow:
-        row = RevocationRow(session_id=session_id, revoke_time=now, expire_time=expire_time)
-        self.session.add(row)
-        await self.session.flush()
-        return row
+    async def is_revoked(self, session_id: str) -> bool:
+        """One read of the unique index on the revoked session ids."""
+        stmt = select(col(RevocationRow.sequence)).where(col(RevocationRow.session_id) == session_id)
+        return (await self.session.scalar(stmt)) is not None
 
     async def revocations_after(
         self, sequence: int, *, limit: int, unexpired_at: dt.datetime
@@ -245,6 +261,39 @@ class CadastreRepository:
             .order_by(col(OrganisationRow.inami))
         )
         return list((await self.session.scalars(stmt)).all())
+
+
+class CadastreChangeRepository:
+    """The compacted change log of the cadastre (appended through :class:`ehealth.logs.LogWriter`)."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def after(self, sequence: int, limit: int) -> list[CadastreChangeRow]:
+        stmt = (
+            select(CadastreChangeRow)
+            .where(col(CadastreChangeRow.sequence) > sequence)
+            .order_by(col(CadastreChangeRow.sequence))
+            .limit(limit)
+        )
+        return list((await self.session.scalars(stmt)).all())
+
+    async def head(self) -> int:
+        """The last sequence number of the log (0 when empty)."""
+        value = await self.session.scalar(select(func.max(col(CadastreChangeRow.sequence))))
+        return int(value or 0)
+
+    async def providers(self, inamis: Sequence[str]) -> dict[str, ProviderRow]:
+        if not inamis:
+            return {}
+        stmt = select(ProviderRow).where(col(ProviderRow.inami).in_(inamis))
+        return {r.inami: r for r in (await self.session.scalars(stmt)).all()}
+
+    async def organisations(self, inamis: Sequence[str]) -> dict[str, OrganisationRow]:
+        if not inamis:
+            return {}
+        stmt = select(OrganisationRow).where(col(OrganisationRow.inami).in_(inamis))
+        return {r.inami: r for r in (await self.session.scalars(stmt)).all()}
 
 
 class RelationRepository:

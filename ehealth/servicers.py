@@ -1,14 +1,21 @@
 """The four eHealth servicers: thin (proto → domain call → proto). Errors are raised as MeshError and mapped
-to statuses by the shared interceptor of :class:`mycarenet_core.server.MeshServer`."""
+to statuses by the shared interceptor of :class:`mycarenet_core.server.MeshServer`.
+
+Who may call what is settled before a handler runs (the trust interceptor, ``mycarenet_core/trust.toml``);
+a handler passes the caller (:func:`ehealth.access.current_actor`) to the domain, which applies the scope
+rules that need the data ("only its own relations")."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from ehealth import convert
+from ehealth.access import current_actor
+from ehealth.audit import note
 from ehealth.auth import Authenticator
 from ehealth.cadastre import Cadastre
 from ehealth.inputs import Checker, paginate
@@ -33,6 +40,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
 )
 
 Context = grpc.aio.ServicerContext[Any, Any]
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 def _revocation(row: RevocationRow) -> auth_pb2.Revocation:
@@ -45,8 +53,9 @@ def _revocation(row: RevocationRow) -> auth_pb2.Revocation:
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, auth: Authenticator) -> None:
+    def __init__(self, auth: Authenticator, on_rotate: Callable[[], Awaitable[object]] | None = None) -> None:
         self.auth = auth
+        self.on_rotate = on_rotate
 
     async def CreateChallenge(
         self, request: auth_pb2.CreateChallengeRequest, context: Context
@@ -115,13 +124,29 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         kind, subject_id = convert.subject(check, request.subject)
         pem = convert.public_key(check, "public_key_pem", request.public_key_pem, required=True)
         check.done()
+        note(subject=subject_id)
         fingerprint = await self.auth.register_credential(kind, subject_id, pem)
         return auth_pb2.RegisterCredentialResponse(fingerprint=fingerprint)
+
+    async def RevokeCredential(
+        self, request: auth_pb2.RevokeCredentialRequest, context: Context
+    ) -> auth_pb2.RevokeCredentialResponse:
+        check = Checker()
+        kind, subject_id = convert.subject(check, request.subject)
+        fingerprint = request.fingerprint.strip().lower()
+        if fingerprint and not FINGERPRINT.fullmatch(fingerprint):
+            check.add("fingerprint", McnCode.BAD_FORMAT, "a fingerprint is 64 hexadecimal characters")
+        check.done()
+        note(subject=subject_id)
+        revoked, ended = await self.auth.revoke_credential(kind, subject_id, fingerprint, current_actor())
+        return auth_pb2.RevokeCredentialResponse(revoked=revoked, ended_sessions=ended)
 
     async def RotateSigningKey(
         self, request: auth_pb2.RotateSigningKeyRequest, context: Context
     ) -> auth_pb2.RotateSigningKeyResponse:
         key = await self.auth.rotate_signing_key()
+        if self.on_rotate is not None:
+            await self.on_rotate()
         return auth_pb2.RotateSigningKeyResponse(key=convert.signing_key_to_proto(key))
 
 
@@ -133,15 +158,16 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
         self, request: cadastre_pb2.UpsertProviderRequest, context: Context
     ) -> cadastre_pb2.UpsertProviderResponse:
         row, pem = convert.provider_request(request.provider)
-        record, created = await self.cadastre.upsert_provider(row, pem)
+        record, created, sequence = await self.cadastre.upsert_provider(row, pem)
         return cadastre_pb2.UpsertProviderResponse(
-            provider=convert.provider_to_proto(record), created=created
+            provider=convert.provider_to_proto(record), created=created, change_sequence=sequence
         )
 
     async def GetProvider(
         self, request: cadastre_pb2.GetProviderRequest, context: Context
     ) -> cadastre_pb2.GetProviderResponse:
-        record, organisations = await self.cadastre.get_provider(convert.lookup_inami(request.inami))
+        inami = convert.lookup_inami(request.inami)
+        record, organisations = await self.cadastre.get_provider(inami, current_actor())
         return cadastre_pb2.GetProviderResponse(
             provider=convert.provider_to_proto(record), organisation_inamis=organisations
         )
@@ -166,15 +192,16 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
         self, request: cadastre_pb2.UpsertOrganisationRequest, context: Context
     ) -> cadastre_pb2.UpsertOrganisationResponse:
         row, members = convert.organisation_request(request.organisation)
-        record, created = await self.cadastre.upsert_organisation(row, members)
+        record, created, sequence = await self.cadastre.upsert_organisation(row, members)
         return cadastre_pb2.UpsertOrganisationResponse(
-            organisation=convert.organisation_to_proto(record), created=created
+            organisation=convert.organisation_to_proto(record), created=created, change_sequence=sequence
         )
 
     async def GetOrganisation(
         self, request: cadastre_pb2.GetOrganisationRequest, context: Context
     ) -> cadastre_pb2.GetOrganisationResponse:
-        record = await self.cadastre.get_organisation(convert.lookup_inami(request.inami))
+        inami = convert.lookup_inami(request.inami)
+        record = await self.cadastre.get_organisation(inami, current_actor())
         return cadastre_pb2.GetOrganisationResponse(organisation=convert.organisation_to_proto(record))
 
     async def ListOrganisations(
@@ -195,6 +222,29 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
             organisations=[convert.organisation_to_proto(r) for r in page], next_page_token=next_token
         )
 
+    async def ListCadastreChanges(
+        self, request: cadastre_pb2.ListCadastreChangesRequest, context: Context
+    ) -> cadastre_pb2.ListCadastreChangesResponse:
+        check = Checker()
+        size = check.page_size("page_size", request.page_size, default=500, maximum=5000)
+        if request.after_sequence < 0:
+            check.add("after_sequence", McnCode.VALUE_NOT_ALLOWED, "a sequence number is never negative")
+        check.done()
+        changes, head = await self.cadastre.changes(request.after_sequence, size)
+        return cadastre_pb2.ListCadastreChangesResponse(
+            changes=[convert.change_to_proto(c) for c in changes], head_sequence=head
+        )
+
+    async def WatchCadastreChanges(
+        self, request: cadastre_pb2.WatchCadastreChangesRequest, context: Context
+    ) -> AsyncIterator[cadastre_pb2.WatchCadastreChangesResponse]:
+        check = Checker()
+        if request.after_sequence < 0:
+            check.add("after_sequence", McnCode.VALUE_NOT_ALLOWED, "a sequence number is never negative")
+        check.done()
+        async for change in self.cadastre.watch_changes(request.after_sequence):
+            yield cadastre_pb2.WatchCadastreChangesResponse(change=convert.change_to_proto(change))
+
 
 class TherapeuticRelationServicer(tr_pb2_grpc.TherapeuticRelationServiceServicer):
     def __init__(self, relations: Relations, clock: Clock) -> None:
@@ -205,7 +255,7 @@ class TherapeuticRelationServicer(tr_pb2_grpc.TherapeuticRelationServiceServicer
         self, request: tr_pb2.RegisterRelationRequest, context: Context
     ) -> tr_pb2.RegisterRelationResponse:
         provider, patient, proof, period = convert.register_request(request, self.clock.today())
-        row = await self.relations.register(provider, patient, proof, period)
+        row = await self.relations.register(provider, patient, proof, period, current_actor())
         return tr_pb2.RegisterRelationResponse(relation=convert.relation_to_proto(row))
 
     async def RevokeRelation(
@@ -215,7 +265,7 @@ class TherapeuticRelationServicer(tr_pb2_grpc.TherapeuticRelationServiceServicer
         relation_id = check.text("relation_id", request.relation_id, max_length=64)
         end = check.optional_date("end_date", request.end_date)
         check.done()
-        row = await self.relations.revoke(relation_id, end)
+        row = await self.relations.revoke(relation_id, end, current_actor())
         return tr_pb2.RevokeRelationResponse(relation=convert.relation_to_proto(row))
 
     async def CheckRelation(
@@ -230,10 +280,12 @@ class TherapeuticRelationServicer(tr_pb2_grpc.TherapeuticRelationServiceServicer
     async def ListRelations(
         self, request: tr_pb2.ListRelationsRequest, context: Context
     ) -> tr_pb2.ListRelationsResponse:
+        actor = current_actor()
         check = Checker()
         provider = check.optional_inami("provider_inami", request.provider_inami)
         patient = check.optional_niss("patient_niss", request.patient_niss)
-        if not request.provider_inami.strip() and not request.patient_niss.strip():
+        given = request.provider_inami.strip() or request.patient_niss.strip()
+        if not given and not actor.restricted:  # a provider's session lists its own by default
             check.add(
                 "provider_inami", McnCode.MANDATORY_FIELD_MISSING, "give a provider, a patient, or both"
             )
@@ -247,6 +299,7 @@ class TherapeuticRelationServicer(tr_pb2_grpc.TherapeuticRelationServiceServicer
             valid_on=valid_on,
             after=after,
             limit=size + 1,
+            actor=actor,
         )
         page, next_token = paginate(rows, size, lambda r: convert.page_key(r.valid_from, r.relation_id))
         return tr_pb2.ListRelationsResponse(
@@ -273,7 +326,7 @@ class MandateServicer(mandate_pb2_grpc.MandateServiceServicer):
     async def CreateMandate(
         self, request: mandate_pb2.CreateMandateRequest, context: Context
     ) -> mandate_pb2.CreateMandateResponse:
-        created, closed = await self.mandates.create(convert.new_mandate(request.mandate))
+        created, closed = await self.mandates.create(convert.new_mandate(request.mandate), current_actor())
         return mandate_pb2.CreateMandateResponse(
             mandate=convert.mandate_to_proto(created), closed=[convert.mandate_to_proto(m) for m in closed]
         )
@@ -285,7 +338,7 @@ class MandateServicer(mandate_pb2_grpc.MandateServiceServicer):
         mandate_id = check.text("mandate_id", request.mandate_id, max_length=64)
         end = check.optional_date("end_date", request.end_date)
         check.done()
-        record = await self.mandates.revoke(mandate_id, end)
+        record, _ = await self.mandates.revoke(mandate_id, end, current_actor())
         return mandate_pb2.RevokeMandateResponse(mandate=convert.mandate_to_proto(record))
 
     async def ListMandates(
@@ -303,6 +356,7 @@ class MandateServicer(mandate_pb2_grpc.MandateServiceServicer):
             valid_on=valid_on,
             after=after,
             limit=size + 1,
+            actor=current_actor(),
         )
         page, next_token = paginate(
             records, size, lambda m: convert.page_key(m.row.valid_from, m.row.mandate_id)

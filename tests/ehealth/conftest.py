@@ -1,17 +1,20 @@
-"""eHealth test fixtures: a real eHealth (in-process, port 0) on SQLite and PostgreSQL, with a fixed clock;
-every server started here is stopped by the fixture's teardown."""
+"""eHealth test fixtures: a real eHealth (in-process, port 0) on SQLite and PostgreSQL, with a fixed clock,
+and a plaintext channel per kind of caller (declared in ``x-mcn-peer``); every server started here is
+stopped by the fixture's teardown."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
 
-import grpc
 import pytest
 from ehealth_support import NOW, Env
 
 from ehealth.app import EhealthApp
+from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import FixedClock
+
+IDENTITIES = ("admin", "client", "hub", "oa-300", "backoffice")
 
 
 @pytest.fixture
@@ -35,5 +38,10 @@ async def app(pg_admin_url: str, database_url: str, clock: FixedClock) -> AsyncI
 
 @pytest.fixture
 async def env(app: EhealthApp, clock: FixedClock) -> AsyncIterator[Env]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        yield Env(app, clock, channel)
+    target = f"127.0.0.1:{app.port}"
+    channels = {name: open_channel(target, identity=name) for name in IDENTITIES}
+    try:
+        yield Env(app, clock, channels)
+    finally:
+        for channel in channels.values():
+            await channel.close()

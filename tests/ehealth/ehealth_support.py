@@ -1,5 +1,10 @@
-"""Helpers of the eHealth tests: identifiers, an Env over a running eHealth (stubs, cadastre filling,
-login by challenge signature), error parsing."""
+"""Helpers of the eHealth tests: identifiers, an Env over a running eHealth (stubs for each kind of caller,
+cadastre filling, login by challenge signature), error parsing.
+
+eHealth runs without TLS in these tests, so a channel declares the certificate kind it stands for
+(``x-mcn-peer``, see :mod:`mycarenet_core.trust`): ``env.auth``/``cadastre``/``relations``/``mandates`` are
+the administrator's (the sandbox tools: administrative writes), ``env.client`` is provider software (logins,
+then calls with a provider's session token), ``env.hub`` the hub and ``env.oa`` insurer 300."""
 
 from __future__ import annotations
 
@@ -52,20 +57,45 @@ def from_pdate(value: common_pb2.Date) -> dt.date | None:
     return dt.date(value.year, value.month, value.day) if value.year else None
 
 
+class Stubs:
+    """The four eHealth stubs over one channel (one kind of caller)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.channel = channel
+        self.auth = auth_pb2_grpc.AuthServiceStub(channel)
+        self.cadastre = cadastre_pb2_grpc.CadastreServiceStub(channel)
+        self.relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(channel)
+        self.mandates = mandate_pb2_grpc.MandateServiceStub(channel)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying a session token."""
+    return (("authorization", f"Bearer {token}"),)
+
+
 @dataclass
 class Env:
-    """A running eHealth with its clock, stubs and helpers."""
+    """A running eHealth with its clock, a channel per kind of caller, stubs and helpers."""
 
     app: EhealthApp
     clock: FixedClock
-    channel: grpc.aio.Channel
+    channels: dict[str, grpc.aio.Channel]
     keys: dict[str, Ed25519PrivateKey] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.auth = auth_pb2_grpc.AuthServiceStub(self.channel)
-        self.cadastre = cadastre_pb2_grpc.CadastreServiceStub(self.channel)
-        self.relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self.channel)
-        self.mandates = mandate_pb2_grpc.MandateServiceStub(self.channel)
+        admin = Stubs(self.channels["admin"])
+        self.auth, self.cadastre, self.relations, self.mandates = (
+            admin.auth,
+            admin.cadastre,
+            admin.relations,
+            admin.mandates,
+        )
+        self.client = Stubs(self.channels["client"])
+        self.hub = Stubs(self.channels["hub"])
+        self.oa = Stubs(self.channels["oa-300"])
+
+    def as_(self, identity: str) -> Stubs:
+        return Stubs(self.channels[identity])
 
     def key(self, subject_id: str) -> Ed25519PrivateKey:
         return self.keys.setdefault(subject_id, Ed25519PrivateKey.generate())
@@ -120,7 +150,7 @@ class Env:
     async def challenge(
         self, subject_id: str, kind: int = auth_pb2.SUBJECT_KIND_PROVIDER
     ) -> auth_pb2.CreateChallengeResponse:
-        reply: auth_pb2.CreateChallengeResponse = await self.auth.CreateChallenge(
+        reply: auth_pb2.CreateChallengeResponse = await self.client.auth.CreateChallenge(
             auth_pb2.CreateChallengeRequest(subject=auth_pb2.Subject(kind=kind, id=subject_id)),  # type: ignore[arg-type]
             timeout=10,
         )
@@ -136,7 +166,7 @@ class Env:
         audience: str = "",
     ) -> auth_pb2.CreateSessionResponse:
         challenge = await self.challenge(subject_id, kind)
-        reply: auth_pb2.CreateSessionResponse = await self.auth.CreateSession(
+        reply: auth_pb2.CreateSessionResponse = await self.client.auth.CreateSession(
             auth_pb2.CreateSessionRequest(
                 challenge_id=challenge.challenge_id,
                 signature=self.key(subject_id).sign(challenge.nonce),
@@ -148,8 +178,13 @@ class Env:
         )
         return reply
 
+    async def session(self, subject_id: str, **login: object) -> tuple[tuple[str, str], ...]:
+        """Log in (see :meth:`login`) and answer the metadata of calls made with that session."""
+        reply = await self.login(subject_id, **login)  # type: ignore[arg-type]
+        return bearer(reply.token)
+
     async def published_keys(self) -> dict[str, str]:
-        reply = await self.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=10)
+        reply = await self.hub.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=10)
         return {k.key_id: k.public_key_pem for k in reply.keys}
 
 

@@ -182,19 +182,31 @@ async def test_lifetime_is_capped_at_12_hours_and_audience_is_carried(env: Env) 
 
 async def test_key_rotation_old_tokens_verify_until_expiry(env: Env) -> None:
     await env.provider(GP)
+    first = await env.hub.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=10)
+    states = [k.state for k in first.keys]
+    assert states == [auth_pb2.SIGNING_KEY_STATE_CURRENT, auth_pb2.SIGNING_KEY_STATE_NEXT]
     before = await env.login(GP)
     old_kid = jwt.get_unverified_header(before.token)["kid"]
+    assert old_kid == first.keys[0].key_id
     rotated = await env.auth.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=10)
     new_kid = rotated.key.key_id
-    assert new_kid != old_kid
+    assert new_kid == first.keys[1].key_id  # the key published ahead now signs
+    assert rotated.key.state == auth_pb2.SIGNING_KEY_STATE_CURRENT
     after = await env.login(GP)
     assert jwt.get_unverified_header(after.token)["kid"] == new_kid
 
-    reply = await env.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=10)
-    assert [k.key_id for k in reply.keys] == [new_kid, old_kid]  # current first
+    reply = await env.hub.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=10)
+    assert [k.state for k in reply.keys] == [
+        auth_pb2.SIGNING_KEY_STATE_CURRENT,
+        auth_pb2.SIGNING_KEY_STATE_NEXT,
+        auth_pb2.SIGNING_KEY_STATE_RETIRED,
+    ]
+    upcoming = reply.keys[1].key_id
+    assert [k.key_id for k in reply.keys] == [new_kid, upcoming, old_kid]  # current first
+    assert upcoming not in (new_kid, old_kid)
     assert reply.keys[0].algorithm == "EdDSA"
     assert not reply.keys[0].HasField("retire_time")
-    assert reply.keys[1].retire_time.ToDatetime(dt.UTC) == NOW
+    assert reply.keys[2].retire_time.ToDatetime(dt.UTC) == NOW
     keys = {k.key_id: k.public_key_pem for k in reply.keys}
     assert verify_token(before.token, keys, audience="mycarenet", now=NOW).session_id
     assert verify_token(after.token, keys, audience="mycarenet", now=NOW).session_id
@@ -202,7 +214,7 @@ async def test_key_rotation_old_tokens_verify_until_expiry(env: Env) -> None:
     # Once every token of the old key has expired, the old key is no longer published.
     env.clock.advance(12 * HOUR + dt.timedelta(seconds=1))
     keys = await env.published_keys()
-    assert list(keys) == [new_kid]
+    assert list(keys) == [new_kid, upcoming]
     with pytest.raises(TokenError) as info:
         verify_token(before.token, keys, audience="mycarenet", now=env.clock.now())
     assert info.value.reason is Rejection.UNKNOWN_KEY

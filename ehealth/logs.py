@@ -1,0 +1,149 @@
+"""eHealth's two followed logs: the revocation log (sessions ended, followed by every verifier of the mesh)
+and the cadastre change log (providers and organisations, followed by the insurers and the hub).
+
+A follower asks for what comes after the last sequence number it saw, so a number must never become visible
+after a higher one: on PostgreSQL numbers are drawn when a row is inserted, not when its transaction commits.
+Every transaction that appends to either log therefore runs under one lock of the process (:class:`Logs`),
+which makes commit order the sequence order; the watchers are woken once it has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+
+from sqlalchemy import ColumnElement, and_, delete, exists, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlmodel import col
+
+from ehealth.models import CadastreChangeRow, RevocationRow, SessionRow
+from ehealth.rules import Period
+from mycarenet_core.clock import BRUSSELS, Clock
+from mycarenet_core.db import transaction
+
+
+def end_of_day(day: dt.date) -> dt.datetime:
+    """The instant a civil date of Belgium ends (midnight that starts the next day), in UTC: a period that
+    ends on ``day`` covers every instant before it."""
+    midnight = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=BRUSSELS)
+    return midnight.astimezone(dt.UTC)
+
+
+class Feed:
+    """In-process notification of new entries of a log: watchers wait on the current event, which a publish
+    sets and replaces. :meth:`close` wakes every watcher for good (server stop)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.closed = False
+
+    def changed(self) -> asyncio.Event:
+        """The event the next publish sets; take it *before* reading, so that nothing is missed."""
+        return self._event
+
+    def publish(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._event.set()
+
+
+class LogWriter:
+    """What one transaction appends to the logs (see :meth:`Logs.transaction`)."""
+
+    def __init__(self, session: AsyncSession, now: dt.datetime) -> None:
+        self.session = session
+        self.now = now
+        self.revoked = 0
+        self.changes = 0
+
+    async def end_session(self, session_id: str, expire_time: dt.datetime) -> bool:
+        """Revoke one session; False when it had already been ended."""
+        present = await self.session.scalar(
+            select(col(RevocationRow.sequence)).where(col(RevocationRow.session_id) == session_id)
+        )
+        if present is not None:
+            return False
+        self.session.add(RevocationRow(session_id=session_id, revoke_time=self.now, expire_time=expire_time))
+        await self.session.flush()
+        self.revoked += 1
+        return True
+
+    async def end_sessions(self, where: ColumnElement[bool]) -> int:
+        """Revoke every live session (not expired, not already ended) that matches ``where``; how many."""
+        ended = exists().where(col(RevocationRow.session_id) == col(SessionRow.session_id))
+        stmt = (
+            select(col(SessionRow.session_id), col(SessionRow.expire_time))
+            .where(where, col(SessionRow.expire_time) > self.now, ~ended)
+            .order_by(col(SessionRow.issue_time), col(SessionRow.session_id))
+        )
+        rows = (await self.session.execute(stmt)).all()
+        self.session.add_all(
+            RevocationRow(session_id=sid, revoke_time=self.now, expire_time=expire) for sid, expire in rows
+        )
+        await self.session.flush()
+        self.revoked += len(rows)
+        return len(rows)
+
+    async def end_sessions_outside(self, party: str, kind: str, validity: Period) -> int:
+        """End the sessions a validity no longer covers: those of ``party`` itself (subject ``kind``) and
+        those opened under mandates it gave, when the validity does not contain today or ends before they
+        expire. A validity that still covers a session changes nothing for it."""
+        today = self.now.astimezone(BRUSSELS).date()
+        of_party = or_(
+            and_(col(SessionRow.subject_id) == party, col(SessionRow.subject_kind) == kind),
+            col(SessionRow.principal_inami) == party,
+        )
+        if not validity.contains(today):
+            return await self.end_sessions(of_party)
+        if validity.end is None:
+            return 0
+        return await self.end_sessions(and_(of_party, col(SessionRow.expire_time) > end_of_day(validity.end)))
+
+    async def change(self, kind: str, inami: str) -> int:
+        """Append the cadastre change of one entry (its previous entry leaves the compacted log); the new
+        sequence number."""
+        await self.session.execute(
+            delete(CadastreChangeRow).where(
+                col(CadastreChangeRow.kind) == kind, col(CadastreChangeRow.inami) == inami
+            )
+        )
+        row = CadastreChangeRow(change_time=self.now, kind=kind, inami=inami)
+        self.session.add(row)
+        await self.session.flush()
+        assert row.sequence is not None
+        self.changes += 1
+        return row.sequence
+
+
+class Logs:
+    """The revocation and cadastre logs of one eHealth process: their writer lock and their feeds."""
+
+    def __init__(self, factory: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+        self.factory = factory
+        self.clock = clock
+        self.revocations = Feed()
+        self.cadastre = Feed()
+        self._lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[LogWriter]:
+        """One transaction that may append to the logs: committed on success (then the watchers of what
+        it appended are woken), rolled back on any exception. One at a time in this process."""
+        async with self._lock:
+            async with transaction(self.factory) as session:
+                writer = LogWriter(session, self.clock.now())
+                yield writer
+            if writer.revoked:
+                self.revocations.publish()
+            if writer.changes:
+                self.cadastre.publish()
+
+    def close(self) -> None:
+        """Wake every watcher for good (server stop)."""
+        self.revocations.close()
+        self.cadastre.close()
