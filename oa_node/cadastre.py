@@ -311,13 +311,23 @@ class CadastreFollower:
 
     async def _catch_up(self, stub: cad_grpc.CadastreServiceAsyncStub) -> None:
         while True:
+            before = self.sequence
             page = await stub.ListCadastreChanges(
-                cad_pb2.ListCadastreChangesRequest(after_sequence=self.sequence, page_size=self._page_size),
+                cad_pb2.ListCadastreChangesRequest(after_sequence=before, page_size=self._page_size),
                 timeout=self._deadline,
             )
+            if page.head_sequence < before:
+                log.warning(
+                    "cadastre of oa-%s: eHealth's log ends at #%d, before #%d applied here (reset?)",
+                    self.insurer_code,
+                    page.head_sequence,
+                    before,
+                )
             if page.changes:
                 await self._apply(page.changes)
-            if not page.changes or self.sequence >= page.head_sequence:
+            # Done when current, or when a page moved nothing on (a source replaying old changes must not
+            # keep the catch-up asking for the same page forever; the watch takes over).
+            if not page.changes or self.sequence >= page.head_sequence or self.sequence <= before:
                 return
 
     async def _follow(self, stream: AsyncIterable[cad_pb2.WatchCadastreChangesResponse]) -> None:

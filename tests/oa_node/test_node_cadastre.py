@@ -212,6 +212,32 @@ async def test_a_restart_resumes_from_the_stored_position_and_applies_nothing_tw
         await stop_node(again)
 
 
+async def test_a_source_replaying_its_whole_log_does_not_trap_the_catch_up(
+    pg_admin_url: str, database_url: str, ehealth: FakeEhealth
+) -> None:
+    """Asked for the changes after #600, a broken source answers the first page of its log again: the
+    catch-up stops asking (no progress) and the watch brings the new change."""
+    cadastre = ehealth.cadastre
+    for index in range(600):
+        await cadastre.provider(make_inami(Profession.PHYSICIAN, 30000 + index, "003"))
+    node = await start_node(database_url, ehealth=ehealth.target)
+    try:
+        await following(node, 600)
+    finally:
+        await stop_node(node)
+    cadastre.replay_everything = True
+    last = await cadastre.provider(NEW_GP)
+    again = await start_node(database_url, ehealth=ehealth.target, clock=node.clock)
+    try:
+        await following(again, last)
+        assert cadastre.list_requests[-1] == 600
+        assert await known(again, NEW_GP) is not None
+        assert again.app.cadastre is not None
+        assert again.app.cadastre.applied == 1
+    finally:
+        await stop_node(again)
+
+
 async def test_the_follower_reconnects_when_ehealth_comes_back(
     pg_admin_url: str, database_url: str, ehealth: FakeEhealth
 ) -> None:
