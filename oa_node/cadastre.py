@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import random
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +37,7 @@ from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.ehealth.v1 import cadastre_pb2 as cad_pb2
 from mycarenet_core.gen.mycarenet.ehealth.v1 import cadastre_pb2_grpc as cad_grpc
 from mycarenet_core.identifiers import IdentifierError, Role, parse_inami
+from mycarenet_core.lifecycle import Backoff
 from oa_node import convert
 from oa_node import models as m
 from oa_node.repositories import AuditRepository, CadastreRepository, OrganisationData, ReferenceRepository
@@ -179,20 +179,6 @@ def translate(changes: Sequence[cad_pb2.CadastreChange]) -> Translation:
 
 
 # --- the follower --------------------------------------------------------------------------------------
-
-
-class Backoff:
-    """Exponential backoff with jitter, reset by every success."""
-
-    def __init__(self, initial: float = 0.2, maximum: float = 5.0) -> None:
-        self.initial, self.maximum, self.current = initial, maximum, initial
-
-    def reset(self) -> None:
-        self.current = self.initial
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.current * (0.5 + random.random() / 2))
-        self.current = min(self.maximum, self.current * 2)
 
 
 async def apply_changes(
