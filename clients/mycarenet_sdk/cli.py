@@ -1,8 +1,14 @@
 """`mycarenet`: the command line of the mesh, on the SDK (typer + rich).
 
 Where the mesh is comes from the cluster description (``mycarenet-cluster status --json``, written to
-``<data>/cluster.json``) or from ``--hub``/``--ehealth``. ``login`` stores the session token in
-``~/.config/mycarenet/session.json`` (or ``$MYCARENET_SESSION``) so that later commands reuse it.
+``<data>/cluster.json``). ``login`` stores the session token in ``~/.config/mycarenet/session.json`` (or
+``$MYCARENET_SESSION``) so that later commands reuse it.
+
+Three kinds of caller, as the trust model has them (``mycarenet_core/trust.toml``): provider software
+(``login``, ``consult``, ``notify`` ..., ``tr`` and ``mandate`` with the provider's own session; the cluster's
+``client`` certificate), the insurers' back office (``oa``; the ``backoffice`` certificate) and the sandbox
+administrator (``admin``; the ``admin`` certificate), who sets up test cases: providers, patients,
+organisations, credentials.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import grpc
 import typer
@@ -25,6 +31,7 @@ from rich.table import Table
 
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
 from mycarenet_core.telemetry import Telemetry, from_environment
+from mycarenet_sdk.admin import AdminClient, ProviderAdded, admin_from_cluster
 from mycarenet_sdk.client import Client, MyCareNetError, Session, connect
 
 T = TypeVar("T")
@@ -32,6 +39,27 @@ T = TypeVar("T")
 app = typer.Typer(help="Talk to a mycarenet-mesh as provider software would.", no_args_is_help=True)
 oa_app = typer.Typer(help="Insurer back office: play the invoicing stream.", no_args_is_help=True)
 app.add_typer(oa_app, name="oa")
+tr_app = typer.Typer(help="Your therapeutic relations (your own session).", no_args_is_help=True)
+app.add_typer(tr_app, name="tr")
+mandate_app = typer.Typer(help="Mandates you give (your own session).", no_args_is_help=True)
+app.add_typer(mandate_app, name="mandate")
+credential_app = typer.Typer(help="Your credential (your own session).", no_args_is_help=True)
+app.add_typer(credential_app, name="credential")
+admin_app = typer.Typer(
+    help="The sandbox administrator (the cluster's admin certificate): set up test cases.",
+    no_args_is_help=True,
+)
+app.add_typer(admin_app, name="admin")
+admin_provider_app = typer.Typer(help="Providers in eHealth's cadastre.", no_args_is_help=True)
+admin_app.add_typer(admin_provider_app, name="provider")
+admin_patient_app = typer.Typer(help="Patients (members) at their insurer.", no_args_is_help=True)
+admin_app.add_typer(admin_patient_app, name="patient")
+admin_org_app = typer.Typer(help="Organisations in eHealth's cadastre.", no_args_is_help=True)
+admin_app.add_typer(admin_org_app, name="organisation")
+admin_credential_app = typer.Typer(help="Credentials (keys bound to a person).", no_args_is_help=True)
+admin_app.add_typer(admin_credential_app, name="credential")
+admin_relation_app = typer.Typer(help="Therapeutic relations for anyone.", no_args_is_help=True)
+admin_app.add_typer(admin_relation_app, name="relation")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -113,13 +141,48 @@ def _run(data: Path, fn: Callable[[Client], Awaitable[T]], *, session: bool = Tr
     try:
         return asyncio.run(go())
     except MyCareNetError as error:
-        err_console.print(f"[red]{error.status.name}[/red] {error.reason}: {error.message}")
-        for v in error.violations:
-            err_console.print(f"  [yellow]{v.code}[/yellow] {v.field}: {v.description}")
-        raise typer.Exit(1) from None
+        _fail(error)
+    except ValueError as error:
+        err_console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     finally:
         if telemetry is not None:
             telemetry.shutdown()
+
+
+def _fail(error: MyCareNetError) -> NoReturn:
+    codes = ",".join(str(c) for c in error.codes)
+    err_console.print(
+        f"[red]{error.status.name}[/red] {error.reason}"
+        + (f" [{codes}]" if codes else "")
+        + f": {error.message}"
+    )
+    for v in error.violations:
+        err_console.print(f"  [yellow]{v.code}[/yellow] {v.field}: {v.description}")
+    raise typer.Exit(1) from None
+
+
+def _run_admin(data: Path, fn: Callable[[AdminClient], Awaitable[T]]) -> T:
+    """Run ``fn`` with the administrator's client of the cluster (its ``admin`` certificate)."""
+    desc = _describe(data)
+    tls = desc.get("tls") or {}
+    if tls and "admin_cert" not in tls:
+        err_console.print(
+            "[red]this cluster has no admin certificate: restart it (mycarenet-cluster up)[/red]"
+        )
+        raise typer.Exit(2)
+
+    async def go() -> T:
+        async with admin_from_cluster(desc) as admin:
+            return await fn(admin)
+
+    try:
+        return asyncio.run(go())
+    except MyCareNetError as error:
+        _fail(error)
+    except ValueError as error:
+        err_console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
 
 
 def _print_json(value: Any) -> None:
@@ -154,6 +217,9 @@ def login(
     inami: Annotated[str, typer.Argument(help="your INAMI number (or the mandatee id)")],
     key: Annotated[Path | None, typer.Option(help="Ed25519 private key (PEM); default: the demo key")] = None,
     principal: Annotated[str | None, typer.Option(help="act for this principal under a mandate")] = None,
+    kind: Annotated[
+        str, typer.Option(help="who logs in: provider, organisation, person (a mandatee's NISS), company")
+    ] = "provider",
     data: DataOpt = DEFAULT_DATA,
     as_json: JsonOpt = False,
 ) -> None:
@@ -161,7 +227,7 @@ def login(
     key_path = key or data / "keys" / f"{inami}.pem"
 
     async def go(client: Client) -> Session:
-        return await client.login(inami, key_path, principal_inami=principal)
+        return await client.login(inami, key_path, kind=kind, principal_inami=principal)
 
     session = _run(data, go, session=False)
     path = _session_file()
@@ -181,7 +247,10 @@ def login(
     if as_json:
         _print_json({"session_id": session.session_id, "expire_time": session.expire_time.isoformat()})
     else:
-        console.print(f"logged in as [bold]{inami}[/bold] until {session.expire_time:%Y-%m-%d %H:%M} UTC")
+        acting = f" for {principal}" if principal else ""
+        console.print(
+            f"logged in as [bold]{inami}[/bold]{acting} until {session.expire_time:%Y-%m-%d %H:%M} UTC"
+        )
 
 
 @app.command()
@@ -395,7 +464,7 @@ async def _find_insurer(desc: dict[str, Any], niss: str, creds: Any) -> tuple[st
     from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2, membership_service_pb2_grpc
 
     async def ask(proc: dict[str, Any]) -> tuple[str, str] | None:
-        async with open_channel(proc["address"], credentials=creds) as channel:
+        async with open_channel(proc["address"], credentials=creds, identity="backoffice") as channel:
             stub = membership_service_pb2_grpc.MembershipServiceStub(channel)
             try:
                 await stub.GetMember(
@@ -420,7 +489,7 @@ def _intake(data: Path, niss: str, build: Callable[[Any], Awaitable[Message]]) -
 
     desc = _describe(data)
     tls = desc.get("tls") or {}
-    # The insurer's back office has its own certificate: OA nodes answer only the hub and the back office.
+    # The insurer's back office has its own certificate (trust.toml: the invoicing intake answers only it).
     creds = (
         client_credentials(Path(tls["ca"]), Path(tls["backoffice_cert"]), Path(tls["backoffice_key"]))
         if tls
@@ -429,7 +498,7 @@ def _intake(data: Path, niss: str, build: Callable[[Any], Awaitable[Message]]) -
 
     async def go() -> Message:
         found = await _find_insurer(desc, niss, creds)
-        async with open_channel(found[1], credentials=creds) as channel:
+        async with open_channel(found[1], credentials=creds, identity="backoffice") as channel:
             return await build(intake_service_pb2_grpc.InvoicingIntakeServiceStub(channel))
 
     try:
@@ -533,6 +602,477 @@ def oa_attest(
     )
     reply = _intake(data, niss, lambda stub: stub.RegisterPaperAttestation(request, timeout=10))
     _emit(reply, as_json, _effects_table(reply))
+
+
+# --- the provider's own data at eHealth: relations, mandates, credential, cadastre entry -----------------
+
+
+def _dicts(messages: Any) -> list[dict[str, Any]]:
+    return [MessageToDict(m, preserving_proto_field_name=True) for m in messages]
+
+
+def _period_text(period: Any) -> str:
+    return f"{_fmt_date(period.start)} → {_fmt_date(period.end) if period.end.year else 'open'}"
+
+
+def _relations_table(relations: Any, title: str) -> Table:
+    from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2
+
+    table = Table(title=title)
+    for col in ("id", "provider", "patient", "proof", "period"):
+        table.add_column(col)
+    for r in relations:
+        proof = therapeutic_relation_pb2.RelationProof.Name(r.proof).removeprefix("RELATION_PROOF_").lower()
+        table.add_row(r.relation_id, r.provider_inami, r.patient_niss, proof, _period_text(r.period))
+    return table
+
+
+def _mandates_table(mandates: Any, title: str) -> Table:
+    from mycarenet_core.gen.mycarenet.ehealth.v1 import mandate_pb2
+
+    table = Table(title=title)
+    for col in ("id", "principal", "mandatee", "services", "period"):
+        table.add_column(col)
+    for m in mandates:
+        services = ", ".join(
+            mandate_pb2.MandatedService.Name(x).removeprefix("MANDATED_SERVICE_") for x in m.services
+        )
+        kind = m.mandatee_kind.removeprefix("SUBJECT_KIND_").lower()
+        table.add_row(
+            m.mandate_id, m.principal_inami, f"{m.mandatee_id} ({kind})", services, _period_text(m.period)
+        )
+    return table
+
+
+@tr_app.command("register")
+def tr_register(
+    patient: Annotated[str, typer.Argument(help="NISS of the patient (as read from the eID)")],
+    start: Annotated[str | None, typer.Option("--from", help="first day (default: today at eHealth)")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="last day (default: open)")] = None,
+    proof: Annotated[str, typer.Option(help="eid, isi or declaration")] = "eid",
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register your therapeutic relation with a patient (needs your own session)."""
+    first, last = _parse_date(start), _parse_date(end)
+    relation = _run(data, lambda c: c.register_relation(patient, start=first, end=last, proof=proof))
+    _emit(relation, as_json, _relations_table([relation], "therapeutic relation registered"))
+
+
+@tr_app.command("list")
+def tr_list(
+    patient: Annotated[str, typer.Option(help="only with this patient (NISS)")] = "",
+    date: Annotated[str | None, typer.Option(help="only valid on this date")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Your therapeutic relations."""
+    on = _parse_date(date)
+    relations = _run(data, lambda c: c.list_relations(patient_niss=patient, valid_on=on))
+    if as_json:
+        _print_json(_dicts(relations))
+    else:
+        console.print(_relations_table(relations, f"{len(relations)} therapeutic relation(s)"))
+
+
+@tr_app.command("revoke")
+def tr_revoke(
+    relation_id: Annotated[str, typer.Argument(help="id of the relation (see `mycarenet tr list`)")],
+    end: Annotated[
+        str | None, typer.Option(help="last day of the relation (default: today at eHealth)")
+    ] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """End one of your therapeutic relations."""
+    last = _parse_date(end)
+    relation = _run(data, lambda c: c.revoke_relation(relation_id, end=last))
+    _emit(relation, as_json, _relations_table([relation], "therapeutic relation revoked"))
+
+
+@mandate_app.command("give")
+def mandate_give(
+    mandatee: Annotated[
+        str, typer.Argument(help="who may act for you: a person's NISS, a provider's INAMI ...")
+    ],
+    service: Annotated[
+        list[str],
+        typer.Option(help="DMG_CONSULT, DMG_NOTIFY, DMG_ENROL, DMG_PATIENT_LIST or MAILBOX (repeat)"),
+    ],
+    kind: Annotated[
+        str, typer.Option(help="the mandatee: person, provider, organisation or company")
+    ] = "person",
+    start: Annotated[str | None, typer.Option("--from", help="first day (default: the mesh's today)")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="last day (default: until revoked)")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give a mandate: MANDATEE may then log in for you (`mycarenet login MANDATEE --principal YOU`)."""
+    first = _parse_date(start) or _today(data)
+    last = _parse_date(end)
+    reply = _run(data, lambda c: c.give_mandate(mandatee, service, start=first, end=last, mandatee_kind=kind))
+    if as_json:
+        _emit(reply, True)
+        return
+    console.print(_mandates_table([reply.mandate], "mandate given"))
+    if reply.closed:
+        console.print(_mandates_table(reply.closed, "closed (they overlapped the new one)"))
+
+
+@mandate_app.command("list")
+def mandate_list(
+    date: Annotated[str | None, typer.Option(help="only valid on this date")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """The mandates you gave."""
+    on = _parse_date(date)
+    mandates = _run(data, lambda c: c.list_mandates(valid_on=on))
+    if as_json:
+        _print_json(_dicts(mandates))
+    else:
+        console.print(_mandates_table(mandates, f"{len(mandates)} mandate(s) given"))
+
+
+@mandate_app.command("revoke")
+def mandate_revoke(
+    mandate_id: Annotated[str, typer.Argument(help="id of the mandate (see `mycarenet mandate list`)")],
+    end: Annotated[
+        str | None, typer.Option(help="last day of the mandate (default: today at eHealth)")
+    ] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """End a mandate you gave; the sessions opened with it stop working."""
+    last = _parse_date(end)
+    mandate = _run(data, lambda c: c.revoke_mandate(mandate_id, end=last))
+    _emit(mandate, as_json, _mandates_table([mandate], "mandate revoked"))
+
+
+@credential_app.command("revoke")
+def credential_revoke(
+    key: Annotated[
+        Path | None, typer.Option(help="the private key of the credential (default: the demo key)")
+    ] = None,
+    fingerprint: Annotated[str, typer.Option(help="or the credential's SHA-256 fingerprint")] = "",
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke your credential: it can no longer log in, and the sessions opened with it end."""
+
+    async def go(client: Client) -> Any:
+        assert client.session is not None
+        path = key or data / "keys" / f"{client.session.subject_id}.pem"
+        return await client.revoke_credential(None if fingerprint else path, fingerprint_hex=fingerprint)
+
+    reply = _run(data, go)
+    if as_json:
+        _emit(reply, True)
+    else:
+        console.print(f"revoked: {'yes' if reply.revoked else 'no'}, sessions ended: {reply.ended_sessions}")
+
+
+def _provider_table(provider: Any, title: str, organisations: Any = ()) -> Table:
+    table = Table(title=title)
+    for col in ("inami", "name", "role", "valid", "supervisor", "organisations"):
+        table.add_column(col)
+    role = _role_name(provider.role)
+    table.add_row(
+        provider.inami,
+        f"{provider.first_name} {provider.last_name}".strip(),
+        role,
+        _period_text(provider.validity),
+        provider.supervisor_inami or "—",
+        ", ".join(organisations) or "—",
+    )
+    return table
+
+
+def _role_name(role: int) -> str:
+    from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+
+    name = common_pb2.ProviderRole.Name(role)  # type: ignore[arg-type]
+    return name.removeprefix("PROVIDER_ROLE_").lower().replace("_", " ")
+
+
+@app.command()
+def whoami(data: DataOpt = DEFAULT_DATA, as_json: JsonOpt = False) -> None:
+    """Your own entry in eHealth's cadastre (needs your own session)."""
+    reply = _run(data, lambda c: c.cadastre_entry())
+    _emit(
+        reply,
+        as_json,
+        _provider_table(reply.provider, "you, as eHealth knows you", reply.organisation_inamis),
+    )
+
+
+# --- the sandbox administrator -----------------------------------------------------------------------------
+
+
+@admin_provider_app.command("add")
+def admin_provider_add(
+    inami: Annotated[str, typer.Argument(help="INAMI number (its competence code gives the role)")],
+    first: Annotated[str, typer.Option("--first", help="given name")],
+    last: Annotated[str, typer.Option("--last", help="family name")],
+    niss: Annotated[str, typer.Option(help="the provider's NISS")] = "",
+    supervisor: Annotated[str, typer.Option(help="for a GP in training: the supervising GP's INAMI")] = "",
+    start: Annotated[str | None, typer.Option("--from", help="practising since (default 2000-01-01)")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="practising until (default: open)")] = None,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            help="private key file of its credential, created when missing (default <data>/keys/INAMI.pem)"
+        ),
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="wait until all insurers know the provider")] = True,
+    wait_seconds: Annotated[float, typer.Option(help="how long to wait for the insurers")] = 60.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add (or update) a provider in eHealth's cadastre with its credential; the insurers follow."""
+    from mycarenet_sdk.admin import DEFAULT_VALID_FROM
+
+    key_file = key or data / "keys" / f"{inami}.pem"
+    since, until = _parse_date(start) or DEFAULT_VALID_FROM, _parse_date(end)
+
+    async def go(admin: AdminClient) -> ProviderAdded:
+        return await admin.add_provider(
+            inami,
+            first_name=first,
+            last_name=last,
+            niss=niss,
+            supervisor_inami=supervisor,
+            valid_from=since,
+            valid_to=until,
+            key_file=key_file,
+            wait=wait,
+            wait_seconds=wait_seconds,
+        )
+
+    added = _run_admin(data, go)
+    if as_json:
+        _print_json(
+            {
+                "provider": MessageToDict(added.provider, preserving_proto_field_name=True),
+                "created": added.created,
+                "change_sequence": added.change_sequence,
+                "fingerprint": added.fingerprint,
+                "key_file": str(added.key_file) if added.key_file else None,
+                "key_created": added.key_created,
+                "insurers": {c: p.applied_sequence for c, p in added.positions.items()},
+            }
+        )
+        return
+    console.print(_provider_table(added.provider, "provider " + ("added" if added.created else "updated")))
+    console.print(
+        f"credential {added.fingerprint[:16]}… key {added.key_file}" + (" (new)" if added.key_created else "")
+    )
+    if added.positions:
+        console.print(
+            f"known to insurers {', '.join(sorted(added.positions))}"
+            f" (cadastre change {added.change_sequence})"
+        )
+
+
+@admin_provider_app.command("show")
+def admin_provider_show(
+    inami: Annotated[str, typer.Argument(help="INAMI number")],
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """A provider's cadastre entry."""
+    reply = _run_admin(data, lambda a: a.get_provider(inami))
+    _emit(reply, as_json, _provider_table(reply.provider, f"provider {inami}", reply.organisation_inamis))
+
+
+@admin_patient_app.command("add")
+def admin_patient_add(
+    niss: Annotated[str, typer.Argument(help="the patient's NISS")],
+    insurer: Annotated[str, typer.Option(help="insurer code: 100 200 300 400 500 600 900")],
+    first: Annotated[str, typer.Option("--first", help="given name")] = "Test",
+    last: Annotated[str, typer.Option("--last", help="family name")] = "Patient",
+    birth_date: Annotated[str | None, typer.Option(help="default: from the NISS")] = None,
+    sex: Annotated[str | None, typer.Option(help="male, female or unknown (default: from the NISS)")] = None,
+    registration_number: Annotated[str, typer.Option(help="member number (default M<NISS>)")] = "",
+    start: Annotated[
+        str | None, typer.Option("--from", help="affiliated since (default: birth, ≥ 1990)")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="affiliated until (default: open)")] = None,
+    chronic: Annotated[bool, typer.Option("--chronic", help="chronic-condition status")] = False,
+    medical_house: Annotated[str, typer.Option(help="INAMI of its medical house (flat-fee contract)")] = "",
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add (or update) a patient as a member of its insurer; the hub learns the affiliation from the feed."""
+    born, since, until = _parse_date(birth_date), _parse_date(start), _parse_date(end)
+
+    async def go(admin: AdminClient) -> Any:
+        await admin.add_patient(
+            niss,
+            insurer=insurer,
+            first_name=first,
+            last_name=last,
+            birth_date=born,
+            sex=sex,
+            registration_number=registration_number,
+            affiliated_from=since,
+            affiliated_to=until,
+            chronic_condition=chronic,
+            medical_house_inami=medical_house,
+        )
+        return await admin.get_member(niss, insurer=insurer)
+
+    member = _run_admin(data, go)
+    if as_json:
+        _emit(member, True)
+        return
+    table = Table(title=f"member of insurer {insurer}")
+    for col in ("niss", "name", "born", "member number", "affiliated"):
+        table.add_column(col)
+    p = member.patient
+    table.add_row(
+        p.niss,
+        f"{p.first_name} {p.last_name}",
+        _fmt_date(p.birth_date),
+        f"{p.member.mutuality_code}/{p.member.registration_number}",
+        ", ".join(_period_text(a) for a in member.affiliations),
+    )
+    console.print(table)
+
+
+@admin_org_app.command("add")
+def admin_organisation_add(
+    inami: Annotated[str, typer.Argument(help="INAMI number of the organisation")],
+    name: Annotated[str, typer.Option(help="its name")],
+    kind: Annotated[str, typer.Option(help="medical-house or group-practice")] = "medical-house",
+    member: Annotated[list[str] | None, typer.Option(help="INAMI of a member provider (repeat)")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="since (default 2000-01-01)")] = None,
+    wait: Annotated[bool, typer.Option(help="wait until all insurers know it")] = True,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add (or update) a medical house or group practice with its members; the insurers follow."""
+    from mycarenet_sdk.admin import DEFAULT_VALID_FROM
+
+    since = _parse_date(start) or DEFAULT_VALID_FROM
+    reply = _run_admin(
+        data,
+        lambda a: a.add_organisation(
+            inami, name=name, kind=kind, members=member or (), valid_from=since, wait=wait
+        ),
+    )
+    table = Table(title="organisation " + ("added" if reply.created else "updated"))
+    for col in ("inami", "name", "members", "change"):
+        table.add_column(col)
+    o = reply.organisation
+    table.add_row(o.inami, o.name, ", ".join(m.inami for m in o.members) or "—", str(reply.change_sequence))
+    _emit(reply, as_json, table)
+
+
+@admin_credential_app.command("add")
+def admin_credential_add(
+    subject: Annotated[str, typer.Argument(help="who: a person's NISS, a provider's INAMI ...")],
+    kind: Annotated[str, typer.Option(help="person, provider, organisation or company")] = "person",
+    key: Annotated[
+        Path | None,
+        typer.Option(help="private key file, created when missing (default <data>/keys/SUBJECT.pem)"),
+    ] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Bind a key to a person (as the eID does), e.g. a mandatee who will log in under a mandate."""
+    from mycarenet_sdk.keys import ensure_key_file
+
+    key_file = key or data / "keys" / f"{subject}.pem"
+    _, created = ensure_key_file(key_file)
+    print_ = _run_admin(data, lambda a: a.register_credential(subject, kind=kind, key_file=key_file))
+    if as_json:
+        _print_json({"subject": subject, "kind": kind, "fingerprint": print_, "key_file": str(key_file)})
+    else:
+        console.print(
+            f"credential of {kind} {subject}: {print_} (key {key_file}{', new' if created else ''})"
+        )
+
+
+@admin_credential_app.command("revoke")
+def admin_credential_revoke(
+    subject: Annotated[str, typer.Argument(help="whose credential")],
+    fingerprint: Annotated[str, typer.Option(help="SHA-256 fingerprint of the key")],
+    kind: Annotated[str, typer.Option(help="provider, person, organisation or company")] = "provider",
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke anyone's credential; the sessions opened with it end."""
+    reply = _run_admin(data, lambda a: a.revoke_credential(subject, fingerprint, kind=kind))
+    if as_json:
+        _emit(reply, True)
+    else:
+        console.print(f"revoked: {'yes' if reply.revoked else 'no'}, sessions ended: {reply.ended_sessions}")
+
+
+@admin_relation_app.command("add")
+def admin_relation_add(
+    provider: Annotated[str, typer.Argument(help="INAMI of the provider")],
+    patient: Annotated[str, typer.Argument(help="NISS of the patient")],
+    start: Annotated[str | None, typer.Option("--from", help="first day (default: today at eHealth)")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="last day (default: open)")] = None,
+    proof: Annotated[str, typer.Option(help="eid, isi or declaration")] = "eid",
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a therapeutic relation for any provider and patient."""
+    first, last = _parse_date(start), _parse_date(end)
+    relation = _run_admin(
+        data, lambda a: a.register_relation(provider, patient, start=first, end=last, proof=proof)
+    )
+    _emit(relation, as_json, _relations_table([relation], "therapeutic relation registered"))
+
+
+@admin_app.command("rotate-key")
+def admin_rotate_key(data: DataOpt = DEFAULT_DATA, as_json: JsonOpt = False) -> None:
+    """Rotate eHealth's token signing key (logins in progress keep working)."""
+    key = _run_admin(data, lambda a: a.rotate_signing_key())
+    if as_json:
+        _emit(key, True)
+    else:
+        console.print(f"eHealth now signs with {key.key_id}")
+
+
+@admin_app.command("cadastre")
+def admin_cadastre(
+    wait_for: Annotated[
+        int | None, typer.Option("--wait-for", help="wait until every insurer applied this change")
+    ] = None,
+    wait_seconds: Annotated[float, typer.Option(help="how long to wait")] = 60.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """How far each insurer has followed eHealth's cadastre (and, with --wait-for, wait for a change)."""
+
+    async def go(admin: AdminClient) -> tuple[int, dict[str, Any]]:
+        head = await admin.cadastre_head()
+        if wait_for is not None:
+            return head, dict(await admin.wait_for_cadastre(wait_for, seconds=wait_seconds))
+        return head, dict(await admin.cadastre_positions())
+
+    head, positions = _run_admin(data, go)
+    if as_json:
+        _print_json(
+            {
+                "head_sequence": head,
+                "insurers": {
+                    c: {"applied_sequence": p.applied_sequence, "following": p.following}
+                    for c, p in positions.items()
+                },
+            }
+        )
+        return
+    table = Table(title=f"eHealth's cadastre is at change {head}")
+    for col in ("insurer", "applied", "following"):
+        table.add_column(col)
+    for code, p in sorted(positions.items()):
+        table.add_row(code, str(p.applied_sequence), "yes" if p.following else "[red]no[/red]")
+    console.print(table)
 
 
 def main() -> None:

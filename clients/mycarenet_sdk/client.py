@@ -11,7 +11,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from opentelemetry import trace
 
@@ -25,8 +24,18 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import (
     mailbox_service_pb2,
     mailbox_service_pb2_grpc,
 )
-from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, auth_pb2_grpc
+from mycarenet_core.gen.mycarenet.ehealth.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    cadastre_pb2,
+    cadastre_pb2_grpc,
+    mandate_pb2,
+    mandate_pb2_grpc,
+    therapeutic_relation_pb2,
+    therapeutic_relation_pb2_grpc,
+)
 from mycarenet_core.telemetry import Telemetry, message_links
+from mycarenet_sdk.keys import fingerprint, load_private_key
 
 T = TypeVar("T")
 
@@ -35,6 +44,19 @@ SUBJECT_KINDS = {
     "organisation": auth_pb2.SUBJECT_KIND_ORGANISATION,
     "person": auth_pb2.SUBJECT_KIND_PERSON,
     "company": auth_pb2.SUBJECT_KIND_COMPANY,
+}
+# The proof a provider registers a therapeutic relation on (RELATION_PROOF_DMG is set by the system only).
+RELATION_PROOFS = {
+    "eid": therapeutic_relation_pb2.RELATION_PROOF_EID_READ,
+    "isi": therapeutic_relation_pb2.RELATION_PROOF_ISI_PLUS_READ,
+    "declaration": therapeutic_relation_pb2.RELATION_PROOF_PATIENT_DECLARATION,
+}
+MANDATED_SERVICES = {
+    "DMG_CONSULT": mandate_pb2.MANDATED_SERVICE_DMG_CONSULT,
+    "DMG_NOTIFY": mandate_pb2.MANDATED_SERVICE_DMG_NOTIFY,
+    "DMG_ENROL": mandate_pb2.MANDATED_SERVICE_DMG_ENROL,
+    "DMG_PATIENT_LIST": mandate_pb2.MANDATED_SERVICE_DMG_PATIENT_LIST,
+    "MAILBOX": mandate_pb2.MANDATED_SERVICE_MAILBOX,
 }
 
 
@@ -75,6 +97,40 @@ def _date(value: dt.date | None) -> common_pb2.Date | None:
     return None if value is None else common_pb2.Date(year=value.year, month=value.month, day=value.day)
 
 
+def _period(start: dt.date | None, end: dt.date | None = None) -> common_pb2.Period:
+    return common_pb2.Period(start=_date(start), end=_date(end))
+
+
+def subject_kind(kind: str) -> auth_pb2.SubjectKind.ValueType:
+    """``provider``, ``organisation``, ``person`` or ``company`` as the eHealth enum."""
+    try:
+        return SUBJECT_KINDS[kind.lower()]
+    except KeyError:
+        raise ValueError(f"unknown subject kind {kind!r} (one of {', '.join(SUBJECT_KINDS)})") from None
+
+
+def relation_proof(proof: str) -> therapeutic_relation_pb2.RelationProof.ValueType:
+    """``eid``, ``isi`` or ``declaration`` as the eHealth enum."""
+    try:
+        return RELATION_PROOFS[proof.lower()]
+    except KeyError:
+        raise ValueError(f"unknown relation proof {proof!r} (one of {', '.join(RELATION_PROOFS)})") from None
+
+
+def mandated_services(names: Sequence[str]) -> list[mandate_pb2.MandatedService.ValueType]:
+    """Service names (``DMG_CONSULT``, ``dmg-consult``, ``MANDATED_SERVICE_DMG_CONSULT`` ...) as enums."""
+    out: list[mandate_pb2.MandatedService.ValueType] = []
+    for name in names:
+        key = name.upper().replace("-", "_").removeprefix("MANDATED_SERVICE_")
+        if key not in MANDATED_SERVICES:
+            raise ValueError(f"unknown mandated service {name!r} (one of {', '.join(MANDATED_SERVICES)})")
+        if MANDATED_SERVICES[key] not in out:
+            out.append(MANDATED_SERVICES[key])
+    if not out:
+        raise ValueError("a mandate names at least one service")
+    return out
+
+
 def _patient(
     niss: str | None, member: tuple[str, str] | None, sex: int = common_pb2.SEX_UNSPECIFIED
 ) -> common_pb2.PatientSelector:
@@ -87,19 +143,6 @@ def _patient(
         member=common_pb2.MemberNumber(mutuality_code=member[0], registration_number=member[1]),
         sex=sex,  # type: ignore[arg-type]
     )
-
-
-def load_private_key(key: Ed25519PrivateKey | bytes | str | Path) -> Ed25519PrivateKey:
-    """An Ed25519 private key from an object, PEM bytes/text, or a PEM file path."""
-    if isinstance(key, Ed25519PrivateKey):
-        return key
-    if isinstance(key, Path) or (isinstance(key, str) and not key.lstrip().startswith("-----")):
-        key = Path(key).read_bytes()
-    data = key.encode() if isinstance(key, str) else key
-    loaded = serialization.load_pem_private_key(data, password=None)
-    if not isinstance(loaded, Ed25519PrivateKey):
-        raise ValueError("the key is not an Ed25519 private key")
-    return loaded
 
 
 class Client:
@@ -115,12 +158,20 @@ class Client:
         interceptors: Sequence[Any] = (),
         tracer: trace.Tracer | None = None,
     ) -> None:
-        self._hub_channel = open_channel(hub, credentials=credentials, interceptors=interceptors)
-        self._ehealth_channel = open_channel(ehealth, credentials=credentials, interceptors=interceptors)
+        # Provider software holds the "client" certificate (declared on a plaintext development mesh).
+        self._hub_channel = open_channel(
+            hub, credentials=credentials, interceptors=interceptors, identity="client"
+        )
+        self._ehealth_channel = open_channel(
+            ehealth, credentials=credentials, interceptors=interceptors, identity="client"
+        )
         self._tracer = tracer
         self._dmg = dmg_service_pb2_grpc.DmgServiceStub(self._hub_channel)
         self._mailbox = mailbox_service_pb2_grpc.MailboxServiceStub(self._hub_channel)
         self._auth = auth_pb2_grpc.AuthServiceStub(self._ehealth_channel)
+        self._cadastre = cadastre_pb2_grpc.CadastreServiceStub(self._ehealth_channel)
+        self._relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self._ehealth_channel)
+        self._mandates = mandate_pb2_grpc.MandateServiceStub(self._ehealth_channel)
         self.timeout = timeout
         self.session: Session | None = None
 
@@ -162,9 +213,7 @@ class Client:
         key = load_private_key(private_key)
         challenge = await self._call(
             self._auth.CreateChallenge,
-            auth_pb2.CreateChallengeRequest(
-                subject=auth_pb2.Subject(kind=SUBJECT_KINDS[kind], id=subject_id)
-            ),
+            auth_pb2.CreateChallengeRequest(subject=auth_pb2.Subject(kind=subject_kind(kind), id=subject_id)),
             auth=False,
         )
         reply = await self._call(
@@ -191,6 +240,121 @@ class Client:
         if self.session is not None:
             await self._call(self._auth.Logout, auth_pb2.LogoutRequest(token=self.session.token), auth=False)
             self.session = None
+
+    # --- the provider's own data at eHealth (its own session, never under a mandate) -----------------
+
+    def _me(self) -> str:
+        """The INAMI of the logged-in provider (the requester of record)."""
+        if self.session is None:
+            raise MyCareNetError(grpc.StatusCode.UNAUTHENTICATED, "NOT_LOGGED_IN", "call login() first")
+        return self.session.principal_inami or self.session.subject_id
+
+    async def cadastre_entry(self) -> cadastre_pb2.GetProviderResponse:
+        """Your own entry in eHealth's cadastre (names, validity, supervisor, organisations)."""
+        return await self._call(self._cadastre.GetProvider, cadastre_pb2.GetProviderRequest(inami=self._me()))
+
+    async def revoke_credential(
+        self, key: Ed25519PrivateKey | bytes | str | Path | None = None, *, fingerprint_hex: str = ""
+    ) -> auth_pb2.RevokeCredentialResponse:
+        """Revoke your own credential (by its private key, or its fingerprint): it can no longer log in, and
+        the sessions opened with it end, this one included."""
+        if not fingerprint_hex:
+            if key is None:
+                raise ValueError("give the key or its fingerprint")
+            fingerprint_hex = fingerprint(load_private_key(key))
+        request = auth_pb2.RevokeCredentialRequest(
+            subject=auth_pb2.Subject(kind=auth_pb2.SUBJECT_KIND_PROVIDER, id=self._me()),
+            fingerprint=fingerprint_hex,
+        )
+        return await self._call(self._auth.RevokeCredential, request)
+
+    async def register_relation(
+        self,
+        patient_niss: str,
+        *,
+        start: dt.date | None = None,
+        end: dt.date | None = None,
+        proof: str = "eid",
+    ) -> therapeutic_relation_pb2.TherapeuticRelation:
+        """Register your therapeutic relation with a patient (as reading the patient's eID does); from
+        ``start`` (default today) to ``end`` (default open)."""
+        request = therapeutic_relation_pb2.RegisterRelationRequest(
+            provider_inami=self._me(),
+            patient_niss=patient_niss,
+            proof=relation_proof(proof),
+            start_date=_date(start),
+            end_date=_date(end),
+        )
+        return (await self._call(self._relations.RegisterRelation, request)).relation
+
+    async def revoke_relation(
+        self, relation_id: str, *, end: dt.date | None = None
+    ) -> therapeutic_relation_pb2.TherapeuticRelation:
+        """End one of your therapeutic relations on ``end`` (default today)."""
+        request = therapeutic_relation_pb2.RevokeRelationRequest(relation_id=relation_id, end_date=_date(end))
+        return (await self._call(self._relations.RevokeRelation, request)).relation
+
+    async def list_relations(
+        self, *, patient_niss: str = "", valid_on: dt.date | None = None
+    ) -> list[therapeutic_relation_pb2.TherapeuticRelation]:
+        """Your therapeutic relations (all pages), optionally with one patient or valid on a date."""
+        out: list[therapeutic_relation_pb2.TherapeuticRelation] = []
+        token = ""
+        while True:
+            request = therapeutic_relation_pb2.ListRelationsRequest(
+                provider_inami=self._me(),
+                patient_niss=patient_niss,
+                valid_on=_date(valid_on),
+                page_size=1000,
+                page_token=token,
+            )
+            page = await self._call(self._relations.ListRelations, request)
+            out.extend(page.relations)
+            token = page.next_page_token
+            if not token:
+                return out
+
+    async def give_mandate(
+        self,
+        mandatee_id: str,
+        services: Sequence[str],
+        *,
+        start: dt.date,
+        end: dt.date | None = None,
+        mandatee_kind: str = "person",
+    ) -> mandate_pb2.CreateMandateResponse:
+        """Let ``mandatee_id`` (a person's NISS, another provider's INAMI ...) act for you for ``services``
+        (``DMG_CONSULT``, ``DMG_NOTIFY``, ``DMG_ENROL``, ``DMG_PATIENT_LIST``, ``MAILBOX``) from ``start``
+        to ``end`` (default until revoked). A new mandate closes an overlapping one you gave for the same
+        service. The mandatee logs in with ``login(mandatee_id, key, kind=..., principal_inami=<you>)``."""
+        mandate = mandate_pb2.Mandate(
+            principal_inami=self._me(),
+            mandatee_kind=auth_pb2.SubjectKind.Name(subject_kind(mandatee_kind)),
+            mandatee_id=mandatee_id,
+            services=mandated_services(services),
+            period=_period(start, end),
+        )
+        request = mandate_pb2.CreateMandateRequest(mandate=mandate)
+        return await self._call(self._mandates.CreateMandate, request)
+
+    async def revoke_mandate(self, mandate_id: str, *, end: dt.date | None = None) -> mandate_pb2.Mandate:
+        """End a mandate you gave on ``end`` (default today); the sessions opened with it end."""
+        request = mandate_pb2.RevokeMandateRequest(mandate_id=mandate_id, end_date=_date(end))
+        return (await self._call(self._mandates.RevokeMandate, request)).mandate
+
+    async def list_mandates(self, *, valid_on: dt.date | None = None) -> list[mandate_pb2.Mandate]:
+        """The mandates you gave (all pages), optionally only those valid on a date."""
+        out: list[mandate_pb2.Mandate] = []
+        token = ""
+        while True:
+            request = mandate_pb2.ListMandatesRequest(
+                principal_inami=self._me(), valid_on=_date(valid_on), page_size=1000, page_token=token
+            )
+            page = await self._call(self._mandates.ListMandates, request)
+            out.extend(page.mandates)
+            token = page.next_page_token
+            if not token:
+                return out
 
     # --- DMG -----------------------------------------------------------------------------------------
 

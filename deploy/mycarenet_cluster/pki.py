@@ -1,8 +1,9 @@
-"""The cluster's private PKI: one CA and one certificate per process (plus one for clients), on first start.
+"""The cluster's private PKI: one CA and one certificate per process, plus one per kind of caller outside
+the mesh (``client``, ``backoffice``, ``admin``), on first start.
 
 Every process presents its certificate and verifies its peer's against the CA (mutual TLS). The common
-name says who a process is ("hub", "ehealth", "oa-100" ..., "client"); the hub checks it on the internal
-mailbox intake.
+name says who a caller is ("hub", "ehealth", "oa-100" ..., "client", "backoffice", "admin"): every server
+admits it only to what ``mycarenet_core/trust.toml`` grants that kind.
 """
 
 from __future__ import annotations

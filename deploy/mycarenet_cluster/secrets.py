@@ -1,10 +1,11 @@
 """``python -m mycarenet_cluster.secrets OUT [--namespace NS]``: the mesh certificates for containers.
 
 Writes one folder per identity — ``ehealth``, ``hub``, ``oa-100`` … ``oa-900``, ``client`` (provider
-software) and ``backoffice`` (the insurers' back office) — each with ``ca.crt``, ``tls.crt`` and
-``tls.key``, the layout the compose file mounts at ``/etc/mycarenet/tls`` and that
-``kubectl create secret generic mycarenet-tls-<name> --from-file=OUT/<name>`` turns into the Secrets the
-Kubernetes manifests mount. The CA itself stays in ``OUT/pki`` (keep its key out of every cluster).
+software), ``backoffice`` (the insurers' back office) and ``admin`` (the sandbox administrator: eHealth's
+cadastre, credentials, relations and mandates for others; keep it with the operators) — each with
+``ca.crt``, ``tls.crt`` and ``tls.key``, the layout the compose file mounts at ``/etc/mycarenet/tls`` and
+that ``kubectl create secret generic mycarenet-tls-<name> --from-file=OUT/<name>`` turns into the Secrets
+the Kubernetes manifests mount. The CA itself stays in ``OUT/pki`` (keep its key out of every cluster).
 Certificates name the actor (``hub``), and with ``--namespace`` its in-cluster DNS names too.
 """
 
@@ -18,7 +19,8 @@ from mycarenet_cluster import pki
 from mycarenet_core.identifiers import INSURER_CODES
 
 ACTORS = ("ehealth", "hub", *(f"oa-{code}" for code in INSURER_CODES))
-IDENTITIES = (*ACTORS, "client", "backoffice")
+CALLERS = ("client", "backoffice", "admin")  # parties outside the mesh (see mycarenet_core/trust.toml)
+IDENTITIES = (*ACTORS, *CALLERS)
 
 
 def write(out: Path, namespace: str | None = None) -> dict[str, Path]:

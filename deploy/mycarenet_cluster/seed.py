@@ -1,6 +1,16 @@
 """Load a :class:`~mycarenet_cluster.population.Population` into a running mesh, through its own gRPC
-services only (cadastre and relations at eHealth; members, reference data, enrolments and the DMG history at
-each insurer, replayed event by event so that holdings and payments are what the rules make of them)."""
+services only, with the identities the trust model gives a seeder (``mycarenet_core/trust.toml``):
+
+* the ``admin`` certificate (the sandbox administrator, standing in for the authentic sources) writes
+  eHealth's cadastre (providers with their credentials, organisations) and the therapeutic relations,
+  through the SDK's :class:`~mycarenet_sdk.admin.AdminClient`; the insurers are never told about a provider:
+  they follow eHealth's cadastre, and the seeder waits until every one reports that it has applied the last
+  write (``GetCadastrePosition``);
+* then, at each insurer, ``admin`` loads the members; the history is replayed event by event so that
+  holdings and payments are what the rules make of them: the enrolments and DMG notifications as they were
+  made through the hub (with the hub's identity: an insurer's DMG service answers only the hub), the
+  contacts and paper attestations as the insurer's invoicing registered them (its ``backoffice``).
+"""
 
 from __future__ import annotations
 
@@ -11,20 +21,17 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mycarenet_sdk.admin import AdminClient
+from mycarenet_sdk.client import MyCareNetError
 
 from mycarenet_cluster.population import CONTACT_CODES, Member, Population, bulk_members
 from mycarenet_core.channels import open_channel
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
-from mycarenet_core.gen.mycarenet.ehealth.v1 import (
-    cadastre_pb2,
-    cadastre_pb2_grpc,
-    therapeutic_relation_pb2,
-    therapeutic_relation_pb2_grpc,
-)
 from mycarenet_core.gen.mycarenet.oa.v1 import (
     context_pb2,
     intake_service_pb2,
@@ -34,12 +41,12 @@ from mycarenet_core.gen.mycarenet.oa.v1 import (
     oa_dmg_service_pb2,
     oa_dmg_service_pb2_grpc,
     reference_data_service_pb2,
-    reference_data_service_pb2_grpc,
 )
 from mycarenet_core.identifiers import parse_inami
 
 log = logging.getLogger(__name__)
 BATCH = 5000
+CADASTRE_WAIT_SECONDS = 120.0  # the insurers apply the cadastre as a live feed: seconds at most
 ROLES: dict[str, common_pb2.ProviderRole.ValueType] = {
     "GENERAL_PRACTITIONER": common_pb2.PROVIDER_ROLE_GENERAL_PRACTITIONER,
     "GP_IN_TRAINING": common_pb2.PROVIDER_ROLE_GP_IN_TRAINING,
@@ -53,6 +60,7 @@ SEX: dict[str, common_pb2.Sex.ValueType] = {
     "F": common_pb2.SEX_FEMALE,
     "U": common_pb2.SEX_UNKNOWN,
 }
+SINCE = dt.date(2000, 1, 1)  # every provider and organisation of the population practises since then
 
 
 def _d(value: dt.date | None) -> common_pb2.Date | None:
@@ -91,68 +99,69 @@ def write_keys(population: Population, folder: Path) -> dict[str, str]:
 
 
 async def seed_ehealth(
-    channel: grpc.aio.Channel, population: Population, public_keys: dict[str, str], today: dt.date
-) -> None:
-    cadastre = cadastre_pb2_grpc.CadastreServiceStub(channel)
-    since = common_pb2.Period(start=_d(dt.date(2000, 1, 1)))
+    admin: AdminClient, population: Population, public_keys: dict[str, str], today: dt.date
+) -> int:
+    """The cadastre (providers with their credentials, organisations) and the therapeutic relations, as
+    the administrator; returns the sequence of the last cadastre change written."""
+    last = 0
     for p in population.providers:
-        await cadastre.UpsertProvider(
-            cadastre_pb2.UpsertProviderRequest(
-                provider=cadastre_pb2.CadastreProvider(
-                    inami=p.inami,
-                    niss=p.niss,
-                    first_name=p.first_name,
-                    last_name=p.last_name,
-                    validity=since,
-                    supervisor_inami=p.supervisor,
-                    public_key_pem=public_keys[p.inami],
-                )
-            ),
-            timeout=30,
+        added = await admin.add_provider(
+            p.inami,
+            first_name=p.first_name,
+            last_name=p.last_name,
+            niss=p.niss,
+            supervisor_inami=p.supervisor,
+            valid_from=SINCE,
+            public_key=public_keys[p.inami],
         )
+        last = max(last, added.change_sequence)
     for org in population.organisations:
-        kind = (
-            cadastre_pb2.ORGANISATION_KIND_MEDICAL_HOUSE
-            if org.kind == "medical_house"
-            else cadastre_pb2.ORGANISATION_KIND_GROUP_PRACTICE
+        reply = await admin.add_organisation(
+            org.inami, name=org.name, kind=org.kind, members=org.members, valid_from=SINCE
         )
-        await cadastre.UpsertOrganisation(
-            cadastre_pb2.UpsertOrganisationRequest(
-                organisation=cadastre_pb2.Organisation(
-                    inami=org.inami,
-                    kind=kind,
-                    name=org.name,
-                    validity=since,
-                    members=[cadastre_pb2.OrganisationMember(inami=m, period=since) for m in org.members],
-                )
-            ),
-            timeout=30,
-        )
-    relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(channel)
-    start = _d(today - dt.timedelta(days=3 * 365))
+        last = max(last, int(reply.change_sequence))
+    start = today - dt.timedelta(days=3 * 365)
     sem = asyncio.Semaphore(32)
 
     async def relate(niss: str, inami: str) -> None:
         async with sem:
-            await relations.RegisterRelation(
-                therapeutic_relation_pb2.RegisterRelationRequest(
-                    provider_inami=inami,
-                    patient_niss=niss,
-                    proof=therapeutic_relation_pb2.RELATION_PROOF_EID_READ,
-                    start_date=start,
-                ),
-                timeout=30,
-            )
+            await admin.register_relation(inami, niss, start=start, proof="eid")
 
     pairs = [(m.niss, m.usual_gp) for m in population.members]
     demo = population.demo
     pairs += [(demo["patient"], demo[k]) for k in ("gp_b", "specialist", "dentist", "trainee")]
     await asyncio.gather(*(relate(n, i) for n, i in pairs))
+    return last
 
 
-async def seed_oa(code: str, channel: grpc.aio.Channel, population: Population, today: dt.date) -> None:
-    """Reference data, members and enrolments of one insurer."""
-    ref = reference_data_service_pb2_grpc.ReferenceDataServiceStub(channel)
+async def await_cadastre(
+    admin: AdminClient, population: Population, sequence: int, oas: dict[str, str]
+) -> dict[str, object]:
+    """Wait until every insurer has applied cadastre change ``sequence`` (it then knows every provider and
+    organisation of the population); a clear error after :data:`CADASTRE_WAIT_SECONDS`."""
+    try:
+        sequence = max(sequence, await admin.cadastre_head())
+        positions = await admin.wait_for_cadastre(sequence, seconds=CADASTRE_WAIT_SECONDS)
+    except MyCareNetError as error:
+        if error.status is not grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        # FALLBACK (transitional, remove once eHealth publishes its cadastre changes and every OA node
+        # follows them): without the feed the insurers cannot learn the providers, so the seeder writes
+        # the providers and organisations into each insurer's reference data itself, as it did before.
+        log.warning("the cadastre feed is not available (%s): writing each insurer's reference data", error)
+        await asyncio.gather(*(_fallback_reference_data(admin, code, population) for code in oas))
+        return {"cadastre_sequence": sequence, "cadastre": "written into each insurer (fallback)"}
+    return {
+        "cadastre_sequence": sequence,
+        "cadastre": {code: p.applied_sequence for code, p in sorted(positions.items())},
+    }
+
+
+async def _fallback_reference_data(admin: AdminClient, code: str, population: Population) -> None:
+    """FALLBACK of :func:`await_cadastre` (transitional): the population's providers and organisations
+    written straight into one insurer's reference data."""
+    ref: Any = admin._reference[code]
+    since = common_pb2.Period(start=_d(SINCE))
     await ref.UpsertProviders(
         reference_data_service_pb2.UpsertProvidersRequest(
             providers=[
@@ -167,7 +176,6 @@ async def seed_oa(code: str, channel: grpc.aio.Channel, population: Population, 
         ),
         timeout=60,
     )
-    since = common_pb2.Period(start=_d(dt.date(2000, 1, 1)))
     await ref.UpsertOrganisations(
         reference_data_service_pb2.UpsertOrganisationsRequest(
             organisations=[
@@ -183,12 +191,22 @@ async def seed_oa(code: str, channel: grpc.aio.Channel, population: Population, 
         ),
         timeout=60,
     )
-    members = membership_service_pb2_grpc.MembershipServiceStub(channel)
+
+
+async def seed_oa(
+    code: str,
+    admin_channel: grpc.aio.Channel,
+    hub_channel: grpc.aio.Channel,
+    population: Population,
+    today: dt.date,
+) -> None:
+    """Members (the administrator's) and enrolments (made through the hub, 4 years ago) of one insurer."""
+    members = membership_service_pb2_grpc.MembershipServiceStub(admin_channel)
     mine = [m for m in population.members if any(a.insurer == code for a in m.affiliations)]
     for i in range(0, len(mine), BATCH):
         batch = [_member_proto(m, code, today) for m in mine[i : i + BATCH]]
         await members.UpsertMembers(membership_service_pb2.UpsertMembersRequest(members=batch), timeout=300)
-    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(channel)
+    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(hub_channel)
     for p in population.providers:
         if not p.enrolled:
             continue
@@ -216,10 +234,15 @@ async def seed_oa(code: str, channel: grpc.aio.Channel, population: Population, 
                 raise
 
 
-async def replay_history(code: str, channel: grpc.aio.Channel, population: Population) -> dict[str, int]:
-    """Replay this insurer's DMG events in order; a rule's refusal is part of history, not a failure."""
-    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(channel)
-    intake = intake_service_pb2_grpc.InvoicingIntakeServiceStub(channel)
+async def replay_history(
+    code: str, hub_channel: grpc.aio.Channel, backoffice_channel: grpc.aio.Channel, population: Population
+) -> dict[str, int]:
+    """Replay this insurer's DMG events in order; a rule's refusal is part of history, not a failure.
+
+    Notifications as they were made through the hub, contacts and paper attestations as the insurer's
+    invoicing registered them (its back office)."""
+    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(hub_channel)
+    intake = intake_service_pb2_grpc.InvoicingIntakeServiceStub(backoffice_channel)
     outcome: dict[str, int] = defaultdict(int)
     for n, event in enumerate(e for e in population.history if e.insurer == code):
         ref = f"seed-{code}-{n}"
@@ -279,29 +302,40 @@ async def seed(
     oas: dict[str, str],
     keys_folder: Path,
     today: dt.date,
-    credentials: grpc.ChannelCredentials | None = None,
+    admin_credentials: grpc.ChannelCredentials | None = None,
     backoffice_credentials: grpc.ChannelCredentials | None = None,
+    hub_credentials: grpc.ChannelCredentials | None = None,
     only: Sequence[str] = (),
 ) -> dict[str, object]:
-    """Seed the whole mesh; returns counts for the cluster description."""
+    """Seed the whole mesh; returns counts for the cluster description.
+
+    ``admin_credentials``, ``backoffice_credentials`` and ``hub_credentials`` are the mutual-TLS identities
+    of the administrator, the insurers' back office and the hub (whose past requests the history replays).
+    Without them (an ``--insecure`` development mesh) every channel declares the identity it stands for."""
     public_keys = write_keys(population, keys_folder)
-    async with open_channel(ehealth, credentials=credentials) as channel:
-        await seed_ehealth(channel, population, public_keys, today)
+    async with AdminClient(ehealth=ehealth, insurers=oas, credentials=admin_credentials) as admin:
+        sequence = await seed_ehealth(admin, population, public_keys, today)
+        cadastre = await await_cadastre(admin, population, sequence, oas)
 
     async def one(code: str, target: str) -> tuple[str, dict[str, int]]:
-        async with open_channel(target, credentials=backoffice_credentials or credentials) as channel:
-            await seed_oa(code, channel, population, today)
-            return code, await replay_history(code, channel, population)
+        async with (
+            open_channel(target, credentials=admin_credentials, identity="admin") as admin_channel,
+            open_channel(target, credentials=hub_credentials, identity="hub") as hub_channel,
+            open_channel(target, credentials=backoffice_credentials, identity="backoffice") as backoffice,
+        ):
+            await seed_oa(code, admin_channel, hub_channel, population, today)
+            return code, await replay_history(code, hub_channel, backoffice, population)
 
     results = await asyncio.gather(*(one(c, t) for c, t in oas.items() if not only or c in only))
     info: dict[str, object] = {
         "members": len(population.members),
         "providers": len(population.providers),
+        **cadastre,
         "history": dict(results),
     }
     if population.bulk:
         started = time.monotonic()
-        await seed_bulk(population, oas=oas, today=today, credentials=backoffice_credentials or credentials)
+        await seed_bulk(population, oas=oas, today=today, credentials=admin_credentials)
         info["bulk_members"] = population.bulk
         info["bulk_seconds"] = round(time.monotonic() - started, 1)
     return info
@@ -336,10 +370,13 @@ async def seed_bulk(
     today: dt.date,
     credentials: grpc.ChannelCredentials | None,
 ) -> None:
-    """Stream the bulk members to their insurers, every insurer loading in parallel, one batch at a time
-    each (an insurer's database takes one writer at a time anyway), with a bounded queue per insurer."""
+    """Stream the bulk members to their insurers (as the administrator, ``credentials``), every insurer
+    loading in parallel, one batch at a time each (an insurer's database takes one writer at a time
+    anyway), with a bounded queue per insurer."""
     gps = [p.inami for p in population.providers if p.role == "gp"]
-    channels = {code: open_channel(target, credentials=credentials) for code, target in oas.items()}
+    channels = {
+        code: open_channel(target, credentials=credentials, identity="admin") for code, target in oas.items()
+    }
     queues: dict[str, asyncio.Queue[list[membership_service_pb2.Member] | None]] = {
         code: asyncio.Queue(maxsize=2) for code in oas
     }

@@ -123,7 +123,13 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
             env["SANDBOX_DATE"] = cfg.today.isoformat()
         if spec.role == "oa":
             assert spec.oa_code
-            env |= {"INSURER_CODE": spec.oa_code, "HUB_INTAKE_TARGET": addr(hub_port)}
+            # Each insurer follows eHealth's cadastre (the authentic source of providers): a provider
+            # written once in eHealth becomes known to all seven (over mutual TLS with its own certificate).
+            env |= {
+                "INSURER_CODE": spec.oa_code,
+                "HUB_INTAKE_TARGET": addr(hub_port),
+                "EHEALTH_TARGET": addr(ehealth_port),
+            }
         if cfg.metrics:
             env["METRICS_PORT"] = str(spec.port + 1000)
         if spec.role == "hub":
@@ -180,29 +186,38 @@ async def create_databases(cfg: ClusterConfig, specs: list[ProcSpec]) -> None:
             await conn.close()
 
 
+# The certificates the cluster makes for callers outside the mesh (see mycarenet_core/trust.toml):
+#   client      provider software (hub and eHealth; with a provider's own session token)
+#   backoffice  the insurers' back office (invoicing intake, members): `mycarenet oa ...`
+#   admin       the sandbox administrator (eHealth's cadastre, credentials, relations and mandates for
+#               others, key rotation; members and reference data at the insurers): the seeder and
+#               `mycarenet admin ...`
+CALLERS = ("client", "backoffice", "admin")
+
+
 def client_tls(cfg: ClusterConfig) -> dict[str, str] | None:
-    """Certificates for callers: "client" for provider software (hub and eHealth only), "backoffice" for
-    the insurers' own back office (OA intake, reference data, members) and the seeder."""
+    """The CA and each caller's certificate and key (``<caller>_cert``, ``<caller>_key``); None when
+    insecure."""
     if cfg.insecure:
         return None
-    client = pki.ensure_identity(cfg.data / "pki", "client")
-    backoffice = pki.ensure_identity(cfg.data / "pki", "backoffice")
-    return {
-        "ca": str(client.ca.resolve()),
-        "client_cert": str(client.cert.resolve()),
-        "client_key": str(client.key.resolve()),
-        "backoffice_cert": str(backoffice.cert.resolve()),
-        "backoffice_key": str(backoffice.key.resolve()),
-    }
+    tls: dict[str, str] = {}
+    for caller in CALLERS:
+        ident = pki.ensure_identity(cfg.data / "pki", caller)
+        tls["ca"] = str(ident.ca.resolve())
+        tls[f"{caller}_cert"] = str(ident.cert.resolve())
+        tls[f"{caller}_key"] = str(ident.key.resolve())
+    return tls
 
 
-def channel_credentials(
-    tls: dict[str, str] | None, *, backoffice: bool = False
-) -> grpc.ChannelCredentials | None:
+def channel_credentials(tls: dict[str, str] | None, caller: str = "client") -> grpc.ChannelCredentials | None:
+    """Mutual-TLS credentials of ``caller`` (client, backoffice or admin) from the cluster's ``tls``
+    description; None on an insecure cluster (then the caller declares itself: ``open_channel(...,
+    identity=caller)``)."""
     if tls is None:
         return None
-    role = "backoffice" if backoffice else "client"
-    return client_credentials(Path(tls["ca"]), Path(tls[f"{role}_cert"]), Path(tls[f"{role}_key"]))
+    if caller not in CALLERS:
+        raise ValueError(f"unknown caller certificate {caller!r} (one of {', '.join(CALLERS)})")
+    return client_credentials(Path(tls["ca"]), Path(tls[f"{caller}_cert"]), Path(tls[f"{caller}_key"]))
 
 
 async def health(address: str, credentials: grpc.ChannelCredentials | None, deadline: float = 2.0) -> str:
@@ -225,7 +240,11 @@ class Supervisor:
         self.specs = plan(cfg)
         self.tls = client_tls(cfg)
         self.credentials = channel_credentials(self.tls)
-        self.backoffice_credentials = channel_credentials(self.tls, backoffice=True)
+        self.backoffice_credentials = channel_credentials(self.tls, "backoffice")
+        self.admin_credentials = channel_credentials(self.tls, "admin")
+        # The seeder replays the DMG history as it was made through the hub: with the hub's own identity.
+        hub = None if cfg.insecure else pki.ensure_identity(cfg.data / "pki", "hub")
+        self.hub_credentials = client_credentials(hub.ca, hub.cert, hub.key) if hub else None
         self.running: dict[str, Running] = {}
         self.stopping = asyncio.Event()
         self.seed_info: dict[str, Any] = {}
@@ -308,8 +327,9 @@ class Supervisor:
             oas=oas,
             keys_folder=self.cfg.data / "keys",
             today=today,
-            credentials=self.credentials,
+            admin_credentials=self.admin_credentials,
             backoffice_credentials=self.backoffice_credentials,
+            hub_credentials=self.hub_credentials,
         )
         info["seconds"] = round(time.monotonic() - started, 2)
         info["database_bytes"] = await database_sizes(self.cfg, self.specs)

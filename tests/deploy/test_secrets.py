@@ -11,7 +11,7 @@ from mycarenet_cluster import secrets
 
 def test_one_folder_per_identity_with_the_mounted_layout(tmp_path: Path) -> None:
     folders = secrets.write(tmp_path, namespace="mycarenet")
-    assert set(folders) == {*secrets.ACTORS, "client", "backoffice"}
+    assert set(folders) == {*secrets.ACTORS, "client", "backoffice", "admin"}
     assert len(secrets.ACTORS) == 9
     for name, folder in folders.items():
         assert sorted(p.name for p in folder.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
