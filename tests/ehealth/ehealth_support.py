@@ -81,6 +81,7 @@ class Env:
     clock: FixedClock
     channels: dict[str, grpc.aio.Channel]
     keys: dict[str, Ed25519PrivateKey] = field(default_factory=dict)
+    sessions: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         admin = Stubs(self.channels["admin"])
@@ -182,6 +183,14 @@ class Env:
         """Log in (see :meth:`login`) and answer the metadata of calls made with that session."""
         reply = await self.login(subject_id, **login)  # type: ignore[arg-type]
         return bearer(reply.token)
+
+    async def own(
+        self, subject_id: str, kind: int = auth_pb2.SUBJECT_KIND_PROVIDER
+    ) -> tuple[tuple[str, str], ...]:
+        """The metadata of the subject's own session (opened on first use, then reused)."""
+        if subject_id not in self.sessions:
+            self.sessions[subject_id] = await self.session(subject_id, kind=kind)
+        return self.sessions[subject_id]
 
     async def published_keys(self) -> dict[str, str]:
         reply = await self.hub.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=10)

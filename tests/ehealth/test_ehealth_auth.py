@@ -33,7 +33,7 @@ async def test_full_flow_challenge_session_verify_logout(env: Env) -> None:
     challenge = await env.challenge(GP)
     assert len(challenge.nonce) == 32
     assert challenge.expire_time.ToDatetime(dt.UTC) == NOW + dt.timedelta(minutes=2)
-    session = await env.auth.CreateSession(
+    session = await env.client.auth.CreateSession(
         auth_pb2.CreateSessionRequest(
             challenge_id=challenge.challenge_id, signature=env.key(GP).sign(challenge.nonce)
         ),
@@ -52,11 +52,11 @@ async def test_full_flow_challenge_session_verify_logout(env: Env) -> None:
     assert raw["principal"] == ""
     assert raw["exp"] - raw["iat"] == 12 * 3600
 
-    logout = await env.auth.Logout(auth_pb2.LogoutRequest(token=session.token), timeout=10)
+    logout = await env.client.auth.Logout(auth_pb2.LogoutRequest(token=session.token), timeout=10)
     assert (logout.session_id, logout.revoked) == (session.session_id, True)
-    again = await env.auth.Logout(auth_pb2.LogoutRequest(token=session.token), timeout=10)
+    again = await env.client.auth.Logout(auth_pb2.LogoutRequest(token=session.token), timeout=10)
     assert again.revoked is False
-    listed = await env.auth.ListRevocations(auth_pb2.ListRevocationsRequest(), timeout=10)
+    listed = await env.hub.auth.ListRevocations(auth_pb2.ListRevocationsRequest(), timeout=10)
     revoked = {r.session_id for r in listed.revocations}
     assert revoked == {session.session_id}
     with pytest.raises(TokenError) as info:
@@ -67,13 +67,15 @@ async def test_full_flow_challenge_session_verify_logout(env: Env) -> None:
 async def test_challenge_rejections(env: Env) -> None:
     await env.provider(GP)
     unknown = await rpc_error(
-        env.auth.CreateSession(auth_pb2.CreateSessionRequest(challenge_id="nope", signature=b"x"), timeout=10)
+        env.client.auth.CreateSession(
+            auth_pb2.CreateSessionRequest(challenge_id="nope", signature=b"x"), timeout=10
+        )
     )
     assert (unknown.status, unknown.reason) == (grpc.StatusCode.UNAUTHENTICATED, "CHALLENGE_UNKNOWN")
 
     challenge = await env.challenge(GP)
     bad = await rpc_error(
-        env.auth.CreateSession(
+        env.client.auth.CreateSession(
             auth_pb2.CreateSessionRequest(
                 challenge_id=challenge.challenge_id,
                 signature=Ed25519PrivateKey.generate().sign(challenge.nonce),
@@ -84,7 +86,7 @@ async def test_challenge_rejections(env: Env) -> None:
     assert (bad.status, bad.reason) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_SIGNATURE")
     # Any answer uses the challenge up, even with the right signature afterwards.
     used = await rpc_error(
-        env.auth.CreateSession(
+        env.client.auth.CreateSession(
             auth_pb2.CreateSessionRequest(
                 challenge_id=challenge.challenge_id, signature=env.key(GP).sign(challenge.nonce)
             ),
@@ -96,7 +98,7 @@ async def test_challenge_rejections(env: Env) -> None:
     late = await env.challenge(GP)
     env.clock.advance(dt.timedelta(minutes=2))
     expired = await rpc_error(
-        env.auth.CreateSession(
+        env.client.auth.CreateSession(
             auth_pb2.CreateSessionRequest(
                 challenge_id=late.challenge_id, signature=env.key(GP).sign(late.nonce)
             ),
@@ -138,9 +140,14 @@ async def test_under_a_mandate(env: Env) -> None:
     assert (raw["sub"], raw["niss"], raw["inami"], raw["role"]) == (SECRETARY, SECRETARY, "", "")
 
     missing = await rpc_error(env.login(SECRETARY, auth_pb2.SUBJECT_KIND_PERSON, principal=GP))
-    assert (missing.status, missing.reason) == (grpc.StatusCode.PERMISSION_DENIED, "MANDATE_REQUIRED")
+    assert (missing.status, missing.reason, missing.code) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "MANDATE_REQUIRED",
+        140,
+    )
 
-    created = await env.mandates.CreateMandate(
+    # The GP gives the mandate with its own session (provider software, client certificate).
+    created = await env.client.mandates.CreateMandate(
         mandate_pb2.CreateMandateRequest(
             mandate=mandate_pb2.Mandate(
                 principal_inami=GP,
@@ -150,6 +157,7 @@ async def test_under_a_mandate(env: Env) -> None:
                 period=period(TODAY - dt.timedelta(days=10), TODAY + dt.timedelta(days=10)),
             )
         ),
+        metadata=await env.own(GP),
         timeout=10,
     )
     session = await env.login(SECRETARY, auth_pb2.SUBJECT_KIND_PERSON, principal=GP)
@@ -224,11 +232,12 @@ async def test_logout_rejections(env: Env) -> None:
     await env.provider(GP)
     session = await env.login(GP, lifetime=60)
     env.clock.advance(dt.timedelta(minutes=2))
-    expired = await rpc_error(env.auth.Logout(auth_pb2.LogoutRequest(token=session.token), timeout=10))
+    logout = env.client.auth.Logout
+    expired = await rpc_error(logout(auth_pb2.LogoutRequest(token=session.token), timeout=10))
     assert (expired.status, expired.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
-    malformed = await rpc_error(env.auth.Logout(auth_pb2.LogoutRequest(token="x.y.z"), timeout=10))
+    malformed = await rpc_error(logout(auth_pb2.LogoutRequest(token="x.y.z"), timeout=10))
     assert malformed.reason == "TOKEN_MALFORMED"
-    missing = await rpc_error(env.auth.Logout(auth_pb2.LogoutRequest(), timeout=10))
+    missing = await rpc_error(logout(auth_pb2.LogoutRequest(), timeout=10))
     assert (missing.status, missing.code) == (grpc.StatusCode.INVALID_ARGUMENT, 100)
 
 
@@ -236,25 +245,25 @@ async def test_revocations_are_paginated_and_watched(env: Env) -> None:
     await env.provider(GP)
     sessions = [await env.login(GP) for _ in range(3)]
     for s in sessions[:2]:
-        await env.auth.Logout(auth_pb2.LogoutRequest(token=s.token), timeout=10)
+        await env.client.auth.Logout(auth_pb2.LogoutRequest(token=s.token), timeout=10)
 
-    first = await env.auth.ListRevocations(auth_pb2.ListRevocationsRequest(page_size=1), timeout=10)
+    first = await env.hub.auth.ListRevocations(auth_pb2.ListRevocationsRequest(page_size=1), timeout=10)
     assert [r.session_id for r in first.revocations] == [sessions[0].session_id]
-    second = await env.auth.ListRevocations(
+    second = await env.hub.auth.ListRevocations(
         auth_pb2.ListRevocationsRequest(page_size=1, page_token=first.next_page_token), timeout=10
     )
     assert [r.session_id for r in second.revocations] == [sessions[1].session_id]
     assert second.next_page_token == ""
-    after = await env.auth.ListRevocations(
+    after = await env.hub.auth.ListRevocations(
         auth_pb2.ListRevocationsRequest(after_sequence=first.revocations[0].sequence), timeout=10
     )
     assert [r.session_id for r in after.revocations] == [sessions[1].session_id]
 
-    stream = env.auth.WatchRevocations(auth_pb2.WatchRevocationsRequest(after_sequence=0), timeout=20)
+    stream = env.hub.auth.WatchRevocations(auth_pb2.WatchRevocationsRequest(after_sequence=0), timeout=20)
     seen = [(await stream.read()).revocation.session_id for _ in range(2)]
     assert seen == [s.session_id for s in sessions[:2]]
     # A new logout reaches the watcher without polling.
-    await env.auth.Logout(auth_pb2.LogoutRequest(token=sessions[2].token), timeout=10)
+    await env.client.auth.Logout(auth_pb2.LogoutRequest(token=sessions[2].token), timeout=10)
     live = await asyncio.wait_for(stream.read(), timeout=5)
     assert live.revocation.session_id == sessions[2].session_id
     assert live.revocation.sequence > second.revocations[0].sequence
@@ -262,12 +271,12 @@ async def test_revocations_are_paginated_and_watched(env: Env) -> None:
 
     # Expired revocations are forgotten.
     env.clock.advance(12 * HOUR + dt.timedelta(seconds=1))
-    gone = await env.auth.ListRevocations(auth_pb2.ListRevocationsRequest(), timeout=10)
+    gone = await env.hub.auth.ListRevocations(auth_pb2.ListRevocationsRequest(), timeout=10)
     assert list(gone.revocations) == []
 
 
 async def test_watch_ends_cleanly_when_the_server_stops(env: Env) -> None:
-    stream = env.auth.WatchRevocations(auth_pb2.WatchRevocationsRequest(), timeout=20)
+    stream = env.hub.auth.WatchRevocations(auth_pb2.WatchRevocationsRequest(), timeout=20)
     await asyncio.sleep(0.1)  # the watcher is now waiting for news
     # With a 5 s grace period the stop is still quick: the watcher ends its stream cleanly (OK) instead
     # of holding the server until the grace period runs out and it is cancelled.

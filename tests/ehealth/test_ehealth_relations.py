@@ -1,4 +1,7 @@
-"""Therapeutic relations over gRPC: the check matrix, organisations, revocation, lists, DMG moves."""
+"""Therapeutic relations over gRPC: the check matrix, organisations, revocation, lists, DMG moves.
+
+A provider registers, revokes and lists its own relations with its own session (the eID read); the hub
+checks relations and moves DMG relations; the administrator reads everyone's."""
 
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ PROOFS = [tr.RELATION_PROOF_EID_READ, tr.RELATION_PROOF_ISI_PLUS_READ, tr.RELATI
 async def register(
     env: Env, provider: str, proof: int, start: D | None, end: D | None = None, patient: str = PATIENT
 ) -> tr.TherapeuticRelation:
-    reply = await env.relations.RegisterRelation(
+    reply = await env.client.relations.RegisterRelation(
         tr.RegisterRelationRequest(
             provider_inami=provider,
             patient_niss=patient,
@@ -38,6 +41,7 @@ async def register(
             start_date=pdate(start),
             end_date=pdate(end),
         ),
+        metadata=await env.own(provider),
         timeout=10,
     )
     relation: tr.TherapeuticRelation = reply.relation
@@ -45,7 +49,7 @@ async def register(
 
 
 async def check(env: Env, provider: str, day: D | None, patient: str = PATIENT) -> tr.CheckRelationResponse:
-    reply: tr.CheckRelationResponse = await env.relations.CheckRelation(
+    reply: tr.CheckRelationResponse = await env.hub.relations.CheckRelation(
         tr.CheckRelationRequest(provider_inami=provider, patient_niss=patient, date=pdate(day)), timeout=10
     )
     return reply
@@ -59,13 +63,14 @@ async def test_check_matrix_proofs_dates_revocation(env: Env) -> None:
         for revoked in (False, True):
             inami = f"1{20000 + i * 2 + revoked:05d}"
             inami = inami + f"{97 - int(inami) % 97:02d}003"
-            await env.provider(inami, with_key=False)
+            await env.provider(inami)
             relation = await register(env, inami, proof, start, end)
             if revoked:
-                await env.relations.RevokeRelation(
+                await env.client.relations.RevokeRelation(
                     tr.RevokeRelationRequest(
                         relation_id=relation.relation_id, end_date=pdate(D(2025, 3, 31))
                     ),
+                    metadata=await env.own(inami),
                     timeout=10,
                 )
             providers.append((inami, proof, revoked))
@@ -84,12 +89,12 @@ async def test_check_matrix_proofs_dates_revocation(env: Env) -> None:
             assert not reply.HasField("relation")
     # Another patient and another provider never pass.
     assert not (await check(env, providers[0][0], start, patient=PATIENT2)).exists
-    await env.provider(GP2, with_key=False)
+    await env.provider(GP2)
     assert not (await check(env, GP2, start)).exists
 
 
 async def test_register_defaults_duplicates_and_strongest(env: Env) -> None:
-    await env.provider(GP, with_key=False)
+    await env.provider(GP)
     first = await register(env, GP, tr.RELATION_PROOF_PATIENT_DECLARATION, None)
     assert from_pdate(first.period.start) == TODAY
     assert not first.period.HasField("end")
@@ -102,10 +107,10 @@ async def test_register_defaults_duplicates_and_strongest(env: Env) -> None:
 
 
 async def test_medical_house_relation_counts_for_its_members_on_the_date(env: Env) -> None:
-    await env.provider(GP, with_key=False)
-    await env.provider(GP2, with_key=False)
+    await env.provider(GP)
+    await env.provider(GP2)
     await env.organisation(MEDICAL_HOUSE, [(GP, D(2024, 1, 1), D(2025, 6, 30))])
-    await env.relations.TransferDmgRelation(
+    await env.hub.relations.TransferDmgRelation(
         tr.TransferDmgRelationRequest(
             patient_niss=PATIENT, new_holder_inami=MEDICAL_HOUSE, start_date=pdate(D(2024, 6, 1)),
             source_reference="100:mh-1",
@@ -125,47 +130,55 @@ async def test_medical_house_relation_counts_for_its_members_on_the_date(env: En
 
 
 async def test_revoke_never_lengthens_and_unknown_relation(env: Env) -> None:
-    await env.provider(GP, with_key=False)
+    await env.provider(GP)
     rel = await register(env, GP, tr.RELATION_PROOF_EID_READ, D(2025, 1, 1), D(2025, 2, 28))
-    later = await env.relations.RevokeRelation(
-        tr.RevokeRelationRequest(relation_id=rel.relation_id, end_date=pdate(D(2025, 12, 31))), timeout=10
+    gp = await env.own(GP)
+    later = await env.client.relations.RevokeRelation(
+        tr.RevokeRelationRequest(relation_id=rel.relation_id, end_date=pdate(D(2025, 12, 31))),
+        metadata=gp,
+        timeout=10,
     )
     assert from_pdate(later.relation.period.end) == D(2025, 2, 28)
-    today = await env.relations.RevokeRelation(
-        tr.RevokeRelationRequest(relation_id=rel.relation_id), timeout=10
+    today = await env.client.relations.RevokeRelation(
+        tr.RevokeRelationRequest(relation_id=rel.relation_id), metadata=gp, timeout=10
     )
     assert from_pdate(today.relation.period.end) == D(2025, 2, 28)
     open_rel = await register(env, GP, tr.RELATION_PROOF_ISI_PLUS_READ, D(2025, 1, 1))
-    now = await env.relations.RevokeRelation(
-        tr.RevokeRelationRequest(relation_id=open_rel.relation_id), timeout=10
+    now = await env.client.relations.RevokeRelation(
+        tr.RevokeRelationRequest(relation_id=open_rel.relation_id), metadata=gp, timeout=10
     )
     assert from_pdate(now.relation.period.end) == TODAY
     too_early = await rpc_error(
-        env.relations.RevokeRelation(
+        env.client.relations.RevokeRelation(
             tr.RevokeRelationRequest(relation_id=open_rel.relation_id, end_date=pdate(D(2024, 12, 30))),
+            metadata=gp,
             timeout=10,
         )
     )
     assert (too_early.status, too_early.code) == (grpc.StatusCode.INVALID_ARGUMENT, 113)
     unknown = await rpc_error(
-        env.relations.RevokeRelation(tr.RevokeRelationRequest(relation_id="x"), timeout=10)
+        env.client.relations.RevokeRelation(
+            tr.RevokeRelationRequest(relation_id="x"), metadata=gp, timeout=10
+        )
     )
     assert (unknown.status, unknown.reason) == (grpc.StatusCode.NOT_FOUND, "RELATION_UNKNOWN")
 
 
 async def test_list_is_filtered_and_paginated(env: Env) -> None:
-    await env.provider(GP, with_key=False)
-    await env.provider(GP2, with_key=False)
+    await env.provider(GP)
+    await env.provider(GP2)
     made = [
         await register(env, GP, tr.RELATION_PROOF_EID_READ, D(2025, 1, m), D(2025, 1, m + 1))
         for m in (1, 2, 3)
     ]
     await register(env, GP, tr.RELATION_PROOF_EID_READ, D(2025, 1, 1), D(2025, 1, 1), patient=PATIENT2)
     await register(env, GP2, tr.RELATION_PROOF_EID_READ, D(2025, 1, 1))
+    gp = await env.own(GP)
     seen, token = [], ""
     while True:
-        page = await env.relations.ListRelations(
-            tr.ListRelationsRequest(provider_inami=GP, patient_niss=PATIENT, page_size=2, page_token=token),
+        page = await env.client.relations.ListRelations(
+            tr.ListRelationsRequest(patient_niss=PATIENT, page_size=2, page_token=token),  # its own
+            metadata=gp,
             timeout=10,
         )
         seen += [r.relation_id for r in page.relations]
@@ -175,14 +188,14 @@ async def test_list_is_filtered_and_paginated(env: Env) -> None:
     assert seen == [r.relation_id for r in made]
     by_patient = await env.relations.ListRelations(tr.ListRelationsRequest(patient_niss=PATIENT), timeout=10)
     assert len(by_patient.relations) == 4
-    valid = await env.relations.ListRelations(
-        tr.ListRelationsRequest(provider_inami=GP, valid_on=pdate(D(2025, 1, 2))), timeout=10
+    valid = await env.client.relations.ListRelations(
+        tr.ListRelationsRequest(provider_inami=GP, valid_on=pdate(D(2025, 1, 2))), metadata=gp, timeout=10
     )
     assert {r.patient_niss for r in valid.relations} == {PATIENT}
     none = await rpc_error(env.relations.ListRelations(tr.ListRelationsRequest(), timeout=10))
     assert none.code == 100
     bad_token = await rpc_error(
-        env.relations.ListRelations(tr.ListRelationsRequest(provider_inami=GP, page_token="%%%"), timeout=10)
+        env.client.relations.ListRelations(tr.ListRelationsRequest(page_token="%%%"), metadata=gp, timeout=10)
     )
     assert [(v.field, v.code) for v in bad_token.violations] == [("page_token", 111)]
 
@@ -190,7 +203,7 @@ async def test_list_is_filtered_and_paginated(env: Env) -> None:
 async def transfer(
     env: Env, new: str, previous: str, start: D, reference: str
 ) -> tr.TransferDmgRelationResponse:
-    reply: tr.TransferDmgRelationResponse = await env.relations.TransferDmgRelation(
+    reply: tr.TransferDmgRelationResponse = await env.hub.relations.TransferDmgRelation(
         tr.TransferDmgRelationRequest(
             patient_niss=PATIENT,
             new_holder_inami=new,
@@ -235,7 +248,7 @@ async def test_dmg_relation_moves_and_is_idempotent(env: Env) -> None:
 
 
 async def test_registering_a_dmg_relation_is_refused(env: Env) -> None:
-    await env.provider(GP, with_key=False)
+    await env.provider(GP)
     error = await rpc_error(register(env, GP, tr.RELATION_PROOF_DMG, TODAY))
     assert error.status == grpc.StatusCode.INVALID_ARGUMENT
     assert [(v.field, v.code) for v in error.violations] == [("proof", 130)]
@@ -254,28 +267,37 @@ async def test_registering_a_dmg_relation_is_refused(env: Env) -> None:
 async def test_register_validation_codes_and_nothing_written(
     env: Env, provider: str, patient: str, proof: int, violations: list[tuple[str, int]]
 ) -> None:
-    await env.provider(GP, with_key=False)
+    await env.provider(GP)
     error = await rpc_error(
-        env.relations.RegisterRelation(
+        env.client.relations.RegisterRelation(
             tr.RegisterRelationRequest(provider_inami=provider, patient_niss=patient, proof=proof),  # type: ignore[arg-type]
+            metadata=await env.own(GP),
             timeout=10,
         )
     )
     assert error.status == grpc.StatusCode.INVALID_ARGUMENT
     assert [(v.field, v.code) for v in error.violations] == violations
-    listed = await env.relations.ListRelations(tr.ListRelationsRequest(provider_inami=GP), timeout=10)
+    listed = await env.relations.ListRelations(tr.ListRelationsRequest(patient_niss=PATIENT), timeout=10)
     assert list(listed.relations) == []
 
 
 async def test_unknown_provider_and_bad_transfer(env: Env) -> None:
-    unknown = await rpc_error(register(env, SPECIALIST, tr.RELATION_PROOF_EID_READ, TODAY))
+    # Only the administrator can even try: a provider unknown to the cadastre cannot log in.
+    unknown = await rpc_error(
+        env.relations.RegisterRelation(
+            tr.RegisterRelationRequest(
+                provider_inami=SPECIALIST, patient_niss=PATIENT, proof=tr.RELATION_PROOF_EID_READ
+            ),
+            timeout=10,
+        )
+    )
     assert (unknown.status, unknown.reason, unknown.code) == (
         grpc.StatusCode.NOT_FOUND,
         "PROVIDER_UNKNOWN",
         141,
     )
     error = await rpc_error(
-        env.relations.TransferDmgRelation(tr.TransferDmgRelationRequest(new_holder_inami=GP), timeout=10)
+        env.hub.relations.TransferDmgRelation(tr.TransferDmgRelationRequest(new_holder_inami=GP), timeout=10)
     )
     assert {(v.field, v.code) for v in error.violations} == {
         ("patient_niss", 100),
