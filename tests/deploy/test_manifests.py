@@ -22,6 +22,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from mycarenet_cluster.secrets import CALLERS
 from sqlalchemy.engine import make_url
 
 from hub.__main__ import parse_targets
@@ -123,9 +124,16 @@ def test_a_deployment_and_a_service_per_actor_secure_and_probed(
     }
     assert hub.ehealth_target == f"ehealth:{services['ehealth']['spec']['ports'][0]['port']}"
     for code in INSURERS:
-        assert (
-            settings[f"oa-{code}"].hub_intake_target == f"hub:{services['hub']['spec']['ports'][0]['port']}"
-        )
+        oa = settings[f"oa-{code}"]
+        assert oa.hub_intake_target == f"hub:{services['hub']['spec']['ports'][0]['port']}"  # type: ignore[attr-defined]
+        # Every insurer follows eHealth's cadastre.
+        assert oa.ehealth_target == f"ehealth:{services['ehealth']['spec']['ports'][0]['port']}"  # type: ignore[attr-defined]
+    # The callers' certificates (provider software, back office, administrator) are in no server's pod.
+    for deployment in deployments.values():
+        for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
+            secret = volume.get("secret", {}).get("secretName", "")
+            owner = deployment["metadata"]["name"]
+            assert secret not in {f"mycarenet-tls-{c}" for c in CALLERS}, (owner, secret)
     if name == "overlays/tracing":
         assert {"otel-collector", "jaeger"} <= set(deployments) & set(services)
     else:
@@ -185,6 +193,12 @@ def test_compose_services_agree_with_the_settings_and_with_each_other(
         oa = settings[f"oa-{code}"]
         assert oa.insurer_code == code  # type: ignore[attr-defined]
         assert oa.hub_intake_target == f"hub:{port_of(hub.bind)}"  # type: ignore[attr-defined]
+        assert oa.ehealth_target == f"ehealth:{port_of(settings['ehealth'].bind)}"  # type: ignore[attr-defined]
+    # The callers' certificates (provider software, back office, administrator) are in no container.
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":")[0]
+            assert source not in {f"./secrets/{c}" for c in CALLERS}, (name, volume)
     assert {"otel-collector", "jaeger"} <= set(services)
     for config in compose.get("configs", {}).values():
         assert (COMPOSE.parent / config["file"]).is_file()
