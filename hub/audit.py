@@ -57,6 +57,9 @@ class AuditLog:
         self._clock = clock
         self._queue: list[AuditRecord] = []
         self._wake = asyncio.Event()
+        # One flush at a time: a flush returns only once every row queued before it is written, also those
+        # a concurrent flush (the background writer) had taken.
+        self._flushing = asyncio.Lock()
 
     @contextlib.asynccontextmanager
     async def record(self, rpc: str) -> AsyncIterator[AuditEntry]:
@@ -120,15 +123,17 @@ class AuditLog:
         self._wake.set()
 
     async def flush(self) -> None:
-        if not self._queue:
-            return
-        batch, self._queue = self._queue, []
-        try:
-            async with transaction(self._sessions) as session:
-                session.add_all(batch)
-        except BaseException:
-            self._queue[:0] = batch  # keep them for the next attempt
-            raise
+        """Write the queued rows."""
+        async with self._flushing:
+            if not self._queue:
+                return
+            batch, self._queue = self._queue, []
+            try:
+                async with transaction(self._sessions) as session:
+                    session.add_all(batch)
+            except BaseException:
+                self._queue[:0] = batch  # keep them for the next attempt
+                raise
 
     async def run(self, every: float = 0.2) -> None:
         """Write queued rows in batches until cancelled."""

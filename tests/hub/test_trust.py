@@ -117,16 +117,16 @@ def consult(mesh: Mesh, metadata: Metadata, reference: str = "t") -> Awaitable[A
 
 
 async def secretary_under_mandate(
-    mesh: Mesh, name: str, serial: int, services: list[mandate_pb2.MandatedService.ValueType]
+    mesh: Mesh, principal: str, serial: int, services: list[mandate_pb2.MandatedService.ValueType]
 ) -> tuple[Person, str, str, str]:
-    """A person registered at eHealth, mandated by GP A for ``services``: (person, key fingerprint,
-    mandate id, session token under the mandate)."""
-    gp_a = mesh.people["gp_a"]
-    person = Person(name, "", make_niss(dt.date(1985, 1, 1), serial))
+    """A person registered at eHealth, mandated by ``principal`` for ``services`` (one mandate per
+    principal and service at a time): (person, key fingerprint, mandate id, session token under it)."""
+    giver = mesh.people[principal]
+    person = Person(f"secretary of {principal}", "", make_niss(dt.date(1985, 1, 1), serial))
     fingerprint = await mesh.register_person(person)
-    mandate_id = await mesh.mandate(gp_a, person.niss, services)
+    mandate_id = await mesh.mandate(giver, person.niss, services)
     token = await mesh.login(
-        person, kind=auth_pb2.SUBJECT_KIND_PERSON, subject_id=person.niss, principal=gp_a.inami
+        person, kind=auth_pb2.SUBJECT_KIND_PERSON, subject_id=person.niss, principal=giver.inami
     )
     return person, fingerprint, mandate_id, token
 
@@ -178,7 +178,7 @@ async def test_a_role_outside_the_table_is_refused_140_and_audited_with_the_requ
 
 async def test_a_mandate_not_covering_the_service_is_refused_140(mesh: Mesh) -> None:
     _, _, mandate_id, token = await secretary_under_mandate(
-        mesh, "consult-only", 701, [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT]
+        mesh, "gp_a", 701, [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT]
     )
     await consult(mesh, bearer(token))  # inside the mandate
     outside: list[Awaitable[Any]] = [
@@ -320,9 +320,9 @@ async def test_a_signed_token_lasting_13_hours_is_refused(mesh: Mesh) -> None:
 
 async def test_a_revoked_mandate_stops_its_sessions_on_the_next_call(mesh: Mesh) -> None:
     _, _, mandate_id, token = await secretary_under_mandate(
-        mesh, "revoked-mandate", 705, [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT]
+        mesh, "gp_b", 705, [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT]
     )
-    gp = bearer(await mesh.login(mesh.people["gp_a"]))
+    gp = bearer(await mesh.login(mesh.people["gp_b"]))
     await consult(mesh, bearer(token))
     mandates = mandate_pb2_grpc.MandateServiceStub(mesh.ehealth_admin)
     await mandates.RevokeMandate(
@@ -338,7 +338,7 @@ async def test_a_revoked_mandate_stops_its_sessions_on_the_next_call(mesh: Mesh)
 
 async def test_a_revoked_credential_stops_its_sessions_on_the_next_call(mesh: Mesh) -> None:
     person, fingerprint, _, token = await secretary_under_mandate(
-        mesh, "revoked-key", 707, [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT]
+        mesh, "specialist", 707, [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT]
     )
     await consult(mesh, bearer(token))
     auth = auth_pb2_grpc.AuthServiceStub(mesh.ehealth_admin)
