@@ -200,7 +200,12 @@ async def test_a_mandate_not_covering_the_service_is_refused_140(mesh: Mesh) -> 
             140,
         )
     rows = await audit_rows(mesh, mandate_id=mandate_id, reason="MANDATE_NOT_COVERING")
-    assert sorted(r.rpc for r in rows) == ["GetMessages", "NotifyDmg", "PostPatientList"]
+    gp_a = mesh.people["gp_a"].inami
+    assert sorted((r.rpc, r.peer, r.requester_inami, r.codes) for r in rows) == [
+        ("GetMessages", "client", gp_a, "140"),
+        ("NotifyDmg", "client", gp_a, "140"),
+        ("PostPatientList", "client", gp_a, "140"),
+    ]
 
 
 async def test_a_session_naming_no_provider_is_refused_mandate_required_140(mesh: Mesh) -> None:
