@@ -3,6 +3,7 @@ and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import select
 
 from hub.audit import AuditLog
+from hub.auth import Caller
 from hub.mailbox import MailboxRepository, content_hash
 from hub.models import AuditRecord, HubBase
 from mycarenet_core.clock import FixedClock
@@ -18,6 +20,7 @@ from mycarenet_core.db import create_engine, create_schema, session_factory, tra
 from mycarenet_core.errors import permission_denied
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
+from mycarenet_core.trust import CallRecord, Peer
 
 GP1, GP2 = "10000101004", "10000202004"
 NOW = dt.datetime(2025, 3, 4, 10, 0, tzinfo=dt.UTC)
@@ -101,4 +104,57 @@ async def test_audit_rows_are_written(sessions: async_sessionmaker[AsyncSession]
     assert [(r.rpc, r.outcome, r.reason, r.codes, r.insurer_code) for r in rows] == [
         ("ConsultDmg", "OK", "", "", "100"),
         ("NotifyDmg", "PERMISSION_DENIED", "PROVIDER_NOT_ENTITLED", "140", ""),
+    ]
+
+
+async def test_refusals_of_the_trust_interceptor_are_written_and_a_handled_call_only_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    audit = AuditLog(sessions, FixedClock(NOW))
+    pharmacist = Caller(
+        executor_id="10000707000",
+        executor_kind="SUBJECT_KIND_PROVIDER",
+        session_id="s-ph",
+        inami="10000707000",
+        principal="",
+        mandate_id="",
+        mandate_services=frozenset(),
+        organisation="",
+        expires=NOW,
+    )
+    audit.observe(
+        CallRecord(
+            "/mycarenet.dmg.v1.DmgService/ConsultDmg",
+            Peer.from_name("client"),
+            pharmacist,
+            "PERMISSION_DENIED",
+            "PROVIDER_NOT_ENTITLED",
+            (140,),
+        )
+    )
+    audit.observe(
+        CallRecord(
+            "/mycarenet.hub.v1.MailboxIntakeService/DeliverMessages",
+            Peer.from_name("backoffice"),
+            None,
+            "PERMISSION_DENIED",
+            "CERTIFICATE_NOT_ALLOWED",
+        )
+    )
+
+    async def handled() -> None:  # a call of its own (its own context), audited by its handler
+        async with audit.record("GetMessages"):
+            pass
+        audit.observe(
+            CallRecord("/mycarenet.dmg.v1.MailboxService/GetMessages", Peer.from_name("client"), None, "OK")
+        )
+
+    await asyncio.create_task(handled())
+    await audit.flush()
+    async with sessions() as session:
+        rows = (await session.execute(select(AuditRecord).order_by(AuditRecord.id))).scalars().all()  # type: ignore[arg-type]
+    assert [(r.rpc, r.peer, r.requester_inami, r.session_id, r.outcome, r.reason, r.codes) for r in rows] == [
+        ("ConsultDmg", "client", "10000707000", "s-ph", "PERMISSION_DENIED", "PROVIDER_NOT_ENTITLED", "140"),
+        ("DeliverMessages", "backoffice", "", "", "PERMISSION_DENIED", "CERTIFICATE_NOT_ALLOWED", ""),
+        ("GetMessages", "", "", "", "OK", "", ""),
     ]
