@@ -12,6 +12,7 @@ what was queued since the last batch (at most ``interval`` seconds of calls).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from typing import Any
@@ -85,6 +86,7 @@ class AuditLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._stopping = asyncio.Event()
         self._flushing = asyncio.Lock()
 
     @staticmethod
@@ -146,19 +148,24 @@ class AuditLog:
         while not self._closing:
             await self._wake.wait()
             self._wake.clear()
-            if not self._closing and len(self._queue) < self.batch:
-                await asyncio.sleep(self.interval)
+            if len(self._queue) < self.batch:
+                await self._pause()
             try:
                 await self.flush()
             except Exception:
                 log.exception("audit flush failed; the rows stay queued")
-                if not self._closing:
-                    await asyncio.sleep(self.interval)
-                    self._wake.set()
+                await self._pause()
+                self._wake.set()
+
+    async def _pause(self) -> None:
+        """Wait ``interval`` seconds, or less when the log is being closed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.interval)
 
     def start(self) -> None:
         if self._task is None:
             self._closing = False
+            self._stopping = asyncio.Event()
             self._task = asyncio.create_task(self.run(), name="ehealth audit")
 
     async def close(self, wait: float = 5.0) -> None:
@@ -166,6 +173,7 @@ class AuditLog:
         the batch it is writing rather than cancelled in the middle of a commit."""
         task, self._task = self._task, None
         self._closing = True
+        self._stopping.set()
         self._wake.set()
         if task is not None:
             try:

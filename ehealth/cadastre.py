@@ -152,7 +152,7 @@ class Cadastre:
             cadastre = CadastreRepository(session)
             if actor.own is not None and actor.own != inami:
                 member_of = await cadastre.organisations_of(actor.own, self.clock.today())
-                actor.check(inami, NOT_OWN_ENTRY, f"the cadastre entry of {inami}", also=member_of)
+                actor.check(inami, NOT_OWN_ENTRY, f"the cadastre entry of {inami}", member_of=member_of)
             if await cadastre.organisation(inami) is None:
                 raise not_found(
                     "ORGANISATION_UNKNOWN",

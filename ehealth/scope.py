@@ -39,9 +39,10 @@ class Actor:
     def restricted(self) -> bool:
         return self.own is not None
 
-    def may_reach(self, inami: str, also: Iterable[str] = ()) -> bool:
-        """True when the call may touch an entry of ``inami`` (or of any of ``also``)."""
-        return self.own is None or self.own == inami or self.own in set(also)
+    def may_reach(self, inami: str, member_of: Iterable[str] = ()) -> bool:
+        """True when the call may touch the entry of ``inami``: its own, or (``member_of``: the organisations
+        the session's provider belongs to) an organisation it is part of."""
+        return self.own is None or self.own == inami or inami in set(member_of)
 
     def refuse(self, reason: str, what: str) -> MeshError:
         return permission_denied(
@@ -50,9 +51,9 @@ class Actor:
             code=McnCode.PROVIDER_NOT_ENTITLED,
         )
 
-    def check(self, inami: str, reason: str, what: str, *, also: Iterable[str] = ()) -> None:
-        """PERMISSION_DENIED ``reason`` (140) unless the call may touch an entry of ``inami``."""
-        if not self.may_reach(inami, also):
+    def check(self, inami: str, reason: str, what: str, *, member_of: Iterable[str] = ()) -> None:
+        """PERMISSION_DENIED ``reason`` (140) unless the call may touch the entry of ``inami``."""
+        if not self.may_reach(inami, member_of):
             raise self.refuse(reason, what)
 
 
