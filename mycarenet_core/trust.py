@@ -17,10 +17,13 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import enum
+import importlib
+import pkgutil
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import grpc
@@ -122,6 +125,29 @@ def load_table(path: Path = TABLE_PATH) -> TrustTable:
 
 
 TABLE = load_table()
+
+
+def service_modules() -> list[ModuleType]:
+    """Every generated ``*_pb2`` module of ``protos/`` that declares a service."""
+    import mycarenet_core.gen as gen
+
+    modules = []
+    for info in pkgutil.walk_packages(gen.__path__, prefix="mycarenet_core.gen."):
+        if info.name.endswith("_pb2"):
+            module = importlib.import_module(info.name)
+            if module.DESCRIPTOR.services_by_name:
+                modules.append(module)
+    return modules
+
+
+def all_methods() -> set[str]:
+    """The full name ("/package.Service/Method") of every RPC in ``protos/``."""
+    return {
+        f"/{service.full_name}/{method.name}"
+        for module in service_modules()
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
 
 
 @dataclass(frozen=True)
@@ -404,6 +430,7 @@ __all__ = [
     "SessionNeed",
     "TrustInterceptor",
     "TrustTable",
+    "all_methods",
     "check_session",
     "current_grant",
     "current_peer",
@@ -412,4 +439,5 @@ __all__ = [
     "identify",
     "load_table",
     "require_session",
+    "service_modules",
 ]

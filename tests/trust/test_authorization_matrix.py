@@ -21,19 +21,10 @@ import grpc
 from google.protobuf import message_factory
 
 from mycarenet_core.errors import parse_rpc_error
-from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2, mailbox_service_pb2
-from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, cadastre_pb2, mandate_pb2
-from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2 as tr_pb2
-from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2
-from mycarenet_core.gen.mycarenet.oa.v1 import (
-    intake_service_pb2,
-    membership_service_pb2,
-    oa_dmg_service_pb2,
-    reference_data_service_pb2,
-)
+from mycarenet_core.gen.mycarenet.ehealth.v1 import mandate_pb2
 from mycarenet_core.identifiers import Role
 from mycarenet_core.sessions import service_name
-from mycarenet_core.trust import TABLE, Peer, Policy, SessionNeed
+from mycarenet_core.trust import TABLE, Peer, Policy, SessionNeed, service_modules
 from tests.trust.tls_mesh import TlsMesh, tls_mesh
 
 # Where each service runs (the insurer services are called on insurer 100).
@@ -43,19 +34,7 @@ PROCESS = {
     "mycarenet.hub.v1": "hub",
     "mycarenet.oa.v1": "oa-100",
 }
-MODULES = [
-    dmg_service_pb2,
-    mailbox_service_pb2,
-    auth_pb2,
-    cadastre_pb2,
-    mandate_pb2,
-    tr_pb2,
-    mailbox_intake_service_pb2,
-    intake_service_pb2,
-    membership_service_pb2,
-    oa_dmg_service_pb2,
-    reference_data_service_pb2,
-]
+MODULES = service_modules()
 MANDATED = [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT, mandate_pb2.MANDATED_SERVICE_MAILBOX]
 TRUST_REASONS = {
     "CERTIFICATE_NOT_ALLOWED",

@@ -8,41 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2, mailbox_service_pb2
-from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, cadastre_pb2, mandate_pb2
-from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2 as tr_pb2
-from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2
-from mycarenet_core.gen.mycarenet.oa.v1 import (
-    intake_service_pb2,
-    membership_service_pb2,
-    oa_dmg_service_pb2,
-    reference_data_service_pb2,
-)
-from mycarenet_core.trust import TABLE, Certificate, Peer, SessionNeed, load_table
+from mycarenet_core.trust import TABLE, Certificate, Peer, SessionNeed, all_methods, load_table
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = [
-    dmg_service_pb2,
-    mailbox_service_pb2,
-    auth_pb2,
-    cadastre_pb2,
-    mandate_pb2,
-    tr_pb2,
-    mailbox_intake_service_pb2,
-    intake_service_pb2,
-    membership_service_pb2,
-    oa_dmg_service_pb2,
-    reference_data_service_pb2,
-]
-
-
-def all_methods() -> set[str]:
-    methods = set()
-    for module in MODULES:
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                methods.add(f"/{service.full_name}/{method.name}")
-    return methods
 
 
 def test_every_rpc_of_every_service_is_in_the_table_and_nothing_else() -> None:

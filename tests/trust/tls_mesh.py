@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
 import grpc
 from cryptography.hazmat.primitives import serialization
@@ -40,6 +41,7 @@ from oa_node.app import OaNodeApp
 NOW = dt.datetime(2025, 3, 4, 9, 0, tzinfo=dt.UTC)
 D = dt.date
 INSURERS = ("100", "200")
+Service: TypeAlias = mandate_pb2.MandatedService.ValueType
 # Every certificate the trust table knows, plus one the CA signed for a party it does not know.
 IDENTITIES = ("client", "hub", "ehealth", "oa-100", "oa-200", "backoffice", "admin", "intruder")
 
@@ -126,7 +128,7 @@ class TlsMesh:
             await channel.close(None)
 
 
-async def seed(mesh: TlsMesh, mandated_services: Sequence[int]) -> None:
+async def seed(mesh: TlsMesh, mandated_services: Sequence[Service]) -> None:
     """Providers and the secretary's credential through the administrator; a mandate the GP gives the
     secretary for ``mandated_services``; a session for each person (and one under the mandate)."""
     admin = mesh.channel("ehealth", "admin")
@@ -183,7 +185,9 @@ FAST = HubTuning(
 
 
 @contextlib.asynccontextmanager
-async def tls_mesh(tmp: Path, mandated_services: Sequence[int]) -> AsyncIterator[TlsMesh]:
+async def tls_mesh(
+    tmp: Path, mandated_services: Sequence[mandate_pb2.MandatedService.ValueType]
+) -> AsyncIterator[TlsMesh]:
     """Start eHealth, two insurers and the hub under mutual TLS; seed; stop everything on exit."""
     folder = tmp / "pki"
     for name in IDENTITIES:
