@@ -47,7 +47,7 @@ from ehealth.tokens import (
 )
 from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
-from mycarenet_core.errors import McnCode, not_found, permission_denied, unauthenticated
+from mycarenet_core.errors import McnCode, business_error, not_found, permission_denied, unauthenticated
 
 PROVIDER = "SUBJECT_KIND_PROVIDER"
 ORGANISATION = "SUBJECT_KIND_ORGANISATION"
@@ -141,11 +141,19 @@ class Authenticator:
     # --- credentials and challenges ------------------------------------------------------------------
 
     async def register_credential(self, kind: str, subject_id: str, public_key_pem: str) -> str:
-        """Register (or replace) a subject's public key; its fingerprint. The PEM is validated upstream."""
+        """Register (or replace) a subject's public key; its fingerprint. The PEM is validated upstream.
+        FAILED_PRECONDITION CREDENTIAL_REVOKED for the very key that was revoked (register a new one)."""
         print_ = fingerprint(load_public_key(public_key_pem))
         async with transaction(self.factory) as session:
-            await CredentialRepository(session).put(
+            bound = await CredentialRepository(session).put(
                 kind, subject_id, public_key_pem, print_, self.clock.now()
+            )
+        if not bound:
+            raise business_error(
+                McnCode.VALUE_NOT_ALLOWED,
+                "CREDENTIAL_REVOKED",
+                f"this key of {subject_id} was revoked; a revoked key is never registered again",
+                field_path="public_key_pem",
             )
         return print_
 

@@ -94,7 +94,7 @@ class Cadastre:
                 sequence = await log.change(PROVIDER_CHANGE, row.inami)
             await log.end_sessions_outside(row.inami, PROVIDER, Period(row.valid_from, row.valid_to))
             credentials = CredentialRepository(log.session)
-            if public_key_pem:
+            if public_key_pem:  # a key revoked before is not bound again (the record shows the one in force)
                 print_ = fingerprint(load_public_key(public_key_pem))
                 await credentials.put(PROVIDER, values.inami, public_key_pem, print_, log.now)
             credential = await credentials.get(PROVIDER, values.inami)

@@ -103,15 +103,19 @@ class CredentialRepository:
 
     async def put(
         self, kind: str, subject_id: str, public_key_pem: str, fingerprint: str, now: dt.datetime
-    ) -> None:
-        """Register (or replace) the key; a new registration lifts a revocation."""
+    ) -> bool:
+        """Register (or replace) the key; False (nothing changed) when it is the very key that was revoked:
+        a revoked key is never bound again, only a new one lifts the revocation (as a new eID would)."""
         row = await self.get(kind, subject_id)
+        if row is not None and row.fingerprint == fingerprint and row.revoke_time is not None:
+            return False
         if row is None:
             row = CredentialRow(subject_kind=kind, subject_id=subject_id, public_key_pem="", fingerprint="")
             self.session.add(row)
         row.public_key_pem, row.fingerprint, row.register_time = public_key_pem, fingerprint, now
         row.revoke_time = None
         await self.session.flush()
+        return True
 
 
 class ChallengeRepository:

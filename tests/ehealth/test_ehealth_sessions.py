@@ -179,6 +179,18 @@ async def test_revoking_a_credential_ends_the_sessions_opened_with_it(env: Env) 
     )
     assert [(v.field, v.code) for v in bad.violations] == [("fingerprint", 111)]
 
+    # The revoked key is never bound again, neither registered nor written with the provider's entry.
+    again = await rpc_error(
+        env.auth.RegisterCredential(
+            auth_pb2.RegisterCredentialRequest(
+                subject=subject, public_key_pem=public_pem(env.key(GP).public_key())
+            )
+        )
+    )
+    assert (again.status, again.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CREDENTIAL_REVOKED")
+    assert [(v.field, v.code) for v in again.violations] == [("public_key_pem", 130)]
+    await env.provider(GP)  # the same key in the provider's entry
+    assert (await rpc_error(env.login(GP))).reason == "CREDENTIAL_REVOKED"
     # The administrator binds a new key (the eID): the provider logs in again; the old sessions stay ended.
     env.keys[GP] = Ed25519PrivateKey.generate()
     await env.register_key(auth_pb2.SUBJECT_KIND_PROVIDER, GP)
