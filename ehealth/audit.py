@@ -56,11 +56,8 @@ def note(**fields: str) -> None:
     unknown = set(fields) - set(FIELDS)
     if unknown:
         raise ValueError(f"not audit fields: {sorted(unknown)}")
-    current = _notes.get()
-    if current is None:
-        current = {}
-        _notes.set(current)
-    current.update({k: v for k, v in fields.items() if v})
+    # A new dict each time: a call's notes never reach another call, even one started from this context.
+    _notes.set({**(_notes.get() or {}), **{k: v for k, v in fields.items() if v}})
 
 
 def _cut(value: str, size: int) -> str:
