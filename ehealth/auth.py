@@ -1,8 +1,12 @@
-"""Authentication: challenges, sessions, signing keys and revocations (SPEC §6).
+"""Authentication: challenges, sessions, signing keys, credentials and revocations (SPEC §6).
 
 :class:`Authenticator` orchestrates the repositories inside transactions; the clock and the limits come
 through its constructor. Failures are :class:`~mycarenet_core.errors.MeshError` (UNAUTHENTICATED with a
-reason, PERMISSION_DENIED for a provider outside its validity or without a mandate).
+reason, PERMISSION_DENIED 140 for a provider outside its validity or without a mandate).
+
+Every session ended — logout, credential revoked, and (in :mod:`ehealth.mandates`, :mod:`ehealth.cadastre`)
+mandate revoked or closed, validity ended — is a row of the revocation log (:mod:`ehealth.logs`) that every
+verifier of the mesh follows; eHealth's own verifier reads it on every call (:mod:`ehealth.access`).
 """
 
 from __future__ import annotations
