@@ -23,40 +23,51 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/mycarenet/ehealth/v1/therapeutic_relation.proto\x12\x14mycarenet.ehealth.v1\x1a mycarenet/common/v1/common.proto\"\xb9\x01\n\x13TherapeuticRelation\x12\x13\n\x0brelation_id\x18\x01 \x01(\t\x12\x16\n\x0eprovider_inami\x18\x02 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x03 \x01(\t\x12\x32\n\x05proof\x18\x04 \x01(\x0e\x32#.mycarenet.ehealth.v1.RelationProof\x12+\n\x06period\x18\x05 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"\xd7\x01\n\x17RegisterRelationRequest\x12\x16\n\x0eprovider_inami\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12\x32\n\x05proof\x18\x03 \x01(\x0e\x32#.mycarenet.ehealth.v1.RelationProof\x12-\n\nstart_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12+\n\x08\x65nd_date\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"W\n\x18RegisterRelationResponse\x12;\n\x08relation\x18\x01 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\"Y\n\x15RevokeRelationRequest\x12\x13\n\x0brelation_id\x18\x01 \x01(\t\x12+\n\x08\x65nd_date\x18\x02 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"U\n\x16RevokeRelationResponse\x12;\n\x08relation\x18\x01 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\"m\n\x14\x43heckRelationRequest\x12\x16\n\x0eprovider_inami\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12\'\n\x04\x64\x61te\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"d\n\x15\x43heckRelationResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12;\n\x08relation\x18\x02 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\"\x98\x01\n\x14ListRelationsRequest\x12\x16\n\x0eprovider_inami\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12+\n\x08valid_on\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"n\n\x15ListRelationsResponse\x12<\n\trelations\x18\x01 \x03(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb4\x01\n\x1aTransferDmgRelationRequest\x12\x14\n\x0cpatient_niss\x18\x01 \x01(\t\x12\x18\n\x10new_holder_inami\x18\x02 \x01(\t\x12\x1d\n\x15previous_holder_inami\x18\x03 \x01(\t\x12-\n\nstart_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x18\n\x10source_reference\x18\x05 \x01(\t\"\xb3\x01\n\x1bTransferDmgRelationResponse\x12?\n\x0cnew_relation\x18\x01 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\x12\x41\n\x0e\x65nded_relation\x18\x02 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\x12\x10\n\x08replayed\x18\x03 \x01(\x08*\xae\x01\n\rRelationProof\x12\x1e\n\x1aRELATION_PROOF_UNSPECIFIED\x10\x00\x12\x1b\n\x17RELATION_PROOF_EID_READ\x10\x01\x12 \n\x1cRELATION_PROOF_ISI_PLUS_READ\x10\x02\x12\x16\n\x12RELATION_PROOF_DMG\x10\x03\x12&\n\"RELATION_PROOF_PATIENT_DECLARATION\x10\x04\x32\xcc\x04\n\x1aTherapeuticRelationService\x12q\n\x10RegisterRelation\x12-.mycarenet.ehealth.v1.RegisterRelationRequest\x1a..mycarenet.ehealth.v1.RegisterRelationResponse\x12k\n\x0eRevokeRelation\x12+.mycarenet.ehealth.v1.RevokeRelationRequest\x1a,.mycarenet.ehealth.v1.RevokeRelationResponse\x12h\n\rCheckRelation\x12*.mycarenet.ehealth.v1.CheckRelationRequest\x1a+.mycarenet.ehealth.v1.CheckRelationResponse\x12h\n\rListRelations\x12*.mycarenet.ehealth.v1.ListRelationsRequest\x1a+.mycarenet.ehealth.v1.ListRelationsResponse\x12z\n\x13TransferDmgRelation\x12\x30.mycarenet.ehealth.v1.TransferDmgRelationRequest\x1a\x31.mycarenet.ehealth.v1.TransferDmgRelationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/mycarenet/ehealth/v1/therapeutic_relation.proto\x12\x14mycarenet.ehealth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mycarenet/common/v1/common.proto\"\xb9\x01\n\x13TherapeuticRelation\x12\x13\n\x0brelation_id\x18\x01 \x01(\t\x12\x16\n\x0eprovider_inami\x18\x02 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x03 \x01(\t\x12\x32\n\x05proof\x18\x04 \x01(\x0e\x32#.mycarenet.ehealth.v1.RelationProof\x12+\n\x06period\x18\x05 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"\xd7\x01\n\x17RegisterRelationRequest\x12\x16\n\x0eprovider_inami\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12\x32\n\x05proof\x18\x03 \x01(\x0e\x32#.mycarenet.ehealth.v1.RelationProof\x12-\n\nstart_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12+\n\x08\x65nd_date\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"W\n\x18RegisterRelationResponse\x12;\n\x08relation\x18\x01 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\"Y\n\x15RevokeRelationRequest\x12\x13\n\x0brelation_id\x18\x01 \x01(\t\x12+\n\x08\x65nd_date\x18\x02 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"U\n\x16RevokeRelationResponse\x12;\n\x08relation\x18\x01 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\"m\n\x14\x43heckRelationRequest\x12\x16\n\x0eprovider_inami\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12\'\n\x04\x64\x61te\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"d\n\x15\x43heckRelationResponse\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\x12;\n\x08relation\x18\x02 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\"\x98\x01\n\x14ListRelationsRequest\x12\x16\n\x0eprovider_inami\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12+\n\x08valid_on\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"n\n\x15ListRelationsResponse\x12<\n\trelations\x18\x01 \x03(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xb4\x01\n\x1aTransferDmgRelationRequest\x12\x14\n\x0cpatient_niss\x18\x01 \x01(\t\x12\x18\n\x10new_holder_inami\x18\x02 \x01(\t\x12\x1d\n\x15previous_holder_inami\x18\x03 \x01(\t\x12-\n\nstart_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x18\n\x10source_reference\x18\x05 \x01(\t\"\xb3\x01\n\x1bTransferDmgRelationResponse\x12?\n\x0cnew_relation\x18\x01 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\x12\x41\n\x0e\x65nded_relation\x18\x02 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x90\x01\n\x0eRelationChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0b\x63hange_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x08relation\x18\x03 \x01(\x0b\x32).mycarenet.ehealth.v1.TherapeuticRelation\"G\n\x1aListRelationChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"k\n\x1bListRelationChangesResponse\x12\x35\n\x07\x63hanges\x18\x01 \x03(\x0b\x32$.mycarenet.ehealth.v1.RelationChange\x12\x15\n\rhead_sequence\x18\x02 \x01(\x03\"5\n\x1bWatchRelationChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"T\n\x1cWatchRelationChangesResponse\x12\x34\n\x06\x63hange\x18\x01 \x01(\x0b\x32$.mycarenet.ehealth.v1.RelationChange*\xae\x01\n\rRelationProof\x12\x1e\n\x1aRELATION_PROOF_UNSPECIFIED\x10\x00\x12\x1b\n\x17RELATION_PROOF_EID_READ\x10\x01\x12 \n\x1cRELATION_PROOF_ISI_PLUS_READ\x10\x02\x12\x16\n\x12RELATION_PROOF_DMG\x10\x03\x12&\n\"RELATION_PROOF_PATIENT_DECLARATION\x10\x04\x32\xc9\x06\n\x1aTherapeuticRelationService\x12q\n\x10RegisterRelation\x12-.mycarenet.ehealth.v1.RegisterRelationRequest\x1a..mycarenet.ehealth.v1.RegisterRelationResponse\x12k\n\x0eRevokeRelation\x12+.mycarenet.ehealth.v1.RevokeRelationRequest\x1a,.mycarenet.ehealth.v1.RevokeRelationResponse\x12h\n\rCheckRelation\x12*.mycarenet.ehealth.v1.CheckRelationRequest\x1a+.mycarenet.ehealth.v1.CheckRelationResponse\x12h\n\rListRelations\x12*.mycarenet.ehealth.v1.ListRelationsRequest\x1a+.mycarenet.ehealth.v1.ListRelationsResponse\x12z\n\x13TransferDmgRelation\x12\x30.mycarenet.ehealth.v1.TransferDmgRelationRequest\x1a\x31.mycarenet.ehealth.v1.TransferDmgRelationResponse\x12z\n\x13ListRelationChanges\x12\x30.mycarenet.ehealth.v1.ListRelationChangesRequest\x1a\x31.mycarenet.ehealth.v1.ListRelationChangesResponse\x12\x7f\n\x14WatchRelationChanges\x12\x31.mycarenet.ehealth.v1.WatchRelationChangesRequest\x1a\x32.mycarenet.ehealth.v1.WatchRelationChangesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarenet.ehealth.v1.therapeutic_relation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RELATIONPROOF']._serialized_start=1626
-  _globals['_RELATIONPROOF']._serialized_end=1800
-  _globals['_THERAPEUTICRELATION']._serialized_start=108
-  _globals['_THERAPEUTICRELATION']._serialized_end=293
-  _globals['_REGISTERRELATIONREQUEST']._serialized_start=296
-  _globals['_REGISTERRELATIONREQUEST']._serialized_end=511
-  _globals['_REGISTERRELATIONRESPONSE']._serialized_start=513
-  _globals['_REGISTERRELATIONRESPONSE']._serialized_end=600
-  _globals['_REVOKERELATIONREQUEST']._serialized_start=602
-  _globals['_REVOKERELATIONREQUEST']._serialized_end=691
-  _globals['_REVOKERELATIONRESPONSE']._serialized_start=693
-  _globals['_REVOKERELATIONRESPONSE']._serialized_end=778
-  _globals['_CHECKRELATIONREQUEST']._serialized_start=780
-  _globals['_CHECKRELATIONREQUEST']._serialized_end=889
-  _globals['_CHECKRELATIONRESPONSE']._serialized_start=891
-  _globals['_CHECKRELATIONRESPONSE']._serialized_end=991
-  _globals['_LISTRELATIONSREQUEST']._serialized_start=994
-  _globals['_LISTRELATIONSREQUEST']._serialized_end=1146
-  _globals['_LISTRELATIONSRESPONSE']._serialized_start=1148
-  _globals['_LISTRELATIONSRESPONSE']._serialized_end=1258
-  _globals['_TRANSFERDMGRELATIONREQUEST']._serialized_start=1261
-  _globals['_TRANSFERDMGRELATIONREQUEST']._serialized_end=1441
-  _globals['_TRANSFERDMGRELATIONRESPONSE']._serialized_start=1444
-  _globals['_TRANSFERDMGRELATIONRESPONSE']._serialized_end=1623
-  _globals['_THERAPEUTICRELATIONSERVICE']._serialized_start=1803
-  _globals['_THERAPEUTICRELATIONSERVICE']._serialized_end=2391
+  _globals['_RELATIONPROOF']._serialized_start=2129
+  _globals['_RELATIONPROOF']._serialized_end=2303
+  _globals['_THERAPEUTICRELATION']._serialized_start=141
+  _globals['_THERAPEUTICRELATION']._serialized_end=326
+  _globals['_REGISTERRELATIONREQUEST']._serialized_start=329
+  _globals['_REGISTERRELATIONREQUEST']._serialized_end=544
+  _globals['_REGISTERRELATIONRESPONSE']._serialized_start=546
+  _globals['_REGISTERRELATIONRESPONSE']._serialized_end=633
+  _globals['_REVOKERELATIONREQUEST']._serialized_start=635
+  _globals['_REVOKERELATIONREQUEST']._serialized_end=724
+  _globals['_REVOKERELATIONRESPONSE']._serialized_start=726
+  _globals['_REVOKERELATIONRESPONSE']._serialized_end=811
+  _globals['_CHECKRELATIONREQUEST']._serialized_start=813
+  _globals['_CHECKRELATIONREQUEST']._serialized_end=922
+  _globals['_CHECKRELATIONRESPONSE']._serialized_start=924
+  _globals['_CHECKRELATIONRESPONSE']._serialized_end=1024
+  _globals['_LISTRELATIONSREQUEST']._serialized_start=1027
+  _globals['_LISTRELATIONSREQUEST']._serialized_end=1179
+  _globals['_LISTRELATIONSRESPONSE']._serialized_start=1181
+  _globals['_LISTRELATIONSRESPONSE']._serialized_end=1291
+  _globals['_TRANSFERDMGRELATIONREQUEST']._serialized_start=1294
+  _globals['_TRANSFERDMGRELATIONREQUEST']._serialized_end=1474
+  _globals['_TRANSFERDMGRELATIONRESPONSE']._serialized_start=1477
+  _globals['_TRANSFERDMGRELATIONRESPONSE']._serialized_end=1656
+  _globals['_RELATIONCHANGE']._serialized_start=1659
+  _globals['_RELATIONCHANGE']._serialized_end=1803
+  _globals['_LISTRELATIONCHANGESREQUEST']._serialized_start=1805
+  _globals['_LISTRELATIONCHANGESREQUEST']._serialized_end=1876
+  _globals['_LISTRELATIONCHANGESRESPONSE']._serialized_start=1878
+  _globals['_LISTRELATIONCHANGESRESPONSE']._serialized_end=1985
+  _globals['_WATCHRELATIONCHANGESREQUEST']._serialized_start=1987
+  _globals['_WATCHRELATIONCHANGESREQUEST']._serialized_end=2040
+  _globals['_WATCHRELATIONCHANGESRESPONSE']._serialized_start=2042
+  _globals['_WATCHRELATIONCHANGESRESPONSE']._serialized_end=2126
+  _globals['_THERAPEUTICRELATIONSERVICE']._serialized_start=2306
+  _globals['_THERAPEUTICRELATIONSERVICE']._serialized_end=3147
 # @@protoc_insertion_point(module_scope)

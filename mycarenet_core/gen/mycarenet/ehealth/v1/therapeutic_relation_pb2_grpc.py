@@ -61,6 +61,16 @@ class TherapeuticRelationServiceStub:
                 request_serializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.TransferDmgRelationRequest.SerializeToString,
                 response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.TransferDmgRelationResponse.FromString,
                 _registered_method=True)
+        self.ListRelationChanges = channel.unary_unary(
+                '/mycarenet.ehealth.v1.TherapeuticRelationService/ListRelationChanges',
+                request_serializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.ListRelationChangesRequest.SerializeToString,
+                response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.ListRelationChangesResponse.FromString,
+                _registered_method=True)
+        self.WatchRelationChanges = channel.unary_stream(
+                '/mycarenet.ehealth.v1.TherapeuticRelationService/WatchRelationChanges',
+                request_serializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.WatchRelationChangesRequest.SerializeToString,
+                response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.WatchRelationChangesResponse.FromString,
+                _registered_method=True)
 
 
 class TherapeuticRelationServiceServicer:
@@ -104,6 +114,21 @@ class TherapeuticRelationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRelationChanges(self, request, context):
+        """Changes of the register after a sequence number, a page at a time (catch-up for followers: the hub
+        keeps the answers of CheckRelation in memory and follows the changes instead of asking per call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRelationChanges(self, request, context):
+        """Changes of the register as they happen, after a sequence number (replays what the caller missed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TherapeuticRelationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +156,16 @@ def add_TherapeuticRelationServiceServicer_to_server(servicer, server):
                     servicer.TransferDmgRelation,
                     request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.TransferDmgRelationRequest.FromString,
                     response_serializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.TransferDmgRelationResponse.SerializeToString,
+            ),
+            'ListRelationChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRelationChanges,
+                    request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.ListRelationChangesRequest.FromString,
+                    response_serializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.ListRelationChangesResponse.SerializeToString,
+            ),
+            'WatchRelationChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRelationChanges,
+                    request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.WatchRelationChangesRequest.FromString,
+                    response_serializer=mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.WatchRelationChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +304,60 @@ class TherapeuticRelationService:
             '/mycarenet.ehealth.v1.TherapeuticRelationService/TransferDmgRelation',
             mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.TransferDmgRelationRequest.SerializeToString,
             mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.TransferDmgRelationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRelationChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mycarenet.ehealth.v1.TherapeuticRelationService/ListRelationChanges',
+            mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.ListRelationChangesRequest.SerializeToString,
+            mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.ListRelationChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRelationChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mycarenet.ehealth.v1.TherapeuticRelationService/WatchRelationChanges',
+            mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.WatchRelationChangesRequest.SerializeToString,
+            mycarenet_dot_ehealth_dot_v1_dot_therapeutic__relation__pb2.WatchRelationChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,12 @@ class TherapeuticRelationServiceStub:
     the new holder gets a DMG relation from the start date, the previous one loses theirs the day before.
     Idempotent by source reference.
     """
+    ListRelationChanges: _grpc.UnaryUnaryMultiCallable[_therapeutic_relation_pb2.ListRelationChangesRequest, _therapeutic_relation_pb2.ListRelationChangesResponse]
+    """Changes of the register after a sequence number, a page at a time (catch-up for followers: the hub
+    keeps the answers of CheckRelation in memory and follows the changes instead of asking per call).
+    """
+    WatchRelationChanges: _grpc.UnaryStreamMultiCallable[_therapeutic_relation_pb2.WatchRelationChangesRequest, _therapeutic_relation_pb2.WatchRelationChangesResponse]
+    """Changes of the register as they happen, after a sequence number (replays what the caller missed)."""
 
 @_typing.type_check_only
 class TherapeuticRelationServiceAsyncStub(TherapeuticRelationServiceStub):
@@ -68,6 +74,12 @@ class TherapeuticRelationServiceAsyncStub(TherapeuticRelationServiceStub):
     the new holder gets a DMG relation from the start date, the previous one loses theirs the day before.
     Idempotent by source reference.
     """
+    ListRelationChanges: _aio.UnaryUnaryMultiCallable[_therapeutic_relation_pb2.ListRelationChangesRequest, _therapeutic_relation_pb2.ListRelationChangesResponse]  # type: ignore[assignment]
+    """Changes of the register after a sequence number, a page at a time (catch-up for followers: the hub
+    keeps the answers of CheckRelation in memory and follows the changes instead of asking per call).
+    """
+    WatchRelationChanges: _aio.UnaryStreamMultiCallable[_therapeutic_relation_pb2.WatchRelationChangesRequest, _therapeutic_relation_pb2.WatchRelationChangesResponse]  # type: ignore[assignment]
+    """Changes of the register as they happen, after a sequence number (replays what the caller missed)."""
 
 class TherapeuticRelationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Register, revoke, check and list therapeutic relations."""
@@ -114,5 +126,23 @@ class TherapeuticRelationServiceServicer(metaclass=_abc_1.ABCMeta):
         the new holder gets a DMG relation from the start date, the previous one loses theirs the day before.
         Idempotent by source reference.
         """
+
+    @_abc_1.abstractmethod
+    def ListRelationChanges(
+        self,
+        request: _therapeutic_relation_pb2.ListRelationChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_therapeutic_relation_pb2.ListRelationChangesResponse, _abc.Awaitable[_therapeutic_relation_pb2.ListRelationChangesResponse]]:
+        """Changes of the register after a sequence number, a page at a time (catch-up for followers: the hub
+        keeps the answers of CheckRelation in memory and follows the changes instead of asking per call).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRelationChanges(
+        self,
+        request: _therapeutic_relation_pb2.WatchRelationChangesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_therapeutic_relation_pb2.WatchRelationChangesResponse], _abc.AsyncIterator[_therapeutic_relation_pb2.WatchRelationChangesResponse]]:
+        """Changes of the register as they happen, after a sequence number (replays what the caller missed)."""
 
 def add_TherapeuticRelationServiceServicer_to_server(servicer: TherapeuticRelationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
