@@ -21,13 +21,11 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mycarenet_sdk.admin import AdminClient
-from mycarenet_sdk.client import MyCareNetError
 
 from mycarenet_cluster.population import CONTACT_CODES, Member, Population, bulk_members
 from mycarenet_core.channels import open_channel
@@ -40,7 +38,6 @@ from mycarenet_core.gen.mycarenet.oa.v1 import (
     membership_service_pb2_grpc,
     oa_dmg_service_pb2,
     oa_dmg_service_pb2_grpc,
-    reference_data_service_pb2,
 )
 from mycarenet_core.identifiers import parse_inami
 
@@ -134,63 +131,16 @@ async def seed_ehealth(
     return last
 
 
-async def await_cadastre(
-    admin: AdminClient, population: Population, sequence: int, oas: dict[str, str]
-) -> dict[str, object]:
+async def await_cadastre(admin: AdminClient, sequence: int) -> dict[str, object]:
     """Wait until every insurer has applied cadastre change ``sequence`` (it then knows every provider and
-    organisation of the population); a clear error after :data:`CADASTRE_WAIT_SECONDS`."""
-    try:
-        sequence = max(sequence, await admin.cadastre_head())
-        positions = await admin.wait_for_cadastre(sequence, seconds=CADASTRE_WAIT_SECONDS)
-    except MyCareNetError as error:
-        if error.status is not grpc.StatusCode.UNIMPLEMENTED:
-            raise
-        # FALLBACK (transitional, remove once eHealth publishes its cadastre changes and every OA node
-        # follows them): without the feed the insurers cannot learn the providers, so the seeder writes
-        # the providers and organisations into each insurer's reference data itself, as it did before.
-        log.warning("the cadastre feed is not available (%s): writing each insurer's reference data", error)
-        await asyncio.gather(*(_fallback_reference_data(admin, code, population) for code in oas))
-        return {"cadastre_sequence": sequence, "cadastre": "written into each insurer (fallback)"}
+    organisation of the population): a clear error naming the insurers behind after
+    :data:`CADASTRE_WAIT_SECONDS`."""
+    sequence = max(sequence, await admin.cadastre_head())
+    positions = await admin.wait_for_cadastre(sequence, seconds=CADASTRE_WAIT_SECONDS)
     return {
         "cadastre_sequence": sequence,
         "cadastre": {code: p.applied_sequence for code, p in sorted(positions.items())},
     }
-
-
-async def _fallback_reference_data(admin: AdminClient, code: str, population: Population) -> None:
-    """FALLBACK of :func:`await_cadastre` (transitional): the population's providers and organisations
-    written straight into one insurer's reference data."""
-    ref: Any = admin._reference[code]
-    since = common_pb2.Period(start=_d(SINCE))
-    await ref.UpsertProviders(
-        reference_data_service_pb2.UpsertProvidersRequest(
-            providers=[
-                reference_data_service_pb2.KnownProvider(
-                    provider=common_pb2.Provider(
-                        inami=p.inami, role=_role(p.inami), first_name=p.first_name, last_name=p.last_name
-                    ),
-                    supervisor_inami=p.supervisor,
-                )
-                for p in population.providers
-            ]
-        ),
-        timeout=60,
-    )
-    await ref.UpsertOrganisations(
-        reference_data_service_pb2.UpsertOrganisationsRequest(
-            organisations=[
-                reference_data_service_pb2.KnownOrganisation(
-                    organisation=common_pb2.Provider(inami=o.inami, role=_role(o.inami), last_name=o.name),
-                    members=[
-                        reference_data_service_pb2.OrganisationMembership(member_inami=m, period=since)
-                        for m in o.members
-                    ],
-                )
-                for o in population.organisations
-            ]
-        ),
-        timeout=60,
-    )
 
 
 async def seed_oa(
@@ -315,7 +265,7 @@ async def seed(
     public_keys = write_keys(population, keys_folder)
     async with AdminClient(ehealth=ehealth, insurers=oas, credentials=admin_credentials) as admin:
         sequence = await seed_ehealth(admin, population, public_keys, today)
-        cadastre = await await_cadastre(admin, population, sequence, oas)
+        cadastre = await await_cadastre(admin, sequence)
 
     async def one(code: str, target: str) -> tuple[str, dict[str, int]]:
         async with (

@@ -124,13 +124,26 @@ def drop_databases(admin_url: str, prefix: str) -> list[str]:
     return asyncio.run(drop())
 
 
-def cli(data: Path, session: Path, *args: str) -> Any:
+def run_cli(data: Path, session: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``mycarenet ARGS --json`` against the cluster of ``data``, with its own session file."""
     env = {**os.environ, "MYCARENET_DATA": str(data), "MYCARENET_SESSION": str(session), "COLUMNS": "200"}
-    done = subprocess.run(
+    return subprocess.run(
         [str(BIN / "mycarenet"), *args, "--json"], capture_output=True, env=env, timeout=120, check=False
     )
+
+
+def cli(data: Path, session: Path, *args: str) -> Any:
+    """The JSON answer of a ``mycarenet`` command that must succeed."""
+    done = run_cli(data, session, *args)
     assert done.returncode == 0, done.stderr.decode() + done.stdout.decode()
     return json.loads(done.stdout)
+
+
+def cli_refused(data: Path, session: Path, *args: str) -> str:
+    """The error output (status, reason, codes) of a ``mycarenet`` command that must fail."""
+    done = run_cli(data, session, *args)
+    assert done.returncode == 1, (done.returncode, done.stdout.decode(), done.stderr.decode())
+    return " ".join(done.stderr.decode().split())
 
 
 def wait_for(fn: Any, timeout: float = 20.0) -> Any:
