@@ -333,8 +333,8 @@ class Mesh:
             ),
             timeout=10,
         )
-        assert self.hub is not None
-        await self.hub.followers[code].wait_for(answer.last_sequence, 10)
+        if self.hub is not None:  # an in-process hub (a hub of its own process is waited for otherwise)
+            await self.hub.followers[code].wait_for(answer.last_sequence, 10)
 
     async def enrol_direct(self, code: str, person: Person) -> None:
         """Enrol a GP at one OA directly (seeding), from 2020: the call the hub makes, as the hub."""
