@@ -619,7 +619,8 @@ def _relations_table(relations: Any, title: str) -> Table:
     from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2
 
     table = Table(title=title)
-    for col in ("id", "provider", "patient", "proof", "period"):
+    table.add_column("id", overflow="fold")  # shown whole: it is what `revoke` takes
+    for col in ("id", "provider", "patient", "proof", "period")[1:]:
         table.add_column(col)
     for r in relations:
         proof = therapeutic_relation_pb2.RelationProof.Name(r.proof).removeprefix("RELATION_PROOF_").lower()
@@ -631,7 +632,8 @@ def _mandates_table(mandates: Any, title: str) -> Table:
     from mycarenet_core.gen.mycarenet.ehealth.v1 import mandate_pb2
 
     table = Table(title=title)
-    for col in ("id", "principal", "mandatee", "services", "period"):
+    table.add_column("id", overflow="fold")  # shown whole: it is what `revoke` takes
+    for col in ("id", "principal", "mandatee", "services", "period")[1:]:
         table.add_column(col)
     for m in mandates:
         services = ", ".join(
