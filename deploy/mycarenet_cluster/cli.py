@@ -119,6 +119,10 @@ def up(
                 f"demo: GP A {demo['gp_a']}, GP B {demo['gp_b']}, patient {demo['patient']}"
                 f" — try: mycarenet login {demo['gp_b']} && mycarenet consult {demo['patient']}"
             )
+        console.print(
+            "your own test case: mycarenet admin provider add INAMI --first .. --last .."
+            " and mycarenet admin patient add NISS --insurer 300 (README)"
+        )
         console.print("[bold green]cluster up[/bold green] — Ctrl-C to stop")
 
     raise typer.Exit(asyncio.run(run(cfg, on_ready=ready)))
