@@ -74,7 +74,7 @@ from .context import (
     is_gp_in_training,
 )
 from .engine import notify, process_year_end, register_contact, register_paper_attestation
-from .errors import DmgRuleError, RuleCode
+from .errors import DmgRuleError
 from .model import (
     AttestationOutcome,
     ClosureMessage,
@@ -121,7 +121,6 @@ __all__ = [
     "PaymentKind",
     "Procedure",
     "RefusalReason",
-    "RuleCode",
     "RuleContext",
     "StatusReason",
     "TariffCategory",

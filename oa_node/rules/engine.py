@@ -22,8 +22,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 
+from mycarenet_core.codes import McnCode
+
 from .context import PAPER_DMG_CODE, RuleContext, is_accredited_gp, is_gp_in_training
-from .errors import DmgRuleError, RuleCode
+from .errors import DmgRuleError
 from .model import (
     AttestationOutcome,
     Contact,
@@ -75,10 +77,10 @@ def notify(
     house = ctx.patient.medical_house_on(contact_date)
     if house is not None and holder != house:
         raise DmgRuleError(
-            RuleCode.MEDICAL_HOUSE_CONTRACT, "patient under a medical-house contract", "patient"
+            McnCode.MEDICAL_HOUSE_CONTRACT, "patient under a medical-house contract", "patient"
         )
     if not ctx.is_enrolled(holder):
-        raise DmgRuleError(RuleCode.NOT_ENROLLED, "physician not enrolled for the eDMG", "requester")
+        raise DmgRuleError(McnCode.NOT_ENROLLED, "physician not enrolled for the eDMG", "requester")
     _check_takeover(file, holder, contact_date)
 
     new = Holding(
@@ -147,7 +149,7 @@ def _replay(
         return None
     if (earlier.contact_date, earlier.code, earlier.supervisor) != (contact_date, code, supervisor):
         raise DmgRuleError(
-            RuleCode.INCONSISTENT_IDENTIFICATION,
+            McnCode.IDENTIFICATION_INCONSISTENT,
             "requester reference already used for another notification",
             "requester_reference",
         )
@@ -172,20 +174,20 @@ def _notifying_holder(provider: str, supervisor: str | None, ctx: RuleContext) -
     trainee = is_gp_in_training(provider)
     if trainee and supervisor is None:
         raise DmgRuleError(
-            RuleCode.MANDATORY_FIELD_MISSING, "a GP in training notifies under a supervisor", "supervisor"
+            McnCode.MANDATORY_FIELD_MISSING, "a GP in training notifies under a supervisor", "supervisor"
         )
     if supervisor is None:
         return provider
     if not trainee:
         raise DmgRuleError(
-            RuleCode.VALUE_NOT_ALLOWED, "only a GP in training notifies under a supervisor", "supervisor"
+            McnCode.VALUE_NOT_ALLOWED, "only a GP in training notifies under a supervisor", "supervisor"
         )
     if not is_accredited_gp(supervisor):
-        raise DmgRuleError(RuleCode.VALUE_NOT_ALLOWED, "supervisor is not an accredited GP", "supervisor")
+        raise DmgRuleError(McnCode.VALUE_NOT_ALLOWED, "supervisor is not an accredited GP", "supervisor")
     recorded = ctx.supervisor_of.get(provider)
     if recorded != supervisor:
         raise DmgRuleError(
-            RuleCode.AUTHOR_MISMATCH,
+            McnCode.AUTHOR_MISMATCH,
             f"the cadastre records {recorded} as this GP in training's supervisor"
             if recorded
             else "the cadastre records no supervisor for this GP in training",
@@ -201,26 +203,26 @@ def _check_contact_code(code: str, ctx: RuleContext) -> None:
             if code == PAPER_DMG_CODE
             else "nomenclature code is not a consultation or visit"
         )
-        raise DmgRuleError(RuleCode.VALUE_NOT_ALLOWED, reason, "code")
+        raise DmgRuleError(McnCode.VALUE_NOT_ALLOWED, reason, "code")
 
 
 def _check_notified_contact_date(contact_date: date, processing_date: date, ctx: RuleContext) -> None:
     """Seed 000 §3.3.3: not after today; SPEC §3.5: at most 7 days back (code 166)."""
     if contact_date > processing_date:
-        raise DmgRuleError(RuleCode.DATE_IN_THE_FUTURE, "contact date in the future", "contact_date")
+        raise DmgRuleError(McnCode.DATE_IN_FUTURE, "contact date in the future", "contact_date")
     limit = ctx.max_notification_delay_days
     if limit is not None and (processing_date - contact_date).days > limit:
-        raise DmgRuleError(RuleCode.CONTACT_TOO_OLD, f"contact more than {limit} days ago", "contact_date")
+        raise DmgRuleError(McnCode.CONTACT_TOO_OLD, f"contact more than {limit} days ago", "contact_date")
 
 
 def _check_takeover(file: DmgFile, holder: str, contact_date: date) -> None:
     """161 if ``holder`` already holds the DMG on the contact date; 165 if it cannot start then."""
     current = file.holding_at(contact_date)
     if current is not None and current.holder == holder:
-        raise DmgRuleError(RuleCode.ALREADY_HOLDER, "already holder of this DMG", "requester")
+        raise DmgRuleError(McnCode.ALREADY_HOLDER, "already holder of this DMG", "requester")
     if any(h.start >= contact_date for h in file.live_holdings()):
         raise DmgRuleError(
-            RuleCode.DUPLICATE_CONTACT_DATE,
+            McnCode.DUPLICATE_CONTACT,
             "another holder's right starts on or after this contact date",
             "contact_date",
         )
@@ -248,9 +250,9 @@ def register_contact(
     """
     _check_contact_code(code, ctx)
     if contact_date > submission_date:
-        raise DmgRuleError(RuleCode.DATE_IN_THE_FUTURE, "contact after its submission", "contact_date")
+        raise DmgRuleError(McnCode.DATE_IN_FUTURE, "contact after its submission", "contact_date")
     if any((c.provider, c.contact_date, c.code) == (provider, contact_date, code) for c in file.contacts):
-        raise DmgRuleError(RuleCode.DUPLICATE_CONTACT_DATE, "contact already registered", "contact_date")
+        raise DmgRuleError(McnCode.DUPLICATE_CONTACT, "contact already registered", "contact_date")
     contact = Contact(provider=provider, contact_date=contact_date, code=code, submitted_on=submission_date)
     recorded = replace(file, contacts=(*file.contacts, contact))
     if ctx.patient.medical_house_on(contact_date) is not None:
@@ -375,12 +377,10 @@ def register_paper_attestation(
     (recorded, no fee, no right): see :class:`~oa_node.rules.model.RefusalReason`.
     """
     if attestation_date > submission_date:
-        raise DmgRuleError(
-            RuleCode.DATE_IN_THE_FUTURE, "attestation after its submission", "attestation_date"
-        )
+        raise DmgRuleError(McnCode.DATE_IN_FUTURE, "attestation after its submission", "attestation_date")
     if any((a.provider, a.attestation_date) == (provider, attestation_date) for a in file.attestations):
         raise DmgRuleError(
-            RuleCode.DUPLICATE_CONTACT_DATE, "102771 already registered for this date", "attestation_date"
+            McnCode.DUPLICATE_CONTACT, "102771 already registered for this date", "attestation_date"
         )
     refusal = _paper_refusal(file, provider, attestation_date, ctx)
     if refusal is not None:
@@ -494,7 +494,7 @@ def process_year_end(file: DmgFile, *, year: int, processing_date: date, ctx: Ru
     The right is extended to 31 Dec ``year`` + 2. Running it again is harmless.
     """
     if processing_date < year_end(year):
-        raise DmgRuleError(RuleCode.DATE_IN_THE_FUTURE, f"year {year} is not over", "year")
+        raise DmgRuleError(McnCode.DATE_IN_FUTURE, f"year {year} is not over", "year")
     gp = _administrative_candidate(file, year)
     if gp is None:
         return Decision(file=file)
