@@ -146,7 +146,9 @@ def _patient(
 
 
 class Client:
-    """An async client of the hub (DMG + mailbox) and of eHealth (login)."""
+    """Provider software's async client (the ``client`` certificate): the hub (DMG, mailbox) and eHealth
+    (login; with the provider's own session, its relations, the mandates it gives, its credential and its
+    cadastre entry). The administrator's operations are on :class:`mycarenet_sdk.admin.AdminClient`."""
 
     def __init__(
         self,
