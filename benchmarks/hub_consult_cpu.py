@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,15 @@ def hub_process(mesh: Mesh, port: int, log: Path) -> subprocess.Popen[bytes]:
     }
     with log.open("wb") as out:
         return subprocess.Popen([sys.executable, "-m", "hub"], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def profiler(py_spy: str, pid: int, out: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling process ``pid`` into ``out`` (collapsed stacks) until it gets SIGINT."""
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--format", "raw", "-o", out],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -116,6 +126,10 @@ async def run(args: argparse.Namespace) -> None:
             idle_rate = (cpu_seconds(proc.pid) - idle_cpu) / (time.monotonic() - idle_wall)
             latencies.clear()
             per_caller = max(1, args.consults // args.concurrency)
+            spy = None
+            if args.profile:  # py-spy (from a venv of its own) samples the hub during the run
+                spy = profiler(args.py_spy, proc.pid, args.profile)
+                await asyncio.sleep(1.0)
             hub_before, here_before, wall_before = (
                 cpu_seconds(proc.pid),
                 time.process_time(),
@@ -126,6 +140,9 @@ async def run(args: argparse.Namespace) -> None:
             hub_cpu = cpu_seconds(proc.pid) - hub_before
             here_cpu = time.process_time() - here_before
             wall = time.monotonic() - wall_before
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(30)
             count = per_caller * args.concurrency
             latencies.sort()
             print(f"consults: {count} at {args.concurrency} in flight, {count / wall:.0f}/s")
@@ -157,6 +174,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of idle measure before the run")
+    parser.add_argument("--profile", default="", help="write py-spy's collapsed stacks of the hub here")
+    parser.add_argument("--py-spy", default="/tmp/spy3/bin/py-spy", help="the py-spy executable")
     parser.add_argument("--insurers", default="100", help="insurer nodes to start (comma separated)")
     args = parser.parse_args()
     started = dt.datetime.now()

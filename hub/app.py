@@ -1,12 +1,17 @@
-"""The hub process: builds its dependencies, serves the public and internal services on one server, and
-runs the background work (affiliation feeds, revocation watch, patient lists, audit, relation moves)."""
+"""The hub process: a :class:`~mycarenet_core.service.ServiceApp` serving the public and internal services
+on one server, with its background jobs (each insurer's affiliation feed, eHealth's revocations and relation
+changes, the audit writer, the patient lists, the relation moves still pending, the mailbox gauge).
+
+``HubApp.create(...)`` builds it (tests), ``HubApp.from_settings`` from the environment
+(``mycarenet-hub``, through :func:`mycarenet_core.service.run_service`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -14,22 +19,27 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.audit import AuditLog
-from hub.auth import HubTrust, TokenVerifier
-from hub.feeds import AffiliationFollower, RevocationFollower, run_periodically
+from hub.auth import CachingTokenVerifier, HubTrust
+from hub.feeds import AffiliationFollower, RevocationFollower
 from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.patient_list import ListPolicy, PatientListWorker
+from hub.relations import RelationCheck, RelationFollower, RelationIndex
 from hub.routing import RoutingIndex, RoutingRepository
 from hub.services import DmgServicer, HubCore, MailboxIntakeServicer, MailboxServicer
+from hub.settings import HubSettings
 from hub.throttle import Throttle, ThrottleConfig
 from hub.upstream import CallPolicy, EhealthClient, make_oa_clients
-from mycarenet_core.clock import Clock
+from mycarenet_core.channels import client_credentials, server_credentials
+from mycarenet_core.clock import Clock, clock_from_setting
 from mycarenet_core.db import create_engine, session_factory
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2_grpc, mailbox_service_pb2_grpc
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
+from mycarenet_core.lifecycle import Background
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
-from mycarenet_core.telemetry import SampledGauge, Telemetry
+from mycarenet_core.service import ServiceApp
+from mycarenet_core.telemetry import Telemetry
 from mycarenet_core.trust import TABLE, TrustTable
 
 log = logging.getLogger(__name__)
@@ -46,31 +56,47 @@ class HubTuning:
     key_refresh_seconds: float = 5.0
     start_timeout: float = 2.0
     gauge_refresh_seconds: float = 5.0
+    audit_seconds: float = 0.2
+    expired_sessions_seconds: float = 60.0
+    max_cached_tokens: int = 65_536
 
 
-class HubApp:
+class HubApp(ServiceApp):
     """One hub instance. ``create`` → ``start(bind)`` → ``stop()``."""
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        core: HubCore,
         server: MeshServer,
-        tuning: HubTuning,
+        core: HubCore,
+        engine: AsyncEngine,
         *,
-        gauges: Sequence[SampledGauge] = (),
+        followers: Mapping[str, AffiliationFollower],
+        revocations: RevocationFollower,
+        relations: RelationFollower,
+        background: Background,
+        tuning: HubTuning,
     ) -> None:
-        self.engine = engine
-        self.gauges = tuple(gauges)
+        async def dispose() -> None:
+            await engine.dispose()
+
+        async def close_channels() -> None:
+            for oa in core.oas.values():
+                await oa.close()
+            await core.ehealth.close()
+
+        super().__init__(
+            server,
+            background=background,
+            # Run in reverse: the list fan-outs end, the last audit rows are written, then the channels and
+            # the database close.
+            closers=[dispose, close_channels, core.audit.flush, core.lists.stop],
+        )
         self.core = core
-        self.server = server
+        self.engine = engine
+        self.followers = dict(followers)
+        self.revocations = revocations
+        self.relations = relations
         self.tuning = tuning
-        self.followers = {
-            code: AffiliationFollower(oa, core.index, core.sessions) for code, oa in core.oas.items()
-        }
-        self.revocations = RevocationFollower(core.ehealth, core.verifier)
-        self._tasks: list[asyncio.Task[None]] = []
-        self.port: int | None = None
 
     @classmethod
     async def create(
@@ -108,12 +134,19 @@ class HubApp:
         async def fetch_keys() -> auth_pb2.GetSigningKeysResponse:
             return await ehealth.auth.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=5)
 
-        verifier = TokenVerifier(fetch_keys, clock, refresh_interval=tuning.key_refresh_seconds)
+        verifier = CachingTokenVerifier(
+            fetch_keys,
+            clock,
+            refresh_interval=tuning.key_refresh_seconds,
+            max_cached=tuning.max_cached_tokens,
+        )
         notifier = MailboxNotifier()
         index = RoutingIndex()
         async with sessions() as session:
             loaded = await RoutingRepository(session).load_into(index)
         log.info("routing index loaded: %d NISS", loaded)
+        relations = RelationFollower(ehealth, RelationIndex())
+        audit = AuditLog(engine, clock, every=tuning.audit_seconds)
         core = HubCore(
             clock=clock,
             sessions=sessions,
@@ -122,13 +155,35 @@ class HubApp:
             index=index,
             oas=oas,
             ehealth=ehealth,
-            audit=AuditLog(sessions, clock),
+            relations=RelationCheck(relations, ehealth, clock),
+            audit=audit,
             notifier=notifier,
             lists=PatientListWorker(sessions, oas, notifier, tuning.lists, clock, tracer=tracer),
             watch_poll_seconds=tuning.watch_poll_seconds,
             tracer=tracer,
         )
-        gauges: list[SampledGauge] = []
+        followers = {code: AffiliationFollower(oa, index, sessions) for code, oa in oas.items()}
+        revocations = RevocationFollower(ehealth, verifier, on_revoke=notifier.revoked)
+
+        background = Background("hub")
+        for code, follower in followers.items():
+            background.add(f"affiliations {code}", follower.run)
+        background.add("revocations", revocations.run)
+        background.add("relations", relations.run)
+        background.add("audit", audit.run)
+        background.every("relation moves", tuning.transfer_retry_seconds, core.retry_transfers)
+
+        async def forget_expired() -> None:
+            verifier.forget_expired()
+
+        background.every("expired sessions", tuning.expired_sessions_seconds, forget_expired)
+
+        async def resume_lists() -> None:
+            resumed = await core.lists.resume()
+            if resumed:
+                log.info("patient lists resumed: %d", resumed)
+
+        background.add("patient lists", resume_lists, restart=False)
         if telemetry is not None:
             telemetry.observe(
                 "mycarenet.routing.index.size",
@@ -141,15 +196,18 @@ class HubApp:
                 async with sessions() as session:
                     return await MailboxRepository(session).count_pending()
 
-            gauges.append(
-                telemetry.sampled_gauge(
-                    "mycarenet.mailbox.size",
-                    mailbox_size,
-                    interval=tuning.gauge_refresh_seconds,
-                    description="Messages waiting in the mailbox (not confirmed by their recipient)",
-                    unit="{message}",
-                )
+            gauge = telemetry.sampled_gauge(
+                "mycarenet.mailbox.size",
+                mailbox_size,
+                interval=tuning.gauge_refresh_seconds,
+                description="Messages waiting in the mailbox (not confirmed by their recipient)",
+                unit="{message}",
             )
+
+            async def sample() -> None:
+                await gauge.refresh()
+
+            background.every("mailbox gauge", tuning.gauge_refresh_seconds, sample)
         server = MeshServer(
             "hub",
             [
@@ -177,49 +235,46 @@ class HubApp:
                 secure=server_credentials is not None,
                 verifier=verifier,
                 table=trust_table,
-                observe=core.audit.observe,
+                observe=audit.observe,
             ),
         )
-        return cls(engine, core, server, tuning, gauges=gauges)
+        return cls(
+            server,
+            core,
+            engine,
+            followers=followers,
+            revocations=revocations,
+            relations=relations,
+            background=background,
+            tuning=tuning,
+        )
+
+    @classmethod
+    async def from_settings(cls, settings: HubSettings, telemetry: Telemetry | None) -> HubApp:
+        """The hub of ``mycarenet-hub`` (see :func:`mycarenet_core.service.run_service`)."""
+        tls = (settings.tls_ca, settings.tls_cert, settings.tls_key)
+        secure = not settings.insecure and all(tls)
+        return await cls.create(
+            database_url=settings.database_url,
+            clock=clock_from_setting(settings.sandbox_date),
+            ehealth_target=settings.ehealth_target,
+            oa_targets=settings.targets(),
+            channel_credentials=client_credentials(*tls) if secure else None,  # type: ignore[arg-type]
+            server_credentials=server_credentials(*tls) if secure else None,  # type: ignore[arg-type]
+            throttle=ThrottleConfig(rate=settings.throttle_rate, burst=settings.throttle_burst),
+            telemetry=telemetry,
+        )
 
     async def start(self, bind: str = "127.0.0.1:0") -> int:
-        """Start the feeds and background work, then serve; return the bound port."""
-        core = self.core
+        """Fetch eHealth's signing keys (briefly: a hub starting before eHealth fetches them on the first
+        call), then start the background jobs and serve; return the bound port."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(core.verifier.refresh_keys(force=True), self.tuning.start_timeout)
-        spawn = asyncio.create_task
-        self._tasks = [spawn(f.run(), name=f"affiliations {c}") for c, f in self.followers.items()]
-        self._tasks += [
-            spawn(self.revocations.run(), name="revocations"),
-            spawn(core.audit.run(), name="audit"),
-            spawn(
-                run_periodically(self.tuning.transfer_retry_seconds, core.retry_transfers, "relation moves"),
-                name="relation moves",
-            ),
-        ]
-        await core.lists.resume()
-        for gauge in self.gauges:
-            gauge.start()
-        self.port = await self.server.start(bind)
-        return self.port
+            await asyncio.wait_for(self.core.verifier.refresh_keys(force=True), self.tuning.start_timeout)
+        return await super().start(bind)
 
     async def wait_until_synced(self, within: float = 10.0) -> None:
-        """Wait until every affiliation feed and the revocation list have caught up once."""
-        events = [f.caught_up.wait() for f in self.followers.values()] + [self.revocations.caught_up.wait()]
+        """Wait until every affiliation feed, the revocation list and the relation register have caught up
+        once."""
+        events = [f.caught_up.wait() for f in self.followers.values()]
+        events += [self.revocations.caught_up.wait()]
         await asyncio.wait_for(asyncio.gather(*events), within)
-
-    async def stop(self, grace: float = 0) -> None:
-        await self.server.stop(grace)
-        await self.core.lists.stop()
-        for gauge in self.gauges:
-            await gauge.stop()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        with contextlib.suppress(Exception):
-            await self.core.audit.flush()
-        for oa in self.core.oas.values():
-            await oa.close()
-        await self.core.ehealth.close()
-        await self.engine.dispose()

@@ -15,7 +15,9 @@ from typing import Any
 
 import grpc
 
+from mycarenet_core.clock import Clock
 from mycarenet_core.errors import McnCode, MeshError, field_error
+from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.identifiers import Role
 from mycarenet_core.server import replace_behavior
 from mycarenet_core.sessions import ROLE_TO_PROTO, Caller, TokenVerifier, bearer_token
@@ -24,6 +26,84 @@ from mycarenet_core.trust import TrustInterceptor, current_peer, require_session
 # The requester reference of the running call's request, for the audit row of a refusal made before the
 # handler (which would otherwise not know it).
 request_reference: contextvars.ContextVar[str] = contextvars.ContextVar("hub_request_reference", default="")
+
+
+class CachingTokenVerifier(TokenVerifier):
+    """A :class:`TokenVerifier` that verifies each token once: the Ed25519 signature and the claims are
+    checked on the first call of a session, whose :class:`Caller` is then kept (keyed by the whole token)
+    until the token expires, its session is revoked, or the signing keys are fetched again. A kept caller is
+    still checked on every call for expiry and revocation, which cost a dict look-up, not a signature.
+    At most ``max_cached`` tokens are kept (the oldest go first)."""
+
+    def __init__(
+        self,
+        fetch_keys: Callable[[], Awaitable[auth_pb2.GetSigningKeysResponse]],
+        clock: Clock,
+        *,
+        refresh_interval: float = 5.0,
+        leeway_seconds: float = 30.0,
+        max_cached: int = 65_536,
+    ) -> None:
+        super().__init__(fetch_keys, clock, refresh_interval=refresh_interval, leeway_seconds=leeway_seconds)
+        self._now = clock.now
+        self._grace = leeway_seconds
+        self.max_cached = max_cached
+        self._verified: dict[str, tuple[Caller, float]] = {}  # token -> (caller, expiry in epoch seconds)
+        self._tokens_of: dict[str, list[str]] = {}  # session id -> its cached tokens
+        self.misses = 0
+
+    async def verify(self, token: str) -> Caller:
+        kept = self._verified.get(token)
+        if kept is not None:
+            caller, expires = kept
+            if self._now().timestamp() <= expires + self._grace and not self.is_revoked(caller.session_id):
+                return caller
+            self._forget(token, caller.session_id)  # the full verification says why it is refused
+        self.misses += 1
+        caller = await super().verify(token)
+        self._keep(token, caller)
+        return caller
+
+    def _keep(self, token: str, caller: Caller) -> None:
+        while len(self._verified) >= self.max_cached:
+            oldest = next(iter(self._verified))
+            self._forget(oldest, self._verified[oldest][0].session_id)
+        self._verified[token] = (caller, caller.expires.timestamp())
+        self._tokens_of.setdefault(caller.session_id, []).append(token)
+
+    def _forget(self, token: str, session_id: str) -> None:
+        self._verified.pop(token, None)
+        tokens = self._tokens_of.get(session_id)
+        if tokens is not None:
+            if token in tokens:
+                tokens.remove(token)
+            if not tokens:
+                del self._tokens_of[session_id]
+
+    def revoke(self, revocation: auth_pb2.Revocation) -> None:
+        super().revoke(revocation)
+        for token in self._tokens_of.pop(revocation.session_id, []):
+            self._verified.pop(token, None)
+
+    async def refresh_keys(self, *, force: bool = False) -> bool:
+        """Fetch the keys (see :class:`TokenVerifier`); when fetched, every kept token is verified again on
+        its next call (a key eHealth no longer publishes verifies nothing any more)."""
+        fetched = await super().refresh_keys(force=force)
+        if fetched:
+            self._verified.clear()
+            self._tokens_of.clear()
+        return fetched
+
+    def forget_expired(self) -> None:
+        super().forget_expired()
+        limit = self._now().timestamp() - self._grace
+        for token, (caller, expires) in list(self._verified.items()):
+            if expires < limit:
+                self._forget(token, caller.session_id)
+
+    @property
+    def cached(self) -> int:
+        return len(self._verified)
 
 
 class HubTrust(TrustInterceptor):
@@ -92,6 +172,7 @@ def require_supervisor(caller: Caller, supervisor_inami: str) -> None:
 
 __all__ = [
     "ROLE_TO_PROTO",
+    "CachingTokenVerifier",
     "Caller",
     "HubTrust",
     "TokenVerifier",

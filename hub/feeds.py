@@ -1,7 +1,9 @@
-"""Background followers: each OA's affiliation feed (→ routing index) and eHealth's revocations.
+"""Background followers: each OA's affiliation feed (→ routing index) and eHealth's revocations (→ the
+token verifier); eHealth's relation register has its own (:mod:`hub.relations`).
 
 Each follower catches up with the List RPC from its stored position, then follows the Watch stream, and
-reconnects with exponential backoff when the peer goes away (an OA restart, an eHealth restart).
+reconnects with the core :class:`~mycarenet_core.lifecycle.Backoff` when the peer goes away (an OA restart,
+an eHealth restart). Each is one :class:`~mycarenet_core.lifecycle.Background` job of the hub.
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,6 +23,7 @@ from mycarenet_core.db import transaction
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2 as ms
+from mycarenet_core.lifecycle import Backoff
 
 WATCH_APPLY_BATCH = 5000
 log = logging.getLogger(__name__)
@@ -43,18 +45,6 @@ def periods_of(change: ms.AffiliationChange) -> Periods:
             continue
         out.append((start, _date(period.end) if period.HasField("end") else None))
     return out
-
-
-class Backoff:
-    def __init__(self, initial: float = 0.2, maximum: float = 5.0) -> None:
-        self.initial, self.maximum, self.current = initial, maximum, initial
-
-    def reset(self) -> None:
-        self.current = self.initial
-
-    async def sleep(self) -> None:
-        await asyncio.sleep(self.current * (0.5 + random.random() / 2))
-        self.current = min(self.maximum, self.current * 2)
 
 
 class AffiliationFollower:
@@ -172,10 +162,20 @@ class AffiliationFollower:
 class RevocationFollower:
     """Feeds the verifier's revocation list: ListRevocations catch-up, then WatchRevocations."""
 
-    def __init__(self, ehealth: EhealthClient, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        ehealth: EhealthClient,
+        verifier: TokenVerifier,
+        on_revoke: Callable[[str], None] = lambda _session_id: None,
+    ) -> None:
         self.ehealth = ehealth
         self.verifier = verifier
+        self.on_revoke = on_revoke  # told the session id of each revocation (the mailbox watches end)
         self.caught_up = asyncio.Event()
+
+    def _revoke(self, revocation: auth_pb2.Revocation) -> None:
+        self.verifier.revoke(revocation)
+        self.on_revoke(revocation.session_id)
 
     async def _catch_up(self) -> None:
         token = ""
@@ -187,7 +187,7 @@ class RevocationFollower:
                 timeout=10,
             )
             for revocation in page.revocations:
-                self.verifier.revoke(revocation)
+                self._revoke(revocation)
             token = page.next_page_token
             if not token:
                 return
@@ -203,8 +203,7 @@ class RevocationFollower:
                     auth_pb2.WatchRevocationsRequest(after_sequence=self.verifier.revocation_sequence)
                 )
                 async for event in stream:
-                    self.verifier.revoke(event.revocation)
-                    self.verifier.forget_expired()
+                    self._revoke(event.revocation)
                     backoff.reset()
             except asyncio.CancelledError:
                 raise
@@ -213,14 +212,3 @@ class RevocationFollower:
             except Exception:
                 log.exception("revocation feed failed")
             await backoff.sleep()
-
-
-async def run_periodically(every: float, job: Callable[[], Awaitable[None]], name: str) -> None:
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await job()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s failed", name)

@@ -19,9 +19,6 @@ from sqlmodel import col, select
 from hub.models import StoredMessage
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 
-MAX_PAGE = 500
-DEFAULT_PAGE = 50
-
 
 def content_hash(message: dmg_pb2.MailboxMessage) -> str:
     """SHA-256 (hex) of the serialized payload, as the contract defines it."""
@@ -87,7 +84,7 @@ class MailboxRepository:
         return StoreResult(stored, duplicates, recipients)
 
     async def pending(
-        self, recipient: str, kinds: Iterable[int], *, after_id: int = 0, limit: int = DEFAULT_PAGE
+        self, recipient: str, kinds: Iterable[int], *, after_id: int = 0, limit: int = 50
     ) -> list[tuple[int, dmg_pb2.MailboxMessage]]:
         """Unconfirmed messages of ``recipient`` with a row id above ``after_id``, oldest first."""
         query = select(StoredMessage.id, StoredMessage.payload).where(
@@ -146,24 +143,33 @@ class MailboxRepository:
 
 
 class MailboxNotifier:
-    """In-process wake-ups for watch streams, per recipient."""
+    """In-process wake-ups for watch streams: per recipient when a message arrives, per session when it is
+    revoked (the watch then ends at once instead of at its next look)."""
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._sessions: dict[str, set[asyncio.Event]] = defaultdict(set)
 
-    def subscribe(self, recipient: str) -> asyncio.Event:
+    def subscribe(self, recipient: str, session_id: str = "") -> asyncio.Event:
         event = asyncio.Event()
         self._waiters[recipient].add(event)
+        if session_id:
+            self._sessions[session_id].add(event)
         return event
 
-    def unsubscribe(self, recipient: str, event: asyncio.Event) -> None:
-        waiters = self._waiters.get(recipient)
-        if waiters is not None:
-            waiters.discard(event)
-            if not waiters:
-                del self._waiters[recipient]
+    def unsubscribe(self, recipient: str, event: asyncio.Event, session_id: str = "") -> None:
+        for key, table in ((recipient, self._waiters), (session_id, self._sessions)):
+            waiters = table.get(key)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del table[key]
 
     def notify(self, recipients: Iterable[str]) -> None:
         for recipient in recipients:
             for event in self._waiters.get(recipient, ()):
                 event.set()
+
+    def revoked(self, session_id: str) -> None:
+        for event in self._sessions.get(session_id, ()):
+            event.set()

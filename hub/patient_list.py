@@ -30,6 +30,7 @@ from mycarenet_core.errors import MeshError, unavailable
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb
+from mycarenet_core.lifecycle import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class PatientListWorker:
                 insurer_code=code
             )
         give_up = time.monotonic() + self.policy.retry_window
-        backoff = self.policy.initial_backoff
+        backoff = Backoff(self.policy.initial_backoff, self.policy.max_backoff)
         while True:
             try:
                 entries: list[dmg_pb2.PatientListEntry] = []
@@ -183,11 +184,11 @@ class PatientListWorker:
             except MeshError as error:
                 if error.status.name not in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                     raise
-                if time.monotonic() + backoff > give_up:
+                delay = backoff.next_delay()
+                if time.monotonic() + delay > give_up:
                     raise
                 log.info("patient list: insurer %s failed (%s); retrying", code, error.reason)
-                await asyncio.sleep(backoff)
-                backoff = min(self.policy.max_backoff, backoff * 2)
+                await asyncio.sleep(delay)
 
     async def _run(self, reference: str) -> None:
         # A span for the fan-out (a child of the post's span when started by it), one child per OA.

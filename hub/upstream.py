@@ -37,6 +37,7 @@ EHEALTH_IDEMPOTENT = [
     ("mycarenet.ehealth.v1.AuthService", "GetSigningKeys"),
     ("mycarenet.ehealth.v1.AuthService", "ListRevocations"),
     ("mycarenet.ehealth.v1.TherapeuticRelationService", "CheckRelation"),
+    ("mycarenet.ehealth.v1.TherapeuticRelationService", "ListRelationChanges"),
     # Idempotent by source reference (contract), so safe to retry.
     ("mycarenet.ehealth.v1.TherapeuticRelationService", "TransferDmgRelation"),
     ("mycarenet.ehealth.v1.CadastreService", "GetProvider"),

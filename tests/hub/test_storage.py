@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import select
 
 from hub.audit import AuditLog
@@ -37,13 +37,18 @@ def closure(message_id: str, recipient: str, niss: str = "80051703367") -> dmg_p
 
 
 @pytest.fixture
-async def sessions(database_url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)
     await create_schema(engine, HubBase.metadata)
     try:
-        yield session_factory(engine)
+        yield engine
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return session_factory(engine)
 
 
 async def test_a_message_delivered_twice_is_stored_once(sessions: async_sessionmaker[AsyncSession]) -> None:
@@ -90,8 +95,10 @@ async def test_confirm_by_id_and_hash_twice_and_foreign(sessions: async_sessionm
         assert [m.message_id for _, m in await MailboxRepository(session).pending(GP2, [])] == ["c"]
 
 
-async def test_audit_rows_are_written(sessions: async_sessionmaker[AsyncSession]) -> None:
-    audit = AuditLog(sessions, FixedClock(NOW))
+async def test_audit_rows_are_written(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    audit = AuditLog(engine, FixedClock(NOW))
     async with audit.record("ConsultDmg") as entry:
         entry.requester_reference = "r1"
         entry.insurer_codes = ["100"]
@@ -108,9 +115,9 @@ async def test_audit_rows_are_written(sessions: async_sessionmaker[AsyncSession]
 
 
 async def test_refusals_of_the_trust_interceptor_are_written_and_a_handled_call_only_once(
-    sessions: async_sessionmaker[AsyncSession],
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
-    audit = AuditLog(sessions, FixedClock(NOW))
+    audit = AuditLog(engine, FixedClock(NOW))
     pharmacist = Caller(
         executor_id="10000707000",
         executor_kind="SUBJECT_KIND_PROVIDER",
