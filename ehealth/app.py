@@ -1,8 +1,11 @@
-"""The eHealth process assembled: engine, schema, domain services, servicers and the gRPC server.
+"""The eHealth process assembled on the one skeleton of the mesh (:class:`mycarenet_core.service.ServiceApp`).
 
-``EhealthApp.create(...)`` builds everything (and the first signing keys: CURRENT and NEXT); ``start`` binds
-(port 0 in tests) and starts the audit writer; ``stop`` ends the log watchers, stops the server, writes the
-last audit rows and disposes the engine. One engine per instance.
+``EhealthApp.create(...)`` migrates the database, makes the first signing keys (CURRENT and NEXT) and builds
+the domain, the servicers and the server; ``start`` binds (port 0 in tests) and starts the background jobs
+(the audit writer, a follower per insurer's holder-change feed); ``stop`` ends the followed logs' watch
+streams (so that they do not hold the grace period), stops the server, the jobs, then writes the last audit
+rows, closes the insurers' channels and disposes the engine. One engine per instance. ``build`` makes it from
+the settings, for :func:`mycarenet_core.service.run_service`.
 
 Every call passes the trust model first (:class:`mycarenet_core.trust.TrustInterceptor`): the certificate
 (or, without TLS, the declared ``x-mcn-peer``), then the session token where the grant needs one, verified
@@ -13,7 +16,7 @@ goes to the audit (:class:`ehealth.audit.AuditLog`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 
 import grpc
 
@@ -21,38 +24,62 @@ from ehealth.access import SessionVerifier
 from ehealth.audit import AuditLog
 from ehealth.auth import Authenticator, AuthLimits
 from ehealth.cadastre import Cadastre
+from ehealth.holders import HolderFollower, HolderMoves
 from ehealth.logs import Logs
 from ehealth.mandates import Mandates
 from ehealth.relations import Relations
 from ehealth.servicers import AuthServicer, CadastreServicer, MandateServicer, TherapeuticRelationServicer
-from mycarenet_core.clock import Clock
-from mycarenet_core.db import create_engine, session_factory
+from ehealth.settings import EhealthSettings
+from ehealth.store import Database
+from mycarenet_core.channels import client_credentials, open_channel, server_credentials
+from mycarenet_core.clock import Clock, clock_from_setting
+from mycarenet_core.db import create_engine
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     auth_pb2_grpc,
     cadastre_pb2_grpc,
     mandate_pb2_grpc,
     therapeutic_relation_pb2_grpc,
 )
+from mycarenet_core.lifecycle import Background
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
+from mycarenet_core.service import ServiceApp
 from mycarenet_core.telemetry import Telemetry
 from mycarenet_core.trust import TrustInterceptor
 
 PACKAGE = "mycarenet.ehealth.v1"
-Disposer = Callable[[], Awaitable[None]]
 
 
-class EhealthApp:
-    """One eHealth instance: its own database and gRPC server."""
+class EhealthApp(ServiceApp):
+    """One eHealth instance: its own database, gRPC server and background jobs."""
 
     def __init__(
-        self, server: MeshServer, auth: Authenticator, logs: Logs, audit: AuditLog, dispose: Disposer
+        self,
+        server: MeshServer,
+        *,
+        db: Database,
+        auth: Authenticator,
+        logs: Logs,
+        audit: AuditLog,
+        relations: Relations,
+        moves: HolderMoves,
+        oa_credentials: grpc.ChannelCredentials | None,
+        telemetry: Telemetry | None,
     ) -> None:
-        self.server = server
+        background = Background("ehealth")
+        background.add("audit writer", audit.run)
+        super().__init__(
+            server, background=background, closers=[db.dispose, audit.close], stopping=[logs.close]
+        )
+        self.db = db
         self.auth = auth
         self.logs = logs
         self.audit = audit
-        self._dispose = dispose
+        self.relations = relations
+        self.moves = moves
+        self.followers: dict[str, HolderFollower] = {}
+        self._oa_credentials = oa_credentials
+        self._telemetry = telemetry
 
     @classmethod
     async def create(
@@ -66,28 +93,34 @@ class EhealthApp:
         credentials: grpc.ServerCredentials | None = None,
         telemetry: Telemetry | None = None,
         audit_interval: float = 0.2,
+        oa_targets: Mapping[str, str] | None = None,
+        oa_credentials: grpc.ChannelCredentials | None = None,
     ) -> EhealthApp:
-        """Create the engine and the schema, the signing keys when there are none, and the server.
+        """Migrate the database, make the signing keys when there are none, build the server.
 
         With ``credentials`` (mutual TLS) a caller is the party its certificate names; without, the kind it
         declares (development only). With ``telemetry``, server spans and metrics (interceptors first in the
-        chain) and database spans. Audit rows are written every ``audit_interval`` seconds.
+        chain), database spans, client spans towards the insurers. Audit rows are written every
+        ``audit_interval`` seconds. ``oa_targets`` (insurer code → host:port): the insurers whose
+        holder-change feeds eHealth follows, over ``oa_credentials`` (eHealth's own certificate) or,
+        without, plaintext channels that declare the ``ehealth`` identity.
         """
         limits = AuthLimits(max_token_lifetime, audience, challenge_ttl)
         engine = create_engine(database_url)
         if telemetry is not None:
             telemetry.instrument_engine(engine)
+        db = Database(engine)
         try:
             await upgrade(engine, HISTORIES["ehealth"].script_location)
-            factory = session_factory(engine)
-            logs = Logs(factory, clock)
-            auth = Authenticator(factory, clock, limits, logs)
+            logs = Logs(db, clock)
+            auth = Authenticator(db, clock, limits, logs)
             await auth.ensure_signing_key()
         except BaseException:
             await engine.dispose()
             raise
-        audit = AuditLog(factory, clock, interval=audit_interval)
+        audit = AuditLog(db, clock, interval=audit_interval)
         verifier = SessionVerifier(auth)
+        relations = Relations(db, clock, logs)
 
         async def keys_changed() -> None:
             await verifier.refresh_keys(force=True)
@@ -100,17 +133,17 @@ class EhealthApp:
             ),
             Service(
                 cadastre_pb2_grpc.add_CadastreServiceServicer_to_server,
-                CadastreServicer(Cadastre(factory, clock, logs)),
+                CadastreServicer(Cadastre(db, clock, logs)),
                 f"{PACKAGE}.CadastreService",
             ),
             Service(
                 therapeutic_relation_pb2_grpc.add_TherapeuticRelationServiceServicer_to_server,
-                TherapeuticRelationServicer(Relations(factory, clock), clock),
+                TherapeuticRelationServicer(relations, clock),
                 f"{PACKAGE}.TherapeuticRelationService",
             ),
             Service(
                 mandate_pb2_grpc.add_MandateServiceServicer_to_server,
-                MandateServicer(Mandates(factory, clock, logs)),
+                MandateServicer(Mandates(db, clock, logs)),
                 f"{PACKAGE}.MandateService",
             ),
         ]
@@ -121,46 +154,58 @@ class EhealthApp:
             interceptors=telemetry.server_interceptors if telemetry else (),
             trust=TrustInterceptor(secure=credentials is not None, verifier=verifier, observe=audit.observe),
         )
-        return cls(server, auth, logs, audit, engine.dispose)
+        app = cls(
+            server,
+            db=db,
+            auth=auth,
+            logs=logs,
+            audit=audit,
+            relations=relations,
+            moves=HolderMoves(db, logs, relations, telemetry),
+            oa_credentials=oa_credentials,
+            telemetry=telemetry,
+        )
+        for code, target in sorted((oa_targets or {}).items()):
+            app.follow_insurer(code, target)
+        return app
 
-    @property
-    def port(self) -> int | None:
-        return self.server.port
+    def follow_insurer(self, code: str, target: str) -> HolderFollower:
+        """Follow the holder-change feed of insurer ``code`` at ``target`` (host:port): a background job,
+        started with the others (at once when the app already runs)."""
+        if code in self.followers:
+            raise ValueError(f"insurer {code} is followed already")
+        telemetry = self._telemetry
+        channel = open_channel(
+            target,
+            credentials=self._oa_credentials,
+            interceptors=telemetry.client_interceptors_for(peer_service=f"oa-{code}") if telemetry else (),
+            identity="ehealth",
+        )
+        follower = HolderFollower(code, channel, self.moves)
+        self.followers[code] = follower
 
-    async def start(self, bind: str = "127.0.0.1:0") -> int:
-        self.audit.start()
-        return await self.server.start(bind)
+        async def close() -> None:
+            await channel.close(None)
 
-    async def _shutdown(self) -> None:
-        """After the server stopped: the last audit rows (of the calls of the grace period too), then the
-        engine."""
-        try:
-            await self.audit.close()
-        finally:
-            await self._dispose()
+        self.closers.append(close)
+        self.background.add(f"holder feed of oa-{code}", follower.run, backoff=follower.backoff)
+        return follower
 
-    async def stop(self, grace: float = 0) -> None:
-        """Close the log streams, stop the server within ``grace`` seconds, write the last audit rows,
-        dispose the engine."""
-        self.logs.close()
-        try:
-            await self.server.stop(grace)
-        finally:
-            await self._shutdown()
 
-    async def serve_forever(self, bind: str, *, grace: float = 5.0) -> None:
-        """Serve until SIGTERM/SIGINT (or :meth:`request_stop`), then stop gracefully: the log streams end
-        first so that they do not hold the grace period; the audit is written and the engine disposed
-        last."""
-        server_request_stop = self.server.request_stop
-
-        def request_stop() -> None:
-            self.logs.close()
-            server_request_stop()
-
-        self.server.request_stop = request_stop  # type: ignore[method-assign]
-        self.audit.start()
-        await self.server.serve_forever(bind, grace=grace, on_stop=self._shutdown)
-
-    def request_stop(self) -> None:
-        self.server.request_stop()
+async def build(settings: EhealthSettings, telemetry: Telemetry | None) -> EhealthApp:
+    """The process of ``mycarenet-ehealth`` from its settings (``MCN_EHEALTH_*``)."""
+    credentials = oa_credentials = None
+    if settings.tls_ca and settings.tls_cert and settings.tls_key:
+        credentials = server_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        oa_credentials = client_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+    return await EhealthApp.create(
+        database_url=settings.database_url,
+        clock=clock_from_setting(settings.sandbox_date),
+        max_token_lifetime=settings.max_token_lifetime,
+        audience=settings.audience,
+        challenge_ttl=settings.challenge_ttl,
+        credentials=credentials,
+        telemetry=telemetry,
+        oa_targets=settings.insurer_targets,
+        oa_credentials=oa_credentials,
+    )

@@ -4,24 +4,27 @@
 
 The trust interceptor hands every call it saw to :meth:`AuditLog.observe` (refusals included, before any
 handler ran); the handlers add what only they know with :func:`note` (who logged in, whose relation or
-mandate it was). Rows are queued and written in batches off the request path by :meth:`AuditLog.run`;
-:meth:`AuditLog.close` writes what is left, so a clean stop loses nothing. A process killed outright loses
-what was queued since the last batch (at most ``interval`` seconds of calls).
+mandate it was). Rows are queued and written in batches (one multi-row INSERT, SQLAlchemy Core) off the
+request path by :meth:`AuditLog.run`, a background job of the process; :meth:`AuditLog.close` (a closer of
+the process, after the server and the jobs stopped) writes what is left, so a clean stop loses nothing. A
+process killed outright loses what was queued since the last batch (at most ``interval`` seconds of
+calls). Writes that do not come through an RPC (the DMG moves read from the insurers' feeds) add their row
+in their own transaction (:func:`audit_row`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
+import datetime as dt
 import logging
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import insert
 
-from ehealth.models import AuditRow
+from ehealth.models import AUDIT
+from ehealth.store import Database
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import transaction
 from mycarenet_core.trust import CallRecord
 
 log = logging.getLogger(__name__)
@@ -60,30 +63,42 @@ def note(**fields: str) -> None:
     _notes.set({**(_notes.get() or {}), **{k: v for k, v in fields.items() if v}})
 
 
-def _cut(value: str, size: int) -> str:
-    return value[:size]
+_INSERT = insert(AUDIT)
+_SIZES = {  # the columns' sizes: a value is cut to them
+    "method": 80,
+    "certificate": 64,
+    "outcome": 32,
+    "reason": 80,
+    "executor_kind": 32,
+    "executor_id": 32,
+    "requester_inami": 11,
+    "mandate_id": 64,
+    "session_id": 64,
+    "subject": 64,
+}
+
+
+def audit_row(
+    time: dt.datetime, method: str, certificate: str, outcome: str, **fields: str
+) -> dict[str, Any]:
+    """One audit row (values cut to their columns): ``fields`` among :data:`FIELDS` and ``reason``."""
+    row: dict[str, Any] = {name: "" for name in _SIZES}
+    row.update(time=time, method=method, certificate=certificate, outcome=outcome, **fields)
+    for name, size in _SIZES.items():
+        row[name] = row[name][:size]
+    return row
 
 
 class AuditLog:
     """Queues audit rows from the trust interceptor's records and writes them in batches."""
 
-    def __init__(
-        self,
-        factory: async_sessionmaker[AsyncSession],
-        clock: Clock,
-        *,
-        interval: float = 0.2,
-        batch: int = 500,
-    ) -> None:
-        self._factory = factory
+    def __init__(self, db: Database, clock: Clock, *, interval: float = 0.2, batch: int = 500) -> None:
+        self._db = db
         self._clock = clock
         self.interval = interval
         self.batch = batch
-        self._queue: list[AuditRow] = []
+        self._queue: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._stopping = asyncio.Event()
         self._flushing = asyncio.Lock()
 
     @staticmethod
@@ -94,7 +109,7 @@ class AuditLog:
         """The trust interceptor's hook: queue the row of a call worth auditing."""
         if not self.wanted(record):
             return
-        fields: dict[str, Any] = {}
+        fields: dict[str, str] = {}
         session = record.session
         if session is not None:
             fields = {
@@ -106,18 +121,13 @@ class AuditLog:
             }
         fields.update(_notes.get() or {})
         self._queue.append(
-            AuditRow(
-                time=self._clock.now(),
-                method=_cut(record.method.removeprefix(PACKAGE), 80),
-                certificate=_cut(record.peer.name, 64),
-                executor_kind=_cut(fields.get("executor_kind", ""), 32),
-                executor_id=_cut(fields.get("executor_id", ""), 32),
-                requester_inami=_cut(fields.get("requester_inami", ""), 11),
-                mandate_id=_cut(fields.get("mandate_id", ""), 64),
-                session_id=_cut(fields.get("session_id", ""), 64),
-                subject=_cut(fields.get("subject", ""), 64),
-                outcome=_cut(record.outcome, 32),
-                reason=_cut(record.reason, 80),
+            audit_row(
+                self._clock.now(),
+                record.method.removeprefix(PACKAGE),
+                record.peer.name,
+                record.outcome,
+                reason=record.reason,
+                **fields,
             )
         )
         self._wake.set()
@@ -127,61 +137,43 @@ class AuditLog:
         return len(self._queue)
 
     async def flush(self) -> int:
-        """Write every queued row in one transaction; how many. On failure they stay queued."""
+        """Write every queued row in one transaction (one multi-row INSERT); how many. On failure they stay
+        queued. One flush at a time: a flush returns once every row queued before it is written."""
         async with self._flushing:
             if not self._queue:
                 return 0
             batch, self._queue = self._queue, []
             try:
-                async with transaction(self._factory) as session:
-                    session.add_all(batch)
+                async with self._db.engine.begin() as conn:
+                    await conn.execute(_INSERT, batch)
             except BaseException:
                 self._queue[:0] = batch  # kept for the next attempt
                 raise
             return len(batch)
 
     async def run(self) -> None:
-        """Write queued rows in batches (every ``interval`` seconds while calls come) until closed."""
-        while not self._closing:
+        """The background job: write queued rows in batches, every ``interval`` seconds while calls come.
+        A flush in progress is never cut by the job's cancellation (the final :meth:`close` waits for it)."""
+        while True:
             await self._wake.wait()
             self._wake.clear()
             if len(self._queue) < self.batch:
-                await self._pause()
+                await asyncio.sleep(self.interval)
             try:
-                await self.flush()
+                await asyncio.shield(self.flush())
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("audit flush failed; the rows stay queued")
-                await self._pause()
                 self._wake.set()
+                await asyncio.sleep(self.interval)
 
-    async def _pause(self) -> None:
-        """Wait ``interval`` seconds, or less when the log is being closed."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self.interval)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._closing = False
-            self._stopping = asyncio.Event()
-            self._task = asyncio.create_task(self.run(), name="ehealth audit")
-
-    async def close(self, wait: float = 5.0) -> None:
-        """Stop the writer and write what is left (a clean stop loses no row). The writer is let finish
-        the batch it is writing rather than cancelled in the middle of a commit."""
-        task, self._task = self._task, None
-        self._closing = True
-        self._stopping.set()
-        self._wake.set()
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), wait)
-            except TimeoutError:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+    async def close(self) -> None:
+        """Write what is left (a clean stop loses no row): after the server and the background job stopped."""
         try:
             await self.flush()
         except Exception:
             log.exception("audit: %d rows could not be written at stop", len(self._queue))
 
 
-__all__ = ["ALWAYS", "FIELDS", "AuditLog", "note"]
+__all__ = ["ALWAYS", "FIELDS", "AuditLog", "audit_row", "note"]

@@ -18,14 +18,14 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import and_, bindparam, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from ehealth.audit import note
 from ehealth.logs import Logs, end_of_day
 from ehealth.mandates import MandateRecord, active_mandate
-from ehealth.models import ChallengeRow, RevocationRow, SessionRow, SigningKeyRow
+from ehealth.models import REVOCATION, ChallengeRow, RevocationRow, SessionRow, SigningKeyRow
 from ehealth.repositories import (
     CURRENT,
     NEXT,
@@ -38,6 +38,7 @@ from ehealth.repositories import (
 )
 from ehealth.rules import Period, token_lifetime
 from ehealth.scope import NOT_OWN_CREDENTIAL, Actor
+from ehealth.store import Database
 from ehealth.tokens import (
     KeyPair,
     TokenClaims,
@@ -50,7 +51,6 @@ from ehealth.tokens import (
     verify_token,
 )
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import transaction
 from mycarenet_core.errors import McnCode, business_error, not_found, permission_denied, unauthenticated
 
 PROVIDER = "SUBJECT_KIND_PROVIDER"
@@ -58,6 +58,9 @@ ORGANISATION = "SUBJECT_KIND_ORGANISATION"
 PERSON = "SUBJECT_KIND_PERSON"
 COMPANY = "SUBJECT_KIND_COMPANY"
 NONCE_BYTES = 32
+
+# The verifier's per-call question (every call made with a session): one read of a unique index.
+_REVOKED = select(REVOCATION.c.sequence).where(REVOCATION.c.session_id == bindparam("session_id"))
 
 
 @dataclass(frozen=True)
@@ -95,12 +98,12 @@ class Authenticator:
 
     def __init__(
         self,
-        factory: async_sessionmaker[AsyncSession],
+        db: Database,
         clock: Clock,
         limits: AuthLimits,
         logs: Logs,
     ) -> None:
-        self.factory = factory
+        self.db = db
         self.clock = clock
         self.limits = limits
         self.logs = logs
@@ -111,7 +114,7 @@ class Authenticator:
     async def ensure_signing_key(self) -> SigningKeyRow:
         """The current signing key; on first start (or after an upgrade) a CURRENT and a NEXT key are made,
         so that the key that will sign after the next rotation is published from the start."""
-        async with self._key_lock, transaction(self.factory) as session:
+        async with self._key_lock, self.db.transaction() as session:
             keys = SigningKeyRepository(session)
             now = self.clock.now()
             current = await keys.current() or await keys.add(generate_signing_key(), now, CURRENT)
@@ -123,7 +126,7 @@ class Authenticator:
         """Promote the published NEXT key to CURRENT (verifiers that fetched the keys since the last rotation
         already know it, so no login in progress breaks), retire the current one (it verifies until its
         tokens expire) and publish a new NEXT key. The new current key."""
-        async with self._key_lock, transaction(self.factory) as session:
+        async with self._key_lock, self.db.transaction() as session:
             keys = SigningKeyRepository(session)
             now = self.clock.now()
             current, upcoming = await keys.current(), await keys.next()
@@ -138,7 +141,7 @@ class Authenticator:
 
     async def signing_keys(self) -> list[SigningKeyRow]:
         """The current key first, the next one, then retired keys whose tokens may still be valid."""
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             retired_after = self.clock.now() - self.limits.max_token_lifetime
             return await SigningKeyRepository(session).published(retired_after)
 
@@ -148,7 +151,7 @@ class Authenticator:
         """Register (or replace) a subject's public key; its fingerprint. The PEM is validated upstream.
         FAILED_PRECONDITION CREDENTIAL_REVOKED for the very key that was revoked (register a new one)."""
         print_ = fingerprint(load_public_key(public_key_pem))
-        async with transaction(self.factory) as session:
+        async with self.db.transaction() as session:
             bound = await CredentialRepository(session).put(
                 kind, subject_id, public_key_pem, print_, self.clock.now()
             )
@@ -201,7 +204,7 @@ class Authenticator:
             create_time=now,
             expire_time=now + self.limits.challenge_ttl,
         )
-        async with transaction(self.factory) as session:
+        async with self.db.transaction() as session:
             challenges = ChallengeRepository(session)
             await challenges.purge(now - self.limits.challenge_ttl)
             await challenges.add(row)
@@ -210,7 +213,7 @@ class Authenticator:
     async def _consume_challenge(self, challenge_id: str) -> ChallengeRow:
         """Use the challenge up (any answer, right or wrong, consumes it), or say why it is refused."""
         now = self.clock.now()
-        async with transaction(self.factory) as session:
+        async with self.db.transaction() as session:
             challenges = ChallengeRepository(session)
             challenge = await challenges.get(challenge_id)
             fresh = challenge is not None and await challenges.consume(challenge_id, now)
@@ -318,12 +321,12 @@ class Authenticator:
 
     async def session_revoked(self, session_id: str) -> bool:
         """True when the session was ended (one indexed read)."""
-        async with self.factory() as session:
-            return await SessionRepository(session).is_revoked(session_id)
+        async with self.db.connect() as conn:
+            return (await conn.execute(_REVOKED, {"session_id": session_id})).first() is not None
 
     async def revocations(self, after_sequence: int, limit: int) -> list[RevocationRow]:
         """Revocations after a sequence number whose tokens have not expired, in sequence order."""
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             return await SessionRepository(session).revocations_after(
                 after_sequence, limit=limit, unexpired_at=self.clock.now()
             )
@@ -333,17 +336,10 @@ class Authenticator:
     ) -> AsyncIterator[RevocationRow]:
         """The backlog after ``after_sequence``, then each new revocation as it is committed; ends when the
         feed is closed (server stop) or the caller stops iterating."""
-        feed = self.logs.revocations
-        last = after_sequence
-        while not feed.closed:
-            changed = feed.changed()
-            rows = await self.revocations(last, batch)
-            for row in rows:
-                assert row.sequence is not None
-                last = row.sequence
-                yield row
-            if len(rows) < batch:
-                await changed.wait()
+        async for row in self.logs.revocations.follow(
+            after_sequence, self.revocations, lambda r: r.sequence or 0, batch=batch
+        ):
+            yield row
 
 
 async def _subject_claims(

@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from ehealth.audit import note
 from ehealth.auth import ORGANISATION, PROVIDER
 from ehealth.logs import Logs
@@ -23,9 +21,9 @@ from ehealth.models import CadastreChangeRow, CredentialRow, MembershipRow, Orga
 from ehealth.repositories import CadastreChangeRepository, CadastreRepository, CredentialRepository
 from ehealth.rules import Period
 from ehealth.scope import NOT_OWN_ENTRY, Actor
+from ehealth.store import Database
 from ehealth.tokens import fingerprint, load_public_key
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import transaction
 from mycarenet_core.errors import McnCode, not_found
 
 PROVIDER_CHANGE = "provider"
@@ -71,8 +69,8 @@ def _organisation_view(row: OrganisationRow, members: Sequence[MembershipRow]) -
 class Cadastre:
     """Read and fill the cadastre."""
 
-    def __init__(self, factory: async_sessionmaker[AsyncSession], clock: Clock, logs: Logs) -> None:
-        self.factory = factory
+    def __init__(self, db: Database, clock: Clock, logs: Logs) -> None:
+        self.db = db
         self.clock = clock
         self.logs = logs
 
@@ -104,7 +102,7 @@ class Cadastre:
         """The provider and the organisations it belongs to today; NOT_FOUND 141 when unknown. A provider's
         session reads only its own entry."""
         actor.check(inami, NOT_OWN_ENTRY, f"the cadastre entry of {inami}")
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             cadastre = CadastreRepository(session)
             row = await cadastre.provider(inami)
             if row is None:
@@ -119,7 +117,7 @@ class Cadastre:
             return ProviderRecord(row, _pem(credential)), organisations
 
     async def list_providers(self, role: str | None, after: str | None, limit: int) -> list[ProviderRecord]:
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             rows = await CadastreRepository(session).list_providers(role, after, limit)
             credentials = CredentialRepository(session)
             return [ProviderRecord(r, _pem(await credentials.get(PROVIDER, r.inami))) for r in rows]
@@ -148,7 +146,7 @@ class Cadastre:
     async def get_organisation(self, inami: str, actor: Actor) -> OrganisationRecord:
         """The organisation with its members. A provider's session reads only an organisation it is, or
         belongs to today."""
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             cadastre = CadastreRepository(session)
             if actor.own is not None and actor.own != inami:
                 member_of = await cadastre.organisations_of(actor.own, self.clock.today())
@@ -165,7 +163,7 @@ class Cadastre:
     async def list_organisations(
         self, kind: str | None, after: str | None, limit: int
     ) -> list[OrganisationRecord]:
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             cadastre = CadastreRepository(session)
             rows = await cadastre.list_organisations(kind, after, limit)
             return await self._records(cadastre, [r.inami for r in rows])
@@ -175,7 +173,7 @@ class Cadastre:
     async def changes(self, after_sequence: int, limit: int) -> tuple[list[CadastreChange], int]:
         """The changes after ``after_sequence`` in sequence order (at most ``limit``), each with its entry as
         it is now, and the head of the log — read in one transaction."""
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             log = CadastreChangeRepository(session)
             rows = await log.after(after_sequence, limit)
             head = await log.head()
@@ -195,17 +193,13 @@ class Cadastre:
     async def watch_changes(self, after_sequence: int, *, batch: int = 500) -> AsyncIterator[CadastreChange]:
         """The changes after ``after_sequence``, then each new one as it is committed (woken by the log's
         feed, no polling); ends when the feed is closed (server stop) or the caller stops iterating."""
-        feed = self.logs.cadastre
-        last = after_sequence
-        while not feed.closed:
-            changed = feed.changed()
-            changes, _ = await self.changes(last, batch)
-            for change in changes:
-                assert change.row.sequence is not None
-                last = change.row.sequence
-                yield change
-            if len(changes) < batch:
-                await changed.wait()
+        async for change in self.logs.cadastre.follow(
+            after_sequence, self._page, lambda c: c.row.sequence or 0, batch=batch
+        ):
+            yield change
+
+    async def _page(self, after_sequence: int, limit: int) -> list[CadastreChange]:
+        return (await self.changes(after_sequence, limit))[0]
 
     @staticmethod
     async def _records(cadastre: CadastreRepository, inamis: list[str]) -> list[OrganisationRecord]:

@@ -1,10 +1,11 @@
-"""eHealth's two followed logs: the revocation log (sessions ended, followed by every verifier of the mesh)
-and the cadastre change log (providers and organisations, followed by the insurers and the hub).
+"""eHealth's three followed logs: the revocation log (sessions ended, followed by every verifier of the
+mesh), the cadastre change log (providers and organisations, followed by the insurers and the hub) and the
+register's change log (therapeutic relations, followed by the hub's cache of CheckRelation answers).
 
 A follower asks for what comes after the last sequence number it saw, so a number must never become visible
 after a higher one: on PostgreSQL numbers are drawn when a row is inserted, not when its transaction commits.
-Every transaction that appends to either log therefore runs under one lock of the process (:class:`Logs`),
-which makes commit order the sequence order; the watchers are woken once it has committed.
+Every transaction that appends to a log therefore runs under one lock of the process (:class:`Logs`),
+which makes commit order the sequence order; the watchers are woken once it has committed (no polling).
 """
 
 from __future__ import annotations
@@ -12,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, and_, delete, exists, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from ehealth.models import CadastreChangeRow, RevocationRow, SessionRow
+from ehealth.models import CadastreChangeRow, RelationChangeRow, RevocationRow, SessionRow
 from ehealth.rules import Period
+from ehealth.store import Database
 from mycarenet_core.clock import BRUSSELS, Clock
-from mycarenet_core.db import transaction
+
+T = TypeVar("T")
 
 
 def end_of_day(day: dt.date) -> dt.datetime:
@@ -51,6 +55,26 @@ class Feed:
         self.closed = True
         self._event.set()
 
+    async def follow(
+        self,
+        after: int,
+        read: Callable[[int, int], Awaitable[Sequence[T]]],
+        position: Callable[[T], int],
+        *,
+        batch: int = 500,
+    ) -> AsyncIterator[T]:
+        """The entries after ``after`` (``read(after, limit)``), then each new one as it is committed, woken
+        by :meth:`publish` (no polling); ends when the feed is closed or the caller stops iterating."""
+        last = after
+        while not self.closed:
+            changed = self.changed()
+            entries = await read(last, batch)
+            for entry in entries:
+                last = position(entry)
+                yield entry
+            if len(entries) < batch:
+                await changed.wait()
+
 
 class LogWriter:
     """What one transaction appends to the logs (see :meth:`Logs.transaction`)."""
@@ -60,6 +84,7 @@ class LogWriter:
         self.now = now
         self.revoked = 0
         self.changes = 0
+        self.relations = 0
 
     async def end_session(self, session_id: str, expire_time: dt.datetime) -> bool:
         """Revoke one session; False when it had already been ended."""
@@ -119,15 +144,29 @@ class LogWriter:
         self.changes += 1
         return row.sequence
 
+    async def relation_changed(self, relation_id: str) -> int:
+        """Append the change of one relation to the register's log (its previous entry leaves the compacted
+        log); the new sequence number. The relation row must be flushed already (a reader joins it)."""
+        await self.session.execute(
+            delete(RelationChangeRow).where(col(RelationChangeRow.relation_id) == relation_id)
+        )
+        row = RelationChangeRow(change_time=self.now, relation_id=relation_id)
+        self.session.add(row)
+        await self.session.flush()
+        assert row.sequence is not None
+        self.relations += 1
+        return row.sequence
+
 
 class Logs:
-    """The revocation and cadastre logs of one eHealth process: their writer lock and their feeds."""
+    """The followed logs of one eHealth process: their writer lock and their feeds."""
 
-    def __init__(self, factory: async_sessionmaker[AsyncSession], clock: Clock) -> None:
-        self.factory = factory
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
         self.clock = clock
         self.revocations = Feed()
         self.cadastre = Feed()
+        self.relations = Feed()
         self._lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
@@ -135,15 +174,18 @@ class Logs:
         """One transaction that may append to the logs: committed on success (then the watchers of what
         it appended are woken), rolled back on any exception. One at a time in this process."""
         async with self._lock:
-            async with transaction(self.factory) as session:
+            async with self.db.transaction() as session:
                 writer = LogWriter(session, self.clock.now())
                 yield writer
             if writer.revoked:
                 self.revocations.publish()
             if writer.changes:
                 self.cadastre.publish()
+            if writer.relations:
+                self.relations.publish()
 
     def close(self) -> None:
         """Wake every watcher for good (server stop)."""
         self.revocations.close()
         self.cadastre.close()
+        self.relations.close()

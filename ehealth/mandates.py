@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from ehealth.audit import note
@@ -27,8 +27,8 @@ from ehealth.models import MandateRow, SessionRow
 from ehealth.repositories import CadastreRepository, MandateRepository
 from ehealth.rules import MandateView, Period, check_end, plan_mandate_closures
 from ehealth.scope import NOT_OWN_MANDATE, Actor
+from ehealth.store import Database
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import transaction
 from mycarenet_core.errors import McnCode, not_found
 
 
@@ -77,8 +77,8 @@ async def active_mandate(
 class Mandates:
     """Create, revoke and list mandates."""
 
-    def __init__(self, factory: async_sessionmaker[AsyncSession], clock: Clock, logs: Logs) -> None:
-        self.factory = factory
+    def __init__(self, db: Database, clock: Clock, logs: Logs) -> None:
+        self.db = db
         self.clock = clock
         self.logs = logs
 
@@ -157,7 +157,7 @@ class Mandates:
         if actor.own is not None:
             principal_inami = principal_inami or actor.own
             actor.check(principal_inami, NOT_OWN_MANDATE, f"the mandates given by {principal_inami}")
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             repo = MandateRepository(session)
             rows = await repo.search(
                 principal_inami=principal_inami,

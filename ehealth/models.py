@@ -7,9 +7,19 @@ PostgreSQL; civil dates are plain ``DATE`` columns. An unset end date means "ope
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -208,15 +218,48 @@ class RelationRow(Base, table=True):
 
 
 class DmgTransferRow(Base, table=True):
-    """A DMG relation move already applied (idempotency by source reference)."""
+    """A DMG relation move already applied (idempotency by source reference). A move to no one (the
+    insurer's holding ended) has no new relation."""
 
     __tablename__ = "dmg_transfer"
 
     source_reference: str = Field(primary_key=True, max_length=200)
     patient_niss: str = Field(max_length=11)
-    new_relation_id: str = Field(max_length=64)
+    new_relation_id: str | None = Field(default=None, max_length=64)
     ended_relation_id: str | None = Field(default=None, max_length=64)
     apply_time: dt.datetime = _instant()
+
+
+class RelationChangeRow(Base, table=True):
+    """The register's change log, compacted: one row per relation, at the sequence of its latest change
+    (register, revoke, DMG move, end; a change deletes the relation's previous row and appends a new one).
+    A follower that reads every row after its position learns the current state of every relation that
+    changed since; read joined with the relation itself.
+
+    On SQLite the table is AUTOINCREMENT so that a sequence number is never handed out twice."""
+
+    __tablename__ = "relation_change"
+    __table_args__ = (
+        UniqueConstraint("relation_id", name="uq_relation_change_relation"),
+        {"sqlite_autoincrement": True},
+    )
+
+    sequence: int | None = Field(
+        default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    )
+    change_time: dt.datetime = _instant()
+    relation_id: str = Field(max_length=64)
+
+
+class HolderFeedPositionRow(Base, table=True):
+    """How far eHealth has applied one insurer's holder-change feed (``HoldingFeedService``): advanced in
+    the transaction that applies the moves, so that each change is applied exactly once."""
+
+    __tablename__ = "holder_feed_position"
+
+    insurer_code: str = Field(primary_key=True, max_length=3)
+    applied_sequence: int = Field(default=0, sa_column=Column(BigInteger(), nullable=False))
+    update_time: dt.datetime = _instant()
 
 
 # --- mandates ------------------------------------------------------------------------------------------
@@ -272,3 +315,17 @@ class AuditRow(Base, table=True):
 
 
 metadata = Base.metadata
+
+
+# The tables as SQLAlchemy Core sees them, for the statements built once (the hot reads, bulk writes).
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+RELATION = _table(RelationRow)
+RELATION_CHANGE = _table(RelationChangeRow)
+MEMBERSHIP = _table(MembershipRow)
+ORGANISATION = _table(OrganisationRow)
+REVOCATION = _table(RevocationRow)
+AUDIT = _table(AuditRow)
+HOLDER_FEED_POSITION = _table(HolderFeedPositionRow)

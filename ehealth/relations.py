@@ -1,4 +1,5 @@
-"""The therapeutic-relation register: register, revoke, check, list, and the DMG relation moves.
+"""The therapeutic-relation register: register, revoke, check, list, the DMG relation moves, and the
+register's change log.
 
 Organisation rule: a relation held by an organisation (medical house or group practice) counts, on a date,
 for every provider who is a member of that organisation on that date (membership and organisation both
@@ -6,39 +7,97 @@ valid). So a GP of a medical house that holds a patient's DMG passes the check f
 
 A relation is registered by the provider who has it (seed 000 §1.3.2.2: it reads the patient's eID): a
 provider's session registers, revokes and lists only its own relations (:mod:`ehealth.scope`); the
-administrator may do so for anyone, and the hub moves DMG relations after an insurer committed a holding.
+administrator may do so for anyone. The DMG relation follows the holder each insurer commits: eHealth reads
+every insurer's holder-change feed (:mod:`ehealth.holders`) and applies each change here
+(:meth:`Relations.apply_move`), exactly once; ``TransferDmgRelation`` is left to the administrator.
+
+The check is the hot path (the hub's fallback when its cache of answers cannot answer): ONE statement built
+at import (:data:`ehealth.repositories.CHECK_RELATION`), read without a write transaction. Every change of
+the register (register, revoke, DMG move, end) appends to the compacted change log in its own transaction
+(:meth:`ehealth.logs.LogWriter.relation_changed`), which the hub follows (:meth:`Relations.changes`,
+:meth:`Relations.watch_changes`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ehealth.audit import note
+from ehealth.inputs import DmgMove, NewRelation
+from ehealth.logs import Logs, LogWriter
 from ehealth.models import DmgTransferRow, RelationRow
-from ehealth.repositories import CadastreRepository, RelationRepository
-from ehealth.rules import Period, Proof, Relation, check_end, plan_dmg_transfer, strongest_relation
+from ehealth.repositories import (
+    CHECK_RELATION,
+    RELATION_CHANGES,
+    RELATION_HEAD,
+    CadastreRepository,
+    RelationRepository,
+)
+from ehealth.rules import Period, Proof, Relation, check_end, plan_dmg_end, plan_dmg_transfer
 from ehealth.scope import NOT_OWN_RELATION, Actor
+from ehealth.store import Database
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import transaction
 from mycarenet_core.errors import McnCode, not_found
 
 
-def to_relation(row: RelationRow) -> Relation:
+class RelationLike(Protocol):
+    """A relation as stored: an ORM row of a write or a Core row of a read."""
+
+    @property
+    def relation_id(self) -> str: ...
+    @property
+    def provider_inami(self) -> str: ...
+    @property
+    def patient_niss(self) -> str: ...
+    @property
+    def proof(self) -> str: ...
+    @property
+    def valid_from(self) -> dt.date: ...
+    @property
+    def valid_to(self) -> dt.date | None: ...
+
+
+class RelationChange(RelationLike, Protocol):
+    """One entry of the register's change log with the relation as it is now."""
+
+    @property
+    def sequence(self) -> int: ...
+    @property
+    def change_time(self) -> dt.datetime: ...
+
+
+def to_relation(row: RelationLike) -> Relation:
     return Relation(row.relation_id, row.provider_inami, row.patient_niss, Proof(row.proof), period_of(row))
 
 
-def period_of(row: RelationRow) -> Period:
+def period_of(row: RelationLike) -> Period:
     return Period(row.valid_from, row.valid_to)
+
+
+def relation_row(provider: str, patient: str, proof: Proof, period: Period, now: dt.datetime) -> RelationRow:
+    return RelationRow(
+        relation_id=uuid.uuid4().hex,
+        provider_inami=provider,
+        patient_niss=patient,
+        proof=proof.value,
+        valid_from=period.start,
+        valid_to=period.end,
+        create_time=now,
+    )
 
 
 @dataclass(frozen=True)
 class TransferResult:
-    new_relation: RelationRow
+    """What a DMG move did: the new holder's relation (None for a move to no one), the relation it reports
+    as ended, and whether the source reference had been applied before (then nothing changed)."""
+
+    new_relation: RelationRow | None
     ended_relation: RelationRow | None
     replayed: bool
 
@@ -46,31 +105,20 @@ class TransferResult:
 class Relations:
     """Therapeutic relations over one database."""
 
-    def __init__(self, factory: async_sessionmaker[AsyncSession], clock: Clock) -> None:
-        self.factory = factory
+    def __init__(self, db: Database, clock: Clock, logs: Logs) -> None:
+        self.db = db
         self.clock = clock
+        self.logs = logs
 
-    def _new_row(self, provider: str, patient: str, proof: Proof, period: Period) -> RelationRow:
-        return RelationRow(
-            relation_id=uuid.uuid4().hex,
-            provider_inami=provider,
-            patient_niss=patient,
-            proof=proof.value,
-            valid_from=period.start,
-            valid_to=period.end,
-            create_time=self.clock.now(),
-        )
-
-    async def register(
-        self, provider: str, patient: str, proof: Proof, period: Period, actor: Actor
-    ) -> RelationRow:
+    async def register(self, new: NewRelation, actor: Actor) -> RelationRow:
         """Register a relation; an existing one with the same proof whose period covers the new one is
         returned instead of a duplicate. The provider (or organisation) must be in the cadastre, and be the
         caller when the caller is a provider's session."""
+        provider, patient = new.provider_inami, new.patient_niss
         note(subject=provider)
         actor.check(provider, NOT_OWN_RELATION, f"a relation of {provider}")
-        async with transaction(self.factory) as session:
-            cadastre = CadastreRepository(session)
+        async with self.logs.transaction() as log:
+            cadastre = CadastreRepository(log.session)
             if await cadastre.provider(provider) is None and await cadastre.organisation(provider) is None:
                 raise not_found(
                     "PROVIDER_UNKNOWN",
@@ -78,33 +126,39 @@ class Relations:
                     code=McnCode.PROVIDER_UNKNOWN,
                     field_path="provider_inami",
                 )
-            repo = RelationRepository(session)
-            for row in await repo.of_pair(provider, patient, proof.value):
-                if period_of(row).covers(period):
+            repo = RelationRepository(log.session)
+            for row in await repo.of_pair(provider, patient, new.proof.value):
+                if period_of(row).covers(new.period):
                     return row
-            return await repo.add(self._new_row(provider, patient, proof, period))
+            row = await repo.add(relation_row(provider, patient, new.proof, new.period, log.now))
+            await log.relation_changed(row.relation_id)
+            return row
 
     async def revoke(self, relation_id: str, end: dt.date | None, actor: Actor) -> RelationRow:
         """End the relation on ``end`` (today when None); never lengthens it. A provider's session ends only
         its own relations."""
         day = end or self.clock.today()
-        async with transaction(self.factory) as session:
-            row = await RelationRepository(session).get(relation_id)
+        async with self.logs.transaction() as log:
+            row = await RelationRepository(log.session).get(relation_id)
             if row is None:
                 raise not_found("RELATION_UNKNOWN", f"no relation {relation_id}")
             note(subject=row.provider_inami)
             actor.check(row.provider_inami, NOT_OWN_RELATION, f"relation {relation_id}")
             check_end(day, row.valid_from, "end_date")
-            row.valid_to = period_of(row).ended_by(day).end
+            end_now = period_of(row).ended_by(day).end
+            if end_now != row.valid_to:
+                row.valid_to = end_now
+                await log.session.flush()
+                await log.relation_changed(relation_id)
             return row
 
-    async def check(self, provider: str, patient: str, day: dt.date | None) -> RelationRow | None:
-        """The strongest relation letting ``provider`` see ``patient`` on ``day`` (today when None)."""
-        day = day or self.clock.today()
-        async with transaction(self.factory) as session:
-            rows = await RelationRepository(session).granting(provider, patient, day)
-        best = strongest_relation((to_relation(r) for r in rows), provider, day)
-        return next((r for r in rows if best is not None and r.relation_id == best.relation_id), None)
+    async def check(self, provider: str, patient: str, day: dt.date | None) -> RelationLike | None:
+        """The strongest relation letting ``provider`` see ``patient`` on ``day`` (today when None): one
+        pre-built statement, no write transaction."""
+        params = {"provider": provider, "patient": patient, "day": day or self.clock.today()}
+        async with self.db.connect() as conn:
+            found: RelationLike | None = (await conn.execute(CHECK_RELATION, params)).first()
+        return found
 
     async def search(
         self,
@@ -121,7 +175,7 @@ class Relations:
         if actor.own is not None:
             provider_inami = provider_inami or actor.own
             actor.check(provider_inami, NOT_OWN_RELATION, f"the relations of {provider_inami}")
-        async with transaction(self.factory) as session:
+        async with self.db.read() as session:
             return await RelationRepository(session).search(
                 provider_inami=provider_inami,
                 patient_niss=patient_niss,
@@ -130,54 +184,86 @@ class Relations:
                 limit=limit,
             )
 
-    async def transfer_dmg(
-        self, patient: str, new_holder: str, previous_holder: str, start: dt.date, source_reference: str
-    ) -> TransferResult:
-        """Move the DMG relation (see :func:`ehealth.rules.plan_dmg_transfer`); idempotent by
-        ``source_reference``: a replay changes nothing and answers what the first application did."""
-        note(subject=new_holder)
-        try:
-            return await self._transfer(patient, new_holder, previous_holder, start, source_reference)
-        except IntegrityError:
-            # A concurrent call with the same reference won the race: answer as a replay.
-            return await self._transfer(patient, new_holder, previous_holder, start, source_reference)
+    # --- the DMG relation moves -------------------------------------------------------------------------
 
-    async def _transfer(
-        self, patient: str, new_holder: str, previous_holder: str, start: dt.date, source_reference: str
-    ) -> TransferResult:
-        async with transaction(self.factory) as session:
-            repo = RelationRepository(session)
-            applied = await repo.applied_transfer(source_reference)
-            if applied is not None:
-                new_row = await repo.get(applied.new_relation_id)
-                ended = await repo.get(applied.ended_relation_id) if applied.ended_relation_id else None
-                assert new_row is not None
-                return TransferResult(new_row, ended, replayed=True)
-            rows = {r.relation_id: r for r in await repo.dmg_relations(patient, Proof.DMG.value)}
-            plan = plan_dmg_transfer([to_relation(r) for r in rows.values()], new_holder, start)
-            ended_rows = []
-            for relation_id, end in sorted(plan.ends.items()):
-                rows[relation_id].valid_to = end
-                ended_rows.append(rows[relation_id])
+    async def transfer_dmg(self, move: DmgMove) -> TransferResult:
+        """Move the DMG relation (the administrator's ``TransferDmgRelation``); idempotent by the source
+        reference: a replay changes nothing and answers what the first application did."""
+        note(subject=move.new_holder or move.previous_holder)
+        try:
+            async with self.logs.transaction() as log:
+                return await self.apply_move(log, move)
+        except IntegrityError:
+            # Another process applied the same reference at the same moment: answer as a replay.
+            async with self.logs.transaction() as log:
+                return await self.apply_move(log, move)
+
+    async def apply_move(self, log: LogWriter, move: DmgMove) -> TransferResult:
+        """Apply one DMG move inside the caller's transaction (see :func:`ehealth.rules.plan_dmg_transfer`
+        and :func:`ehealth.rules.plan_dmg_end`): the new holder gets a DMG relation from the start date, the
+        others' end the day before; a move to no one ends the previous holder's. Every relation it changes
+        enters the change log. A source reference already applied changes nothing (``replayed``)."""
+        repo = RelationRepository(log.session)
+        applied = await repo.applied_transfer(move.source_reference)
+        if applied is not None:
+            first = await repo.get(applied.new_relation_id) if applied.new_relation_id else None
+            ended = await repo.get(applied.ended_relation_id) if applied.ended_relation_id else None
+            return TransferResult(first, ended, replayed=True)
+        rows = {r.relation_id: r for r in await repo.dmg_relations(move.patient_niss, Proof.DMG.value)}
+        relations = [to_relation(r) for r in rows.values()]
+        new_row: RelationRow | None = None
+        changed: list[RelationRow] = []
+        if move.new_holder:
+            plan = plan_dmg_transfer(relations, move.new_holder, move.start)
+            ends = plan.ends
             if plan.reuse_id is not None:
                 new_row = rows[plan.reuse_id]
-                new_row.valid_to = plan.new_end
+                if new_row.valid_to != plan.new_end:
+                    new_row.valid_to = plan.new_end
+                    changed.append(new_row)
             else:
-                new_row = await repo.add(
-                    self._new_row(new_holder, patient, Proof.DMG, Period(start, plan.new_end))
-                )
-            # The relation reported as ended: the previous holder's when named, else the first one ended.
-            ended_row = next(
-                (r for r in ended_rows if r.provider_inami == previous_holder),
-                None if previous_holder else next(iter(ended_rows), None),
+                span = Period(move.start, plan.new_end)
+                new_row = relation_row(move.new_holder, move.patient_niss, Proof.DMG, span, log.now)
+                await repo.add(new_row)
+                changed.append(new_row)
+        else:
+            ends = plan_dmg_end(relations, move.previous_holder, move.start)
+        ended_rows = []
+        for relation_id, end in sorted(ends.items()):
+            rows[relation_id].valid_to = end
+            ended_rows.append(rows[relation_id])
+        # The relation reported as ended: the previous holder's when named, else the first one ended.
+        ended_row = next(
+            (r for r in ended_rows if r.provider_inami == move.previous_holder),
+            None if move.previous_holder else next(iter(ended_rows), None),
+        )
+        await repo.record_transfer(
+            DmgTransferRow(
+                source_reference=move.source_reference,
+                patient_niss=move.patient_niss,
+                new_relation_id=new_row.relation_id if new_row is not None else None,
+                ended_relation_id=ended_row.relation_id if ended_row else None,
+                apply_time=log.now,
             )
-            await repo.record_transfer(
-                DmgTransferRow(
-                    source_reference=source_reference,
-                    patient_niss=patient,
-                    new_relation_id=new_row.relation_id,
-                    ended_relation_id=ended_row.relation_id if ended_row else None,
-                    apply_time=self.clock.now(),
-                )
-            )
-            return TransferResult(new_row, ended_row, replayed=False)
+        )
+        for row in [*ended_rows, *changed]:
+            await log.relation_changed(row.relation_id)
+        return TransferResult(new_row, ended_row, replayed=False)
+
+    # --- the change log ---------------------------------------------------------------------------------
+
+    async def changes(self, after_sequence: int, limit: int) -> tuple[Sequence[RelationChange], int]:
+        """The changes after ``after_sequence`` in sequence order (at most ``limit``), each with the relation
+        as it is now, and the head of the log (read after them: never before the last one returned)."""
+        async with self.db.connect() as conn:
+            rows = (await conn.execute(RELATION_CHANGES, {"after": after_sequence, "limit": limit})).all()
+            head = int((await conn.execute(RELATION_HEAD)).scalar_one())
+        return rows, head
+
+    async def _page(self, after_sequence: int, limit: int) -> Sequence[RelationChange]:
+        return (await self.changes(after_sequence, limit))[0]
+
+    def watch_changes(self, after_sequence: int, *, batch: int = 500) -> AsyncIterator[RelationChange]:
+        """The changes after ``after_sequence``, then each new one as it is committed (woken by the log's
+        feed, no polling); ends when the feed is closed (server stop) or the caller stops iterating."""
+        return self.logs.relations.follow(after_sequence, self._page, lambda c: c.sequence, batch=batch)

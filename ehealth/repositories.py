@@ -7,11 +7,32 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Date,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import BindParameter
 from sqlmodel import col
 
 from ehealth.models import (
+    MEMBERSHIP,
+    ORGANISATION,
+    RELATION,
+    RELATION_CHANGE,
     CadastreChangeRow,
     ChallengeRow,
     CredentialRow,
@@ -26,10 +47,11 @@ from ehealth.models import (
     SessionRow,
     SigningKeyRow,
 )
+from ehealth.rules import PROOF_STRENGTH
 from ehealth.tokens import KeyPair
 
 
-def _valid_on(start: Any, end: Any, day: dt.date) -> ColumnElement[bool]:
+def _valid_on(start: Any, end: Any, day: dt.date | BindParameter[dt.date]) -> ColumnElement[bool]:
     """SQL for "the period [start, end] (end NULL = open) contains ``day``"."""
     return and_(start <= day, or_(end.is_(None), end >= day))
 
@@ -42,6 +64,70 @@ def _after(columns: Sequence[Any], key: Sequence[object] | None) -> ColumnElemen
         result: ColumnElement[bool] = columns[0] > key[0]
         return result
     return tuple_(*columns) > tuple_(*key)
+
+
+# --- the register's reads, built once (SQLAlchemy Core: compiled once, prepared once per connection) -------
+
+_PROVIDER = bindparam("provider", type_=String)
+_PATIENT = bindparam("patient", type_=String)
+_DAY = bindparam("day", type_=Date)
+
+RELATION_COLUMNS = (
+    RELATION.c.relation_id,
+    RELATION.c.provider_inami,
+    RELATION.c.patient_niss,
+    RELATION.c.proof,
+    RELATION.c.valid_from,
+    RELATION.c.valid_to,
+)
+_ORGANISATIONS_OF_PROVIDER = (
+    select(MEMBERSHIP.c.organisation_inami)
+    .join(ORGANISATION, ORGANISATION.c.inami == MEMBERSHIP.c.organisation_inami)
+    .where(
+        MEMBERSHIP.c.member_inami == _PROVIDER,
+        _valid_on(MEMBERSHIP.c.valid_from, MEMBERSHIP.c.valid_to, _DAY),
+        _valid_on(ORGANISATION.c.valid_from, ORGANISATION.c.valid_to, _DAY),
+    )
+)
+_STRONGEST_FIRST = case(  # constants of the code, written into the statement
+    *(
+        (RELATION.c.proof == literal_column(f"'{p.value}'"), literal_column(str(-s)))
+        for p, s in PROOF_STRENGTH.items()
+    ),
+    else_=literal_column("0"),
+)
+CHECK_RELATION = (
+    select(*RELATION_COLUMNS)
+    .where(
+        RELATION.c.patient_niss == _PATIENT,
+        or_(
+            RELATION.c.provider_inami == _PROVIDER, RELATION.c.provider_inami.in_(_ORGANISATIONS_OF_PROVIDER)
+        ),
+        _valid_on(RELATION.c.valid_from, RELATION.c.valid_to, _DAY),
+    )
+    .order_by(
+        _STRONGEST_FIRST,
+        RELATION.c.provider_inami != _PROVIDER,  # its own before an organisation's
+        RELATION.c.valid_from,
+        RELATION.c.relation_id,
+    )
+    .limit(1)
+)
+"""CheckRelation in one statement: the patient's relations valid on ``:day`` held by ``:provider`` or by an
+organisation (valid that day) it is a member of that day, the strongest first (the order of
+:func:`ehealth.rules.strongest_relation`): strongest proof, its own, oldest start, id."""
+
+RELATION_CHANGES = (
+    select(RELATION_CHANGE.c.sequence, RELATION_CHANGE.c.change_time, *RELATION_COLUMNS)
+    .join(RELATION, RELATION.c.relation_id == RELATION_CHANGE.c.relation_id)
+    .where(RELATION_CHANGE.c.sequence > bindparam("after", type_=BigInteger))
+    .order_by(RELATION_CHANGE.c.sequence)
+    .limit(bindparam("limit", type_=Integer))
+)
+"""The register's changes after ``:after`` (at most ``:limit``), each with the relation as it is now."""
+
+RELATION_HEAD = select(func.coalesce(func.max(RELATION_CHANGE.c.sequence), 0))
+"""The last sequence number of the register's change log (0 when empty)."""
 
 
 NEXT, CURRENT, RETIRED = "NEXT", "CURRENT", "RETIRED"
@@ -161,11 +247,6 @@ class SessionRepository:
     async def revocation(self, session_id: str) -> RevocationRow | None:
         stmt = select(RevocationRow).where(col(RevocationRow.session_id) == session_id)
         return (await self.session.scalars(stmt)).first()
-
-    async def is_revoked(self, session_id: str) -> bool:
-        """One read of the unique index on the revoked session ids."""
-        stmt = select(col(RevocationRow.sequence)).where(col(RevocationRow.session_id) == session_id)
-        return (await self.session.scalar(stmt)) is not None
 
     async def revocations_after(
         self, sequence: int, *, limit: int, unexpired_at: dt.datetime
@@ -319,28 +400,6 @@ class RelationRepository:
             col(RelationRow.provider_inami) == provider_inami,
             col(RelationRow.patient_niss) == patient_niss,
             col(RelationRow.proof) == proof,
-        )
-        return list((await self.session.scalars(stmt)).all())
-
-    async def granting(self, provider_inami: str, patient_niss: str, day: dt.date) -> list[RelationRow]:
-        """In one query: the patient's relations valid on ``day`` held by the provider itself or by an
-        organisation (valid on ``day``) the provider is a member of on ``day``."""
-        organisations = (
-            select(col(MembershipRow.organisation_inami))
-            .join(OrganisationRow, col(OrganisationRow.inami) == col(MembershipRow.organisation_inami))
-            .where(
-                col(MembershipRow.member_inami) == provider_inami,
-                _valid_on(col(MembershipRow.valid_from), col(MembershipRow.valid_to), day),
-                _valid_on(col(OrganisationRow.valid_from), col(OrganisationRow.valid_to), day),
-            )
-        )
-        stmt = select(RelationRow).where(
-            col(RelationRow.patient_niss) == patient_niss,
-            or_(
-                col(RelationRow.provider_inami) == provider_inami,
-                col(RelationRow.provider_inami).in_(organisations),
-            ),
-            _valid_on(col(RelationRow.valid_from), col(RelationRow.valid_to), day),
         )
         return list((await self.session.scalars(stmt)).all())
 

@@ -155,6 +155,24 @@ def plan_dmg_transfer(dmg_relations: Sequence[Relation], new_holder: str, start:
     return DmgTransferPlan(ends, reuse_id, new_end)
 
 
+def plan_dmg_end(
+    dmg_relations: Sequence[Relation], previous_holder: str, start: dt.date
+) -> dict[str, dt.date]:
+    """End the patient's DMG relation from ``start``: the insurer's holding ended, nobody holds it now.
+
+    The DMG relations of ``previous_holder`` (of any holder when it is not known) that run on ``start``
+    end the day before; one that begins on ``start`` itself is cancelled (emptied). A relation that begins
+    after ``start`` belongs to a later move and is left alone. Applying the plan twice changes nothing more.
+    """
+    return {
+        rel.relation_id: start - ONE_DAY
+        for rel in dmg_relations
+        if (not previous_holder or rel.provider_inami == previous_holder)
+        and rel.period.start <= start
+        and (rel.period.end is None or rel.period.end >= start)
+    }
+
+
 # --- mandates ------------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
-"""The four eHealth servicers: thin (proto → domain call → proto). Errors are raised as MeshError and mapped
-to statuses by the shared interceptor of :class:`mycarenet_core.server.MeshServer`.
+"""The four eHealth servicers: proto → domain call → proto. Every request is parsed by :mod:`ehealth.inputs`
+(all field violations at once, INVALID_ARGUMENT with their MyCareNet codes); errors are raised as MeshError
+and mapped to statuses by the one interceptor chain of :class:`mycarenet_core.server.MeshServer`.
 
 Who may call what is settled before a handler runs (the trust interceptor, ``mycarenet_core/trust.toml``);
 a handler passes the caller (:func:`ehealth.access.current_actor`) to the domain, which applies the scope
@@ -7,23 +8,19 @@ rules that need the data ("only its own relations")."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from ehealth import convert
+from ehealth import convert, inputs
 from ehealth.access import current_actor
 from ehealth.audit import note
 from ehealth.auth import Authenticator
 from ehealth.cadastre import Cadastre
-from ehealth.inputs import Checker, paginate
 from ehealth.mandates import Mandates
-from ehealth.models import RevocationRow
 from ehealth.relations import Relations
 from mycarenet_core.clock import Clock
-from mycarenet_core.errors import McnCode
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -38,18 +35,9 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     therapeutic_relation_pb2_grpc as tr_pb2_grpc,
 )
+from mycarenet_core.validation import paginate
 
 Context = grpc.aio.ServicerContext[Any, Any]
-FINGERPRINT = re.compile(r"[0-9a-f]{64}")
-
-
-def _revocation(row: RevocationRow) -> auth_pb2.Revocation:
-    return auth_pb2.Revocation(
-        sequence=row.sequence or 0,
-        session_id=row.session_id,
-        revoke_time=convert.timestamp(row.revoke_time),
-        expire_time=convert.timestamp(row.expire_time),
-    )
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
@@ -60,9 +48,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def CreateChallenge(
         self, request: auth_pb2.CreateChallengeRequest, context: Context
     ) -> auth_pb2.CreateChallengeResponse:
-        check = Checker()
-        kind, subject_id = convert.subject(check, request.subject)
-        check.done()
+        kind, subject_id = inputs.challenge_request(request)
         row = await self.auth.create_challenge(kind, subject_id)
         return auth_pb2.CreateChallengeResponse(
             challenge_id=row.challenge_id, nonce=row.nonce, expire_time=convert.timestamp(row.expire_time)
@@ -71,9 +57,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def CreateSession(
         self, request: auth_pb2.CreateSessionRequest, context: Context
     ) -> auth_pb2.CreateSessionResponse:
-        challenge_id, signature, audience, lifetime, principal = convert.session_request(request)
+        asked = inputs.session_request(request)
         issued = await self.auth.create_session(
-            challenge_id, signature, audience=audience, lifetime_seconds=lifetime, principal_inami=principal
+            asked.challenge_id,
+            asked.signature,
+            audience=asked.audience,
+            lifetime_seconds=asked.lifetime_seconds,
+            principal_inami=asked.principal_inami,
         )
         response = auth_pb2.CreateSessionResponse(
             token=issued.token,
@@ -91,39 +81,29 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.GetSigningKeysResponse(keys=[convert.signing_key_to_proto(k) for k in keys])
 
     async def Logout(self, request: auth_pb2.LogoutRequest, context: Context) -> auth_pb2.LogoutResponse:
-        check = Checker()
-        token = check.text("token", request.token, max_length=8192)
-        check.done()
-        session_id, revoked = await self.auth.logout(token)
+        session_id, revoked = await self.auth.logout(inputs.logout_request(request))
         return auth_pb2.LogoutResponse(session_id=session_id, revoked=revoked)
 
     async def ListRevocations(
         self, request: auth_pb2.ListRevocationsRequest, context: Context
     ) -> auth_pb2.ListRevocationsResponse:
-        check = Checker()
-        size = check.page_size("page_size", request.page_size, default=500, maximum=5000)
-        key = check.page_token("page_token", request.page_token, 1)
-        check.done()
-        after = max(request.after_sequence, int(key[0])) if key else request.after_sequence
+        after, size = inputs.revocations_request(request)
         rows = await self.auth.revocations(after, size + 1)
         page, next_token = paginate(rows, size, lambda r: [r.sequence or 0])
         return auth_pb2.ListRevocationsResponse(
-            revocations=[_revocation(r) for r in page], next_page_token=next_token
+            revocations=[convert.revocation_to_proto(r) for r in page], next_page_token=next_token
         )
 
     async def WatchRevocations(
         self, request: auth_pb2.WatchRevocationsRequest, context: Context
     ) -> AsyncIterator[auth_pb2.WatchRevocationsResponse]:
-        async for row in self.auth.watch_revocations(request.after_sequence):
-            yield auth_pb2.WatchRevocationsResponse(revocation=_revocation(row))
+        async for row in self.auth.watch_revocations(inputs.watch_request(request)):
+            yield auth_pb2.WatchRevocationsResponse(revocation=convert.revocation_to_proto(row))
 
     async def RegisterCredential(
         self, request: auth_pb2.RegisterCredentialRequest, context: Context
     ) -> auth_pb2.RegisterCredentialResponse:
-        check = Checker()
-        kind, subject_id = convert.subject(check, request.subject)
-        pem = convert.public_key(check, "public_key_pem", request.public_key_pem, required=True)
-        check.done()
+        kind, subject_id, pem = inputs.credential_request(request)
         note(subject=subject_id)
         fingerprint = await self.auth.register_credential(kind, subject_id, pem)
         return auth_pb2.RegisterCredentialResponse(fingerprint=fingerprint)
@@ -131,12 +111,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def RevokeCredential(
         self, request: auth_pb2.RevokeCredentialRequest, context: Context
     ) -> auth_pb2.RevokeCredentialResponse:
-        check = Checker()
-        kind, subject_id = convert.subject(check, request.subject)
-        fingerprint = request.fingerprint.strip().lower()
-        if fingerprint and not FINGERPRINT.fullmatch(fingerprint):
-            check.add("fingerprint", McnCode.BAD_FORMAT, "a fingerprint is 64 hexadecimal characters")
-        check.done()
+        kind, subject_id, fingerprint = inputs.revoke_credential_request(request)
         note(subject=subject_id)
         revoked, ended = await self.auth.revoke_credential(kind, subject_id, fingerprint, current_actor())
         return auth_pb2.RevokeCredentialResponse(revoked=revoked, ended_sessions=ended)
@@ -157,7 +132,7 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
     async def UpsertProvider(
         self, request: cadastre_pb2.UpsertProviderRequest, context: Context
     ) -> cadastre_pb2.UpsertProviderResponse:
-        row, pem = convert.provider_request(request.provider)
+        row, pem = inputs.provider_request(request.provider)
         record, created, sequence = await self.cadastre.upsert_provider(row, pem)
         return cadastre_pb2.UpsertProviderResponse(
             provider=convert.provider_to_proto(record), created=created, change_sequence=sequence
@@ -166,8 +141,9 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
     async def GetProvider(
         self, request: cadastre_pb2.GetProviderRequest, context: Context
     ) -> cadastre_pb2.GetProviderResponse:
-        inami = convert.lookup_inami(request.inami)
-        record, organisations = await self.cadastre.get_provider(inami, current_actor())
+        record, organisations = await self.cadastre.get_provider(
+            inputs.lookup_inami(request.inami), current_actor()
+        )
         return cadastre_pb2.GetProviderResponse(
             provider=convert.provider_to_proto(record), organisation_inamis=organisations
         )
@@ -175,15 +151,11 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
     async def ListProviders(
         self, request: cadastre_pb2.ListProvidersRequest, context: Context
     ) -> cadastre_pb2.ListProvidersResponse:
-        check = Checker()
-        size = check.page_size("page_size", request.page_size)
-        key = check.page_token("page_token", request.page_token, 1)
-        check.done()
-        role = convert.role_from_proto(request.role)
+        role, asked = inputs.providers_request(request)
         records = await self.cadastre.list_providers(
-            role.value if role else None, str(key[0]) if key else None, size + 1
+            role.value if role else None, asked.after, asked.size + 1
         )
-        page, next_token = paginate(records, size, lambda r: [r.row.inami])
+        page, next_token = paginate(records, asked.size, lambda r: [r.row.inami])
         return cadastre_pb2.ListProvidersResponse(
             providers=[convert.provider_to_proto(r) for r in page], next_page_token=next_token
         )
@@ -191,7 +163,7 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
     async def UpsertOrganisation(
         self, request: cadastre_pb2.UpsertOrganisationRequest, context: Context
     ) -> cadastre_pb2.UpsertOrganisationResponse:
-        row, members = convert.organisation_request(request.organisation)
+        row, members = inputs.organisation_request(request.organisation)
         record, created, sequence = await self.cadastre.upsert_organisation(row, members)
         return cadastre_pb2.UpsertOrganisationResponse(
             organisation=convert.organisation_to_proto(record), created=created, change_sequence=sequence
@@ -200,24 +172,17 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
     async def GetOrganisation(
         self, request: cadastre_pb2.GetOrganisationRequest, context: Context
     ) -> cadastre_pb2.GetOrganisationResponse:
-        inami = convert.lookup_inami(request.inami)
-        record = await self.cadastre.get_organisation(inami, current_actor())
+        record = await self.cadastre.get_organisation(inputs.lookup_inami(request.inami), current_actor())
         return cadastre_pb2.GetOrganisationResponse(organisation=convert.organisation_to_proto(record))
 
     async def ListOrganisations(
         self, request: cadastre_pb2.ListOrganisationsRequest, context: Context
     ) -> cadastre_pb2.ListOrganisationsResponse:
-        check = Checker()
-        size = check.page_size("page_size", request.page_size)
-        key = check.page_token("page_token", request.page_token, 1)
-        kind = None
-        if request.kind:
-            kind = check.enum("kind", request.kind, convert.ORGANISATION_KINDS)
-        check.done()
+        kind, asked = inputs.organisations_request(request)
         records = await self.cadastre.list_organisations(
-            kind.value if kind else None, str(key[0]) if key else None, size + 1
+            kind.value if kind else None, asked.after, asked.size + 1
         )
-        page, next_token = paginate(records, size, lambda r: [r.row.inami])
+        page, next_token = paginate(records, asked.size, lambda r: [r.row.inami])
         return cadastre_pb2.ListOrganisationsResponse(
             organisations=[convert.organisation_to_proto(r) for r in page], next_page_token=next_token
         )
@@ -225,12 +190,7 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
     async def ListCadastreChanges(
         self, request: cadastre_pb2.ListCadastreChangesRequest, context: Context
     ) -> cadastre_pb2.ListCadastreChangesResponse:
-        check = Checker()
-        size = check.page_size("page_size", request.page_size, default=500, maximum=5000)
-        if request.after_sequence < 0:
-            check.add("after_sequence", McnCode.VALUE_NOT_ALLOWED, "a sequence number is never negative")
-        check.done()
-        changes, head = await self.cadastre.changes(request.after_sequence, size)
+        changes, head = await self.cadastre.changes(*inputs.cadastre_changes_request(request))
         return cadastre_pb2.ListCadastreChangesResponse(
             changes=[convert.change_to_proto(c) for c in changes], head_sequence=head
         )
@@ -238,11 +198,7 @@ class CadastreServicer(cadastre_pb2_grpc.CadastreServiceServicer):
     async def WatchCadastreChanges(
         self, request: cadastre_pb2.WatchCadastreChangesRequest, context: Context
     ) -> AsyncIterator[cadastre_pb2.WatchCadastreChangesResponse]:
-        check = Checker()
-        if request.after_sequence < 0:
-            check.add("after_sequence", McnCode.VALUE_NOT_ALLOWED, "a sequence number is never negative")
-        check.done()
-        async for change in self.cadastre.watch_changes(request.after_sequence):
+        async for change in self.cadastre.watch_changes(inputs.watch_request(request)):
             yield cadastre_pb2.WatchCadastreChangesResponse(change=convert.change_to_proto(change))
 
 
@@ -254,25 +210,22 @@ class TherapeuticRelationServicer(tr_pb2_grpc.TherapeuticRelationServiceServicer
     async def RegisterRelation(
         self, request: tr_pb2.RegisterRelationRequest, context: Context
     ) -> tr_pb2.RegisterRelationResponse:
-        provider, patient, proof, period = convert.register_request(request, self.clock.today())
-        row = await self.relations.register(provider, patient, proof, period, current_actor())
+        row = await self.relations.register(
+            inputs.register_request(request, self.clock.today()), current_actor()
+        )
         return tr_pb2.RegisterRelationResponse(relation=convert.relation_to_proto(row))
 
     async def RevokeRelation(
         self, request: tr_pb2.RevokeRelationRequest, context: Context
     ) -> tr_pb2.RevokeRelationResponse:
-        check = Checker()
-        relation_id = check.text("relation_id", request.relation_id, max_length=64)
-        end = check.optional_date("end_date", request.end_date)
-        check.done()
+        relation_id, end = inputs.revoke_relation_request(request)
         row = await self.relations.revoke(relation_id, end, current_actor())
         return tr_pb2.RevokeRelationResponse(relation=convert.relation_to_proto(row))
 
     async def CheckRelation(
         self, request: tr_pb2.CheckRelationRequest, context: Context
     ) -> tr_pb2.CheckRelationResponse:
-        provider, patient, day = convert.check_request(request)
-        row = await self.relations.check(provider, patient, day)
+        row = await self.relations.check(*inputs.check_request(request))
         if row is None:
             return tr_pb2.CheckRelationResponse(exists=False)
         return tr_pb2.CheckRelationResponse(exists=True, relation=convert.relation_to_proto(row))
@@ -281,27 +234,18 @@ class TherapeuticRelationServicer(tr_pb2_grpc.TherapeuticRelationServiceServicer
         self, request: tr_pb2.ListRelationsRequest, context: Context
     ) -> tr_pb2.ListRelationsResponse:
         actor = current_actor()
-        check = Checker()
-        provider = check.optional_inami("provider_inami", request.provider_inami)
-        patient = check.optional_niss("patient_niss", request.patient_niss)
-        given = request.provider_inami.strip() or request.patient_niss.strip()
-        if not given and not actor.restricted:  # a provider's session lists its own by default
-            check.add(
-                "provider_inami", McnCode.MANDATORY_FIELD_MISSING, "give a provider, a patient, or both"
-            )
-        valid_on, size, after = convert.list_filters(
-            check, request.valid_on, request.page_size, request.page_token
-        )
-        check.done()
+        asked = inputs.relations_request(request, restricted=actor.restricted)
         rows = await self.relations.search(
-            provider_inami=provider.value if provider else "",
-            patient_niss=patient,
-            valid_on=valid_on,
-            after=after,
-            limit=size + 1,
+            provider_inami=asked.provider_inami,
+            patient_niss=asked.patient_niss,
+            valid_on=asked.page.valid_on,
+            after=asked.page.after,
+            limit=asked.page.size + 1,
             actor=actor,
         )
-        page, next_token = paginate(rows, size, lambda r: convert.page_key(r.valid_from, r.relation_id))
+        page, next_token = paginate(
+            rows, asked.page.size, lambda r: inputs.page_key(r.valid_from, r.relation_id)
+        )
         return tr_pb2.ListRelationsResponse(
             relations=[convert.relation_to_proto(r) for r in page], next_page_token=next_token
         )
@@ -309,14 +253,28 @@ class TherapeuticRelationServicer(tr_pb2_grpc.TherapeuticRelationServiceServicer
     async def TransferDmgRelation(
         self, request: tr_pb2.TransferDmgRelationRequest, context: Context
     ) -> tr_pb2.TransferDmgRelationResponse:
-        patient, new_holder, previous, start, reference = convert.transfer_request(request)
-        result = await self.relations.transfer_dmg(patient, new_holder, previous, start, reference)
+        result = await self.relations.transfer_dmg(inputs.transfer_request(request))
+        assert result.new_relation is not None  # the RPC always names a new holder
         response = tr_pb2.TransferDmgRelationResponse(
             new_relation=convert.relation_to_proto(result.new_relation), replayed=result.replayed
         )
         if result.ended_relation is not None:
             response.ended_relation.CopyFrom(convert.relation_to_proto(result.ended_relation))
         return response
+
+    async def ListRelationChanges(
+        self, request: tr_pb2.ListRelationChangesRequest, context: Context
+    ) -> tr_pb2.ListRelationChangesResponse:
+        changes, head = await self.relations.changes(*inputs.relation_changes_request(request))
+        return tr_pb2.ListRelationChangesResponse(
+            changes=[convert.relation_change_to_proto(c) for c in changes], head_sequence=head
+        )
+
+    async def WatchRelationChanges(
+        self, request: tr_pb2.WatchRelationChangesRequest, context: Context
+    ) -> AsyncIterator[tr_pb2.WatchRelationChangesResponse]:
+        async for change in self.relations.watch_changes(inputs.watch_request(request)):
+            yield tr_pb2.WatchRelationChangesResponse(change=convert.relation_change_to_proto(change))
 
 
 class MandateServicer(mandate_pb2_grpc.MandateServiceServicer):
@@ -326,7 +284,7 @@ class MandateServicer(mandate_pb2_grpc.MandateServiceServicer):
     async def CreateMandate(
         self, request: mandate_pb2.CreateMandateRequest, context: Context
     ) -> mandate_pb2.CreateMandateResponse:
-        created, closed = await self.mandates.create(convert.new_mandate(request.mandate), current_actor())
+        created, closed = await self.mandates.create(inputs.new_mandate(request.mandate), current_actor())
         return mandate_pb2.CreateMandateResponse(
             mandate=convert.mandate_to_proto(created), closed=[convert.mandate_to_proto(m) for m in closed]
         )
@@ -334,32 +292,24 @@ class MandateServicer(mandate_pb2_grpc.MandateServiceServicer):
     async def RevokeMandate(
         self, request: mandate_pb2.RevokeMandateRequest, context: Context
     ) -> mandate_pb2.RevokeMandateResponse:
-        check = Checker()
-        mandate_id = check.text("mandate_id", request.mandate_id, max_length=64)
-        end = check.optional_date("end_date", request.end_date)
-        check.done()
+        mandate_id, end = inputs.revoke_mandate_request(request)
         record, _ = await self.mandates.revoke(mandate_id, end, current_actor())
         return mandate_pb2.RevokeMandateResponse(mandate=convert.mandate_to_proto(record))
 
     async def ListMandates(
         self, request: mandate_pb2.ListMandatesRequest, context: Context
     ) -> mandate_pb2.ListMandatesResponse:
-        check = Checker()
-        principal = check.optional_inami("principal_inami", request.principal_inami)
-        valid_on, size, after = convert.list_filters(
-            check, request.valid_on, request.page_size, request.page_token
-        )
-        check.done()
+        asked = inputs.mandates_request(request)
         records = await self.mandates.search(
-            principal_inami=principal.value if principal else "",
-            mandatee_id=request.mandatee_id.strip(),
-            valid_on=valid_on,
-            after=after,
-            limit=size + 1,
+            principal_inami=asked.principal_inami,
+            mandatee_id=asked.mandatee_id,
+            valid_on=asked.page.valid_on,
+            after=asked.page.after,
+            limit=asked.page.size + 1,
             actor=current_actor(),
         )
         page, next_token = paginate(
-            records, size, lambda m: convert.page_key(m.row.valid_from, m.row.mandate_id)
+            records, asked.page.size, lambda m: inputs.page_key(m.row.valid_from, m.row.mandate_id)
         )
         return mandate_pb2.ListMandatesResponse(
             mandates=[convert.mandate_to_proto(m) for m in page], next_page_token=next_token
