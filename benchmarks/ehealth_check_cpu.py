@@ -172,7 +172,7 @@ async def scratch_database(postgres: str | None) -> AsyncIterator[str]:
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
-        await conn.close(None)
+        await conn.close()
     try:
         yield f"{postgres.rsplit('/', 1)[0]}/{name}"
     finally:
@@ -180,7 +180,7 @@ async def scratch_database(postgres: str | None) -> AsyncIterator[str]:
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
-            await conn.close(None)
+            await conn.close()
 
 
 async def run(postgres: str | None, calls: int, providers: int) -> dict[str, Any]:

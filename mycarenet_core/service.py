@@ -20,6 +20,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import uvloop
+
 from mycarenet_core.config import MeshSettings, configure_logging, load
 from mycarenet_core.lifecycle import Background
 from mycarenet_core.server import MeshServer
@@ -115,7 +117,7 @@ def run_service(name: str, settings_type: type[S], build: Build[S]) -> None:
             if telemetry is not None:
                 telemetry.shutdown()  # flush the last spans
 
-    asyncio.run(serve())
+    uvloop.run(serve())  # grpc.aio on uvloop: a cheaper event loop than asyncio's own
 
 
 __all__ = ["Closer", "ServiceApp", "run_service"]
