@@ -276,5 +276,5 @@ class HubApp(ServiceApp):
         """Wait until every affiliation feed, the revocation list and the relation register have caught up
         once."""
         events = [f.caught_up.wait() for f in self.followers.values()]
-        events += [self.revocations.caught_up.wait()]
+        events += [self.revocations.caught_up.wait(), self.relations.caught_up.wait()]
         await asyncio.wait_for(asyncio.gather(*events), within)

@@ -358,9 +358,12 @@ class Mesh:
             timeout=10,
         )
 
-    async def relate(self, person: Person, member: MemberSpec, start: dt.date | None = None) -> None:
+    async def relate(
+        self, person: Person, member: MemberSpec, start: dt.date | None = None
+    ) -> tr.TherapeuticRelation:
+        """Register a relation at eHealth (as the admin) and wait until the hub's relation cache has it."""
         stub = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self.ehealth_admin)
-        await stub.RegisterRelation(
+        answer = await stub.RegisterRelation(
             tr.RegisterRelationRequest(
                 provider_inami=person.inami,
                 patient_niss=member.niss,
@@ -369,6 +372,18 @@ class Mesh:
             ),
             timeout=10,
         )
+        await self.hub_has_relations()
+        return answer.relation
+
+    async def hub_has_relations(self, within: float = 10) -> None:
+        """Wait until the hub's relation cache has applied every change eHealth's register had now."""
+        if self.hub is None:
+            return
+        stub = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self.ehealth_admin)
+        head = await stub.ListRelationChanges(
+            tr.ListRelationChangesRequest(after_sequence=self.hub.relations.sequence, page_size=1), timeout=10
+        )
+        await self.hub.relations.wait_for(head.head_sequence, within)
 
     async def relate_all(self, people: Iterable[str]) -> None:
         for name in people:
