@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 import uvloop
@@ -101,14 +101,27 @@ class ServiceApp:
 Build = Callable[[S, Telemetry | None], Awaitable[ServiceApp]]
 
 
-def run_service(name: str, settings_type: type[S], build: Build[S]) -> None:
+def run_service(
+    name: str | Callable[[S], str],
+    settings_type: type[S],
+    build: Build[S],
+    *,
+    attributes: Callable[[S], Mapping[str, str]] | None = None,
+) -> None:
     """The ``main`` of every process: settings (validated, exit 2 when wrong), logging, telemetry from the
-    environment, then ``build(settings, telemetry)`` served until a signal."""
+    environment, then ``build(settings, telemetry)`` served until a signal. ``name`` (the service name of
+    the telemetry) and ``attributes`` (resource attributes) may depend on the settings (an insurer node is
+    ``oa-<code>``)."""
     settings = load(settings_type)
     configure_logging(settings.log_level)
+    service_name = name if isinstance(name, str) else name(settings)
 
     async def serve() -> None:
-        telemetry = from_environment(name, metrics_port=settings.metrics_port)
+        telemetry = from_environment(
+            service_name,
+            metrics_port=settings.metrics_port,
+            attributes=attributes(settings) if attributes is not None else None,
+        )
         try:
             app = await build(settings, telemetry)
             app.server.health_bind = settings.health_bind  # plaintext health only, for probes

@@ -2,37 +2,49 @@
 record), who executed it (executor, mandate, session), when, and how it ended (status, MyCareNet codes,
 incidents met while processing).
 
-:meth:`Auditor.run` runs a unit of work in ONE transaction and adds the audit row to that same
-transaction when it succeeds; when it is rejected, the work is rolled back (nothing changed) and the
-audit row alone is written in a transaction of its own.
+How durable a row is depends on what the request did:
+
+* a request that changed something (notify, intake, enrolment, member and reference upserts) writes
+  its row in the SAME transaction as the change (:meth:`AuditTrail.transaction`): the row is exactly as
+  durable as the change;
+* every other row (reads such as a consult, rejections, replays answered from the record, refusals of
+  the trust model) is queued in memory and written in bulk by a background job (one batched Core INSERT
+  per round, a few milliseconds after the first queued row). A clean stop flushes the queue
+  (:meth:`AuditTrail.flush` is a closer of the node); a failed write keeps the rows and retries. A crash
+  of the process (SIGKILL, power loss) loses the rows still queued: at most the last few milliseconds of
+  reads and rejections, never a change. (Issue 17 hardens this.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import transaction
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
-from mycarenet_core.trust import CallRecord
+from mycarenet_core.lifecycle import Backoff
+from mycarenet_core.trust import CallRecord, current_peer
 from oa_node import models as m
-from oa_node.repositories import AuditRepository
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
+AUDIT = m.table_of(m.AuditRecord)
+INSERT_AUDIT = insert(AUDIT)
 # Refusals of the trust model itself (the handler never ran, so no operation audited the call).
 TRUST_REFUSALS = frozenset({"CERTIFICATE_NOT_ALLOWED", "METHOD_NOT_IN_TRUST_TABLE"})
+MAX_QUEUED = 100_000
+"""Rows kept in memory while the database cannot take them; beyond, the oldest are dropped (logged)."""
 
 
 @dataclass
@@ -45,19 +57,36 @@ class AuditEntry:
     patient_niss: str = ""
     outcome: str = "OK"
     incidents: list[str] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    stored: bool = False
+    """True once the row was written in the transaction of the request's change."""
 
-    def row(self, *, at: Any, status: str, codes: str, duration_ms: int) -> m.AuditRecord:
-        return m.AuditRecord(
-            at=at,
-            rpc=self.rpc,
-            patient_niss=self.patient_niss,
-            outcome=self.outcome,
-            status_code=status,
-            mycarenet_codes=codes,
-            incidents="; ".join(self.incidents)[:2000],
-            duration_ms=duration_ms,
+    def row(self, *, at: dt.datetime, status: str, codes: str) -> dict[str, Any]:
+        return {
+            "at": at,
+            "rpc": self.rpc,
+            "requester_inami": "",
+            "requester_role": 0,
+            "executor_id": "",
+            "executor_kind": "",
+            "mandate_id": "",
+            "session_id": "",
+            "organisation_inami": "",
+            "requester_reference": "",
+            "peer": "",
             **self.fields,
-        )
+            "patient_niss": self.patient_niss,
+            "outcome": self.outcome,
+            "status_code": status,
+            "mycarenet_codes": codes,
+            "incidents": "; ".join(self.incidents)[:2000],
+            "duration_ms": int((time.monotonic() - self.started) * 1000),
+        }
+
+
+def peer_of(context: Any) -> str:
+    """Who called, for the audit: the certificate kind the trust model admitted, and the address."""
+    return f"{current_peer().name}@{context.peer()}"
 
 
 def context_fields(context: context_pb2.RequestContext | None, peer: str) -> dict[str, Any]:
@@ -65,25 +94,86 @@ def context_fields(context: context_pb2.RequestContext | None, peer: str) -> dic
     if context is None:
         return {"peer": peer}
     return {
-        "requester_inami": context.requester_inami,
+        "requester_inami": context.requester_inami[:32],
         "requester_role": int(context.requester_role),
-        "executor_id": context.executor_id,
-        "executor_kind": context.executor_kind,
-        "mandate_id": context.mandate_id,
-        "session_id": context.session_id,
-        "organisation_inami": context.organisation_inami,
-        "requester_reference": context.requester_reference,
+        "executor_id": context.executor_id[:64],
+        "executor_kind": context.executor_kind[:64],
+        "mandate_id": context.mandate_id[:64],
+        "session_id": context.session_id[:64],
+        "organisation_inami": context.organisation_inami[:32],
+        "requester_reference": context.requester_reference[:200],
         "peer": peer,
     }
 
 
-class Auditor:
-    """Runs units of work with their audit row."""
+class AuditTrail:
+    """Rows queued and written in bulk, or written in the transaction of a change (module docstring)."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], clock: Clock) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        clock: Clock,
+        *,
+        gather: float = 0.01,
+    ) -> None:
+        self._engine = engine
         self._sessions = sessions
         self._clock = clock
-        self._pending: set[asyncio.Task[None]] = set()
+        self._gather = gather
+        self._queue: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        # One flush at a time: a flush returns only once every row queued before it is written, also the
+        # batch a concurrent flush (the background writer) had taken.
+        self._flushing = asyncio.Lock()
+        self.dropped = 0
+
+    # --- recording ----------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def call(self, rpc: str, fields: dict[str, Any]) -> AsyncIterator[AuditEntry]:
+        """Audit the enclosed request: its row is queued with its outcome (OK, REJECTED with the codes of
+        the MeshError, CANCELLED, ERROR), unless the request's own transaction already wrote it."""
+        entry = AuditEntry(rpc, fields)
+        try:
+            yield entry
+        except MeshError as error:
+            entry.outcome = "REJECTED"
+            entry.incidents.append(error.message)
+            self.queue(entry, error.status.name, ",".join(str(c) for c in error.codes))
+            raise
+        except asyncio.CancelledError:
+            entry.outcome = "CANCELLED"
+            self.queue(entry, grpc.StatusCode.CANCELLED.name, "")
+            raise
+        except Exception as error:
+            entry.outcome = "ERROR"
+            entry.incidents.append(f"{type(error).__name__}: {error}")
+            self.queue(entry, grpc.StatusCode.INTERNAL.name, "")
+            raise
+        else:
+            if not entry.stored:
+                self.queue(entry, "OK", "")
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, entry: AuditEntry) -> AsyncIterator[AsyncSession]:
+        """A session in ONE transaction whose audit row (OK) is written in it, last, when the work
+        succeeds; on failure everything rolls back and :meth:`call` queues the rejection instead."""
+        entry.stored = False
+        async with self._sessions() as session, session.begin():
+            yield session
+            await session.execute(INSERT_AUDIT, [self._row(entry, "OK", "")])
+        entry.stored = True
+
+    def queue(self, entry: AuditEntry, status: str, codes: str) -> None:
+        """Queue the row of ``entry`` for the background writer."""
+        self._queue.append(self._row(entry, status, codes))
+        if len(self._queue) > MAX_QUEUED:
+            excess = len(self._queue) - MAX_QUEUED
+            del self._queue[:excess]
+            self.dropped += excess
+            log.error("audit queue full: %d oldest rows dropped (%d in all)", excess, self.dropped)
+        self._wake.set()
 
     def observe(self, record: CallRecord) -> None:
         """The trust interceptor's observer: audit the calls it refused (who, which RPC, why)."""
@@ -92,45 +182,58 @@ class Auditor:
         entry = AuditEntry(record.method.rsplit("/", 1)[-1], {"peer": record.peer.name or "anonymous"})
         entry.outcome = "REFUSED"
         entry.incidents.append(f"{record.reason}: {record.method}")
-        task = asyncio.ensure_future(self._write_alone(entry, time.monotonic(), record.outcome, ""))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self.queue(entry, record.outcome, "")
 
-    async def drain(self) -> None:
-        """Wait for the refusal records still being written (before the engine is disposed)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+    def _row(self, entry: AuditEntry, status: str, codes: str) -> dict[str, Any]:
+        return entry.row(at=self._clock.now(), status=status, codes=codes)
 
-    async def run(self, entry: AuditEntry, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        started = time.monotonic()
-        try:
-            async with transaction(self._sessions) as session:
-                result = await work(session)
-                await AuditRepository(session).add(self._row(entry, started, "OK", ""))
-            return result
-        except MeshError as error:
-            entry.outcome = "REJECTED"
-            entry.incidents.append(error.message)
-            codes = ",".join(str(c) for c in error.codes)
-            await self._write_alone(entry, started, error.status.name, codes)
-            raise
-        except Exception as error:
-            entry.outcome = "ERROR"
-            entry.incidents.append(f"{type(error).__name__}: {error}")
-            await self._write_alone(entry, started, grpc.StatusCode.INTERNAL.name, "")
-            raise
+    # --- writing ------------------------------------------------------------------------------------------
 
-    async def record(self, entry: AuditEntry, status: str = "OK") -> None:
-        """Write an audit row for a request that changed nothing (reads, replays)."""
-        await self._write_alone(entry, time.monotonic(), status, "")
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
-    def _row(self, entry: AuditEntry, started: float, status: str, codes: str) -> m.AuditRecord:
-        elapsed = int((time.monotonic() - started) * 1000)
-        return entry.row(at=self._clock.now(), status=status, codes=codes, duration_ms=elapsed)
+    async def flush(self) -> None:
+        """Write every queued row (one transaction, one batched INSERT); on failure keep them.
 
-    async def _write_alone(self, entry: AuditEntry, started: float, status: str, codes: str) -> None:
-        try:
-            async with transaction(self._sessions) as session:
-                await AuditRepository(session).add(self._row(entry, started, status, codes))
-        except Exception:  # the audit must not hide the request's own outcome
-            log.exception("could not write the audit record of %s", entry.rpc)
+        Cancelled while writing (the node stops), the write still runs to its end, so that a batch is
+        never both committed and queued again (the commit may already be under way)."""
+        async with self._flushing:
+            if not self._queue:
+                return
+            batch, self._queue = self._queue, []
+            write = asyncio.ensure_future(self._insert(batch))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                await asyncio.wait([write])
+                if write.cancelled() or write.exception() is not None:
+                    self._queue[:0] = batch
+                raise
+            except BaseException:
+                self._queue[:0] = batch  # kept for the next attempt (or the flush of a clean stop)
+                raise
+
+    async def _insert(self, batch: list[dict[str, Any]]) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(INSERT_AUDIT, batch)
+
+    async def run(self) -> None:
+        """The background writer: wait for rows, gather a few milliseconds more, write them in bulk."""
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self._gather)
+            try:
+                await self.flush()
+                backoff.reset()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the database is down or busy: the rows wait in the queue
+                log.warning("audit rows not written yet (%d queued): %s", len(self._queue), error)
+                self._wake.set()
+                await backoff.sleep()
+
+
+__all__ = ["AuditEntry", "AuditTrail", "context_fields", "peer_of"]

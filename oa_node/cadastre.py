@@ -23,13 +23,11 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mycarenet_core import dates
-from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
 from mycarenet_core.errors import FieldViolation
@@ -40,7 +38,8 @@ from mycarenet_core.identifiers import IdentifierError, Role, parse_inami
 from mycarenet_core.lifecycle import Backoff
 from oa_node import convert
 from oa_node import models as m
-from oa_node.repositories import AuditRepository, CadastreRepository, OrganisationData, ReferenceRepository
+from oa_node.audit import INSERT_AUDIT, AuditEntry
+from oa_node.repositories import CadastreRepository, OrganisationData, ReferenceRepository
 
 log = logging.getLogger(__name__)
 
@@ -204,15 +203,13 @@ async def apply_changes(
             f"cadastre #{fresh[0].sequence}..#{last}: {len(found.providers)} providers, "
             f"{len(found.organisations)} organisations"
         )
-        await AuditRepository(session).add(
-            m.AuditRecord(
-                at=now,
-                rpc=AUDIT_RPC,
-                peer="ehealth",
-                outcome="APPLIED_WITH_SKIPS" if found.skipped else "OK",
-                incidents="; ".join([summary, *found.skipped])[:2000],
-            )
+        entry = AuditEntry(
+            AUDIT_RPC,
+            {"peer": "ehealth"},
+            outcome="APPLIED_WITH_SKIPS" if found.skipped else "OK",
+            incidents=[summary, *found.skipped],
         )
+        await session.execute(INSERT_AUDIT, [entry.row(at=now, status="OK", codes="")])
         if found.skipped:
             log.warning("cadastre: %d entries skipped: %s", len(found.skipped), "; ".join(found.skipped[:5]))
         return last, len(fresh)
@@ -227,9 +224,7 @@ class CadastreFollower:
         insurer_code: str,
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock,
-        target: str,
-        credentials: grpc.ChannelCredentials | None = None,
-        interceptors: Sequence[Any] = (),
+        channel: grpc.aio.Channel,
         page_size: int = 500,
         burst_size: int = 1000,
         deadline: float = 30.0,
@@ -239,15 +234,11 @@ class CadastreFollower:
         self.insurer_code = insurer_code
         self._sessions = sessions
         self._clock = clock
-        self._target = target
-        self._credentials = credentials
-        self._interceptors = tuple(interceptors)
+        self._stub: cad_grpc.CadastreServiceAsyncStub = cad_grpc.CadastreServiceStub(channel)
         self._page_size = page_size
         self._burst_size = burst_size
         self._deadline = deadline
         self._backoff = Backoff(initial_backoff, max_backoff)
-        self._task: asyncio.Task[None] | None = None
-        self._channel: grpc.aio.Channel | None = None
         self._advanced = asyncio.Condition()
         self.sequence = 0
         """The last applied sequence (the database has the same; read at start)."""
@@ -256,28 +247,6 @@ class CadastreFollower:
         self.caught_up = asyncio.Event()
         self.applied = 0
         self.failures = 0
-
-    def start(self) -> None:
-        if self._task is None:
-            self._channel = open_channel(
-                self._target,
-                credentials=self._credentials,
-                interceptors=self._interceptors,
-                identity=f"oa-{self.insurer_code}",
-            )
-            self._task = asyncio.create_task(self._run(), name=f"cadastre-follower-{self.insurer_code}")
-
-    async def stop(self) -> None:
-        """Stop at once: a burst being applied is rolled back and applied again after the restart."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self.following = False
-        if self._channel is not None:
-            await self._channel.close(None)
-            self._channel = None
 
     async def wait_for(self, sequence: int, within: float) -> None:
         """Wait until the changes up to ``sequence`` are applied (tests, tooling)."""
@@ -350,9 +319,10 @@ class CadastreFollower:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _run(self) -> None:
-        assert self._channel is not None
-        stub: cad_grpc.CadastreServiceAsyncStub = cad_grpc.CadastreServiceStub(self._channel)
+    async def run(self) -> None:
+        """Follow until cancelled (a background job of the node): catch up, watch, reconnect with backoff.
+        Cancelled, a burst being applied is rolled back and applied again after the restart."""
+        stub = self._stub
         async with self._sessions() as session:
             self.sequence = await CadastreRepository(session).applied()
         while True:

@@ -1,42 +1,54 @@
-"""Primary controls of SPEC §3.5, as pure functions: formats, mandatory fields, dates against the
-processing date, the requester and the patient against what the OA knows.
+"""Primary controls of SPEC §3.5: each request parsed into a typed value, then checked against the
+processing date and what the OA knows.
 
-Nothing here reads the clock or the database: the caller passes the processing date and the rows it
-looked up. Each function returns field violations with MyCareNet codes (or a parsed value); the
-caller raises them all at once with :func:`reject` before anything is changed.
+Parsing uses the one validation idiom of the mesh (:class:`mycarenet_core.validation.Checker`): every
+format violation of a request (with its MyCareNet code) is collected and raised at once, as one
+INVALID_ARGUMENT, before anything is read or changed; a ``parse_*`` function returns its typed value
+only when the whole request is valid. The checks that need the processing date or a row the OA looked
+up (``check_*``) raise the one violation they find. Nothing here reads the clock or the database.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from mycarenet_core import dates
-from mycarenet_core.errors import FieldViolation, McnCode, MeshError, already_exists, invalid_argument
+from google.protobuf.message import Message as ProtoMessage
+
+from mycarenet_core.codes import McnCode
+from mycarenet_core.errors import MeshError, already_exists, field_error
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
+from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2 as intake_pb2
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from mycarenet_core.identifiers import (
     IdentifierError,
     Inami,
-    Niss,
     Role,
     Sex,
-    parse_inami,
     parse_member_number,
     parse_niss,
     routing_insurer,
     sex_compatible,
 )
+from mycarenet_core.validation import Checker
 from oa_node.convert import role_from_proto
+from oa_node.repositories.consult import Registration
 from oa_node.repositories.members import Period, covers
 
-Violations = list[FieldViolation]
+T = TypeVar("T")
 
 CONSULT_MAX_YEARS_BACK = 2
 LIST_YEARS_BACK = 2
+MAX_REFERENCE = 200
+"""Requester and intake references (the hub keeps references of at most 200 characters)."""
+MAX_NAME = 200
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 500, 5000
 
 
 class Request(enum.Enum):
@@ -66,54 +78,7 @@ ENTITLED: dict[Request, frozenset[Role]] = {
 }
 
 
-def reject(violations: Sequence[FieldViolation]) -> None:
-    """Raise INVALID_ARGUMENT with every violation, if there is any."""
-    if violations:
-        raise invalid_argument(violations)
-
-
-def _v(field: str, code: int, description: str) -> FieldViolation:
-    return FieldViolation(field, code, description)
-
-
-# --- identifiers -----------------------------------------------------------------------------------------
-
-
-def inami(raw: str, field: str, out: Violations, *, required: bool = True) -> Inami | None:
-    """A parsed INAMI number, or a violation (100 missing, 111 format, 112 check digits)."""
-    if not raw.strip() and not required:
-        return None
-    try:
-        return parse_inami(raw)
-    except IdentifierError as error:
-        out.append(_v(field, error.code, error.reason))
-        return None
-
-
-def niss(raw: str, field: str, out: Violations, *, today: dt.date | None = None) -> Niss | None:
-    try:
-        return parse_niss(raw, today=today)
-    except IdentifierError as error:
-        out.append(_v(field, error.code, error.reason))
-        return None
-
-
-def date(value: common_pb2.Date, field: str, out: Violations, *, required: bool = True) -> dt.date | None:
-    """A date (100 when mandatory and missing, 113 when implausible)."""
-    result = dates.check(value, field, required=required)
-    if isinstance(result, FieldViolation):
-        out.append(result)
-        return None
-    return result
-
-
-def text(value: str, field: str, out: Violations) -> str:
-    if not value.strip():
-        out.append(_v(field, McnCode.MANDATORY_FIELD_MISSING, "mandatory"))
-    return value.strip()
-
-
-# --- the request context ---------------------------------------------------------------------------------
+# --- typed requests ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -125,74 +90,6 @@ class Caller:
     today: dt.date
 
 
-def caller(context: context_pb2.RequestContext, out: Violations) -> Caller | None:
-    """Formats of the context: requester INAMI, its role, the reference, the processing date."""
-    found = inami(context.requester_inami, "context.requester_inami", out)
-    if found is not None and context.requester_role:
-        declared = role_from_proto(context.requester_role)
-        if declared is not found.role:
-            out.append(
-                _v(
-                    "context.requester_role",
-                    McnCode.IDENTIFICATION_INCONSISTENT,
-                    "role does not match the INAMI competence code",
-                )
-            )
-    if context.organisation_inami:
-        inami(context.organisation_inami, "context.organisation_inami", out)
-    reference = text(context.requester_reference, "context.requester_reference", out)
-    today = date(context.processing_date, "context.processing_date", out)
-    if found is None or today is None or not reference:
-        return None
-    return Caller(found, reference, today)
-
-
-def requester(
-    who: Caller,
-    request: Request,
-    *,
-    known: bool,
-    registered_role: int | None = None,
-    valid_from: dt.date | None = None,
-    valid_until: dt.date | None = None,
-) -> Violations:
-    """The requester is known to the OA (141), within the validity the cadastre records for it on the
-    processing date, and entitled to this request type (140)."""
-    if not known:
-        return [_v("context.requester_inami", McnCode.PROVIDER_UNKNOWN, "provider unknown to this insurer")]
-    if (valid_from is not None and who.today < valid_from) or (
-        valid_until is not None and who.today > valid_until
-    ):
-        span = f"{valid_from or '…'} to {valid_until or '…'}"
-        return [
-            _v(
-                "context.requester_inami",
-                McnCode.PROVIDER_NOT_ENTITLED,
-                f"the cadastre lets this provider practise from {span}, not on {who.today}",
-            )
-        ]
-    if registered_role and role_from_proto(registered_role) not in (None, who.inami.role):
-        return [
-            _v(
-                "context.requester_inami",
-                McnCode.AUTHOR_MISMATCH,
-                "the INAMI number does not match the provider registered under it",
-            )
-        ]
-    if who.inami.role not in ENTITLED[request]:
-        return [
-            _v(
-                "context.requester_inami",
-                McnCode.PROVIDER_NOT_ENTITLED,
-                f"a {who.inami.role.value} is not entitled to {request.value}",
-            )
-        ]
-    return []
-
-
-# --- the patient -----------------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class PatientKey:
     """How the request names the patient (exactly one of ``niss`` / ``registration_number``)."""
@@ -200,6 +97,95 @@ class PatientKey:
     niss: str | None
     registration_number: str | None
     sex: Sex | None
+
+    @property
+    def field(self) -> str:
+        """The request field that named the patient."""
+        return "patient.niss" if self.niss is not None else "patient.member.registration_number"
+
+
+@dataclass(frozen=True)
+class ConsultQuery:
+    caller: Caller
+    patient: PatientKey
+    day: dt.date
+
+
+@dataclass(frozen=True)
+class NotifyCommand:
+    caller: Caller
+    patient: PatientKey
+    contact_date: dt.date
+    code: str
+    supervisor: str | None
+    fingerprint: str
+    """Of the request without its context: a replay must carry the same content (else 158)."""
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    caller: Caller
+    year: int
+    page_size: int
+    after_niss: str
+
+
+@dataclass(frozen=True)
+class EnrolCommand:
+    caller: Caller
+    iban: str
+    bic: str
+    holder_name: str
+    since: dt.date | None
+
+
+@dataclass(frozen=True)
+class IntakeEvent:
+    """A contact (``code`` set) or a 102771 attestation handed in by the back office."""
+
+    kind: str
+    """"contact" or "attestation"."""
+    reference: str
+    niss: str
+    provider: str
+    on: dt.date
+    """The contact date or the attestation date."""
+    submitted: dt.date
+    fingerprint: str
+    code: str = ""
+
+
+@dataclass(frozen=True)
+class YearEnd:
+    year: int
+    today: dt.date
+
+
+# --- parts of requests --------------------------------------------------------------------------------------
+
+
+def caller(check: Checker, context: context_pb2.RequestContext) -> Caller | None:
+    """Formats of the context: requester INAMI, its role, the reference, the processing date."""
+    found = check.inami("context.requester_inami", context.requester_inami)
+    if (
+        found is not None
+        and context.requester_role
+        and role_from_proto(context.requester_role) is not found.role
+    ):
+        check.add(
+            "context.requester_role",
+            McnCode.IDENTIFICATION_INCONSISTENT,
+            "role does not match the INAMI competence code",
+        )
+    if context.organisation_inami:
+        check.inami("context.organisation_inami", context.organisation_inami)
+    reference = check.text(
+        "context.requester_reference", context.requester_reference, max_length=MAX_REFERENCE
+    )
+    today = check.date("context.processing_date", context.processing_date)
+    if found is None or today is None or not reference:
+        return None
+    return Caller(found, reference, today)
 
 
 _SEXES = {
@@ -210,14 +196,14 @@ _SEXES = {
 
 
 def patient_key(
-    selector: common_pb2.PatientSelector, insurer_code: str, out: Violations, field: str = "patient"
+    check: Checker, selector: common_pb2.PatientSelector, insurer_code: str, field: str = "patient"
 ) -> PatientKey | None:
     """Format of the patient selector: NISS (100/111/112/113), or mutuality (121, 155) + member number."""
     sex = _SEXES.get(selector.sex)
     which = selector.WhichOneof("identifier")
     if which == "niss":
-        parsed = niss(selector.niss, f"{field}.niss", out)
-        return PatientKey(parsed.value, None, sex) if parsed else None
+        niss = check.niss(f"{field}.niss", selector.niss)
+        return PatientKey(niss, None, sex) if niss else None
     if which == "member":
         try:
             number = parse_member_number(selector.member.mutuality_code, selector.member.registration_number)
@@ -226,50 +212,196 @@ def patient_key(
             sub = "mutuality_code" if error.code == McnCode.MUTUALITY_UNKNOWN else "registration_number"
             if error.code == McnCode.MANDATORY_FIELD_MISSING and not selector.member.mutuality_code.strip():
                 sub = "mutuality_code"
-            out.append(_v(f"{field}.member.{sub}", error.code, error.reason))
+            check.add(f"{field}.member.{sub}", error.code, error.reason)
             return None
         if routed != insurer_code:
-            out.append(
-                _v(
-                    f"{field}.member.mutuality_code",
-                    McnCode.ROUTING_INCONSISTENT,
-                    f"mutuality {number.mutuality_code} is not served by insurer {insurer_code}",
-                )
+            check.add(
+                f"{field}.member.mutuality_code",
+                McnCode.ROUTING_INCONSISTENT,
+                f"mutuality {number.mutuality_code} is not served by insurer {insurer_code}",
             )
             return None
         return PatientKey(None, number.registration_number, sex)
-    out.append(_v(field, McnCode.MANDATORY_FIELD_MISSING, "patient NISS or member number is mandatory"))
+    check.add(field, McnCode.MANDATORY_FIELD_MISSING, "patient NISS or member number is mandatory")
     return None
 
 
-def patient(
-    key: PatientKey,
-    *,
-    member_niss: str | None,
-    periods: Iterable[Period],
-    on: dt.date,
-    field: str = "patient",
-) -> Violations:
-    """The patient is a member (120 / 122), affiliated on ``on`` (120), of a compatible sex (136)."""
-    if member_niss is None:
-        if key.niss is not None:
-            return [_v(f"{field}.niss", McnCode.PATIENT_UNKNOWN, "NISS unknown to this insurer")]
-        return [
-            _v(
-                f"{field}.member.registration_number",
-                McnCode.MEMBER_NUMBER_UNKNOWN,
-                "member number unknown to this insurer",
-            )
-        ]
-    if not covers(tuple(periods), on):
-        path = f"{field}.niss" if key.niss is not None else f"{field}.member.registration_number"
-        return [_v(path, McnCode.PATIENT_UNKNOWN, f"not affiliated with this insurer on {on.isoformat()}")]
-    if key.sex is not None and not sex_compatible(parse_niss(member_niss), key.sex):
-        return [_v(f"{field}.sex", McnCode.SEX_INCOMPATIBLE, "sex incompatible with the NISS")]
-    return []
+_CODE = re.compile(r"^\d{6}$")
+_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
-# --- dates -----------------------------------------------------------------------------------------------
+def nomenclature(
+    check: Checker, code: str, contact_codes: frozenset[str], field: str = "nomenclature_code"
+) -> str:
+    """Mandatory (100), six digits (111), a consultation or visit code (130)."""
+    value = code.strip()
+    if not value:
+        check.add(field, McnCode.MANDATORY_FIELD_MISSING, "nomenclature code is mandatory")
+    elif not _CODE.match(value):
+        check.add(field, McnCode.BAD_FORMAT, "nomenclature code must be 6 digits")
+    elif value not in contact_codes:
+        check.add(field, McnCode.VALUE_NOT_ALLOWED, "not a consultation or visit code")
+    return value
+
+
+def contact_time(check: Checker, value: str, field: str = "contact_time") -> None:
+    if value and not _TIME.match(value):
+        check.add(field, McnCode.BAD_FORMAT, "contact time must be HH:MM")
+
+
+_IBAN = re.compile(r"^[A-Z]{2}\d{2}[A-Z0-9]{10,30}$")
+_BIC = re.compile(r"^[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?$")
+
+
+def bank_account(check: Checker, account: common_pb2.BankAccount, field: str = "bank_account") -> None:
+    """IBAN mandatory with valid ISO 13616 check digits (100/111/112); BIC 8 or 11 characters (111)."""
+    iban = account.iban.replace(" ", "").upper()
+    if not iban:
+        check.add(f"{field}.iban", McnCode.MANDATORY_FIELD_MISSING, "IBAN is mandatory")
+    elif not _IBAN.match(iban):
+        check.add(f"{field}.iban", McnCode.BAD_FORMAT, "malformed IBAN")
+    elif int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 != 1:
+        check.add(f"{field}.iban", McnCode.BAD_CHECK_DIGIT, "IBAN check digits do not match")
+    if account.bic and not _BIC.match(account.bic.upper()):
+        check.add(f"{field}.bic", McnCode.BAD_FORMAT, "BIC must be 8 or 11 characters")
+    check.text(f"{field}.holder_name", account.holder_name, max_length=MAX_NAME, required=False)
+
+
+def periods(check: Checker, raw: Iterable[common_pb2.Period], field: str) -> tuple[Period, ...]:
+    """Validated periods: start mandatory (100), dates plausible and end not before start (113)."""
+    found: list[Period] = []
+    for index, period in enumerate(raw):
+        start = check.date(f"{field}[{index}].start", period.start)
+        before = len(check.violations)
+        end = check.end_date(f"{field}[{index}].end", period.end, start)
+        if start is not None and len(check.violations) == before:
+            found.append((start, end))
+    return tuple(found)
+
+
+def fingerprint(request: ProtoMessage, *, drop: Sequence[str] = ()) -> str:
+    """SHA-256 of a request's content without the fields in ``drop`` (e.g. the context)."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    for name in drop:
+        copy.ClearField(name)
+    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+
+
+def parsed(value: T | None) -> T:
+    """A value the checker vouched for: it raised INVALID_ARGUMENT when a field was missing or wrong."""
+    if value is None:
+        raise RuntimeError("a parsed value is missing although the request had no violation")
+    return value
+
+
+# --- whole requests -----------------------------------------------------------------------------------------
+
+
+def parse_consult(request: oa_pb2.ConsultDmgRequest, insurer_code: str) -> ConsultQuery:
+    with Checker() as check:
+        who = caller(check, request.context)
+        key = patient_key(check, request.patient, insurer_code)
+        day = check.date("request_date", request.request_date)
+    return ConsultQuery(parsed(who), parsed(key), parsed(day))
+
+
+def parse_notify(
+    request: oa_pb2.NotifyDmgRequest, insurer_code: str, contact_codes: frozenset[str]
+) -> NotifyCommand:
+    with Checker() as check:
+        who = caller(check, request.context)
+        key = patient_key(check, request.patient, insurer_code)
+        contact = check.date("contact_date", request.contact_date)
+        contact_time(check, request.contact_time)
+        code = nomenclature(check, request.nomenclature_code, contact_codes)
+        supervisor = check.optional_inami("supervisor_inami", request.supervisor_inami)
+    return NotifyCommand(
+        parsed(who),
+        parsed(key),
+        parsed(contact),
+        code,
+        supervisor.value if supervisor else None,
+        fingerprint(request, drop=["context"]),
+    )
+
+
+def parse_list(request: oa_pb2.ListHoldingsRequest) -> ListQuery:
+    with Checker() as check:
+        who = caller(check, request.context)
+        size = check.page_size(
+            "page_size", request.page_size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE
+        )
+        after = check.page_token("page_token", request.page_token, 1)
+    return ListQuery(parsed(who), request.year, size, str(after[0]) if after else "")
+
+
+def parse_enrol(request: oa_pb2.EnrolDmgRequest) -> EnrolCommand:
+    with Checker() as check:
+        who = caller(check, request.context)
+        bank_account(check, request.bank_account)
+        since = check.optional_date("start_date", request.start_date)
+    account = request.bank_account
+    return EnrolCommand(
+        parsed(who),
+        account.iban.replace(" ", "").upper(),
+        account.bic.upper(),
+        account.holder_name.strip(),
+        since,
+    )
+
+
+def parse_inami_field(raw: str, field: str) -> str:
+    with Checker() as check:
+        found = check.inami(field, raw)
+    return parsed(found).value
+
+
+def parse_contact(request: intake_pb2.RegisterContactRequest, contact_codes: frozenset[str]) -> IntakeEvent:
+    """A contact: the shared intake fields, the contact date and its code (checked by the rules)."""
+    with Checker() as check:
+        reference, niss, provider = _intake_head(check, request)
+        contact = check.date("contact_date", request.contact_date)
+        code = check.text("nomenclature_code", request.nomenclature_code, max_length=32)
+        submitted = check.date("submission_date", request.submission_date)
+    return IntakeEvent(
+        "contact", reference, niss, provider, parsed(contact), parsed(submitted), fingerprint(request), code
+    )
+
+
+def parse_attestation(request: intake_pb2.RegisterPaperAttestationRequest) -> IntakeEvent:
+    with Checker() as check:
+        reference, niss, provider = _intake_head(check, request)
+        attested = check.date("attestation_date", request.attestation_date)
+        submitted = check.date("submission_date", request.submission_date)
+    return IntakeEvent(
+        "attestation", reference, niss, provider, parsed(attested), parsed(submitted), fingerprint(request)
+    )
+
+
+def _intake_head(
+    check: Checker,
+    request: intake_pb2.RegisterContactRequest | intake_pb2.RegisterPaperAttestationRequest,
+) -> tuple[str, str, str]:
+    reference = check.text("intake_reference", request.intake_reference, max_length=MAX_REFERENCE)
+    niss = check.niss("patient_niss", request.patient_niss)
+    provider = check.inami("provider_inami", request.provider_inami)
+    return reference, niss, provider.value if provider else ""
+
+
+def parse_year_end(request: intake_pb2.ProcessYearEndRequest) -> YearEnd:
+    with Checker() as check:
+        if not request.year:
+            check.add("year", McnCode.MANDATORY_FIELD_MISSING, "year is mandatory")
+        else:
+            check.number("year", request.year, minimum=1900, maximum=2199)
+        today = check.date("processing_date", request.processing_date)
+    if parsed(today) < dt.date(request.year, 12, 31):
+        raise field_error("processing_date", McnCode.DATE_IN_FUTURE, f"year {request.year} is not over")
+    return YearEnd(request.year, parsed(today))
+
+
+# --- checks against the processing date and what the OA knows ----------------------------------------------
 
 
 def years_back(day: dt.date, years: int) -> dt.date:
@@ -279,77 +411,81 @@ def years_back(day: dt.date, years: int) -> dt.date:
         return day.replace(year=day.year - years, day=28)
 
 
-def consult_date(value: dt.date, today: dt.date, field: str = "request_date") -> Violations:
+def check_consult_date(value: dt.date, today: dt.date, field: str = "request_date") -> None:
     """Today or in the past (146), at most 2 years back (145)."""
     if value > today:
-        return [_v(field, McnCode.DATE_IN_FUTURE, "date in the future")]
+        raise field_error(field, McnCode.DATE_IN_FUTURE, "date in the future")
     if value < years_back(today, CONSULT_MAX_YEARS_BACK):
-        return [_v(field, McnCode.DATE_TOO_OLD, "date more than 2 years in the past")]
-    return []
+        raise field_error(field, McnCode.DATE_TOO_OLD, "date more than 2 years in the past")
 
 
-def contact_date(
+def check_contact_date(
     value: dt.date, today: dt.date, *, max_days: int | None, field: str = "contact_date"
-) -> Violations:
+) -> None:
     """Not in the future (146), at most ``max_days`` back (166)."""
     if value > today:
-        return [_v(field, McnCode.DATE_IN_FUTURE, "contact date in the future")]
+        raise field_error(field, McnCode.DATE_IN_FUTURE, "contact date in the future")
     if max_days is not None and (today - value).days > max_days:
-        return [_v(field, McnCode.CONTACT_TOO_OLD, f"contact more than {max_days} days ago")]
-    return []
+        raise field_error(field, McnCode.CONTACT_TOO_OLD, f"contact more than {max_days} days ago")
 
 
-def list_year(year: int, today: dt.date, field: str = "year") -> Violations:
+def check_list_year(year: int, today: dt.date, field: str = "year") -> None:
     """The current year or one of the two previous ones (100 / 146 / 145)."""
     if not year:
-        return [_v(field, McnCode.MANDATORY_FIELD_MISSING, "year is mandatory")]
+        raise field_error(field, McnCode.MANDATORY_FIELD_MISSING, "year is mandatory")
     if year > today.year:
-        return [_v(field, McnCode.DATE_IN_FUTURE, "year in the future")]
+        raise field_error(field, McnCode.DATE_IN_FUTURE, "year in the future")
     if year < today.year - LIST_YEARS_BACK:
-        return [_v(field, McnCode.DATE_TOO_OLD, "year more than 2 years in the past")]
-    return []
+        raise field_error(field, McnCode.DATE_TOO_OLD, "year more than 2 years in the past")
 
 
-_CODE = re.compile(r"^\d{6}$")
-_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+def check_requester(who: Caller, request: Request, registered: Registration | None) -> None:
+    """The requester is known to the OA (141), within the validity the cadastre records for it on the
+    processing date (140), registered under the role its number says (156), and entitled to this
+    request type (140)."""
+    field = "context.requester_inami"
+    if registered is None:
+        raise field_error(field, McnCode.PROVIDER_UNKNOWN, "provider unknown to this insurer")
+    valid_from, valid_until = registered.valid_from, registered.valid_until
+    if (valid_from is not None and who.today < valid_from) or (
+        valid_until is not None and who.today > valid_until
+    ):
+        span = f"{valid_from or '…'} to {valid_until or '…'}"
+        raise field_error(
+            field,
+            McnCode.PROVIDER_NOT_ENTITLED,
+            f"the cadastre lets this provider practise from {span}, not on {who.today}",
+        )
+    if registered.role and role_from_proto(registered.role) not in (None, who.inami.role):
+        raise field_error(
+            field, McnCode.AUTHOR_MISMATCH, "the INAMI number does not match the provider registered under it"
+        )
+    if who.inami.role not in ENTITLED[request]:
+        raise field_error(
+            field,
+            McnCode.PROVIDER_NOT_ENTITLED,
+            f"a {who.inami.role.value} is not entitled to {request.value}",
+        )
 
 
-def nomenclature(code: str, contact_codes: frozenset[str], field: str = "nomenclature_code") -> Violations:
-    """Mandatory (100), six digits (111), a consultation or visit code (130)."""
-    if not code.strip():
-        return [_v(field, McnCode.MANDATORY_FIELD_MISSING, "nomenclature code is mandatory")]
-    if not _CODE.match(code.strip()):
-        return [_v(field, McnCode.BAD_FORMAT, "nomenclature code must be 6 digits")]
-    if code.strip() not in contact_codes:
-        return [_v(field, McnCode.VALUE_NOT_ALLOWED, "not a consultation or visit code")]
-    return []
-
-
-def contact_time(value: str, field: str = "contact_time") -> Violations:
-    if value and not _TIME.match(value):
-        return [_v(field, McnCode.BAD_FORMAT, "contact time must be HH:MM")]
-    return []
-
-
-# --- enrolment -------------------------------------------------------------------------------------------
-
-_IBAN = re.compile(r"^[A-Z]{2}\d{2}[A-Z0-9]{10,30}$")
-_BIC = re.compile(r"^[A-Z]{4}[A-Z]{2}[A-Z0-9]{2}([A-Z0-9]{3})?$")
-
-
-def bank_account(account: common_pb2.BankAccount, field: str = "bank_account") -> Violations:
-    """IBAN mandatory with valid ISO 13616 check digits (100/111/112); BIC 8 or 11 characters (111)."""
-    out: Violations = []
-    iban = account.iban.replace(" ", "").upper()
-    if not iban:
-        out.append(_v(f"{field}.iban", McnCode.MANDATORY_FIELD_MISSING, "IBAN is mandatory"))
-    elif not _IBAN.match(iban):
-        out.append(_v(f"{field}.iban", McnCode.BAD_FORMAT, "malformed IBAN"))
-    elif int("".join(str(int(c, 36)) for c in iban[4:] + iban[:4])) % 97 != 1:
-        out.append(_v(f"{field}.iban", McnCode.BAD_CHECK_DIGIT, "IBAN check digits do not match"))
-    if account.bic and not _BIC.match(account.bic.upper()):
-        out.append(_v(f"{field}.bic", McnCode.BAD_FORMAT, "BIC must be 8 or 11 characters"))
-    return out
+def check_patient(key: PatientKey, *, member_niss: str | None, periods: Sequence[Period], on: dt.date) -> str:
+    """The patient is a member (120 / 122), affiliated on ``on`` (120), of a compatible sex (136); returns
+    the member's NISS."""
+    if member_niss is None:
+        if key.niss is not None:
+            raise field_error("patient.niss", McnCode.PATIENT_UNKNOWN, "NISS unknown to this insurer")
+        raise field_error(
+            "patient.member.registration_number",
+            McnCode.MEMBER_NUMBER_UNKNOWN,
+            "member number unknown to this insurer",
+        )
+    if not covers(periods, on):
+        raise field_error(
+            key.field, McnCode.PATIENT_UNKNOWN, f"not affiliated with this insurer on {on.isoformat()}"
+        )
+    if key.sex is not None and not sex_compatible(parse_niss(member_niss), key.sex):
+        raise field_error("patient.sex", McnCode.SEX_INCOMPATIBLE, "sex incompatible with the NISS")
+    return member_niss
 
 
 def already_enrolled(since: dt.date) -> MeshError:

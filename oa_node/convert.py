@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
@@ -55,7 +56,28 @@ def period(start: dt.date, end: dt.date | None) -> common_pb2.Period:
     return common_pb2.Period(start=dates.to_proto(start), end=dates.to_proto(end))
 
 
-def patient(member: m.Member) -> common_pb2.Patient:
+class PatientFields(Protocol):
+    """What a patient proto is made of (a member row, or the consult's view of one)."""
+
+    @property
+    def niss(self) -> str: ...
+    @property
+    def first_name(self) -> str: ...
+    @property
+    def last_name(self) -> str: ...
+    @property
+    def birth_date(self) -> dt.date | None: ...
+    @property
+    def sex(self) -> int: ...
+    @property
+    def mutuality_code(self) -> str: ...
+    @property
+    def registration_number(self) -> str: ...
+    @property
+    def death_date(self) -> dt.date | None: ...
+
+
+def patient(member: PatientFields) -> common_pb2.Patient:
     return common_pb2.Patient(
         niss=member.niss,
         first_name=member.first_name,

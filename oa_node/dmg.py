@@ -1,24 +1,25 @@
 """The DMG operations of an insurer node: consult, notify, list, enrol, and the invoicing intake.
 
-Every operation runs the primary controls (:mod:`oa_node.controls`) first, then, for a change, in ONE
-transaction: take the per-patient lock, load the patient's DMG file, run the pure rule
-(:mod:`oa_node.rules`), save the diff, write the outbox messages it causes, the idempotency record and
-the audit row. A rejection (a :class:`~mycarenet_core.errors.MeshError`) rolls everything back.
+Each operation takes a request already parsed by :mod:`oa_node.controls` (all format violations raised at
+once before anything is read). A consult, the hot path, is two prepared reads on a plain connection
+(:mod:`oa_node.repositories.consult`) and never opens a write transaction; its audit row is queued.
+A change runs in ONE transaction: take the per-patient lock, load the patient's DMG file, run the pure
+rule (:mod:`oa_node.rules`), save the diff, write the outbox messages and the holder changes it causes,
+the idempotency record and the audit row. A rejection (a :class:`~mycarenet_core.errors.MeshError`)
+rolls everything back. Once a change has committed, the outbox relay and the watchers of the holder feed
+are woken.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-import hashlib
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
-from google.protobuf.message import Message as ProtoMessage
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mycarenet_core import dates
 from mycarenet_core.clock import Clock
@@ -37,11 +38,15 @@ from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2 as intake_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from mycarenet_core.identifiers import parse_niss
 from mycarenet_core.telemetry import stamp_trace_context
+from mycarenet_core.validation import encode_page_token
 from oa_node import controls as c
 from oa_node import convert, rules
 from oa_node import models as m
-from oa_node.audit import AuditEntry, Auditor, context_fields
+from oa_node.audit import AuditEntry, AuditTrail
+from oa_node.feeds import FeedSignal, Wakeup
+from oa_node.holdings import log_moves
 from oa_node.repositories import (
+    ConsultRepository,
     DmgFileRepository,
     EnrolmentRepository,
     LoadedFile,
@@ -59,11 +64,9 @@ R = TypeVar(
     oa_pb2.NotifyDmgResponse,
 )
 RI = TypeVar("RI", intake_pb2.RegisterContactResponse, intake_pb2.RegisterPaperAttestationResponse)
-IntakeRequest = intake_pb2.RegisterContactRequest | intake_pb2.RegisterPaperAttestationRequest
-IntakeRule = Callable[[rules.DmgFile, rules.RuleContext, str, dt.date], rules.Decision]
+IntakeRule = Callable[[rules.DmgFile, rules.RuleContext, c.IntakeEvent], rules.Decision]
 
 ALL_YEARS = frozenset(range(1900, 2200))
-DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 500, 5000
 
 # Rule codes about the request's content (INVALID_ARGUMENT); the others are business refusals.
 _INVALID_CODES = frozenset({100, 111, 112, 113, 130, 145, 146, 156, 158, 166})
@@ -73,7 +76,6 @@ _NOTIFY_FIELDS = {
     "code": "nomenclature_code",
     "requester_reference": "context.requester_reference",
 }
-_INTAKE_RPCS = {"contact": "RegisterContact", "attestation": "RegisterPaperAttestation"}
 _INTAKE_FIELDS = {"requester": "provider_inami", "code": "nomenclature_code", "patient": "patient_niss"}
 
 
@@ -82,20 +84,15 @@ def rule_error(error: rules.DmgRuleError, fields: dict[str, str]) -> MeshError:
     path = fields.get(error.field or "", error.field or "")
     if error.code in _INVALID_CODES:
         return invalid_argument([FieldViolation(path, error.code, error.reason)])
-    try:
-        reason = McnCode(error.code).name
-    except ValueError:
-        reason = f"DMG_RULE_{error.code}"
-    return business_error(error.code, reason, error.reason, field_path=path or None)
+    return business_error(error.code, error.code.name, error.reason, field_path=path or None)
 
 
-def fingerprint(request: ProtoMessage, *, drop: Sequence[str] = ()) -> str:
-    """SHA-256 of a request's content without the fields in ``drop`` (e.g. the context)."""
-    copy = type(request)()
-    copy.CopyFrom(request)
-    for name in drop:
-        copy.ClearField(name)
-    return hashlib.sha256(copy.SerializeToString(deterministic=True)).hexdigest()
+@dataclass
+class Written:
+    """What a committed change leaves for the node's wake-ups."""
+
+    outbox: int = 0
+    holder_sequence: int = 0
 
 
 class DmgOperations:
@@ -105,93 +102,84 @@ class DmgOperations:
         self,
         *,
         insurer_code: str,
+        engine: AsyncEngine,
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock,
-        auditor: Auditor,
-        on_outbox: Callable[[], None] = lambda: None,
+        audit: AuditTrail,
+        outbox: Wakeup | None = None,
+        holders: FeedSignal | None = None,
         contact_codes: frozenset[str] = rules.DEFAULT_CONTACT_CODES,
         max_notification_delay_days: int | None = 7,
     ) -> None:
         self.insurer_code = insurer_code
+        self._engine = engine
         self._sessions = sessions
         self._clock = clock
-        self._auditor = auditor
-        self._on_outbox = on_outbox
-        self._contact_codes = contact_codes
+        self._audit = audit
+        self._outbox = outbox or Wakeup()
+        self.holders = holders or FeedSignal()
+        self.contact_codes = contact_codes
         self._max_days = max_notification_delay_days
 
     # --- consult ---------------------------------------------------------------------------------------
 
-    async def consult(self, request: oa_pb2.ConsultDmgRequest, peer: str = "") -> oa_pb2.ConsultDmgResponse:
-        entry = AuditEntry("ConsultDmg", context_fields(request.context, peer))
-
-        async def work(session: AsyncSession) -> oa_pb2.ConsultDmgResponse:
-            out: c.Violations = []
-            who = c.caller(request.context, out)
-            key = c.patient_key(request.patient, self.insurer_code, out)
-            day = c.date(request.request_date, "request_date", out)
-            c.reject(out)
-            assert who is not None
-            assert key is not None
-            assert day is not None
-            c.reject(c.consult_date(day, who.today))
-            await self._check_requester(session, who, c.Request.CONSULT)
-            member = await self._member(session, key, on=day, entry=entry)
-            file = (await DmgFileRepository(session).load(member.niss)).file
-            holding = file.holding_at(day)
-            response = oa_pb2.ConsultDmgResponse(
-                patient=convert.patient(member),
-                insurer_code=self.insurer_code,
-                payment_made_this_year=file.paid_for(day.year) is not None,
+    async def consult(self, query: c.ConsultQuery, entry: AuditEntry) -> oa_pb2.ConsultDmgResponse:
+        who, key = query.caller, query.patient
+        c.check_consult_date(query.day, who.today)
+        async with self._engine.connect() as conn:
+            reads = ConsultRepository(conn)
+            c.check_requester(who, c.Request.CONSULT, await reads.requester(who.inami.value))
+            found = await reads.patient(
+                niss=key.niss, registration_number=key.registration_number, day=query.day
             )
-            if holding is not None:
-                names = await self._names(session, [holding.holder, holding.trainee])
-                response.holding.CopyFrom(convert.holding(holding, names, today=who.today))
-            return response
-
-        return await self._auditor.run(entry, work)
+        entry.patient_niss = c.check_patient(
+            key,
+            member_niss=found.niss if found else None,
+            periods=found.periods if found else (),
+            on=query.day,
+        )
+        assert found is not None  # check_patient raised otherwise
+        response = oa_pb2.ConsultDmgResponse(
+            patient=convert.patient(found),
+            insurer_code=self.insurer_code,
+            payment_made_this_year=found.paid_this_year,
+        )
+        if found.holding is not None:
+            response.holding.CopyFrom(convert.holding(found.holding, found.names, today=who.today))
+        return response
 
     # --- notify ----------------------------------------------------------------------------------------
 
-    async def notify(self, request: oa_pb2.NotifyDmgRequest, peer: str = "") -> oa_pb2.NotifyDmgResponse:
-        entry = AuditEntry("NotifyDmg", context_fields(request.context, peer))
-        return await self._once(lambda: self._auditor.run(entry, lambda s: self._notify(s, request, entry)))
+    async def notify(self, command: c.NotifyCommand, entry: AuditEntry) -> oa_pb2.NotifyDmgResponse:
+        return await self._write(
+            entry, lambda session, written: self._notify(session, command, entry, written)
+        )
 
     async def _notify(
-        self, session: AsyncSession, request: oa_pb2.NotifyDmgRequest, entry: AuditEntry
+        self, session: AsyncSession, command: c.NotifyCommand, entry: AuditEntry, written: Written
     ) -> oa_pb2.NotifyDmgResponse:
-        out: c.Violations = []
-        who = c.caller(request.context, out)
-        key = c.patient_key(request.patient, self.insurer_code, out)
-        contact = c.date(request.contact_date, "contact_date", out)
-        out += c.contact_time(request.contact_time)
-        out += c.nomenclature(request.nomenclature_code, self._contact_codes)
-        supervisor = c.inami(request.supervisor_inami, "supervisor_inami", out, required=False)
-        c.reject(out)
-        assert who is not None
-        assert key is not None
-        assert contact is not None
-        print_ = fingerprint(request, drop=["context"])
+        who, contact, sup = command.caller, command.contact_date, command.supervisor
         records = RequestRecordRepository(session)
-        replay = await self._replay(records, "notify", who.inami.value, who.reference, print_, entry)
+        replay = await self._replay(
+            records, "notify", who.inami.value, who.reference, command.fingerprint, entry
+        )
         if replay is not None:
             return _replayed(oa_pb2.NotifyDmgResponse(), replay)
-        c.reject(c.contact_date(contact, who.today, max_days=self._max_days))
+        c.check_contact_date(contact, who.today, max_days=self._max_days)
         await self._check_requester(session, who, c.Request.NOTIFY)
-        if supervisor is not None:
-            known = await ReferenceRepository(session).provider(supervisor.value)
-            if known is None:
-                raise field_error(
-                    "supervisor_inami", McnCode.PROVIDER_UNKNOWN, "supervisor unknown to this insurer"
-                )
-        member = await self._member(session, key, on=contact, entry=entry)
+        if sup is not None and await ReferenceRepository(session).provider(sup) is None:
+            raise field_error(
+                "supervisor_inami", McnCode.PROVIDER_UNKNOWN, "supervisor unknown to this insurer"
+            )
+        member = await self._member(session, command.patient, on=contact, entry=entry)
         files = DmgFileRepository(session)
         await files.lock(member.niss)
-        replay = await self._replay(records, "notify", who.inami.value, who.reference, print_, entry)
+        replay = await self._replay(
+            records, "notify", who.inami.value, who.reference, command.fingerprint, entry
+        )
         if replay is not None:
             return _replayed(oa_pb2.NotifyDmgResponse(), replay)
         loaded = await files.load(member.niss)
-        sup = supervisor.value if supervisor is not None else None
         ctx = await self._rule_context(
             session, member, loaded, [who.inami.value, sup], on=contact, today=who.today
         )
@@ -200,7 +188,7 @@ class DmgOperations:
                 loaded.file,
                 provider=who.inami.value,
                 contact_date=contact,
-                code=request.nomenclature_code.strip(),
+                code=command.code,
                 requester_reference=who.reference,
                 processing_date=who.today,
                 ctx=ctx,
@@ -209,12 +197,13 @@ class DmgOperations:
         except rules.DmgRuleError as error:
             raise rule_error(error, _NOTIFY_FIELDS) from None
         answer = decision.answer
-        assert answer is not None
+        assert answer is not None  # rules.notify always answers
         previous = decision.holdings_closed[0].holder if decision.holdings_closed else None
         names = await self._names(
             session, [answer.holder, previous, *(msg.recipient for msg in decision.messages)]
         )
-        await self._apply(session, loaded, decision, member, ctx, names, who.reference, entry)
+        cause = f"notify:{who.inami.value}:{who.reference}"
+        await self._apply(session, loaded, decision, member, ctx, names, who.reference, entry, written, cause)
         response = oa_pb2.NotifyDmgResponse(
             patient=convert.patient(member),
             insurer_code=self.insurer_code,
@@ -225,80 +214,64 @@ class DmgOperations:
             previous_holder=convert.provider(previous, names),
         )
         await records.add(
-            "notify", who.inami.value, who.reference, print_, response.SerializeToString(), self._clock.now()
+            "notify",
+            who.inami.value,
+            who.reference,
+            command.fingerprint,
+            response.SerializeToString(),
+            self._clock.now(),
         )
         return response
 
     # --- list ------------------------------------------------------------------------------------------
 
-    async def list_holdings(
-        self, request: oa_pb2.ListHoldingsRequest, peer: str = ""
-    ) -> oa_pb2.ListHoldingsResponse:
-        entry = AuditEntry("ListHoldings", context_fields(request.context, peer))
-
-        async def work(session: AsyncSession) -> oa_pb2.ListHoldingsResponse:
-            out: c.Violations = []
-            who = c.caller(request.context, out)
-            if request.page_size < 0:
-                out.append(FieldViolation("page_size", McnCode.BAD_FORMAT, "page size must not be negative"))
-            after = _decode_token(request.page_token, out)
-            c.reject(out)
-            assert who is not None
-            c.reject(c.list_year(request.year, who.today))
+    async def list_holdings(self, query: c.ListQuery, entry: AuditEntry) -> oa_pb2.ListHoldingsResponse:
+        who = query.caller
+        c.check_list_year(query.year, who.today)
+        async with self._sessions() as session:  # reads only: never a write transaction
             await self._check_requester(session, who, c.Request.LIST)
-            size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
             rows = await DmgFileRepository(session).holder_year(
-                who.inami.value, request.year, after_niss=after, limit=size + 1
+                who.inami.value, query.year, after_niss=query.after_niss, limit=query.page_size + 1
             )
-            page, more = rows[:size], len(rows) > size
-            members = {niss: await MemberRepository(session).get(niss) for niss in (e.niss for e in page)}
+            page, more = rows[: query.page_size], len(rows) > query.page_size
+            members = MemberRepository(session)
+            people = {item.niss: await members.get(item.niss) for item in page}
             names = await self._names(session, [who.inami.value])
-            first, last = dt.date(request.year, 1, 1), dt.date(request.year, 12, 31)
-            response = oa_pb2.ListHoldingsResponse(
-                next_page_token=_encode_token(page[-1].niss) if more and page else ""
-            )
-            for item in page:
-                member = members[item.niss]
-                response.entries.append(
-                    dmg_pb2.PatientListEntry(
-                        patient=convert.patient(member) if member else None,
-                        insurer_code=self.insurer_code,
-                        periods=[
-                            convert.period(max(h.start, first), min(h.end, last)) for h in item.holdings
-                        ],
-                        payments=[convert.payment(p, names) for p in item.payments],
-                    )
+        first, last = dt.date(query.year, 1, 1), dt.date(query.year, 12, 31)
+        response = oa_pb2.ListHoldingsResponse(
+            next_page_token=encode_page_token([page[-1].niss]) if more and page else ""
+        )
+        for item in page:
+            member = people[item.niss]
+            response.entries.append(
+                dmg_pb2.PatientListEntry(
+                    patient=convert.patient(member) if member else None,
+                    insurer_code=self.insurer_code,
+                    periods=[convert.period(max(h.start, first), min(h.end, last)) for h in item.holdings],
+                    payments=[convert.payment(p, names) for p in item.payments],
                 )
-            return response
-
-        return await self._auditor.run(entry, work)
+            )
+        return response
 
     # --- enrolment -------------------------------------------------------------------------------------
 
-    async def enrol(self, request: oa_pb2.EnrolDmgRequest, peer: str = "") -> oa_pb2.EnrolDmgResponse:
-        entry = AuditEntry("EnrolDmg", context_fields(request.context, peer))
+    async def enrol(self, command: c.EnrolCommand, entry: AuditEntry) -> oa_pb2.EnrolDmgResponse:
+        who = command.caller
 
-        async def work(session: AsyncSession) -> oa_pb2.EnrolDmgResponse:
-            out: c.Violations = []
-            who = c.caller(request.context, out)
-            out += c.bank_account(request.bank_account)
-            since = c.date(request.start_date, "start_date", out, required=False)
-            c.reject(out)
-            assert who is not None
+        async def work(session: AsyncSession, _written: Written) -> oa_pb2.EnrolDmgResponse:
             await self._check_requester(session, who, c.Request.ENROL)
             enrolments = EnrolmentRepository(session)
             existing = await enrolments.get(who.inami.value)
             if existing is not None:
                 raise c.already_enrolled(existing.enrolled_since)
-            account = request.bank_account
-            start = since or who.today
+            start = command.since or who.today
             await enrolments.add(
                 m.Enrolment(
                     inami=who.inami.value,
                     enrolled_since=start,
-                    iban=account.iban.replace(" ", "").upper(),
-                    bic=account.bic.upper(),
-                    holder_name=account.holder_name,
+                    iban=command.iban,
+                    bic=command.bic,
+                    holder_name=command.holder_name,
                     requested_at=self._clock.now(),
                 )
             )
@@ -306,163 +279,113 @@ class DmgOperations:
                 insurer_code=self.insurer_code, enrolled_since=dates.to_proto(start)
             )
 
-        return await self._once(lambda: self._auditor.run(entry, work))
+        return await self._write(entry, work)
 
-    async def get_enrolment(
-        self, request: oa_pb2.GetEnrolmentRequest, peer: str = ""
-    ) -> oa_pb2.GetEnrolmentResponse:
-        entry = AuditEntry("GetEnrolment", {"requester_inami": request.inami, "peer": peer})
-
-        async def work(session: AsyncSession) -> oa_pb2.GetEnrolmentResponse:
-            out: c.Violations = []
-            found = c.inami(request.inami, "inami", out)
-            c.reject(out)
-            assert found is not None
-            enrolment = await EnrolmentRepository(session).get(found.value)
-            if enrolment is None:
-                return oa_pb2.GetEnrolmentResponse(enrolled=False)
-            return oa_pb2.GetEnrolmentResponse(
-                enrolled=True,
-                enrolled_since=dates.to_proto(enrolment.enrolled_since),
-                bank_account=common_pb2.BankAccount(
-                    iban=enrolment.iban, bic=enrolment.bic, holder_name=enrolment.holder_name
-                ),
-            )
-
-        return await self._auditor.run(entry, work)
+    async def get_enrolment(self, inami: str) -> oa_pb2.GetEnrolmentResponse:
+        async with self._sessions() as session:
+            enrolment = await EnrolmentRepository(session).get(inami)
+        if enrolment is None:
+            return oa_pb2.GetEnrolmentResponse(enrolled=False)
+        return oa_pb2.GetEnrolmentResponse(
+            enrolled=True,
+            enrolled_since=dates.to_proto(enrolment.enrolled_since),
+            bank_account=common_pb2.BankAccount(
+                iban=enrolment.iban, bic=enrolment.bic, holder_name=enrolment.holder_name
+            ),
+        )
 
     # --- intake ----------------------------------------------------------------------------------------
 
     async def register_contact(
-        self, request: intake_pb2.RegisterContactRequest, peer: str = ""
+        self, event: c.IntakeEvent, entry: AuditEntry
     ) -> intake_pb2.RegisterContactResponse:
-        def parse(out: c.Violations) -> tuple[dt.date | None, IntakeRule]:
-            contact = c.date(request.contact_date, "contact_date", out)
-            code = c.text(request.nomenclature_code, "nomenclature_code", out)
+        def rule(file: rules.DmgFile, ctx: rules.RuleContext, event: c.IntakeEvent) -> rules.Decision:
+            return rules.register_contact(
+                file,
+                provider=event.provider,
+                contact_date=event.on,
+                code=event.code,
+                submission_date=event.submitted,
+                ctx=ctx,
+            )
 
-            def rule(
-                file: rules.DmgFile, ctx: rules.RuleContext, provider: str, submitted: dt.date
-            ) -> rules.Decision:
-                assert contact is not None
-                return rules.register_contact(
-                    file,
-                    provider=provider,
-                    contact_date=contact,
-                    code=code,
-                    submission_date=submitted,
-                    ctx=ctx,
-                )
-
-            return contact, rule
-
-        response = intake_pb2.RegisterContactResponse(intake_reference=request.intake_reference)
-        return await self._register("contact", request, response, parse, peer)
+        response = intake_pb2.RegisterContactResponse(intake_reference=event.reference)
+        return await self._register(event, response, rule, entry)
 
     async def register_paper_attestation(
-        self, request: intake_pb2.RegisterPaperAttestationRequest, peer: str = ""
+        self, event: c.IntakeEvent, entry: AuditEntry
     ) -> intake_pb2.RegisterPaperAttestationResponse:
-        def parse(out: c.Violations) -> tuple[dt.date | None, IntakeRule]:
-            attested = c.date(request.attestation_date, "attestation_date", out)
+        def rule(file: rules.DmgFile, ctx: rules.RuleContext, event: c.IntakeEvent) -> rules.Decision:
+            return rules.register_paper_attestation(
+                file,
+                provider=event.provider,
+                attestation_date=event.on,
+                submission_date=event.submitted,
+                ctx=ctx,
+            )
 
-            def rule(
-                file: rules.DmgFile, ctx: rules.RuleContext, provider: str, submitted: dt.date
-            ) -> rules.Decision:
-                assert attested is not None
-                return rules.register_paper_attestation(
-                    file, provider=provider, attestation_date=attested, submission_date=submitted, ctx=ctx
-                )
+        response = intake_pb2.RegisterPaperAttestationResponse(intake_reference=event.reference)
+        return await self._register(event, response, rule, entry)
 
-            return attested, rule
+    async def _register(self, event: c.IntakeEvent, response: RI, rule: IntakeRule, entry: AuditEntry) -> RI:
+        """An intake event for one patient: replay, lock, rule, save, outbox, holder changes, record."""
+        entry.patient_niss = event.niss
 
-        response = intake_pb2.RegisterPaperAttestationResponse(intake_reference=request.intake_reference)
-        return await self._register("attestation", request, response, parse, peer)
-
-    async def _register(
-        self,
-        kind: str,
-        request: IntakeRequest,
-        response: RI,
-        parse: Callable[[c.Violations], tuple[dt.date | None, IntakeRule]],
-        peer: str,
-    ) -> RI:
-        """An intake event for one patient: controls, replay, lock, rule, save, outbox, record.
-
-        ``parse`` checks the event's own fields and returns its date and the rule to run; the fields
-        both requests share (reference, patient, provider, submission date) are checked here.
-        """
-        entry = AuditEntry(
-            _INTAKE_RPCS[kind], {"requester_reference": request.intake_reference, "peer": peer}
-        )
-
-        async def work(session: AsyncSession) -> RI:
-            out: c.Violations = []
-            reference = c.text(request.intake_reference, "intake_reference", out)
-            niss = c.niss(request.patient_niss, "patient_niss", out)
-            provider = c.inami(request.provider_inami, "provider_inami", out)
-            on, rule = parse(out)
-            submitted = c.date(request.submission_date, "submission_date", out)
-            c.reject(out)
-            assert niss is not None
-            assert provider is not None
-            assert on is not None
-            assert submitted is not None
-            entry.patient_niss = niss.value
-            print_ = fingerprint(request)
+        async def work(session: AsyncSession, written: Written) -> RI:
             records = RequestRecordRepository(session)
-            replay = await self._replay(records, kind, "", reference, print_, entry, field="intake_reference")
+            replay = await self._replay(
+                records, event.kind, "", event.reference, event.fingerprint, entry, field="intake_reference"
+            )
             if replay is not None:
                 return _replayed(response, replay)
-            member = await MemberRepository(session).get(niss.value)
+            member = await MemberRepository(session).get(event.niss)
             if member is None:
                 raise field_error("patient_niss", McnCode.PATIENT_UNKNOWN, "NISS unknown to this insurer")
             files = DmgFileRepository(session)
-            await files.lock(niss.value)
-            replay = await self._replay(records, kind, "", reference, print_, entry, field="intake_reference")
+            await files.lock(event.niss)
+            replay = await self._replay(
+                records, event.kind, "", event.reference, event.fingerprint, entry, field="intake_reference"
+            )
             if replay is not None:
                 return _replayed(response, replay)
-            loaded = await files.load(niss.value)
-            ctx = await self._rule_context(session, member, loaded, [provider.value], on=on, today=submitted)
+            loaded = await files.load(event.niss)
+            ctx = await self._rule_context(
+                session, member, loaded, [event.provider], on=event.on, today=event.submitted
+            )
             try:
-                decision = rule(loaded.file, ctx, provider.value, submitted)
+                decision = rule(loaded.file, ctx, event)
             except rules.DmgRuleError as error:
                 raise rule_error(error, _INTAKE_FIELDS) from None
             names = await self._names(session, _people(decision))
-            ids = await self._apply(session, loaded, decision, member, ctx, names, "", entry)
-            response.effects.CopyFrom(_effects(decision, names, submitted, ids))
-            await records.add(kind, "", reference, print_, response.SerializeToString(), self._clock.now())
+            cause = f"{event.kind}:{event.reference}"
+            ids = await self._apply(session, loaded, decision, member, ctx, names, "", entry, written, cause)
+            response.effects.CopyFrom(_effects(decision, names, event.submitted, ids))
+            await records.add(
+                event.kind,
+                "",
+                event.reference,
+                event.fingerprint,
+                response.SerializeToString(),
+                self._clock.now(),
+            )
             return response
 
-        return await self._once(lambda: self._auditor.run(entry, work))
+        return await self._write(entry, work)
 
     async def process_year_end(
-        self, request: intake_pb2.ProcessYearEndRequest, peer: str = ""
+        self, order: c.YearEnd, entry: AuditEntry
     ) -> intake_pb2.ProcessYearEndResponse:
         """The year-end run, one transaction per patient (running it again is harmless)."""
-        entry = AuditEntry("ProcessYearEnd", {"peer": peer})
-
-        async def work(_session: AsyncSession) -> intake_pb2.ProcessYearEndResponse:
-            # The audit row goes in ``_session`` at the end; each patient gets a transaction of its own.
-            out: c.Violations = []
-            if not request.year:
-                out.append(FieldViolation("year", McnCode.MANDATORY_FIELD_MISSING, "year is mandatory"))
-            today = c.date(request.processing_date, "processing_date", out)
-            c.reject(out)
-            assert today is not None
-            if today < dt.date(request.year, 12, 31):
-                raise field_error(
-                    "processing_date", McnCode.DATE_IN_FUTURE, f"year {request.year} is not over"
-                )
-            response = intake_pb2.ProcessYearEndResponse()
-            async with self._sessions() as session:
-                patients = await DmgFileRepository(session).patients_with_holdings()
+        response = intake_pb2.ProcessYearEndResponse()
+        async with self._sessions() as session:
+            patients = await DmgFileRepository(session).patients_with_holdings()
+        try:
             for niss in patients:
-                await self._year_end_of(niss, request.year, today, response, entry)
-            done = response.patients_affected, response.payments_created
-            entry.incidents.append(f"year {request.year}: {done[0]} patients, {done[1]} payments")
-            return response
-
-        response = await self._auditor.run(entry, work)
-        self._on_outbox()
+                await self._year_end_of(niss, order.year, order.today, response, entry)
+        finally:
+            self._outbox.set()
+        done = response.patients_affected, response.payments_created
+        entry.incidents.append(f"year {order.year}: {done[0]} patients, {done[1]} payments")
         return response
 
     async def _year_end_of(
@@ -473,6 +396,7 @@ class DmgOperations:
         response: intake_pb2.ProcessYearEndResponse,
         entry: AuditEntry,
     ) -> None:
+        written = Written()
         async with transaction(self._sessions) as session:
             member = await MemberRepository(session).get(niss)
             files = DmgFileRepository(session)
@@ -488,21 +412,30 @@ class DmgOperations:
             if decision.file == loaded.file:
                 return
             names = await self._names(session, _people(decision))
-            await self._apply(session, loaded, decision, member, ctx, names, "", entry)
+            cause = f"year-end:{year}:{niss}"
+            await self._apply(session, loaded, decision, member, ctx, names, "", entry, written, cause)
             response.patients_affected += 1
             response.payments_created += len(decision.payments_created)
             response.payments_recovered += len(decision.payments_recovered)
+        self.holders.publish(written.holder_sequence)
 
     # --- shared steps ----------------------------------------------------------------------------------
 
-    async def _once(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run a write; retry once when a concurrent request won a unique key (the retry then sees it:
-        a replay, 158, or 168), and wake the outbox relay after a commit."""
+    async def _write(self, entry: AuditEntry, work: Callable[[AsyncSession, Written], Awaitable[T]]) -> T:
+        """Run a change in ONE transaction with its audit row; run it once more when a concurrent request
+        won a unique key (the second run then sees it: a replay, 158, or 168). After the commit, wake the
+        outbox relay and the watchers of the holder feed."""
         try:
-            result = await attempt()
+            written = Written()
+            async with self._audit.transaction(entry) as session:
+                result = await work(session, written)
         except IntegrityError:
-            result = await attempt()
-        self._on_outbox()
+            written = Written()
+            async with self._audit.transaction(entry) as session:
+                result = await work(session, written)
+        if written.outbox:
+            self._outbox.set()
+        self.holders.publish(written.holder_sequence)
         return result
 
     async def _replay(
@@ -528,20 +461,8 @@ class DmgOperations:
         return found.response
 
     async def _check_requester(self, session: AsyncSession, who: c.Caller, request: c.Request) -> None:
-        reference = ReferenceRepository(session)
-        provider = await reference.provider(who.inami.value)
-        organisation = await reference.organisation(who.inami.value) if provider is None else None
-        entry = provider if provider is not None else organisation
-        c.reject(
-            c.requester(
-                who,
-                request,
-                known=entry is not None,
-                registered_role=entry.role if entry is not None else None,
-                valid_from=entry.valid_from if entry is not None else None,
-                valid_until=entry.valid_until if entry is not None else None,
-            )
-        )
+        reads = ConsultRepository(await session.connection())
+        c.check_requester(who, request, await reads.requester(who.inami.value))
 
     async def _member(
         self, session: AsyncSession, key: c.PatientKey, *, on: dt.date, entry: AuditEntry
@@ -550,11 +471,10 @@ class DmgOperations:
         if key.niss is not None:
             member = await members.get(key.niss)
         else:
-            assert key.registration_number is not None
-            member = await members.by_registration(key.registration_number)
+            member = await members.by_registration(key.registration_number or "")
         periods = await members.periods(member.niss) if member is not None else ()
-        c.reject(c.patient(key, member_niss=member.niss if member else None, periods=periods, on=on))
-        assert member is not None
+        c.check_patient(key, member_niss=member.niss if member else None, periods=periods, on=on)
+        assert member is not None  # check_patient raised otherwise
         entry.patient_niss = member.niss
         return member
 
@@ -585,7 +505,7 @@ class DmgOperations:
             enrolled=enrolled,
             group_of=groups,
             supervisor_of=supervisors,
-            contact_codes=self._contact_codes,
+            contact_codes=self.contact_codes,
             tariffs=await reference.tariff_table(),
             max_notification_delay_days=self._max_days,
         )
@@ -605,8 +525,11 @@ class DmgOperations:
         names: convert.Names,
         requester_reference: str,
         entry: AuditEntry,
+        written: Written,
+        cause: str,
     ) -> list[str]:
-        """Save the new file and write its messages to the outbox; return the message ids."""
+        """Save the new file, write its messages to the outbox and its holder moves to the holder-change
+        log; return the message ids."""
         await DmgFileRepository(session).save(loaded, decision.file)
         now = self._clock.now()
         patient = convert.patient(member)
@@ -636,6 +559,12 @@ class DmgOperations:
                 )
             )
         await OutboxRepository(session).add(rows)
+        written.outbox += len(rows)
+        # Last: the holder feed's head row is locked from here to the commit.
+        last = await log_moves(
+            session, decision.holder_moves, insurer_code=self.insurer_code, cause=cause, now=now
+        )
+        written.holder_sequence = max(written.holder_sequence, last)
         return [row.message_id for row in rows]
 
 
@@ -711,17 +640,3 @@ def _replayed(response: R, stored: bytes) -> R:
     response.MergeFromString(stored)
     response.replayed = True
     return response
-
-
-def _encode_token(niss: str) -> str:
-    return base64.urlsafe_b64encode(niss.encode()).decode()
-
-
-def _decode_token(token: str, out: c.Violations) -> str:
-    if not token:
-        return ""
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        out.append(FieldViolation("page_token", McnCode.BAD_FORMAT, "invalid page token"))
-        return ""

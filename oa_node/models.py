@@ -10,6 +10,8 @@ Groups of tables:
 * the DMG file of each patient, one table per kind of row of :class:`oa_node.rules.DmgFile`:
   :class:`HoldingRow`, :class:`PaymentRow`, :class:`ContactRow`, :class:`AttestationRow`,
   :class:`NotificationRow`;
+* the holder-change log of :class:`HolderChangeRow` (written in the transaction of every change of a
+  patient's DMG holder, followed by eHealth through ``HoldingFeedService``);
 * idempotency (:class:`RequestRecord`), the :class:`OutboxMessage` table and the :class:`AuditRecord`.
 
 Dates are ``DATE`` columns, amounts exact decimal strings, enums their string values.
@@ -18,9 +20,9 @@ Dates are ``DATE`` columns, amounts exact decimal strings, enums their string va
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Column, DateTime, LargeBinary, UniqueConstraint
+from sqlalchemy import Column, DateTime, LargeBinary, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from mycarenet_core.db import declarative_base
@@ -30,6 +32,11 @@ if TYPE_CHECKING:  # mypy cannot use a base class made at run time
 else:
     Base = declarative_base()
 metadata = Base.metadata
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a model (for statements built once, without the ORM)."""
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
 
 
 def _utc() -> Column[dt.datetime]:
@@ -71,9 +78,14 @@ class Affiliation(Base, table=True):
     end: dt.date | None = None
 
 
+AFFILIATION_FEED = 1
+HOLDER_FEED = 2
+
+
 class FeedHead(Base, table=True):
-    """The single row that allocates feed sequence numbers: updating it serialises feed writers, so that
-    sequence order is commit order and a reader never skips a change committed late."""
+    """One row per feed (:data:`AFFILIATION_FEED`, :data:`HOLDER_FEED`) that allocates its sequence
+    numbers: updating it serialises that feed's writers, so that sequence order is commit order and a
+    reader never skips a change committed late."""
 
     __tablename__ = "oa_feed_head"
 
@@ -261,6 +273,23 @@ class NotificationRow(Base, table=True):
     end: dt.date
     indicator: str
     supervisor: str | None = None
+
+
+class HolderChangeRow(Base, table=True):
+    """One change of who holds a patient's DMG from ``start_date`` on (``holder_inami`` empty: nobody),
+    in the transaction of the holding change itself. ``sequence`` comes from the :data:`HOLDER_FEED` head
+    row; ``source_reference`` ("<insurer>:<what caused it>") is the idempotency key eHealth applies it by."""
+
+    __tablename__ = "oa_holder_change"
+
+    sequence: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    change_time: dt.datetime = Field(sa_column=_utc())
+    patient_niss: str = Field(index=True, max_length=11)
+    holder_inami: str = Field(default="", max_length=11)
+    previous_holder_inami: str = Field(default="", max_length=11)
+    start_date: dt.date
+    source_reference: str = Field(unique=True, max_length=100)
+    traceparent: str = Field(default="", max_length=64)
 
 
 # --- idempotency, outbox, audit --------------------------------------------------------------------------

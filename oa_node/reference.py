@@ -7,24 +7,104 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mycarenet_core.errors import FieldViolation, McnCode
+from mycarenet_core.errors import McnCode
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2 as rd_pb2
 from mycarenet_core.identifiers import Role
+from mycarenet_core.validation import Checker
 from oa_node import controls as c
 from oa_node import convert
 from oa_node import models as m
-from oa_node.audit import AuditEntry, Auditor
-from oa_node.membership import periods_from
+from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.repositories import CadastreRepository, OrganisationData, ReferenceRepository
 
 _ORGANISATION_ROLES = frozenset({Role.MEDICAL_HOUSE, Role.GROUP_PRACTICE})
+MAX_ENTRIES = 10_000
+MAX_MEMBERSHIPS = 10_000
 
 
-def _declared_role(declared: int, actual: Role, field: str, out: c.Violations) -> None:
+def _declared_role(check: Checker, declared: int, actual: Role, field: str) -> None:
     if declared and convert.role_from_proto(declared) is not actual:
-        out.append(
-            FieldViolation(field, McnCode.IDENTIFICATION_INCONSISTENT, "role does not match the INAMI number")
-        )
+        check.add(field, McnCode.IDENTIFICATION_INCONSISTENT, "role does not match the INAMI number")
+
+
+def parse_providers(request: rd_pb2.UpsertProvidersRequest) -> list[m.KnownProvider]:
+    rows: list[m.KnownProvider] = []
+    with Checker() as check:
+        if not check.items("providers", request.providers, maximum=MAX_ENTRIES):
+            return rows  # the checker raises on leaving the block
+        for index, known in enumerate(request.providers):
+            field = f"providers[{index}]"
+            found = check.inami(f"{field}.provider.inami", known.provider.inami)
+            supervisor = check.optional_inami(f"{field}.supervisor_inami", known.supervisor_inami)
+            first = check.text(
+                f"{field}.provider.first_name",
+                known.provider.first_name,
+                max_length=c.MAX_NAME,
+                required=False,
+            )
+            last = check.text(
+                f"{field}.provider.last_name", known.provider.last_name, max_length=c.MAX_NAME, required=False
+            )
+            if found is None:
+                continue
+            _declared_role(check, known.provider.role, found.role, f"{field}.provider.role")
+            if found.role in _ORGANISATION_ROLES:
+                check.add(
+                    f"{field}.provider.inami",
+                    McnCode.VALUE_NOT_ALLOWED,
+                    "organisations go to UpsertOrganisations",
+                )
+            rows.append(
+                m.KnownProvider(
+                    inami=found.value,
+                    role=int(convert.role_to_proto(found.role)),
+                    first_name=first,
+                    last_name=last,
+                    supervisor_inami=supervisor.value if supervisor else None,
+                )
+            )
+    return rows
+
+
+def parse_organisations(request: rd_pb2.UpsertOrganisationsRequest) -> list[OrganisationData]:
+    data: list[OrganisationData] = []
+    with Checker() as check:
+        if not check.items("organisations", request.organisations, maximum=MAX_ENTRIES):
+            return data  # the checker raises on leaving the block
+        for index, known in enumerate(request.organisations):
+            field = f"organisations[{index}]"
+            found = check.inami(f"{field}.organisation.inami", known.organisation.inami)
+            name = check.text(
+                f"{field}.organisation.last_name",
+                known.organisation.last_name,
+                max_length=c.MAX_NAME,
+                required=False,
+            )
+            members: list[tuple[str, dt.date, dt.date | None]] = []
+            if check.items(f"{field}.members", known.members, maximum=MAX_MEMBERSHIPS):
+                for j, member in enumerate(known.members):
+                    who = check.inami(f"{field}.members[{j}].member_inami", member.member_inami)
+                    period = c.periods(check, [member.period], f"{field}.members[{j}].period")
+                    if who is not None and period:
+                        members.append((who.value, period[0][0], period[0][1]))
+            if found is None:
+                continue
+            _declared_role(check, known.organisation.role, found.role, f"{field}.organisation.role")
+            if found.role not in _ORGANISATION_ROLES:
+                check.add(
+                    f"{field}.organisation.inami",
+                    McnCode.VALUE_NOT_ALLOWED,
+                    "not a medical house or group practice",
+                )
+            data.append(
+                OrganisationData(
+                    inami=found.value,
+                    role=int(convert.role_to_proto(found.role)),
+                    name=name,
+                    members=tuple(members),
+                )
+            )
+    return data
 
 
 class ReferenceOperations:
@@ -34,91 +114,26 @@ class ReferenceOperations:
         self,
         *,
         sessions: async_sessionmaker[AsyncSession],
-        auditor: Auditor,
+        audit: AuditTrail,
         following: Callable[[], bool] = lambda: False,
     ) -> None:
         self._sessions = sessions
-        self._auditor = auditor
+        self._audit = audit
         self._following = following
 
     async def upsert_providers(
-        self, request: rd_pb2.UpsertProvidersRequest, peer: str = ""
+        self, rows: list[m.KnownProvider], entry: AuditEntry
     ) -> rd_pb2.UpsertProvidersResponse:
-        out: c.Violations = []
-        rows: list[m.KnownProvider] = []
-        for index, known in enumerate(request.providers):
-            field = f"providers[{index}]"
-            found = c.inami(known.provider.inami, f"{field}.provider.inami", out)
-            supervisor = c.inami(known.supervisor_inami, f"{field}.supervisor_inami", out, required=False)
-            if found is None:
-                continue
-            _declared_role(known.provider.role, found.role, f"{field}.provider.role", out)
-            if found.role in _ORGANISATION_ROLES:
-                out.append(
-                    FieldViolation(
-                        f"{field}.provider.inami",
-                        McnCode.VALUE_NOT_ALLOWED,
-                        "organisations go to UpsertOrganisations",
-                    )
-                )
-            rows.append(
-                m.KnownProvider(
-                    inami=found.value,
-                    role=int(convert.role_to_proto(found.role)),
-                    first_name=known.provider.first_name,
-                    last_name=known.provider.last_name,
-                    supervisor_inami=supervisor.value if supervisor else None,
-                )
-            )
-
-        async def work(session: AsyncSession) -> rd_pb2.UpsertProvidersResponse:
-            c.reject(out)
-            return rd_pb2.UpsertProvidersResponse(
-                stored=await ReferenceRepository(session).upsert_providers(rows)
-            )
-
-        return await self._auditor.run(AuditEntry("UpsertProviders", {"peer": peer}), work)
+        async with self._audit.transaction(entry) as session:
+            stored = await ReferenceRepository(session).upsert_providers(rows)
+        return rd_pb2.UpsertProvidersResponse(stored=stored)
 
     async def upsert_organisations(
-        self, request: rd_pb2.UpsertOrganisationsRequest, peer: str = ""
+        self, data: list[OrganisationData], entry: AuditEntry
     ) -> rd_pb2.UpsertOrganisationsResponse:
-        out: c.Violations = []
-        data: list[OrganisationData] = []
-        for index, known in enumerate(request.organisations):
-            field = f"organisations[{index}]"
-            found = c.inami(known.organisation.inami, f"{field}.organisation.inami", out)
-            members: list[tuple[str, dt.date, dt.date | None]] = []
-            for j, member in enumerate(known.members):
-                who = c.inami(member.member_inami, f"{field}.members[{j}].member_inami", out)
-                period = periods_from([member.period], f"{field}.members[{j}].period", out)
-                if who is not None and period:
-                    members.append((who.value, period[0][0], period[0][1]))
-            if found is None:
-                continue
-            _declared_role(known.organisation.role, found.role, f"{field}.organisation.role", out)
-            if found.role not in _ORGANISATION_ROLES:
-                out.append(
-                    FieldViolation(
-                        f"{field}.organisation.inami",
-                        McnCode.VALUE_NOT_ALLOWED,
-                        "not a medical house or group practice",
-                    )
-                )
-            data.append(
-                OrganisationData(
-                    inami=found.value,
-                    role=int(convert.role_to_proto(found.role)),
-                    name=known.organisation.last_name,
-                    members=tuple(members),
-                )
-            )
-
-        async def work(session: AsyncSession) -> rd_pb2.UpsertOrganisationsResponse:
-            c.reject(out)
+        async with self._audit.transaction(entry) as session:
             stored = await ReferenceRepository(session).upsert_organisations(data)
-            return rd_pb2.UpsertOrganisationsResponse(stored=stored)
-
-        return await self._auditor.run(AuditEntry("UpsertOrganisations", {"peer": peer}), work)
+        return rd_pb2.UpsertOrganisationsResponse(stored=stored)
 
     async def list_tariffs(self, request: rd_pb2.ListTariffsRequest) -> rd_pb2.ListTariffsResponse:
         async with self._sessions() as session:

@@ -20,7 +20,12 @@ class OaSettings(MeshSettings):
     ehealth_target: str | None = Field(
         None, description="host:port of eHealth, whose cadastre the node follows (providers, organisations)"
     )
-    relay_interval: float = Field(0.2, gt=0, le=60, description="outbox relay poll interval, seconds")
+    relay_interval: float = Field(
+        30.0,
+        gt=0,
+        le=300,
+        description="outbox relay safety timeout, seconds (every commit of outbox rows wakes the relay)",
+    )
 
     @field_validator("insurer_code")
     @classmethod

@@ -1,13 +1,16 @@
-"""Repositories: each owns the SQL of one aggregate and takes the session; the caller owns the transaction."""
+"""Repositories: each owns the SQL of one aggregate. The ORM ones take the session and the caller owns
+the transaction; the consult's reads (:mod:`.consult`) and the holder-change log (:mod:`.holder_changes`)
+are SQLAlchemy Core statements built once, at import."""
 
+from .consult import ConsultRepository, PatientOnDay, Registration
 from .dmg_files import DmgFileRepository, HolderYearEntry, LoadedFile
 from .members import FeedEntry, MemberData, MemberRepository, Period, UpsertResult, covers
-from .records import AuditRepository, OutboxRepository, RequestRecordRepository
+from .records import OutboxRepository, RequestRecordRepository
 from .reference import CadastreRepository, EnrolmentRepository, OrganisationData, ReferenceRepository
 
 __all__ = [
-    "AuditRepository",
     "CadastreRepository",
+    "ConsultRepository",
     "DmgFileRepository",
     "EnrolmentRepository",
     "FeedEntry",
@@ -17,8 +20,10 @@ __all__ = [
     "MemberRepository",
     "OrganisationData",
     "OutboxRepository",
+    "PatientOnDay",
     "Period",
     "ReferenceRepository",
+    "Registration",
     "RequestRecordRepository",
     "UpsertResult",
     "covers",

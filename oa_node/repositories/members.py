@@ -177,9 +177,11 @@ class MemberRepository:
 
     async def _lock_feed(self) -> m.FeedHead:
         await self.session.execute(
-            update(m.FeedHead).where(col(m.FeedHead.id) == 1).values(last_sequence=m.FeedHead.last_sequence)
+            update(m.FeedHead)
+            .where(col(m.FeedHead.id) == m.AFFILIATION_FEED)
+            .values(last_sequence=m.FeedHead.last_sequence)
         )
-        head = await self.session.get(m.FeedHead, 1, populate_existing=True)
+        head = await self.session.get(m.FeedHead, m.AFFILIATION_FEED, populate_existing=True)
         if head is None:
             raise RuntimeError("feed head row missing: schema not initialised")
         return head

@@ -1,4 +1,4 @@
-"""Idempotency records, the outbox and the audit trail."""
+"""Idempotency records and the outbox (the audit trail writes itself: :mod:`oa_node.audit`)."""
 
 from __future__ import annotations
 
@@ -81,14 +81,3 @@ class OutboxRepository:
                 .where(col(m.OutboxMessage.id).in_(ids))
                 .values(attempts=m.OutboxMessage.attempts + 1)
             )
-
-
-class AuditRepository:
-    """One row per request."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def add(self, record: m.AuditRecord) -> None:
-        self.session.add(record)
-        await self.session.flush()

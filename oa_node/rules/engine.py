@@ -45,7 +45,15 @@ from .model import (
     StatusReason,
 )
 from .payments import Claim, settle
-from .timeline import closure_messages, diff, granted_right_end, latest_started, normalise, year_end
+from .timeline import (
+    closure_messages,
+    diff,
+    granted_right_end,
+    holder_moves,
+    latest_started,
+    normalise,
+    year_end,
+)
 
 # --------------------------------------------------------------------------------------------------
 # notify (seed 000 §3)
@@ -570,4 +578,5 @@ def _decide(
         holdings_closed=changes.closed,
         holdings_cancelled=changes.cancelled,
         holdings_reopened=changes.reopened,
+        holder_moves=holder_moves(after.patient, before.holdings, after.holdings, changes),
     )

@@ -255,6 +255,18 @@ Message = ClosureMessage | ExtensionMessage
 
 
 @dataclass(frozen=True, slots=True)
+class HolderMove:
+    """Who holds the patient's DMG changed from ``start`` on: ``holder`` (None: nobody) instead of
+    ``previous`` (None: nobody held it then). A takeover or an opening (notification, 102771), or a
+    holding cancelled with its payment (its predecessor, if any, holds it again)."""
+
+    patient: str
+    holder: str | None
+    previous: str | None
+    start: date
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The new file and the effects of one accepted call (a rejected call raises instead)."""
 
@@ -269,5 +281,7 @@ class Decision:
     holdings_closed: tuple[Holding, ...] = ()
     holdings_cancelled: tuple[Holding, ...] = ()
     holdings_reopened: tuple[Holding, ...] = ()
+    holder_moves: tuple[HolderMove, ...] = ()
+    """The changes of who holds the DMG that this decision makes (the holder-change feed)."""
     replayed: bool = False
     """True when a notification was a replay of an earlier one (same provider + requester reference)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 from .context import RuleContext
-from .model import ClosureMessage, Holding, HoldingStatus, Procedure, StatusReason
+from .model import ClosureMessage, HolderMove, Holding, HoldingStatus, Procedure, StatusReason
 
 ONE_DAY = timedelta(days=1)
 
@@ -129,3 +129,28 @@ def closure_messages(
             )
         )
     return tuple(messages)
+
+
+def holder_on(holdings: tuple[Holding, ...], day: date) -> str | None:
+    """The holder in force on ``day`` (the first live holding covering it, in timeline order)."""
+    covering = [h for h in holdings if h.covers(day)]
+    return min(covering, key=lambda h: (h.start, h.seq)).holder if covering else None
+
+
+def holder_moves(
+    patient: str, before: tuple[Holding, ...], after: tuple[Holding, ...], changes: HoldingChanges
+) -> tuple[HolderMove, ...]:
+    """The changes of who holds the DMG between two versions of the holdings: an opened holding takes it
+    from whoever held it on its first day; a cancelled one gives it back, from its first day, to whoever
+    holds it then (its reopened predecessor, or nobody). A closure is the other side of an opening, an
+    extension or a reopening changes nobody's start: neither is a move of its own."""
+    moves: list[HolderMove] = []
+    for new in changes.opened:
+        previous = holder_on(before, new.start)
+        if previous != new.holder:
+            moves.append(HolderMove(patient, new.holder, previous, new.start))
+    for gone in changes.cancelled:
+        now = holder_on(after, gone.start)
+        if now != gone.holder:
+            moves.append(HolderMove(patient, now, gone.holder, gone.start))
+    return tuple(moves)

@@ -169,7 +169,6 @@ async def start_node(
         clock=clock,
         hub_intake_target=hub,
         ehealth_target=ehealth,
-        relay_interval=0.05,
     )
     port = await app.start("127.0.0.1:0")
     channel = open_channel(f"127.0.0.1:{port}", identity="hub")

@@ -19,10 +19,14 @@ from node_support import (
     d,
     node,
     rpc_error,
+    seed,
     snapshot,
+    start_node,
+    stop_node,
 )
 from sqlalchemy import func, select
 
+from mycarenet_core.db import create_engine
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from oa_node import models as m
@@ -141,10 +145,17 @@ async def test_enrol_twice_is_168_and_get_enrolment(node: Node) -> None:
 
 
 async def test_every_request_leaves_an_audit_row(node: Node) -> None:
+    """A change's row is written in its transaction; a rejection's and a read's are queued and written in
+    bulk (a flush writes them all, also what the background writer had not written yet)."""
+    await node.app.audit.flush()
     async with node.app.sessions() as session:
         before = (await session.execute(select(func.count()).select_from(m.AuditRecord))).scalar_one()
     await node.notify(GP_A, reference="audited")
     await rpc_error(node.notify(GP_A, reference="audited", contact=TODAY + dt.timedelta(days=1)))
+    consult = oa_pb2.ConsultDmgRequest(context=context(GP_B), patient=by_niss(PATIENT), request_date=d(TODAY))
+    await node.dmg.ConsultDmg(consult, timeout=10)
+    await node.app.audit.flush()
+    assert node.app.audit.queued == 0
     async with node.app.sessions() as session:
         rows = list(
             (await session.execute(select(m.AuditRecord).order_by(m.AuditRecord.id).offset(before))).scalars()  # type: ignore[arg-type]
@@ -152,10 +163,33 @@ async def test_every_request_leaves_an_audit_row(node: Node) -> None:
     assert [(r.rpc, r.outcome, r.requester_inami, r.patient_niss) for r in rows] == [
         ("NotifyDmg", "OK", GP_A, PATIENT),
         ("NotifyDmg", "REJECTED", GP_A, ""),
+        ("ConsultDmg", "OK", GP_B, PATIENT),
     ]
     assert rows[1].mycarenet_codes == "158"
     assert rows[0].session_id == "session-1"
     assert rows[0].requester_reference == "audited"
+    assert rows[2].status_code == "OK"
+
+
+async def test_queued_audit_rows_are_written_by_a_clean_stop(pg_admin_url: str, database_url: str) -> None:
+    node = await start_node(database_url)
+    try:
+        await seed(node)
+        await node.app.audit.flush()
+        consult = oa_pb2.ConsultDmgRequest(
+            context=context(GP_A), patient=by_niss(PATIENT), request_date=d(TODAY)
+        )
+        for _ in range(20):
+            await node.dmg.ConsultDmg(consult, timeout=10)
+    finally:
+        await stop_node(node)
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            stmt = select(func.count()).select_from(m.AuditRecord).where(m.AuditRecord.rpc == "ConsultDmg")
+            assert (await conn.execute(stmt)).scalar_one() == 20
+    finally:
+        await engine.dispose()
 
 
 async def test_a_trainee_notifies_only_under_the_supervisor_the_cadastre_records(node: Node) -> None:

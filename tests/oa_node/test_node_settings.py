@@ -15,7 +15,7 @@ def test_defaults_derive_the_database_from_the_insurer_code(monkeypatch: pytest.
     assert settings.database_url == "sqlite+aiosqlite:///var/oa-300.db"
     assert settings.hub_intake_target is None
     assert settings.ehealth_target is None  # no cadastre follower: reference data from the back office only
-    assert settings.relay_interval == 0.2
+    assert settings.relay_interval == 30.0  # a safety timeout: every commit of outbox rows wakes the relay
 
 
 def test_the_cadastre_follower_is_configured_by_mcn_oa_ehealth_target(

@@ -35,6 +35,7 @@ from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import FixedClock
 from mycarenet_core.errors import parse_rpc_error
 from mycarenet_core.gen.mycarenet.oa.v1 import (
+    holding_feed_service_pb2,
     intake_service_pb2,
     membership_service_pb2,
     oa_dmg_service_pb2,
@@ -50,7 +51,13 @@ __all__ = ["node"]
 
 SERVICES = [
     service
-    for module in (oa_dmg_service_pb2, intake_service_pb2, membership_service_pb2, reference_data_service_pb2)
+    for module in (
+        oa_dmg_service_pb2,
+        intake_service_pb2,
+        membership_service_pb2,
+        reference_data_service_pb2,
+        holding_feed_service_pb2,
+    )
     for service in module.DESCRIPTOR.services_by_name.values()
 ]
 METHODS: list[MethodDescriptor] = [method for service in SERVICES for method in service.methods]
@@ -118,7 +125,7 @@ async def _call(channel: grpc.aio.Channel, method: MethodDescriptor) -> grpc.Sta
 
 
 async def test_every_rpc_answers_exactly_the_callers_the_table_grants(plain_node: OaNodeApp) -> None:
-    """The authorization matrix of the node: 16 RPCs x 9 kinds of caller, against trust.toml."""
+    """The authorization matrix of the node: 18 RPCs x 9 kinds of caller, against trust.toml."""
     wrong: list[str] = []
     for caller in CALLERS:
         target = f"127.0.0.1:{plain_node.port}"
