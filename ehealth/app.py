@@ -33,7 +33,6 @@ from ehealth.settings import EhealthSettings
 from ehealth.store import Database
 from mycarenet_core.channels import client_credentials, open_channel, server_credentials
 from mycarenet_core.clock import Clock, clock_from_setting
-from mycarenet_core.db import create_engine
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     auth_pb2_grpc,
     cadastre_pb2_grpc,
@@ -106,17 +105,17 @@ class EhealthApp(ServiceApp):
         without, plaintext channels that declare the ``ehealth`` identity.
         """
         limits = AuthLimits(max_token_lifetime, audience, challenge_ttl)
-        engine = create_engine(database_url)
+        db = Database(database_url)
         if telemetry is not None:
-            telemetry.instrument_engine(engine)
-        db = Database(engine)
+            for engine in db.engines:
+                telemetry.instrument_engine(engine)
         try:
-            await upgrade(engine, HISTORIES["ehealth"].script_location)
+            await upgrade(db.engine, HISTORIES["ehealth"].script_location)
             logs = Logs(db, clock)
             auth = Authenticator(db, clock, limits, logs)
             await auth.ensure_signing_key()
         except BaseException:
-            await engine.dispose()
+            await db.dispose()
             raise
         audit = AuditLog(db, clock, interval=audit_interval)
         verifier = SessionVerifier(auth)

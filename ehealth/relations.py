@@ -41,9 +41,11 @@ from ehealth.repositories import (
 )
 from ehealth.rules import Period, Proof, Relation, check_end, plan_dmg_end, plan_dmg_transfer
 from ehealth.scope import NOT_OWN_RELATION, Actor
-from ehealth.store import Database
+from ehealth.store import Database, Query
 from mycarenet_core.clock import Clock
 from mycarenet_core.errors import McnCode, not_found
+
+_CHECK = Query(CHECK_RELATION)
 
 
 class RelationLike(Protocol):
@@ -61,6 +63,16 @@ class RelationLike(Protocol):
     def valid_from(self) -> dt.date: ...
     @property
     def valid_to(self) -> dt.date | None: ...
+
+
+@dataclass(frozen=True)
+class _Found:
+    relation_id: str
+    provider_inami: str
+    patient_niss: str
+    proof: str
+    valid_from: dt.date
+    valid_to: dt.date | None
 
 
 class RelationChange(RelationLike, Protocol):
@@ -156,9 +168,8 @@ class Relations:
         """The strongest relation letting ``provider`` see ``patient`` on ``day`` (today when None): one
         pre-built statement, no write transaction."""
         params = {"provider": provider, "patient": patient, "day": day or self.clock.today()}
-        async with self.db.connect() as conn:
-            found: RelationLike | None = (await conn.execute(CHECK_RELATION, params)).first()
-        return found
+        found = await self.db.first(_CHECK, params)
+        return None if found is None else _Found(*found)
 
     async def search(
         self,

@@ -1,32 +1,106 @@
 """eHealth's database, as its domain uses it: writes in one transaction each, reads that never open a write
-transaction.
+transaction, and the hot read on the driver itself.
 
 A write is an ORM session inside one transaction (:meth:`Database.transaction`; the ones that append to a
-followed log go through :meth:`ehealth.logs.Logs.transaction`). A read — the hot CheckRelation above all —
-runs on :attr:`Database.reader`: on PostgreSQL a connection in autocommit (one round trip per statement,
-no BEGIN, no read-write transaction held while Python works), on SQLite the plain connection (the driver
-opens a transaction only before a write, so a SELECT never takes the write lock). Same statements, same
-code path on both; the difference is one execution option chosen here.
+followed log go through :meth:`ehealth.logs.Logs.transaction`). A read runs on :attr:`Database.reader`, a
+pool of its own: on PostgreSQL its connections are in autocommit from the moment they are opened (one round
+trip per statement, the pool's liveness ping included: no BEGIN, no ROLLBACK, no read-write transaction held
+while Python works); on SQLite the driver opens a transaction only before a write, so a SELECT never takes
+the write lock, and a connection given back needs no reset.
+
+The hottest read (CheckRelation, the hub's fallback) is a :class:`Query`: a SQLAlchemy Core statement
+compiled ONCE per dialect and sent as is to the driver's own connection (``aiosqlite`` / ``asyncpg``, which
+each keep it prepared per connection), with the columns' types converting the values both ways. That skips
+SQLAlchemy's execution layer, and on SQLite the four thread hand-offs of its cursor adapter (one remains).
+Same statement and same code path on both databases; the one difference, how the driver is called, is here.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
+import asyncpg
+import grpc
+from sqlalchemy import Select
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from mycarenet_core.db import is_sqlite, session_factory, transaction
+from mycarenet_core.db import create_engine, is_sqlite, session_factory, transaction
+from mycarenet_core.errors import MeshError
+
+Processor = Callable[[Any], Any] | None
+# What the drivers raise when the connection or the database failed (not the statement): the connection is
+# dropped from the pool and the caller is told to retry, as for any transient database failure.
+_TRANSIENT = (OSError, sqlite3.OperationalError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A statement compiled for one dialect: its SQL, its positional parameters (name, default value, type
+    conversion) and the type conversion of each column of a row."""
+
+    sql: str
+    binds: Sequence[tuple[str, Any, Processor]]
+    results: Sequence[Processor]
+
+
+class Query:
+    """A Core SELECT compiled once per dialect, run on the driver's own connection (:meth:`Database.first`).
+
+    Positional parameters are taken by name from the call's values (a literal of the statement, such as
+    its LIMIT, keeps its own value)."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._plans: dict[str, _Plan] = {}
+
+    def plan(self, dialect: Dialect) -> _Plan:
+        plan = self._plans.get(dialect.name)
+        if plan is None:
+            compiled = self.statement.compile(dialect=dialect)
+            if compiled.positiontup is None:
+                raise TypeError(f"{dialect.name}: a driver with positional parameters is expected")
+            binds = []
+            for name in compiled.positiontup:
+                bind = compiled.binds[name]
+                binds.append((name, bind.value, bind.type.dialect_impl(dialect).bind_processor(dialect)))
+            results = [
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in self.statement.selected_columns
+            ]
+            plan = self._plans[dialect.name] = _Plan(str(compiled), binds, results)
+        return plan
+
+    def arguments(self, plan: _Plan, values: Mapping[str, Any]) -> list[Any]:
+        out = []
+        for name, default, process in plan.binds:
+            value = values.get(name, default)
+            out.append(value if process is None else process(value))
+        return out
 
 
 class Database:
-    """One engine, its write sessions and its read path."""
+    """One database: its write engine and sessions, and its read path."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.sessions = session_factory(engine)
-        self.reader = engine if is_sqlite(engine) else engine.execution_options(isolation_level="AUTOCOMMIT")
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url)
+        self.sessions = session_factory(self.engine)
+        self.sqlite = is_sqlite(self.engine)
+        self.reader: AsyncEngine = (
+            create_engine(url, pool_reset_on_return=None)
+            if self.sqlite
+            else create_engine(url, isolation_level="AUTOCOMMIT")
+        )
         self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
+
+    @property
+    def engines(self) -> list[AsyncEngine]:
+        """The engines to instrument and dispose."""
+        return [self.engine, self.reader]
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on any exception."""
@@ -39,11 +113,37 @@ class Database:
             yield session
 
     def connect(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        """A Core connection for reads only (the hot path: one pre-built statement, no ORM)."""
+        """A Core connection for reads only."""
         return self.reader.connect()
 
+    async def first(self, query: Query, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The first row of ``query`` with ``values``, converted by the columns' types; None when none.
+        A connection that failed is never given back to the pool (UNAVAILABLE DATABASE_BUSY: retry)."""
+        plan = query.plan(self.reader.dialect)
+        arguments = query.arguments(plan, values)
+        async with self.reader.connect() as conn:
+            driver: Any = (await conn.get_raw_connection()).driver_connection
+            try:
+                if self.sqlite:
+                    rows = await driver.execute_fetchall(plan.sql, arguments)
+                    row = rows[0] if rows else None
+                else:
+                    row = await driver.fetchrow(plan.sql, *arguments)
+            except _TRANSIENT as error:
+                await conn.invalidate(error)
+                raise MeshError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "DATABASE_BUSY",
+                    "the database is unavailable; nothing was changed, retry shortly",
+                    retry_after_seconds=1.0,
+                ) from error
+        if row is None:
+            return None
+        return tuple(value if p is None else p(value) for value, p in zip(row, plan.results, strict=True))
+
     async def dispose(self) -> None:
-        await self.engine.dispose()
+        for engine in self.engines:
+            await engine.dispose()
 
 
-__all__ = ["Database"]
+__all__ = ["Database", "Query"]

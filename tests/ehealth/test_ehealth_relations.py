@@ -110,7 +110,7 @@ async def test_medical_house_relation_counts_for_its_members_on_the_date(env: En
     await env.provider(GP)
     await env.provider(GP2)
     await env.organisation(MEDICAL_HOUSE, [(GP, D(2024, 1, 1), D(2025, 6, 30))])
-    await env.hub.relations.TransferDmgRelation(
+    await env.relations.TransferDmgRelation(
         tr.TransferDmgRelationRequest(
             patient_niss=PATIENT, new_holder_inami=MEDICAL_HOUSE, start_date=pdate(D(2024, 6, 1)),
             source_reference="100:mh-1",
@@ -203,7 +203,7 @@ async def test_list_is_filtered_and_paginated(env: Env) -> None:
 async def transfer(
     env: Env, new: str, previous: str, start: D, reference: str
 ) -> tr.TransferDmgRelationResponse:
-    reply: tr.TransferDmgRelationResponse = await env.hub.relations.TransferDmgRelation(
+    reply: tr.TransferDmgRelationResponse = await env.relations.TransferDmgRelation(
         tr.TransferDmgRelationRequest(
             patient_niss=PATIENT,
             new_holder_inami=new,
@@ -297,7 +297,7 @@ async def test_unknown_provider_and_bad_transfer(env: Env) -> None:
         141,
     )
     error = await rpc_error(
-        env.hub.relations.TransferDmgRelation(tr.TransferDmgRelationRequest(new_holder_inami=GP), timeout=10)
+        env.relations.TransferDmgRelation(tr.TransferDmgRelationRequest(new_holder_inami=GP), timeout=10)
     )
     assert {(v.field, v.code) for v in error.violations} == {
         ("patient_niss", 100),
