@@ -8,8 +8,8 @@ services only, with the identities the trust model gives a seeder (``mycarenet_c
   write (``GetCadastrePosition``);
 * then, at each insurer, ``admin`` loads the members; the history is replayed event by event so that
   holdings and payments are what the rules make of them: the enrolments and DMG notifications as they were
-  made through the hub (with the hub's identity: an insurer's DMG service answers only the hub), the
-  contacts and paper attestations as the insurer's invoicing registered them (its ``backoffice``).
+  made through the hub (replayed by ``admin``, which the trust table lets write the sandbox's history: no
+  tool holds the hub's key), the contacts and paper attestations as the insurer's invoicing registered them (its ``backoffice``).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ async def await_cadastre(admin: AdminClient, sequence: int) -> dict[str, object]
 async def seed_oa(
     code: str,
     admin_channel: grpc.aio.Channel,
-    hub_channel: grpc.aio.Channel,
+    history_channel: grpc.aio.Channel,
     population: Population,
     today: dt.date,
 ) -> None:
@@ -156,7 +156,7 @@ async def seed_oa(
     for i in range(0, len(mine), BATCH):
         batch = [_member_proto(m, code, today) for m in mine[i : i + BATCH]]
         await members.UpsertMembers(membership_service_pb2.UpsertMembersRequest(members=batch), timeout=300)
-    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(hub_channel)
+    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(history_channel)
     for p in population.providers:
         if not p.enrolled:
             continue
@@ -185,13 +185,13 @@ async def seed_oa(
 
 
 async def replay_history(
-    code: str, hub_channel: grpc.aio.Channel, backoffice_channel: grpc.aio.Channel, population: Population
+    code: str, history_channel: grpc.aio.Channel, backoffice_channel: grpc.aio.Channel, population: Population
 ) -> dict[str, int]:
     """Replay this insurer's DMG events in order; a rule's refusal is part of history, not a failure.
 
     Notifications as they were made through the hub, contacts and paper attestations as the insurer's
     invoicing registered them (its back office)."""
-    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(hub_channel)
+    dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(history_channel)
     intake = intake_service_pb2_grpc.InvoicingIntakeServiceStub(backoffice_channel)
     outcome: dict[str, int] = defaultdict(int)
     for n, event in enumerate(e for e in population.history if e.insurer == code):
@@ -254,14 +254,14 @@ async def seed(
     today: dt.date,
     admin_credentials: grpc.ChannelCredentials | None = None,
     backoffice_credentials: grpc.ChannelCredentials | None = None,
-    hub_credentials: grpc.ChannelCredentials | None = None,
     only: Sequence[str] = (),
 ) -> dict[str, object]:
     """Seed the whole mesh; returns counts for the cluster description.
 
-    ``admin_credentials``, ``backoffice_credentials`` and ``hub_credentials`` are the mutual-TLS identities
-    of the administrator, the insurers' back office and the hub (whose past requests the history replays).
-    Without them (an ``--insecure`` development mesh) every channel declares the identity it stands for."""
+    ``admin_credentials`` and ``backoffice_credentials`` are the mutual-TLS identities of the administrator
+    (who also replays the past DMG requests of the history, as the trust table lets it: no tool ever holds
+    the hub's key) and of the insurers' back office. Without them (an ``--insecure`` development mesh) every
+    channel declares the identity it stands for."""
     public_keys = write_keys(population, keys_folder)
     async with AdminClient(ehealth=ehealth, insurers=oas, credentials=admin_credentials) as admin:
         sequence = await seed_ehealth(admin, population, public_keys, today)
@@ -270,11 +270,10 @@ async def seed(
     async def one(code: str, target: str) -> tuple[str, dict[str, int]]:
         async with (
             open_channel(target, credentials=admin_credentials, identity="admin") as admin_channel,
-            open_channel(target, credentials=hub_credentials, identity="hub") as hub_channel,
             open_channel(target, credentials=backoffice_credentials, identity="backoffice") as backoffice,
         ):
-            await seed_oa(code, admin_channel, hub_channel, population, today)
-            return code, await replay_history(code, hub_channel, backoffice, population)
+            await seed_oa(code, admin_channel, admin_channel, population, today)
+            return code, await replay_history(code, admin_channel, backoffice, population)
 
     results = await asyncio.gather(*(one(c, t) for c, t in oas.items() if not only or c in only))
     info: dict[str, object] = {

@@ -132,6 +132,10 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
             }
         if cfg.metrics:
             env["METRICS_PORT"] = str(spec.port + 1000)
+        if spec.role == "ehealth":
+            # eHealth follows each insurer's holder-change feed (the DMG relation moves), directly: the
+            # fault proxies stand only between the hub and the insurers.
+            env["OA_TARGETS"] = ",".join(f"{c}={addr(p)}" for c, p in oa_ports.items())
         if spec.role == "hub":
             env |= {
                 "EHEALTH_TARGET": addr(ehealth_port),
@@ -242,9 +246,6 @@ class Supervisor:
         self.credentials = channel_credentials(self.tls)
         self.backoffice_credentials = channel_credentials(self.tls, "backoffice")
         self.admin_credentials = channel_credentials(self.tls, "admin")
-        # The seeder replays the DMG history as it was made through the hub: with the hub's own identity.
-        hub = None if cfg.insecure else pki.ensure_identity(cfg.data / "pki", "hub")
-        self.hub_credentials = client_credentials(hub.ca, hub.cert, hub.key) if hub else None
         self.running: dict[str, Running] = {}
         self.stopping = asyncio.Event()
         self.seed_info: dict[str, Any] = {}
@@ -329,7 +330,6 @@ class Supervisor:
             today=today,
             admin_credentials=self.admin_credentials,
             backoffice_credentials=self.backoffice_credentials,
-            hub_credentials=self.hub_credentials,
         )
         info["seconds"] = round(time.monotonic() - started, 2)
         info["database_bytes"] = await database_sizes(self.cfg, self.specs)
