@@ -123,6 +123,8 @@ def test_a_deployment_and_a_service_per_actor_secure_and_probed(
         code: f"oa-{code}:{services[f'oa-{code}']['spec']['ports'][0]['port']}" for code in INSURERS
     }
     assert hub.ehealth_target == f"ehealth:{services['ehealth']['spec']['ports'][0]['port']}"
+    # eHealth follows every insurer's holder-change feed, at the addresses the hub uses.
+    assert settings["ehealth"].insurer_targets == parse_targets(hub.oa_targets)  # type: ignore[attr-defined]
     for code in INSURERS:
         oa = settings[f"oa-{code}"]
         assert oa.hub_intake_target == f"hub:{services['hub']['spec']['ports'][0]['port']}"  # type: ignore[attr-defined]
@@ -189,6 +191,7 @@ def test_compose_services_agree_with_the_settings_and_with_each_other(
         code: f"oa-{code}:{port_of(settings[f'oa-{code}'].bind)}" for code in INSURERS
     }
     assert hub.ehealth_target == f"ehealth:{port_of(settings['ehealth'].bind)}"
+    assert settings["ehealth"].insurer_targets == parse_targets(hub.oa_targets)  # type: ignore[attr-defined]
     for code in INSURERS:
         oa = settings[f"oa-{code}"]
         assert oa.insurer_code == code  # type: ignore[attr-defined]
