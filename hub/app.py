@@ -1,6 +1,7 @@
 """The hub process: a :class:`~mycarenet_core.service.ServiceApp` serving the public and internal services
-on one server, with its background jobs (each insurer's affiliation feed, eHealth's revocations and relation
-changes, the audit writer, the patient lists, the relation moves still pending, the mailbox gauge).
+on one server, with its background jobs (each insurer's affiliation feed; eHealth's revocations, relation
+changes and organisations; the audit writer, the patient lists, the relation moves still pending, the mailbox
+gauge).
 
 ``HubApp.create(...)`` builds it (tests), ``HubApp.from_settings`` from the environment
 (``mycarenet-hub``, through :func:`mycarenet_core.service.run_service`).
@@ -23,7 +24,7 @@ from hub.auth import CachingTokenVerifier, HubTrust
 from hub.feeds import AffiliationFollower, RevocationFollower
 from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.patient_list import ListPolicy, PatientListWorker
-from hub.relations import RelationCheck, RelationFollower, RelationIndex
+from hub.relations import OrganisationFollower, RelationCheck, RelationFollower, RelationIndex
 from hub.routing import RoutingIndex, RoutingRepository
 from hub.services import DmgServicer, HubCore, MailboxIntakeServicer, MailboxServicer
 from hub.settings import HubSettings
@@ -52,7 +53,6 @@ class HubTuning:
     calls: CallPolicy = field(default_factory=CallPolicy)
     lists: ListPolicy = field(default_factory=ListPolicy)
     transfer_retry_seconds: float = 2.0
-    watch_poll_seconds: float = 5.0
     key_refresh_seconds: float = 5.0
     start_timeout: float = 2.0
     gauge_refresh_seconds: float = 5.0
@@ -73,6 +73,7 @@ class HubApp(ServiceApp):
         followers: Mapping[str, AffiliationFollower],
         revocations: RevocationFollower,
         relations: RelationFollower,
+        organisations: OrganisationFollower,
         background: Background,
         tuning: HubTuning,
     ) -> None:
@@ -96,6 +97,7 @@ class HubApp(ServiceApp):
         self.followers = dict(followers)
         self.revocations = revocations
         self.relations = relations
+        self.organisations = organisations
         self.tuning = tuning
 
     @classmethod
@@ -145,7 +147,9 @@ class HubApp(ServiceApp):
         async with sessions() as session:
             loaded = await RoutingRepository(session).load_into(index)
         log.info("routing index loaded: %d NISS", loaded)
-        relations = RelationFollower(ehealth, RelationIndex())
+        cache = RelationIndex()
+        relations = RelationFollower(ehealth, cache)
+        organisations = OrganisationFollower(ehealth, cache)
         audit = AuditLog(engine, clock, every=tuning.audit_seconds)
         core = HubCore(
             clock=clock,
@@ -155,11 +159,10 @@ class HubApp(ServiceApp):
             index=index,
             oas=oas,
             ehealth=ehealth,
-            relations=RelationCheck(relations, ehealth, clock),
+            relations=RelationCheck(relations, ehealth, clock, organisations),
             audit=audit,
             notifier=notifier,
             lists=PatientListWorker(sessions, oas, notifier, tuning.lists, clock, tracer=tracer),
-            watch_poll_seconds=tuning.watch_poll_seconds,
             tracer=tracer,
         )
         followers = {code: AffiliationFollower(oa, index, sessions) for code, oa in oas.items()}
@@ -170,6 +173,7 @@ class HubApp(ServiceApp):
             background.add(f"affiliations {code}", follower.run)
         background.add("revocations", revocations.run)
         background.add("relations", relations.run)
+        background.add("organisations", organisations.run)
         background.add("audit", audit.run)
         background.every("relation moves", tuning.transfer_retry_seconds, core.retry_transfers)
 
@@ -245,6 +249,7 @@ class HubApp(ServiceApp):
             followers=followers,
             revocations=revocations,
             relations=relations,
+            organisations=organisations,
             background=background,
             tuning=tuning,
         )
@@ -277,4 +282,5 @@ class HubApp(ServiceApp):
         once."""
         events = [f.caught_up.wait() for f in self.followers.values()]
         events += [self.revocations.caught_up.wait(), self.relations.caught_up.wait()]
+        events += [self.organisations.caught_up.wait()]
         await asyncio.wait_for(asyncio.gather(*events), within)

@@ -86,7 +86,6 @@ class HubCore:
     audit: AuditLog
     notifier: MailboxNotifier
     lists: PatientListWorker
-    watch_poll_seconds: float = 5.0
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
 
     # --- shared steps -------------------------------------------------------------------------------

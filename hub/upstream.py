@@ -41,6 +41,7 @@ EHEALTH_IDEMPOTENT = [
     # Idempotent by source reference (contract), so safe to retry.
     ("mycarenet.ehealth.v1.TherapeuticRelationService", "TransferDmgRelation"),
     ("mycarenet.ehealth.v1.CadastreService", "GetProvider"),
+    ("mycarenet.ehealth.v1.CadastreService", "ListCadastreChanges"),
 ]
 # The certificate kind the hub calls as (mycarenet_core.trust): under TLS its certificate says it, on a
 # plaintext channel (development only) the channel declares it.

@@ -463,7 +463,6 @@ FAST = HubTuning(
     calls=CallPolicy(max_deadline=5.0, default_deadline=5.0, connect_timeout=0.5, breaker_cooldown=1.0),
     lists=ListPolicy(retry_window=8.0, initial_backoff=0.1, max_backoff=0.5),
     transfer_retry_seconds=0.5,
-    watch_poll_seconds=0.5,
     key_refresh_seconds=0.0,
 )
 

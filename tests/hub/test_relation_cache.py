@@ -23,8 +23,13 @@ from mycarenet_core.clock import FixedClock
 from mycarenet_core.dates import to_proto
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.ehealth.v1 import (
+    cadastre_pb2,
+    cadastre_pb2_grpc,
+    therapeutic_relation_pb2_grpc,
+)
 from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2 as tr
-from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2_grpc
+from mycarenet_core.identifiers import Profession, make_inami
 from mycarenet_core.lifecycle import Backoff
 from tests.hub.helpers import consult_request, rejected
 from tests.hub.mesh import NOW, TODAY, Mesh, bearer, running_mesh
@@ -71,6 +76,46 @@ def test_the_index_replaces_a_relation_by_its_id() -> None:
     assert len(index) == 1
     index.clear()
     assert len(index) == 0
+
+
+HOUSE = make_inami(Profession.ORGANISATION, 30001, "100")
+
+
+def organisation(
+    validity: tuple[dt.date, dt.date | None], *members: tuple[str, dt.date, dt.date | None]
+) -> cadastre_pb2.Organisation:
+    return cadastre_pb2.Organisation(
+        inami=HOUSE,
+        kind=cadastre_pb2.ORGANISATION_KIND_MEDICAL_HOUSE,
+        name="Maison médicale",
+        validity=common_pb2.Period(start=to_proto(validity[0]), end=to_proto(validity[1])),
+        members=[
+            cadastre_pb2.OrganisationMember(
+                inami=inami, period=common_pb2.Period(start=to_proto(start), end=to_proto(end))
+            )
+            for inami, start, end in members
+        ],
+    )
+
+
+def test_an_organisations_relation_counts_for_its_members_while_both_are_valid() -> None:
+    index = RelationIndex()
+    index.put(relation("house", dt.date(2020, 1, 1), provider=HOUSE))
+    assert not index.allows(GP, PATIENT, TODAY)  # not a member (yet)
+    yesterday = TODAY - dt.timedelta(days=1)
+    index.put_organisation(organisation((dt.date(2010, 1, 1), None), (GP, dt.date(2024, 1, 1), None)))
+    assert index.allows(GP, PATIENT, TODAY)
+    assert not index.allows(GP, PATIENT, TODAY, organisations=False)  # the organisations' follower is behind
+    assert not index.allows(GP, PATIENT, dt.date(2023, 12, 31))  # before the membership
+    index.put_organisation(organisation((dt.date(2010, 1, 1), None), (GP, dt.date(2024, 1, 1), yesterday)))
+    assert not index.allows(GP, PATIENT, TODAY)  # the membership ended yesterday
+    index.put_organisation(organisation((dt.date(2010, 1, 1), yesterday), (GP, dt.date(2024, 1, 1), None)))
+    assert not index.allows(GP, PATIENT, TODAY)  # the organisation ended yesterday
+    index.put_organisation(organisation((dt.date(2010, 1, 1), None), ("10000202004", TODAY, None)))
+    assert not index.allows(GP, PATIENT, TODAY)  # no longer a member at all
+    assert index.allows("10000202004", PATIENT, TODAY)
+    index.clear_organisations()
+    assert not index.allows("10000202004", PATIENT, TODAY)
 
 
 # --- a stand-in eHealth ----------------------------------------------------------------------------------
@@ -251,3 +296,45 @@ async def test_with_ehealth_stopped_a_consult_is_unavailable_not_a_cached_yes_an
         asked = mesh.hub.core.relations.asked_ehealth
         assert (await consult(mesh, token, patient.niss)).insurer_code == "100"
         assert mesh.hub.core.relations.asked_ehealth == asked
+
+
+async def test_a_member_of_a_medical_house_holding_the_relation_is_answered_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    async with running_mesh(tmp_path, insurers=("100",), relations_for=()) as mesh:
+        assert mesh.hub is not None
+        check = mesh.hub.core.relations
+        gp_c, patient = mesh.people["gp_c"], mesh.members["p100"]
+        cadastre = cadastre_pb2_grpc.CadastreServiceStub(mesh.ehealth_admin)
+        house = organisation((dt.date(2010, 1, 1), None), (gp_c.inami, dt.date(2024, 1, 1), None))
+        written = await cadastre.UpsertOrganisation(
+            cadastre_pb2.UpsertOrganisationRequest(organisation=house), timeout=5
+        )
+        await mesh.hub.organisations.wait_for(written.change_sequence, 5)
+        relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(mesh.ehealth_admin)
+        await relations.RegisterRelation(
+            tr.RegisterRelationRequest(
+                provider_inami=HOUSE,
+                patient_niss=patient.niss,
+                proof=tr.RELATION_PROOF_PATIENT_DECLARATION,
+                start_date=to_proto(dt.date(2024, 1, 1)),
+            ),
+            timeout=5,
+        )
+        await mesh.hub_has_relations()
+        token = await mesh.login(gp_c)
+        asked = check.asked_ehealth
+        assert (await consult(mesh, token, patient.niss)).insurer_code == "100"
+        assert check.asked_ehealth == asked
+
+        # The membership ends yesterday: the cache no longer says yes, and eHealth says no.
+        house = organisation(
+            (dt.date(2010, 1, 1), None), (gp_c.inami, dt.date(2024, 1, 1), TODAY - dt.timedelta(days=1))
+        )
+        written = await cadastre.UpsertOrganisation(
+            cadastre_pb2.UpsertOrganisationRequest(organisation=house), timeout=5
+        )
+        await mesh.hub.organisations.wait_for(written.change_sequence, 5)
+        error = await rejected(consult(mesh, token, patient.niss))
+        assert (error.reason, error.code) == ("NO_THERAPEUTIC_RELATION", 140)
+        assert check.asked_ehealth == asked + 1

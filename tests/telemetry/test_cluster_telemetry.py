@@ -1,8 +1,10 @@
 """Issue 7, done when: the REAL multi-process cluster exports its traces over OTLP to a receiver this test
-runs; a consult and a notify made with the SDK are each ONE trace from the client through the hub to
-eHealth and the OA node and down to their databases, with correct parent links; the closure the notify
-causes carries the notify's trace context to its delivery and its pick-up (span links); every process
-serves Prometheus metrics with the RPC histograms and the gauges; no span carries a NISS in clear.
+runs; a consult and a notify made with the SDK are each ONE trace from the client through the hub to the OA
+node and down to its database, with correct parent links (issue 13: the hub answers the therapeutic-relation
+check from its cache of eHealth's relation log, so a consult is two hops and its trace has no eHealth
+span); the closure the notify causes carries the notify's trace context to its delivery and its pick-up
+(span links); every process serves Prometheus metrics with the RPC histograms and the gauges; no span
+carries a NISS in clear.
 
 One cluster (``--otlp-endpoint``, ``--metrics``) serves the whole module; the story (consult, notify,
 pick-up by the previous holder) runs once, in its own event loop, and each test checks one part of it.
@@ -33,6 +35,7 @@ CLIENT_SERVICE = "test-client"
 CONSULT = "/mycarenet.dmg.v1.DmgService/ConsultDmg"
 NOTIFY = "/mycarenet.dmg.v1.DmgService/NotifyDmg"
 CHECK_RELATION = "/mycarenet.ehealth.v1.TherapeuticRelationService/CheckRelation"
+LIST_RELATION_CHANGES = "/mycarenet.ehealth.v1.TherapeuticRelationService/ListRelationChanges"
 OA_CONSULT = "/mycarenet.oa.v1.OaDmgService/ConsultDmg"
 OA_NOTIFY = "/mycarenet.oa.v1.OaDmgService/NotifyDmg"
 GET_MESSAGES = "/mycarenet.dmg.v1.MailboxService/GetMessages"
@@ -164,8 +167,8 @@ def _with_reference(spans: list[ReceivedSpan], method: str, reference: str) -> d
 def assert_chain(
     spans: list[ReceivedSpan], method: str, oa_method: str, reference: str, story: Story
 ) -> ReceivedSpan:
-    """client → hub server → hub client → eHealth / OA server → database, one trace; returns the OA
-    server span."""
+    """client → hub server → hub client → OA server → database, one trace, without a call to eHealth (the
+    hub's relation cache is current); returns the OA server span."""
     oa_service = f"oa-{story.insurer}"
     client = client_span(spans, method, reference)
     assert client.kind == "CLIENT"
@@ -176,10 +179,7 @@ def assert_chain(
     assert hub.attributes["mycarenet.patient"] == telemetry.pseudonymise(story.patient)
 
     to_ehealth = children(spans, hub, service="hub", kind="CLIENT", name=CHECK_RELATION)
-    assert len(to_ehealth) == 1, [s.name for s in children(spans, hub)]
-    ehealth = children(spans, to_ehealth[0], service="ehealth", kind="SERVER", name=CHECK_RELATION)
-    assert len(ehealth) == 1
-    assert any(is_db(s) and s.service == "ehealth" for s in descendants(spans, ehealth[0]))
+    assert to_ehealth == [], [s.name for s in children(spans, hub)]
 
     to_oa = children(spans, hub, service="hub", kind="CLIENT", name=oa_method)
     assert len(to_oa) == 1
@@ -191,7 +191,7 @@ def assert_chain(
     oa_db = [s for s in descendants(spans, oa[0]) if is_db(s)]
     assert oa_db
     assert {s.service for s in oa_db} == {oa_service}
-    assert {s.trace_id for s in [client, hub, *to_ehealth, *ehealth, *to_oa, *oa, *oa_db]} == {trace}
+    assert {s.trace_id for s in [client, hub, *to_oa, *oa, *oa_db]} == {trace}
     return oa[0]
 
 
@@ -319,7 +319,7 @@ def test_every_process_serves_rpc_histograms_and_gauges(story: Story) -> None:
     # Client side, per OA.
     oa = story.insurer
     assert _has(hub, "rpc_client_duration_milliseconds_bucket", rpc_method=OA_CONSULT, mycarenet_oa=oa)
-    to_ehealth = {"rpc_method": CHECK_RELATION, "peer_service": "ehealth"}
+    to_ehealth = {"rpc_method": LIST_RELATION_CHANGES, "peer_service": "ehealth"}  # the relation cache
     assert _has(hub, "rpc_client_duration_milliseconds_bucket", **to_ehealth)
     # Gauges.
     index = [line for line in hub.splitlines() if line.startswith("mycarenet_routing_index_size")]
@@ -330,5 +330,5 @@ def test_every_process_serves_rpc_histograms_and_gauges(story: Story) -> None:
     assert _has(node, "rpc_server_duration_milliseconds_bucket", rpc_method=OA_NOTIFY, mycarenet_oa=oa)
     assert _has(node, "mycarenet_outbox_backlog", mycarenet_oa=oa)
     ehealth = _scrape(metrics["ehealth"])
-    assert _has(ehealth, "rpc_server_duration_milliseconds_bucket", rpc_method=CHECK_RELATION)
+    assert _has(ehealth, "rpc_server_duration_milliseconds_bucket", rpc_method=LIST_RELATION_CHANGES)
     assert _has(ehealth, "db_client_connections_usage")
