@@ -1,13 +1,26 @@
-"""The machine's baseline: a plain echo over one gRPC hop, and over one Python (grpc.aio) proxy hop.
+"""The machine's baselines, measured in the same run as the mesh so that every figure is also a ratio.
 
-Both servers are tiny grpc.aio servers with a generic handler (raw bytes, no proto): ``EchoServer`` answers
-with the request, ``EchoProxy`` forwards every call to the echo server on its own channel. With TLS paths
-they use mutual TLS like the mesh. Every result of a run is also given as a ratio to these figures, so
-that numbers compare across machines.
+Two echoes, to place one gRPC hop:
 
-By default they run in a child process (``python -m mycarenet_bench.baseline``), like the mesh's own
-processes, so that the load generator and the servers do not share one event loop and one GIL; ``inprocess``
-runs them on the bench's own loop (for tests).
+- ``echo_direct``: a plain echo over one gRPC hop;
+- ``echo_proxy``: the same behind one Python (grpc.aio) proxy hop.
+
+And **the floor**: the smallest Python grpc.aio chain of the shape of a consult, mutual TLS on every hop,
+raw bytes (no proto, no interceptor, no ORM), each server in a process of its own:
+
+- ``floor``: client → proxy (one in-memory lookup) → data server (one indexed SQLite read through
+  aiosqlite, as the OA node reads). A consult is this shape once the hub answers the therapeutic-relation
+  check from memory: client → hub → OA node.
+- ``floor_check``: client → proxy (the lookup, then one unary call to a check server answering from
+  memory) → data server: the shape of a consult whose relation check is one more hop (hub → eHealth).
+
+The floor is measured at each load level of the run (1 caller, and the closed loop's concurrencies), with
+the CPU each of its processes spent per request (``/proc``: see :mod:`mycarenet_bench.cpu`), so that a
+consult at 16 in flight compares with the floor at 16 in flight.
+
+By default the servers run in child processes (``python -m mycarenet_bench.baseline --serve ...``) on
+uvloop, like the mesh's own processes, so that the load generator and the servers share neither an event
+loop nor a GIL; ``inprocess`` runs them on the bench's own loop (for tests; no per-process CPU then).
 """
 
 from __future__ import annotations
@@ -15,21 +28,53 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
+import os
+import sqlite3
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import grpc
+import uvloop
 
+from mycarenet_bench.cpu import Snapshot, per_request
 from mycarenet_bench.stats import new_histogram, summarize_histogram
 from mycarenet_core.channels import client_credentials, open_channel, server_credentials
 
-METHOD = "/mycarenet.bench.v1.EchoService/Echo"
+ECHO_SERVICE = "mycarenet.bench.v1.EchoService"
+METHOD = f"/{ECHO_SERVICE}/Echo"
 PAYLOAD = bytes(range(128))  # about the size of a ConsultDmg request
+
+FLOOR_SERVICE = "mycarenet.bench.v1.FloorService"
+CONSULT = f"/{FLOOR_SERVICE}/Consult"  # proxy: lookup, then the data server
+CONSULT_CHECKED = f"/{FLOOR_SERVICE}/ConsultChecked"  # proxy: lookup, check server, then the data server
+CHECK = f"/{FLOOR_SERVICE}/Check"
+READ = f"/{FLOOR_SERVICE}/Read"
+FLOOR_ROWS = 2000  # the data server's table (one indexed read per call; the cost does not grow with it)
+KEY_BYTES = 11  # a NISS-sized key at the start of every floor request
+READ_SQL = "SELECT holder, start_date, end_date, kind FROM holding WHERE niss = ?"
+FLOOR_CHAINS = {
+    "floor": "client → proxy (in-memory lookup) → data server (one indexed SQLite read)",
+    "floor_check": "client → proxy (in-memory lookup + unary call to a check server) → data server "
+    "(one indexed SQLite read)",
+}
+CHILD_ROLES = ("echo", "floor-data", "floor-check", "floor-proxy")
+
+
+def floor_key(index: int) -> bytes:
+    return f"{71_000_000_000 + index:011d}".encode()
+
+
+def floor_payloads() -> list[bytes]:
+    """One request per row of the data server: the key, padded to the size of a ConsultDmg request."""
+    return [floor_key(i).ljust(len(PAYLOAD), b"\x00") for i in range(FLOOR_ROWS)]
 
 
 @dataclass(frozen=True)
@@ -48,94 +93,184 @@ class TlsPaths:
     def client(self) -> grpc.ChannelCredentials:
         return client_credentials(self.ca, self.client_cert, self.client_key)
 
+    def args(self) -> list[str]:
+        paths = (self.ca, self.server_cert, self.server_key, self.client_cert, self.client_key)
+        return [str(p) for p in paths]
 
-def _server(handler: Callable[..., Awaitable[bytes]]) -> grpc.aio.Server:
+
+Handler = Callable[[bytes, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[bytes]]
+Closer = Callable[[], Awaitable[None]]
+
+
+def _server(service: str, handlers: Mapping[str, Handler]) -> grpc.aio.Server:
     server = grpc.aio.server()
     generic = grpc.method_handlers_generic_handler(
-        "mycarenet.bench.v1.EchoService",
-        {"Echo": grpc.unary_unary_rpc_method_handler(handler)},
+        service, {name: grpc.unary_unary_rpc_method_handler(h) for name, h in handlers.items()}
     )
     server.add_generic_rpc_handlers((generic,))
     return server
 
 
-class EchoServers:
-    """The echo server and the forwarding proxy in front of it, on free ports of 127.0.0.1."""
+def _bind(server: grpc.aio.Server, tls: TlsPaths | None) -> int:
+    if tls is None:
+        return server.add_insecure_port("127.0.0.1:0")
+    return server.add_secure_port("127.0.0.1:0", tls.server())
+
+
+class Servers:
+    """grpc.aio servers and what they hold (channels, a database) on this loop; stopped in reverse."""
 
     def __init__(self, tls: TlsPaths | None = None) -> None:
         self.tls = tls
-        self.echo_port = 0
-        self.proxy_port = 0
         self._servers: list[grpc.aio.Server] = []
-        self._upstream: grpc.aio.Channel | None = None
+        self._closers: list[Closer] = []
 
-    async def start(self) -> tuple[int, int]:
-        server_creds = self.tls.server() if self.tls else None
+    def channel(self, target: str) -> grpc.aio.Channel:
+        channel = open_channel(target, credentials=self.tls.client() if self.tls else None)
 
-        async def echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            return request
+        async def close() -> None:
+            await channel.close(None)
 
-        echo_server = _server(echo)
-        self.echo_port = self._bind(echo_server, server_creds)
-        await echo_server.start()
-        self._servers.append(echo_server)
+        self._closers.append(close)
+        return channel
 
-        self._upstream = open_channel(
-            f"127.0.0.1:{self.echo_port}", credentials=self.tls.client() if self.tls else None
-        )
-        forward = self._upstream.unary_unary(METHOD, None, None)
-
-        async def proxy(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            remaining = context.time_remaining()
-            answer: bytes = await forward(request, timeout=remaining)
-            return answer
-
-        proxy_server = _server(proxy)
-        self.proxy_port = self._bind(proxy_server, server_creds)
-        await proxy_server.start()
-        self._servers.append(proxy_server)
-        return self.echo_port, self.proxy_port
-
-    @staticmethod
-    def _bind(server: grpc.aio.Server, creds: grpc.ServerCredentials | None) -> int:
-        if creds is None:
-            return server.add_insecure_port("127.0.0.1:0")
-        return server.add_secure_port("127.0.0.1:0", creds)
+    async def serve(self, service: str, handlers: Mapping[str, Handler]) -> int:
+        server = _server(service, handlers)
+        port = _bind(server, self.tls)
+        await server.start()
+        self._servers.append(server)
+        return port
 
     async def stop(self) -> None:
         for server in reversed(self._servers):
             await server.stop(0)
         self._servers.clear()
-        if self._upstream is not None:
-            await self._upstream.close(None)
-            self._upstream = None
+        for close in reversed(self._closers):
+            await close()
+        self._closers.clear()
+
+    # --- the echoes ---------------------------------------------------------------------------------------
+
+    async def echo(self) -> dict[str, int]:
+        """The echo server and the forwarding proxy in front of it."""
+
+        async def echo(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            return request
+
+        echo_port = await self.serve(ECHO_SERVICE, {"Echo": echo})
+        forward = self.channel(f"127.0.0.1:{echo_port}").unary_unary(METHOD, None, None)
+
+        async def proxy(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            answer: bytes = await forward(request, timeout=context.time_remaining())
+            return answer
+
+        return {"echo": echo_port, "proxy": await self.serve(ECHO_SERVICE, {"Echo": proxy})}
+
+    # --- the floor ----------------------------------------------------------------------------------------
+
+    async def floor_data(self, folder: Path) -> dict[str, int]:
+        """The data server: one indexed read of a SQLite table per call, through aiosqlite."""
+        path = folder / "floor.db"
+        with contextlib.closing(sqlite3.connect(path)) as setup:
+            setup.execute(
+                "CREATE TABLE holding (niss TEXT PRIMARY KEY, holder TEXT NOT NULL, start_date TEXT NOT NULL,"
+                " end_date TEXT, kind TEXT NOT NULL)"
+            )
+            setup.executemany(
+                "INSERT INTO holding VALUES (?, ?, ?, ?, ?)",
+                (
+                    (floor_key(i).decode(), f"1{i % 97:05d}27004", "2024-01-01", None, "DMG")
+                    for i in range(FLOOR_ROWS)
+                ),
+            )
+            setup.commit()
+        db = await aiosqlite.connect(path)
+
+        async def close() -> None:
+            await db.close()
+
+        self._closers.append(close)
+
+        async def read(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            rows = list(await db.execute_fetchall(READ_SQL, (request[:KEY_BYTES].decode(),)))
+            if not rows:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no such member")
+            return "|".join(str(v) for v in rows[0]).encode()
+
+        return {"data": await self.serve(FLOOR_SERVICE, {"Read": read})}
+
+    async def floor_check(self) -> dict[str, int]:
+        """The check server: a yes or no from an in-memory set."""
+        allowed = {floor_key(i) for i in range(FLOOR_ROWS)}
+
+        async def check(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            return b"\x01" if request[:KEY_BYTES] in allowed else b"\x00"
+
+        return {"check": await self.serve(FLOOR_SERVICE, {"Check": check})}
+
+    async def floor_proxy(self, data: str, check: str) -> dict[str, int]:
+        """The proxy: one in-memory lookup (the route of the key), then the data server; ``ConsultChecked``
+        asks the check server first."""
+        routes = {floor_key(i): 0 for i in range(FLOOR_ROWS)}
+        read = self.channel(data).unary_unary(READ, None, None)
+        ask = self.channel(check).unary_unary(CHECK, None, None)
+
+        async def consult(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            if routes.get(request[:KEY_BYTES]) is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no route")
+            answer: bytes = await read(request, timeout=context.time_remaining())
+            return answer
+
+        async def consult_checked(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            key = request[:KEY_BYTES]
+            if routes.get(key) is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, "no route")
+            if await ask(key, timeout=context.time_remaining()) != b"\x01":
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no relation")
+            answer: bytes = await read(request, timeout=context.time_remaining())
+            return answer
+
+        port = await self.serve(FLOOR_SERVICE, {"Consult": consult, "ConsultChecked": consult_checked})
+        return {"proxy": port}
 
 
-class ChildEchoServers:
-    """The same two servers in a child process; stops when told or when this process's pipe closes."""
+# --- servers in child processes --------------------------------------------------------------------------
 
-    def __init__(self, tls: TlsPaths | None = None) -> None:
-        self.tls = tls
+
+class ChildServer:
+    """Servers of one ``role`` in a child process (on uvloop); stops when told or when this process's pipe
+    closes. ``ports`` are what the child printed; ``pid`` is the child's."""
+
+    def __init__(self, role: str, tls: TlsPaths | None = None, *, targets: Sequence[str] = ()) -> None:
+        if role not in CHILD_ROLES:
+            raise ValueError(role)
+        self.role, self.tls, self.targets = role, tls, list(targets)
         self.process: asyncio.subprocess.Process | None = None
+        self.ports: dict[str, int] = {}
 
-    async def start(self) -> tuple[int, int]:
-        args = [sys.executable, "-m", "mycarenet_bench.baseline"]
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    async def start(self) -> dict[str, int]:
+        args = [sys.executable, "-m", "mycarenet_bench.baseline", "--serve", self.role]
         if self.tls:
-            t = self.tls
-            args += [
-                "--tls",
-                *(str(p) for p in (t.ca, t.server_cert, t.server_key, t.client_cert, t.client_key)),
-            ]
+            args += ["--tls", *self.tls.args()]
+        if self.targets:
+            args += ["--targets", *self.targets]
         self.process = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
         assert self.process.stdout is not None
-        line = await asyncio.wait_for(self.process.stdout.readline(), 30)
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), 60)
+        except TimeoutError:
+            line = b""
         if not line:
             await self.stop()
-            raise RuntimeError("the baseline echo servers did not start")
-        ports = json.loads(line)
-        return int(ports["echo"]), int(ports["proxy"])
+            raise RuntimeError(f"the baseline {self.role} server did not start")
+        self.ports = {k: int(v) for k, v in json.loads(line).items()}
+        return self.ports
 
     async def stop(self) -> None:
         proc, self.process = self.process, None
@@ -151,6 +286,141 @@ class ChildEchoServers:
             await proc.wait()
 
 
+class ChildEchoServers:
+    """The echo server and its proxy in a child process."""
+
+    def __init__(self, tls: TlsPaths | None = None) -> None:
+        self.child = ChildServer("echo", tls)
+
+    async def start(self) -> tuple[int, int]:
+        ports = await self.child.start()
+        return ports["echo"], ports["proxy"]
+
+    async def stop(self) -> None:
+        await self.child.stop()
+
+
+class EchoServers:
+    """The echo server and its proxy on this process's loop."""
+
+    def __init__(self, tls: TlsPaths | None = None) -> None:
+        self.servers = Servers(tls)
+
+    async def start(self) -> tuple[int, int]:
+        ports = await self.servers.echo()
+        return ports["echo"], ports["proxy"]
+
+    async def stop(self) -> None:
+        await self.servers.stop()
+
+
+class Floor:
+    """The floor's three servers (data, check, proxy): child processes, or on this loop (``inprocess``).
+
+    ``pids`` names each child process (for its CPU); in process, the servers' CPU is the caller's own."""
+
+    def __init__(self, tls: TlsPaths | None, mode: str = "process") -> None:
+        self.tls, self.mode = tls, mode
+        self.children: dict[str, ChildServer] = {}
+        self._local: Servers | None = None
+        self._folder: tempfile.TemporaryDirectory[str] | None = None
+        self.proxy_port = 0
+
+    @property
+    def pids(self) -> dict[str, int | None]:
+        return {f"floor-{name}": child.pid for name, child in self.children.items()}
+
+    async def start(self) -> int:
+        try:
+            if self.mode == "process":
+                for name in ("data", "check"):
+                    self.children[name] = ChildServer(f"floor-{name}", self.tls)
+                    await self.children[name].start()
+                data, check = self.children["data"].ports["data"], self.children["check"].ports["check"]
+                self.children["proxy"] = ChildServer(
+                    "floor-proxy", self.tls, targets=[f"127.0.0.1:{data}", f"127.0.0.1:{check}"]
+                )
+                self.proxy_port = (await self.children["proxy"].start())["proxy"]
+            else:
+                self._folder = tempfile.TemporaryDirectory(prefix="mcn-floor-")
+                self._local = local = Servers(self.tls)
+                data = (await local.floor_data(Path(self._folder.name)))["data"]
+                check = (await local.floor_check())["check"]
+                ports = await local.floor_proxy(f"127.0.0.1:{data}", f"127.0.0.1:{check}")
+                self.proxy_port = ports["proxy"]
+        except BaseException:
+            await self.stop()
+            raise
+        return self.proxy_port
+
+    async def stop(self) -> None:
+        for child in reversed(list(self.children.values())):
+            await child.stop()
+        self.children.clear()
+        if self._local is not None:
+            await self._local.stop()
+            self._local = None
+        if self._folder is not None:
+            self._folder.cleanup()
+            self._folder = None
+
+
+# --- measuring -------------------------------------------------------------------------------------------
+
+
+async def measure_calls(
+    target: str,
+    *,
+    method: str = METHOD,
+    payloads: Sequence[bytes] = (PAYLOAD,),
+    credentials: grpc.ChannelCredentials | None,
+    seconds: float,
+    concurrency: int,
+    deadline: float = 5.0,
+    pids: Mapping[str, int | None] | None = None,
+) -> dict[str, Any]:
+    """Closed loop of ``concurrency`` callers of ``method`` for ``seconds`` (after a short warm-up), cycling
+    through ``payloads``: latency and rate; with ``pids``, the CPU each of those processes (and this one,
+    the ``client``) spent per answered call."""
+    hist = new_histogram()
+    errors = 0
+    cycle = itertools.cycle(payloads)
+    async with open_channel(target, credentials=credentials) as channel:
+        call = channel.unary_unary(method, None, None)
+        for _ in range(50):  # warm-up: connection, TLS, first calls
+            await call(next(cycle), timeout=deadline)
+        stop = time.monotonic() + seconds
+        count = 0
+
+        async def worker() -> None:
+            nonlocal count, errors
+            while (start := time.monotonic()) < stop:
+                try:
+                    await call(next(cycle), timeout=deadline)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                hist.record_value(max(1, round((time.monotonic() - start) * 1e6)))
+                count += 1
+
+        watched = {**(pids or {}), "client": os.getpid()} if pids is not None else None
+        before = Snapshot.take(watched) if watched else None
+        began = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.monotonic() - began
+        after = Snapshot.take(watched) if watched else None
+    out: dict[str, Any] = {
+        "concurrency": concurrency,
+        "requests": count,
+        "errors": errors,
+        "throughput_rps": round(count / elapsed, 2) if elapsed > 0 else 0.0,
+        "latency_ms": summarize_histogram(hist),
+    }
+    if before is not None and after is not None:
+        out["cpu"] = per_request(before, after, count, groups={"chain": list(before.procs)})
+    return out
+
+
 async def measure_echo(
     target: str,
     *,
@@ -159,37 +429,59 @@ async def measure_echo(
     concurrency: int,
     deadline: float = 5.0,
 ) -> dict[str, Any]:
-    """Closed loop of ``concurrency`` callers for ``seconds`` (after a short warm-up): latency and rate."""
-    hist = new_histogram()
-    errors = 0
-    async with open_channel(target, credentials=credentials) as channel:
-        call = channel.unary_unary(METHOD, None, None)
-        for _ in range(50):  # warm-up: connection, TLS, first calls
-            await call(PAYLOAD, timeout=deadline)
-        stop = time.monotonic() + seconds
-        count = 0
+    """The echo's latency and rate (see :func:`measure_calls`)."""
+    return await measure_calls(
+        target, credentials=credentials, seconds=seconds, concurrency=concurrency, deadline=deadline
+    )
 
-        async def worker() -> None:
-            nonlocal count, errors
-            while (start := time.monotonic()) < stop:
-                try:
-                    await call(PAYLOAD, timeout=deadline)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                hist.record_value(max(1, round((time.monotonic() - start) * 1e6)))
-                count += 1
 
-        began = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - began
-    return {
-        "concurrency": concurrency,
-        "requests": count,
-        "errors": errors,
-        "throughput_rps": round(count / elapsed, 2) if elapsed > 0 else 0.0,
-        "latency_ms": summarize_histogram(hist),
-    }
+def floor_levels(levels: Sequence[float], concurrency: int) -> list[int]:
+    """The concurrencies the floor is measured at: 1, the loaded baseline's, and the run's own."""
+    return sorted({1, max(1, concurrency), *(max(1, int(level)) for level in levels)})
+
+
+async def measure_floor(
+    *,
+    tls: TlsPaths | None,
+    seconds: float = 3.0,
+    levels: Sequence[int] = (1, 16),
+    mode: str = "process",
+) -> dict[str, dict[str, Any]]:
+    """Both floor chains at each concurrency in ``levels``: latency, rate and CPU per process per call.
+
+    ``latency`` is the figure at one caller, ``throughput`` at the highest level (the shape of the echoes'
+    results, for :func:`ratios`); ``by_concurrency`` has every level."""
+    floor = Floor(tls, mode)
+    port = await floor.start()
+    creds = tls.client() if tls else None
+    payloads = floor_payloads()
+    pids = floor.pids if mode == "process" else {}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for name, method in (("floor", CONSULT), ("floor_check", CONSULT_CHECKED)):
+            by_level: dict[str, Any] = {}
+            for level in sorted(set(levels) | {1}):
+                chain = {k: v for k, v in pids.items() if name == "floor_check" or k != "floor-check"}
+                by_level[str(level)] = await measure_calls(
+                    f"127.0.0.1:{port}",
+                    method=method,
+                    payloads=payloads,
+                    credentials=creds,
+                    seconds=seconds,
+                    concurrency=level,
+                    pids=chain,
+                )
+            top = max(int(k) for k in by_level)
+            out[name] = {
+                "chain": FLOOR_CHAINS[name],
+                "mode": mode,
+                "by_concurrency": by_level,
+                "latency": by_level["1"],
+                "throughput": by_level[str(top)],
+            }
+    finally:
+        await floor.stop()
+    return out
 
 
 async def measure_baseline(
@@ -198,21 +490,27 @@ async def measure_baseline(
     seconds: float = 3.0,
     concurrency: int = 16,
     mode: str = "process",
+    floor: bool = True,
+    levels: Sequence[float] = (),
 ) -> dict[str, Any]:
-    """Latency (one caller) and throughput (``concurrency`` callers) of the echo, direct and via the proxy."""
+    """The echoes (one caller, ``concurrency`` callers), then the floor chains at ``floor_levels``."""
     servers: EchoServers | ChildEchoServers = ChildEchoServers(tls) if mode == "process" else EchoServers(tls)
     echo_port, proxy_port = await servers.start()
     creds = tls.client() if tls else None
+    out: dict[str, Any] = {"mode": mode, "tls": tls is not None, "payload_bytes": len(PAYLOAD)}
     try:
-        out: dict[str, Any] = {"mode": mode, "tls": tls is not None, "payload_bytes": len(PAYLOAD)}
         for name, port in (("echo_direct", echo_port), ("echo_proxy", proxy_port)):
             target = f"127.0.0.1:{port}"
             single = await measure_echo(target, credentials=creds, seconds=seconds, concurrency=1)
             loaded = await measure_echo(target, credentials=creds, seconds=seconds, concurrency=concurrency)
             out[name] = {"latency": single, "throughput": loaded}
-        return out
     finally:
         await servers.stop()
+    if floor:
+        out |= await measure_floor(
+            tls=tls, seconds=seconds, levels=floor_levels(levels, concurrency), mode=mode
+        )
+    return out
 
 
 def ratios(
@@ -222,34 +520,67 @@ def ratios(
     if not baseline or hop not in baseline:
         return {}
     base = baseline[hop]
-    lat, base_lat = summary["latency_ms"], base["latency"]["latency_ms"]
+    return _ratios(summary, base["latency"], base["throughput"])
+
+
+def level_ratios(
+    summary: dict[str, Any], baseline: dict[str, Any] | None, hop: str, level: float
+) -> dict[str, Any]:
+    """A closed-loop step's p50 / p99 / throughput as multiples of the floor's at the same concurrency
+    (``{}`` when the floor was not measured at that level)."""
+    if not baseline or hop not in baseline:
+        return {}
+    found = baseline[hop].get("by_concurrency", {}).get(str(int(level)))
+    if found is None:
+        return {}
+    return _ratios(summary, found, found)
+
+
+def _ratios(summary: dict[str, Any], latency: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+    lat, base_lat = summary["latency_ms"], latency["latency_ms"]
     out: dict[str, Any] = {}
     for key in ("p50", "p99"):
         if base_lat[key] > 0 and lat[key] > 0:
             out[key] = round(lat[key] / base_lat[key], 2)
-    rate = base["throughput"]["throughput_rps"]
+    rate = loaded["throughput_rps"]
     if rate > 0:
         out["throughput"] = round(summary["throughput_rps"] / rate, 4)
     return out
 
 
-async def _serve_child(tls: TlsPaths | None) -> None:
-    servers = EchoServers(tls)
-    echo_port, proxy_port = await servers.start()
-    print(json.dumps({"echo": echo_port, "proxy": proxy_port}), flush=True)
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes the pipe
-    finally:
-        await servers.stop()
+# --- the child process -----------------------------------------------------------------------------------
+
+
+async def _serve_child(role: str, tls: TlsPaths | None, targets: Sequence[str]) -> None:
+    servers = Servers(tls)
+    with tempfile.TemporaryDirectory(prefix="mcn-floor-") as folder:
+        try:
+            if role == "echo":
+                ports = await servers.echo()
+            elif role == "floor-data":
+                ports = await servers.floor_data(Path(folder))
+            elif role == "floor-check":
+                ports = await servers.floor_check()
+            else:
+                data, check = targets
+                ports = await servers.floor_proxy(data, check)
+            print(json.dumps(ports), flush=True)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes the pipe
+        finally:
+            await servers.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="baseline echo servers for mycarenet-bench")
+    parser = argparse.ArgumentParser(description="baseline servers for mycarenet-bench")
+    parser.add_argument("--serve", choices=CHILD_ROLES, default="echo")
     parser.add_argument("--tls", nargs=5, metavar=("CA", "CERT", "KEY", "CLIENT_CERT", "CLIENT_KEY"))
+    parser.add_argument("--targets", nargs=2, metavar=("DATA", "CHECK"), default=())
     args = parser.parse_args(argv)
     tls = TlsPaths(*(Path(p) for p in args.tls)) if args.tls else None
-    asyncio.run(_serve_child(tls))
+    if args.serve == "floor-proxy" and len(args.targets) != 2:
+        parser.error("floor-proxy needs --targets DATA CHECK")
+    uvloop.run(_serve_child(args.serve, tls, args.targets))  # as the mesh's processes run
 
 
 if __name__ == "__main__":

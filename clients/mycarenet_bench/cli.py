@@ -23,6 +23,7 @@ from rich.table import Table
 
 from mycarenet_bench import baseline as baseline_mod
 from mycarenet_bench.fanout import measure_fanout
+from mycarenet_bench.faults import LINK_KINDS, FaultSpecError, parse_fault
 from mycarenet_bench.mesh import (
     BENCH_THROTTLE_BURST,
     BENCH_THROTTLE_RATE,
@@ -33,7 +34,15 @@ from mycarenet_bench.mesh import (
     StartedCluster,
     build_workload,
 )
-from mycarenet_bench.report import SUMMARY_HEADERS, fmt, render_html, summary_row, write_reports
+from mycarenet_bench.report import (
+    SUMMARY_HEADERS,
+    cpu_table,
+    floor_rows,
+    fmt,
+    render_html,
+    summary_row,
+    write_reports,
+)
 from mycarenet_bench.run import RunConfig, default_output, run
 
 app = typer.Typer(
@@ -69,6 +78,41 @@ def print_summary(report: dict[str, Any]) -> None:
                 f"p99 {_ms(b['latency']['latency_ms']['p99'])} ms (1 caller); "
                 f"{b['throughput']['throughput_rps']:.0f}/s with {b['throughput']['concurrency']} callers"
             )
+        for row in floor_rows(base):
+            console.print(
+                f"{row[0]} at {row[1]} in flight: p50 {fmt(row[2])} ms, p99 {fmt(row[3])} ms,"
+                f" {fmt(row[4])}/s; CPU-ms per request {fmt(row[5], 3)} ({row[6]})"
+            )
+    for step in report.get("steps", []):
+        for rpc, s in (step.get("by_rpc") or {}).items():
+            ratio = s.get("ratio_to_floor") or {}
+            check = s.get("ratio_to_floor_check") or {}
+            console.print(
+                f"step {step['index']} ({fmt(step['level'], 0)}) {rpc}: p50 {fmt(s['latency_ms']['p50'])} ms"
+                f" = {fmt(ratio.get('p50'))} × floor ({fmt(check.get('p50'))} × floor_check), p99"
+                f" {fmt(ratio.get('p99'))} ×, throughput {fmt(s['throughput_rps'])}/s ="
+                f" {fmt(ratio.get('throughput'))} × floor ({fmt(check.get('throughput'))} × floor_check)"
+            )
+    headers, rows = cpu_table(report)
+    if rows:
+        cpu = Table(title="CPU-ms per answered request, per process (/proc utime + stime)")
+        for col in headers:
+            cpu.add_column(col, justify="right")
+        for row in rows:
+            cpu.add_row(*(fmt(v, 3) for v in row))
+        console.print(cpu)
+    idle = (report.get("cpu") or {}).get("idle")
+    if idle:
+        console.print(
+            f"idle CPU-ms/s over {fmt(idle['seconds'], 0)}s: "
+            + ", ".join(f"{n} {fmt(p['cpu_ms_per_s'])}" for n, p in idle["by_process"].items())
+        )
+    for t in report.get("targets", []):
+        colour = "green" if t["met"] else "red"
+        console.print(
+            f"[{colour}]target {t['name']}: {fmt(t['value'])} (goal {t['goal']}): "
+            f"{'met' if t['met'] else 'MISSED'}[/{colour}]"
+        )
     for f in report.get("faults", []):
         rec = ", ".join(f"{k} {v['recovery_seconds']:g}s" for k, v in (f.get("recovery") or {}).items())
         serving = f" SERVING after {f['serving_after_s']}s;" if f.get("serving_after_s") is not None else ""
@@ -119,7 +163,14 @@ def run_cmd(
         list[str] | None,
         typer.Option(help="KIND:TARGET@AT[+DURATION][/EVERY][=VALUE], e.g. kill:oa-300@30s/30s (repeatable)"),
     ] = None,
-    no_baseline: Annotated[bool, typer.Option("--no-baseline", help="skip the echo baseline")] = False,
+    no_baseline: Annotated[
+        bool, typer.Option("--no-baseline", help="skip the baselines (echoes and floor)")
+    ] = False,
+    no_floor: Annotated[bool, typer.Option("--no-floor", help="skip the floor chains")] = False,
+    no_cpu: Annotated[bool, typer.Option("--no-cpu", help="skip the CPU per process (/proc)")] = False,
+    idle_seconds: Annotated[
+        float, typer.Option(help="quiet window after the load: idle CPU per second of each process (0: none)")
+    ] = 10.0,
     baseline_seconds: Annotated[float, typer.Option(help="seconds per baseline measurement")] = 3.0,
     baseline_mode: Annotated[str, typer.Option(help="process or inprocess echo servers")] = "process",
     channels: Annotated[int, typer.Option(help="gRPC channels to the hub")] = 2,
@@ -138,6 +189,9 @@ def run_cmd(
         hang_grace=hang_grace,
         faults=list(fault or []),
         baseline=not no_baseline,
+        floor=not no_floor,
+        cpu=not no_cpu,
+        idle_seconds=idle_seconds,
         baseline_seconds=baseline_seconds,
         baseline_mode=baseline_mode,
         baseline_concurrency=max(1, int(float(concurrency.split(",")[-1]))) if mode == "closed" else 16,
@@ -156,14 +210,21 @@ def run_cmd(
                 base_port=base_port,
                 throttle_rate=throttle_rate,
                 throttle_burst=throttle_burst,
+                # The fault proxies (in the supervisor's process) only when the run asks for a link fault:
+                # otherwise every hub → OA call would cross one more Python hop than in production.
+                fault_proxies=any(parse_fault(f).kind in LINK_KINDS for f in cfg.faults),
             )
-            console.print(f"starting a cluster in {data} (population {started.population}) ...")
+            console.print(
+                f"starting a cluster in {data} (population {started.population}"
+                + (", fault proxies" if started.fault_proxies else "")
+                + ") ..."
+            )
             handle = started.start()
             cfg.population = started.population
         else:
             handle = ClusterHandle.load(data)
         report = asyncio.run(run(cfg, handle, log=console.print))
-    except (ClusterNotUp, ValueError) as error:
+    except (ClusterNotUp, ValueError, FaultSpecError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     finally:
@@ -230,7 +291,8 @@ def baseline(
         Path | None, typer.Option("--data", help="use this cluster's mTLS certificates (default: plaintext)")
     ] = None,
 ) -> None:
-    """Only the machine's baseline: echo over one gRPC hop and over one Python proxy hop."""
+    """Only the machine's baselines: echo over one gRPC hop and over one Python proxy hop, and the floor
+    chains (client → proxy → data server, and with a check hop) at one caller and ``concurrency``."""
     tls = None
     if data is not None:
         with contextlib.suppress(ClusterNotUp):

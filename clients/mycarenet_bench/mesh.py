@@ -142,7 +142,8 @@ class StartedCluster:
     """A cluster the bench starts (``mycarenet-cluster up`` as a child process) and stops again.
 
     The hub's per-provider throttle is raised through MCN_HUB_THROTTLE_RATE / MCN_HUB_THROTTLE_BURST (the
-    supervisor passes its environment on), and the fault proxies are on so that link faults can be used.
+    supervisor passes its environment on). With ``fault_proxies`` a fault proxy stands on every hub → OA link
+    so that link faults can be used (``mycarenet-bench run`` asks for them only when it has a link fault).
     """
 
     data: Path

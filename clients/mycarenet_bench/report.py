@@ -1,6 +1,7 @@
 """The report for people: one self-contained HTML page (inline SVG and CSS, no script, nothing fetched)
 drawn from the JSON report: latency over time with fault markers, availability per second, percentile
-curves, availability bars per OA, and the tables (per RPC, per OA, steps, errors, faults, baseline)."""
+curves, availability bars per OA, and the tables (targets, per RPC, per OA, steps with their ratios to the
+floor, CPU per request per process, idle CPU, errors, faults, baselines and the floor)."""
 
 from __future__ import annotations
 
@@ -288,12 +289,16 @@ SUMMARY_HEADERS = [
     "p50 ×echo",
     "p99 ×echo",
     "rate ×echo",
+    "p50 ×floor",
+    "p99 ×floor",
+    "rate ×floor",
 ]
 
 
 STEP_HEADERS = [
     "step",
     "level",
+    "RPC",
     "seconds",
     "answered/s",
     "availability",
@@ -301,7 +306,14 @@ STEP_HEADERS = [
     "p99 ms",
     "p50 ×echo",
     "p99 ×echo",
+    "p50 ×floor",
+    "p99 ×floor",
+    "rate ×floor",
+    "p50 ×floor_check",
+    "rate ×floor_check",
 ]
+FLOOR_HEADERS = ["chain", "in flight", "p50 ms", "p99 ms", "calls/s", "CPU-ms per call", "per process"]
+TARGET_HEADERS = ["target", "value", "goal", "met"]
 FAULT_HEADERS = [
     "fault",
     "kind",
@@ -319,7 +331,7 @@ BASELINE_HEADERS = ["hop", "p50 ms", "p90 ms", "p99 ms", "max ms", "callers", "e
 
 def summary_row(name: str, s: dict[str, Any]) -> list[Any]:
     """One row of the per-RPC / per-OA tables (HTML page and console)."""
-    lat, ratio = s["latency_ms"], s.get("ratio_to_echo") or {}
+    lat, ratio, floor = s["latency_ms"], s.get("ratio_to_echo") or {}, s.get("ratio_to_floor") or {}
     return [
         name,
         s["requests"],
@@ -338,6 +350,91 @@ def summary_row(name: str, s: dict[str, Any]) -> list[Any]:
         ratio.get("p50"),
         ratio.get("p99"),
         ratio.get("throughput"),
+        floor.get("p50"),
+        floor.get("p99"),
+        floor.get("throughput"),
+    ]
+
+
+FLOORS = ("floor", "floor_check")
+
+
+def _cpu_breakdown(window: dict[str, Any] | None) -> str:
+    procs = (window or {}).get("by_process") or {}
+    return ", ".join(f"{name} {fmt(p.get('cpu_ms_per_request'), 3)}" for name, p in procs.items())
+
+
+def floor_rows(baseline: dict[str, Any] | None) -> list[list[Any]]:
+    """One row per floor chain and concurrency: latency, rate, CPU per call (whole chain, per process)."""
+    rows = []
+    for hop in FLOORS:
+        found = (baseline or {}).get(hop)
+        if not found:
+            continue
+        for level, m in sorted(found["by_concurrency"].items(), key=lambda kv: int(kv[0])):
+            cpu = m.get("cpu") or {}
+            rows.append(
+                [
+                    hop,
+                    int(level),
+                    m["latency_ms"]["p50"],
+                    m["latency_ms"]["p99"],
+                    m["throughput_rps"],
+                    (cpu.get("sums_ms_per_request") or {}).get("chain"),
+                    _cpu_breakdown(cpu),
+                ]
+            )
+    return rows
+
+
+def _process_order(names: Sequence[str], roles: dict[str, str]) -> list[str]:
+    rank = {"hub": 0, "ehealth": 1, "oa": 2, "supervisor": 3, "client": 4}
+    return sorted(names, key=lambda n: (rank.get(roles.get(n, ""), 5), n))
+
+
+def cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """CPU-ms per answered request of each process, one row per step and one for the run, with the sums
+    (OA nodes, the mesh, the chain with the client) and the chain against the floor's at that level."""
+    cpu = report.get("cpu") or {}
+    windows = [(f"step {r['index']}", r["level"], r) for r in cpu.get("steps") or []]
+    if cpu.get("run"):
+        windows.append(("run", None, cpu["run"]))
+    if not windows:
+        return [], []
+    procs = windows[0][2]["by_process"]
+    names = _process_order(list(procs), {n: p.get("role", "") for n, p in procs.items()})
+    headers = ["window", "in flight", "answered", *names, "OA nodes", "mesh", "chain", "chain ×floor"]
+    rows = []
+    for label, level, w in windows:
+        sums = w.get("sums_ms_per_request") or {}
+        ratio = ((w.get("ratio_to_floor") or {}).get("floor") or {}).get("ratio")
+        rows.append(
+            [
+                label,
+                level,
+                w["requests"],
+                *((w["by_process"].get(n) or {}).get("cpu_ms_per_request") for n in names),
+                sums.get("oa_nodes"),
+                sums.get("mesh"),
+                sums.get("chain"),
+                ratio,
+            ]
+        )
+    return headers, rows
+
+
+def idle_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    idle = (report.get("cpu") or {}).get("idle")
+    if not idle:
+        return [], []
+    procs = idle["by_process"]
+    names = _process_order(list(procs), {n: p.get("role", "") for n, p in procs.items()})
+    return ["window (s)", *names], [[idle["seconds"], *(procs[n]["cpu_ms_per_s"] for n in names)]]
+
+
+def target_rows(report: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [t["name"], t["value"], t["goal"], "met" if t["met"] else "MISSED"] for t in report.get("targets", [])
     ]
 
 
@@ -350,20 +447,32 @@ def render_html(report: dict[str, Any]) -> str:
         summary_row(k, v) for k, v in summary["by_rpc"].items()
     ]
     oa_rows = [summary_row("OA " + k if k != "-" else "not bound", v) for k, v in summary["by_oa"].items()]
-    step_rows = [
-        [
-            s["index"],
-            s["level"],
-            s["seconds"],
-            s.get("throughput_rps"),
-            _pct(s.get("availability")),
-            (s.get("latency_ms") or {}).get("p50"),
-            (s.get("latency_ms") or {}).get("p99"),
-            (s.get("ratio_to_echo") or {}).get("p50"),
-            (s.get("ratio_to_echo") or {}).get("p99"),
-        ]
-        for s in report.get("steps", [])
-    ]
+    step_rows = []
+    for s in report.get("steps", []):
+        for rpc, row in [("all", s), *(s.get("by_rpc") or {}).items()]:
+            echo, floor = row.get("ratio_to_echo") or {}, row.get("ratio_to_floor") or {}
+            check = row.get("ratio_to_floor_check") or {}
+            step_rows.append(
+                [
+                    s["index"],
+                    s["level"],
+                    rpc,
+                    s["seconds"],
+                    row.get("throughput_rps"),
+                    _pct(row.get("availability")),
+                    (row.get("latency_ms") or {}).get("p50"),
+                    (row.get("latency_ms") or {}).get("p99"),
+                    echo.get("p50"),
+                    echo.get("p99"),
+                    floor.get("p50"),
+                    floor.get("p99"),
+                    floor.get("throughput"),
+                    check.get("p50"),
+                    check.get("throughput"),
+                ]
+            )
+    cpu_headers, cpu_table_rows = cpu_table(report)
+    idle_headers, idle_rows = idle_table(report)
     error_rows = [[rpc, key, n] for rpc, errs in report.get("errors", {}).items() for key, n in errs.items()]
     fault_rows = []
     for f in report.get("faults", []):
@@ -443,18 +552,28 @@ td:first-child, th:first-child {{ text-align: left; }} th {{ background: #f4f4f4
 {percentile_chart(report)}
 <h2>Availability per OA</h2>
 {availability_bars(report)}
-<h2>Per RPC (ratios to the one-hop echo baseline)</h2>
+<h2>Targets</h2>
+{_table(TARGET_HEADERS, target_rows(report), "targets")}
+<h2>Per RPC (ratios to the one-hop echo baseline and to the floor)</h2>
 {_table(SUMMARY_HEADERS, rpc_rows, "by-rpc")}
 <h2>Per OA</h2>
 {_table(SUMMARY_HEADERS, oa_rows, "by-oa")}
-<h2>Steps</h2>
+<h2>Steps (closed loop: ratios to the floor at the same number in flight)</h2>
 {_table(STEP_HEADERS, step_rows, "steps")}
+<h2>CPU-ms per answered request, per process (/proc utime + stime, all threads)</h2>
+{_table(cpu_headers, cpu_table_rows, "cpu")}
+<h2>Idle CPU-ms per second (after the load, quiet window)</h2>
+{_table(idle_headers, idle_rows, "idle-cpu")}
 <h2>Faults</h2>
 {_table(FAULT_HEADERS, fault_rows, "faults")}
 <h2>Errors by status and MyCareNet code</h2>
 {_table(["RPC", "status code reason", "count"], error_rows, "errors")}
 <h2>Baseline of this machine</h2>
 {_table(BASELINE_HEADERS, base_rows, "baseline")}
+<h2>The floor: the minimal Python grpc.aio chain of a consult's shape, mutual TLS, same run</h2>
+<p class="meta">floor: {_esc(((base.get("floor") or {}).get("chain")) or "–")};
+floor_check: {_esc(((base.get("floor_check") or {}).get("chain")) or "–")}.</p>
+{_table(FLOOR_HEADERS, floor_rows(base), "floor")}
 <p class="meta">JSON report: the same data for machines. Generated by mycarenet-bench.</p>
 </body></html>
 """

@@ -1,4 +1,5 @@
-"""One benchmark run: baseline, warm-up, measured load with faults on a schedule, and the report data."""
+"""One benchmark run: baselines (echoes and the floor), warm-up, measured load with faults on a schedule,
+the CPU each process of the mesh spent per request (``/proc``) and its idle CPU after, and the report data."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from typing import Any
 import grpc
 
 from mycarenet_bench import baseline as baseline_mod
+from mycarenet_bench.cpu import Snapshot, per_request
 from mycarenet_bench.faults import ClusterControl, FaultInjector, FaultRecord, expand, parse_fault
 from mycarenet_bench.load import OpenLoop, Step, parse_steps, run_load
 from mycarenet_bench.mesh import DEFAULT_MIX, ClusterHandle, Mesh, Result, build_workload, parse_mix
 from mycarenet_bench.stats import NO_OA, Recorder, percentile_curve, recovery
 
 SCHEMA = "mycarenet-bench/1"
+FLOORS = ("floor", "floor_check")
 
 
 @dataclass
@@ -46,6 +49,10 @@ class RunConfig:
     population_seed: int = 2014
     max_in_flight: int = 20_000
     recovery_threshold: float = 0.99
+    floor: bool = True  # the floor chains among the baselines
+    cpu: bool = True  # CPU per request of every process of the mesh, per step (/proc)
+    idle_seconds: float = 10.0  # a quiet window after the load: idle CPU per second of each process
+    idle_settle: float = 3.0  # seconds left to the mesh between the load and the quiet window
     name: str = ""
 
 
@@ -69,15 +76,23 @@ def build_report(
     faults: Sequence[FaultRecord],
     runner: Any,
     started_at: dt.datetime,
+    cpu: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The machine-readable report (also the input of the HTML page)."""
     seconds = sum(s.seconds for s in steps)
     timeline = recorder.timeline(seconds)
 
-    def with_ratios(summary: dict[str, Any]) -> dict[str, Any]:
+    def with_ratios(summary: dict[str, Any], level: float | None = None) -> dict[str, Any]:
+        """Ratios to the echoes, and to the floors: at the step's own concurrency (closed loop), else to
+        the floor at one caller (p50, p99) and at its highest concurrency (throughput)."""
         summary["ratio_to_echo"] = baseline_mod.ratios(summary, baseline, "echo_direct")
         summary["ratio_to_proxy_hop"] = baseline_mod.ratios(summary, baseline, "echo_proxy")
+        for hop in FLOORS:
+            if level is not None and cfg.mode == "closed":
+                summary[f"ratio_to_{hop}"] = baseline_mod.level_ratios(summary, baseline, hop, level)
+            else:
+                summary[f"ratio_to_{hop}"] = baseline_mod.ratios(summary, baseline, hop)
         return summary
 
     by_rpc = {rpc: with_ratios(b.summary(seconds)) for rpc, b in sorted(recorder.by_rpc.items())}
@@ -90,7 +105,12 @@ def build_report(
         found = recorder.by_step.get(index)
         row: dict[str, Any] = {"index": index, "level": step.level, "seconds": step.seconds}
         if found is not None:
-            row |= with_ratios(found.summary(step.seconds))
+            row |= with_ratios(found.summary(step.seconds), step.level)
+            row["by_rpc"] = {
+                rpc: with_ratios(bucket.summary(step.seconds), step.level)
+                for (i, rpc), bucket in sorted(recorder.by_step_rpc.items())
+                if i == index
+            }
         step_rows.append(row)
     fault_rows = []
     for rec, end in _fault_windows(faults, seconds):
@@ -103,6 +123,9 @@ def build_report(
             for scope, series in scopes.items()
         }
         fault_rows.append(asdict(rec))
+    if cpu is not None and cfg.mode == "closed":
+        for row in cpu.get("steps", []):
+            row["ratio_to_floor"] = cpu_ratios(row, baseline, row["level"])
     oa_codes = sorted(k for k in recorder.by_oa if k != NO_OA)
     cluster: dict[str, Any] = {}
     if handle is not None:
@@ -153,8 +176,88 @@ def build_report(
             **{rpc: percentile_curve(b.hist) for rpc, b in sorted(recorder.by_rpc.items())},
         },
         "timeline": timeline,
+        "cpu": cpu,
+        "targets": targets(cfg, step_rows, baseline, cpu),
         **(extra or {}),
     }
+
+
+def cpu_ratios(window: dict[str, Any], baseline: dict[str, Any] | None, level: float) -> dict[str, Any]:
+    """The chain's CPU per request (mesh processes and client) against each floor's at the same
+    concurrency: ``{"floor": {"floor_chain_ms": ..., "ratio": ...}, ...}``."""
+    out: dict[str, Any] = {}
+    chain = (window.get("sums_ms_per_request") or {}).get("chain")
+    for hop in FLOORS:
+        found = ((baseline or {}).get(hop) or {}).get("by_concurrency", {}).get(str(int(level)))
+        floor = ((found or {}).get("cpu") or {}).get("sums_ms_per_request", {}).get("chain")
+        if floor:
+            out[hop] = {"floor_chain_ms": floor, "ratio": round(chain / floor, 2) if chain else None}
+    return out
+
+
+# The goals of issue 13, checked on every run that has the figures (closed loop, one scenario per step).
+CONSULT_P50_GOAL = 1.5  # consult p50 at 1 in flight: at most 1.5 × the floor's, same run
+CONSULT_RATE_GOAL = 0.7  # consult throughput at N in flight: at least 0.7 × the floor's at N
+NOTIFY_TAIL_GOAL = 10.0  # notify at N in flight: p99 under 10 × its p50
+IDLE_OA_GOAL = 2.0  # an idle OA node: under 2 CPU-ms per second
+
+
+def targets(
+    cfg: RunConfig,
+    steps: Sequence[dict[str, Any]],
+    baseline: dict[str, Any] | None,
+    cpu: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Each goal the run can answer: its value, the goal, and whether it is met."""
+    out: list[dict[str, Any]] = []
+
+    def goal(name: str, value: float | None, op: str, limit: float, **more: Any) -> None:
+        if value is None:
+            return
+        met = {"<": value < limit, "≤": value <= limit, "≥": value >= limit}[op]
+        out.append({"name": name, "value": round(value, 3), "goal": f"{op} {limit:g}", "met": met, **more})
+
+    if cfg.mode == "closed":
+        for step in steps:
+            level = int(step["level"])
+            consult = (step.get("by_rpc") or {}).get("ConsultDmg")
+            if consult and consult["ok"]:
+                ratio = consult.get("ratio_to_floor") or {}
+                if level == 1:
+                    goal(
+                        "consult p50 at 1 in flight / floor p50",
+                        ratio.get("p50"),
+                        "≤",
+                        CONSULT_P50_GOAL,
+                        step=step["index"],
+                    )
+                else:
+                    goal(
+                        f"consult throughput at {level} in flight / floor's",
+                        ratio.get("throughput"),
+                        "≥",
+                        CONSULT_RATE_GOAL,
+                        step=step["index"],
+                    )
+            notify = (step.get("by_rpc") or {}).get("NotifyDmg")
+            if notify and level > 1 and notify["latency_ms"]["p50"] > 0:
+                lat = notify["latency_ms"]
+                goal(
+                    f"notify p99 / p50 at {level} in flight",
+                    lat["p99"] / lat["p50"],
+                    "<",
+                    NOTIFY_TAIL_GOAL,
+                    step=step["index"],
+                )
+    idle = (cpu or {}).get("idle") or {}
+    oa_idle = [
+        p["cpu_ms_per_s"]
+        for p in idle.get("by_process", {}).values()
+        if p.get("role") == "oa" and p.get("cpu_ms_per_s") is not None
+    ]
+    if oa_idle:
+        goal("idle OA node CPU-ms per second (the busiest of them)", max(oa_idle), "<", IDLE_OA_GOAL)
+    return out
 
 
 async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dict[str, Any]:
@@ -169,12 +272,25 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
 
     baseline: dict[str, Any] | None = None
     if cfg.baseline:
-        log(f"baseline: echo over one gRPC hop and over one proxy hop ({cfg.baseline_seconds:g}s each) ...")
+        levels = [s.level for s in steps] if cfg.mode == "closed" else []
+        log(
+            "baseline: echo over one gRPC hop and over one proxy hop"
+            + (
+                ", the floor chains at "
+                + ", ".join(map(str, baseline_mod.floor_levels(levels, cfg.baseline_concurrency)))
+                + " in flight"
+                if cfg.floor
+                else ""
+            )
+            + f" ({cfg.baseline_seconds:g}s each) ..."
+        )
         baseline = await baseline_mod.measure_baseline(
             tls=handle.baseline_tls(),
             seconds=cfg.baseline_seconds,
             concurrency=cfg.baseline_concurrency,
             mode=cfg.baseline_mode,
+            floor=cfg.floor,
+            levels=levels,
         )
 
     cfg.population = cfg.population or handle.population_size()
@@ -220,20 +336,31 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
             f"measuring: {cfg.mode} loop, levels {cfg.levels}, {cfg.duration:g}s, mix {cfg.mix}"
             + (f", {len(events)} fault events" if events else "")
         )
+        meter = CpuMeter(handle) if cfg.cpu else None
         load_task = asyncio.create_task(
             run_load(
                 cfg.mode, measured, steps, start=t0, max_in_flight=cfg.max_in_flight, on_overflow=overflow
             )
         )
         fault_task = asyncio.create_task(injector.run())
+        cpu_task = asyncio.create_task(meter.sample_steps(t0, steps)) if meter else None
         try:
             runner = await load_task
             await fault_task
+            if meter is not None and cpu_task is not None:
+                meter.finish(await cpu_task)
         finally:
-            for task in (load_task, fault_task):
+            tasks = [t for t in (load_task, fault_task, cpu_task) if t is not None]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(load_task, fault_task, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await injector.cleanup()
+        cpu: dict[str, Any] | None = None
+        if meter is not None:
+            cpu = meter.steps_report(recorder, steps)
+            if cfg.idle_seconds > 0:
+                log(f"idle: {cfg.idle_settle:g}s to settle, then CPU over {cfg.idle_seconds:g}s without load")
+                cpu["idle"] = await meter.idle(cfg.idle_settle, cfg.idle_seconds)
         if isinstance(runner, OpenLoop) and runner.overflowed:
             log(f"warning: {runner.overflowed} arrivals over --max-in-flight were recorded as failures")
         return build_report(
@@ -245,9 +372,96 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
             faults=injector.records,
             runner=runner,
             started_at=started_at,
+            cpu=cpu,
         )
     finally:
         await mesh.close()
+
+
+class CpuMeter:
+    """CPU of the mesh's processes (``/proc``) over the measured steps and over a quiet window: eHealth,
+    the hub, each OA node, the supervisor (with the fault proxies when it runs them) and the ``client``,
+    this process, the load generator."""
+
+    def __init__(self, handle: ClusterHandle) -> None:
+        self.handle = handle
+        self.roles: dict[str, str] = {}
+        self.snapshots: list[Snapshot] = []
+        self.watched: dict[str, int | None] = {}
+
+    def pids(self) -> dict[str, int | None]:
+        desc = self.handle.refresh()
+        pids: dict[str, int | None] = {}
+        for proc in desc.get("processes", []):
+            pids[proc["name"]] = proc.get("pid")
+            self.roles[proc["name"]] = proc.get("role", "")
+        pids["supervisor"] = desc.get("supervisor_pid")
+        pids["client"] = os.getpid()
+        self.roles |= {"supervisor": "supervisor", "client": "client"}
+        return pids
+
+    async def sample_steps(self, t0: float, steps: Sequence[Step]) -> list[Snapshot]:
+        """A snapshot at the start of measurement and at the end of each step but the last (that one is
+        taken when the load has finished, by :meth:`finish`)."""
+        self.watched = pids = self.pids()
+        await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+        snapshots = [Snapshot.take(pids)]
+        boundary = t0
+        for step in steps[:-1]:
+            boundary += step.seconds
+            await asyncio.sleep(max(0.0, boundary - time.monotonic()))
+            snapshots.append(Snapshot.take(pids))
+        return snapshots
+
+    def finish(self, snapshots: list[Snapshot]) -> None:
+        first = snapshots[0]
+        self.snapshots = [
+            *snapshots,
+            Snapshot.take({n: p.pid if p else None for n, p in first.procs.items()}),
+        ]
+
+    def groups(self, names: Sequence[str]) -> dict[str, list[str]]:
+        oa = [n for n in names if self.roles.get(n) == "oa"]
+        mesh = [n for n in names if self.roles.get(n) in ("hub", "ehealth", "oa")]
+        return {"oa_nodes": oa, "mesh": mesh, "chain": [*mesh, "client"]}
+
+    def _with_roles(self, window: dict[str, Any]) -> dict[str, Any]:
+        for name, proc in window["by_process"].items():
+            proc["role"] = self.roles.get(name, "")
+        return window
+
+    def steps_report(self, recorder: Recorder, steps: Sequence[Step]) -> dict[str, Any]:
+        """CPU per answered request of each process, per step and over the whole run."""
+        if len(self.snapshots) != len(steps) + 1:
+            return {"steps": [], "run": None}
+        names = list(self.snapshots[0].procs)
+        groups = self.groups(names)
+        rows = []
+        for index, step in enumerate(steps):
+            bucket = recorder.by_step.get(index)
+            answered = (bucket.counts["ok"] + bucket.counts["refused"]) if bucket else 0
+            window = per_request(self.snapshots[index], self.snapshots[index + 1], answered, groups=groups)
+            rows.append({"index": index, "level": step.level, **self._with_roles(window)})
+        total = recorder.overall.counts["ok"] + recorder.overall.counts["refused"]
+        whole = per_request(self.snapshots[0], self.snapshots[-1], total, groups=groups)
+        return {
+            "source": "/proc/<pid>/stat utime + stime (every thread), per answered request",
+            "steps": rows,
+            "run": self._with_roles(whole),
+        }
+
+    async def idle(self, settle: float, seconds: float) -> dict[str, Any]:
+        """CPU per second of each process over ``seconds`` without load (after ``settle`` seconds)."""
+        await asyncio.sleep(settle)
+        pids = self.pids()
+        before = Snapshot.take(pids)
+        await asyncio.sleep(seconds)
+        window = self._with_roles(per_request(before, Snapshot.take(pids), 0))
+        oa = [p["cpu_ms_per_s"] for p in window["by_process"].values() if p["role"] == "oa"]
+        known = [v for v in oa if v is not None]
+        window["oa_max_cpu_ms_per_s"] = max(known, default=None)
+        window["oa_mean_cpu_ms_per_s"] = round(sum(known) / len(known), 2) if known else None
+        return window
 
 
 def default_output(name: str) -> Path:

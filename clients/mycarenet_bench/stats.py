@@ -131,6 +131,7 @@ class Recorder:
         self.by_oa: dict[str, Bucket] = defaultdict(Bucket)
         self.by_rpc_oa: dict[tuple[str, str], Bucket] = defaultdict(Bucket)
         self.by_step: dict[int, Bucket] = defaultdict(Bucket)
+        self.by_step_rpc: dict[tuple[int, str], Bucket] = defaultdict(Bucket)
         self.errors: dict[str, Counter[str]] = defaultdict(Counter)
         self.seconds: dict[int, Second] = defaultdict(Second)
         self.failed_hist = new_histogram()
@@ -156,6 +157,7 @@ class Recorder:
             self.by_oa[oa_key],
             self.by_rpc_oa[(rpc, oa_key)],
             self.by_step[step],
+            self.by_step_rpc[(step, rpc)],
         ):
             bucket.add(outcome, intended, end)
         if outcome != "ok":
