@@ -1,12 +1,12 @@
 """CPU of one insurer node per ConsultDmg, and of an idle node per second.
 
-The node is built with ``OaNodeApp.create`` (the code the ``mycarenet-oa`` process runs) in a child
-process of its own, so that the figures are the node's alone: its CPU is read from ``/proc/<pid>/stat``
-(utime + stime) before and after. This process seeds it through its gRPC services (providers,
-enrolments, members, one notification per patient so that every consult answers a holding), then calls
-``ConsultDmg`` N times over a real channel, one call at a time, as the hub does. The node also has the
-outbox relay and the cadastre follower of a real deployment: they talk to a stand-in hub mailbox and a
-stand-in eHealth cadastre served here. Then the node is left idle for ``--idle`` seconds.
+The node is built with ``OaNodeApp.create`` (the code the ``mycarenet-oa`` process runs, on uvloop as
+``run_service`` runs it) in a child process of its own, so that the figures are the node's alone: its CPU
+is read from ``/proc/<pid>/stat`` (utime + stime) before and after. This process seeds it through its gRPC
+services (providers, enrolments, members, one notification per patient so that every consult answers a
+holding), then calls ``ConsultDmg`` N times over a real channel, one call at a time, as the hub does. The
+node also has the outbox relay and the cadastre follower of a real deployment: they talk to a stand-in hub
+mailbox and a stand-in eHealth cadastre served here. Then the node is left idle for ``--idle`` seconds.
 
     .venv/bin/python benchmarks/oa_consult_cpu.py                       # SQLite in a temporary folder
     .venv/bin/python benchmarks/oa_consult_cpu.py --database-url postgresql://postgres@127.0.0.1/mcn_bench
@@ -58,6 +58,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_node(database_url: str, hub: str, ehealth: str, ports: Any, stop: Any) -> None:
+    import uvloop
+
     from oa_node.app import OaNodeApp
 
     async def serve() -> None:
@@ -74,7 +76,7 @@ def run_node(database_url: str, hub: str, ehealth: str, ports: Any, stop: Any) -
         finally:
             await app.stop()
 
-    asyncio.run(serve())
+    uvloop.run(serve())  # as run_service runs every process
 
 
 # --- stand-ins for the hub's mailbox intake and eHealth's cadastre ------------------------------------

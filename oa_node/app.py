@@ -45,6 +45,7 @@ from oa_node.dmg import DmgOperations
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal, Wakeup
 from oa_node.holdings import HoldingFeed
 from oa_node.membership import MembershipOperations
+from oa_node.reads import Reads
 from oa_node.reference import ReferenceOperations
 from oa_node.relay import OutboxRelay
 from oa_node.repositories import OutboxRepository, ReferenceRepository
@@ -106,6 +107,8 @@ class OaNodeApp(ServiceApp):
         if telemetry is not None:
             telemetry.instrument_engine(engine)
 
+        self.reads = Reads(engine)
+        closers.append(self.reads.close)
         self.audit = AuditTrail(engine, self.sessions, clock)
         outbox, affiliations, holders = Wakeup(), FeedSignal(), FeedSignal()
 
@@ -170,7 +173,7 @@ class OaNodeApp(ServiceApp):
 
         self.dmg = DmgOperations(
             insurer_code=insurer_code,
-            engine=engine,
+            reads=self.reads,
             sessions=self.sessions,
             clock=clock,
             audit=self.audit,
@@ -190,7 +193,7 @@ class OaNodeApp(ServiceApp):
             audit=self.audit,
             following=(lambda: cadastre.following) if cadastre is not None else (lambda: False),
         )
-        self.holdings = HoldingFeed(engine, holders)
+        self.holdings = HoldingFeed(self.reads, holders)
         server = MeshServer(
             name,
             [

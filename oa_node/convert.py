@@ -48,7 +48,8 @@ def names_of(providers: dict[str, m.KnownProvider], organisations: dict[str, m.O
 def provider(inami: str | None, names: Names) -> common_pb2.Provider | None:
     if not inami:
         return None
-    role, first, last = names.get(inami, (role_of(inami), "", ""))
+    known = names.get(inami)
+    role, first, last = known if known is not None else (0, "", "")
     return common_pb2.Provider(inami=inami, role=role or role_of(inami), first_name=first, last_name=last)  # type: ignore[arg-type]
 
 

@@ -1,8 +1,9 @@
 """The DMG operations of an insurer node: consult, notify, list, enrol, and the invoicing intake.
 
 Each operation takes a request already parsed by :mod:`oa_node.controls` (all format violations raised at
-once before anything is read). A consult, the hot path, is two prepared reads on a plain connection
-(:mod:`oa_node.repositories.consult`) and never opens a write transaction; its audit row is queued.
+once before anything is read). A consult, the hot path, is one statement built at import
+(:mod:`oa_node.repositories.consult`, run by :mod:`oa_node.reads`) and never opens a write transaction;
+its audit row is queued.
 A change runs in ONE transaction: take the per-patient lock, load the patient's DMG file, run the pure
 rule (:mod:`oa_node.rules`), save the diff, write the outbox messages and the holder changes it causes,
 the idempotency record and the audit row. A rejection (a :class:`~mycarenet_core.errors.MeshError`)
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from mycarenet_core import dates
 from mycarenet_core.clock import Clock
@@ -45,6 +46,7 @@ from oa_node import models as m
 from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.feeds import FeedSignal, Wakeup
 from oa_node.holdings import log_moves
+from oa_node.reads import Reads
 from oa_node.repositories import (
     ConsultRepository,
     DmgFileRepository,
@@ -55,6 +57,7 @@ from oa_node.repositories import (
     ReferenceRepository,
     RequestRecordRepository,
 )
+from oa_node.repositories.consult import requester
 
 T = TypeVar("T")
 R = TypeVar(
@@ -102,7 +105,7 @@ class DmgOperations:
         self,
         *,
         insurer_code: str,
-        engine: AsyncEngine,
+        reads: Reads,
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock,
         audit: AuditTrail,
@@ -112,7 +115,7 @@ class DmgOperations:
         max_notification_delay_days: int | None = 7,
     ) -> None:
         self.insurer_code = insurer_code
-        self._engine = engine
+        self._reads = reads
         self._sessions = sessions
         self._clock = clock
         self._audit = audit
@@ -126,12 +129,13 @@ class DmgOperations:
     async def consult(self, query: c.ConsultQuery, entry: AuditEntry) -> oa_pb2.ConsultDmgResponse:
         who, key = query.caller, query.patient
         c.check_consult_date(query.day, who.today)
-        async with self._engine.connect() as conn:
-            reads = ConsultRepository(conn)
-            c.check_requester(who, c.Request.CONSULT, await reads.requester(who.inami.value))
-            found = await reads.patient(
-                niss=key.niss, registration_number=key.registration_number, day=query.day
-            )
+        registration, found = await ConsultRepository(self._reads).consult(
+            requester=who.inami.value,
+            niss=key.niss,
+            registration_number=key.registration_number,
+            day=query.day,
+        )
+        c.check_requester(who, c.Request.CONSULT, registration)
         entry.patient_niss = c.check_patient(
             key,
             member_niss=found.niss if found else None,
@@ -461,8 +465,7 @@ class DmgOperations:
         return found.response
 
     async def _check_requester(self, session: AsyncSession, who: c.Caller, request: c.Request) -> None:
-        reads = ConsultRepository(await session.connection())
-        c.check_requester(who, request, await reads.requester(who.inami.value))
+        c.check_requester(who, request, await requester(await session.connection(), who.inami.value))
 
     async def _member(
         self, session: AsyncSession, key: c.PatientKey, *, on: dt.date, entry: AuditEntry

@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import AsyncIterator, Sequence
 
 from google.protobuf import timestamp_pb2
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mycarenet_core import dates
 from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2 as hf_pb2
@@ -24,6 +24,7 @@ from mycarenet_core.telemetry import current_trace_context
 from mycarenet_core.validation import Checker
 from oa_node import rules
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal
+from oa_node.reads import Reads
 from oa_node.repositories import holder_changes as log
 from oa_node.repositories.holder_changes import HolderChange, NewHolderChange
 
@@ -91,18 +92,17 @@ def change_proto(change: HolderChange) -> hf_pb2.HolderChange:
 class HoldingFeed:
     """ListHolderChanges and WatchHolderChanges of one insurer node."""
 
-    def __init__(self, engine: AsyncEngine, signal: FeedSignal) -> None:
-        self._engine = engine
+    def __init__(self, reads: Reads, signal: FeedSignal) -> None:
+        self._reads = reads
         self.signal = signal
 
     async def list(self, request: hf_pb2.ListHolderChangesRequest) -> hf_pb2.ListHolderChangesResponse:
         with Checker() as check:
             after = check.number("after_sequence", request.after_sequence, minimum=0, maximum=2**62)
             size = check.page_size("page_size", request.page_size, default=DEFAULT_PAGE, maximum=MAX_PAGE)
-        async with self._engine.connect() as conn:
-            # The head first: a change committed between the two reads is in the page, never lost.
-            head = await log.head(conn)
-            changes = await log.after(conn, after, size)
+        # The head first: a change committed between the two reads is in the page (the head is raised to it).
+        head = await log.head(self._reads)
+        changes = await log.after(self._reads, after, size)
         return hf_pb2.ListHolderChangesResponse(
             changes=[change_proto(c) for c in changes],
             head_sequence=max(head, *(c.sequence for c in changes), 0),
@@ -116,8 +116,7 @@ class HoldingFeed:
         with Checker() as check:
             cursor = check.number("after_sequence", request.after_sequence, minimum=0, maximum=2**62)
         while not self.signal.closed:
-            async with self._engine.connect() as conn:
-                batch = await log.after(conn, cursor, WATCH_BATCH)
+            batch = await log.after(self._reads, cursor, WATCH_BATCH)
             for change in batch:
                 yield hf_pb2.WatchHolderChangesResponse(change=change_proto(change))
                 cursor = change.sequence

@@ -1,14 +1,16 @@
-"""The reads of a consult (the hot path of an insurer node): two statements built once, at import.
+"""The reads of a consult (the hot path of an insurer node): ONE statement, built once, at import.
 
-1. :data:`REQUESTER`: the provider's row, else the organisation's, under the requester's INAMI number;
-2. :data:`PATIENT_BY_NISS` / :data:`PATIENT_BY_NUMBER`: the member with each affiliation period (one row
-   per period), the holding in force on the day asked (with its holder's and trainee's names, joined), and
-   whether a fee of that year was paid and not recovered.
+:data:`CONSULT_BY_NISS` / :data:`CONSULT_BY_NUMBER` return, in one round trip, the requester's registration
+(its provider row and its organisation row, both joined), the member with each affiliation period (one row
+per period), the holding in force on the day asked (with its holder's and trainee's names, joined), and
+whether a fee of that year was paid and not recovered. The rows hang on a one-row anchor, so that an unknown
+requester or an unknown patient still gives one row (of NULLs), and the controls run in their order.
+:data:`REQUESTER` alone serves the other requests (the provider's row, else the organisation's).
 
-They run on a plain connection (SQLAlchemy Core, no ORM, no session): nothing is written, so no write
-transaction is ever opened (SQLite reads outside any transaction, PostgreSQL in a read-only snapshot that
-ends with the connection). The statements are the same objects at every call, so SQLAlchemy compiles
-each once per dialect and reuses it.
+The consult runs through :class:`~oa_node.reads.Reads` (SQLAlchemy Core, no ORM, no session, autocommit:
+nothing is written, no transaction is ever opened around the read); :func:`requester` runs on the
+connection of the caller's transaction. The statements are the same objects at every call, so SQLAlchemy
+compiles each once per dialect and reuses it.
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, exists, false, literal, select, union_all
+from sqlalchemy import Select, and_, bindparam, exists, false, literal, literal_column, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oa_node import models as m
 from oa_node import rules as r
 from oa_node.convert import Names
+from oa_node.reads import Reads
 
 _provider = m.table_of(m.KnownProvider)
 _organisation = m.table_of(m.Organisation)
+_requester_p = m.table_of(m.KnownProvider).alias("rp")
+_requester_o = m.table_of(m.Organisation).alias("ro")
+_anchor = select(literal_column("1").label("one")).subquery("q")
 _member = m.table_of(m.Member).alias("m")
 _affiliation = m.table_of(m.Affiliation).alias("a")
 _holding = m.table_of(m.HoldingRow).alias("h")
@@ -72,9 +78,15 @@ _paid = exists().where(
 )
 
 
-def _patient(where: Any) -> Select[Any]:
+def _consult(where: Any) -> Select[Any]:
     return (
         select(
+            _requester_p.c.role.label("requester_role"),
+            _requester_p.c.valid_from.label("requester_from"),
+            _requester_p.c.valid_until.label("requester_until"),
+            _requester_o.c.role.label("requester_org_role"),
+            _requester_o.c.valid_from.label("requester_org_from"),
+            _requester_o.c.valid_until.label("requester_org_until"),
             _member.c.niss,
             _member.c.mutuality_code,
             _member.c.registration_number,
@@ -110,7 +122,10 @@ def _patient(where: Any) -> Select[Any]:
             _paid.label("paid"),
         )
         .select_from(
-            _member.outerjoin(_affiliation, _affiliation.c.niss == _member.c.niss)
+            _anchor.outerjoin(_requester_p, _requester_p.c.inami == bindparam("inami"))
+            .outerjoin(_requester_o, _requester_o.c.inami == bindparam("inami"))
+            .outerjoin(_member, where)
+            .outerjoin(_affiliation, _affiliation.c.niss == _member.c.niss)
             .outerjoin(_holding, _holding.c.id == _in_force)
             .outerjoin(_holder_p, _holder_p.c.inami == _holding.c.holder)
             .outerjoin(_holder_o, _holder_o.c.inami == _holding.c.holder)
@@ -121,13 +136,12 @@ def _patient(where: Any) -> Select[Any]:
                 _trainee_o, and_(_holding.c.trainee.is_not(None), _trainee_o.c.inami == _holding.c.trainee)
             )
         )
-        .where(where)
         .order_by(_affiliation.c.start)
     )
 
 
-PATIENT_BY_NISS = _patient(_member.c.niss == bindparam("key"))
-PATIENT_BY_NUMBER = _patient(_member.c.registration_number == bindparam("key"))
+CONSULT_BY_NISS = _consult(_member.c.niss == bindparam("key"))
+CONSULT_BY_NUMBER = _consult(_member.c.registration_number == bindparam("key"))
 
 
 @dataclass(frozen=True)
@@ -171,30 +185,43 @@ def _names(row: Any, prefix: str, inami: str | None, names: Names) -> None:
         )
 
 
+async def requester(conn: AsyncConnection, inami: str) -> Registration | None:
+    """The registration of ``inami`` (its provider row, else its organisation row), on ``conn``."""
+    rows = (await conn.execute(REQUESTER, {"inami": inami})).all()
+    if not rows:
+        return None
+    row = min(rows, key=lambda x: x.kind)
+    return Registration(row.role, row.valid_from, row.valid_until)
+
+
 class ConsultRepository:
-    """The consult's reads on one connection (the caller opens and closes it)."""
+    """The consult's read (one statement, one round trip)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self.conn = conn
+    def __init__(self, reads: Reads) -> None:
+        self.reads = reads
 
-    async def requester(self, inami: str) -> Registration | None:
-        rows = (await self.conn.execute(REQUESTER, {"inami": inami})).all()
-        if not rows:
-            return None
-        row = min(rows, key=lambda x: x.kind)
-        return Registration(row.role, row.valid_from, row.valid_until)
-
-    async def patient(
-        self, *, niss: str | None, registration_number: str | None, day: dt.date
-    ) -> PatientOnDay | None:
-        """The member named by ``niss`` (else ``registration_number``) as on ``day``; None when unknown."""
+    async def consult(
+        self, *, requester: str, niss: str | None, registration_number: str | None, day: dt.date
+    ) -> tuple[Registration | None, PatientOnDay | None]:
+        """The requester's registration, and the member named by ``niss`` (else ``registration_number``) as
+        on ``day`` (None when unknown), in one round trip."""
         statement, key = (
-            (PATIENT_BY_NISS, niss) if niss is not None else (PATIENT_BY_NUMBER, registration_number)
+            (CONSULT_BY_NISS, niss) if niss is not None else (CONSULT_BY_NUMBER, registration_number)
         )
-        rows = (await self.conn.execute(statement, {"key": key, "day": day, "year": day.year})).all()
-        if not rows:
-            return None
+        rows = await self.reads.all(statement, {"inami": requester, "key": key, "day": day, "year": day.year})
         first = rows[0]
+        if first.requester_role is not None:
+            registration: Registration | None = Registration(
+                first.requester_role, first.requester_from, first.requester_until
+            )
+        elif first.requester_org_role is not None:
+            registration = Registration(
+                first.requester_org_role, first.requester_org_from, first.requester_org_until
+            )
+        else:
+            registration = None
+        if first.niss is None:
+            return registration, None
         holding: r.Holding | None = None
         names: Names = {}
         if first.holder is not None:
@@ -214,7 +241,7 @@ class ConsultRepository:
             )
             _names(first, "holder", holding.holder, names)
             _names(first, "trainee", holding.trainee, names)
-        return PatientOnDay(
+        return registration, PatientOnDay(
             niss=first.niss,
             mutuality_code=first.mutuality_code,
             registration_number=first.registration_number,
@@ -231,10 +258,11 @@ class ConsultRepository:
 
 
 __all__ = [
-    "PATIENT_BY_NISS",
-    "PATIENT_BY_NUMBER",
+    "CONSULT_BY_NISS",
+    "CONSULT_BY_NUMBER",
     "REQUESTER",
     "ConsultRepository",
     "PatientOnDay",
     "Registration",
+    "requester",
 ]

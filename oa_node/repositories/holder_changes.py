@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from oa_node import models as m
+from oa_node.reads import Reads
 
 _changes = m.table_of(m.HolderChangeRow)
 _head = m.table_of(m.FeedHead)
@@ -82,9 +83,9 @@ async def append(session: AsyncSession, changes: Sequence[NewHolderChange], now:
     return int(last)
 
 
-async def after(conn: AsyncConnection, after_sequence: int, limit: int) -> list[HolderChange]:
+async def after(reads: Reads, after_sequence: int, limit: int) -> list[HolderChange]:
     """At most ``limit`` changes after ``after_sequence``, in sequence order."""
-    rows = await conn.execute(AFTER, {"after": after_sequence, "limit": limit})
+    rows = await reads.all(AFTER, {"after": after_sequence, "limit": limit})
     return [
         HolderChange(
             row.sequence,
@@ -100,9 +101,10 @@ async def after(conn: AsyncConnection, after_sequence: int, limit: int) -> list[
     ]
 
 
-async def head(conn: AsyncConnection) -> int:
+async def head(reads: Reads) -> int:
     """The last sequence committed."""
-    return int((await conn.execute(HEAD)).scalar_one_or_none() or 0)
+    rows = await reads.all(HEAD, {})
+    return int(rows[0].last_sequence) if rows else 0
 
 
 __all__ = ["HolderChange", "NewHolderChange", "after", "append", "head"]
