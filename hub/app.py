@@ -1,7 +1,7 @@
 """The hub process: a :class:`~mycarenet_core.service.ServiceApp` serving the public and internal services
 on one server, with its background jobs (each insurer's affiliation feed; eHealth's revocations, relation
-changes and organisations; the audit writer, the patient lists, the relation moves still pending, the mailbox
-gauge).
+changes and organisations; the audit writer, the patient lists, the mailbox gauge). The DMG relation moves
+at eHealth, which follows each insurer's holder-change feed: the hub has no part in it.
 
 ``HubApp.create(...)`` builds it (tests), ``HubApp.from_settings`` from the environment
 (``mycarenet-hub``, through :func:`mycarenet_core.service.run_service`).
@@ -52,7 +52,6 @@ class HubTuning:
 
     calls: CallPolicy = field(default_factory=CallPolicy)
     lists: ListPolicy = field(default_factory=ListPolicy)
-    transfer_retry_seconds: float = 2.0
     key_refresh_seconds: float = 5.0
     start_timeout: float = 2.0
     gauge_refresh_seconds: float = 5.0
@@ -175,7 +174,6 @@ class HubApp(ServiceApp):
         background.add("relations", relations.run)
         background.add("organisations", organisations.run)
         background.add("audit", audit.run)
-        background.every("relation moves", tuning.transfer_retry_seconds, core.retry_transfers)
 
         async def forget_expired() -> None:
             verifier.forget_expired()

@@ -1,5 +1,5 @@
 """The hub's own tables (its own SQLModel base): routing index, feed cursors, mailbox, list requests,
-pending DMG relation moves, audit."""
+audit."""
 
 from __future__ import annotations
 
@@ -83,17 +83,6 @@ class ListRequest(HubBase, table=True):
     tack: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # serialized TechnicalAck
     created_at: dt.datetime = Field(default_factory=_utcnow, sa_column=_instant())
     done: bool = Field(default=False, index=True)
-
-
-class PendingTransfer(HubBase, table=True):
-    """A DMG relation move that eHealth has not acknowledged yet (retried in the background)."""
-
-    __tablename__ = "pending_transfer"
-
-    source_reference: str = Field(primary_key=True, max_length=250)
-    request: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # TransferDmgRelationRequest
-    attempts: int = Field(default=0)
-    last_error: str = Field(default="", max_length=500)
 
 
 class AuditRecord(HubBase, table=True):

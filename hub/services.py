@@ -24,13 +24,11 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlmodel import select
 
 from hub import requests
 from hub.audit import AuditEntry, AuditLog
 from hub.auth import Caller, TokenVerifier, current_peer, session_caller
 from hub.mailbox import MailboxNotifier, MailboxRepository
-from hub.models import PendingTransfer
 from hub.patient_list import PatientListWorker
 from hub.relations import RelationCheck
 from hub.routing import RoutingIndex, RoutingRepository
@@ -55,7 +53,6 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import (
 )
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2 as pub
 from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
-from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2 as tr
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as intake
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
@@ -66,7 +63,6 @@ from mycarenet_core.validation import paginate
 
 log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
-TRANSPORT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 WATCH_BATCH = 200
 
 
@@ -187,8 +183,8 @@ class HubCore:
 
     async def notify(
         self, caller: Caller, asked: requests.Notify, entry: AuditEntry, remaining: float | None
-    ) -> tuple[oa_pb.NotifyDmgResponse, common_pb2.Acknowledgement]:
-        oa, niss = await self.patient_bound(caller, asked.patient, asked.on, entry, remaining)
+    ) -> oa_pb.NotifyDmgResponse:
+        oa, _niss = await self.patient_bound(caller, asked.patient, asked.on, entry, remaining)
         request = asked.request
         call = oa_pb.NotifyDmgRequest(
             context=self.request_context(caller, asked.reference),
@@ -198,27 +194,9 @@ class HubCore:
             nomenclature_code=request.nomenclature_code,
             supervisor_inami=request.supervisor_inami,
         )
-        answer = await oa.call(lambda t: oa.dmg.NotifyDmg(call, timeout=t, wait_for_ready=False), remaining)
-        ack = common_pb2.Acknowledgement(complete=True)
-        if answer.holder.inami:
-            moved = await self.transfer_relation(
-                tr.TransferDmgRelationRequest(
-                    patient_niss=answer.patient.niss or niss,
-                    new_holder_inami=answer.holder.inami,
-                    previous_holder_inami=answer.previous_holder.inami,
-                    start_date=answer.start_date,
-                    source_reference=f"{oa.insurer_code}:{asked.reference}",
-                ),
-                remaining,
-            )
-            if not moved:
-                ack.items.append(
-                    common_pb2.AckItem(
-                        description="the DMG therapeutic relation will be moved at eHealth shortly",
-                        severity=common_pb2.SEVERITY_WARNING,
-                    )
-                )
-        return answer, ack
+        # The DMG relation moves at eHealth, which follows this insurer's holder-change feed: the insurer
+        # wrote the change in the transaction of the holding, so nothing is left for the hub to do.
+        return await oa.call(lambda t: oa.dmg.NotifyDmg(call, timeout=t, wait_for_ready=False), remaining)
 
     async def enrol(
         self, caller: Caller, asked: requests.Enrol, entry: AuditEntry, remaining: float | None
@@ -258,53 +236,6 @@ class HubCore:
             return outcome
 
         return list(await asyncio.gather(*(one(c) for c in asked.insurers)))
-
-    # --- the DMG relation move (until eHealth follows the insurers' holder changes) -----------------
-
-    async def _send_transfer(self, request: tr.TransferDmgRelationRequest, remaining: float | None) -> None:
-        await self.ehealth.call(
-            lambda t: self.ehealth.relations.TransferDmgRelation(request, timeout=t), remaining
-        )
-
-    async def transfer_relation(
-        self, request: tr.TransferDmgRelationRequest, remaining: float | None
-    ) -> bool:
-        """Move the DMG relation at eHealth; on failure keep it for the background retry. True if done."""
-        try:
-            await self._send_transfer(request, remaining)
-            return True
-        except MeshError as error:
-            log.warning("DMG relation move %s postponed: %s", request.source_reference, error)
-            async with transaction(self.sessions) as session:
-                if await session.get(PendingTransfer, request.source_reference) is None:
-                    session.add(
-                        PendingTransfer(
-                            source_reference=request.source_reference,
-                            request=request.SerializeToString(),
-                            last_error=str(error)[:500],
-                        )
-                    )
-            return False
-
-    async def retry_transfers(self) -> None:
-        """Background: push the postponed DMG relation moves to eHealth (stop at a transport failure)."""
-        async with self.sessions() as session:
-            rows = (await session.execute(select(PendingTransfer).limit(100))).scalars().all()
-        for row in rows:
-            error: MeshError | None = None
-            try:
-                await self._send_transfer(tr.TransferDmgRelationRequest.FromString(row.request), 5.0)
-            except MeshError as failed:
-                error = failed
-            async with transaction(self.sessions) as session:
-                fresh = await session.get(PendingTransfer, row.source_reference)
-                if fresh is not None and error is None:
-                    await session.delete(fresh)
-                elif fresh is not None and error is not None:
-                    fresh.attempts += 1
-                    fresh.last_error = str(error)[:500]
-            if error is not None and error.status in TRANSPORT:
-                return
 
     # --- the mailbox --------------------------------------------------------------------------------
 
@@ -401,7 +332,7 @@ class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
         async with core.handling("NotifyDmg", request.requester_reference) as entry:
             caller = core.caller(entry)
             asked = requests.notify(request, caller)
-            answer, ack = await core.notify(caller, asked, entry, context.time_remaining())
+            answer = await core.notify(caller, asked, entry, context.time_remaining())
             return pub.NotifyDmgResponse(
                 requester_reference=request.requester_reference,
                 patient=answer.patient,
@@ -410,7 +341,7 @@ class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
                 start_date=answer.start_date,
                 end_date=answer.end_date,
                 payment=answer.payment,
-                acknowledgement=ack,
+                acknowledgement=common_pb2.Acknowledgement(complete=True),
                 replayed=answer.replayed,
             )
 

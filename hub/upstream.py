@@ -38,8 +38,6 @@ EHEALTH_IDEMPOTENT = [
     ("mycarenet.ehealth.v1.AuthService", "ListRevocations"),
     ("mycarenet.ehealth.v1.TherapeuticRelationService", "CheckRelation"),
     ("mycarenet.ehealth.v1.TherapeuticRelationService", "ListRelationChanges"),
-    # Idempotent by source reference (contract), so safe to retry.
-    ("mycarenet.ehealth.v1.TherapeuticRelationService", "TransferDmgRelation"),
     ("mycarenet.ehealth.v1.CadastreService", "GetProvider"),
     ("mycarenet.ehealth.v1.CadastreService", "ListCadastreChanges"),
 ]

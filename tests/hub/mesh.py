@@ -1,4 +1,5 @@
-"""A whole mesh in process, for integration tests: eHealth + N OA nodes + the hub, on port 0 / free ports,
+"""A whole mesh in process, for integration tests: eHealth + N OA nodes + the hub, on port 0 / free ports
+(eHealth follows the OA nodes' holder-change feeds, so notifications move the DMG relations),
 seeded through their own gRPC services (providers with Ed25519 keys, members, reference data, enrolments,
 therapeutic relations), with a helper to log in by signing an eHealth challenge.
 
@@ -193,8 +194,13 @@ class Mesh:
         return f"sqlite+aiosqlite:///{self.tmp / (name + '.db')}"
 
     def channel(self, port: int, identity: str = "client") -> grpc.aio.Channel:
-        """A plaintext channel declaring the certificate kind ``identity`` (client, admin, hub, oa-100...)."""
-        channel = open_channel(f"127.0.0.1:{port}", identity=identity)
+        """A plaintext channel declaring the certificate kind ``identity`` (client, admin, hub, oa-100...).
+        Its connections are its own: a test's channel never inherits the reconnection backoff of one that
+        a process of the mesh opened to the same address before it listened (eHealth's holder feeds start
+        before the OA nodes)."""
+        channel = open_channel(
+            f"127.0.0.1:{port}", identity=identity, options=[("grpc.use_local_subchannel_pool", 1)]
+        )
         self._channels.append(channel)
         return channel
 
@@ -223,6 +229,18 @@ class Mesh:
             channel = self.channel(self.hub_port, f"oa-{code}")
             self._intakes[code] = mailbox_intake_service_pb2_grpc.MailboxIntakeServiceStub(channel)
         return self._intakes[code]
+
+    async def start_ehealth(self, port: int = 0) -> EhealthApp:
+        """eHealth, following every insurer's holder-change feed (the OA ports are known before the OAs
+        start): that is how the DMG relation moves."""
+        self.ehealth = await EhealthApp.create(
+            database_url=self.db("ehealth"),
+            clock=self.clock,
+            telemetry=self.telemetry,
+            oa_targets={code: f"127.0.0.1:{p}" for code, p in self.oa_ports.items()},
+        )
+        await self.ehealth.start(f"127.0.0.1:{port}")
+        return self.ehealth
 
     async def start_oa(self, code: str) -> OaNodeApp:
         app = await OaNodeApp.create(
@@ -462,7 +480,6 @@ GENEROUS = ThrottleConfig(rate=50, burst=500)  # tests other than throttling nev
 FAST = HubTuning(
     calls=CallPolicy(max_deadline=5.0, default_deadline=5.0, connect_timeout=0.5, breaker_cooldown=1.0),
     lists=ListPolicy(retry_window=8.0, initial_backoff=0.1, max_backoff=0.5),
-    transfer_retry_seconds=0.5,
     key_refresh_seconds=0.0,
 )
 
@@ -491,10 +508,7 @@ async def running_mesh(
     mesh = Mesh(tmp, insurers, FixedClock(NOW))
     mesh.telemetry = telemetry
     try:
-        mesh.ehealth = await EhealthApp.create(
-            database_url=mesh.db("ehealth"), clock=mesh.clock, telemetry=telemetry
-        )
-        await mesh.ehealth.start("127.0.0.1:0")
+        await mesh.start_ehealth()
         await mesh.seed_ehealth()
         await mesh.start_hub(throttle or GENEROUS, tuning)
         for code in insurers:

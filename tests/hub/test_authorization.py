@@ -3,7 +3,9 @@ therapeutic relations, requester mismatch, unknown patients and member-number ro
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -94,7 +96,7 @@ async def test_notify_matrix(mesh: Mesh) -> None:
         )
     )
     assert 163 in error.codes
-    # an enrolled GP notifies; the DMG relation moves at eHealth; a replay passes through
+    # an enrolled GP notifies; a replay passes through; the DMG relation moves at eHealth
     p100 = mesh.members["p100"].niss
     gp_b = await token_of(mesh, "gp_b")
     answer = await mesh.dmg.NotifyDmg(notify_request(p100, "n-b"), metadata=gp_b, timeout=5)
@@ -105,11 +107,17 @@ async def test_notify_matrix(mesh: Mesh) -> None:
     from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2 as tr
     from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2_grpc
 
+    # The move reaches eHealth through the insurer's holder-change feed, moments later.
     relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(mesh.ehealth_admin)
-    listed = await relations.ListRelations(
-        tr.ListRelationsRequest(patient_niss=p100, valid_on=to_proto(TODAY)), timeout=5
-    )
-    dmg = {(r.provider_inami, r.proof) for r in listed.relations if r.proof == tr.RELATION_PROOF_DMG}
+    deadline = time.monotonic() + 10
+    while True:
+        listed = await relations.ListRelations(
+            tr.ListRelationsRequest(patient_niss=p100, valid_on=to_proto(TODAY)), timeout=5
+        )
+        dmg = {(r.provider_inami, r.proof) for r in listed.relations if r.proof == tr.RELATION_PROOF_DMG}
+        if dmg or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     assert dmg == {(mesh.people["gp_b"].inami, tr.RELATION_PROOF_DMG)}
 
 

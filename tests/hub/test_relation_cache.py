@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 import pytest
 
-from ehealth.app import EhealthApp
 from hub.relations import RelationCheck, RelationFollower, RelationIndex
 from hub.upstream import CallPolicy, EhealthClient
 from mycarenet_core.clock import FixedClock
@@ -290,8 +289,7 @@ async def test_with_ehealth_stopped_a_consult_is_unavailable_not_a_cached_yes_an
         error = await rejected(consult(mesh, token, patient.niss))
         assert (error.status, error.reason) == (grpc.StatusCode.UNAVAILABLE, "EHEALTH_UNAVAILABLE")
 
-        mesh.ehealth = await EhealthApp.create(database_url=mesh.db("ehealth"), clock=mesh.clock)
-        await mesh.ehealth.start(f"127.0.0.1:{port}")
+        await mesh.start_ehealth(port)
         await eventually(lambda: follower.following, 10)
         asked = mesh.hub.core.relations.asked_ehealth
         assert (await consult(mesh, token, patient.niss)).insurer_code == "100"
