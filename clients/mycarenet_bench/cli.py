@@ -39,6 +39,7 @@ from mycarenet_bench.report import (
     cpu_table,
     floor_rows,
     fmt,
+    oa_served_table,
     render_html,
     summary_row,
     write_reports,
@@ -101,6 +102,14 @@ def print_summary(report: dict[str, Any]) -> None:
         for row in rows:
             cpu.add_row(*(fmt(v, 3) for v in row))
         console.print(cpu)
+    headers, rows = oa_served_table(report)
+    if rows:
+        served = Table(title="OA nodes: CPU-ms per request each served itself (requests served)")
+        for col in headers:
+            served.add_column(col, justify="right")
+        for row in rows:
+            served.add_row(*(v if isinstance(v, str) else fmt(v, 0) for v in row))
+        console.print(served)
     idle = (report.get("cpu") or {}).get("idle")
     if idle:
         console.print(
@@ -169,8 +178,12 @@ def run_cmd(
     no_floor: Annotated[bool, typer.Option("--no-floor", help="skip the floor chains")] = False,
     no_cpu: Annotated[bool, typer.Option("--no-cpu", help="skip the CPU per process (/proc)")] = False,
     idle_seconds: Annotated[
-        float, typer.Option(help="quiet window after the load: idle CPU per second of each process (0: none)")
-    ] = 10.0,
+        float,
+        typer.Option(
+            help="quiet window after the load: idle CPU per second of each process (0: none; /proc counts"
+            " in 10 ms ticks, so 20 s resolve 0.5 ms/s)"
+        ),
+    ] = 20.0,
     baseline_seconds: Annotated[float, typer.Option(help="seconds per baseline measurement")] = 3.0,
     baseline_mode: Annotated[str, typer.Option(help="process or inprocess echo servers")] = "process",
     channels: Annotated[int, typer.Option(help="gRPC channels to the hub")] = 2,

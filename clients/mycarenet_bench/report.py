@@ -423,6 +423,26 @@ def cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return headers, rows
 
 
+def oa_served_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Each OA node's CPU-ms per request it served itself (and how many), per step and over the run."""
+    cpu = report.get("cpu") or {}
+    windows = [(f"step {r['index']}", r["level"], r) for r in cpu.get("steps") or []]
+    if cpu.get("run"):
+        windows.append(("run", None, cpu["run"]))
+    if not windows:
+        return [], []
+    names = sorted(n for n, p in windows[0][2]["by_process"].items() if p.get("role") == "oa")
+    rows = []
+    for label, level, w in windows:
+        cells = []
+        for n in names:
+            proc = w["by_process"].get(n) or {}
+            per = proc.get("cpu_ms_per_served_request")
+            cells.append(f"{fmt(per, 3)} ({proc.get('served', 0)})" if per is not None else "–")
+        rows.append([label, level, *cells])
+    return ["window", "in flight", *names], rows
+
+
 def idle_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     idle = (report.get("cpu") or {}).get("idle")
     if not idle:
@@ -473,6 +493,7 @@ def render_html(report: dict[str, Any]) -> str:
             )
     cpu_headers, cpu_table_rows = cpu_table(report)
     idle_headers, idle_rows = idle_table(report)
+    served_headers, served_rows = oa_served_table(report)
     error_rows = [[rpc, key, n] for rpc, errs in report.get("errors", {}).items() for key, n in errs.items()]
     fault_rows = []
     for f in report.get("faults", []):
@@ -562,6 +583,8 @@ td:first-child, th:first-child {{ text-align: left; }} th {{ background: #f4f4f4
 {_table(STEP_HEADERS, step_rows, "steps")}
 <h2>CPU-ms per answered request, per process (/proc utime + stime, all threads)</h2>
 {_table(cpu_headers, cpu_table_rows, "cpu")}
+<h2>OA nodes: CPU-ms per request each served itself (requests served)</h2>
+{_table(served_headers, served_rows, "oa-served-cpu")}
 <h2>Idle CPU-ms per second (after the load, quiet window)</h2>
 {_table(idle_headers, idle_rows, "idle-cpu")}
 <h2>Faults</h2>

@@ -9,7 +9,7 @@ import os
 import platform
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ class RunConfig:
     recovery_threshold: float = 0.99
     floor: bool = True  # the floor chains among the baselines
     cpu: bool = True  # CPU per request of every process of the mesh, per step (/proc)
-    idle_seconds: float = 10.0  # a quiet window after the load: idle CPU per second of each process
+    idle_seconds: float = 20.0  # a quiet window after the load: idle CPU per second of each process
     idle_settle: float = 3.0  # seconds left to the mesh between the load and the quiet window
     name: str = ""
 
@@ -386,6 +386,7 @@ class CpuMeter:
     def __init__(self, handle: ClusterHandle) -> None:
         self.handle = handle
         self.roles: dict[str, str] = {}
+        self.codes: dict[str, str] = {}  # OA node name → insurer code
         self.snapshots: list[Snapshot] = []
         self.watched: dict[str, int | None] = {}
 
@@ -395,6 +396,8 @@ class CpuMeter:
         for proc in desc.get("processes", []):
             pids[proc["name"]] = proc.get("pid")
             self.roles[proc["name"]] = proc.get("role", "")
+            if proc.get("oa_code"):
+                self.codes[proc["name"]] = proc["oa_code"]
         pids["supervisor"] = desc.get("supervisor_pid")
         pids["client"] = os.getpid()
         self.roles |= {"supervisor": "supervisor", "client": "client"}
@@ -425,9 +428,19 @@ class CpuMeter:
         mesh = [n for n in names if self.roles.get(n) in ("hub", "ehealth", "oa")]
         return {"oa_nodes": oa, "mesh": mesh, "chain": [*mesh, "client"]}
 
-    def _with_roles(self, window: dict[str, Any]) -> dict[str, Any]:
+    def _with_roles(
+        self, window: dict[str, Any], served: Callable[[str], int] | None = None
+    ) -> dict[str, Any]:
+        """Each process's role; with ``served`` (insurer code → requests it answered in the window), an OA
+        node's CPU per request *it* served as well."""
         for name, proc in window["by_process"].items():
             proc["role"] = self.roles.get(name, "")
+            code = self.codes.get(name)
+            if code is not None and served is not None:
+                count = served(code)
+                proc["served"] = count
+                ms = proc.get("cpu_ms")
+                proc["cpu_ms_per_served_request"] = round(ms / count, 3) if ms is not None and count else None
         return window
 
     def steps_report(self, recorder: Recorder, steps: Sequence[Step]) -> dict[str, Any]:
@@ -441,13 +454,23 @@ class CpuMeter:
             bucket = recorder.by_step.get(index)
             answered = (bucket.counts["ok"] + bucket.counts["refused"]) if bucket else 0
             window = per_request(self.snapshots[index], self.snapshots[index + 1], answered, groups=groups)
-            rows.append({"index": index, "level": step.level, **self._with_roles(window)})
+
+            def served(code: str, index: int = index) -> int:
+                found = recorder.by_step_oa.get((index, code))
+                return found.counts["ok"] + found.counts["refused"] if found else 0
+
+            rows.append({"index": index, "level": step.level, **self._with_roles(window, served)})
         total = recorder.overall.counts["ok"] + recorder.overall.counts["refused"]
         whole = per_request(self.snapshots[0], self.snapshots[-1], total, groups=groups)
+
+        def served_in_run(code: str) -> int:
+            found = recorder.by_oa.get(code)
+            return found.counts["ok"] + found.counts["refused"] if found else 0
+
         return {
             "source": "/proc/<pid>/stat utime + stime (every thread), per answered request",
             "steps": rows,
-            "run": self._with_roles(whole),
+            "run": self._with_roles(whole, served_in_run),
         }
 
     async def idle(self, settle: float, seconds: float) -> dict[str, Any]:

@@ -132,6 +132,7 @@ class Recorder:
         self.by_rpc_oa: dict[tuple[str, str], Bucket] = defaultdict(Bucket)
         self.by_step: dict[int, Bucket] = defaultdict(Bucket)
         self.by_step_rpc: dict[tuple[int, str], Bucket] = defaultdict(Bucket)
+        self.by_step_oa: dict[tuple[int, str], Bucket] = defaultdict(Bucket)
         self.errors: dict[str, Counter[str]] = defaultdict(Counter)
         self.seconds: dict[int, Second] = defaultdict(Second)
         self.failed_hist = new_histogram()
@@ -158,6 +159,7 @@ class Recorder:
             self.by_rpc_oa[(rpc, oa_key)],
             self.by_step[step],
             self.by_step_rpc[(step, rpc)],
+            self.by_step_oa[(step, oa_key)],
         ):
             bucket.add(outcome, intended, end)
         if outcome != "ok":
