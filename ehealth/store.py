@@ -17,6 +17,7 @@ Same statement and same code path on both databases; the one difference, how the
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -118,7 +119,8 @@ class Database:
 
     async def first(self, query: Query, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The first row of ``query`` with ``values``, converted by the columns' types; None when none.
-        A connection that failed is never given back to the pool (UNAVAILABLE DATABASE_BUSY: retry)."""
+        A connection that failed or was cancelled during the statement is never given back to the pool; a
+        failure of the connection or the database answers UNAVAILABLE DATABASE_BUSY (retry)."""
         plan = query.plan(self.reader.dialect)
         arguments = query.arguments(plan, values)
         async with self.reader.connect() as conn:
@@ -129,14 +131,18 @@ class Database:
                     row = rows[0] if rows else None
                 else:
                     row = await driver.fetchrow(plan.sql, *arguments)
-            except _TRANSIENT as error:
-                await conn.invalidate(error)
-                raise MeshError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "DATABASE_BUSY",
-                    "the database is unavailable; nothing was changed, retry shortly",
-                    retry_after_seconds=1.0,
-                ) from error
+            except BaseException as error:
+                # Failed, or cancelled half-way (the caller's deadline): this connection may still be busy
+                # with the statement, so it never goes back to the pool.
+                await asyncio.shield(conn.invalidate(error if isinstance(error, Exception) else None))
+                if isinstance(error, _TRANSIENT):
+                    raise MeshError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "DATABASE_BUSY",
+                        "the database is unavailable; nothing was changed, retry shortly",
+                        retry_after_seconds=1.0,
+                    ) from error
+                raise
         if row is None:
             return None
         return tuple(value if p is None else p(value) for value, p in zip(row, plan.results, strict=True))
