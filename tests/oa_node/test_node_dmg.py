@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import grpc
@@ -24,7 +25,7 @@ from node_support import (
     start_node,
     stop_node,
 )
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from mycarenet_core.db import create_engine
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
@@ -203,3 +204,24 @@ async def test_a_trainee_notifies_only_under_the_supervisor_the_cadastre_records
 
     reply = await node.notify(TRAINEE, supervisor=GP_A, reference="t-2")  # the recorded supervisor
     assert reply.holder.inami == GP_A
+
+
+async def test_a_consult_reads_while_a_writer_holds_the_database(node: Node) -> None:
+    """A consult never needs a write lock: it answers while another connection holds a write transaction
+    (on SQLite the database's write lock, on PostgreSQL the patient's row lock), and its audit row waits
+    in the queue instead."""
+    await node.notify(GP_A, reference="before")
+    request = oa_pb2.ConsultDmgRequest(context=context(GP_B), patient=by_niss(PATIENT), request_date=d(TODAY))
+    engine = create_engine(str(node.app.engine.url.render_as_string(hide_password=False)))
+    try:
+        async with engine.begin() as writer:
+            await writer.execute(
+                update(m.Member)
+                .where(m.Member.niss == PATIENT)
+                .values(file_version=m.Member.file_version + 1)  # type: ignore[arg-type]
+            )
+            answer = await asyncio.wait_for(node.dmg.ConsultDmg(request, timeout=10), 5)
+            assert answer.holding.holder.inami == GP_A
+    finally:
+        await engine.dispose()
+    await node.app.audit.flush()
