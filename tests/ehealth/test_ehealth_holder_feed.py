@@ -18,9 +18,8 @@ from holder_feed_support import StandInInsurer
 from mycarenet_cluster import pki
 
 from ehealth.app import EhealthApp
-from ehealth.holders import AUDIT_METHOD, parse_change
+from ehealth.holders import AUDIT_METHOD
 from ehealth.models import AuditRow, DmgTransferRow, HolderFeedPositionRow
-from ehealth.settings import EhealthSettings, parse_targets
 from mycarenet_core.channels import client_credentials, open_channel, server_credentials
 from mycarenet_core.clock import FixedClock
 from mycarenet_core.db import create_engine
@@ -278,38 +277,6 @@ async def test_insurers_are_followed_under_mutual_tls_with_ehealths_own_certific
         await app.stop(0)
         await insurer.stop()
     assert set(insurer.feed.callers) == {"ehealth"}  # the certificate's name, not a declaration
-
-
-def test_holder_changes_eHealth_cannot_use_are_named() -> None:
-    good = feed.HolderChange(sequence=1, patient_niss=PATIENT, holder_inami=GP, source_reference="100:x")
-    good.start_date.CopyFrom(pdate(D(2025, 1, 1)))
-    move = parse_change(good)
-    assert not isinstance(move, str)
-    assert (move.patient_niss, move.new_holder, move.previous_holder, move.start) == (
-        PATIENT,
-        GP,
-        "",
-        D(2025, 1, 1),
-    )
-    bad = parse_change(feed.HolderChange(sequence=2, patient_niss="1", holder_inami=GP[:-1]))
-    assert isinstance(bad, str)
-    for field in ("patient_niss", "holder_inami", "start_date", "source_reference"):
-        assert field in bad
-
-
-def test_the_insurer_targets_setting() -> None:
-    assert parse_targets("") == {}
-    assert parse_targets(" 100=oa-100:7410 , 900=10.0.0.9:7416") == {
-        "100": "oa-100:7410",
-        "900": "10.0.0.9:7416",
-    }
-    for wrong in ("100", "101=h:1", "100=h", "100=h:0", "100=h:1,100=h:2", "100=:1"):
-        with pytest.raises(ValueError, match=r"expected|host:port|twice"):
-            parse_targets(wrong)
-    settings = EhealthSettings(insecure=True, oa_targets="300=oa-300:7412")
-    assert settings.insurer_targets == {"300": "oa-300:7412"}
-    with pytest.raises(ValueError, match="oa_targets"):
-        EhealthSettings(insecure=True, oa_targets="999=x:1")
 
 
 async def test_a_follower_added_while_running_starts_at_once(

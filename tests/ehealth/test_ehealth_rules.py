@@ -1,4 +1,6 @@
-"""Pure eHealth rules: DMG relation moves, mandate overlap, strongest relation, token lifetime."""
+"""Pure eHealth rules: DMG relation moves (to a new holder, to no one), mandate overlap, strongest relation,
+token lifetime; and the pure parsing of what eHealth reads from elsewhere (an insurer's holder change, the
+insurers' targets setting)."""
 
 from __future__ import annotations
 
@@ -6,17 +8,23 @@ import datetime as dt
 
 import pytest
 
+from ehealth.holders import parse_change
 from ehealth.rules import (
     MandateView,
     Period,
     Proof,
     Relation,
+    plan_dmg_end,
     plan_dmg_transfer,
     plan_mandate_closures,
     strongest_relation,
     token_lifetime,
 )
+from ehealth.settings import EhealthSettings, parse_targets
+from mycarenet_core.dates import to_proto
 from mycarenet_core.errors import MeshError
+from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2 as feed
+from mycarenet_core.identifiers import Profession, make_inami, make_niss
 
 D = dt.date
 
@@ -94,3 +102,58 @@ def test_token_lifetime() -> None:
     assert token_lifetime(13 * 3600, dt.timedelta(hours=2)) == dt.timedelta(hours=2)
     with pytest.raises(ValueError, match="negative"):
         token_lifetime(-1, twelve)
+
+
+def test_an_ended_holding_ends_the_previous_holders_dmg_relation() -> None:
+    relations = [
+        dmg("a", "A", D(2020, 1, 1), D(2022, 12, 31)),  # over before: untouched
+        dmg("b", "B", D(2023, 1, 1)),  # runs on the start: ends the day before
+        dmg("c", "B", D(2024, 5, 1)),  # begins on the start: cancelled
+        dmg("d", "B", D(2024, 9, 1)),  # a later move: untouched
+        dmg("e", "C", D(2023, 6, 1)),  # another holder: untouched when the previous one is named
+    ]
+    assert plan_dmg_end(relations, "B", D(2024, 5, 1)) == {"b": D(2024, 4, 30), "c": D(2024, 4, 30)}
+    # Unknown previous holder: whoever holds it on that day.
+    assert plan_dmg_end(relations, "", D(2024, 5, 1)) == {
+        "b": D(2024, 4, 30),
+        "c": D(2024, 4, 30),
+        "e": D(2024, 4, 30),
+    }
+    ended = [dmg("b", "B", D(2023, 1, 1), D(2024, 4, 30))]
+    assert plan_dmg_end(ended, "B", D(2024, 5, 1)) == {}  # applying it twice changes nothing more
+
+
+GP = make_inami(Profession.PHYSICIAN, 10001, "003")
+PATIENT = make_niss(D(1980, 5, 17), 123)
+
+
+def test_holder_changes_ehealth_cannot_use_are_named() -> None:
+    good = feed.HolderChange(sequence=1, patient_niss=PATIENT, holder_inami=GP, source_reference="100:x")
+    good.start_date.CopyFrom(to_proto(D(2025, 1, 1)))
+    move = parse_change(good)
+    assert not isinstance(move, str)
+    assert (move.patient_niss, move.new_holder, move.previous_holder, move.start) == (
+        PATIENT,
+        GP,
+        "",
+        D(2025, 1, 1),
+    )
+    bad = parse_change(feed.HolderChange(sequence=2, patient_niss="1", holder_inami=GP[:-1]))
+    assert isinstance(bad, str)
+    for field in ("patient_niss", "holder_inami", "start_date", "source_reference"):
+        assert field in bad
+
+
+def test_the_insurer_targets_setting() -> None:
+    assert parse_targets("") == {}
+    assert parse_targets(" 100=oa-100:7410 , 900=10.0.0.9:7416") == {
+        "100": "oa-100:7410",
+        "900": "10.0.0.9:7416",
+    }
+    for wrong in ("100", "101=h:1", "100=h", "100=h:0", "100=h:1,100=h:2", "100=:1"):
+        with pytest.raises(ValueError, match=r"expected|host:port|twice"):
+            parse_targets(wrong)
+    settings = EhealthSettings(insecure=True, oa_targets="300=oa-300:7412")
+    assert settings.insurer_targets == {"300": "oa-300:7412"}
+    with pytest.raises(ValueError, match="oa_targets"):
+        EhealthSettings(insecure=True, oa_targets="999=x:1")
