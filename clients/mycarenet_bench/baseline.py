@@ -8,11 +8,14 @@ Two echoes, to place one gRPC hop:
 And **the floor**: the smallest Python grpc.aio chain of the shape of a consult, mutual TLS on every hop,
 raw bytes (no proto, no interceptor, no ORM), each server in a process of its own:
 
-- ``floor``: client → proxy (one in-memory lookup) → data server (one indexed SQLite read through
-  aiosqlite, as the OA node reads). A consult is this shape once the hub answers the therapeutic-relation
-  check from memory: client → hub → OA node.
+- ``floor``: client → proxy (one in-memory lookup) → data server (one indexed SQLite read). A consult is
+  this shape once the hub answers the therapeutic-relation check from memory: client → hub → OA node.
 - ``floor_check``: client → proxy (the lookup, then one unary call to a check server answering from
   memory) → data server: the shape of a consult whose relation check is one more hop (hub → eHealth).
+
+The data server reads as the OA node does (``read``): ``loop``, a read-only sqlite3 connection in autocommit
+on the event loop's thread (the OA node since its consult became one statement), or ``thread``, through
+aiosqlite (one hand-off to its thread per read).
 
 The floor is measured at each load level of the run (1 caller, and the closed loop's concurrencies), with
 the CPU each of its processes spent per request (``/proc``: see :mod:`mycarenet_bench.cpu`), so that a
@@ -61,9 +64,13 @@ FLOOR_ROWS = 2000  # the data server's table (one indexed read per call; the cos
 KEY_BYTES = 11  # a NISS-sized key at the start of every floor request
 READ_SQL = "SELECT holder, start_date, end_date, kind FROM holding WHERE niss = ?"
 FLOOR_CHAINS = {
-    "floor": "client → proxy (in-memory lookup) → data server (one indexed SQLite read)",
+    "floor": "client → proxy (in-memory lookup) → data server (one indexed SQLite read, {read})",
     "floor_check": "client → proxy (in-memory lookup + unary call to a check server) → data server "
-    "(one indexed SQLite read)",
+    "(one indexed SQLite read, {read})",
+}
+READ_MODES = {
+    "loop": "sqlite3 on the event loop's thread",
+    "thread": "aiosqlite, one hand-off to its thread",
 }
 CHILD_ROLES = ("echo", "floor-data", "floor-check", "floor-proxy")
 
@@ -168,8 +175,11 @@ class Servers:
 
     # --- the floor ----------------------------------------------------------------------------------------
 
-    async def floor_data(self, folder: Path) -> dict[str, int]:
-        """The data server: one indexed read of a SQLite table per call, through aiosqlite."""
+    async def floor_data(self, folder: Path, read_mode: str = "loop") -> dict[str, int]:
+        """The data server: one indexed read of a SQLite table per call, on the loop's thread (``loop``: a
+        read-only sqlite3 connection in autocommit) or through aiosqlite (``thread``)."""
+        if read_mode not in READ_MODES:
+            raise ValueError(f"read mode {read_mode!r}: one of {', '.join(READ_MODES)}")
         path = folder / "floor.db"
         with contextlib.closing(sqlite3.connect(path)) as setup:
             setup.execute(
@@ -184,18 +194,35 @@ class Servers:
                 ),
             )
             setup.commit()
-        db = await aiosqlite.connect(path)
 
-        async def close() -> None:
-            await db.close()
-
-        self._closers.append(close)
-
-        async def read(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            rows = list(await db.execute_fetchall(READ_SQL, (request[:KEY_BYTES].decode(),)))
-            if not rows:
+        async def answer(row: tuple[Any, ...] | None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            if row is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no such member")
-            return "|".join(str(v) for v in rows[0]).encode()
+            return "|".join(str(v) for v in row).encode()
+
+        if read_mode == "loop":
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+
+            async def close_conn() -> None:
+                conn.close()
+
+            self._closers.append(close_conn)
+
+            async def read(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+                row = conn.execute(READ_SQL, (request[:KEY_BYTES].decode(),)).fetchone()
+                return await answer(row, context)
+
+        else:
+            db = await aiosqlite.connect(path)
+
+            async def close_db() -> None:
+                await db.close()
+
+            self._closers.append(close_db)
+
+            async def read(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+                rows = list(await db.execute_fetchall(READ_SQL, (request[:KEY_BYTES].decode(),)))
+                return await answer(tuple(rows[0]) if rows else None, context)
 
         return {"data": await self.serve(FLOOR_SERVICE, {"Read": read})}
 
@@ -241,10 +268,17 @@ class ChildServer:
     """Servers of one ``role`` in a child process (on uvloop); stops when told or when this process's pipe
     closes. ``ports`` are what the child printed; ``pid`` is the child's."""
 
-    def __init__(self, role: str, tls: TlsPaths | None = None, *, targets: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        role: str,
+        tls: TlsPaths | None = None,
+        *,
+        targets: Sequence[str] = (),
+        options: Sequence[str] = (),
+    ) -> None:
         if role not in CHILD_ROLES:
             raise ValueError(role)
-        self.role, self.tls, self.targets = role, tls, list(targets)
+        self.role, self.tls, self.targets, self.options = role, tls, list(targets), list(options)
         self.process: asyncio.subprocess.Process | None = None
         self.ports: dict[str, int] = {}
 
@@ -258,6 +292,7 @@ class ChildServer:
             args += ["--tls", *self.tls.args()]
         if self.targets:
             args += ["--targets", *self.targets]
+        args += self.options
         self.process = await asyncio.create_subprocess_exec(
             *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
@@ -319,8 +354,10 @@ class Floor:
 
     ``pids`` names each child process (for its CPU); in process, the servers' CPU is the caller's own."""
 
-    def __init__(self, tls: TlsPaths | None, mode: str = "process") -> None:
-        self.tls, self.mode = tls, mode
+    def __init__(self, tls: TlsPaths | None, mode: str = "process", read: str = "loop") -> None:
+        if read not in READ_MODES:
+            raise ValueError(f"read mode {read!r}: one of {', '.join(READ_MODES)}")
+        self.tls, self.mode, self.read = tls, mode, read
         self.children: dict[str, ChildServer] = {}
         self._local: Servers | None = None
         self._folder: tempfile.TemporaryDirectory[str] | None = None
@@ -333,8 +370,9 @@ class Floor:
     async def start(self) -> int:
         try:
             if self.mode == "process":
+                self.children["data"] = ChildServer("floor-data", self.tls, options=["--read", self.read])
+                self.children["check"] = ChildServer("floor-check", self.tls)
                 for name in ("data", "check"):
-                    self.children[name] = ChildServer(f"floor-{name}", self.tls)
                     await self.children[name].start()
                 data, check = self.children["data"].ports["data"], self.children["check"].ports["check"]
                 self.children["proxy"] = ChildServer(
@@ -344,7 +382,7 @@ class Floor:
             else:
                 self._folder = tempfile.TemporaryDirectory(prefix="mcn-floor-")
                 self._local = local = Servers(self.tls)
-                data = (await local.floor_data(Path(self._folder.name)))["data"]
+                data = (await local.floor_data(Path(self._folder.name), self.read))["data"]
                 check = (await local.floor_check())["check"]
                 ports = await local.floor_proxy(f"127.0.0.1:{data}", f"127.0.0.1:{check}")
                 self.proxy_port = ports["proxy"]
@@ -446,12 +484,13 @@ async def measure_floor(
     seconds: float = 3.0,
     levels: Sequence[int] = (1, 16),
     mode: str = "process",
+    read: str = "loop",
 ) -> dict[str, dict[str, Any]]:
     """Both floor chains at each concurrency in ``levels``: latency, rate and CPU per process per call.
 
     ``latency`` is the figure at one caller, ``throughput`` at the highest level (the shape of the echoes'
     results, for :func:`ratios`); ``by_concurrency`` has every level."""
-    floor = Floor(tls, mode)
+    floor = Floor(tls, mode, read)
     port = await floor.start()
     creds = tls.client() if tls else None
     payloads = floor_payloads()
@@ -473,8 +512,9 @@ async def measure_floor(
                 )
             top = max(int(k) for k in by_level)
             out[name] = {
-                "chain": FLOOR_CHAINS[name],
+                "chain": FLOOR_CHAINS[name].format(read=READ_MODES[read]),
                 "mode": mode,
+                "read": read,
                 "by_concurrency": by_level,
                 "latency": by_level["1"],
                 "throughput": by_level[str(top)],
@@ -492,6 +532,7 @@ async def measure_baseline(
     mode: str = "process",
     floor: bool = True,
     levels: Sequence[float] = (),
+    read: str = "loop",
 ) -> dict[str, Any]:
     """The echoes (one caller, ``concurrency`` callers), then the floor chains at ``floor_levels``."""
     servers: EchoServers | ChildEchoServers = ChildEchoServers(tls) if mode == "process" else EchoServers(tls)
@@ -508,7 +549,7 @@ async def measure_baseline(
         await servers.stop()
     if floor:
         out |= await measure_floor(
-            tls=tls, seconds=seconds, levels=floor_levels(levels, concurrency), mode=mode
+            tls=tls, seconds=seconds, levels=floor_levels(levels, concurrency), mode=mode, read=read
         )
     return out
 
@@ -551,14 +592,14 @@ def _ratios(summary: dict[str, Any], latency: dict[str, Any], loaded: dict[str, 
 # --- the child process -----------------------------------------------------------------------------------
 
 
-async def _serve_child(role: str, tls: TlsPaths | None, targets: Sequence[str]) -> None:
+async def _serve_child(role: str, tls: TlsPaths | None, targets: Sequence[str], read: str) -> None:
     servers = Servers(tls)
     with tempfile.TemporaryDirectory(prefix="mcn-floor-") as folder:
         try:
             if role == "echo":
                 ports = await servers.echo()
             elif role == "floor-data":
-                ports = await servers.floor_data(Path(folder))
+                ports = await servers.floor_data(Path(folder), read)
             elif role == "floor-check":
                 ports = await servers.floor_check()
             else:
@@ -576,11 +617,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serve", choices=CHILD_ROLES, default="echo")
     parser.add_argument("--tls", nargs=5, metavar=("CA", "CERT", "KEY", "CLIENT_CERT", "CLIENT_KEY"))
     parser.add_argument("--targets", nargs=2, metavar=("DATA", "CHECK"), default=())
+    parser.add_argument("--read", choices=tuple(READ_MODES), default="loop", help="floor-data: how it reads")
     args = parser.parse_args(argv)
     tls = TlsPaths(*(Path(p) for p in args.tls)) if args.tls else None
     if args.serve == "floor-proxy" and len(args.targets) != 2:
         parser.error("floor-proxy needs --targets DATA CHECK")
-    uvloop.run(_serve_child(args.serve, tls, args.targets))  # as the mesh's processes run
+    uvloop.run(_serve_child(args.serve, tls, args.targets, args.read))  # as the mesh's processes run
 
 
 if __name__ == "__main__":

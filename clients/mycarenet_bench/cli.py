@@ -176,6 +176,10 @@ def run_cmd(
         bool, typer.Option("--no-baseline", help="skip the baselines (echoes and floor)")
     ] = False,
     no_floor: Annotated[bool, typer.Option("--no-floor", help="skip the floor chains")] = False,
+    floor_read: Annotated[
+        str,
+        typer.Option(help="the floor's SQLite read: loop (sqlite3 on the event loop, as the OA) or thread"),
+    ] = "loop",
     no_cpu: Annotated[bool, typer.Option("--no-cpu", help="skip the CPU per process (/proc)")] = False,
     idle_seconds: Annotated[
         float,
@@ -184,6 +188,10 @@ def run_cmd(
             " in 10 ms ticks, so 20 s resolve 0.5 ms/s)"
         ),
     ] = 20.0,
+    quiet_timeout: Annotated[
+        float,
+        typer.Option(help="after the load, CPU until the mesh is quiet (its tail), waiting at most this (s)"),
+    ] = 60.0,
     baseline_seconds: Annotated[float, typer.Option(help="seconds per baseline measurement")] = 3.0,
     baseline_mode: Annotated[str, typer.Option(help="process or inprocess echo servers")] = "process",
     channels: Annotated[int, typer.Option(help="gRPC channels to the hub")] = 2,
@@ -203,8 +211,10 @@ def run_cmd(
         faults=list(fault or []),
         baseline=not no_baseline,
         floor=not no_floor,
+        floor_read=floor_read,
         cpu=not no_cpu,
         idle_seconds=idle_seconds,
+        quiet_timeout=quiet_timeout,
         baseline_seconds=baseline_seconds,
         baseline_mode=baseline_mode,
         baseline_concurrency=max(1, int(float(concurrency.split(",")[-1]))) if mode == "closed" else 16,
@@ -303,6 +313,7 @@ def baseline(
     data: Annotated[
         Path | None, typer.Option("--data", help="use this cluster's mTLS certificates (default: plaintext)")
     ] = None,
+    floor_read: Annotated[str, typer.Option(help="the floor's SQLite read: loop or thread")] = "loop",
 ) -> None:
     """Only the machine's baselines: echo over one gRPC hop and over one Python proxy hop, and the floor
     chains (client → proxy → data server, and with a check hop) at one caller and ``concurrency``."""
@@ -311,7 +322,9 @@ def baseline(
         with contextlib.suppress(ClusterNotUp):
             tls = ClusterHandle.load(data).baseline_tls()
     result = asyncio.run(
-        baseline_mod.measure_baseline(tls=tls, seconds=seconds, concurrency=concurrency, mode=mode)
+        baseline_mod.measure_baseline(
+            tls=tls, seconds=seconds, concurrency=concurrency, mode=mode, read=floor_read
+        )
     )
     console.print_json(json.dumps(result))
 

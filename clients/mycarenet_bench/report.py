@@ -392,13 +392,20 @@ def _process_order(names: Sequence[str], roles: dict[str, str]) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(roles.get(n, ""), 5), n))
 
 
+def _cpu_windows(report: dict[str, Any]) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(label, in flight, window): each step, the run, the tail after it and the run with its tail."""
+    cpu = report.get("cpu") or {}
+    windows = [(f"step {r['index']}", r["level"], r) for r in cpu.get("steps") or []]
+    for key, label in (("run", "run"), ("tail", "tail"), ("run_with_tail", "run + tail")):
+        if cpu.get(key):
+            windows.append((label, None, cpu[key]))
+    return windows
+
+
 def cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """CPU-ms per answered request of each process, one row per step and one for the run, with the sums
     (OA nodes, the mesh, the chain with the client) and the chain against the floor's at that level."""
-    cpu = report.get("cpu") or {}
-    windows = [(f"step {r['index']}", r["level"], r) for r in cpu.get("steps") or []]
-    if cpu.get("run"):
-        windows.append(("run", None, cpu["run"]))
+    windows = _cpu_windows(report)
     if not windows:
         return [], []
     procs = windows[0][2]["by_process"]
@@ -425,10 +432,7 @@ def cpu_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
 def oa_served_table(report: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """Each OA node's CPU-ms per request it served itself (and how many), per step and over the run."""
-    cpu = report.get("cpu") or {}
-    windows = [(f"step {r['index']}", r["level"], r) for r in cpu.get("steps") or []]
-    if cpu.get("run"):
-        windows.append(("run", None, cpu["run"]))
+    windows = [w for w in _cpu_windows(report) if w[0] != "tail"]
     if not windows:
         return [], []
     names = sorted(n for n, p in windows[0][2]["by_process"].items() if p.get("role") == "oa")

@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from mycarenet_bench import baseline as baseline_mod
-from mycarenet_bench.cpu import Snapshot, per_request
+from mycarenet_bench.cpu import Snapshot, cpu_delta, per_request
 from mycarenet_bench.faults import ClusterControl, FaultInjector, FaultRecord, expand, parse_fault
 from mycarenet_bench.load import OpenLoop, Step, parse_steps, run_load
 from mycarenet_bench.mesh import DEFAULT_MIX, ClusterHandle, Mesh, Result, build_workload, parse_mix
@@ -50,9 +50,11 @@ class RunConfig:
     max_in_flight: int = 20_000
     recovery_threshold: float = 0.99
     floor: bool = True  # the floor chains among the baselines
+    floor_read: str = "loop"  # how the floor's data server reads: on the loop (as the OA node) or a thread
     cpu: bool = True  # CPU per request of every process of the mesh, per step (/proc)
     idle_seconds: float = 20.0  # a quiet window after the load: idle CPU per second of each process
-    idle_settle: float = 3.0  # seconds left to the mesh between the load and the quiet window
+    quiet_timeout: float = 60.0  # after the load, wait at most this long for the mesh to be quiet (its tail)
+    idle_settle: float = 1.0  # seconds left to the mesh between its quiet and the idle window
     name: str = ""
 
 
@@ -291,6 +293,7 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
             mode=cfg.baseline_mode,
             floor=cfg.floor,
             levels=levels,
+            read=cfg.floor_read,
         )
 
     cfg.population = cfg.population or handle.population_size()
@@ -358,6 +361,9 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
         cpu: dict[str, Any] | None = None
         if meter is not None:
             cpu = meter.steps_report(recorder, steps)
+            if cfg.quiet_timeout > 0 and meter.snapshots:
+                log(f"tail: CPU after the load until the mesh is quiet (at most {cfg.quiet_timeout:g}s)")
+                cpu |= await meter.tail(recorder, cfg.quiet_timeout)
             if cfg.idle_seconds > 0:
                 log(f"idle: {cfg.idle_settle:g}s to settle, then CPU over {cfg.idle_seconds:g}s without load")
                 cpu["idle"] = await meter.idle(cfg.idle_settle, cfg.idle_seconds)
@@ -463,15 +469,44 @@ class CpuMeter:
         total = recorder.overall.counts["ok"] + recorder.overall.counts["refused"]
         whole = per_request(self.snapshots[0], self.snapshots[-1], total, groups=groups)
 
-        def served_in_run(code: str) -> int:
-            found = recorder.by_oa.get(code)
-            return found.counts["ok"] + found.counts["refused"] if found else 0
-
         return {
             "source": "/proc/<pid>/stat utime + stime (every thread), per answered request",
             "steps": rows,
-            "run": self._with_roles(whole, served_in_run),
+            "run": self._with_roles(whole, self._served_in_run(recorder)),
         }
+
+    @staticmethod
+    def _served_in_run(recorder: Recorder) -> Callable[[str], int]:
+        def served(code: str) -> int:
+            found = recorder.by_oa.get(code)
+            return found.counts["ok"] + found.counts["refused"] if found else 0
+
+        return served
+
+    async def tail(
+        self, recorder: Recorder, longest: float, *, every: float = 2.0, quiet_ms_per_s: float = 10.0
+    ) -> dict[str, Any]:
+        """The work the load left behind (relays, feeds, followers): CPU from the end of the load until every
+        process of the mesh spends at most ``quiet_ms_per_s`` over ``every`` seconds (at most ``longest`` s),
+        per answered request; and the run with its tail."""
+        start = prev = self.snapshots[-1]
+        mesh = [n for n in start.procs if self.roles.get(n) in ("hub", "ehealth", "oa")]
+        end, quiet = start, False
+        deadline = time.monotonic() + longest
+        while time.monotonic() < deadline:
+            await asyncio.sleep(every)
+            now = Snapshot.take(self.watched)
+            deltas, seconds = cpu_delta(prev, now), max(now.at - prev.at, 1e-9)
+            if all((deltas.get(n) or 0.0) / seconds <= quiet_ms_per_s for n in mesh):
+                end, quiet = prev, True
+                break
+            prev = end = now
+        total = recorder.overall.counts["ok"] + recorder.overall.counts["refused"]
+        groups = self.groups(list(start.procs))
+        tail = self._with_roles(per_request(start, end, total, groups=groups))
+        tail["quiet"] = quiet
+        whole = per_request(self.snapshots[0], end, total, groups=groups)
+        return {"tail": tail, "run_with_tail": self._with_roles(whole, self._served_in_run(recorder))}
 
     async def idle(self, settle: float, seconds: float) -> dict[str, Any]:
         """CPU per second of each process over ``seconds`` without load (after ``settle`` seconds)."""

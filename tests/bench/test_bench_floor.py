@@ -59,6 +59,7 @@ async def test_the_floor_runs_in_child_processes_over_mutual_tls_with_cpu_per_pr
     for name, chain in result.items():
         assert "proxy" in chain["chain"]
         assert "SQLite" in chain["chain"]
+        assert chain["read"] == "loop"
         assert set(chain["by_concurrency"]) == {"1", "2"}
         assert chain["latency"] is chain["by_concurrency"]["1"]
         assert chain["throughput"] is chain["by_concurrency"]["2"]
@@ -83,10 +84,12 @@ async def test_the_floor_runs_in_child_processes_over_mutual_tls_with_cpu_per_pr
     assert all(_gone(pid) for pid in pids), "the floor's processes were stopped"
 
 
-@pytest.mark.parametrize("mode", ["process", "inprocess"])
-async def test_the_floor_answers_with_the_row_it_read(tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "read"), [("process", "loop"), ("process", "thread"), ("inprocess", "loop")]
+)
+async def test_the_floor_answers_with_the_row_it_read(tmp_path: Path, mode: str, read: str) -> None:
     tls = _tls(tmp_path / "pki")
-    floor = Floor(tls, mode)
+    floor = Floor(tls, mode, read)
     port = await floor.start()
     try:
         async with open_channel(f"127.0.0.1:{port}", credentials=tls.client()) as channel:
@@ -171,6 +174,7 @@ async def test_cpu_meter_per_step_and_idle_window() -> None:
         steps = [Step(1, 0.05), Step(2, 0.05)]
         meter.finish(await meter.sample_steps(time.monotonic(), steps))
         cpu = meter.steps_report(rec, steps)
+        tail = await meter.tail(rec, 5.0, every=0.05)
         idle = await meter.idle(0.0, 0.05)
     finally:
         assert child.stdin is not None
@@ -183,6 +187,10 @@ async def test_cpu_meter_per_step_and_idle_window() -> None:
         assert window["by_process"]["oa-100"]["role"] == "oa"
         assert set(window["sums_ms_per_request"]) == {"oa_nodes", "mesh", "chain"}
         assert all(p["cpu_ms_per_request"] is not None for p in window["by_process"].values())
+    # The tail after the load: the sleeping stand-ins are quiet at once.
+    assert tail["tail"]["quiet"] is True
+    assert tail["tail"]["requests"] == 8
+    assert tail["run_with_tail"]["by_process"]["oa-100"]["served"] == 8
     # An OA node's CPU per request it served itself.
     assert [s["by_process"]["oa-100"]["served"] for s in cpu["steps"]] == [5, 3]
     assert cpu["run"]["by_process"]["oa-100"]["served"] == 8

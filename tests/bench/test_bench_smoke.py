@@ -28,6 +28,9 @@ def test_short_run_against_a_started_cluster(tmp_path: Path) -> None:
             faults=["errors:oa-100@1s+2s=50%"],
             baseline_seconds=0.3,
             baseline_concurrency=4,
+            idle_seconds=0.5,
+            idle_settle=0.1,
+            quiet_timeout=5,
             name="smoke",
         )
         report = asyncio.run(run(cfg, handle, log=lambda *_: None))
@@ -41,6 +44,7 @@ def test_short_run_against_a_started_cluster(tmp_path: Path) -> None:
             baseline_concurrency=2,
             idle_seconds=0.5,
             idle_settle=0.1,
+            quiet_timeout=5,
             name="closed",
         )
         consults = asyncio.run(run(closed, handle, log=lambda *_: None))
@@ -80,6 +84,7 @@ def test_short_run_against_a_started_cluster(tmp_path: Path) -> None:
         names = set(rep["cpu"]["run"]["by_process"])
         assert {"hub", "ehealth", "supervisor", "client"} | {f"oa-{c}" for c in INSURERS} == names
         assert rep["cpu"]["run"]["sums_ms_per_request"]["chain"] is not None
+        assert set(rep["cpu"]["run_with_tail"]["by_process"]) == names
         idle = rep["cpu"]["idle"]["by_process"]
         assert all(idle[f"oa-{c}"]["cpu_ms_per_s"] is not None for c in INSURERS)
     # The closed run: steps at the floor's levels, each figure also a ratio to the floor at that level.
