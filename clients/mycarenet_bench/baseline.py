@@ -6,7 +6,10 @@ Two echoes, to place one gRPC hop:
 - ``echo_proxy``: the same behind one Python (grpc.aio) proxy hop.
 
 And **the floor**: the smallest Python grpc.aio chain of the shape of a consult, mutual TLS on every hop,
-raw bytes (no proto, no interceptor, no ORM), each server in a process of its own:
+each server in a process of its own, no interceptor, no ORM. It carries the consult's own messages: the
+client sends a ``ConsultDmgRequest``, the proxy parses it and forwards it, the data server parses it, reads
+the row and answers a ``ConsultDmgResponse`` (patient, insurer, holder, period) that the proxy passes back
+as bytes:
 
 - ``floor``: client → proxy (one in-memory lookup) → data server (one indexed SQLite read). A consult is
   this shape once the hub answers the therapeutic-relation check from memory: client → hub → OA node.
@@ -50,6 +53,8 @@ import uvloop
 from mycarenet_bench.cpu import Snapshot, per_request
 from mycarenet_bench.stats import new_histogram, summarize_histogram
 from mycarenet_core.channels import client_credentials, open_channel, server_credentials
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
 
 ECHO_SERVICE = "mycarenet.bench.v1.EchoService"
 METHOD = f"/{ECHO_SERVICE}/Echo"
@@ -61,8 +66,10 @@ CONSULT_CHECKED = f"/{FLOOR_SERVICE}/ConsultChecked"  # proxy: lookup, check ser
 CHECK = f"/{FLOOR_SERVICE}/Check"
 READ = f"/{FLOOR_SERVICE}/Read"
 FLOOR_ROWS = 2000  # the data server's table (one indexed read per call; the cost does not grow with it)
-KEY_BYTES = 11  # a NISS-sized key at the start of every floor request
-READ_SQL = "SELECT holder, start_date, end_date, kind FROM holding WHERE niss = ?"
+READ_SQL = (
+    "SELECT first_name, last_name, holder, holder_first_name, holder_last_name, start_date, end_date"
+    " FROM holding WHERE niss = ?"
+)
 FLOOR_CHAINS = {
     "floor": "client → proxy (in-memory lookup) → data server (one indexed SQLite read, {read})",
     "floor_check": "client → proxy (in-memory lookup + unary call to a check server) → data server "
@@ -75,13 +82,33 @@ READ_MODES = {
 CHILD_ROLES = ("echo", "floor-data", "floor-check", "floor-proxy")
 
 
-def floor_key(index: int) -> bytes:
-    return f"{71_000_000_000 + index:011d}".encode()
+def floor_key(index: int) -> str:
+    """The NISS-shaped key of row ``index`` of the data server."""
+    return f"{71_000_000_000 + index:011d}"
 
 
 def floor_payloads() -> list[bytes]:
-    """One request per row of the data server: the key, padded to the size of a ConsultDmg request."""
-    return [floor_key(i).ljust(len(PAYLOAD), b"\x00") for i in range(FLOOR_ROWS)]
+    """One serialized ``ConsultDmgRequest`` per row of the data server."""
+    return [
+        dmg_service_pb2.ConsultDmgRequest(
+            requester_reference=f"floor-{i:08d}",
+            patient=common_pb2.PatientSelector(niss=floor_key(i)),
+            request_date=common_pb2.Date(year=2026, month=11, day=20),
+        ).SerializeToString()
+        for i in range(FLOOR_ROWS)
+    ]
+
+
+def holder(index: int) -> str:
+    """The INAMI-shaped holder of row ``index``."""
+    return f"1{index % 97:05d}27004"
+
+
+def _date(text: str | None) -> common_pb2.Date | None:
+    if text is None:
+        return None
+    year, month, day = (int(part) for part in text.split("-"))
+    return common_pb2.Date(year=year, month=month, day=day)
 
 
 @dataclass(frozen=True)
@@ -105,15 +132,19 @@ class TlsPaths:
         return [str(p) for p in paths]
 
 
-Handler = Callable[[bytes, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[bytes]]
+Handler = Callable[[Any, "grpc.aio.ServicerContext[Any, Any]"], Awaitable[bytes]]
+# A handler with the request deserializer it wants (None: raw bytes); answers are always bytes.
+Method = Handler | tuple[Handler, Callable[[bytes], Any]]
 Closer = Callable[[], Awaitable[None]]
 
 
-def _server(service: str, handlers: Mapping[str, Handler]) -> grpc.aio.Server:
+def _server(service: str, handlers: Mapping[str, Method]) -> grpc.aio.Server:
     server = grpc.aio.server()
-    generic = grpc.method_handlers_generic_handler(
-        service, {name: grpc.unary_unary_rpc_method_handler(h) for name, h in handlers.items()}
-    )
+    methods = {}
+    for name, found in handlers.items():
+        handler, parse = found if isinstance(found, tuple) else (found, None)
+        methods[name] = grpc.unary_unary_rpc_method_handler(handler, request_deserializer=parse)
+    generic = grpc.method_handlers_generic_handler(service, methods)
     server.add_generic_rpc_handlers((generic,))
     return server
 
@@ -141,7 +172,7 @@ class Servers:
         self._closers.append(close)
         return channel
 
-    async def serve(self, service: str, handlers: Mapping[str, Handler]) -> int:
+    async def serve(self, service: str, handlers: Mapping[str, Method]) -> int:
         server = _server(service, handlers)
         port = _bind(server, self.tls)
         await server.start()
@@ -176,30 +207,55 @@ class Servers:
     # --- the floor ----------------------------------------------------------------------------------------
 
     async def floor_data(self, folder: Path, read_mode: str = "loop") -> dict[str, int]:
-        """The data server: one indexed read of a SQLite table per call, on the loop's thread (``loop``: a
-        read-only sqlite3 connection in autocommit) or through aiosqlite (``thread``)."""
+        """The data server: parses the ``ConsultDmgRequest``, one indexed read of a SQLite table, answers a
+        ``ConsultDmgResponse``; the read on the loop's thread (``loop``: a read-only sqlite3 connection in
+        autocommit) or through aiosqlite (``thread``)."""
         if read_mode not in READ_MODES:
             raise ValueError(f"read mode {read_mode!r}: one of {', '.join(READ_MODES)}")
         path = folder / "floor.db"
         with contextlib.closing(sqlite3.connect(path)) as setup:
             setup.execute(
-                "CREATE TABLE holding (niss TEXT PRIMARY KEY, holder TEXT NOT NULL, start_date TEXT NOT NULL,"
-                " end_date TEXT, kind TEXT NOT NULL)"
+                "CREATE TABLE holding (niss TEXT PRIMARY KEY, first_name TEXT NOT NULL,"
+                " last_name TEXT NOT NULL, holder TEXT NOT NULL, holder_first_name TEXT NOT NULL,"
+                " holder_last_name TEXT NOT NULL, start_date TEXT NOT NULL, end_date TEXT)"
             )
             setup.executemany(
-                "INSERT INTO holding VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO holding VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (floor_key(i).decode(), f"1{i % 97:05d}27004", "2024-01-01", None, "DMG")
+                    (
+                        floor_key(i),
+                        "Jan",
+                        f"Peeters {i}",
+                        holder(i),
+                        "Ann",
+                        "Doc",
+                        "2025-03-01",
+                        None,
+                    )
                     for i in range(FLOOR_ROWS)
                 ),
             )
             setup.commit()
 
-        async def answer(row: tuple[Any, ...] | None, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        async def answer(
+            request: dmg_service_pb2.ConsultDmgRequest,
+            row: tuple[Any, ...] | None,
+            context: grpc.aio.ServicerContext[Any, Any],
+        ) -> bytes:
             if row is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no such member")
-            return "|".join(str(v) for v in row).encode()
+            first, last, holder, holder_first, holder_last, start, end = row
+            return dmg_service_pb2.ConsultDmgResponse(
+                requester_reference=request.requester_reference,
+                patient=common_pb2.Patient(niss=request.patient.niss, first_name=first, last_name=last),
+                insurer_code="300",
+                holding=dmg_pb2.DmgHolding(
+                    holder=common_pb2.Provider(inami=holder, first_name=holder_first, last_name=holder_last),
+                    period=common_pb2.Period(start=_date(start), end=_date(end)),
+                ),
+            ).SerializeToString()
 
+        parse = dmg_service_pb2.ConsultDmgRequest.FromString
         if read_mode == "loop":
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
 
@@ -208,9 +264,11 @@ class Servers:
 
             self._closers.append(close_conn)
 
-            async def read(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-                row = conn.execute(READ_SQL, (request[:KEY_BYTES].decode(),)).fetchone()
-                return await answer(row, context)
+            async def read(
+                request: dmg_service_pb2.ConsultDmgRequest, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> bytes:
+                row = conn.execute(READ_SQL, (request.patient.niss,)).fetchone()
+                return await answer(request, row, context)
 
         else:
             db = await aiosqlite.connect(path)
@@ -220,45 +278,53 @@ class Servers:
 
             self._closers.append(close_db)
 
-            async def read(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-                rows = list(await db.execute_fetchall(READ_SQL, (request[:KEY_BYTES].decode(),)))
-                return await answer(tuple(rows[0]) if rows else None, context)
+            async def read(
+                request: dmg_service_pb2.ConsultDmgRequest, context: grpc.aio.ServicerContext[Any, Any]
+            ) -> bytes:
+                rows = list(await db.execute_fetchall(READ_SQL, (request.patient.niss,)))
+                return await answer(request, tuple(rows[0]) if rows else None, context)
 
-        return {"data": await self.serve(FLOOR_SERVICE, {"Read": read})}
+        return {"data": await self.serve(FLOOR_SERVICE, {"Read": (read, parse)})}
 
     async def floor_check(self) -> dict[str, int]:
-        """The check server: a yes or no from an in-memory set."""
-        allowed = {floor_key(i) for i in range(FLOOR_ROWS)}
+        """The check server: a yes or no from an in-memory set (the key in the request's bytes)."""
+        allowed = {floor_key(i).encode() for i in range(FLOOR_ROWS)}
 
         async def check(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            return b"\x01" if request[:KEY_BYTES] in allowed else b"\x00"
+            return b"\x01" if request in allowed else b"\x00"
 
         return {"check": await self.serve(FLOOR_SERVICE, {"Check": check})}
 
     async def floor_proxy(self, data: str, check: str) -> dict[str, int]:
-        """The proxy: one in-memory lookup (the route of the key), then the data server; ``ConsultChecked``
-        asks the check server first."""
+        """The proxy: parses the ``ConsultDmgRequest``, one in-memory lookup (the route of the patient),
+        forwards the request to the data server and its answer back as bytes; ``ConsultChecked`` asks the
+        check server first."""
         routes = {floor_key(i): 0 for i in range(FLOOR_ROWS)}
-        read = self.channel(data).unary_unary(READ, None, None)
+        read = self.channel(data).unary_unary(READ, dmg_service_pb2.ConsultDmgRequest.SerializeToString, None)
         ask = self.channel(check).unary_unary(CHECK, None, None)
+        parse = dmg_service_pb2.ConsultDmgRequest.FromString
 
-        async def consult(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            if routes.get(request[:KEY_BYTES]) is None:
+        async def consult(
+            request: dmg_service_pb2.ConsultDmgRequest, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> bytes:
+            if routes.get(request.patient.niss) is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no route")
             answer: bytes = await read(request, timeout=context.time_remaining())
             return answer
 
-        async def consult_checked(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            key = request[:KEY_BYTES]
-            if routes.get(key) is None:
+        async def consult_checked(
+            request: dmg_service_pb2.ConsultDmgRequest, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> bytes:
+            niss = request.patient.niss
+            if routes.get(niss) is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "no route")
-            if await ask(key, timeout=context.time_remaining()) != b"\x01":
+            if await ask(niss.encode(), timeout=context.time_remaining()) != b"\x01":
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "no relation")
             answer: bytes = await read(request, timeout=context.time_remaining())
             return answer
 
-        port = await self.serve(FLOOR_SERVICE, {"Consult": consult, "ConsultChecked": consult_checked})
-        return {"proxy": port}
+        methods: dict[str, Method] = {"Consult": (consult, parse), "ConsultChecked": (consult_checked, parse)}
+        return {"proxy": await self.serve(FLOOR_SERVICE, methods)}
 
 
 # --- servers in child processes --------------------------------------------------------------------------

@@ -19,11 +19,13 @@ import pytest
 from mycarenet_bench.baseline import (
     CONSULT,
     CONSULT_CHECKED,
+    FLOOR_ROWS,
     Floor,
     TlsPaths,
     floor_key,
     floor_levels,
     floor_payloads,
+    holder,
     level_ratios,
     measure_floor,
 )
@@ -36,6 +38,8 @@ from mycarenet_bench.stats import Recorder
 from mycarenet_cluster import pki
 
 from mycarenet_core.channels import open_channel
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2
 
 
 def _tls(folder: Path) -> TlsPaths:
@@ -94,16 +98,21 @@ async def test_the_floor_answers_with_the_row_it_read(tmp_path: Path, mode: str,
     try:
         async with open_channel(f"127.0.0.1:{port}", credentials=tls.client()) as channel:
             for method in (CONSULT, CONSULT_CHECKED):
-                call = channel.unary_unary(method, None, None)
+                call = channel.unary_unary(method, None, dmg_service_pb2.ConsultDmgResponse.FromString)
                 answer = await call(floor_payloads()[7], timeout=10)
-                holder, start, end, kind = answer.decode().split("|")
-                assert (start, end, kind) == ("2024-01-01", "None", "DMG")
-                assert holder == "100007" + "27004"
+                assert answer.requester_reference == "floor-00000007"
+                assert answer.patient.niss == floor_key(7)
+                assert answer.patient.last_name == "Peeters 7"
+                assert answer.holding.holder.inami == holder(7)
+                assert answer.holding.period.start == common_pb2.Date(year=2025, month=3, day=1)
+                assert not answer.holding.period.HasField("end")
+                unknown = dmg_service_pb2.ConsultDmgRequest(
+                    patient=common_pb2.PatientSelector(niss="99999999999")
+                )
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await call(b"99999999999".ljust(128, b"\0"), timeout=10)
+                    await call(unknown.SerializeToString(), timeout=10)
                 assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-        assert len(floor_payloads()) == len(set(floor_payloads()))
-        assert floor_payloads()[0].startswith(floor_key(0))
+        assert len(set(floor_payloads())) == FLOOR_ROWS
     finally:
         await floor.stop()
 
