@@ -118,7 +118,9 @@ def patients(count: int) -> list[str]:
     ]
 
 
-async def seed(port: int, people: list[str]) -> None:
+async def seed(port: int, people: list[str], pid: int | None = None) -> float:
+    """Providers, enrolments, members, then one notification per patient; the node's CPU per notification
+    (when ``pid`` is given)."""
     office = open_channel(f"127.0.0.1:{port}", identity="backoffice")
     hub = open_channel(f"127.0.0.1:{port}", identity="hub")
     try:
@@ -160,6 +162,7 @@ async def seed(port: int, people: list[str]) -> None:
             ),
             timeout=60,
         )
+        before = cpu_seconds(pid) if pid else 0.0
         for i, niss in enumerate(people):
             await dmg.NotifyDmg(
                 oa_pb2.NotifyDmgRequest(
@@ -170,6 +173,7 @@ async def seed(port: int, people: list[str]) -> None:
                 ),
                 timeout=30,
             )
+        return (cpu_seconds(pid) - before) / len(people) if pid else 0.0
     finally:
         await office.close(None)
         await hub.close(None)
@@ -211,12 +215,16 @@ async def bench(args: argparse.Namespace, database_url: str) -> None:
         assert node.pid is not None
         port = await asyncio.get_running_loop().run_in_executor(None, ports.get, True, 60)
         people = patients(args.patients)
-        await seed(port, people)
+        per_notify = await seed(port, people, node.pid)
         await consults(port, people, args.warmup)
         before = cpu_seconds(node.pid)
         wall = await consults(port, people, args.consults)
         used = cpu_seconds(node.pid) - before
         print(f"database: {database_url.split('://', 1)[0]}")
+        print(
+            f"NotifyDmg x{len(people)} (one in flight, one patient each): "
+            f"node CPU {1000 * per_notify:.2f} ms/notify"
+        )
         print(
             f"ConsultDmg x{args.consults} (one in flight): node CPU "
             f"{1000 * used / args.consults:.2f} ms/consult, wall {1000 * wall / args.consults:.2f} ms/consult"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from google.protobuf import timestamp_pb2
 
@@ -12,7 +13,6 @@ from mycarenet_core import dates
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.identifiers import IdentifierError, Role, parse_inami
-from oa_node import models as m
 from oa_node import rules as r
 
 Names = dict[str, tuple[int, str, str]]
@@ -39,7 +39,8 @@ def role_of(inami: str) -> int:
         return common_pb2.PROVIDER_ROLE_UNSPECIFIED
 
 
-def names_of(providers: dict[str, m.KnownProvider], organisations: dict[str, m.Organisation]) -> Names:
+def names_of(providers: Mapping[str, Any], organisations: Mapping[str, Any]) -> Names:
+    """Who the INAMI numbers are (providers' and organisations' rows; an organisation's wins)."""
     names: Names = {p.inami: (p.role, p.first_name, p.last_name) for p in providers.values()}
     names.update({o.inami: (o.role, "", o.name) for o in organisations.values()})
     return names

@@ -42,7 +42,6 @@ from mycarenet_core.telemetry import stamp_trace_context
 from mycarenet_core.validation import encode_page_token
 from oa_node import controls as c
 from oa_node import convert, rules
-from oa_node import models as m
 from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.feeds import FeedSignal, Wakeup
 from oa_node.holdings import log_moves
@@ -53,6 +52,7 @@ from oa_node.repositories import (
     EnrolmentRepository,
     LoadedFile,
     MemberRepository,
+    MemberRow,
     OutboxRepository,
     ReferenceRepository,
     RequestRecordRepository,
@@ -123,6 +123,8 @@ class DmgOperations:
         self.holders = holders or FeedSignal()
         self.contact_codes = contact_codes
         self._max_days = max_notification_delay_days
+        self._tariffs: rules.TariffTable | None = None
+        """The tariff, read once: it is seeded when the database is initialised and no request changes it."""
 
     # --- consult ---------------------------------------------------------------------------------------
 
@@ -171,7 +173,7 @@ class DmgOperations:
             return _replayed(oa_pb2.NotifyDmgResponse(), replay)
         c.check_contact_date(contact, who.today, max_days=self._max_days)
         await self._check_requester(session, who, c.Request.NOTIFY)
-        if sup is not None and await ReferenceRepository(session).provider(sup) is None:
+        if sup is not None and not await ReferenceRepository(session).known(sup):
             raise field_error(
                 "supervisor_inami", McnCode.PROVIDER_UNKNOWN, "supervisor unknown to this insurer"
             )
@@ -270,14 +272,14 @@ class DmgOperations:
                 raise c.already_enrolled(existing.enrolled_since)
             start = command.since or who.today
             await enrolments.add(
-                m.Enrolment(
-                    inami=who.inami.value,
-                    enrolled_since=start,
-                    iban=command.iban,
-                    bic=command.bic,
-                    holder_name=command.holder_name,
-                    requested_at=self._clock.now(),
-                )
+                {
+                    "inami": who.inami.value,
+                    "enrolled_since": start,
+                    "iban": command.iban,
+                    "bic": command.bic,
+                    "holder_name": command.holder_name,
+                    "requested_at": self._clock.now(),
+                }
             )
             return oa_pb2.EnrolDmgResponse(
                 insurer_code=self.insurer_code, enrolled_since=dates.to_proto(start)
@@ -469,7 +471,7 @@ class DmgOperations:
 
     async def _member(
         self, session: AsyncSession, key: c.PatientKey, *, on: dt.date, entry: AuditEntry
-    ) -> m.Member:
+    ) -> MemberRow:
         members = MemberRepository(session)
         if key.niss is not None:
             member = await members.get(key.niss)
@@ -484,7 +486,7 @@ class DmgOperations:
     async def _rule_context(
         self,
         session: AsyncSession,
-        member: m.Member,
+        member: MemberRow,
         loaded: LoadedFile,
         providers: Iterable[str | None],
         *,
@@ -509,9 +511,13 @@ class DmgOperations:
             group_of=groups,
             supervisor_of=supervisors,
             contact_codes=self.contact_codes,
-            tariffs=await reference.tariff_table(),
+            tariffs=self._tariffs or await self._tariff_table(reference),
             max_notification_delay_days=self._max_days,
         )
+
+    async def _tariff_table(self, reference: ReferenceRepository) -> rules.TariffTable:
+        self._tariffs = await reference.tariff_table()
+        return self._tariffs
 
     async def _names(self, session: AsyncSession, inamis: Iterable[str | None]) -> convert.Names:
         wanted = [i for i in inamis if i]
@@ -523,7 +529,7 @@ class DmgOperations:
         session: AsyncSession,
         loaded: LoadedFile,
         decision: rules.Decision,
-        member: m.Member,
+        member: MemberRow,
         ctx: rules.RuleContext,
         names: convert.Names,
         requester_reference: str,
@@ -536,7 +542,7 @@ class DmgOperations:
         await DmgFileRepository(session).save(loaded, decision.file)
         now = self._clock.now()
         patient = convert.patient(member)
-        rows: list[m.OutboxMessage] = []
+        rows: list[dict[str, object]] = []
         for message in decision.messages:
             if not ctx.is_enrolled(message.recipient):  # the rules already check it; never post otherwise
                 entry.incidents.append(f"message to non-enrolled {message.recipient} dropped")
@@ -553,13 +559,13 @@ class DmgOperations:
             )
             stamp_trace_context(proto)  # the delivery and the pick-up link back to this request
             rows.append(
-                m.OutboxMessage(
-                    message_id=message_id,
-                    recipient_inami=message.recipient,
-                    kind=int(proto.kind),
-                    payload=proto.SerializeToString(),
-                    created_at=now,
-                )
+                {
+                    "message_id": message_id,
+                    "recipient_inami": message.recipient,
+                    "kind": int(proto.kind),
+                    "payload": proto.SerializeToString(),
+                    "created_at": now,
+                }
             )
         await OutboxRepository(session).add(rows)
         written.outbox += len(rows)
@@ -568,13 +574,13 @@ class DmgOperations:
             session, decision.holder_moves, insurer_code=self.insurer_code, cause=cause, now=now
         )
         written.holder_sequence = max(written.holder_sequence, last)
-        return [row.message_id for row in rows]
+        return [str(row["message_id"]) for row in rows]
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _profile(member: m.Member) -> rules.PatientProfile:
+def _profile(member: MemberRow) -> rules.PatientProfile:
     birth = member.birth_date
     if birth is None:
         parsed = parse_niss(member.niss)

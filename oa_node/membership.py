@@ -23,10 +23,9 @@ from mycarenet_core.identifiers import IdentifierError, parse_member_number, par
 from mycarenet_core.validation import Checker
 from oa_node import controls as c
 from oa_node import convert
-from oa_node import models as m
 from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal
-from oa_node.repositories import FeedEntry, MemberData, MemberRepository
+from oa_node.repositories import FeedEntry, MemberData, MemberRepository, MemberRow
 
 MAX_MEMBERS = 10_000
 DEFAULT_FEED_PAGE, MAX_FEED_PAGE = 1000, 50_000
@@ -183,7 +182,7 @@ class MembershipOperations:
                 await self.signal.wait_beyond(cursor, SAFETY_TIMEOUT)
 
 
-def _member_proto(member: m.Member, periods: tuple[tuple[dt.date, dt.date | None], ...]) -> ms_pb2.Member:
+def _member_proto(member: MemberRow, periods: tuple[tuple[dt.date, dt.date | None], ...]) -> ms_pb2.Member:
     proto = ms_pb2.Member(
         patient=convert.patient(member),
         affiliations=[convert.period(s, e) for s, e in periods],

@@ -4,7 +4,7 @@ are SQLAlchemy Core statements built once, at import."""
 
 from .consult import ConsultRepository, PatientOnDay, Registration
 from .dmg_files import DmgFileRepository, HolderYearEntry, LoadedFile
-from .members import FeedEntry, MemberData, MemberRepository, Period, UpsertResult, covers
+from .members import FeedEntry, MemberData, MemberRepository, MemberRow, Period, UpsertResult, covers
 from .records import OutboxRepository, RequestRecordRepository
 from .reference import CadastreRepository, EnrolmentRepository, OrganisationData, ReferenceRepository
 
@@ -18,6 +18,7 @@ __all__ = [
     "LoadedFile",
     "MemberData",
     "MemberRepository",
+    "MemberRow",
     "OrganisationData",
     "OutboxRepository",
     "PatientOnDay",

@@ -6,12 +6,27 @@ import datetime as dt
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import Row, bindparam, func, update
+from sqlalchemy import select as core_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from oa_node import models as m
+
+MemberRow = Row[Any]
+"""A member as read: every column of ``oa_member`` as an attribute."""
+
+_members = m.table_of(m.Member)
+_affiliations = m.table_of(m.Affiliation)
+MEMBER_BY_NISS = core_select(_members).where(_members.c.niss == bindparam("key"))
+MEMBER_BY_NUMBER = core_select(_members).where(_members.c.registration_number == bindparam("key"))
+PERIODS = (
+    core_select(_affiliations.c.start, _affiliations.c.end)
+    .where(_affiliations.c.niss == bindparam("niss"))
+    .order_by(_affiliations.c.start)
+)
 
 Period = tuple[dt.date, dt.date | None]
 
@@ -88,16 +103,18 @@ class MemberRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get(self, niss: str) -> m.Member | None:
-        return await self.session.get(m.Member, niss)
+    async def get(self, niss: str) -> MemberRow | None:
+        """The member's row (every column as an attribute), None when unknown."""
+        conn = await self.session.connection()
+        return (await conn.execute(MEMBER_BY_NISS, {"key": niss})).first()
 
-    async def by_registration(self, registration_number: str) -> m.Member | None:
-        stmt = select(m.Member).where(m.Member.registration_number == registration_number)
-        return (await self.session.execute(stmt)).scalars().first()
+    async def by_registration(self, registration_number: str) -> MemberRow | None:
+        conn = await self.session.connection()
+        return (await conn.execute(MEMBER_BY_NUMBER, {"key": registration_number})).first()
 
     async def periods(self, niss: str) -> tuple[Period, ...]:
-        stmt = select(m.Affiliation).where(m.Affiliation.niss == niss).order_by(col(m.Affiliation.start))
-        return tuple((a.start, a.end) for a in (await self.session.execute(stmt)).scalars())
+        conn = await self.session.connection()
+        return tuple((row.start, row.end) for row in await conn.execute(PERIODS, {"niss": niss}))
 
     async def upsert(self, members: Sequence[MemberData], *, now: dt.datetime) -> UpsertResult:
         """Create or replace members; append a feed change for each new member, each new set of

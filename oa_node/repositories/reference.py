@@ -1,4 +1,8 @@
-"""Reference data of an insurer: known providers, organisations, the tariff, and enrolments."""
+"""Reference data of an insurer: known providers, organisations, the tariff, and enrolments.
+
+The reads of the write path (who is a provider, their supervisor and group, who is enrolled) are SQLAlchemy
+Core statements built at import, run on the connection of the caller's session and returning rows; the
+upserts of the back office and of the cadastre follower keep the ORM (they are not on a request's path)."""
 
 from __future__ import annotations
 
@@ -6,13 +10,42 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import delete, update
+from sqlalchemy import Row, bindparam, delete, insert, update
+from sqlalchemy import select as core_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from oa_node import models as m
 from oa_node import rules as r
+
+_providers = m.table_of(m.KnownProvider)
+_organisations = m.table_of(m.Organisation)
+_memberships = m.table_of(m.OrganisationMember)
+_tariffs = m.table_of(m.TariffLine)
+_enrolments = m.table_of(m.Enrolment)
+
+PROVIDERS = core_select(_providers).where(_providers.c.inami.in_(bindparam("inamis", expanding=True)))
+ORGANISATIONS = core_select(_organisations).where(
+    _organisations.c.inami.in_(bindparam("inamis", expanding=True))
+)
+PROVIDER_EXISTS = core_select(_providers.c.inami).where(_providers.c.inami == bindparam("inami"))
+GROUPS = (
+    core_select(_memberships.c.member_inami, _memberships.c.organisation_inami, _memberships.c.end)
+    .where(
+        _memberships.c.member_inami.in_(bindparam("inamis", expanding=True)),
+        _memberships.c.start <= bindparam("day"),
+    )
+    .order_by(_memberships.c.start)
+)
+TARIFFS = core_select(_tariffs).order_by(_tariffs.c.year, _tariffs.c.category)
+ENROLMENT = core_select(_enrolments).where(_enrolments.c.inami == bindparam("inami"))
+ADD_ENROLMENT = insert(_enrolments)
+ENROLLED_ON = core_select(_enrolments.c.inami).where(
+    _enrolments.c.inami.in_(bindparam("inamis", expanding=True)),
+    _enrolments.c.enrolled_since <= bindparam("day"),
+)
 
 
 @dataclass(frozen=True)
@@ -31,30 +64,41 @@ class ReferenceRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def provider(self, inami: str) -> m.KnownProvider | None:
-        return await self.session.get(m.KnownProvider, inami)
+    async def known(self, inami: str) -> bool:
+        """Whether ``inami`` is a provider the insurer knows."""
+        conn = await self.session.connection()
+        return (await conn.execute(PROVIDER_EXISTS, {"inami": inami})).first() is not None
 
-    async def organisation(self, inami: str) -> m.Organisation | None:
-        return await self.session.get(m.Organisation, inami)
-
-    async def providers(self, inamis: Iterable[str]) -> dict[str, m.KnownProvider]:
+    async def providers(self, inamis: Iterable[str]) -> dict[str, Row[Any]]:
+        """The provider rows of ``inamis`` (inami, role, names, supervisor, validity), by INAMI number."""
         wanted = sorted(set(inamis))
         if not wanted:
             return {}
-        stmt = select(m.KnownProvider).where(col(m.KnownProvider.inami).in_(wanted))
+        conn = await self.session.connection()
+        return {row.inami: row for row in await conn.execute(PROVIDERS, {"inamis": wanted})}
+
+    async def organisations(self, inamis: Iterable[str]) -> dict[str, Row[Any]]:
+        """The organisation rows of ``inamis`` (inami, role, name, validity), by INAMI number."""
+        wanted = sorted(set(inamis))
+        if not wanted:
+            return {}
+        conn = await self.session.connection()
+        return {row.inami: row for row in await conn.execute(ORGANISATIONS, {"inamis": wanted})}
+
+    async def _provider_objects(self, inamis: Iterable[str]) -> dict[str, m.KnownProvider]:
+        stmt = select(m.KnownProvider).where(col(m.KnownProvider.inami).in_(sorted(set(inamis))))
         return {p.inami: p for p in (await self.session.execute(stmt)).scalars()}
 
-    async def organisations(self, inamis: Iterable[str]) -> dict[str, m.Organisation]:
-        wanted = sorted(set(inamis))
-        if not wanted:
-            return {}
-        stmt = select(m.Organisation).where(col(m.Organisation.inami).in_(wanted))
+    async def _organisation_objects(self, inamis: Iterable[str]) -> dict[str, m.Organisation]:
+        stmt = select(m.Organisation).where(col(m.Organisation.inami).in_(sorted(set(inamis))))
         return {o.inami: o for o in (await self.session.execute(stmt)).scalars()}
 
     async def upsert_providers(self, providers: Sequence[m.KnownProvider]) -> int:
         """Create or replace providers (the last one wins when an INAMI number comes twice)."""
         latest = {p.inami: p for p in providers}
-        existing = await self.providers(latest)
+        if not latest:
+            return len(providers)
+        existing = await self._provider_objects(latest)
         for inami, provider in latest.items():
             row = existing.get(inami)
             if row is None:
@@ -71,7 +115,7 @@ class ReferenceRepository:
         latest = {o.inami: o for o in organisations}
         if not latest:
             return 0
-        existing = await self.organisations(latest)
+        existing = await self._organisation_objects(latest)
         await self.session.execute(
             delete(m.OrganisationMember).where(
                 col(m.OrganisationMember.organisation_inami).in_(sorted(latest))
@@ -100,23 +144,17 @@ class ReferenceRepository:
         wanted = sorted(set(inamis))
         if not wanted:
             return {}
-        stmt = (
-            select(m.OrganisationMember)
-            .where(col(m.OrganisationMember.member_inami).in_(wanted))
-            .where(m.OrganisationMember.start <= day)
-            .order_by(col(m.OrganisationMember.start))
-        )
+        conn = await self.session.connection()
         found: dict[str, str] = {}
-        for row in (await self.session.execute(stmt)).scalars():
+        for row in await conn.execute(GROUPS, {"inamis": wanted, "day": day}):
             if row.end is None or day <= row.end:
                 found[row.member_inami] = row.organisation_inami
         return found
 
-    async def tariffs(self, year: int = 0) -> list[m.TariffLine]:
-        stmt = select(m.TariffLine).order_by(col(m.TariffLine.year), col(m.TariffLine.category))
-        if year:
-            stmt = stmt.where(m.TariffLine.year == year)
-        return list((await self.session.execute(stmt)).scalars())
+    async def tariffs(self, year: int = 0) -> list[Row[Any]]:
+        conn = await self.session.connection()
+        rows = (await conn.execute(TARIFFS)).all()
+        return [row for row in rows if not year or row.year == year]
 
     async def tariff_table(self) -> r.TariffTable:
         amounts: dict[int, dict[r.TariffCategory, Decimal]] = {}
@@ -171,20 +209,18 @@ class EnrolmentRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def get(self, inami: str) -> m.Enrolment | None:
-        return await self.session.get(m.Enrolment, inami)
+    async def get(self, inami: str) -> Row[Any] | None:
+        conn = await self.session.connection()
+        return (await conn.execute(ENROLMENT, {"inami": inami})).first()
 
-    async def add(self, enrolment: m.Enrolment) -> None:
-        self.session.add(enrolment)
-        await self.session.flush()
+    async def add(self, enrolment: dict[str, Any]) -> None:
+        conn = await self.session.connection()
+        await conn.execute(ADD_ENROLMENT, [enrolment])
 
     async def enrolled_on(self, inamis: Iterable[str], day: dt.date) -> frozenset[str]:
         """Those of ``inamis`` enrolled on ``day``."""
         wanted = sorted(set(inamis))
         if not wanted:
             return frozenset()
-        stmt = select(m.Enrolment.inami).where(
-            col(m.Enrolment.inami).in_(wanted),
-            m.Enrolment.enrolled_since <= day,
-        )
-        return frozenset((await self.session.execute(stmt)).scalars())
+        conn = await self.session.connection()
+        return frozenset((await conn.execute(ENROLLED_ON, {"inamis": wanted, "day": day})).scalars())
