@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub.auth import Caller, TokenVerifier, bearer_token, require_supervisor
+from hub.auth import CachingTokenVerifier, Caller, TokenVerifier, bearer_token, require_supervisor
 from hub.throttle import Throttle, ThrottleConfig
 from hub.upstream import CircuitBreaker
 from mycarenet_core.clock import FixedClock
@@ -238,3 +238,57 @@ def test_breaker_opens_then_lets_one_trial_through() -> None:
     assert not breaker.allow()  # only one trial while half-open
     breaker.success()
     assert breaker.allow()
+
+
+# --- the verified-token cache ---------------------------------------------------------------------------
+
+
+async def test_the_cache_verifies_a_token_once_and_still_refuses_it_when_revoked_or_expired() -> None:
+    clock = FixedClock(NOW)
+    verifier = CachingTokenVerifier(Keys(), clock)
+    text = token()
+    first = await verifier.verify(text)
+    for _ in range(5):
+        assert await verifier.verify(text) is first
+    assert (verifier.misses, verifier.cached) == (1, 1)
+    other = token(sid="s2")
+    await verifier.verify(other)
+    assert verifier.misses == 2
+
+    # Revoked: refused at once, although it was verified before, and dropped from the cache.
+    verifier.revoke(auth_pb2.Revocation(session_id="s1", sequence=1))
+    assert await reason_of(verifier, text) == "REVOKED"
+    assert verifier.cached == 1
+    assert (await verifier.verify(other)).session_id == "s2"
+
+    # Expired (past the leeway): refused, although it verified an hour ago.
+    clock.advance(dt.timedelta(hours=1, seconds=31))
+    assert await reason_of(verifier, other) == "EXPIRED"
+    assert verifier.cached == 0
+
+
+async def test_the_cache_is_bounded_and_emptied_when_the_keys_are_fetched_again() -> None:
+    clock = FixedClock(NOW)
+    keys = Keys()
+    verifier = CachingTokenVerifier(keys, clock, max_cached=3, refresh_interval=0)
+    texts = [token(sid=f"s{i}") for i in range(5)]
+    for text in texts:
+        await verifier.verify(text)
+    assert verifier.cached == 3
+    await verifier.verify(texts[-1])  # the newest are kept
+    assert verifier.misses == 5
+    await verifier.verify(texts[0])  # the oldest went
+    assert verifier.misses == 6
+
+    # eHealth no longer publishes k1: once the keys are fetched again, no kept token passes unverified.
+    keys.keys = []
+    await verifier.refresh_keys(force=True)
+    assert verifier.cached == 0
+    assert await reason_of(verifier, texts[-1]) == "UNKNOWN_KEY"
+
+    keys.keys = [auth_pb2.SigningKey(key_id="k1", algorithm="EdDSA", public_key_pem=pem(KEY))]
+    await verifier.verify(texts[0])
+    assert verifier.cached == 1
+    clock.advance(dt.timedelta(hours=2))  # expired entries go with the periodic clean-up
+    verifier.forget_expired()
+    assert verifier.cached == 0
