@@ -18,8 +18,8 @@ Measured on the 2-core box (shared, plaintext, SQLite, insurer 100 only), hub CP
 | before (f25b685's hub/, asyncio; eHealth and OA as at 4f14791) | 3.29 ms | 2.64 ms |
 | after (4f14791: relation cache, token cache, Core audit, uvloop) | 1.33 ms | 1.17 ms |
 
-(Against the eHealth and OA nodes of f25b685 the same old hub measured 4.48 / 4.05 ms: the slower the chain
-behind it, the more CPU the hub's gRPC spends per call.) The figures vary by ±15 % between runs on this box.
+(Against the eHealth and OA nodes of f25b685 the same old hub measured 4.48 / 4.05 ms; the cause of that
+difference was not measured.) The figures vary by ±15 % between runs on this box.
 """
 
 from __future__ import annotations
