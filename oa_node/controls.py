@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 
@@ -468,10 +468,18 @@ def check_requester(who: Caller, request: Request, registered: Registration | No
         )
 
 
-def check_patient(key: PatientKey, *, member_niss: str | None, periods: Sequence[Period], on: dt.date) -> str:
+class Member(Protocol):
+    @property
+    def niss(self) -> str: ...
+
+
+M = TypeVar("M", bound=Member)
+
+
+def check_patient(key: PatientKey, member: M | None, *, periods: Sequence[Period], on: dt.date) -> M:
     """The patient is a member (120 / 122), affiliated on ``on`` (120), of a compatible sex (136); returns
-    the member's NISS."""
-    if member_niss is None:
+    the member."""
+    if member is None:
         if key.niss is not None:
             raise field_error("patient.niss", McnCode.PATIENT_UNKNOWN, "NISS unknown to this insurer")
         raise field_error(
@@ -483,9 +491,9 @@ def check_patient(key: PatientKey, *, member_niss: str | None, periods: Sequence
         raise field_error(
             key.field, McnCode.PATIENT_UNKNOWN, f"not affiliated with this insurer on {on.isoformat()}"
         )
-    if key.sex is not None and not sex_compatible(parse_niss(member_niss), key.sex):
+    if key.sex is not None and not sex_compatible(parse_niss(member.niss), key.sex):
         raise field_error("patient.sex", McnCode.SEX_INCOMPATIBLE, "sex incompatible with the NISS")
-    return member_niss
+    return member
 
 
 def already_enrolled(since: dt.date) -> MeshError:

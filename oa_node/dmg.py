@@ -138,13 +138,8 @@ class DmgOperations:
             day=query.day,
         )
         c.check_requester(who, c.Request.CONSULT, registration)
-        entry.patient_niss = c.check_patient(
-            key,
-            member_niss=found.niss if found else None,
-            periods=found.periods if found else (),
-            on=query.day,
-        )
-        assert found is not None  # check_patient raised otherwise
+        found = c.check_patient(key, found, periods=found.periods if found else (), on=query.day)
+        entry.patient_niss = found.niss
         response = oa_pb2.ConsultDmgResponse(
             patient=convert.patient(found),
             insurer_code=self.insurer_code,
@@ -203,7 +198,8 @@ class DmgOperations:
         except rules.DmgRuleError as error:
             raise rule_error(error, _NOTIFY_FIELDS) from None
         answer = decision.answer
-        assert answer is not None  # rules.notify always answers
+        if answer is None:
+            raise RuntimeError("rules.notify decided without an answer")
         previous = decision.holdings_closed[0].holder if decision.holdings_closed else None
         names = await self._names(
             session, [answer.holder, previous, *(msg.recipient for msg in decision.messages)]
@@ -478,8 +474,7 @@ class DmgOperations:
         else:
             member = await members.by_registration(key.registration_number or "")
         periods = await members.periods(member.niss) if member is not None else ()
-        c.check_patient(key, member_niss=member.niss if member else None, periods=periods, on=on)
-        assert member is not None  # check_patient raised otherwise
+        member = c.check_patient(key, member, periods=periods, on=on)
         entry.patient_niss = member.niss
         return member
 
