@@ -1,21 +1,216 @@
-"""Shared fixtures: database URLs for the two back ends every storage test runs on."""
+"""Shared fixtures and the classification of every test.
+
+Databases: ``database_url`` gives each test an empty database, once on SQLite and once on PostgreSQL. A
+module marked ``database_per_module`` gets one database per back end for the whole module, emptied before
+each test (every table but ``alembic_version``): the test sees what a fresh database looks like once its
+service has migrated it, without paying CREATE DATABASE and the migrations again. ``module_database_url``
+is one database per module and back end that is never emptied (state is shared between the tests).
+
+Markers, applied here to every collected test (never by hand, unless a test overrides its module's class):
+
+* ``cluster``: starts a local cluster (``mycarenet-cluster up``, processes of their own): the modules in
+  :data:`CLUSTER` and any test using a cluster fixture (:data:`CLUSTER_FIXTURES`);
+* ``integration``: starts servers in process or touches a database: a test using a database fixture
+  (:data:`DATABASE_FIXTURES`) and the modules in :data:`INTEGRATION`;
+* ``unit``: the modules in :data:`UNIT`; such a test that starts a gRPC server or opens a database fails
+  (it belongs in :data:`INTEGRATION`).
+
+A test in none of the lists is a collection error: a new module is classified when it is added.
+``postgres`` is added to every test that runs on the PostgreSQL back end.
+
+The quick loop is ``./dev test --quick`` (``pytest -m "unit or integration" -x``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 PG_ADMIN_URL = os.environ.get("MCN_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TESTS = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+# --- classification -------------------------------------------------------------------------------------
+# Paths relative to tests/; an entry is a folder, a module or one test of it ("module.py::test_name"). A
+# module goes where most of its tests belong; a test using a database fixture is integration wherever its
+# module is listed.
+
+CLUSTER = {
+    "bench/test_bench_smoke.py",
+    "cluster/test_admin_path.py",
+    "cluster/test_cluster_story.py",
+    "cluster/test_cluster_supervision.py",
+    "cluster/test_node_client.py",
+    "telemetry/test_cluster_telemetry.py",
+}
+CLUSTER_FIXTURES = {"cluster", "small_cluster", "sqlite_cluster"}
+DATABASE_FIXTURES = {"database_url", "module_database_url"}
+INTEGRATION = {
+    # in-process servers (the mesh, one service, stand-ins), proxies, subprocesses of the bench
+    "bench/test_bench_faultproxy.py",
+    "bench/test_bench_faults.py",
+    "bench/test_bench_floor.py",
+    "bench/test_bench_report.py::test_baseline_in_process",
+    "core/test_health_port.py",
+    "core/test_migrations.py",
+    "core/test_server_bootstrap.py",
+    "core/test_skeleton.py",
+    "core/test_telemetry.py",
+    "ehealth/test_ehealth_trust.py",
+    "hub/test_authorization.py",
+    "hub/test_consult_golden.py",
+    "hub/test_hub_smoke.py",
+    "hub/test_intake_mtls.py",
+    "hub/test_mailbox.py",
+    "hub/test_patient_list.py",
+    "hub/test_relation_cache.py",
+    "hub/test_relation_move.py",
+    "hub/test_routing_faults.py",
+    "hub/test_tokens_throttle.py",
+    "hub/test_trust.py",
+    "oa_node/test_node_cadastre.py",
+    "oa_node/test_node_cadastre_ehealth.py",
+    "oa_node/test_node_holder_feed.py",
+    "oa_node/test_node_peers.py",
+    "oa_node/test_node_trust.py",
+    "sdk",  # the SDK's in-process mesh, as vendors use it
+    "telemetry/test_mesh_telemetry.py",
+    "trust/test_authorization_matrix.py",
+}
+UNIT = {
+    "bench/test_bench_load.py",
+    "bench/test_bench_report.py",
+    "bench/test_bench_stats.py",
+    "cluster/test_admin_units.py",
+    "cluster/test_population.py",
+    "core/test_generated_code.py",
+    "deploy/test_cluster_plan.py",
+    "deploy/test_dockerfile.py",
+    "deploy/test_manifests.py",
+    "deploy/test_secrets.py",
+    "ehealth/test_ehealth_rules.py",
+    "ehealth/test_ehealth_tokens.py",
+    "hub/test_auth_unit.py",
+    "hub/test_routing.py",  # its database tests are integration (database_url)
+    "oa_node/test_node_settings.py",
+    "oa_node/test_rules_focused.py",
+    "oa_node/test_rules_holder_moves.py",
+    "oa_node/test_rules_properties.py",
+    "oa_node/test_rules_scenarios.py",
+    "test_identifiers.py",
+    "test_markers.py",
+    "trust/test_trust_table.py",
+}
+KINDS = ("unit", "integration", "cluster")
+
+
+def _listed(entries: set[str], module: str, test: str) -> bool:
+    if f"{module}::{test}" in entries or module in entries:
+        return True
+    return any(module.startswith(entry + "/") for entry in entries)  # a whole folder
+
+
+def classify(module: str, test: str, fixtures: set[str]) -> str | None:
+    """``cluster``, ``integration`` or ``unit`` for one test (``module`` relative to tests/, ``test`` its
+    function name); None when it is in no list."""
+    if fixtures & CLUSTER_FIXTURES or _listed(CLUSTER, module, test):
+        return "cluster"
+    if fixtures & DATABASE_FIXTURES or _listed(INTEGRATION, module, test):
+        return "integration"
+    if _listed(UNIT, module, test):
+        return "unit"
+    return None
+
+
+def stale_entries() -> list[str]:
+    """List entries that name no file or folder any more."""
+    out = []
+    for entry in sorted(CLUSTER | INTEGRATION | UNIT):
+        if not (TESTS / entry.split("::")[0]).exists():
+            out.append(entry)
+    return out
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
+    stale = stale_entries()
+    if stale:
+        raise pytest.UsageError(f"tests/conftest.py lists tests that do not exist any more: {stale}")
+    unknown: set[str] = set()
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        if not path.is_relative_to(TESTS):
+            continue  # not ours (e.g. a doctest of another root)
+        module = path.relative_to(TESTS).as_posix()
+        test = getattr(item, "originalname", None) or item.name.split("[")[0]
+        given = [kind for kind in KINDS if item.get_closest_marker(kind) is not None]
+        kind = given[0] if given else classify(module, test, set(getattr(item, "fixturenames", ())))
+        if kind is None:
+            unknown.add(module)
+            continue
+        if not given:
+            item.add_marker(kind)
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and "postgres" in callspec.params.values():
+            item.add_marker("postgres")
+    if unknown:
+        raise pytest.UsageError(
+            "tests not classified as unit, integration or cluster (add them to UNIT, INTEGRATION or "
+            f"CLUSTER in tests/conftest.py): {', '.join(sorted(unknown))}"
+        )
+
+
+class NotAUnitTest(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_units(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``unit`` test may not start a gRPC server nor open a database: it would belong in INTEGRATION."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    import aiosqlite
+    import asyncpg
+    import grpc
+
+    def refuse(what: str) -> Callable[..., Any]:
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            raise NotAUnitTest(
+                f"{request.node.nodeid} is classified 'unit' but {what}: list it under INTEGRATION in "
+                "tests/conftest.py"
+            )
+
+        return refused
+
+    monkeypatch.setattr(grpc.aio, "server", refuse("starts a gRPC server"))
+    monkeypatch.setattr(grpc, "server", refuse("starts a gRPC server"))
+    monkeypatch.setattr(aiosqlite, "connect", refuse("opens a SQLite database"))
+    monkeypatch.setattr(asyncpg, "connect", refuse("connects to PostgreSQL"))
+    monkeypatch.setattr(asyncpg, "create_pool", refuse("connects to PostgreSQL"))
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------------
+
+
+def _in_thread(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on its own loop in a worker thread: callable from sync fixtures and from inside a
+    running event loop alike."""
+
+    async def run() -> T:
+        return await make()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def _pg_available() -> bool:
-    import asyncio
-
     import asyncpg
 
     async def probe() -> bool:
@@ -26,9 +221,7 @@ def _pg_available() -> bool:
         await conn.close()
         return True
 
-    # Run in a thread: the fixture may be requested from inside a running event loop.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, probe()).result()
+    return _in_thread(probe)
 
 
 @pytest.fixture(scope="session")
@@ -41,15 +234,10 @@ def pg_admin_url() -> str:
     return PG_ADMIN_URL
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """An empty database URL (SQLAlchemy async form), once on SQLite and once on a fresh PostgreSQL db."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-        return
+async def _create_pg_database(admin: str) -> str:
+    """A new empty database; its SQLAlchemy async URL."""
     import asyncpg
 
-    admin = request.getfixturevalue("pg_admin_url")
     name = f"mcn_test_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(admin)
     try:
@@ -57,11 +245,122 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     finally:
         await conn.close()
     base = admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
+async def _drop_pg_database(admin: str, url: str) -> None:
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(admin)
     try:
-        yield f"{base}/{name}"
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
-        conn = await asyncpg.connect(admin)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        await conn.close()
+
+
+async def _empty_pg_database(url: str) -> None:
+    """Every table but alembic_version emptied, identities restarted: the database as its migrations
+    leave it (none of them inserts rows of its own into an empty database)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        await conn.execute("SET lock_timeout = '10s'")
+        tables = await conn.fetch(
+            "SELECT quote_ident(tablename) AS t FROM pg_tables "
+            "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+        )
+        if tables:
+            names = ", ".join(row["t"] for row in tables)
+            await conn.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+def _empty_sqlite_database(path: Path) -> None:
+    if not path.exists():
+        return
+    with sqlite3.connect(path) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+                "AND name <> 'alembic_version'"
+            )
+        ]
+        for table in tables:
+            conn.execute(f'DELETE FROM "{table}"')
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+            conn.execute("DELETE FROM sqlite_sequence")
+    conn.close()
+
+
+class ModuleDatabases:
+    """The databases of one test module, one per back end, made on first use and dropped after the
+    module."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.urls: dict[str, str] = {}
+        self.admin: str | None = None
+
+    def url(self, backend: str, request: pytest.FixtureRequest) -> str:
+        if backend not in self.urls:
+            if backend == "sqlite":
+                self.urls[backend] = f"sqlite+aiosqlite:///{self.folder / 'module.db'}"
+            else:
+                admin: str = request.getfixturevalue("pg_admin_url")
+                self.admin = admin
+                self.urls[backend] = _in_thread(lambda: _create_pg_database(admin))
+        return self.urls[backend]
+
+    async def emptied(self, backend: str, request: pytest.FixtureRequest) -> str:
+        url = self.url(backend, request)
+        if backend == "sqlite":
+            _empty_sqlite_database(self.folder / "module.db")
+        else:
+            await _empty_pg_database(url)
+        return url
+
+    def drop(self) -> None:
+        postgres = self.urls.get("postgres")
+        if postgres is not None and self.admin is not None:
+            admin = self.admin
+            _in_thread(lambda: _drop_pg_database(admin, postgres))
+
+
+@pytest.fixture(scope="module")
+def _module_databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleDatabases]:
+    databases = ModuleDatabases(tmp_path_factory.mktemp("module-db"))
+    try:
+        yield databases
+    finally:
+        databases.drop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_database_url(request: pytest.FixtureRequest, _module_databases: ModuleDatabases) -> str:
+    """One database per module and back end, shared by its tests as they leave it (never emptied)."""
+    return _module_databases.url(str(request.param), request)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, _module_databases: ModuleDatabases
+) -> AsyncIterator[str]:
+    """An empty database URL (SQLAlchemy async form), once on SQLite and once on PostgreSQL: a new one per
+    test, or the module's, emptied, when the module is marked ``database_per_module``."""
+    backend = str(request.param)
+    if request.node.get_closest_marker("database_per_module") is not None:
+        yield await _module_databases.emptied(backend, request)
+        return
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        return
+    admin = request.getfixturevalue("pg_admin_url")
+    url = await _create_pg_database(admin)
+    try:
+        yield url
+    finally:
+        await _drop_pg_database(admin, url)
