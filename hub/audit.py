@@ -169,7 +169,9 @@ class AuditLog:
             self._wake.clear()
             await asyncio.sleep(self.every)
             try:
-                await self.flush()
+                # Shielded: a stop never cancels a batch half-way (committed or not, it would be unknown);
+                # the final flush of the stop waits for this one, then writes what is left.
+                await asyncio.shield(self.flush())
                 backoff.reset()
             except asyncio.CancelledError:
                 raise
