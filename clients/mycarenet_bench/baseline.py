@@ -41,7 +41,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ import aiosqlite
 import grpc
 import uvloop
 
-from mycarenet_bench.cpu import Snapshot, per_request
+from mycarenet_bench.cpu import Snapshot, per_request_windows
 from mycarenet_bench.stats import new_histogram, summarize_histogram
 from mycarenet_core.channels import client_credentials, open_channel, server_credentials
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
@@ -472,6 +472,66 @@ class Floor:
 # --- measuring -------------------------------------------------------------------------------------------
 
 
+class Meter:
+    """Latency, count, errors, time and CPU of one measurement, added up over one or more slices."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.hist = new_histogram()
+        self.count = 0
+        self.errors = 0
+        self.elapsed = 0.0
+        self.slices = 0
+        self.windows: list[tuple[Snapshot, Snapshot]] = []
+
+    async def drive(
+        self,
+        call: grpc.aio.UnaryUnaryMultiCallable[Any, Any],
+        payloads: Iterator[bytes],
+        seconds: float,
+        *,
+        deadline: float = 5.0,
+        pids: Mapping[str, int | None] | None = None,
+    ) -> None:
+        """One slice: ``concurrency`` callers for ``seconds``; with ``pids``, the CPU of those processes and
+        of this one (the ``client``) over the slice."""
+        stop = time.monotonic() + seconds
+
+        async def worker() -> None:
+            while (start := time.monotonic()) < stop:
+                try:
+                    await call(next(payloads), timeout=deadline)
+                except grpc.aio.AioRpcError:
+                    self.errors += 1
+                    continue
+                self.hist.record_value(max(1, round((time.monotonic() - start) * 1e6)))
+                self.count += 1
+
+        watched = {**pids, "client": os.getpid()} if pids is not None else None
+        before = Snapshot.take(watched) if watched else None
+        began = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        self.elapsed += time.monotonic() - began
+        self.slices += 1
+        if before is not None and watched is not None:
+            self.windows.append((before, Snapshot.take(watched)))
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "concurrency": self.concurrency,
+            "requests": self.count,
+            "errors": self.errors,
+            "throughput_rps": round(self.count / self.elapsed, 2) if self.elapsed > 0 else 0.0,
+            "latency_ms": summarize_histogram(self.hist),
+        }
+        if self.slices > 1:
+            out["slices"] = self.slices
+        if self.windows:
+            names = list(self.windows[0][0].procs)
+            out["cpu"] = per_request_windows(self.windows, self.count, groups={"chain": names})
+        return out
+
+
 async def measure_calls(
     target: str,
     *,
@@ -486,43 +546,14 @@ async def measure_calls(
     """Closed loop of ``concurrency`` callers of ``method`` for ``seconds`` (after a short warm-up), cycling
     through ``payloads``: latency and rate; with ``pids``, the CPU each of those processes (and this one,
     the ``client``) spent per answered call."""
-    hist = new_histogram()
-    errors = 0
     cycle = itertools.cycle(payloads)
+    meter = Meter(concurrency)
     async with open_channel(target, credentials=credentials) as channel:
         call = channel.unary_unary(method, None, None)
         for _ in range(50):  # warm-up: connection, TLS, first calls
             await call(next(cycle), timeout=deadline)
-        stop = time.monotonic() + seconds
-        count = 0
-
-        async def worker() -> None:
-            nonlocal count, errors
-            while (start := time.monotonic()) < stop:
-                try:
-                    await call(next(cycle), timeout=deadline)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                hist.record_value(max(1, round((time.monotonic() - start) * 1e6)))
-                count += 1
-
-        watched = {**(pids or {}), "client": os.getpid()} if pids is not None else None
-        before = Snapshot.take(watched) if watched else None
-        began = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.monotonic() - began
-        after = Snapshot.take(watched) if watched else None
-    out: dict[str, Any] = {
-        "concurrency": concurrency,
-        "requests": count,
-        "errors": errors,
-        "throughput_rps": round(count / elapsed, 2) if elapsed > 0 else 0.0,
-        "latency_ms": summarize_histogram(hist),
-    }
-    if before is not None and after is not None:
-        out["cpu"] = per_request(before, after, count, groups={"chain": list(before.procs)})
-    return out
+        await meter.drive(call, cycle, seconds, deadline=deadline, pids=pids)
+    return meter.result()
 
 
 async def measure_echo(
@@ -544,6 +575,68 @@ def floor_levels(levels: Sequence[float], concurrency: int) -> list[int]:
     return sorted({1, max(1, concurrency), *(max(1, int(level)) for level in levels)})
 
 
+FLOOR_METHODS = {"floor": CONSULT, "floor_check": CONSULT_CHECKED}
+
+
+class FloorSession:
+    """The floor's servers kept running, measured in slices (:meth:`measure`) that add up per chain and
+    concurrency: between slices of the mesh's own load, so that both see the same machine."""
+
+    def __init__(self, tls: TlsPaths | None, mode: str = "process", read: str = "loop") -> None:
+        self.tls, self.mode, self.read = tls, mode, read
+        self.floor = Floor(tls, mode, read)
+        self.meters: dict[tuple[str, int], Meter] = {}
+        self._channel: grpc.aio.Channel | None = None
+        self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
+        self._payloads = itertools.cycle(floor_payloads())
+
+    async def start(self) -> None:
+        port = await self.floor.start()
+        try:
+            self._channel = open_channel(
+                f"127.0.0.1:{port}", credentials=self.tls.client() if self.tls else None
+            )
+            for name, method in FLOOR_METHODS.items():
+                self._calls[name] = call = self._channel.unary_unary(method, None, None)
+                for _ in range(50):  # warm-up: connection, TLS, first calls
+                    await call(next(self._payloads), timeout=5.0)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def measure(self, name: str, level: int, seconds: float) -> None:
+        """One slice of chain ``name`` at ``level`` in flight."""
+        meter = self.meters.setdefault((name, level), Meter(level))
+        pids = self.floor.pids if self.mode == "process" else {}
+        chain = {k: v for k, v in pids.items() if name == "floor_check" or k != "floor-check"}
+        await meter.drive(self._calls[name], self._payloads, seconds, pids=chain)
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        """Per chain: ``by_concurrency`` (every level measured), ``latency`` (one caller) and
+        ``throughput`` (the highest level), the shape of the echoes' results (for :func:`ratios`)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in FLOOR_METHODS:
+            by_level = {str(level): m.result() for (n, level), m in sorted(self.meters.items()) if n == name}
+            if not by_level:
+                continue
+            top = max(int(k) for k in by_level)
+            out[name] = {
+                "chain": FLOOR_CHAINS[name].format(read=READ_MODES[self.read]),
+                "mode": self.mode,
+                "read": self.read,
+                "by_concurrency": by_level,
+                "latency": by_level.get("1") or by_level[str(min(int(k) for k in by_level))],
+                "throughput": by_level[str(top)],
+            }
+        return out
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None
+        await self.floor.stop()
+
+
 async def measure_floor(
     *,
     tls: TlsPaths | None,
@@ -552,42 +645,17 @@ async def measure_floor(
     mode: str = "process",
     read: str = "loop",
 ) -> dict[str, dict[str, Any]]:
-    """Both floor chains at each concurrency in ``levels``: latency, rate and CPU per process per call.
-
-    ``latency`` is the figure at one caller, ``throughput`` at the highest level (the shape of the echoes'
-    results, for :func:`ratios`); ``by_concurrency`` has every level."""
-    floor = Floor(tls, mode, read)
-    port = await floor.start()
-    creds = tls.client() if tls else None
-    payloads = floor_payloads()
-    pids = floor.pids if mode == "process" else {}
-    out: dict[str, dict[str, Any]] = {}
+    """Both floor chains at each concurrency in ``levels`` (and 1), one after the other: latency, rate and
+    CPU per process per call (see :meth:`FloorSession.result`)."""
+    session = FloorSession(tls, mode, read)
+    await session.start()
     try:
-        for name, method in (("floor", CONSULT), ("floor_check", CONSULT_CHECKED)):
-            by_level: dict[str, Any] = {}
+        for name in FLOOR_METHODS:
             for level in sorted(set(levels) | {1}):
-                chain = {k: v for k, v in pids.items() if name == "floor_check" or k != "floor-check"}
-                by_level[str(level)] = await measure_calls(
-                    f"127.0.0.1:{port}",
-                    method=method,
-                    payloads=payloads,
-                    credentials=creds,
-                    seconds=seconds,
-                    concurrency=level,
-                    pids=chain,
-                )
-            top = max(int(k) for k in by_level)
-            out[name] = {
-                "chain": FLOOR_CHAINS[name].format(read=READ_MODES[read]),
-                "mode": mode,
-                "read": read,
-                "by_concurrency": by_level,
-                "latency": by_level["1"],
-                "throughput": by_level[str(top)],
-            }
+                await session.measure(name, level, seconds)
+        return session.result()
     finally:
-        await floor.stop()
-    return out
+        await session.stop()
 
 
 async def measure_baseline(

@@ -180,6 +180,13 @@ def run_cmd(
         str,
         typer.Option(help="the floor's SQLite read: loop (sqlite3 on the event loop, as the OA) or thread"),
     ] = "loop",
+    interleave: Annotated[
+        int,
+        typer.Option(
+            help="closed loop without faults: each step in N rounds of the mesh's load then each floor chain"
+            " at the same concurrency (0: the floor once, before the load)"
+        ),
+    ] = 5,
     no_cpu: Annotated[bool, typer.Option("--no-cpu", help="skip the CPU per process (/proc)")] = False,
     idle_seconds: Annotated[
         float,
@@ -212,6 +219,7 @@ def run_cmd(
         baseline=not no_baseline,
         floor=not no_floor,
         floor_read=floor_read,
+        interleave=interleave,
         cpu=not no_cpu,
         idle_seconds=idle_seconds,
         quiet_timeout=quiet_timeout,

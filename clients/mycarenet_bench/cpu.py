@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,26 @@ def per_request(
 ) -> dict[str, Any]:
     """CPU per process over a window: total ms, ms per request, ms per second; and sums of ``groups``
     (e.g. all OA nodes, the whole chain) in ms per request."""
-    seconds = max(after.at - before.at, 1e-9)
-    deltas = cpu_delta(before, after)
+    return per_request_windows([(before, after)], requests, groups=groups)
+
+
+def per_request_windows(
+    windows: Sequence[tuple[Snapshot, Snapshot]],
+    requests: int,
+    *,
+    groups: Mapping[str, Iterable[str]] | None = None,
+) -> dict[str, Any]:
+    """:func:`per_request` over several windows added up (slices of one measurement)."""
+    seconds = max(sum(after.at - before.at for before, after in windows), 1e-9)
+    deltas: dict[str, float | None] = {}
+    for before, after in windows:
+        for name, ms in cpu_delta(before, after).items():
+            known = deltas.get(name, 0.0)
+            deltas[name] = None if ms is None or known is None else known + ms
+    first = windows[0][0].procs if windows else {}
     by_process: dict[str, dict[str, Any]] = {}
     for name, ms in deltas.items():
-        proc = before.procs[name]
+        proc = first.get(name)
         by_process[name] = {
             "pid": proc.pid if proc else None,
             "cpu_ms": None if ms is None else round(ms, 1),

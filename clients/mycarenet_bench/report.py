@@ -373,9 +373,10 @@ def floor_rows(baseline: dict[str, Any] | None) -> list[list[Any]]:
             continue
         for level, m in sorted(found["by_concurrency"].items(), key=lambda kv: int(kv[0])):
             cpu = m.get("cpu") or {}
+            rounds = (found.get("interleaved") or {}).get("rounds")
             rows.append(
                 [
-                    hop,
+                    f"{hop} (between the mesh's slices, {rounds} rounds)" if rounds else hop,
                     int(level),
                     m["latency_ms"]["p50"],
                     m["latency_ms"]["p99"],

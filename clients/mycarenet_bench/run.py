@@ -17,9 +17,9 @@ from typing import Any
 import grpc
 
 from mycarenet_bench import baseline as baseline_mod
-from mycarenet_bench.cpu import Snapshot, cpu_delta, per_request
+from mycarenet_bench.cpu import Snapshot, cpu_delta, per_request, per_request_windows
 from mycarenet_bench.faults import ClusterControl, FaultInjector, FaultRecord, expand, parse_fault
-from mycarenet_bench.load import OpenLoop, Step, parse_steps, run_load
+from mycarenet_bench.load import ClosedLoop, OpenLoop, Step, parse_steps, run_load
 from mycarenet_bench.mesh import DEFAULT_MIX, ClusterHandle, Mesh, Result, build_workload, parse_mix
 from mycarenet_bench.stats import NO_OA, Recorder, percentile_curve, recovery
 
@@ -51,6 +51,10 @@ class RunConfig:
     recovery_threshold: float = 0.99
     floor: bool = True  # the floor chains among the baselines
     floor_read: str = "loop"  # how the floor's data server reads: on the loop (as the OA node) or a thread
+    # Closed loop without faults: each step in this many rounds, each round a slice of the mesh's load then
+    # a slice of each floor chain at the same concurrency, so that both see the same machine (0: the floor
+    # is measured once before the load).
+    interleave: int = 5
     cpu: bool = True  # CPU per request of every process of the mesh, per step (/proc)
     idle_seconds: float = 20.0  # a quiet window after the load: idle CPU per second of each process
     quiet_timeout: float = 60.0  # after the load, wait at most this long for the mesh to be quiet (its tail)
@@ -272,16 +276,18 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
     control = ClusterControl(handle.refresh, handle.health)
     control.validate(events)
 
+    interleaved = cfg.baseline and cfg.floor and cfg.mode == "closed" and not events and cfg.interleave > 0
     baseline: dict[str, Any] | None = None
     if cfg.baseline:
         levels = [s.level for s in steps] if cfg.mode == "closed" else []
+        floor_now = cfg.floor and not interleaved
         log(
             "baseline: echo over one gRPC hop and over one proxy hop"
             + (
                 ", the floor chains at "
                 + ", ".join(map(str, baseline_mod.floor_levels(levels, cfg.baseline_concurrency)))
                 + " in flight"
-                if cfg.floor
+                if floor_now
                 else ""
             )
             + f" ({cfg.baseline_seconds:g}s each) ..."
@@ -291,7 +297,7 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
             seconds=cfg.baseline_seconds,
             concurrency=cfg.baseline_concurrency,
             mode=cfg.baseline_mode,
-            floor=cfg.floor,
+            floor=floor_now,
             levels=levels,
             read=cfg.floor_read,
         )
@@ -323,11 +329,14 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
 
         t0 = time.monotonic() + 0.05
         recorder = Recorder(t0)
+        clock = PausedClock()
 
         async def measured(step: int, intended: float) -> None:
             def record(r: Result) -> None:
                 rpc, oa, status, code, reason, start, end = r
-                recorder.record(rpc, oa, status, start, end, code=code, reason=reason, step=step)
+                recorder.record(
+                    rpc, oa, status, clock(start), clock(end), code=code, reason=reason, step=step
+                )
 
             await mesh.scenario(mesh.pick(mix), intended, record)
 
@@ -340,28 +349,46 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
             + (f", {len(events)} fault events" if events else "")
         )
         meter = CpuMeter(handle) if cfg.cpu else None
-        load_task = asyncio.create_task(
-            run_load(
-                cfg.mode, measured, steps, start=t0, max_in_flight=cfg.max_in_flight, on_overflow=overflow
+        runner: OpenLoop | ClosedLoop
+        if interleaved:
+            assert baseline is not None
+            log(
+                f"interleaved: each step in {cfg.interleave} rounds of the mesh's load then each floor chain"
+                " at the same concurrency"
             )
-        )
-        fault_task = asyncio.create_task(injector.run())
-        cpu_task = asyncio.create_task(meter.sample_steps(t0, steps)) if meter else None
-        try:
-            runner = await load_task
-            await fault_task
-            if meter is not None and cpu_task is not None:
-                meter.finish(await cpu_task)
-        finally:
-            tasks = [t for t in (load_task, fault_task, cpu_task) if t is not None]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await injector.cleanup()
+            runner = await run_interleaved(
+                cfg,
+                steps,
+                measured,
+                t0=t0,
+                clock=clock,
+                meter=meter,
+                baseline=baseline,
+                tls=handle.baseline_tls(),
+            )
+        else:
+            load_task = asyncio.create_task(
+                run_load(
+                    cfg.mode, measured, steps, start=t0, max_in_flight=cfg.max_in_flight, on_overflow=overflow
+                )
+            )
+            fault_task = asyncio.create_task(injector.run())
+            cpu_task = asyncio.create_task(meter.sample_steps(t0, steps)) if meter else None
+            try:
+                runner = await load_task
+                await fault_task
+                if meter is not None and cpu_task is not None:
+                    meter.finish(await cpu_task)
+            finally:
+                tasks = [t for t in (load_task, fault_task, cpu_task) if t is not None]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await injector.cleanup()
         cpu: dict[str, Any] | None = None
         if meter is not None:
             cpu = meter.steps_report(recorder, steps)
-            if cfg.quiet_timeout > 0 and meter.snapshots:
+            if cfg.quiet_timeout > 0 and meter.last is not None:
                 log(f"tail: CPU after the load until the mesh is quiet (at most {cfg.quiet_timeout:g}s)")
                 cpu |= await meter.tail(recorder, cfg.quiet_timeout)
             if cfg.idle_seconds > 0:
@@ -384,6 +411,65 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
         await mesh.close()
 
 
+class PausedClock:
+    """The run's clock with the floor's slices taken out: an interleaved run's mesh requests are recorded as
+    if the mesh had been measured without pause (one timeline, per-second figures of the mesh only)."""
+
+    def __init__(self) -> None:
+        self.paused = 0.0
+
+    def __call__(self, t: float) -> float:
+        return t - self.paused
+
+
+async def run_interleaved(
+    cfg: RunConfig,
+    steps: Sequence[Step],
+    measured: Callable[[int, float], Any],
+    *,
+    t0: float,
+    clock: PausedClock,
+    meter: CpuMeter | None,
+    baseline: dict[str, Any],
+    tls: baseline_mod.TlsPaths | None,
+) -> ClosedLoop:
+    """Each closed-loop step in ``cfg.interleave`` rounds: a slice of the mesh's load at the step's
+    concurrency, then a slice of each floor chain at the same concurrency (added to ``baseline``)."""
+    session = baseline_mod.FloorSession(tls, cfg.baseline_mode, cfg.floor_read)
+    await session.start()
+    launched = 0
+    try:
+        if meter is not None:
+            meter.begin()
+        await asyncio.sleep(max(0.0, t0 - time.monotonic()))
+        for index, step in enumerate(steps):
+            part = step.seconds / cfg.interleave
+            level = max(1, int(step.level))
+
+            async def operation(_: int, intended: float, index: int = index) -> None:
+                await measured(index, intended)
+
+            for _round in range(cfg.interleave):
+                before = meter.snapshot() if meter is not None else None
+                runner = await run_load("closed", operation, [Step(step.level, part)], start=time.monotonic())
+                launched += getattr(runner, "launched", 0)
+                if meter is not None and before is not None:
+                    meter.add(index, before, meter.snapshot())
+                paused = time.monotonic()
+                for name in baseline_mod.FLOOR_METHODS:
+                    await session.measure(name, level, part)
+                clock.paused += time.monotonic() - paused
+        baseline |= session.result()
+        for name in baseline_mod.FLOOR_METHODS:
+            if name in baseline:
+                baseline[name]["interleaved"] = {"rounds": cfg.interleave}
+    finally:
+        await session.stop()
+    done = ClosedLoop(measured)
+    done.launched = launched
+    return done
+
+
 class CpuMeter:
     """CPU of the mesh's processes (``/proc``) over the measured steps and over a quiet window: eHealth,
     the hub, each OA node, the supervisor (with the fault proxies when it runs them) and the ``client``,
@@ -393,7 +479,8 @@ class CpuMeter:
         self.handle = handle
         self.roles: dict[str, str] = {}
         self.codes: dict[str, str] = {}  # OA node name → insurer code
-        self.snapshots: list[Snapshot] = []
+        self.windows: dict[int, list[tuple[Snapshot, Snapshot]]] = {}
+        self.last: Snapshot | None = None  # the end of the last measured window
         self.watched: dict[str, int | None] = {}
 
     def pids(self) -> dict[str, int | None]:
@@ -423,11 +510,22 @@ class CpuMeter:
         return snapshots
 
     def finish(self, snapshots: list[Snapshot]) -> None:
-        first = snapshots[0]
-        self.snapshots = [
-            *snapshots,
-            Snapshot.take({n: p.pid if p else None for n, p in first.procs.items()}),
-        ]
+        """The step boundaries sampled by :meth:`sample_steps`, and now (the end of the load)."""
+        ends = [*snapshots[1:], Snapshot.take(self.watched)]
+        self.windows = {i: [(start, end)] for i, (start, end) in enumerate(zip(snapshots, ends, strict=True))}
+        self.last = ends[-1]
+
+    def begin(self) -> None:
+        """Name the processes to watch (for :meth:`snapshot` and :meth:`add`)."""
+        self.watched = self.pids()
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot.take(self.watched)
+
+    def add(self, step: int, before: Snapshot, after: Snapshot) -> None:
+        """One slice of step ``step`` (an interleaved run measures each step in slices)."""
+        self.windows.setdefault(step, []).append((before, after))
+        self.last = after
 
     def groups(self, names: Sequence[str]) -> dict[str, list[str]]:
         oa = [n for n in names if self.roles.get(n) == "oa"]
@@ -451,15 +549,15 @@ class CpuMeter:
 
     def steps_report(self, recorder: Recorder, steps: Sequence[Step]) -> dict[str, Any]:
         """CPU per answered request of each process, per step and over the whole run."""
-        if len(self.snapshots) != len(steps) + 1:
+        if sorted(self.windows) != list(range(len(steps))):
             return {"steps": [], "run": None}
-        names = list(self.snapshots[0].procs)
+        names = list(self.windows[0][0][0].procs)
         groups = self.groups(names)
         rows = []
         for index, step in enumerate(steps):
             bucket = recorder.by_step.get(index)
             answered = (bucket.counts["ok"] + bucket.counts["refused"]) if bucket else 0
-            window = per_request(self.snapshots[index], self.snapshots[index + 1], answered, groups=groups)
+            window = per_request_windows(self.windows[index], answered, groups=groups)
 
             def served(code: str, index: int = index) -> int:
                 found = recorder.by_step_oa.get((index, code))
@@ -467,13 +565,16 @@ class CpuMeter:
 
             rows.append({"index": index, "level": step.level, **self._with_roles(window, served)})
         total = recorder.overall.counts["ok"] + recorder.overall.counts["refused"]
-        whole = per_request(self.snapshots[0], self.snapshots[-1], total, groups=groups)
+        whole = per_request_windows(self.all_windows(), total, groups=groups)
 
         return {
             "source": "/proc/<pid>/stat utime + stime (every thread), per answered request",
             "steps": rows,
             "run": self._with_roles(whole, self._served_in_run(recorder)),
         }
+
+    def all_windows(self) -> list[tuple[Snapshot, Snapshot]]:
+        return [w for index in sorted(self.windows) for w in self.windows[index]]
 
     @staticmethod
     def _served_in_run(recorder: Recorder) -> Callable[[str], int]:
@@ -489,7 +590,8 @@ class CpuMeter:
         """The work the load left behind (relays, feeds, followers): CPU from the end of the load until every
         process of the mesh spends at most ``quiet_ms_per_s`` over ``every`` seconds (at most ``longest`` s),
         per answered request; and the run with its tail."""
-        start = prev = self.snapshots[-1]
+        assert self.last is not None
+        start = prev = self.last
         mesh = [n for n in start.procs if self.roles.get(n) in ("hub", "ehealth", "oa")]
         end, quiet = start, False
         deadline = time.monotonic() + longest
@@ -505,7 +607,7 @@ class CpuMeter:
         groups = self.groups(list(start.procs))
         tail = self._with_roles(per_request(start, end, total, groups=groups))
         tail["quiet"] = quiet
-        whole = per_request(self.snapshots[0], end, total, groups=groups)
+        whole = per_request_windows([*self.all_windows(), (start, end)], total, groups=groups)
         return {"tail": tail, "run_with_tail": self._with_roles(whole, self._served_in_run(recorder))}
 
     async def idle(self, settle: float, seconds: float) -> dict[str, Any]:

@@ -45,6 +45,7 @@ def test_short_run_against_a_started_cluster(tmp_path: Path) -> None:
             idle_seconds=0.5,
             idle_settle=0.1,
             quiet_timeout=5,
+            interleave=2,
             name="closed",
         )
         consults = asyncio.run(run(closed, handle, log=lambda *_: None))
@@ -88,7 +89,11 @@ def test_short_run_against_a_started_cluster(tmp_path: Path) -> None:
         idle = rep["cpu"]["idle"]["by_process"]
         assert all(idle[f"oa-{c}"]["cpu_ms_per_s"] is not None for c in INSURERS)
     # The closed run: steps at the floor's levels, each figure also a ratio to the floor at that level.
+    # Interleaved: each step in two rounds of the mesh's load then the floor's, at the same concurrency.
     assert set(consults["baseline"]["floor"]["by_concurrency"]) == {"1", "2"}
+    assert consults["baseline"]["floor_check"]["interleaved"] == {"rounds": 2}
+    assert consults["baseline"]["floor"]["by_concurrency"]["2"]["slices"] == 2
+    assert len(consults["timeline"]) == 2  # the mesh's own seconds, the floor's slices taken out
     one, two = consults["steps"]
     assert set(one["by_rpc"]) == {"ConsultDmg"}
     assert set(one["by_rpc"]["ConsultDmg"]["ratio_to_floor"]) == {"p50", "p99", "throughput"}
