@@ -10,8 +10,10 @@ the write lock, and a connection given back needs no reset.
 
 The hottest read (CheckRelation, the hub's fallback) is a :class:`Query`: a SQLAlchemy Core statement
 compiled ONCE per dialect and run by the driver itself, with the columns' types converting the values both
-ways (:meth:`Database.first`). On PostgreSQL it is sent to an ``asyncpg`` connection of the read pool (which
-keeps it prepared per connection): one round trip, none of SQLAlchemy's execution layer. On SQLite it runs
+ways (:meth:`Database.first`). On PostgreSQL it is sent to one of a few ``asyncpg`` connections held open in
+autocommit (which keep it prepared): one round trip, no pool checkout (whose liveness ping is a round trip of
+its own), none of SQLAlchemy's execution layer; a connection that fails or is cancelled mid-statement is
+dropped and replaced at the next read. On SQLite it runs
 on ONE read-only connection of the standard ``sqlite3`` driver in autocommit, on the event loop's own thread
 (as the insurer nodes read): an indexed read takes tens of microseconds, whereas handing it to aiosqlite's
 worker thread and back costs several times that in CPU; in WAL mode a reader never waits for a writer, and a
@@ -23,6 +25,7 @@ is the one difference, and it is here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -41,6 +44,8 @@ from mycarenet_core.errors import MeshError
 Processor = Callable[[Any], Any] | None
 READ_BUSY_TIMEOUT = 1.0
 """Seconds a SQLite read on the event loop waits for a lock (WAL readers almost never wait at all)."""
+HOT_CONNECTIONS = 4
+"""PostgreSQL connections held open for the hot read (more reads in flight wait for one)."""
 # What the drivers raise when the connection or the database failed (not the statement): the connection is
 # dropped and the caller is told to retry, as for any transient database failure.
 _TRANSIENT = (OSError, sqlite3.OperationalError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
@@ -120,6 +125,8 @@ class Database:
         )
         self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
         self._loop_reader: sqlite3.Connection | None = None
+        self._hot: asyncio.Queue[AsyncConnection] = asyncio.Queue()
+        self._hot_open = 0
 
     @property
     def engines(self) -> list[AsyncEngine]:
@@ -170,18 +177,38 @@ class Database:
         return found
 
     async def _read_on_pool(self, sql: str, arguments: list[Any]) -> Sequence[Any] | None:
-        async with self.reader.connect() as conn:
+        conn = await self._acquire()
+        try:
             driver: Any = (await conn.get_raw_connection()).driver_connection
-            try:
-                found: Sequence[Any] | None = await driver.fetchrow(sql, *arguments)
-            except BaseException as error:
-                # Failed, or cancelled half-way (the caller's deadline): this connection may still be busy
-                # with the statement, so it never goes back to the pool.
-                await asyncio.shield(conn.invalidate(error if isinstance(error, Exception) else None))
-                if isinstance(error, _TRANSIENT):
-                    raise _unavailable() from error
-                raise
+            found: Sequence[Any] | None = await driver.fetchrow(sql, *arguments)
+        except BaseException as error:
+            # Failed, or cancelled half-way (the caller's deadline): this connection may still be busy with
+            # the statement, so it is never used again.
+            await asyncio.shield(self._discard(conn, error if isinstance(error, Exception) else None))
+            if isinstance(error, _TRANSIENT):
+                # The database went away (a restart?): the other held connections are as dead as this one.
+                while not self._hot.empty():
+                    await asyncio.shield(self._discard(self._hot.get_nowait(), None))
+                raise _unavailable() from error
+            raise
+        self._hot.put_nowait(conn)
         return found
+
+    async def _acquire(self) -> AsyncConnection:
+        if self._hot.empty() and self._hot_open < HOT_CONNECTIONS:
+            self._hot_open += 1
+            try:
+                return await self.reader.connect()
+            except BaseException:
+                self._hot_open -= 1
+                raise
+        return await self._hot.get()
+
+    async def _discard(self, conn: AsyncConnection, error: Exception | None) -> None:
+        self._hot_open -= 1
+        with contextlib.suppress(Exception):  # the connection is gone either way
+            await conn.invalidate(error)
+            await conn.close()
 
     def _close_loop_reader(self) -> None:
         conn, self._loop_reader = self._loop_reader, None
@@ -190,6 +217,9 @@ class Database:
 
     async def dispose(self) -> None:
         self._close_loop_reader()
+        while not self._hot.empty():
+            await self._hot.get_nowait().close()
+            self._hot_open -= 1
         for engine in self.engines:
             await engine.dispose()
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 
 import asyncpg
 import grpc
-from ehealth_support import GP, GP2, MEDICAL_HOUSE, PATIENT, PATIENT2, Env, pdate, rpc_error
+import pytest
+from ehealth_support import GP, GP2, MEDICAL_HOUSE, NOW, PATIENT, PATIENT2, Env, Stubs, pdate, rpc_error
 
+from ehealth.app import EhealthApp
+from mycarenet_core.channels import open_channel
+from mycarenet_core.clock import FixedClock
 from mycarenet_core.gen.mycarenet.ehealth.v1 import therapeutic_relation_pb2 as tr
 
 D = dt.date
@@ -99,3 +104,41 @@ async def test_bad_checks_are_invalid_arguments_with_every_violation(env: Env) -
         )
     )
     assert [(v.field, v.code) for v in bad_date.violations] == [("date", 113)]
+
+
+@pytest.mark.integration
+@pytest.mark.postgres
+async def test_a_database_restart_costs_one_retryable_answer_on_postgresql(pg_admin_url: str) -> None:
+    """PostgreSQL ends every connection of eHealth (as a restart does): the next check answers UNAVAILABLE
+    DATABASE_BUSY (retry; never INTERNAL), and the one after answers right on a new connection."""
+    name = f"mcn_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_admin_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = pg_admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1) + f"/{name}"
+    app = await EhealthApp.create(database_url=url, clock=FixedClock(NOW))
+    try:
+        port = await app.start()
+        async with open_channel(f"127.0.0.1:{port}", identity="admin") as channel:
+            stubs = Stubs(channel)
+            env = Env(
+                app, FixedClock(NOW), {"admin": channel, "client": channel, "hub": channel, "oa-300": channel}
+            )
+            await env.provider(GP)
+            await stubs.relations.RegisterRelation(
+                tr.RegisterRelationRequest(
+                    provider_inami=GP, patient_niss=PATIENT, proof=tr.RELATION_PROOF_EID_READ
+                ),
+                timeout=10,
+            )
+            assert (await check(env, GP, PATIENT)).exists
+            ended = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            assert ended >= 1
+            error = await rpc_error(check(env, GP, PATIENT))
+            assert (error.status, error.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_BUSY")
+            assert (await check(env, GP, PATIENT)).exists
+    finally:
+        await app.stop(0)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
