@@ -7,6 +7,7 @@ import time
 
 import pytest
 from mycarenet_bench.load import ClosedLoop, OpenLoop, Step, arrivals, parse_steps, run_load
+from mycarenet_bench.mesh import Mesh, Result
 
 
 def test_parse_steps_splits_the_duration() -> None:
@@ -88,3 +89,19 @@ async def test_closed_loop_keeps_n_in_flight_per_step() -> None:
     assert peaks == {0: 3, 1: 5}
     with pytest.raises(ValueError, match="mode"):
         await run_load("sideways", op, [Step(1, 0.1)], start=time.monotonic())
+
+
+async def test_a_call_still_open_past_its_deadline_and_grace_is_hung() -> None:
+    mesh = Mesh.__new__(Mesh)  # only the timing of calls: no channel
+    mesh.deadline, mesh.hang_grace = 0.01, 0.01
+    got: list[Result] = []
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    async def answers() -> str:
+        return "answer"
+
+    assert await mesh.timed("ConsultDmg", "100", never, 0.0, got.append) is None
+    assert await mesh.timed("ConsultDmg", "100", answers, 0.0, got.append) == "answer"
+    assert [(r[0], r[1], r[2]) for r in got] == [("ConsultDmg", "100", "HUNG"), ("ConsultDmg", "100", "OK")]
