@@ -9,7 +9,8 @@ services only, with the identities the trust model gives a seeder (``mycarenet_c
 * then, at each insurer, ``admin`` loads the members; the history is replayed event by event so that
   holdings and payments are what the rules make of them: the enrolments and DMG notifications as they were
   made through the hub (replayed by ``admin``, which the trust table lets write the sandbox's history: no
-  tool holds the hub's key), the contacts and paper attestations as the insurer's invoicing registered them (its ``backoffice``).
+  tool holds the hub's key), the contacts and paper attestations as the insurer's invoicing registered
+  them (its ``backoffice``).
 """
 
 from __future__ import annotations
