@@ -38,6 +38,7 @@ from opentelemetry.util.types import Attributes
 from mycarenet_core.server import current_error, replace_behavior
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
@@ -173,16 +174,18 @@ class Telemetry:
         tags = {names.get(k, k): v for k, v in attributes.items()}
         return [*self._otel_client, ClientMetricsInterceptor(*self._client_instruments, tags)]
 
-    def instrument_engine(self, engine: AsyncEngine) -> None:
+    def instrument_engine(self, engine: AsyncEngine | Engine) -> None:
         """Database spans for this engine (one per statement, inside a trace) and its connection-pool
         usage, with this process's providers (no global patching: several engines, one per app, may live
-        in one test process)."""
+        in one test process). A synchronous engine too (the insurers' read-only SQLite connection)."""
         from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+        from sqlalchemy import Engine
 
         usage = self.meter.create_up_down_counter(
             "db.client.connections.usage", unit="connections", description="Connections by state"
         )
-        EngineTracer(_ChildSpansOnly(self.tracer), engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+        sync = engine if isinstance(engine, Engine) else engine.sync_engine
+        EngineTracer(_ChildSpansOnly(self.tracer), sync, usage)  # type: ignore[no-untyped-call]
 
     def observe(self, name: str, read: Callable[[], float], *, description: str, unit: str = "1") -> None:
         """An observable gauge whose value ``read()`` gives at each collection (keep it cheap and

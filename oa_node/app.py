@@ -108,6 +108,8 @@ class OaNodeApp(ServiceApp):
             telemetry.instrument_engine(engine)
 
         self.reads = Reads(engine)
+        if telemetry is not None and self.reads.sync_engine is not None:
+            telemetry.instrument_engine(self.reads.sync_engine)  # the consult's reads are spans too
         closers.append(self.reads.close)
         self.audit = AuditTrail(engine, self.sessions, clock)
         outbox, affiliations, holders = Wakeup(), FeedSignal(), FeedSignal()

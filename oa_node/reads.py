@@ -52,6 +52,11 @@ class Reads:
             )
             event.listen(self._sync, "connect", _read_only)
 
+    @property
+    def sync_engine(self) -> Engine | None:
+        """The read-only synchronous SQLite engine, when there is one (for telemetry's database spans)."""
+        return self._sync
+
     async def all(self, statement: Executable, params: Mapping[str, Any]) -> Sequence[Row[Any]]:
         """Every row of ``statement`` with ``params``."""
         if self._sync is None:
