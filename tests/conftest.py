@@ -1,10 +1,11 @@
 """Shared fixtures and the classification of every test.
 
-Databases: ``database_url`` gives each test an empty database, once on SQLite and once on PostgreSQL. A
-module marked ``database_per_module`` gets one database per back end for the whole module, emptied before
-each test (every table but ``alembic_version``): the test sees what a fresh database looks like once its
-service has migrated it, without paying CREATE DATABASE and the migrations again. ``module_database_url``
-is one database per module and back end that is never emptied (state is shared between the tests).
+Databases: ``database_url`` gives each test an empty database, once on SQLite and once on PostgreSQL. The
+modules in :data:`DATABASE_PER_MODULE` (marker ``database_per_module``) get one database per back end for
+the whole module instead, emptied before each test (every table but the ``alembic_version_*`` ones): a
+test sees what a new database looks like once its service has migrated it, without paying CREATE DATABASE,
+the migrations and DROP DATABASE again. ``module_database_url`` is one database per module and back end
+that is never emptied (its tests share their state).
 
 Markers, applied here to every collected test (never by hand, unless a test overrides its module's class):
 
@@ -111,6 +112,33 @@ UNIT = {
 }
 KINDS = ("unit", "integration", "cluster")
 
+# Modules whose every database is the one of the service their tests start (migrated to head by it): one
+# database per back end for the module, emptied before each test (marker ``database_per_module``). Not for
+# modules that build databases at older revisions (migration tests, v0001/v0002 fixtures).
+# MCN_TEST_FRESH_DATABASES=1 gives every test a new database again (to rule the sharing out).
+DATABASE_PER_MODULE = {
+    "ehealth/test_ehealth_audit.py",
+    "ehealth/test_ehealth_auth.py",
+    "ehealth/test_ehealth_cadastre.py",
+    "ehealth/test_ehealth_check_path.py",
+    "ehealth/test_ehealth_holder_feed.py",
+    "ehealth/test_ehealth_mandates.py",
+    "ehealth/test_ehealth_relations.py",
+    "ehealth/test_ehealth_sessions.py",
+    "ehealth/test_ehealth_trust.py",
+    "hub/test_routing.py",
+    "hub/test_storage.py",
+    "oa_node/test_node_cadastre.py",
+    "oa_node/test_node_controls.py",
+    "oa_node/test_node_dmg.py",
+    "oa_node/test_node_holder_feed.py",
+    "oa_node/test_node_intake.py",
+    "oa_node/test_node_members.py",
+    "oa_node/test_node_outbox.py",
+    "oa_node/test_node_trust.py",
+}
+FRESH_DATABASES = os.environ.get("MCN_TEST_FRESH_DATABASES", "") not in ("", "0")
+
 
 def _listed(entries: set[str], module: str, test: str) -> bool:
     if f"{module}::{test}" in entries or module in entries:
@@ -133,7 +161,7 @@ def classify(module: str, test: str, fixtures: set[str]) -> str | None:
 def stale_entries() -> list[str]:
     """List entries that name no file or folder any more."""
     out = []
-    for entry in sorted(CLUSTER | INTEGRATION | UNIT):
+    for entry in sorted(CLUSTER | INTEGRATION | UNIT | DATABASE_PER_MODULE):
         if not (TESTS / entry.split("::")[0]).exists():
             out.append(entry)
     return out
@@ -157,6 +185,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             continue
         if not given:
             item.add_marker(kind)
+        if module in DATABASE_PER_MODULE and not FRESH_DATABASES:
+            item.add_marker("database_per_module")
         callspec = getattr(item, "callspec", None)
         if callspec is not None and "postgres" in callspec.params.values():
             item.add_marker("postgres")
@@ -260,8 +290,9 @@ async def _drop_pg_database(admin: str, url: str) -> None:
 
 
 async def _empty_pg_database(url: str) -> None:
-    """Every table but alembic_version emptied, identities restarted: the database as its migrations
-    leave it (none of them inserts rows of its own into an empty database)."""
+    """Every table but the migration histories' (``alembic_version_<service>``) emptied, identities
+    restarted: the database as its migrations leave it (none inserts rows of its own into an empty
+    database; what a service writes at start, it writes again)."""
     import asyncpg
 
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
@@ -269,7 +300,7 @@ async def _empty_pg_database(url: str) -> None:
         await conn.execute("SET lock_timeout = '10s'")
         tables = await conn.fetch(
             "SELECT quote_ident(tablename) AS t FROM pg_tables "
-            "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            "WHERE schemaname = 'public' AND tablename NOT LIKE 'alembic_version%'"
         )
         if tables:
             names = ", ".join(row["t"] for row in tables)
@@ -286,7 +317,7 @@ def _empty_sqlite_database(path: Path) -> None:
             row[0]
             for row in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-                "AND name <> 'alembic_version'"
+                "AND name NOT LIKE 'alembic_version%'"
             )
         ]
         for table in tables:
@@ -319,8 +350,15 @@ class ModuleDatabases:
         url = self.url(backend, request)
         if backend == "sqlite":
             _empty_sqlite_database(self.folder / "module.db")
-        else:
+            return url
+        import asyncpg
+
+        try:
             await _empty_pg_database(url)
+        except asyncpg.PostgresError:  # e.g. a lock a previous test left behind: a new database then
+            assert self.admin is not None
+            await _drop_pg_database(self.admin, url)
+            self.urls[backend] = url = await _create_pg_database(self.admin)
         return url
 
     def drop(self) -> None:
