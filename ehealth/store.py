@@ -47,8 +47,15 @@ READ_BUSY_TIMEOUT = 1.0
 HOT_CONNECTIONS = 4
 """PostgreSQL connections held open for the hot read (more reads in flight wait for one)."""
 # What the drivers raise when the connection or the database failed (not the statement): the connection is
-# dropped and the caller is told to retry, as for any transient database failure.
-_TRANSIENT = (OSError, sqlite3.OperationalError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# dropped and the caller is told to retry, as for any transient database failure. asyncpg answers
+# InternalClientError ("another operation is in progress") on a connection the server ended mid-protocol.
+_TRANSIENT = (
+    OSError,
+    sqlite3.OperationalError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 def _unavailable() -> MeshError:
