@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import random
 import socket
 import time
 from collections.abc import Sequence
@@ -110,10 +111,17 @@ class Certificate:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port below Linux's ephemeral range (32768+): the processes' outgoing connections take their
+    local ports from that range, and one could take a port picked there before the mesh binds it."""
+    for _ in range(200):
+        port = random.randint(20_000, 32_000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000..32000")
 
 
 def _clock_for(today: dt.date | str | None) -> FixedClock:
