@@ -19,7 +19,8 @@ Markers, applied here to every collected test (never by hand, unless a test over
 A test in none of the lists is a collection error: a new module is classified when it is added.
 ``postgres`` is added to every test that runs on the PostgreSQL back end.
 
-The quick loop is ``./dev test --quick`` (``pytest -m "unit or integration" -x``).
+The quick loop is ``./dev test --quick``: ``pytest -m QUICK -x`` (:data:`QUICK`: the unit and integration
+tests on SQLite, without the few :data:`SLOW` ones), under 2 minutes on a quiet 2-core box.
 """
 
 from __future__ import annotations
@@ -111,6 +112,18 @@ UNIT = {
     "trust/test_trust_table.py",
 }
 KINDS = ("unit", "integration", "cluster")
+# The unit and integration tests that take 4 s or more on a quiet box (marker ``slow``): left out of the quick
+# loop with the PostgreSQL runs of the others (``./dev test --quick``); every run of the whole suite has them.
+SLOW = {
+    "bench/test_bench_faults.py::test_pause_then_resume_and_kill",
+    "ehealth/test_ehealth_holder_feed.py::test_an_insurer_down_then_back_is_caught_up",
+    "hub/test_consult_golden.py::test_a_sample_of_consults_and_notifies_answers_as_before",
+    "hub/test_patient_list.py::test_list_across_seven_oas_with_one_failing_then_recovering",
+    "oa_node/test_node_trust.py::test_every_rpc_answers_exactly_the_callers_the_table_grants",
+    "telemetry/test_mesh_telemetry.py::test_fan_out_errors_per_oa_metrics_and_no_niss_in_clear",
+    "trust/test_authorization_matrix.py::test_every_rpc_of_every_service_for_every_kind_of_caller",
+}
+QUICK = "(unit or integration) and not postgres and not slow"
 
 # Modules whose every database is the one of the service their tests start (migrated to head by it): one
 # database per back end for the module, emptied before each test (marker ``database_per_module``). Not for
@@ -161,7 +174,7 @@ def classify(module: str, test: str, fixtures: set[str]) -> str | None:
 def stale_entries() -> list[str]:
     """List entries that name no file or folder any more."""
     out = []
-    for entry in sorted(CLUSTER | INTEGRATION | UNIT | DATABASE_PER_MODULE):
+    for entry in sorted(CLUSTER | INTEGRATION | UNIT | DATABASE_PER_MODULE | SLOW):
         if not (TESTS / entry.split("::")[0]).exists():
             out.append(entry)
     return out
@@ -185,6 +198,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             continue
         if not given:
             item.add_marker(kind)
+        if _listed(SLOW, module, test):
+            item.add_marker("slow")
         if module in DATABASE_PER_MODULE and not FRESH_DATABASES:
             item.add_marker("database_per_module")
         callspec = getattr(item, "callspec", None)

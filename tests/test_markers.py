@@ -3,12 +3,14 @@ test cannot start a server nor open a database."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import aiosqlite
 import asyncpg
 import grpc
 import pytest
 
-from tests.conftest import classify, stale_entries
+from tests.conftest import QUICK, classify, stale_entries
 
 
 def test_the_lists_name_only_what_exists() -> None:
@@ -41,3 +43,9 @@ async def test_a_unit_test_may_not_start_a_server_nor_open_a_database() -> None:
         aiosqlite.connect(":memory:")
     with pytest.raises(AssertionError, match="connects to PostgreSQL"):
         await asyncpg.connect("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_the_quick_loop_of_dev_is_the_documented_one() -> None:
+    dev = (Path(__file__).resolve().parents[1] / "dev").read_text()
+    assert f'quick="{QUICK}"' in dev
+    assert QUICK == "(unit or integration) and not postgres and not slow"
