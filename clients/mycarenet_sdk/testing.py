@@ -391,9 +391,9 @@ class InProcessMesh:
             try:
                 await self._start_once()
                 return
-            except RuntimeError as error:
+            except RuntimeError as error:  # grpc's "Failed to bind to address", MeshServer's "could not bind"
                 await self.stop()
-                if "could not bind" not in str(error) or attempt == attempts:
+                if "bind" not in str(error).lower() or attempt == attempts:
                     raise
             except BaseException:
                 await self.stop()

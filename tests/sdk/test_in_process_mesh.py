@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 import grpc
+import mycarenet_sdk.testing
 import pytest
 from mycarenet_sdk import Client, MyCareNetError
 from mycarenet_sdk.testing import InProcessMesh
@@ -159,3 +160,23 @@ async def test_everything_stops_even_when_the_test_fails_inside(tmp_path: Path) 
     await mesh.stop()  # twice is harmless
     with pytest.raises(RuntimeError):
         mesh.client()
+
+
+async def test_a_port_taken_between_the_pick_and_the_bind_is_picked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    busy = taken.getsockname()[1]
+    picks = iter([busy])
+    pick = mycarenet_sdk.testing._free_port
+    monkeypatch.setattr(mycarenet_sdk.testing, "_free_port", lambda: next(picks, None) or pick())
+    try:
+        async with InProcessMesh(tmp_path, insurers=("100",)) as mesh:
+            assert busy not in mesh.ports.values()
+            gp = await mesh.add_provider()
+            client = await mesh.login(gp)
+            assert client.session is not None
+    finally:
+        taken.close()
