@@ -107,6 +107,7 @@ UNIT = {
     "oa_node/test_rules_holder_moves.py",
     "oa_node/test_rules_properties.py",
     "oa_node/test_rules_scenarios.py",
+    "test_cli_help.py",
     "test_identifiers.py",
     "test_markers.py",
     "trust/test_trust_table.py",

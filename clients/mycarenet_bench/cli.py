@@ -170,7 +170,9 @@ def run_cmd(
     ] = 2.0,
     fault: Annotated[
         list[str] | None,
-        typer.Option(help="KIND:TARGET@AT[+DURATION][/EVERY][=VALUE], e.g. kill:oa-300@30s/30s (repeatable)"),
+        typer.Option(
+            help="KIND:TARGET@AT\\[+DURATION]\\[/EVERY]\\[=VALUE], e.g. kill:oa-300@30s/30s (repeatable)"
+        ),
     ] = None,
     no_baseline: Annotated[
         bool, typer.Option("--no-baseline", help="skip the baselines (echoes and floor)")
