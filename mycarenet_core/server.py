@@ -161,6 +161,48 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         return handler
 
 
+class MethodChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The server's interceptors, applied once per method instead of once per call.
+
+    Every interceptor of the mesh only wraps the handler of the method it is given (whatever it does per
+    call, it does inside the wrapper, from the call's own context), so the handler the whole chain makes for
+    a method is the same at every call: it is built at the method's first call and kept. grpc.aio would
+    otherwise run each interceptor's ``intercept_service`` coroutine and build new handlers at every call.
+    Only methods that have a handler are kept (an unknown method name costs nothing to remember).
+    """
+
+    def __init__(self, interceptors: Sequence[Any]) -> None:
+        self.interceptors = tuple(interceptors)
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = await self._build(0, continuation, handler_call_details)
+            if handler is not None:
+                self._handlers[method] = handler
+        return handler
+
+    async def _build(
+        self,
+        index: int,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if index == len(self.interceptors):
+            return await continuation(details)
+
+        async def next_one(inner: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+            return await self._build(index + 1, continuation, inner)
+
+        return await self.interceptors[index].intercept_service(next_one, details)
+
+
 def peer_identities(context: Any) -> set[str]:
     """Names in the client certificate (CN and SANs) of an mTLS peer; empty without TLS."""
     auth = context.auth_context()
@@ -261,7 +303,7 @@ class MeshServer:
         if trust is not None:
             chain.append(trust)
         self._server = grpc.aio.server(
-            interceptors=chain,
+            interceptors=[MethodChain(chain)],
             options=[("grpc.so_reuseport", 0), *options],
         )
         self._credentials = credentials
