@@ -151,3 +151,60 @@ async def test_unexpected_errors_answer_internal_unary_and_streaming_and_missing
     finally:
         await app.stop()
     await app.stop()  # twice is harmless
+
+
+class CountingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Counts how often the chain asks it for a handler, and tags every call it wraps."""
+
+    def __init__(self) -> None:
+        self.built: list[str] = []
+        self.calls = 0
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        self.built.append(details.method)
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+
+        async def counted(request: Any, context: Any) -> Any:
+            self.calls += 1
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            counted,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def test_the_interceptor_chain_is_built_once_per_method_and_still_runs_at_every_call() -> None:
+    counting = CountingInterceptor()
+    server = MeshServer(
+        "counted",
+        [
+            Service(
+                auth_pb2_grpc.add_AuthServiceServicer_to_server, Broken(), "mycarenet.ehealth.v1.AuthService"
+            )
+        ],
+        interceptors=[counting],
+    )
+    app = ServiceApp(server)
+    port = await app.start()
+    try:
+        async with open_channel(f"127.0.0.1:{port}") as channel:
+            stub = auth_pb2_grpc.AuthServiceStub(channel)
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as failed:
+                    await stub.GetSigningKeys(auth_pb2.GetSigningKeysRequest(), timeout=5)
+                assert failed.value.code() is grpc.StatusCode.INTERNAL  # the error mapping still wraps it
+            unknown = channel.unary_unary("/no.Such/Method")
+            for _ in range(2):
+                with pytest.raises(grpc.RpcError) as missing:
+                    await unknown(b"", timeout=5)
+                assert missing.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await app.stop()
+    assert counting.calls == 3
+    assert counting.built.count("/mycarenet.ehealth.v1.AuthService/GetSigningKeys") == 1
+    assert counting.built.count("/no.Such/Method") == 2  # a method without a handler is not remembered
