@@ -110,6 +110,7 @@ class OaNodeApp(ServiceApp):
         self.reads = Reads(engine)
         if telemetry is not None and self.reads.sync_engine is not None:
             telemetry.instrument_engine(self.reads.sync_engine)  # the consult's reads are spans too
+            self.reads.traced = True
         closers.append(self.reads.close)
         self.audit = AuditTrail(engine, self.sessions, clock)
         outbox, affiliations, holders = Wakeup(), FeedSignal(), FeedSignal()

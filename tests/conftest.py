@@ -102,6 +102,7 @@ UNIT = {
     "ehealth/test_ehealth_tokens.py",
     "hub/test_auth_unit.py",
     "hub/test_routing.py",  # its database tests are integration (database_url)
+    "oa_node/test_node_reads.py",
     "oa_node/test_node_settings.py",
     "oa_node/test_rules_focused.py",
     "oa_node/test_rules_holder_moves.py",
