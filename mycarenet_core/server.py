@@ -200,7 +200,10 @@ class MethodChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def next_one(inner: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
             return await self._build(index + 1, continuation, inner)
 
-        return await self.interceptors[index].intercept_service(next_one, details)
+        handler: grpc.RpcMethodHandler[Any, Any] = await self.interceptors[index].intercept_service(
+            next_one, details
+        )
+        return handler
 
 
 def peer_identities(context: Any) -> set[str]:

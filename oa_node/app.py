@@ -172,6 +172,7 @@ class OaNodeApp(ServiceApp):
             background.every("outbox backlog gauge", gauge.interval, sample)
 
         background.add("audit writer", self.audit.run)
+        closers.append(self.audit.close)  # the writer's own connection, after the last flush
         closers.append(self.audit.flush)  # first closer to run: the queued rows before the engine goes
 
         self.dmg = DmgOperations(

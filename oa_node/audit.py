@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,14 +29,17 @@ from typing import Any
 
 import grpc
 from sqlalchemy import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mycarenet_core.clock import Clock
+from mycarenet_core.db import is_sqlite
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.lifecycle import Backoff
 from mycarenet_core.trust import CallRecord, current_peer
 from oa_node import models as m
+from oa_node.reads import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ INSERT_AUDIT = insert(AUDIT)
 # Refusals of the trust model itself (the handler never ran, so no operation audited the call).
 TRUST_REFUSALS = frozenset({"CERTIFICATE_NOT_ALLOWED", "METHOD_NOT_IN_TRUST_TABLE"})
 MAX_QUEUED = 100_000
+WRITE_BUSY_TIMEOUT = 5.0
+"""Seconds the audit writer's thread waits for SQLite's write lock (the event loop does not wait)."""
 """Rows kept in memory while the database cannot take them; beyond, the oldest are dropped (logged)."""
 
 
@@ -127,6 +133,13 @@ class AuditTrail:
         # batch a concurrent flush (the background writer) had taken.
         self._flushing = asyncio.Lock()
         self.dropped = 0
+        on_file = is_sqlite(engine) and engine.url.database not in (None, "", ":memory:")
+        self._writer = _SqliteWriter(engine) if on_file else None
+
+    async def close(self) -> None:
+        """Close the writer's own connection (after the last flush)."""
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.close)
 
     # --- recording ----------------------------------------------------------------------------------------
 
@@ -215,6 +228,9 @@ class AuditTrail:
                 raise
 
     async def _insert(self, batch: list[dict[str, Any]]) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.insert, batch)
+            return
         async with self._engine.begin() as conn:
             await conn.execute(INSERT_AUDIT, batch)
 
@@ -234,6 +250,41 @@ class AuditTrail:
                 log.warning("audit rows not written yet (%d queued): %s", len(self._queue), error)
                 self._wake.set()
                 await backoff.sleep()
+
+
+class _SqliteWriter:
+    """The background writer's own connection of the standard ``sqlite3`` driver (SQLite only), used from a
+    worker thread, one batch at a time: the INSERT is compiled once (:class:`~oa_node.reads.Prepared`) and
+    the batch is one ``executemany`` in one transaction. One hop to a thread per batch, where aiosqlite
+    made one per step (connect, begin, execute, commit, close), each with SQLAlchemy's machinery around it.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._url = engine.url
+        self._dialect = engine.dialect
+        self._connection: sqlite3.Connection | None = None
+        self._prepared: dict[tuple[str, ...], Prepared] = {}
+
+    def insert(self, batch: list[dict[str, Any]]) -> None:
+        keys = tuple(batch[0])
+        prepared = self._prepared.get(keys)
+        if prepared is None:
+            prepared = self._prepared[keys] = Prepared.compile(INSERT_AUDIT, self._dialect, column_keys=keys)
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                str(self._url.database), timeout=WRITE_BUSY_TIMEOUT, check_same_thread=False
+            )
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            prepared.run_many(self._connection, batch)
+        except sqlite3.Error as error:
+            self.close()  # a fresh connection for the next attempt
+            raise DBAPIError.instance(prepared.sql, None, error, sqlite3.Error) from error
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
 
 __all__ = ["AuditEntry", "AuditTrail", "context_fields", "peer_of"]

@@ -58,8 +58,11 @@ class Prepared:
     """The row type: a named tuple of the statement's column labels."""
 
     @classmethod
-    def compile(cls, statement: Executable, dialect: Dialect) -> Prepared:
-        compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
+    def compile(
+        cls, statement: Executable, dialect: Dialect, *, column_keys: Sequence[str] | None = None
+    ) -> Prepared:
+        """``statement`` compiled for ``dialect`` (an INSERT: for the values of ``column_keys``)."""
+        compiled = statement.compile(dialect=dialect, column_keys=column_keys)  # type: ignore[attr-defined]
         assert isinstance(compiled, SQLCompiler)
         assert compiled.positiontup is not None
         if any(bind.expanding for bind in compiled.binds.values()):
@@ -82,6 +85,11 @@ class Prepared:
             process = self.binds[name]
             values.append(value if process is None or value is None else process(value))
         return values
+
+    def run_many(self, connection: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute the statement (an INSERT) once per row, in one transaction of ``connection``."""
+        with connection:  # commits, or rolls back on an error
+            connection.executemany(self.sql, [self.parameters(row) for row in rows])
 
     def run(self, cursor: Any, params: Mapping[str, Any]) -> list[Any]:
         cursor.execute(self.sql, self.parameters(params))
