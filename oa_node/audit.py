@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import is_sqlite
+from mycarenet_core.db import is_sqlite, write_gate
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.lifecycle import Backoff
@@ -173,7 +173,7 @@ class AuditTrail:
         """A session in ONE transaction whose audit row (OK) is written in it, last, when the work
         succeeds; on failure everything rolls back and :meth:`call` queues the rejection instead."""
         entry.stored = False
-        async with self._sessions() as session, session.begin():
+        async with write_gate(self._engine), self._sessions() as session, session.begin():
             yield session
             await session.execute(INSERT_AUDIT, [self._row(entry, "OK", "")])
         entry.stored = True
@@ -229,7 +229,8 @@ class AuditTrail:
 
     async def _insert(self, batch: list[dict[str, Any]]) -> None:
         if self._writer is not None:
-            await asyncio.to_thread(self._writer.insert, batch)
+            async with write_gate(self._engine):
+                await asyncio.to_thread(self._writer.insert, batch)
             return
         async with self._engine.begin() as conn:
             await conn.execute(INSERT_AUDIT, batch)

@@ -66,6 +66,7 @@ INTEGRATION = {
     "core/test_server_bootstrap.py",
     "core/test_skeleton.py",
     "core/test_telemetry.py",
+    "core/test_write_gate.py",
     "ehealth/test_ehealth_trust.py",
     "hub/test_authorization.py",
     "hub/test_consult_golden.py",
