@@ -8,111 +8,23 @@ trip per statement, the pool's liveness ping included: no BEGIN, no ROLLBACK, no
 while Python works); on SQLite the driver opens a transaction only before a write, so a SELECT never takes
 the write lock, and a connection given back needs no reset.
 
-The hottest read (CheckRelation, the hub's fallback) is a :class:`Query`: a SQLAlchemy Core statement
-compiled ONCE per dialect and run by the driver itself, with the columns' types converting the values both
-ways (:meth:`Database.first`). On PostgreSQL it is sent to one of a few ``asyncpg`` connections held open in
-autocommit (which keep it prepared): one round trip, no pool checkout (whose liveness ping is a round trip of
-its own), none of SQLAlchemy's execution layer; a connection that fails or is cancelled mid-statement is
-dropped and replaced at the next read. On SQLite it runs
-on ONE read-only connection of the standard ``sqlite3`` driver in autocommit, on the event loop's own thread
-(as the insurer nodes read): an indexed read takes tens of microseconds, whereas handing it to aiosqlite's
-worker thread and back costs several times that in CPU; in WAL mode a reader never waits for a writer, and a
-read that still finds the database locked past a short busy timeout answers UNAVAILABLE DATABASE_BUSY.
-Every such read sees the last committed state. Same statement on both databases; how the driver is called
-is the one difference, and it is here.
+The hottest read (CheckRelation, the hub's fallback) is a :class:`~mycarenet_core.reads.Query` run by
+:attr:`Database.hot` (:class:`~mycarenet_core.reads.HotReads`, the same hot read path as the insurer
+nodes'): compiled once per dialect and run by the driver itself, on ONE read-only ``sqlite3`` connection on
+the event loop's thread, or on a few ``asyncpg`` connections held open in autocommit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-import grpc
-from sqlalchemy import Select
-from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from mycarenet_core.db import create_engine, is_sqlite, session_factory, transaction
-from mycarenet_core.errors import MeshError
-
-Processor = Callable[[Any], Any] | None
-READ_BUSY_TIMEOUT = 1.0
-"""Seconds a SQLite read on the event loop waits for a lock (WAL readers almost never wait at all)."""
-HOT_CONNECTIONS = 4
-"""PostgreSQL connections held open for the hot read (more reads in flight wait for one)."""
-# What the drivers raise when the connection or the database failed (not the statement): the connection is
-# dropped and the caller is told to retry, as for any transient database failure. asyncpg answers
-# InternalClientError ("another operation is in progress") on a connection the server ended mid-protocol.
-_TRANSIENT = (
-    OSError,
-    sqlite3.OperationalError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
-
-
-def _unavailable() -> MeshError:
-    return MeshError(
-        grpc.StatusCode.UNAVAILABLE,
-        "DATABASE_BUSY",
-        "the database is unavailable; nothing was changed, retry shortly",
-        retry_after_seconds=1.0,
-    )
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """A statement compiled for one dialect: its SQL, its positional parameters (name, default value, type
-    conversion) and the type conversion of each column of a row."""
-
-    sql: str
-    binds: Sequence[tuple[str, Any, Processor]]
-    results: Sequence[Processor]
-
-    def arguments(self, values: Mapping[str, Any]) -> list[Any]:
-        out = []
-        for name, default, process in self.binds:
-            value = values.get(name, default)
-            out.append(value if process is None else process(value))
-        return out
-
-    def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(value if p is None else p(value) for value, p in zip(raw, self.results, strict=True))
-
-
-class Query:
-    """A Core SELECT compiled once per dialect, run by the driver itself (:meth:`Database.first`).
-
-    Positional parameters are taken by name from the call's values (a literal of the statement, such as
-    its LIMIT, keeps its own value)."""
-
-    def __init__(self, statement: Select[Any]) -> None:
-        self.statement = statement
-        self._plans: dict[str, _Plan] = {}
-
-    def plan(self, dialect: Dialect) -> _Plan:
-        plan = self._plans.get(dialect.name)
-        if plan is None:
-            compiled = self.statement.compile(dialect=dialect)
-            if compiled.positiontup is None:
-                raise TypeError(f"{dialect.name}: a driver with positional parameters is expected")
-            binds = []
-            for name in compiled.positiontup:
-                bind = compiled.binds[name]
-                binds.append((name, bind.value, bind.type.dialect_impl(dialect).bind_processor(dialect)))
-            results = [
-                column.type.dialect_impl(dialect).result_processor(dialect, None)
-                for column in self.statement.selected_columns
-            ]
-            plan = self._plans[dialect.name] = _Plan(str(compiled), binds, results)
-        return plan
+from mycarenet_core.reads import HotReads, Query
 
 
 class Database:
@@ -131,9 +43,7 @@ class Database:
             else create_engine(url, isolation_level="AUTOCOMMIT")
         )
         self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
-        self._loop_reader: sqlite3.Connection | None = None
-        self._hot: asyncio.Queue[AsyncConnection] = asyncio.Queue()
-        self._hot_open = 0
+        self.hot = HotReads(self.reader)
 
     @property
     def engines(self) -> list[AsyncEngine]:
@@ -154,79 +64,13 @@ class Database:
         """A Core connection for reads only."""
         return self.reader.connect()
 
-    async def first(self, query: Query, values: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The first row of ``query`` with ``values``, converted by the columns' types; None when none.
-
-        A connection that failed (or, on PostgreSQL, was cancelled during the statement) is never used
-        again; a failure of the connection or the database answers UNAVAILABLE DATABASE_BUSY (retry)."""
-        plan = query.plan(self.reader.dialect)
-        arguments = plan.arguments(values)
-        if self.sqlite:
-            raw = self._read_on_loop(plan.sql, arguments)
-        else:
-            raw = await self._read_on_pool(plan.sql, arguments)
-        return None if raw is None else plan.row(raw)
-
-    def _read_on_loop(self, sql: str, arguments: list[Any]) -> Sequence[Any] | None:
-        if self._loop_reader is None:
-            conn = sqlite3.connect(
-                self._file or "", timeout=READ_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA query_only=1")
-            self._loop_reader = conn
-        try:
-            found: Sequence[Any] | None = self._loop_reader.execute(sql, arguments).fetchone()
-        except Exception as error:
-            self._close_loop_reader()  # a fresh connection next time
-            if isinstance(error, _TRANSIENT):
-                raise _unavailable() from error
-            raise
-        return found
-
-    async def _read_on_pool(self, sql: str, arguments: list[Any]) -> Sequence[Any] | None:
-        conn = await self._acquire()
-        try:
-            driver: Any = (await conn.get_raw_connection()).driver_connection
-            found: Sequence[Any] | None = await driver.fetchrow(sql, *arguments)
-        except BaseException as error:
-            # Failed, or cancelled half-way (the caller's deadline): this connection may still be busy with
-            # the statement, so it is never used again.
-            await asyncio.shield(self._discard(conn, error if isinstance(error, Exception) else None))
-            if isinstance(error, _TRANSIENT):
-                # The database went away (a restart?): the other held connections are as dead as this one.
-                while not self._hot.empty():
-                    await asyncio.shield(self._discard(self._hot.get_nowait(), None))
-                raise _unavailable() from error
-            raise
-        self._hot.put_nowait(conn)
-        return found
-
-    async def _acquire(self) -> AsyncConnection:
-        if self._hot.empty() and self._hot_open < HOT_CONNECTIONS:
-            self._hot_open += 1
-            try:
-                return await self.reader.connect()
-            except BaseException:
-                self._hot_open -= 1
-                raise
-        return await self._hot.get()
-
-    async def _discard(self, conn: AsyncConnection, error: Exception | None) -> None:
-        self._hot_open -= 1
-        with contextlib.suppress(Exception):  # the connection is gone either way
-            await conn.invalidate(error)
-            await conn.close()
-
-    def _close_loop_reader(self) -> None:
-        conn, self._loop_reader = self._loop_reader, None
-        if conn is not None:
-            conn.close()
+    async def first(self, query: Query, values: Mapping[str, Any]) -> Any | None:
+        """The first row of ``query`` with ``values`` (:class:`~mycarenet_core.reads.HotReads`); None when
+        none. A failure of the connection or the database answers UNAVAILABLE DATABASE_BUSY (retry)."""
+        return await self.hot.first(query, values)
 
     async def dispose(self) -> None:
-        self._close_loop_reader()
-        while not self._hot.empty():
-            await self._hot.get_nowait().close()
-            self._hot_open -= 1
+        await self.hot.close()
         for engine in self.engines:
             await engine.dispose()
 

@@ -33,6 +33,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc a
 from mycarenet_core.identifiers import INSURER_CODES
 from mycarenet_core.lifecycle import Background
 from mycarenet_core.migrations import HISTORIES, upgrade
+from mycarenet_core.reads import HotReads
 from mycarenet_core.server import MeshServer, Service
 from mycarenet_core.service import Closer, ServiceApp
 from mycarenet_core.telemetry import Telemetry
@@ -45,7 +46,6 @@ from oa_node.dmg import DmgOperations
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal, Wakeup
 from oa_node.holdings import HoldingFeed
 from oa_node.membership import MembershipOperations
-from oa_node.reads import Reads
 from oa_node.reference import ReferenceOperations
 from oa_node.relay import OutboxRelay
 from oa_node.repositories import OutboxRepository, ReferenceRepository
@@ -107,7 +107,7 @@ class OaNodeApp(ServiceApp):
         if telemetry is not None:
             telemetry.instrument_engine(engine)
 
-        self.reads = Reads(engine)
+        self.reads = HotReads(engine)
         if telemetry is not None and self.reads.sync_engine is not None:
             telemetry.instrument_engine(self.reads.sync_engine)  # the consult's reads are spans too
             self.reads.traced = True

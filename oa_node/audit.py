@@ -37,9 +37,9 @@ from mycarenet_core.db import is_sqlite, write_gate
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.lifecycle import Backoff
+from mycarenet_core.reads import Query
 from mycarenet_core.trust import CallRecord, current_peer
 from oa_node import models as m
-from oa_node.reads import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -255,32 +255,33 @@ class AuditTrail:
 
 class _SqliteWriter:
     """The background writer's own connection of the standard ``sqlite3`` driver (SQLite only), used from a
-    worker thread, one batch at a time: the INSERT is compiled once (:class:`~oa_node.reads.Prepared`) and
-    the batch is one ``executemany`` in one transaction. One hop to a thread per batch, where aiosqlite
+    worker thread, one batch at a time: the INSERT is compiled once (a :class:`~mycarenet_core.reads.Query`)
+    and the batch is one ``executemany`` in one transaction. One hop to a thread per batch, where aiosqlite
     made one per step (connect, begin, execute, commit, close), each with SQLAlchemy's machinery around it.
     """
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._url = engine.url
+        self._file = str(engine.url.database)
         self._dialect = engine.dialect
         self._connection: sqlite3.Connection | None = None
-        self._prepared: dict[tuple[str, ...], Prepared] = {}
+        self._inserts: dict[tuple[str, ...], Query] = {}
 
     def insert(self, batch: list[dict[str, Any]]) -> None:
         keys = tuple(batch[0])
-        prepared = self._prepared.get(keys)
-        if prepared is None:
-            prepared = self._prepared[keys] = Prepared.compile(INSERT_AUDIT, self._dialect, column_keys=keys)
+        query = self._inserts.get(keys)
+        if query is None:
+            query = self._inserts[keys] = Query(INSERT_AUDIT, column_keys=keys)
+        plan = query.plan(self._dialect)
         if self._connection is None:
             self._connection = sqlite3.connect(
-                str(self._url.database), timeout=WRITE_BUSY_TIMEOUT, check_same_thread=False
+                self._file, timeout=WRITE_BUSY_TIMEOUT, check_same_thread=False
             )
             self._connection.execute("PRAGMA synchronous=NORMAL")
         try:
-            prepared.run_many(self._connection, batch)
+            plan.insert_many(self._connection, batch)
         except sqlite3.Error as error:
             self.close()  # a fresh connection for the next attempt
-            raise DBAPIError.instance(prepared.sql, None, error, sqlite3.Error) from error
+            raise DBAPIError.instance(plan.sql, None, error, sqlite3.Error) from error
 
     def close(self) -> None:
         connection, self._connection = self._connection, None

@@ -38,6 +38,7 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2 as intake_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from mycarenet_core.identifiers import parse_niss
+from mycarenet_core.reads import HotReads
 from mycarenet_core.telemetry import stamp_trace_context
 from mycarenet_core.validation import encode_page_token
 from oa_node import controls as c
@@ -45,7 +46,6 @@ from oa_node import convert, rules
 from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.feeds import FeedSignal, Wakeup
 from oa_node.holdings import log_moves
-from oa_node.reads import Reads
 from oa_node.repositories import (
     ConsultRepository,
     DmgFileRepository,
@@ -105,7 +105,7 @@ class DmgOperations:
         self,
         *,
         insurer_code: str,
-        reads: Reads,
+        reads: HotReads,
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock,
         audit: AuditTrail,

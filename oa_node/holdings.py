@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mycarenet_core import dates
 from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2 as hf_pb2
+from mycarenet_core.reads import HotReads
 from mycarenet_core.telemetry import current_trace_context
 from mycarenet_core.validation import Checker
 from oa_node import rules
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal
-from oa_node.reads import Reads
 from oa_node.repositories import holder_changes as log
 from oa_node.repositories.holder_changes import HolderChange, NewHolderChange
 
@@ -92,7 +92,7 @@ def change_proto(change: HolderChange) -> hf_pb2.HolderChange:
 class HoldingFeed:
     """ListHolderChanges and WatchHolderChanges of one insurer node."""
 
-    def __init__(self, reads: Reads, signal: FeedSignal) -> None:
+    def __init__(self, reads: HotReads, signal: FeedSignal) -> None:
         self._reads = reads
         self.signal = signal
 

@@ -62,6 +62,7 @@ INTEGRATION = {
     "bench/test_bench_floor.py",
     "bench/test_bench_report.py::test_baseline_in_process",
     "core/test_health_port.py",
+    "core/test_hot_reads.py",
     "core/test_migrations.py",
     "core/test_server_bootstrap.py",
     "core/test_skeleton.py",
@@ -103,7 +104,6 @@ UNIT = {
     "ehealth/test_ehealth_tokens.py",
     "hub/test_auth_unit.py",
     "hub/test_routing.py",  # its database tests are integration (database_url)
-    "oa_node/test_node_reads.py",
     "oa_node/test_node_settings.py",
     "oa_node/test_rules_focused.py",
     "oa_node/test_rules_holder_moves.py",

@@ -7,10 +7,9 @@ whether a fee of that year was paid and not recovered. The rows hang on a one-ro
 requester or an unknown patient still gives one row (of NULLs), and the controls run in their order.
 :data:`REQUESTER` alone serves the other requests (the provider's row, else the organisation's).
 
-The consult runs through :class:`~oa_node.reads.Reads` (SQLAlchemy Core, no ORM, no session, autocommit:
-nothing is written, no transaction is ever opened around the read); :func:`requester` runs on the
-connection of the caller's transaction. The statements are the same objects at every call, so SQLAlchemy
-compiles each once per dialect and reuses it.
+The consult runs through :class:`~mycarenet_core.reads.HotReads` (SQLAlchemy Core compiled once per
+dialect and run by the driver: no ORM, no session, autocommit, nothing written, no transaction opened around
+the read); :func:`requester` runs on the connection of the caller's transaction.
 """
 
 from __future__ import annotations
@@ -22,10 +21,10 @@ from typing import Any
 from sqlalchemy import Select, and_, bindparam, exists, false, literal, literal_column, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from mycarenet_core.reads import HotReads, Query
 from oa_node import models as m
 from oa_node import rules as r
 from oa_node.convert import Names
-from oa_node.reads import Reads
 
 _provider = m.table_of(m.KnownProvider)
 _organisation = m.table_of(m.Organisation)
@@ -140,8 +139,8 @@ def _consult(where: Any) -> Select[Any]:
     )
 
 
-CONSULT_BY_NISS = _consult(_member.c.niss == bindparam("key"))
-CONSULT_BY_NUMBER = _consult(_member.c.registration_number == bindparam("key"))
+CONSULT_BY_NISS = Query(_consult(_member.c.niss == bindparam("key")))
+CONSULT_BY_NUMBER = Query(_consult(_member.c.registration_number == bindparam("key")))
 
 
 @dataclass(frozen=True)
@@ -197,7 +196,7 @@ async def requester(conn: AsyncConnection, inami: str) -> Registration | None:
 class ConsultRepository:
     """The consult's read (one statement, one round trip)."""
 
-    def __init__(self, reads: Reads) -> None:
+    def __init__(self, reads: HotReads) -> None:
         self.reads = reads
 
     async def consult(

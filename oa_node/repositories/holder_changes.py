@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mycarenet_core.reads import HotReads, Query
 from oa_node import models as m
-from oa_node.reads import Reads
 
 _changes = m.table_of(m.HolderChangeRow)
 _head = m.table_of(m.FeedHead)
@@ -25,13 +25,13 @@ ALLOCATE = (
     .returning(_head.c.last_sequence)
 )
 INSERT = insert(_changes)
-AFTER = (
+AFTER = Query(
     select(_changes)
     .where(_changes.c.sequence > bindparam("after"))
     .order_by(_changes.c.sequence)
     .limit(bindparam("limit"))
 )
-HEAD = select(_head.c.last_sequence).where(_head.c.id == m.HOLDER_FEED)
+HEAD = Query(select(_head.c.last_sequence).where(_head.c.id == m.HOLDER_FEED))
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ async def append(session: AsyncSession, changes: Sequence[NewHolderChange], now:
     return int(last)
 
 
-async def after(reads: Reads, after_sequence: int, limit: int) -> list[HolderChange]:
+async def after(reads: HotReads, after_sequence: int, limit: int) -> list[HolderChange]:
     """At most ``limit`` changes after ``after_sequence``, in sequence order."""
     rows = await reads.all(AFTER, {"after": after_sequence, "limit": limit})
     return [
@@ -101,7 +101,7 @@ async def after(reads: Reads, after_sequence: int, limit: int) -> list[HolderCha
     ]
 
 
-async def head(reads: Reads) -> int:
+async def head(reads: HotReads) -> int:
     """The last sequence committed."""
     rows = await reads.all(HEAD, {})
     return int(rows[0].last_sequence) if rows else 0

@@ -1,6 +1,6 @@
-"""The insurer's hot reads: a statement prepared once for the SQLite driver answers exactly what SQLAlchemy
-answers for it (types converted by SQLAlchemy's own processors), and a locked database is a DBAPIError, which
-the error mapping answers UNAVAILABLE DATABASE_BUSY."""
+"""The hot reads of every service: a statement compiled once and run by the SQLite driver answers exactly
+what SQLAlchemy answers for it (types converted by SQLAlchemy's own processors), and a locked database
+answers UNAVAILABLE DATABASE_BUSY, the connection replaced."""
 
 from __future__ import annotations
 
@@ -23,11 +23,10 @@ from sqlalchemy import (
     exists,
     select,
 )
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from mycarenet_core.server import database_busy
-from oa_node.reads import Prepared, Reads
+from mycarenet_core.errors import MeshError
+from mycarenet_core.reads import HotReads, Query
 
 metadata = MetaData()
 thing = Table(
@@ -38,7 +37,7 @@ thing = Table(
     Column("day", Date),
     Column("flag", Boolean),
 )
-STATEMENT = (
+STATEMENT = Query(
     select(
         thing.c.id,
         thing.c.name,
@@ -76,7 +75,7 @@ def database(tmp_path: Path) -> str:
 @pytest.mark.parametrize("day", [dt.date(2011, 1, 1), dt.date(2012, 9, 1), dt.date(2020, 1, 1)])
 async def test_a_prepared_read_answers_what_sqlalchemy_answers(database: str, day: dt.date) -> None:
     engine = create_async_engine(database.replace("sqlite://", "sqlite+aiosqlite://"))
-    reads = Reads(engine)
+    reads = HotReads(engine)
     try:
         params = {"day": day, "min_id": 1}
         lean = await reads.all(STATEMENT, params)
@@ -98,23 +97,22 @@ async def test_a_prepared_read_answers_what_sqlalchemy_answers(database: str, da
 def test_an_expanding_parameter_is_refused_at_preparation() -> None:
     statement = select(thing.c.id).where(thing.c.id.in_(bindparam("ids", expanding=True)))
     with pytest.raises(ValueError, match="expanding"):
-        Prepared.compile(statement, create_engine("sqlite://").dialect)
+        Query(statement).plan(create_engine("sqlite://").dialect)
 
 
-async def test_a_locked_database_is_a_dbapi_error_the_mapping_answers_busy(database: str) -> None:
+async def test_a_locked_database_answers_unavailable_and_the_connection_is_replaced(database: str) -> None:
     engine = create_async_engine(database.replace("sqlite://", "sqlite+aiosqlite://"))
-    reads = Reads(engine)
+    reads = HotReads(engine)
     path = database.removeprefix("sqlite:///")
     locker = sqlite3.connect(path, isolation_level=None)
     try:
         await reads.all(STATEMENT, {"day": dt.date(2012, 9, 1), "min_id": 1})  # connection opened
         locker.execute("PRAGMA journal_mode=DELETE")
         locker.execute("BEGIN EXCLUSIVE")  # no reader may read a rollback-journal database now
-        with pytest.raises(DBAPIError, match="locked") as failed:
+        with pytest.raises(MeshError) as failed:
             await reads.all(STATEMENT, {"day": dt.date(2012, 9, 1), "min_id": 1})
-        busy = database_busy(failed.value)
-        assert busy is not None
-        assert busy.status is grpc.StatusCode.UNAVAILABLE
+        assert (failed.value.status, failed.value.reason) == (grpc.StatusCode.UNAVAILABLE, "DATABASE_BUSY")
+        assert "locked" in str(failed.value.__cause__)
         locker.execute("ROLLBACK")
         assert len(await reads.all(STATEMENT, {"day": dt.date(2012, 9, 1), "min_id": 1})) == 2  # reconnected
     finally:
