@@ -69,8 +69,7 @@ class Notify:
 class Enrol:
     reference: str
     insurers: list[str]
-    start: dt.date
-    bank_account: common_pb2.BankAccount
+    request: pub.EnrolDmgRequest  # forwarded to each insurer as received (its start date: theirs by default)
 
 
 @dataclass(frozen=True)
@@ -195,9 +194,8 @@ def enrol(request: pub.EnrolDmgRequest, served: Iterable[str], clock: Clock) -> 
     with Checker() as check:
         ref = reference(check, request.requester_reference, required=False)
         codes = insurers(check, request.insurer_codes, served, "insurer_codes")
-        start = check.date("start_date", request.start_date, default=clock.today())
-    assert start is not None
-    return Enrol(ref, codes, start, request.bank_account)
+        check.date("start_date", request.start_date, default=clock.today())
+    return Enrol(ref, codes, request)
 
 
 def post_list(request: mbx.PostPatientListRequest, served: Iterable[str], clock: Clock) -> ListPost:

@@ -175,9 +175,7 @@ class HubCore:
     ) -> oa_pb.ConsultDmgResponse:
         oa, _niss = await self.patient_bound(caller, asked.patient, asked.on, entry, remaining)
         call = oa_pb.ConsultDmgRequest(
-            context=self.request_context(caller, asked.reference),
-            patient=asked.patient.selector,
-            request_date=asked.request.request_date,
+            context=self.request_context(caller, asked.reference), request=asked.request
         )
         return await oa.call(lambda t: oa.dmg.ConsultDmg(call, timeout=t, wait_for_ready=False), remaining)
 
@@ -185,14 +183,8 @@ class HubCore:
         self, caller: Caller, asked: requests.Notify, entry: AuditEntry, remaining: float | None
     ) -> oa_pb.NotifyDmgResponse:
         oa, _niss = await self.patient_bound(caller, asked.patient, asked.on, entry, remaining)
-        request = asked.request
         call = oa_pb.NotifyDmgRequest(
-            context=self.request_context(caller, asked.reference),
-            patient=asked.patient.selector,
-            contact_date=request.contact_date,
-            contact_time=request.contact_time,
-            nomenclature_code=request.nomenclature_code,
-            supervisor_inami=request.supervisor_inami,
+            context=self.request_context(caller, asked.reference), request=asked.request
         )
         # The DMG relation moves at eHealth, which follows this insurer's holder-change feed: the insurer
         # wrote the change in the transaction of the holding, so nothing is left for the hub to do.
@@ -209,9 +201,7 @@ class HubCore:
             outcome = pub.EnrolmentOutcome(insurer_code=code)
             try:
                 oa = self.oa(code)
-                call = oa_pb.EnrolDmgRequest(
-                    context=ctx, bank_account=asked.bank_account, start_date=dates.to_proto(asked.start)
-                )
+                call = oa_pb.EnrolDmgRequest(context=ctx, request=asked.request)
                 answer = await oa.call(
                     lambda t: oa.dmg.EnrolDmg(call, timeout=t, wait_for_ready=False), remaining
                 )

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 
@@ -298,31 +298,49 @@ def parsed(value: T | None) -> T:
 # --- whole requests -----------------------------------------------------------------------------------------
 
 
+def provider_request(request: Any) -> Any:
+    """The provider's request an internal request carries (its field ``request``, as the hub received it),
+    or, from a caller that still sends the deprecated copies of its fields, the internal request itself: the
+    names of those fields are the provider request's, so both read alike."""
+    return request.request if request.HasField("request") else request
+
+
 def parse_consult(request: oa_pb2.ConsultDmgRequest, insurer_code: str) -> ConsultQuery:
+    asked = provider_request(request)
     with Checker() as check:
         who = caller(check, request.context)
-        key = patient_key(check, request.patient, insurer_code)
-        day = check.date("request_date", request.request_date)
+        key = patient_key(check, asked.patient, insurer_code)
+        day = check.date("request_date", asked.request_date)
     return ConsultQuery(parsed(who), parsed(key), parsed(day))
 
 
 def parse_notify(
     request: oa_pb2.NotifyDmgRequest, insurer_code: str, contact_codes: frozenset[str]
 ) -> NotifyCommand:
+    asked = provider_request(request)
     with Checker() as check:
         who = caller(check, request.context)
-        key = patient_key(check, request.patient, insurer_code)
-        contact = check.date("contact_date", request.contact_date)
-        contact_time(check, request.contact_time)
-        code = nomenclature(check, request.nomenclature_code, contact_codes)
-        supervisor = check.optional_inami("supervisor_inami", request.supervisor_inami)
+        key = patient_key(check, asked.patient, insurer_code)
+        contact = check.date("contact_date", asked.contact_date)
+        contact_time(check, asked.contact_time)
+        code = nomenclature(check, asked.nomenclature_code, contact_codes)
+        supervisor = check.optional_inami("supervisor_inami", asked.supervisor_inami)
+    # The idempotency fingerprint is the one of the notification's content in the deprecated form, whichever
+    # form it came in: a retry is recognised across both forms, and fingerprints stored before stay valid.
+    content = oa_pb2.NotifyDmgRequest(
+        patient=asked.patient,
+        contact_date=asked.contact_date,
+        contact_time=asked.contact_time,
+        nomenclature_code=asked.nomenclature_code,
+        supervisor_inami=asked.supervisor_inami,
+    )
     return NotifyCommand(
         parsed(who),
         parsed(key),
         parsed(contact),
         code,
         supervisor.value if supervisor else None,
-        fingerprint(request, drop=["context"]),
+        fingerprint(content),
     )
 
 
@@ -337,11 +355,12 @@ def parse_list(request: oa_pb2.ListHoldingsRequest) -> ListQuery:
 
 
 def parse_enrol(request: oa_pb2.EnrolDmgRequest) -> EnrolCommand:
+    asked = provider_request(request)
     with Checker() as check:
         who = caller(check, request.context)
-        bank_account(check, request.bank_account)
-        since = check.optional_date("start_date", request.start_date)
-    account = request.bank_account
+        bank_account(check, asked.bank_account)
+        since = check.optional_date("start_date", asked.start_date)
+    account = asked.bank_account
     return EnrolCommand(
         parsed(who),
         account.iban.replace(" ", "").upper(),

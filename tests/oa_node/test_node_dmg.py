@@ -28,7 +28,8 @@ from node_support import (
 from sqlalchemy import func, select, update
 
 from mycarenet_core.db import create_engine
-from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from oa_node import models as m
 
@@ -94,6 +95,49 @@ async def test_notify_reusing_a_reference_for_another_request_is_158(node: Node)
     assert error.status == grpc.StatusCode.INVALID_ARGUMENT
     assert error.codes == (158,)
     assert error.violations[0].field == "context.requester_reference"
+    assert await snapshot(node.app) == before
+
+
+async def test_the_provider_request_carried_whole_reads_as_its_deprecated_copies(node: Node) -> None:
+    """The hub carries the provider's request whole (``request``); a caller sending the deprecated copies of
+    its fields is read alike: same answer, a retry recognised across the two forms, violations named as the
+    provider's request names its fields."""
+    asked = dmg_service_pb2.ConsultDmgRequest(patient=by_niss(PATIENT), request_date=d(TODAY))
+    carried = await node.dmg.ConsultDmg(
+        oa_pb2.ConsultDmgRequest(context=context(GP_B), request=asked), timeout=10
+    )
+    copied = await node.dmg.ConsultDmg(
+        oa_pb2.ConsultDmgRequest(
+            context=context(GP_B), patient=asked.patient, request_date=asked.request_date
+        ),
+        timeout=10,
+    )
+    assert carried == copied
+    assert carried.patient.niss == PATIENT
+
+    first = await node.notify(GP_A, reference="both-forms")  # the deprecated copies
+    before = await snapshot(node.app)
+    whole = dmg_service_pb2.NotifyDmgRequest(
+        requester_reference="both-forms",
+        patient=by_niss(PATIENT),
+        contact_date=d(TODAY),
+        nomenclature_code="101010",
+    )
+    again = await node.dmg.NotifyDmg(
+        oa_pb2.NotifyDmgRequest(context=context(GP_A, reference="both-forms"), request=whole), timeout=10
+    )
+    assert again.replayed
+    assert again.holder == first.holder
+    assert await snapshot(node.app) == before
+
+    whole.contact_date.CopyFrom(common_pb2.Date(year=2024, month=2, day=30))
+    error = await rpc_error(
+        node.dmg.NotifyDmg(
+            oa_pb2.NotifyDmgRequest(context=context(GP_A, reference="bad"), request=whole), timeout=10
+        )
+    )
+    assert error.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error.violations] == ["contact_date"]
     assert await snapshot(node.app) == before
 
 

@@ -12,6 +12,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as _common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2 as _dmg_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2 as _dmg_service_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2 as _context_pb2
 import builtins as _builtins
 import sys
@@ -22,28 +23,42 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ConsultDmgRequest(_message.Message):
-    """Consult at one insurer."""
+    """Consult at one insurer: the provider's request as the hub received it, with who asks."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     PATIENT_FIELD_NUMBER: _builtins.int
     REQUEST_DATE_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def context(self) -> _context_pb2.RequestContext:
         """Who asks and when."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def patient(self) -> _common_pb2.PatientSelector:
-        """The patient."""
+        """Deprecated: the patient (set `request` instead; read only when `request` is unset)."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def request_date(self) -> _common_pb2.Date:
-        """Date of the right asked for."""
+        """Deprecated: date of the right asked for (set `request` instead; read only when `request` is unset)."""
+
+    @_builtins.property
+    def request(self) -> _dmg_service_pb2.ConsultDmgRequest:
+        """The provider's request, as the hub received it (the hub copies none of its fields). Field violations
+        name its fields (`patient.niss`, `request_date`), as the provider sent them.
+        """
 
     def __init__(
         self,
@@ -51,10 +66,11 @@ class ConsultDmgRequest(_message.Message):
         context: _context_pb2.RequestContext | None = ...,
         patient: _common_pb2.PatientSelector | None = ...,
         request_date: _common_pb2.Date | None = ...,
+        request: _dmg_service_pb2.ConsultDmgRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "patient", b"patient", "request_date", b"request_date"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "patient", b"patient", "request", b"request", "request_date", b"request_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "patient", b"patient", "request_date", b"request_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "patient", b"patient", "request", b"request", "request_date", b"request_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -100,7 +116,7 @@ Global___ConsultDmgResponse: _TypeAlias = ConsultDmgResponse  # noqa: Y015
 
 @_typing.final
 class NotifyDmgRequest(_message.Message):
-    """Notify at one insurer."""
+    """Notify at one insurer: the provider's request as the hub received it, with who asks."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -110,23 +126,56 @@ class NotifyDmgRequest(_message.Message):
     CONTACT_TIME_FIELD_NUMBER: _builtins.int
     NOMENCLATURE_CODE_FIELD_NUMBER: _builtins.int
     SUPERVISOR_INAMI_FIELD_NUMBER: _builtins.int
-    contact_time: _builtins.str
-    """Time of the contact, "HH:MM", optional."""
-    nomenclature_code: _builtins.str
-    """Nomenclature code of the contact."""
-    supervisor_inami: _builtins.str
-    """Supervisor of a GP in training (becomes the holder)."""
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def contact_time(self) -> _builtins.str:
+        """Deprecated: time of the contact, "HH:MM", optional."""
+
+    @contact_time.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def contact_time(self, value: _builtins.str) -> None:
+        """Deprecated: time of the contact, "HH:MM", optional."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def nomenclature_code(self) -> _builtins.str:
+        """Deprecated: nomenclature code of the contact."""
+
+    @nomenclature_code.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def nomenclature_code(self, value: _builtins.str) -> None:
+        """Deprecated: nomenclature code of the contact."""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def supervisor_inami(self) -> _builtins.str:
+        """Deprecated: supervisor of a GP in training (becomes the holder)."""
+
+    @supervisor_inami.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def supervisor_inami(self, value: _builtins.str) -> None:
+        """Deprecated: supervisor of a GP in training (becomes the holder)."""
+
     @_builtins.property
     def context(self) -> _context_pb2.RequestContext:
         """Who asks and when (its requester_reference is the idempotency key)."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def patient(self) -> _common_pb2.PatientSelector:
-        """The patient."""
+        """Deprecated: the patient (set `request` instead; fields 2-6 are read only when `request` is unset)."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def contact_date(self) -> _common_pb2.Date:
-        """Date of the contact."""
+        """Deprecated: date of the contact."""
+
+    @_builtins.property
+    def request(self) -> _dmg_service_pb2.NotifyDmgRequest:
+        """The provider's request, as the hub received it (the hub copies none of its fields). Field violations
+        name its fields, as the provider sent them. Its requester reference is the one of `context`.
+        """
 
     def __init__(
         self,
@@ -137,10 +186,11 @@ class NotifyDmgRequest(_message.Message):
         contact_time: _builtins.str = ...,
         nomenclature_code: _builtins.str = ...,
         supervisor_inami: _builtins.str = ...,
+        request: _dmg_service_pb2.NotifyDmgRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["contact_date", b"contact_date", "context", b"context", "patient", b"patient"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact_date", b"contact_date", "context", b"context", "patient", b"patient", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_date", b"contact_date", "contact_time", b"contact_time", "context", b"context", "nomenclature_code", b"nomenclature_code", "patient", b"patient", "supervisor_inami", b"supervisor_inami"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_date", b"contact_date", "contact_time", b"contact_time", "context", b"context", "nomenclature_code", b"nomenclature_code", "patient", b"patient", "request", b"request", "supervisor_inami", b"supervisor_inami"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -272,24 +322,35 @@ Global___ListHoldingsResponse: _TypeAlias = ListHoldingsResponse  # noqa: Y015
 
 @_typing.final
 class EnrolDmgRequest(_message.Message):
-    """Enrolment at one insurer."""
+    """Enrolment at one insurer: the provider's request as the hub received it, with who asks."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     BANK_ACCOUNT_FIELD_NUMBER: _builtins.int
     START_DATE_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def context(self) -> _context_pb2.RequestContext:
         """Who asks."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def bank_account(self) -> _common_pb2.BankAccount:
-        """The account for the fees."""
+        """Deprecated: the account for the fees (set `request` instead; fields 2-3 are read only when `request`
+        is unset).
+        """
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def start_date(self) -> _common_pb2.Date:
-        """Date the enrolment takes effect."""
+        """Deprecated: date the enrolment takes effect."""
+
+    @_builtins.property
+    def request(self) -> _dmg_service_pb2.EnrolDmgRequest:
+        """The provider's request, as the hub received it (the hub copies none of its fields; its list of
+        insurers is the hub's business). Field violations name its fields, as the provider sent them.
+        """
 
     def __init__(
         self,
@@ -297,10 +358,11 @@ class EnrolDmgRequest(_message.Message):
         context: _context_pb2.RequestContext | None = ...,
         bank_account: _common_pb2.BankAccount | None = ...,
         start_date: _common_pb2.Date | None = ...,
+        request: _dmg_service_pb2.EnrolDmgRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "context", b"context", "start_date", b"start_date"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "context", b"context", "request", b"request", "start_date", b"start_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "context", b"context", "start_date", b"start_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "context", b"context", "request", b"request", "start_date", b"start_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
