@@ -279,6 +279,11 @@ class MeshServer:
             [s.name for s in self.services] + [health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
 
+    def mount(self, service: Service) -> None:
+        """Serve one more service (before :meth:`start`; the core skeleton's own, e.g. the test clock)."""
+        service.add(service.servicer, self._server)
+        self.services = (*self.services, service)
+
     async def start(self, bind: str = "127.0.0.1:0") -> int:
         """Bind, start, mark every service SERVING; return the bound port."""
         if self._credentials is None:

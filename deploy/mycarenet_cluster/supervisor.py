@@ -23,12 +23,16 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mycarenet_cluster import faultproxy, pki, population, seed
+from mycarenet_cluster import faultproxy, pki, population, sandbox, seed, testclock
 from mycarenet_core.channels import client_credentials, open_channel
+from mycarenet_core.clock import ClockBackwards
 from mycarenet_core.identifiers import INSURER_CODES
+from mycarenet_core.server import MeshServer
 
 log = logging.getLogger("mycarenet-cluster")
 DESCRIPTION = "cluster.json"
+# The environment prefix of each role's settings.
+ENV_PREFIX = {"ehealth": "MCN_EHEALTH_", "oa": "MCN_OA_", "hub": "MCN_HUB_"}
 STABLE_AFTER = 30.0  # seconds up after which a crash no longer counts towards the restart back-off
 
 
@@ -112,7 +116,7 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
     specs.append(ProcSpec("hub", "hub", "hub", hub_port))
     certs = cfg.data / "pki"
     for spec in specs:
-        prefix = {"ehealth": "MCN_EHEALTH_", "oa": "MCN_OA_", "hub": "MCN_HUB_"}[spec.role]
+        prefix = ENV_PREFIX[spec.role]
         env = {"BIND": addr(spec.port), "DATABASE_URL": database_url(cfg, spec.name)}
         if cfg.insecure:
             env["INSECURE"] = "true"
@@ -253,6 +257,17 @@ class Supervisor:
         self.demo: dict[str, str] = {}
         self.proxies: dict[str, faultproxy.FaultProxy] = {}
         (cfg.data / "logs").mkdir(parents=True, exist_ok=True)
+        # The test clock: its offset on disk, given to every process at each (re)start; ``--today`` moves
+        # it (never backwards: ClockBackwards).
+        self.clock = testclock.ClockState(cfg.data, cfg.today)
+        self.clock_servicer = testclock.SandboxClockServicer(
+            self.clock,
+            lambda: [(spec.name, self.address(spec)) for spec in self.specs],
+            self.admin_credentials,
+        )
+        # The sandbox server's services (the administrator's controls of the running mesh).
+        self.sandbox_services = [testclock.service(self.clock_servicer)]
+        self.sandbox: MeshServer | None = None
 
     def address(self, spec: ProcSpec) -> str:
         return f"{self.cfg.host}:{spec.port}"
@@ -264,7 +279,7 @@ class Supervisor:
                 sys.executable,
                 "-m",
                 spec.module,
-                env={**os.environ, **spec.env},
+                env={**os.environ, **spec.env, **self.clock_env(spec)},
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -272,6 +287,15 @@ class Supervisor:
             )
         finally:
             logfile.close()
+
+    def clock_env(self, spec: ProcSpec) -> dict[str, str]:
+        """The test clock's offset as it is now, for a process that starts."""
+        return {ENV_PREFIX[spec.role] + "SANDBOX_OFFSET_SECONDS": str(self.clock.offset.total_seconds())}
+
+    async def start_sandbox(self) -> None:
+        """Serve the sandbox's services (:mod:`mycarenet_cluster.sandbox`)."""
+        self.sandbox = sandbox.build_server(self.sandbox_services, self.cfg)
+        await self.sandbox.start(sandbox.address(self.cfg))
 
     async def _wait_serving(self, spec: ProcSpec) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout
@@ -313,7 +337,7 @@ class Supervisor:
 
     async def seed_if_new(self) -> None:
         marker = self.cfg.data / "seeded.json"
-        today = self.cfg.today or dt.date.today()
+        today = self.clock.today()
         pop = population.build(self.cfg.population, today, self.cfg.seed_value)
         self.demo = pop.demo
         if marker.is_file():
@@ -358,13 +382,14 @@ class Supervisor:
             "name": "mycarenet-mesh",
             "supervisor_pid": os.getpid(),
             "data": str(self.cfg.data.resolve()),
-            "today": (self.cfg.today or dt.date.today()).isoformat(),
+            "today": self.clock.today().isoformat(),
             "started_at": self.started_at.isoformat(),
             "tls": self.tls,
             "processes": procs,
             "demo": self.demo,
             "seed": self.seed_info,
             "keys": str((self.cfg.data / "keys").resolve()),
+            "sandbox": {"address": sandbox.address(self.cfg)},
             "fault_proxies": [
                 {"oa_code": c, "address": p.address, "target": p.target, "control": str(p.control)}
                 for c, p in self.proxies.items()
@@ -413,6 +438,8 @@ class Supervisor:
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every process (hub first, eHealth last), SIGKILL what is left after ``grace``."""
         self.stopping.set()
+        if self.sandbox is not None:
+            await self.sandbox.stop(0)
         for group in (["hub"], [s.name for s in self.specs if s.role == "oa"], ["ehealth"]):
             procs = [self.running[n].process for n in group if n in self.running]
             for p in procs:
@@ -434,13 +461,21 @@ class Supervisor:
 
 async def run(cfg: ClusterConfig, *, on_ready: Any = None) -> int:
     """`up`: start, seed, describe, then wait for a signal and stop everything."""
-    sup = Supervisor(cfg)
+    try:
+        sup = Supervisor(cfg)
+    except ClockBackwards as error:
+        print(
+            f"mycarenet-cluster: --today: {error}; the mesh clock never goes back (reset the data)",
+            file=sys.stderr,
+        )
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stopping.set)
 
     async def bring_up() -> None:
         await sup.start()
+        await sup.start_sandbox()
         await sup.seed_if_new()
         desc = await sup.write_description()
         if on_ready is not None:
