@@ -31,7 +31,7 @@ from rich.table import Table
 
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
 from mycarenet_core.telemetry import Telemetry, from_environment
-from mycarenet_sdk.admin import AdminClient, ProviderAdded, admin_from_cluster
+from mycarenet_sdk.admin import AdminClient, ClockState, ProviderAdded, admin_from_cluster
 from mycarenet_sdk.client import Client, MyCareNetError, Session, connect
 
 T = TypeVar("T")
@@ -60,6 +60,10 @@ admin_credential_app = typer.Typer(help="Credentials (keys bound to a person).",
 admin_app.add_typer(admin_credential_app, name="credential")
 admin_relation_app = typer.Typer(help="Therapeutic relations for anyone.", no_args_is_help=True)
 admin_app.add_typer(admin_relation_app, name="relation")
+clock_app = typer.Typer(
+    help="The sandbox's test clock (administrator): read, set or advance the mesh date.", no_args_is_help=True
+)
+app.add_typer(clock_app, name="clock")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -1075,6 +1079,69 @@ def admin_cadastre(
     for code, p in sorted(positions.items()):
         table.add_row(code, str(p.applied_sequence), "yes" if p.following else "[red]no[/red]")
     console.print(table)
+
+
+# --- the sandbox: the test clock ----------------------------------------------------------------------------
+
+
+def _clock_json(state: ClockState) -> dict[str, Any]:
+    return {
+        "today": state.today.isoformat(),
+        "now": state.now.isoformat(),
+        "offset_seconds": state.offset.total_seconds(),
+        "processes": [
+            {
+                "process": p.process,
+                "observed": p.observed,
+                "today": p.today.isoformat() if p.today else None,
+                "year_ends_run": list(p.year_ends_run),
+                "error": p.error,
+            }
+            for p in state.processes
+        ],
+    }
+
+
+def _show_clock(state: ClockState, as_json: bool) -> None:
+    if as_json:
+        _print_json(_clock_json(state))
+        return
+    table = Table(title=f"the mesh date is {state.today:%d.%m.%Y} ({state.now:%Y-%m-%d %H:%M:%S} UTC)")
+    for col in ("process", "observes", "year ends run"):
+        table.add_column(col)
+    for p in state.processes:
+        seen = f"{p.today:%d.%m.%Y}" if p.observed and p.today else f"[red]not reached[/red] {p.error}"
+        table.add_row(p.process, seen, ", ".join(map(str, p.year_ends_run)))
+    console.print(table)
+
+
+@clock_app.command("show")
+def clock_show(data: DataOpt = DEFAULT_DATA, as_json: JsonOpt = False) -> None:
+    """The mesh date and what each process observes."""
+    _show_clock(_run_admin(data, lambda a: a.clock()), as_json)
+
+
+@clock_app.command("set")
+def clock_set(
+    day: Annotated[str, typer.Argument(help="the new mesh date (YYYY-MM-DD or DD.MM.YYYY), never earlier")],
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the mesh to a date; returns once every process observes it and the insurers ran the year ends
+    it went over."""
+    parsed = _parse_date(day)
+    assert parsed is not None
+    _show_clock(_run_admin(data, lambda a: a.set_clock(parsed)), as_json)
+
+
+@clock_app.command("advance")
+def clock_advance(
+    days: Annotated[int, typer.Argument(help="days to move forward (0..36500)")],
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the mesh forward by a number of days (as `clock set`)."""
+    _show_clock(_run_admin(data, lambda a: a.advance_clock(days)), as_json)
 
 
 def main() -> None:
