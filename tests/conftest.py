@@ -83,6 +83,7 @@ INTEGRATION = {
     "oa_node/test_node_holder_feed.py",
     "oa_node/test_node_peers.py",
     "oa_node/test_node_trust.py",
+    "scenario/test_scenarios_in_process.py",
     "sdk",  # the SDK's in-process mesh, as vendors use it
     "telemetry/test_mesh_telemetry.py",
     "trust/test_authorization_matrix.py",
@@ -107,6 +108,7 @@ UNIT = {
     "oa_node/test_rules_holder_moves.py",
     "oa_node/test_rules_properties.py",
     "oa_node/test_rules_scenarios.py",
+    "scenario/test_scenario_files.py",
     "test_cli_help.py",
     "test_identifiers.py",
     "test_markers.py",

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from mycarenet_core.clock import BRUSSELS
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
 from mycarenet_core.telemetry import Telemetry, from_environment
 from mycarenet_sdk.admin import AdminClient, ClockState, ProviderAdded, admin_from_cluster
@@ -93,7 +94,12 @@ def _address(desc: dict[str, Any], role: str, code: str | None = None) -> str:
 
 
 def _today(data: Path) -> dt.date:
-    """The mesh's today: the cluster may run at a sandbox date (``up --today``); time runs on from there."""
+    """The mesh's today: the cluster's test clock (its offset, kept in ``<data>/clock.json``), else the
+    sandbox date of ``up --today`` moved on by the time elapsed since the start."""
+    kept = data / "clock.json"
+    if kept.is_file():
+        offset = dt.timedelta(seconds=float(json.loads(kept.read_text())["offset_seconds"]))
+        return (dt.datetime.now(dt.UTC) + offset).astimezone(BRUSSELS).date()
     desc = _describe(data)
     started = desc.get("started_at")
     if not desc.get("today"):
