@@ -264,6 +264,7 @@ class Supervisor:
             self.clock,
             lambda: [(spec.name, self.address(spec)) for spec in self.specs],
             self.admin_credentials,
+            on_moved=self.write_description,
         )
         # The sandbox server's services (the administrator's controls of the running mesh).
         self.sandbox_services = [testclock.service(self.clock_servicer)]

@@ -14,7 +14,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -80,10 +80,12 @@ class SandboxClockServicer(pb_grpc.SandboxClockServiceServicer):
         state: ClockState,
         processes: Callable[[], Sequence[tuple[str, str]]],
         credentials: grpc.ChannelCredentials | None,
+        on_moved: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.state = state
         self.processes = processes
         self.credentials = credentials
+        self.on_moved = on_moved  # e.g. the supervisor rewrites cluster.json (its "today")
         self._moving = asyncio.Lock()
 
     async def GetClock(self, request: pb.GetClockRequest, context: object) -> pb.GetClockResponse:
@@ -120,7 +122,10 @@ class SandboxClockServicer(pb_grpc.SandboxClockServiceServicer):
         self.state.offset = offset
         self.state.save()  # on disk first: a process (re)started from now on starts at the new clock
         log.info("test clock moved to %s", day.isoformat())
-        return self._answer(await self._tell(offset))
+        answer = self._answer(await self._tell(offset))
+        if self.on_moved is not None:
+            await self.on_moved()
+        return answer
 
     async def _tell(self, offset: dt.timedelta | None) -> list[pb.ProcessClock]:
         """Every process's clock: moved to ``offset`` first unless None (then only read)."""
