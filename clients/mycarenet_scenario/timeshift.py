@@ -14,15 +14,11 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 from collections.abc import Iterator
-from decimal import Decimal
 
 from pydantic import BaseModel
 
 from mycarenet_scenario.loader import play_date
 from mycarenet_scenario.model import ListRequest, PaymentExpect, Scenario
-
-MAX_SHIFT_YEARS = 2099 - 1990
-"""A NISS encodes a birth year of 1900..2099: no story is played beyond 2099."""
 
 
 def shift_date(day: dt.date, years: int) -> dt.date:
@@ -34,40 +30,24 @@ def shift_date(day: dt.date, years: int) -> dt.date:
         return day.replace(year=day.year + years, day=28)
 
 
-def _dates(value: object) -> Iterator[dt.date]:
-    if isinstance(value, dt.date):
-        yield value
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from _dates(getattr(value, name))
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _dates(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _dates(item)
-    elif isinstance(value, str | int | float | bool | Decimal) or value is None:
-        return
-
-
-def _years(value: object) -> Iterator[int]:
-    """Years a scenario names as numbers (list requests, payments)."""
-    if isinstance(value, ListRequest | PaymentExpect):
-        yield value.year
+def _values(value: object) -> Iterator[object]:
+    """Every value of a scenario (models, lists and mappings walked into)."""
+    yield value
     if isinstance(value, BaseModel):
         for name in type(value).model_fields:
-            yield from _years(getattr(value, name))
+            yield from _values(getattr(value, name))
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _years(item)
+            yield from _values(item)
     elif isinstance(value, list | tuple):
         for item in value:
-            yield from _years(item)
+            yield from _values(item)
 
 
 def story_years(scenario: Scenario) -> set[int]:
-    """Every year the story touches: its dates (birth dates included) and the years it names."""
-    return {d.year for d in _dates(scenario)} | set(_years(scenario))
+    """Every year the story touches: its dates (birth dates included) and the years it names (list
+    requests, payments)."""
+    return {v.year for v in _values(scenario) if isinstance(v, dt.date | ListRequest | PaymentExpect)}
 
 
 def first_play_date(scenario: Scenario) -> dt.date:

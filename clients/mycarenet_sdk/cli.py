@@ -65,6 +65,11 @@ clock_app = typer.Typer(
     help="The sandbox's test clock (administrator): read, set or advance the mesh date.", no_args_is_help=True
 )
 app.add_typer(clock_app, name="clock")
+scenario_app = typer.Typer(
+    help="Scenario files: dated DMG stories played against the running mesh (scenarios/README.md).",
+    no_args_is_help=True,
+)
+app.add_typer(scenario_app, name="scenario")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -1148,6 +1153,70 @@ def clock_advance(
 ) -> None:
     """Move the mesh forward by a number of days (as `clock set`)."""
     _show_clock(_run_admin(data, lambda a: a.advance_clock(days)), as_json)
+
+
+# --- scenario files -----------------------------------------------------------------------------------------
+
+ScenarioFiles = Annotated[
+    list[Path], typer.Argument(help="scenario files (YAML)", exists=True, dir_okay=False)
+]
+
+
+def _load_scenarios(files: list[Path]) -> list[Any]:
+    """Every file checked; all their problems printed (with lines) and exit 2 when one is invalid."""
+    from mycarenet_scenario import ScenarioFileError, load_scenario
+
+    loaded, problems = [], []
+    for path in files:
+        try:
+            loaded.append(load_scenario(path))
+        except ScenarioFileError as error:
+            problems += error.lines()
+    if problems:
+        for line in problems:
+            err_console.print(line, markup=False, highlight=False)
+        raise typer.Exit(2)
+    return loaded
+
+
+@scenario_app.command("check")
+def scenario_check(files: ScenarioFiles) -> None:
+    """Check scenario files without playing them (exit 2 with every problem and its line)."""
+    for loaded in _load_scenarios(files):
+        console.print(f"{loaded.path}: {loaded.scenario.story}, {len(loaded.scenario.steps)} steps: valid")
+
+
+@scenario_app.command("run")
+def scenario_run(
+    files: ScenarioFiles,
+    junit: Annotated[Path | None, typer.Option("--junit", help="also write a JUnit XML report here")] = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for what the mesh does asynchronously")] = 30.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Play scenario files one after the other against the running cluster, each with its own providers and
+    patients, shifted to the first years the mesh clock allows. Exit 1 when a step fails."""
+    from mycarenet_scenario import play_scenario
+    from mycarenet_scenario.mesh import cluster_access
+    from mycarenet_scenario.report import as_json as report_json
+    from mycarenet_scenario.report import print_report, write_junit
+
+    loaded = _load_scenarios(files)
+    desc = _describe(data)
+
+    async def go() -> list[Any]:
+        async with cluster_access(desc, wait_seconds=wait) as access:
+            return [await play_scenario(one, access) for one in loaded]
+
+    results = asyncio.run(go())
+    if junit is not None:
+        write_junit(results, junit)
+    if as_json:
+        _print_json(report_json(results))
+    else:
+        print_report(results, console)
+    if any(r.failed for r in results):
+        raise typer.Exit(1)
 
 
 def main() -> None:
