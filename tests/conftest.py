@@ -51,6 +51,7 @@ CLUSTER = {
     "cluster/test_cluster_story.py",
     "cluster/test_cluster_supervision.py",
     "cluster/test_node_client.py",
+    "cluster/test_sandbox_chaos.py",
     "telemetry/test_cluster_telemetry.py",
 }
 CLUSTER_FIXTURES = {"cluster", "small_cluster", "sqlite_cluster"}
@@ -61,6 +62,7 @@ INTEGRATION = {
     "bench/test_bench_faults.py",
     "bench/test_bench_floor.py",
     "bench/test_bench_report.py::test_baseline_in_process",
+    "core/test_chaos_agent.py",
     "core/test_health_port.py",
     "core/test_migrations.py",
     "core/test_server_bootstrap.py",
@@ -95,6 +97,7 @@ UNIT = {
     "cluster/test_admin_units.py",
     "cluster/test_population.py",
     "core/test_generated_code.py",
+    "deploy/test_chaos_engine.py",
     "deploy/test_cluster_plan.py",
     "deploy/test_dockerfile.py",
     "deploy/test_manifests.py",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mycarenet_cluster.faultproxy import LinkFaults, write_control
-from mycarenet_cluster.supervisor import pid_alive
+from mycarenet_cluster.probe import pid_alive
 
 KINDS = ("kill", "restart", "pause", "latency", "errors")
 PROCESS_KINDS = ("kill", "restart", "pause")

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from mycarenet_cluster import pki, population
 from mycarenet_cluster.population import CONTACT_CODES
-from mycarenet_cluster.supervisor import DESCRIPTION, channel_credentials, health, pid_alive
+from mycarenet_cluster.probe import DESCRIPTION, channel_credentials, health, pid_alive
 from mycarenet_sdk.keys import load_private_key
 
 from mycarenet_bench.baseline import TlsPaths

@@ -14,7 +14,7 @@ mandates for anyone, and rotates eHealth's signing key.
 
 ``wait`` (or :meth:`AdminClient.wait_for_cadastre`) returns once every insurer has applied the write, so the
 provider can enrol at all seven at once. On a local cluster (``admin_from_cluster``) it also drives the
-sandbox: the test clock (:meth:`AdminClient.clock`, ``set_clock``, ``advance_clock``).
+sandbox: the test clock (:meth:`AdminClient.clock`, ``set_clock``, ``advance_clock``) and chaos.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import (
     reference_data_service_pb2,
     reference_data_service_pb2_grpc,
 )
-from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2, clock_pb2_grpc
+from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2, chaos_pb2_grpc, clock_pb2, clock_pb2_grpc
 from mycarenet_core.identifiers import IdentifierError, Sex, parse_niss
 from mycarenet_sdk.client import (
     MyCareNetError,
@@ -582,6 +582,60 @@ class AdminClient:
         request = membership_service_pb2.GetMemberRequest(patient=common_pb2.PatientSelector(niss=niss))
         return (await self._call(self._members[code].GetMember, request)).member
 
+    # --- the sandbox: chaos on the running mesh ------------------------------------------------------
+
+    async def inject_fault(self, request: chaos_pb2.InjectFaultRequest) -> chaos_pb2.Fault:
+        """Inject one fault (see :meth:`kill` and the others); it heals by itself after its duration."""
+        stub = chaos_pb2_grpc.ChaosServiceStub(self._sandbox())
+        return (await self._call(stub.InjectFault, request)).fault
+
+    async def process_fault(self, process: str, action: str, seconds: float = 0.0) -> chaos_pb2.Fault:
+        """``action`` on ``process`` (``hub``, ``ehealth``, ``oa-300`` …): ``kill`` (SIGKILL, down for
+        ``seconds``), ``pause`` (SIGSTOP for ``seconds``) or ``restart`` (graceful stop, down for
+        ``seconds``); then the supervisor starts it again."""
+        if action not in PROCESS_ACTIONS:
+            raise ValueError(f"unknown action {action!r} (one of {', '.join(PROCESS_ACTIONS)})")
+        fault = chaos_pb2.ProcessFault(process=process, action=PROCESS_ACTIONS[action])
+        return await self.inject_fault(
+            chaos_pb2.InjectFaultRequest(process=fault, duration_ms=round(seconds * 1000))
+        )
+
+    async def link_fault(
+        self,
+        source: str,
+        target: str,
+        seconds: float,
+        *,
+        latency_ms: int = 0,
+        jitter_ms: int = 0,
+        error_percent: int = 0,
+        error_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+    ) -> chaos_pb2.Fault:
+        """Latency (``latency_ms`` + up to ``jitter_ms``) and/or ``error_percent`` % of the calls failing
+        with ``error_code`` on the calls from ``source`` to process ``target``, for ``seconds``."""
+        link = chaos_pb2.LinkFault(
+            source=source,
+            target=target,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            error_percent=error_percent,
+            error_code=error_code.value[0] if error_percent else 0,
+        )
+        return await self.inject_fault(
+            chaos_pb2.InjectFaultRequest(link=link, duration_ms=round(seconds * 1000))
+        )
+
+    async def list_faults(self) -> list[chaos_pb2.Fault]:
+        """The active faults, oldest first, each with its remaining time."""
+        stub = chaos_pb2_grpc.ChaosServiceStub(self._sandbox())
+        return list((await self._call(stub.ListFaults, chaos_pb2.ListFaultsRequest())).faults)
+
+    async def clear_faults(self, fault_id: str | None = None) -> list[str]:
+        """Heal fault ``fault_id`` now, or every active fault with None; the ids healed."""
+        stub = chaos_pb2_grpc.ChaosServiceStub(self._sandbox())
+        request = chaos_pb2.ClearFaultsRequest(id=fault_id or "", all=fault_id is None)
+        return list((await self._call(stub.ClearFaults, request)).cleared_ids)
+
     # --- the sandbox: the test clock ------------------------------------------------------------------
 
     async def _clock_call(self, fn: Callable[..., Awaitable[Any]], request: Any) -> ClockState:
@@ -608,6 +662,13 @@ class AdminClient:
         """Move the mesh forward by ``days`` (as :meth:`set_clock`)."""
         stub = clock_pb2_grpc.SandboxClockServiceStub(self._sandbox())
         return await self._clock_call(stub.AdvanceClock, clock_pb2.AdvanceClockRequest(days=days))
+
+
+PROCESS_ACTIONS = {
+    "kill": chaos_pb2.PROCESS_ACTION_KILL,
+    "pause": chaos_pb2.PROCESS_ACTION_PAUSE,
+    "restart": chaos_pb2.PROCESS_ACTION_RESTART,
+}
 
 
 def connect_admin(

@@ -25,12 +25,14 @@ import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from google.rpc import code_pb2
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from mycarenet_core.clock import BRUSSELS
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
+from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
 from mycarenet_core.telemetry import Telemetry, from_environment
 from mycarenet_sdk.admin import AdminClient, ClockState, ProviderAdded, admin_from_cluster
 from mycarenet_sdk.client import Client, MyCareNetError, Session, connect
@@ -65,6 +67,10 @@ clock_app = typer.Typer(
     help="The sandbox's test clock (administrator): read, set or advance the mesh date.", no_args_is_help=True
 )
 app.add_typer(clock_app, name="clock")
+chaos_app = typer.Typer(
+    help="Chaos on the running cluster (administrator): every fault heals by itself.", no_args_is_help=True
+)
+app.add_typer(chaos_app, name="chaos")
 scenario_app = typer.Typer(
     help="Scenario files: dated DMG stories played against the running mesh (scenarios/README.md).",
     no_args_is_help=True,
@@ -1217,6 +1223,141 @@ def scenario_run(
         print_report(results, console)
     if any(r.failed for r in results):
         raise typer.Exit(1)
+
+
+# --- chaos ---------------------------------------------------------------------------------------------
+
+ForOpt = Annotated[
+    float, typer.Option("--for", help="seconds until the fault heals by itself (at most 3600)")
+]
+
+
+def _faults_table(faults: list[Any], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("id", "fault", "on", "duration", "remaining"):
+        table.add_column(col)
+    for f in faults:
+        if f.WhichOneof("fault") == "process":
+            kind = chaos_pb2.ProcessAction.Name(f.process.action).removeprefix("PROCESS_ACTION_").lower()
+            where = f.process.process
+        else:
+            link = f.link
+            parts = [f"+{link.latency_ms} ms"] if link.latency_ms else []
+            parts += [f"±{link.jitter_ms} ms"] if link.jitter_ms else []
+            if link.error_percent:
+                parts.append(f"{link.error_percent} % {code_pb2.Code.Name(link.error_code)}")
+            kind, where = " ".join(parts), f"{link.source} → {link.target}"
+        table.add_row(f.id, kind, where, f"{f.duration_ms / 1000:g} s", f"{f.remaining_ms / 1000:.1f} s")
+    return table
+
+
+def _chaos(data: Path, as_json: bool, fn: Callable[[AdminClient], Awaitable[Any]], title: str) -> None:
+    """Run one chaos call; print the fault(s) it answers."""
+    answer = _run_admin(data, fn)
+    faults = answer if isinstance(answer, list) else [answer]
+    if as_json:
+        _print_json([MessageToDict(f, preserving_proto_field_name=True) for f in faults])
+    else:
+        console.print(_faults_table(faults, title))
+
+
+@chaos_app.command("kill")
+def chaos_kill(
+    process: Annotated[str, typer.Argument(help="hub, ehealth, oa-100 … (as in cluster.json)")],
+    seconds: ForOpt = 0.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """SIGKILL a process; it stays down for --for seconds, then the supervisor starts it again."""
+    _chaos(data, as_json, lambda a: a.process_fault(process, "kill", seconds), "fault injected")
+
+
+@chaos_app.command("pause")
+def chaos_pause(
+    process: Annotated[str, typer.Argument(help="hub, ehealth, oa-100 … (as in cluster.json)")],
+    seconds: ForOpt = 5.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """SIGSTOP a process, SIGCONT after --for seconds."""
+    _chaos(data, as_json, lambda a: a.process_fault(process, "pause", seconds), "fault injected")
+
+
+@chaos_app.command("restart")
+def chaos_restart(
+    process: Annotated[str, typer.Argument(help="hub, ehealth, oa-100 … (as in cluster.json)")],
+    seconds: ForOpt = 0.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a process gracefully (SIGTERM); down for --for seconds, then started again."""
+    _chaos(data, as_json, lambda a: a.process_fault(process, "restart", seconds), "fault injected")
+
+
+SourceArg = Annotated[str, typer.Argument(help="the caller: a process, or client, backoffice, admin")]
+TargetArg = Annotated[str, typer.Argument(help="the process receiving the calls")]
+
+
+@chaos_app.command("latency")
+def chaos_latency(
+    source: SourceArg,
+    target: TargetArg,
+    ms: Annotated[int, typer.Option("--ms", help="added latency per call (at most 60000)")],
+    jitter: Annotated[int, typer.Option("--jitter", help="random extra latency, up to (ms)")] = 0,
+    seconds: ForOpt = 30.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add latency to every call from SOURCE to TARGET (e.g. hub oa-300)."""
+    _chaos(
+        data,
+        as_json,
+        lambda a: a.link_fault(source, target, seconds, latency_ms=ms, jitter_ms=jitter),
+        "fault injected",
+    )
+
+
+@chaos_app.command("errors")
+def chaos_errors(
+    source: SourceArg,
+    target: TargetArg,
+    percent: Annotated[int, typer.Option("--percent", help="share of the calls that fail (1..100)")],
+    code: Annotated[str, typer.Option("--code", help="gRPC status code of a failed call")] = "UNAVAILABLE",
+    seconds: ForOpt = 30.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fail a share of the calls from SOURCE to TARGET with a status code."""
+    status = getattr(grpc.StatusCode, code.upper(), None)
+    if not isinstance(status, grpc.StatusCode) or status is grpc.StatusCode.OK:
+        err_console.print(f"[red]--code: not a gRPC status code other than OK: {code}[/red]")
+        raise typer.Exit(2)
+    _chaos(
+        data,
+        as_json,
+        lambda a: a.link_fault(source, target, seconds, error_percent=percent, error_code=status),
+        "fault injected",
+    )
+
+
+@chaos_app.command("list")
+def chaos_list(data: DataOpt = DEFAULT_DATA, as_json: JsonOpt = False) -> None:
+    """The active faults, each with its remaining time."""
+    _chaos(data, as_json, lambda a: a.list_faults(), "active faults")
+
+
+@chaos_app.command("clear")
+def chaos_clear(
+    fault_id: Annotated[str | None, typer.Argument(help="the fault to heal (default: all)")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Heal one fault now, or all of them."""
+    cleared = _run_admin(data, lambda a: a.clear_faults(fault_id))
+    if as_json:
+        _print_json({"cleared_ids": cleared})
+    else:
+        console.print(f"healed: {', '.join(cleared) or 'nothing was active'}")
 
 
 def main() -> None:

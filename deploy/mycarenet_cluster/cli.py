@@ -16,14 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mycarenet_cluster.supervisor import (
-    DESCRIPTION,
-    ClusterConfig,
-    channel_credentials,
-    health,
-    pid_alive,
-    run,
-)
+# status and down must answer fast: the supervisor (seeder, SDK, telemetry) is imported by `up` only.
+from mycarenet_cluster.probe import DESCRIPTION, channel_credentials, health, running
 
 app = typer.Typer(help="Run the mycarenet-mesh locally as real processes.", no_args_is_help=True)
 console = Console()
@@ -89,8 +83,10 @@ def up(
     ] = False,
 ) -> None:
     """Start eHealth, the hub and the seven OA nodes; Ctrl-C or SIGTERM stops them all."""
+    from mycarenet_cluster.supervisor import ClusterConfig, run
+
     existing = _read(data)
-    if existing and pid_alive(existing.get("supervisor_pid")):
+    if existing and running(existing.get("supervisor_pid")):
         console.print(
             f"[red]a cluster is already up with this data folder (pid {existing['supervisor_pid']})[/red]"
         )
@@ -129,36 +125,48 @@ def up(
 
 
 @app.command()
-def down(data: DataOpt = DEFAULT_DATA, timeout: float = 30.0) -> None:
-    """Stop the cluster that runs with this data folder."""
+def down(
+    data: DataOpt = DEFAULT_DATA,
+    timeout: Annotated[
+        float, typer.Option(help="seconds to wait for the supervisor and every process to end")
+    ] = 45.0,
+) -> None:
+    """Stop the cluster that runs with this data folder; exit 1 when a process is still running after
+    ``timeout`` (the supervisor gives each group of processes 10 s before it kills them)."""
     desc = _read(data)
     pid = desc.get("supervisor_pid") if desc else None
-    if not desc or not pid_alive(pid):
+    if not desc or not running(pid):
         console.print("no cluster is up")
         return
     assert pid is not None
     os.kill(pid, signal.SIGTERM)
+    pids = {"supervisor": pid} | {p["name"]: p["pid"] for p in desc["processes"] if p.get("pid")}
     deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    console.print("stopped" if not pid_alive(pid) else "[red]still running[/red]")
+    while any(running(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = [f"{name} (pid {p})" for name, p in pids.items() if running(p)]
+    if alive:
+        console.print(f"[red]still running after {timeout:g} s: {', '.join(alive)}[/red]")
+        raise typer.Exit(1)
+    console.print("stopped")
 
 
 @app.command()
 def status(data: DataOpt = DEFAULT_DATA, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every process with its address, pid and live health."""
+    """Every process with its address, pid and live health (probed all at once)."""
     desc = _read(data)
-    if not desc or not pid_alive(desc.get("supervisor_pid")):
+    if not desc or not running(desc.get("supervisor_pid")):
         if as_json:
-            console.print_json(json.dumps({"up": False}))
+            print(json.dumps({"up": False}))
         else:
             console.print("no cluster is up")
         raise typer.Exit(3)
     creds = channel_credentials(desc.get("tls"))
 
     async def refresh() -> None:
-        for p in desc["processes"]:
-            p["health"] = await health(p["address"], creds)
+        states = await asyncio.gather(*(health(p["address"], creds, 0.5) for p in desc["processes"]))
+        for p, state in zip(desc["processes"], states, strict=True):
+            p["health"] = state
 
     asyncio.run(refresh())
     desc["up"] = True
@@ -172,7 +180,7 @@ def status(data: DataOpt = DEFAULT_DATA, as_json: Annotated[bool, typer.Option("
 def reset(data: DataOpt = DEFAULT_DATA) -> None:
     """Delete the data folder (databases, keys, certificates). Refuses while the cluster is up."""
     desc = _read(data)
-    if desc and pid_alive(desc.get("supervisor_pid")):
+    if desc and running(desc.get("supervisor_pid")):
         console.print("[red]the cluster is up: run `mycarenet-cluster down` first[/red]")
         raise typer.Exit(1)
     if data.exists():

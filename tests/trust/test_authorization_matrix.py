@@ -36,7 +36,10 @@ PROCESS = {
     "mycarenet.sandbox.v1": "sandbox",
 }
 # Services that run elsewhere than the rest of their package: every process's own, called on insurer 100.
-PROCESS_OF_SERVICE = {"mycarenet.sandbox.v1.ProcessClockService": "oa-100"}
+PROCESS_OF_SERVICE = {
+    "mycarenet.sandbox.v1.ProcessClockService": "oa-100",
+    "mycarenet.sandbox.v1.ChaosAgentService": "oa-100",
+}
 MODULES = service_modules()
 MANDATED = [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT, mandate_pb2.MANDATED_SERVICE_MAILBOX]
 TRUST_REASONS = {

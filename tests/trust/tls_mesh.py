@@ -1,7 +1,7 @@
 """A small mesh under mutual TLS, as the cluster runs it: eHealth, the hub and insurers 100 and 200, and the
-sandbox's server (the test clock), each with its own certificate from a private CA, and one channel per kind
-of caller (every certificate of the trust table, a certificate the CA signed for an unknown party, and no
-certificate at all).
+sandbox's server (the test clock, chaos), each with its own certificate from a private CA, and one channel per
+kind of caller (every certificate of the trust table, a certificate the CA signed for an unknown party, and
+no certificate at all).
 
 Used by the authorization matrix test: every RPC of every service x every kind of caller.
 """
@@ -18,7 +18,7 @@ from typing import TypeAlias
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from mycarenet_cluster import pki, sandbox, testclock
+from mycarenet_cluster import chaos, pki, sandbox, testclock
 from mycarenet_cluster.supervisor import ClusterConfig
 
 from ehealth.app import EhealthApp
@@ -246,7 +246,11 @@ async def tls_mesh(
         clock_servicer = testclock.SandboxClockServicer(
             testclock.ClockState(tmp, None), lambda: sorted(addresses.items()), client("admin")
         )
-        sandbox_server = sandbox.build_server([testclock.service(clock_servicer)], ClusterConfig(data=tmp))
+        # Chaos there: link faults on the processes above (not its own processes: no process faults).
+        engine = chaos.ChaosEngine(chaos.LinkOnly(lambda: dict(addresses), client("admin")))
+        sandbox_server = sandbox.build_server(
+            [testclock.service(clock_servicer), chaos.service(engine)], ClusterConfig(data=tmp)
+        )
         addresses["sandbox"] = f"localhost:{await sandbox_server.start('127.0.0.1:0')}"
         mesh = TlsMesh(folder, addresses, people())
         await seed(mesh, mandated_services)
