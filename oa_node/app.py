@@ -249,7 +249,7 @@ class OaNodeApp(ServiceApp):
             self.year_ends = YearEnds(self.sessions, clock, self.dmg, self.audit)
             clock.listen(self.year_ends.clock_moved)
             self.background.add("year ends", self.year_ends.run)
-            self.clock_observers.append(self.year_ends.catch_up)
+            self.clock_observers.append(self.year_ends.after_move)
 
     @classmethod
     async def create(

@@ -79,10 +79,18 @@ class YearEnds:
         self._audit = audit
         self._running = asyncio.Lock()
         self._moved = asyncio.Event()
+        self._since_move: list[int] = []  # the years run since the clock last moved (by any caller)
 
     def clock_moved(self) -> None:
         """The clock's listener: wake :meth:`run` up."""
+        self._since_move = []
         self._moved.set()
+
+    async def after_move(self) -> list[int]:
+        """The observer of a move (ProcessClockService answers after it): run what is due; the years run
+        since the move, by this call or by :meth:`run`, woken by the same move."""
+        await self.catch_up()
+        return list(self._since_move)
 
     async def done(self) -> dict[int, m.YearEndRun]:
         """The year ends run so far, by year."""
@@ -117,6 +125,7 @@ class YearEnds:
                     }
                 ],
             )
+        self._since_move.append(year)
         log.info(
             "year end %d run: %d patients, %d payments",
             year,

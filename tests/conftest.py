@@ -51,6 +51,7 @@ CLUSTER = {
     "cluster/test_cluster_story.py",
     "cluster/test_cluster_supervision.py",
     "cluster/test_node_client.py",
+    "cluster/test_sandbox_clock.py",
     "cluster/test_sandbox_chaos.py",
     "telemetry/test_cluster_telemetry.py",
 }
@@ -85,6 +86,7 @@ INTEGRATION = {
     "oa_node/test_node_holder_feed.py",
     "oa_node/test_node_peers.py",
     "oa_node/test_node_trust.py",
+    "oa_node/test_node_year_ends.py",
     "scenario/test_scenarios_in_process.py",
     "sdk",  # the SDK's in-process mesh, as vendors use it
     "telemetry/test_mesh_telemetry.py",
@@ -97,6 +99,7 @@ UNIT = {
     "cluster/test_admin_units.py",
     "cluster/test_population.py",
     "core/test_generated_code.py",
+    "core/test_test_clock.py",
     "deploy/test_chaos_engine.py",
     "deploy/test_cluster_plan.py",
     "deploy/test_dockerfile.py",
