@@ -6,7 +6,7 @@ See ``scenarios/README.md`` for the format, :mod:`mycarenet_scenario.model` for 
 
 from mycarenet_scenario.loader import LoadedScenario, ScenarioFileError, load_scenario, parse_scenario
 from mycarenet_scenario.model import Scenario
-from mycarenet_scenario.runner import MeshAccess, StepResult, StoryResult, play_scenario
+from mycarenet_scenario.runner import MeshAccess, StepResult, StoryResult, play_scenario, play_scenarios
 
 __all__ = [
     "LoadedScenario",
@@ -18,4 +18,5 @@ __all__ = [
     "load_scenario",
     "parse_scenario",
     "play_scenario",
+    "play_scenarios",
 ]

@@ -1200,9 +1200,10 @@ def scenario_run(
     data: DataOpt = DEFAULT_DATA,
     as_json: JsonOpt = False,
 ) -> None:
-    """Play scenario files one after the other against the running cluster, each with its own providers and
-    patients, shifted to the first years the mesh clock allows. Exit 1 when a step fails."""
-    from mycarenet_scenario import play_scenario
+    """Play scenario files against the running cluster, each with its own providers and patients, together
+    (their steps interleaved by date) and shifted by whole years to the first years the mesh clock allows.
+    Exit 1 when a step fails."""
+    from mycarenet_scenario import play_scenarios
     from mycarenet_scenario.mesh import cluster_access
     from mycarenet_scenario.report import as_json as report_json
     from mycarenet_scenario.report import print_report, write_junit
@@ -1212,7 +1213,7 @@ def scenario_run(
 
     async def go() -> list[Any]:
         async with cluster_access(desc, wait_seconds=wait) as access:
-            return [await play_scenario(one, access) for one in loaded]
+            return await play_scenarios(loaded, access)
 
     results = asyncio.run(go())
     if junit is not None:
