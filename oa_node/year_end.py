@@ -80,6 +80,7 @@ class YearEnds:
         self._running = asyncio.Lock()
         self._moved = asyncio.Event()
         self._since_move: list[int] = []  # the years run since the clock last moved (by any caller)
+        self.ran = asyncio.Event()  # set after each year end run (for whoever waits for one)
 
     def clock_moved(self) -> None:
         """The clock's listener: wake :meth:`run` up."""
@@ -126,6 +127,7 @@ class YearEnds:
                 ],
             )
         self._since_move.append(year)
+        self.ran.set()
         log.info(
             "year end %d run: %d patients, %d payments",
             year,

@@ -1,9 +1,11 @@
 """An insurer node on the sandbox's movable clock runs each year end once (issue 15): when the clock is moved
-over 31 December through ProcessClockService (the call answers after the run), never again for a year it ran,
-not after a restart, and never for a year before the node's first day."""
+over 31 December through ProcessClockService (the call answers after the run) or when time runs past the
+mesh's midnight, never again for a year it ran, not after a restart, and never for a year before the node's
+first day."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from google.protobuf import duration_pb2
 from sqlalchemy import select
 
 from mycarenet_core.channels import open_channel
-from mycarenet_core.clock import OffsetClock, moved_offset
+from mycarenet_core.clock import BRUSSELS, OffsetClock, moved_offset
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2 as intake_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as intake_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2 as ms_pb2
@@ -134,5 +136,20 @@ async def test_a_move_is_checked_before_it_happens(tmp_path: Path) -> None:
             read = await stub.GetOffset(clock_pb2.GetOffsetRequest(), timeout=10)
         assert read.clock.today.year == 2023
         assert clock.today() == dt.date(2023, 6, 1)
+    finally:
+        await app.stop()
+
+
+async def test_time_running_past_midnight_on_31_december_runs_the_year_end(tmp_path: Path) -> None:
+    # Seconds before the mesh's midnight of 31.12.2023 (Brussels): no move, the node wakes up at midnight.
+    midnight = dt.datetime(2024, 1, 1, tzinfo=BRUSSELS)
+    clock = OffsetClock(offset=midnight - dt.timedelta(seconds=5) - dt.datetime.now(dt.UTC))
+    app, _ = await start(f"sqlite+aiosqlite:///{tmp_path / 'oa.db'}", clock)
+    try:
+        assert app.year_ends is not None
+        await asyncio.wait_for(app.year_ends.ran.wait(), 20)
+        assert await runs(app) == [(2023, dt.date(2024, 1, 1))]
+        run_at = (await app.year_ends.done())[2023].run_at
+        assert run_at.replace(tzinfo=run_at.tzinfo or dt.UTC) >= midnight  # at the mesh's midnight
     finally:
         await app.stop()
