@@ -184,7 +184,7 @@ class ClockState(_message.Message):
 
     @_builtins.property
     def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProcessClock]:
-        """What each process of the mesh observes (eHealth, the hub, oa-100 ... oa-900), in that order; at most 16."""
+        """What each process of the mesh observes (eHealth, oa-100 ... oa-900, the hub: the cluster's order); at most 16."""
 
     def __init__(
         self,
