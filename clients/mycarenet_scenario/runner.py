@@ -345,8 +345,12 @@ class _Play:
 
     async def _notify(self, d: Notify) -> dict[str, Any]:
         client = await self.client(d.by)
+        supervisor = self.scenario.actors[d.by].supervisor  # a GP in training notifies under it
         reply = await client.notify(
-            self.niss[d.patient], contact_date=self.fwd(d.contact), nomenclature_code=d.code
+            self.niss[d.patient],
+            contact_date=self.fwd(d.contact),
+            nomenclature_code=d.code,
+            supervisor_inami=self.inami[supervisor] if supervisor else "",
         )
         payment = {
             dmg_pb2.PAYMENT_INDICATOR_WITH_PAYMENT: "with",

@@ -3,8 +3,8 @@
 report of expected vs actual, and a valid JUnit XML file.
 
 The cluster starts on 01.06.2014 (`up --today`), so the stories (2011-2015) are shifted by whole years: the
-first run by 4 years (2015-2019; 2011 → 2015 keeps every year's calendar), the second one after it, where the
-mesh clock has gone.
+first run by 4 years (2015-2019; 2011 → 2015 keeps every year's calendar), the next ones after it, where the
+mesh clock has gone (the examples of scenarios/examples, then the wrong S2).
 """
 
 from __future__ import annotations
@@ -76,6 +76,16 @@ def test_the_twelve_spec_stories_pass_on_one_cluster_and_a_wrong_one_fails(
     # Each story had its own providers and patients.
     identities = [v for s in report["stories"] for v in s["identities"].values()]
     assert len(identities) == len(set(identities))
+
+    # The examples (primary controls with their codes, an administrative prolongation at a year end), after
+    # the twelve on the same cluster: shifted further, where the mesh clock has gone.
+    examples = sorted((ROOT / "scenarios" / "examples").glob("*.yaml"))
+    done = scenario_run(data, *map(str, examples), "--json")
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report["passed"] is True
+    assert report["totals"]["passed"] == sum(len(s["steps"]) for s in report["stories"]) >= 15
+    assert {s["shift_years"] for s in report["stories"]} == {12}  # 2011 → 2023, after 2019 (the twelve)
 
     # A deliberately wrong expectation: B's takeover in S2 is "with payment" (no fee yet in 2014).
     wrong = tmp_path / "s2-wrong.yaml"

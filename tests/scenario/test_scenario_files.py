@@ -60,6 +60,11 @@ def test_the_twelve_spec_stories_ship_as_valid_files() -> None:
         assert list(one.step_lines) == sorted(one.step_lines)
 
 
+@pytest.mark.parametrize("path", sorted(SCENARIOS.parent.glob("*/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_file_is_valid(path: Path) -> None:
+    assert load_scenario(path).scenario.steps
+
+
 def test_a_valid_file_parses_with_its_dates_in_either_spelling() -> None:
     loaded = parse_scenario(GOOD, "story.yaml")
     s = loaded.scenario
