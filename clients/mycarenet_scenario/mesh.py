@@ -1,6 +1,6 @@
 """The connections a scenario is played with, from a cluster description (``<data>/cluster.json``): the
 administrator's client (and its test clock), provider-software clients (the ``client`` certificate) and each
-insurer's invoicing intake (the ``backoffice`` certificate)."""
+insurer's invoicing intake and tariff table (the ``backoffice`` certificate)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from mycarenet_sdk.admin import admin_from_cluster
 from mycarenet_sdk.client import Client, connect
 
 from mycarenet_core.channels import client_credentials, open_channel
-from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import (
+    intake_service_pb2_grpc,
+    reference_data_service_pb2,
+    reference_data_service_pb2_grpc,
+)
 from mycarenet_scenario.runner import MeshAccess
 
 
@@ -43,6 +47,14 @@ async def cluster_access(desc: Mapping[str, Any], *, wait_seconds: float = 30.0)
         if p["role"] == "oa"
     }
     admin = admin_from_cluster(desc)
+
+    async def tariff_years() -> set[int]:
+        if not channels:
+            return set()
+        stub: Any = reference_data_service_pb2_grpc.ReferenceDataServiceStub(next(iter(channels.values())))
+        reply = await stub.ListTariffs(reference_data_service_pb2.ListTariffsRequest(), timeout=wait_seconds)
+        return {int(t.year) for t in reply.tariffs}
+
     try:
         yield MeshAccess(
             admin=admin,
@@ -50,6 +62,7 @@ async def cluster_access(desc: Mapping[str, Any], *, wait_seconds: float = 30.0)
             new_client=new_client,
             intake={c: intake_service_pb2_grpc.InvoicingIntakeServiceStub(ch) for c, ch in channels.items()},
             wait_seconds=wait_seconds,
+            tariff_years=tariff_years,
         )
     finally:
         await admin.close()

@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -84,6 +84,7 @@ class MeshAccess:
     new_client: Callable[[], Client]
     intake: Mapping[str, Any]  # insurer code -> InvoicingIntakeServiceStub
     wait_seconds: float = 30.0  # for what the mesh does asynchronously (routing, mailbox)
+    tariff_years: Callable[[], Awaitable[set[int]]] | None = None  # the years the insurers have a fee for
 
 
 @dataclass
@@ -628,6 +629,15 @@ def common_shift(scenarios: list[Scenario], mesh_today: dt.date) -> int:
     return shift
 
 
+async def _untariffed_years(access: MeshAccess, scenarios: list[Scenario], shift: int) -> list[int]:
+    """The years the stories would be played in that the insurers' tariff table does not have."""
+    if access.tariff_years is None:
+        return []
+    known = await access.tariff_years()
+    played = {when.year + shift for _, _, when in timeline(scenarios) if when is not None}
+    return sorted(y for y in played if y not in known)
+
+
 def timeline(scenarios: list[Scenario]) -> list[tuple[int, int, dt.date | None]]:
     """Every step of every story as (story, step, play date in the file's dates), in the order they are
     played: by date, a story's own steps in their order (a step without a date goes with the one before)."""
@@ -656,6 +666,17 @@ async def play_scenarios(loaded: list[LoadedScenario], access: MeshAccess) -> li
     except ValueError as error:
         for r in results:
             r.error = str(error)
+        return results
+    missing = await _untariffed_years(access, scenarios, shift)
+    if missing:
+        for r in results:
+            r.shift_years = shift
+            years = ", ".join(map(str, missing))
+            r.error = (
+                f"the stories would be played {shift:+d} years, in {years}, for which the insurers have no "
+                "DMG tariff (a fee there is refused): start the cluster at an earlier date "
+                "(mycarenet-cluster up --today ...)"
+            )
         return results
     plays = [_Play(access, s, shift, time_) for s in scenarios]
     try:

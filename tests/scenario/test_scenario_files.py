@@ -6,18 +6,22 @@ from __future__ import annotations
 import datetime as dt
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mycarenet_scenario import ScenarioFileError, load_scenario, parse_scenario
 from mycarenet_scenario.model import MAX_STEPS
 from mycarenet_scenario.report import as_json, junit_xml
 from mycarenet_scenario.runner import (
+    MeshAccess,
     StepResult,
     StoryResult,
     common_shift,
     differences,
     expected_of,
+    play_scenarios,
     timeline,
 )
 from mycarenet_scenario.timeshift import choose_shift, shift_date, story_years
@@ -184,6 +188,51 @@ def test_stories_played_together_share_one_shift_and_interleave_by_date() -> Non
     assert common_shift([one, two], dt.date(2012, 1, 1)) == 4  # 2011 → 2015, and 2012 → 2016 leap too
     order = [(i, j) for i, j, _ in timeline([one, two])]
     assert order == [(1, 0), (0, 0), (1, 1), (0, 1)]
+
+
+@dataclass(frozen=True)
+class State:
+    today: dt.date
+
+
+class StillClock:
+    def __init__(self, today: dt.date) -> None:
+        self.today, self.moves = today, 0
+
+    async def clock(self) -> State:
+        return State(self.today)
+
+    async def set_clock(self, day: dt.date) -> State:
+        self.moves += 1
+        return State(day)
+
+    async def advance_clock(self, days: int) -> State:
+        self.moves += 1
+        return State(self.today + dt.timedelta(days=days))
+
+
+async def test_stories_that_would_land_in_years_without_a_tariff_are_not_played() -> None:
+    async def tariff_years() -> set[int]:
+        return set(range(2010, 2031))
+
+    def no_client() -> Any:
+        raise AssertionError("nothing is set up")
+
+    clock = StillClock(dt.date(2026, 11, 28))
+    access = MeshAccess(
+        admin=None,  # type: ignore[arg-type]
+        clock=clock,
+        new_client=no_client,
+        intake={},
+        tariff_years=tariff_years,
+    )
+    (result,) = await play_scenarios([load_scenario(SCENARIOS / "s1.yaml")], access)
+    assert result.failed
+    assert result.shift_years == 16  # 2014-2015 → 2030-2031
+    assert result.error is not None
+    assert "+16 years, in 2031, for which the insurers have no DMG tariff" in result.error
+    assert clock.moves == 0
+    assert result.steps == []
 
 
 # --- comparison and reports -------------------------------------------------------------------------------
