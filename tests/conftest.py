@@ -130,6 +130,7 @@ SLOW = {
     "hub/test_consult_golden.py::test_a_sample_of_consults_and_notifies_answers_as_before",
     "hub/test_patient_list.py::test_list_across_seven_oas_with_one_failing_then_recovering",
     "oa_node/test_node_trust.py::test_every_rpc_answers_exactly_the_callers_the_table_grants",
+    "scenario/test_scenarios_in_process.py::test_the_twelve_stories_pass_on_the_in_process_mesh",
     "oa_node/test_node_year_ends.py::test_time_running_past_midnight_on_31_december_runs_the_year_end",
     "telemetry/test_mesh_telemetry.py::test_fan_out_errors_per_oa_metrics_and_no_niss_in_clear",
     "trust/test_authorization_matrix.py::test_every_rpc_of_every_service_for_every_kind_of_caller",

@@ -1180,7 +1180,7 @@ def _load_scenarios(files: list[Path]) -> list[Any]:
             problems += error.lines()
     if problems:
         for line in problems:
-            err_console.print(line, markup=False, highlight=False)
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     return loaded
 

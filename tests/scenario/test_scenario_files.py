@@ -313,3 +313,21 @@ def test_the_junit_report_has_a_case_per_step_a_failure_and_a_skipped_known_gap(
     skipped = suites[1].find("testcase/skipped")
     assert skipped is not None
     assert skipped.get("type") == "xfail"
+
+
+def test_the_cli_checks_files_and_refuses_an_invalid_one_before_touching_a_cluster(tmp_path: Path) -> None:
+    from mycarenet_sdk.cli import app
+    from typer.testing import CliRunner
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(GOOD)
+    bad.write_text(GOOD.replace("payment: with", "payment: maybe"))
+    runner = CliRunner()
+    checked = runner.invoke(app, ["scenario", "check", str(good)], terminal_width=200)
+    assert checked.exit_code == 0, checked.output
+    assert "good.yaml: T1, 4 steps: valid" in " ".join(checked.output.split())
+    # run checks every file first: no cluster is needed to refuse one
+    for args in (["check"], ["run", "--data", str(tmp_path / "none")]):
+        refused = runner.invoke(app, ["scenario", *args, str(good), str(bad)], terminal_width=200)
+        assert refused.exit_code == 2, refused.output
+        assert f"{bad}:10: step 1 (notify by A): expect.payment:" in refused.output
