@@ -18,7 +18,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     therapeutic_relation_pb2,
 )
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2
-from mycarenet_sdk.admin import AdminClient, CadastrePosition, ProviderAdded, connect_admin
+from mycarenet_sdk.admin import AdminClient, CadastrePosition, ClockState, ProviderAdded, connect_admin
 from mycarenet_sdk.client import Client, Session, connect
 
 
@@ -178,6 +178,15 @@ class SyncAdminClient:
     def get_member(self, niss: str, *, insurer: str) -> membership_service_pb2.Member:
         return self._runner.run(self._admin.get_member(niss, insurer=insurer))
 
+    def clock(self) -> ClockState:
+        return self._runner.run(self._admin.clock())
+
+    def set_clock(self, day: dt.date) -> ClockState:
+        return self._runner.run(self._admin.set_clock(day))
+
+    def advance_clock(self, days: int) -> ClockState:
+        return self._runner.run(self._admin.advance_clock(days))
+
 
 def connect_admin_sync(
     *,
@@ -186,6 +195,8 @@ def connect_admin_sync(
     ca: Path | None = None,
     cert: Path | None = None,
     key: Path | None = None,
+    sandbox: str | None = None,
 ) -> SyncAdminClient:
-    """A blocking administrator's client."""
-    return SyncAdminClient(ehealth=ehealth, insurers=insurers, ca=ca, cert=cert, key=key)
+    """A blocking administrator's client (``sandbox``: a local cluster's sandbox server, for the test
+    clock)."""
+    return SyncAdminClient(ehealth=ehealth, insurers=insurers, ca=ca, cert=cert, key=key, sandbox=sandbox)

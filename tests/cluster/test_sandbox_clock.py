@@ -26,6 +26,7 @@ import grpc
 import pytest
 from mycarenet_sdk.admin import admin_from_cluster, connect_admin
 from mycarenet_sdk.client import MyCareNetError
+from mycarenet_sdk.sync import connect_admin_sync
 
 from mycarenet_core.identifiers import Profession, make_inami, make_niss
 from tests.cluster.cluster_support import BIN, Cluster, cli, cli_refused, free_base_port, run_cli, wait_for
@@ -231,6 +232,15 @@ def test_an_administrative_prolongation_once_per_year_over_two_year_ends(
     assert wait_for(restarted, timeout=60)
     shown = move(data, admin, "show")
     assert shown["today"] == "2014-01-05"
+    tls = desc["tls"]
+    with connect_admin_sync(
+        ehealth=desc["processes"][0]["address"],
+        ca=Path(tls["ca"]),
+        cert=Path(tls["admin_cert"]),
+        key=Path(tls["admin_key"]),
+        sandbox=desc["sandbox"]["address"],
+    ) as blocking:  # the blocking SDK reads the same clock
+        assert blocking.clock().today == dt.date(2014, 1, 5)
 
     # Small steps over 31.12.2014: the prolongation of 2014, once; then the contact of 2015.
     assert [year_ends(move(data, admin, "advance", "200"))["oa-500"] for _ in range(2)] == [[], [2014]]
