@@ -142,10 +142,6 @@ def fmt_payment(to: str | None, year: int, kind: str, recovered: bool, amount: D
     return text + (f" {amount:.2f}" if amount is not None else "")
 
 
-def _sorted(items: list[str]) -> list[str]:
-    return sorted(items)
-
-
 @dataclass
 class _MeshTime:
     """The mesh's today as the runner last saw it, and how many times it moved the clock (the sessions
@@ -304,10 +300,7 @@ class _Play:
 
     async def _wait_for_routing(self) -> None:
         """Until the hub routes every patient born by today (it learns them from the insurers' feeds)."""
-        consulters = [a for a in self.scenario.actors]
-        if not consulters:
-            return
-        client = await self.client(consulters[0])
+        client = await self.client(next(iter(self.scenario.actors)))  # every role may consult
         deadline = time.monotonic() + self.access.wait_seconds
         for label, niss in self.niss.items():
             if self.fwd(self.scenario.patients[label].born) > self.today:
@@ -407,9 +400,9 @@ class _Play:
         procedure = any(h.procedure is not None for h in expect.holdings or ())
         reopened = any(h.reopened is not None for h in expect.holdings or ())
         return {
-            "payments": _sorted([self._payment(p, amounts) for p in e.payments]),
-            "recoveries": _sorted([self._payment(p, amounts) for p in e.recoveries]),
-            "holdings": _sorted([self._holding(h, procedure, reopened) for h in e.holdings]),
+            "payments": sorted(self._payment(p, amounts) for p in e.payments),
+            "recoveries": sorted(self._payment(p, amounts) for p in e.recoveries),
+            "holdings": sorted(self._holding(h, procedure, reopened) for h in e.holdings),
             "messages_written": len(e.message_ids),
             "note": e.note,
         }
