@@ -467,6 +467,9 @@ async def run(cfg: ClusterConfig, *, on_ready: Any = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except testclock.ClockOutOfRange as error:
+        print(f"mycarenet-cluster: --today: {error}", file=sys.stderr)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stopping.set)

@@ -23,9 +23,11 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from mycarenet_core import dates
 from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import BRUSSELS, ClockBackwards, moved_offset
-from mycarenet_core.errors import MeshError, parse_rpc_error
+from mycarenet_core.codes import McnCode
+from mycarenet_core.errors import MeshError, field_error, parse_rpc_error
 from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2 as pb
 from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2_grpc as pb_grpc
+from mycarenet_core.process_clock import MAX_OFFSET
 from mycarenet_core.server import Service
 from mycarenet_core.validation import Checker
 
@@ -35,6 +37,10 @@ STATE_FILE = "clock.json"
 SERVICE_NAME = "mycarenet.sandbox.v1.SandboxClockService"
 MAX_ADVANCE_DAYS = 36500
 PROCESS_TIMEOUT = 120.0  # seconds a process may take to observe a move (an insurer runs its year ends)
+
+
+class ClockOutOfRange(ValueError):
+    """A mesh date more than 100 years from the machine's (what every process accepts)."""
 
 
 class ClockState:
@@ -50,6 +56,8 @@ class ClockState:
             offset = dt.timedelta(seconds=float(kept["offset_seconds"]))
         if start is not None:
             offset = moved_offset(offset, start, forward_only=self.path.is_file())
+            if abs(offset) > MAX_OFFSET:
+                raise ClockOutOfRange(f"{start.isoformat()} is more than 100 years from the machine's date")
         self.offset = offset
         self.save()
 
@@ -103,14 +111,14 @@ class SandboxClockServicer(pb_grpc.SandboxClockServiceServicer):
             days = check.number("days", request.days, minimum=0, maximum=MAX_ADVANCE_DAYS)
         async with self._moving:
             day = self.state.today() + dt.timedelta(days=days)
-            return pb.AdvanceClockResponse(clock=await self._move(day))
+            return pb.AdvanceClockResponse(clock=await self._move(day, "days"))
 
     async def move_to(self, day: dt.date) -> pb.ClockState:
         """Move the mesh to ``day`` (FAILED_PRECONDITION CLOCK_BACKWARDS before the mesh date)."""
         async with self._moving:
-            return await self._move(day)
+            return await self._move(day, "date")
 
-    async def _move(self, day: dt.date) -> pb.ClockState:
+    async def _move(self, day: dt.date, field: str) -> pb.ClockState:
         try:
             offset = moved_offset(self.state.offset, day, forward_only=True)
         except ClockBackwards as error:
@@ -119,6 +127,10 @@ class SandboxClockServicer(pb_grpc.SandboxClockServiceServicer):
                 "CLOCK_BACKWARDS",
                 f"{error}: the mesh clock never goes back (reset the data: mycarenet-cluster reset)",
             ) from None
+        if abs(offset) > MAX_OFFSET:  # what every process accepts (and starts with)
+            raise field_error(
+                field, McnCode.VALUE_NOT_ALLOWED, "the mesh date stays within 100 years of the machine's date"
+            )
         self.state.offset = offset
         self.state.save()  # on disk first: a process (re)started from now on starts at the new clock
         log.info("test clock moved to %s", day.isoformat())
@@ -165,4 +177,4 @@ def service(servicer: SandboxClockServicer) -> Service:
     return Service(pb_grpc.add_SandboxClockServiceServicer_to_server, servicer, SERVICE_NAME)
 
 
-__all__ = ["ClockState", "SandboxClockServicer", "service"]
+__all__ = ["ClockOutOfRange", "ClockState", "SandboxClockServicer", "service"]

@@ -7,9 +7,11 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import grpc
 import pytest
-from mycarenet_cluster.testclock import ClockState
+from mycarenet_cluster.testclock import ClockOutOfRange, ClockState, SandboxClockServicer
 
+from mycarenet_core import dates
 from mycarenet_core.clock import (
     BRUSSELS,
     ClockBackwards,
@@ -18,6 +20,8 @@ from mycarenet_core.clock import (
     clock_from_setting,
     moved_offset,
 )
+from mycarenet_core.errors import MeshError
+from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2 as pb
 from oa_node.year_end import until_next_midnight, years_due
 
 SUMMER = dt.datetime(2026, 7, 1, 8, 30, tzinfo=dt.UTC)  # 10:30 in Brussels (CEST)
@@ -94,3 +98,28 @@ def test_the_next_wake_up_is_the_next_midnight_in_brussels() -> None:
     assert until_next_midnight(SUMMER) == pytest.approx((13 * 60 + 30) * 60)  # 10:30 CEST -> midnight
     just_before = dt.datetime(2013, 12, 31, 22, 59, 59, 500000, tzinfo=dt.UTC)  # 23:59:59.5 CET
     assert until_next_midnight(just_before) == 1.0  # at least one second
+
+
+async def test_a_move_beyond_a_hundred_years_is_refused_before_anything_moves(tmp_path: Path) -> None:
+    state = ClockState(tmp_path, dt.date(2100, 1, 1))
+    clocks = SandboxClockServicer(state, lambda: [], None)  # no process to tell
+    with pytest.raises(MeshError) as far:
+        await clocks.SetClock(pb.SetClockRequest(date=dates.to_proto(dt.date(2199, 12, 31))), None)
+    assert (far.value.status, [v.field for v in far.value.violations]) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["date"],
+    )
+    with pytest.raises(MeshError) as advanced:
+        await clocks.AdvanceClock(pb.AdvanceClockRequest(days=36500), None)
+    assert [v.field for v in advanced.value.violations] == ["days"]
+    with pytest.raises(MeshError) as backwards:
+        await clocks.SetClock(pb.SetClockRequest(date=dates.to_proto(dt.date(2099, 12, 31))), None)
+    assert (backwards.value.status, backwards.value.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "CLOCK_BACKWARDS",
+    )
+    moved = await clocks.AdvanceClock(pb.AdvanceClockRequest(days=31), None)
+    assert dates.from_proto(moved.clock.today, "today") == dt.date(2100, 2, 1) == state.today()
+    assert ClockState(tmp_path, None).today() == dt.date(2100, 2, 1)  # kept on disk
+    with pytest.raises(ClockOutOfRange):
+        ClockState(tmp_path, dt.date(2199, 1, 1))
