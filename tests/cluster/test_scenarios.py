@@ -1,6 +1,7 @@
 """The twelve SPEC §5 scenario files (scenarios/spec5) played by `mycarenet scenario run` on ONE real cluster
-(issue 15), then a copy of S2 with a deliberately wrong expectation: the run exits non-zero with a readable
-report of expected vs actual, and a valid JUnit XML file.
+(issue 15; on SQLite files and on PostgreSQL, as every cluster test), then a copy of S2 with a deliberately
+wrong expectation: the run exits non-zero with a readable report of expected vs actual, and a valid JUnit
+XML file.
 
 The cluster starts on 01.06.2014 (`up --today`), so the stories (2011-2015) are shifted by whole years: the
 first run by 4 years (2015-2019; 2011 → 2015 keeps every year's calendar), the next ones after it, where the
@@ -14,25 +15,15 @@ import os
 import subprocess
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.cluster_support import BIN, Cluster, free_base_port
+from tests.cluster.cluster_support import BIN, Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "scenarios" / "spec5").glob("*.yaml"))
 TODAY = "2014-06-01"
-
-
-@pytest.fixture
-def sqlite_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "data", free_base_port(), population=40)
-    try:
-        yield c
-    finally:
-        c.down()
 
 
 def scenario_run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -49,11 +40,11 @@ def scenario_run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.timeout(1200)
 def test_the_twelve_spec_stories_pass_on_one_cluster_and_a_wrong_one_fails(
-    sqlite_cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path
 ) -> None:
     assert len(SCENARIOS) == 12
-    sqlite_cluster.up(TODAY)
-    data = sqlite_cluster.data
+    cluster.up(TODAY)
+    data = cluster.data
 
     started = time.monotonic()
     done = scenario_run(data, *map(str, SCENARIOS), "--json")
