@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from mycarenet_sdk import Client, MyCareNetError, admin_from_cluster, connect
+from mycarenet_sdk.sync import connect_admin_sync
 
 from mycarenet_core.channels import client_credentials, open_channel
 from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2, chaos_pb2_grpc
@@ -42,12 +43,15 @@ def process(data: Path, name: str) -> dict[str, Any]:
     return next(p for p in status(data)["processes"] if p["name"] == name)
 
 
+def address(desc: dict[str, Any], name: str) -> str:
+    return str(next(p["address"] for p in desc["processes"] if p["name"] == name))
+
+
 def provider_client(desc: dict[str, Any]) -> Client:
     tls = desc["tls"]
-    address = {p["name"]: p["address"] for p in desc["processes"]}
     return connect(
-        hub=address["hub"],
-        ehealth=address["ehealth"],
+        hub=address(desc, "hub"),
+        ehealth=address(desc, "ehealth"),
         ca=Path(tls["ca"]),
         cert=Path(tls["client_cert"]),
         key=Path(tls["client_key"]),
@@ -124,7 +128,14 @@ def test_chaos_on_the_running_cluster(cluster: Cluster, tmp_path: Path) -> None:
     )
     assert back, status(data)
     assert back["restarts"] == 1
-    assert cli(data, session, "chaos", "list") == []
+    with connect_admin_sync(
+        ehealth=address(desc, "ehealth"),
+        sandbox=desc["sandbox"]["address"],
+        ca=Path(desc["tls"]["ca"]),
+        cert=Path(desc["tls"]["admin_cert"]),
+        key=Path(desc["tls"]["admin_key"]),
+    ) as admin_sync:
+        assert admin_sync.list_faults() == []  # healed, so no longer listed
 
     async def latency_errors_and_refusal() -> None:
         async with provider_client(desc) as client, admin_from_cluster(desc) as admin:
