@@ -68,7 +68,11 @@ class EhealthApp(ServiceApp):
         background = Background("ehealth")
         background.add("audit writer", audit.run)
         super().__init__(
-            server, background=background, closers=[db.dispose, audit.close], stopping=[logs.close]
+            server,
+            background=background,
+            closers=[db.dispose, audit.close],
+            stopping=[logs.close],
+            clock=auth.clock,
         )
         self.db = db
         self.auth = auth
@@ -199,7 +203,7 @@ async def build(settings: EhealthSettings, telemetry: Telemetry | None) -> Eheal
         oa_credentials = client_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
     return await EhealthApp.create(
         database_url=settings.database_url,
-        clock=clock_from_setting(settings.sandbox_date),
+        clock=clock_from_setting(settings.sandbox_date, settings.sandbox_offset_seconds),
         max_token_lifetime=settings.max_token_lifetime,
         audience=settings.audience,
         challenge_ttl=settings.challenge_ttl,

@@ -90,6 +90,7 @@ class HubApp(ServiceApp):
             # Run in reverse: the list fan-outs end, the last audit rows are written, then the channels and
             # the database close.
             closers=[dispose, close_channels, core.audit.flush, core.lists.stop],
+            clock=core.clock,
         )
         self.core = core
         self.engine = engine
@@ -259,7 +260,7 @@ class HubApp(ServiceApp):
         secure = not settings.insecure and all(tls)
         return await cls.create(
             database_url=settings.database_url,
-            clock=clock_from_setting(settings.sandbox_date),
+            clock=clock_from_setting(settings.sandbox_date, settings.sandbox_offset_seconds),
             ehealth_target=settings.ehealth_target,
             oa_targets=settings.targets(),
             channel_credentials=client_credentials(*tls) if secure else None,  # type: ignore[arg-type]

@@ -47,8 +47,9 @@ class MailboxRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def store(self, messages: Sequence[dmg_pb2.MailboxMessage]) -> StoreResult:
-        """Store each message id once; ids already stored are counted as duplicates."""
+    async def store(self, messages: Sequence[dmg_pb2.MailboxMessage], now: dt.datetime) -> StoreResult:
+        """Store each message id once (stored at ``now``, the hub's clock); ids already stored are counted as
+        duplicates."""
         ids = [m.message_id for m in messages]
         existing: dict[str, StoredMessage] = {}
         for start in range(0, len(ids), 500):
@@ -75,6 +76,7 @@ class MailboxRepository:
                 requester_reference=message.requester_reference,
                 content_hash=message.content_hash,
                 payload=message.SerializeToString(deterministic=True),
+                stored_at=now,
             )
             self.session.add(row)
             existing[message.message_id] = row

@@ -22,10 +22,6 @@ def _instant(nullable: bool = False) -> Column:  # type: ignore[type-arg]
     return Column(DateTime(timezone=True), nullable=nullable)
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class Affiliation(HubBase, table=True):
     """The affiliation periods of one NISS at one insurer, as the insurer's feed last said."""
 
@@ -62,7 +58,7 @@ class StoredMessage(HubBase, table=True):
     requester_reference: str = Field(default="", max_length=200)
     content_hash: str = Field(max_length=64, index=True)
     payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    stored_at: dt.datetime = Field(default_factory=_utcnow, sa_column=_instant())
+    stored_at: dt.datetime = Field(sa_column=_instant())  # the hub's clock (the sandbox's test clock)
     confirmed: bool = Field(default=False)
     confirmed_at: dt.datetime | None = Field(default=None, sa_column=_instant(True))
     duplicate_count: int = Field(default=0)
@@ -81,7 +77,7 @@ class ListRequest(HubBase, table=True):
     insurer_codes: str = Field(max_length=100)  # comma separated
     context: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # serialized oa RequestContext
     tack: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # serialized TechnicalAck
-    created_at: dt.datetime = Field(default_factory=_utcnow, sa_column=_instant())
+    created_at: dt.datetime = Field(sa_column=_instant())  # the hub's clock
     done: bool = Field(default=False, index=True)
 
 

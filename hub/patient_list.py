@@ -119,9 +119,12 @@ class PatientListWorker:
                 insurer_codes=",".join(insurer_codes),
                 context=context.SerializeToString(),
                 tack=tack.SerializeToString(),
+                created_at=self._clock_now(),
             )
             session.add(row)
-            stored = await MailboxRepository(session).store([tack_message(row, tack, self._clock_now())])
+            stored = await MailboxRepository(session).store(
+                [tack_message(row, tack, self._clock_now())], self._clock_now()
+            )
         self._notifier.notify(stored.recipients)
         self._start(reference)
         return tack
@@ -257,7 +260,7 @@ class PatientListWorker:
             patient_list=answer,
         )
         async with transaction(self._sessions) as session:
-            stored = await MailboxRepository(session).store([message])
+            stored = await MailboxRepository(session).store([message], self._clock_now())
             fresh = await session.get(ListRequest, reference)
             if fresh is not None:
                 fresh.done = True

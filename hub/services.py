@@ -293,7 +293,7 @@ class HubCore:
             attributes={"mycarenet.oa": code, "messaging.batch.message_count": len(messages)},
         ):
             async with transaction(self.sessions) as session:
-                result = await MailboxRepository(session).store(messages)
+                result = await MailboxRepository(session).store(messages, self.clock.now())
         self.notifier.notify(result.recipients)
         return intake.DeliverMessagesResponse(stored_ids=result.stored, duplicate_ids=result.duplicates)
 

@@ -27,6 +27,12 @@ class MeshSettings(BaseSettings):
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     grace_seconds: float = Field(5.0, ge=0, le=120, description="graceful shutdown period")
     sandbox_date: dt.date | None = Field(None, description="run the mesh as if today were this date")
+    sandbox_offset_seconds: float | None = Field(
+        None,
+        ge=-3.2e9,
+        le=3.2e9,
+        description="the sandbox's test clock: mesh instant minus real instant (wins over sandbox_date)",
+    )
     insecure: bool = Field(False, description="development only: plaintext gRPC inside the mesh")
     tls_ca: Path | None = Field(None, description="PEM of the mesh CA (mutual TLS)")
     tls_cert: Path | None = Field(None, description="PEM certificate of this process")

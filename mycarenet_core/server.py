@@ -14,13 +14,16 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mycarenet_core.errors import MeshError
+
+if TYPE_CHECKING:
+    from mycarenet_core.chaos import LinkChaos
 
 log = logging.getLogger(__name__)
 
@@ -297,14 +300,26 @@ class MeshServer:
         trust: grpc.aio.ServerInterceptor | None = None,  # type: ignore[type-arg]
     ) -> None:
         self.name = name
-        self.services = tuple(services)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         # Telemetry interceptors come first (passed in by the caller), then the error mapping (so that
         # tracing sees the final status), then the trust model (mycarenet_core.trust), whose refusals the
         # error mapping turns into statuses.
-        chain: list[Any] = [*interceptors, ErrorMappingInterceptor()]
+        # With the trust model comes the sandbox's chaos agent (mycarenet_core.chaos): the link faults this
+        # process applies to the calls of a faulty peer, set at run time by the cluster's supervisor through
+        # ChaosAgentService (administrator only); it stands before the error mapping, so telemetry sees it.
+        chain: list[Any] = list(interceptors)
+        self.chaos: LinkChaos | None = None
+        if trust is not None:
+            # Imported here: mycarenet_core.chaos builds on this module.
+            from mycarenet_core.chaos import ChaosInterceptor, LinkChaos, agent_service
+
+            self.chaos = LinkChaos()
+            chain.append(ChaosInterceptor(self.chaos, secure=credentials is not None))
+            services = [*services, agent_service(self.chaos)]
+        chain.append(ErrorMappingInterceptor())
         if trust is not None:
             chain.append(trust)
+        self.services = tuple(services)
         self._server = grpc.aio.server(
             interceptors=[MethodChain(chain)],
             options=[("grpc.so_reuseport", 0), *options],
@@ -323,6 +338,11 @@ class MeshServer:
         reflection.enable_server_reflection(
             [s.name for s in self.services] + [health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
+
+    def mount(self, service: Service) -> None:
+        """Serve one more service (before :meth:`start`; the core skeleton's own, e.g. the test clock)."""
+        service.add(service.servicer, self._server)
+        self.services = (*self.services, service)
 
     async def start(self, bind: str = "127.0.0.1:0") -> int:
         """Bind, start, mark every service SERVING; return the bound port."""

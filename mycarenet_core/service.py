@@ -2,9 +2,10 @@
 
 A service is a :class:`ServiceApp`: its :class:`~mycarenet_core.server.MeshServer` (health, reflection, one
 interceptor chain), its :class:`~mycarenet_core.lifecycle.Background` jobs, and what must be closed last
-(engines, channels). Tests build it with ``create(...)``, ``start("127.0.0.1:0")`` and ``stop()``; a
-process runs ``run_service(...)`` from its ``__main__``, which loads and validates the settings, sets up
-logging and telemetry, serves until SIGTERM/SIGINT and stops gracefully in the same order every time:
+(engines, channels); with a movable clock (the sandbox's), the test clock's ProcessClockService too. Tests
+build it with ``create(...)``, ``start("127.0.0.1:0")`` and ``stop()``; a process runs ``run_service(...)``
+from its ``__main__``, which loads and validates the settings, sets up logging and telemetry, serves until
+SIGTERM/SIGINT and stops gracefully in the same order every time:
 
 1. ``stopping`` hooks (end the streams that would otherwise hold the grace period),
 2. the server stops accepting calls and lets running ones finish within the grace period,
@@ -22,8 +23,11 @@ from typing import TypeVar
 
 import uvloop
 
+from mycarenet_core import process_clock
+from mycarenet_core.clock import Clock, OffsetClock
 from mycarenet_core.config import MeshSettings, configure_logging, load
 from mycarenet_core.lifecycle import Background
+from mycarenet_core.process_clock import ClockObserver
 from mycarenet_core.server import MeshServer
 from mycarenet_core.telemetry import Telemetry, from_environment
 
@@ -43,6 +47,7 @@ class ServiceApp:
         background: Background | None = None,
         closers: list[Closer] | None = None,
         stopping: list[Callable[[], None]] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.server = server
         self.background = background or Background(server.name)
@@ -50,6 +55,11 @@ class ServiceApp:
         self.stopping = list(stopping or [])
         self._stop_requested = asyncio.Event()
         self._stopped = False
+        # The sandbox's test clock: a movable clock is moved through ProcessClockService (the cluster
+        # supervisor's), which calls these observers before it answers (an insurer runs its year ends).
+        self.clock_observers: list[ClockObserver] = []
+        if isinstance(clock, OffsetClock):
+            server.mount(process_clock.service(server.name, clock, self.clock_observers))
 
     @property
     def port(self) -> int | None:

@@ -18,7 +18,7 @@ async def build(settings: OaSettings, telemetry: Telemetry | None) -> OaNodeApp:
     return await OaNodeApp.create(
         insurer_code=settings.insurer_code,
         database_url=settings.database_url,
-        clock=clock_from_setting(settings.sandbox_date),
+        clock=clock_from_setting(settings.sandbox_date, settings.sandbox_offset_seconds),
         hub_intake_target=settings.hub_intake_target,
         ehealth_target=settings.ehealth_target,
         relay_interval=settings.relay_interval,

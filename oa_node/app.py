@@ -1,5 +1,6 @@
 """One insurer (OA) node: its database, its five services, and its background jobs (the outbox relay to the
-hub, the follower of eHealth's cadastre, the audit writer, the outbox backlog gauge), as a
+hub, the follower of eHealth's cadastre, the audit writer, the outbox backlog gauge; on the sandbox's
+movable clock, the year ends), as a
 :class:`~mycarenet_core.service.ServiceApp` that starts and stops like every process of the mesh.
 
 Who may call what is the trust table's business (``mycarenet_core/trust.toml``): the node answers the hub,
@@ -23,7 +24,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mycarenet_core.channels import open_channel
-from mycarenet_core.clock import Clock
+from mycarenet_core.clock import Clock, OffsetClock
 from mycarenet_core.db import create_engine, session_factory, transaction
 from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2_grpc as hf_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as intake_grpc
@@ -56,6 +57,7 @@ from oa_node.servicers import (
     OaDmgServicer,
     ReferenceDataServicer,
 )
+from oa_node.year_end import YearEnds, record_origin
 
 SERVICE_NAMES = {
     "dmg": "mycarenet.oa.v1.OaDmgService",
@@ -236,8 +238,20 @@ class OaNodeApp(ServiceApp):
         )
         # The watch streams end first when the node stops, so that they do not hold the grace period.
         super().__init__(
-            server, background=background, closers=closers, stopping=[affiliations.close, holders.close]
+            server,
+            background=background,
+            closers=closers,
+            stopping=[affiliations.close, holders.close],
+            clock=clock,
         )
+        # The sandbox's test clock (a movable clock): the year ends run when the mesh goes over 31 December,
+        # before a move of the clock answers. A real insurer's back office orders them (ProcessYearEnd).
+        self.year_ends: YearEnds | None = None
+        if isinstance(clock, OffsetClock):
+            self.year_ends = YearEnds(self.sessions, clock, self.dmg, self.audit)
+            clock.listen(self.year_ends.clock_moved)
+            self.background.add("year ends", self.year_ends.run)
+            self.clock_observers.append(self.year_ends.after_move)
 
     @classmethod
     async def create(
@@ -268,6 +282,7 @@ class OaNodeApp(ServiceApp):
         engine = create_engine(database_url)
         try:
             await init_database(engine)
+            await record_origin(session_factory(engine), clock.today())
         except BaseException:
             await engine.dispose()
             raise

@@ -6,7 +6,7 @@ Groups of tables:
   :class:`Affiliation`, and the affiliation feed (:class:`AffiliationChangeRow`, :class:`FeedHead`);
 * reference data: :class:`KnownProvider`, :class:`Organisation`, :class:`OrganisationMember`,
   :class:`TariffLine`, and :class:`Enrolment`; how far the node has followed eHealth's cadastre
-  (:class:`CadastrePosition`);
+  (:class:`CadastrePosition`); the year ends run (:class:`ClockOrigin`, :class:`YearEndRun`);
 * the DMG file of each patient, one table per kind of row of :class:`oa_node.rules.DmgFile`:
   :class:`HoldingRow`, :class:`PaymentRow`, :class:`ContactRow`, :class:`AttestationRow`,
   :class:`NotificationRow`;
@@ -157,6 +157,30 @@ class CadastrePosition(Base, table=True):
     id: int = Field(default=1, primary_key=True)
     applied_sequence: int = 0
     applied_at: dt.datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class ClockOrigin(Base, table=True):
+    """The single row saying the first mesh date this node lived (its first start): year ends are run for
+    the years it lived through from there, never for earlier ones (the sandbox's test clock)."""
+
+    __tablename__ = "oa_clock_origin"
+
+    id: int = Field(default=1, primary_key=True)
+    first_day: dt.date
+
+
+class YearEndRun(Base, table=True):
+    """A year end this node ran (once per year: the row is the proof), when the mesh clock went over
+    31 December, by a move of the test clock or by time running."""
+
+    __tablename__ = "oa_year_end_run"
+
+    year: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    processing_date: dt.date
+    run_at: dt.datetime = Field(sa_column=_utc())
+    patients_affected: int = 0
+    payments_created: int = 0
+    payments_recovered: int = 0
 
 
 class TariffLine(Base, table=True):

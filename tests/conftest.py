@@ -50,7 +50,10 @@ CLUSTER = {
     "cluster/test_admin_path.py",
     "cluster/test_cluster_story.py",
     "cluster/test_cluster_supervision.py",
+    "cluster/test_scenarios.py",
     "cluster/test_node_client.py",
+    "cluster/test_sandbox_clock.py",
+    "cluster/test_sandbox_chaos.py",
     "telemetry/test_cluster_telemetry.py",
 }
 CLUSTER_FIXTURES = {"cluster", "small_cluster", "sqlite_cluster"}
@@ -61,6 +64,7 @@ INTEGRATION = {
     "bench/test_bench_faults.py",
     "bench/test_bench_floor.py",
     "bench/test_bench_report.py::test_baseline_in_process",
+    "core/test_chaos_agent.py",
     "core/test_health_port.py",
     "core/test_hot_reads.py",
     "core/test_migrations.py",
@@ -85,6 +89,8 @@ INTEGRATION = {
     "oa_node/test_node_holder_feed.py",
     "oa_node/test_node_peers.py",
     "oa_node/test_node_trust.py",
+    "oa_node/test_node_year_ends.py",
+    "scenario/test_scenarios_in_process.py",
     "sdk",  # the SDK's in-process mesh, as vendors use it
     "telemetry/test_mesh_telemetry.py",
     "trust/test_authorization_matrix.py",
@@ -96,6 +102,8 @@ UNIT = {
     "cluster/test_admin_units.py",
     "cluster/test_population.py",
     "core/test_generated_code.py",
+    "core/test_test_clock.py",
+    "deploy/test_chaos_engine.py",
     "deploy/test_cluster_plan.py",
     "deploy/test_dockerfile.py",
     "deploy/test_manifests.py",
@@ -109,6 +117,7 @@ UNIT = {
     "oa_node/test_rules_holder_moves.py",
     "oa_node/test_rules_properties.py",
     "oa_node/test_rules_scenarios.py",
+    "scenario/test_scenario_files.py",
     "test_cli_help.py",
     "test_identifiers.py",
     "test_markers.py",
@@ -123,6 +132,8 @@ SLOW = {
     "hub/test_consult_golden.py::test_a_sample_of_consults_and_notifies_answers_as_before",
     "hub/test_patient_list.py::test_list_across_seven_oas_with_one_failing_then_recovering",
     "oa_node/test_node_trust.py::test_every_rpc_answers_exactly_the_callers_the_table_grants",
+    "scenario/test_scenarios_in_process.py::test_the_twelve_stories_pass_on_the_in_process_mesh",
+    "oa_node/test_node_year_ends.py::test_time_running_past_midnight_on_31_december_runs_the_year_end",
     "telemetry/test_mesh_telemetry.py::test_fan_out_errors_per_oa_metrics_and_no_niss_in_clear",
     "trust/test_authorization_matrix.py::test_every_rpc_of_every_service_for_every_kind_of_caller",
 }

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from mycarenet_bench import baseline as baseline_mod
 from mycarenet_bench.fanout import measure_fanout
-from mycarenet_bench.faults import LINK_KINDS, FaultSpecError, parse_fault
+from mycarenet_bench.faults import FaultSpecError
 from mycarenet_bench.mesh import (
     BENCH_THROTTLE_BURST,
     BENCH_THROTTLE_RATE,
@@ -243,15 +243,8 @@ def run_cmd(
                 base_port=base_port,
                 throttle_rate=throttle_rate,
                 throttle_burst=throttle_burst,
-                # The fault proxies (in the supervisor's process) only when the run asks for a link fault:
-                # otherwise every hub → OA call would cross one more Python hop than in production.
-                fault_proxies=any(parse_fault(f).kind in LINK_KINDS for f in cfg.faults),
             )
-            console.print(
-                f"starting a cluster in {data} (population {started.population}"
-                + (", fault proxies" if started.fault_proxies else "")
-                + ") ..."
-            )
+            console.print(f"starting a cluster in {data} (population {started.population}) ...")
             handle = started.start()
             cfg.population = started.population
         else:

@@ -2,32 +2,32 @@
 
 A fault is written ``KIND:TARGET@AT[+DURATION][/EVERY][=VALUE]``, times in ``ms``, ``s`` (default) or ``m``:
 
-- ``kill:oa-300@10s``            SIGKILL the process (the cluster's supervisor restarts it)
+- ``kill:oa-300@10s``            SIGKILL the process (the cluster's supervisor restarts it at once)
 - ``kill:oa-300@30s/30s``        ... at 30 s, then every 30 s until the end of the run
 - ``restart:hub@20s``            SIGTERM: a graceful stop, then the supervisor's restart
 - ``pause:ehealth@15s+5s``       SIGSTOP, then SIGCONT 5 s later (default 5 s)
-- ``latency:oa-500@10s+20s=200ms``  200 ms more per round trip on the hub → OA 500 link (default 10 s)
-- ``errors:oa-500@10s+20s=30%``  reset a fraction of that link's connections/requests (``0.3`` or ``30%``)
+- ``latency:oa-500@10s+20s=200ms``  200 ms more on every hub → OA 500 call (default 10 s)
+- ``errors:oa-500@10s+20s=30%``  that share of the hub → OA 500 calls fail UNAVAILABLE (``0.3`` or ``30%``)
 
 A target is a process name of the cluster description (``hub``, ``ehealth``, ``oa-100`` ...; ``oa:100`` and
-``100`` name the same OA node). Link faults need the cluster started with ``--fault-proxies``.
+``100`` name the same OA node). Every fault goes through the cluster's chaos API (the supervisor's
+``mycarenet.sandbox.v1.ChaosService``, with the administrator's certificate), which heals it by itself after
+its duration; the injector clears what is still active when a run ends early.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from mycarenet_cluster.faultproxy import LinkFaults, write_control
-from mycarenet_cluster.supervisor import pid_alive
+from mycarenet_cluster.probe import pid_alive
+from mycarenet_sdk.admin import AdminClient
+from mycarenet_sdk.client import MyCareNetError
 
 KINDS = ("kill", "restart", "pause", "latency", "errors")
 PROCESS_KINDS = ("kill", "restart", "pause")
@@ -161,15 +161,17 @@ class FaultRecord:
 
 
 class ClusterControl:
-    """What the injector needs from the cluster: fresh pids, addresses, health and link controls."""
+    """What the injector needs from the cluster: fresh pids, addresses, health, and its chaos API."""
 
     def __init__(
         self,
         describe: Callable[[], dict[str, Any]],
         health: Callable[[str], Awaitable[str]],
+        chaos: AdminClient | None = None,
     ) -> None:
         self._describe = describe
         self._health = health
+        self._chaos = chaos
 
     def process(self, name: str) -> dict[str, Any]:
         for proc in self._describe().get("processes", []):
@@ -178,22 +180,22 @@ class ClusterControl:
                 return found
         raise FaultSpecError(f"no process {name!r} in the cluster description")
 
-    def link_control(self, oa_code: str) -> Path:
-        for proxy in self._describe().get("fault_proxies") or []:
-            if proxy["oa_code"] == oa_code:
-                return Path(proxy["control"])
-        raise FaultSpecError(
-            f"no fault proxy for OA {oa_code}: start the cluster with `mycarenet-cluster up --fault-proxies`"
-        )
+    @property
+    def chaos(self) -> AdminClient:
+        if self._chaos is None:
+            raise FaultSpecError("faults need the cluster's chaos API (its sandbox server)")
+        return self._chaos
 
     async def health(self, address: str) -> str:
         return await self._health(address)
 
     def validate(self, events: Sequence[FaultEvent]) -> None:
         for event in events:
-            proc = self.process(event.target)
-            if event.kind in LINK_KINDS:
-                self.link_control(proc["oa_code"])
+            self.process(event.target)
+        if events and not (self._describe().get("sandbox") or {}).get("address"):
+            raise FaultSpecError(
+                "this cluster has no sandbox server (its chaos API): restart it with `mycarenet-cluster up`"
+            )
 
 
 class FaultInjector:
@@ -215,8 +217,7 @@ class FaultInjector:
         self.poll = poll
         self.records: list[FaultRecord] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._paused: set[int] = set()
-        self._links: set[Path] = set()
+        self._active: set[str] = set()  # ids of the faults injected and not known to be healed
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 3)
@@ -238,17 +239,15 @@ class FaultInjector:
             await self.cleanup()
 
     async def cleanup(self) -> None:
-        """Resume anything paused and clear every link fault (also when the run is interrupted)."""
+        """Heal every fault of this run that may still be active (also when the run is interrupted)."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for pid in list(self._paused):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        self._paused.clear()
-        for path in list(self._links):
-            write_control(path, LinkFaults())
-        self._links.clear()
+        for fault_id in sorted(self._active):
+            # Healed already (NOT_FOUND) or the cluster is gone: either way it heals by itself in time.
+            with contextlib.suppress(MyCareNetError):
+                await self.control.chaos.clear_faults(fault_id)
+        self._active.clear()
 
     async def _wait_serving(self, address: str, since: float, pid: int | None) -> float | None:
         """Seconds from ``since`` (monotonic) until the process at ``address`` answers SERVING again
@@ -269,20 +268,29 @@ class FaultInjector:
                 return pid if pid != old else None
             await asyncio.sleep(self.poll)
 
+    async def _until_healed(self, event: FaultEvent, fault_id: str) -> float:
+        """Wait until the fault's end (the chaos API heals it then); the monotonic time of its end."""
+        await asyncio.sleep(max(0.0, self.t0 + event.at + event.duration - time.monotonic()))
+        self._active.discard(fault_id)
+        return time.monotonic()
+
     async def _apply(self, event: FaultEvent, record: FaultRecord) -> None:
+        try:
+            await self._inject(event, record)
+        except MyCareNetError as error:  # refused by the chaos API (e.g. the process is restarting)
+            record.note = f"{error.status.name} {error.reason}: {error.message}"
+
+    async def _inject(self, event: FaultEvent, record: FaultRecord) -> None:
         proc = self.control.process(event.target)
         record.pid = proc.get("pid")
         address = proc["address"]
-        if event.kind in PROCESS_KINDS and not record.pid:
-            record.note = "no pid in the cluster description"
-            return
+        chaos = self.control.chaos
         if event.kind in ("kill", "restart"):
-            assert record.pid is not None
-            if not pid_alive(record.pid):
+            if not record.pid or not pid_alive(record.pid):
                 record.note = "process was not running (still restarting?)"
                 return
             fired = time.monotonic()
-            os.kill(record.pid, signal.SIGKILL if event.kind == "kill" else signal.SIGTERM)
+            await chaos.process_fault(event.target, event.kind, 0.0)
             record.applied_at = self.now()
             record.serving_after_s = await self._wait_serving(address, fired, record.pid)
             if record.serving_after_s is not None:
@@ -291,28 +299,21 @@ class FaultInjector:
                 record.note = f"not SERVING after {self.serving_timeout:.0f}s"
             record.new_pid = await self._new_pid(event.target, record.pid)
         elif event.kind == "pause":
-            assert record.pid is not None
-            os.kill(record.pid, signal.SIGSTOP)
-            self._paused.add(record.pid)
+            fault = await chaos.process_fault(event.target, "pause", event.duration)
+            self._active.add(fault.id)
             record.applied_at = self.now()
-            await asyncio.sleep(max(0.0, self.t0 + event.at + event.duration - time.monotonic()))
-            resumed = time.monotonic()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record.pid, signal.SIGCONT)
-            self._paused.discard(record.pid)
+            resumed = await self._until_healed(event, fault.id)
             record.serving_after_s = await self._wait_serving(address, resumed, None)
             record.cleared_at = round(resumed - self.t0, 3)
         else:
-            path = self.control.link_control(proc["oa_code"])
-            faults = (
-                LinkFaults(latency_ms=event.value)
-                if event.kind == "latency"
-                else LinkFaults(reset_fraction=event.value)
-            )
-            write_control(path, faults)
-            self._links.add(path)
+            if event.kind == "latency":
+                fault = await chaos.link_fault(
+                    "hub", event.target, event.duration, latency_ms=round(event.value)
+                )
+            else:
+                percent = max(1, round(event.value * 100))
+                fault = await chaos.link_fault("hub", event.target, event.duration, error_percent=percent)
+            self._active.add(fault.id)
             record.applied_at = self.now()
-            await asyncio.sleep(max(0.0, self.t0 + event.at + event.duration - time.monotonic()))
-            write_control(path, LinkFaults())
-            self._links.discard(path)
+            await self._until_healed(event, fault.id)
             record.cleared_at = self.now()

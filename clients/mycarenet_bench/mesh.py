@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 from mycarenet_cluster import pki, population
 from mycarenet_cluster.population import CONTACT_CODES
-from mycarenet_cluster.supervisor import DESCRIPTION, channel_credentials, health, pid_alive
+from mycarenet_cluster.probe import DESCRIPTION, channel_credentials, health, pid_alive
 from mycarenet_sdk.keys import load_private_key
 
 from mycarenet_bench.baseline import TlsPaths
@@ -142,8 +142,7 @@ class StartedCluster:
     """A cluster the bench starts (``mycarenet-cluster up`` as a child process) and stops again.
 
     The hub's per-provider throttle is raised through MCN_HUB_THROTTLE_RATE / MCN_HUB_THROTTLE_BURST (the
-    supervisor passes its environment on). With ``fault_proxies`` a fault proxy stands on every hub → OA link
-    so that link faults can be used (``mycarenet-bench run`` asks for them only when it has a link fault).
+    supervisor passes its environment on). Faults go through the cluster's chaos API: no proxy on any link.
     """
 
     data: Path
@@ -152,7 +151,6 @@ class StartedCluster:
     base_port: int | None = None
     throttle_rate: float = BENCH_THROTTLE_RATE
     throttle_burst: int = BENCH_THROTTLE_BURST
-    fault_proxies: bool = True
     timeout: float = 600.0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
@@ -171,8 +169,6 @@ class StartedCluster:
         ]
         if self.today:
             args += ["--today", self.today]
-        if self.fault_proxies:
-            args.append("--fault-proxies")
         env = {
             **os.environ,
             "MCN_HUB_THROTTLE_RATE": str(self.throttle_rate),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from mycarenet_sdk.admin import AdminClient, admin_from_cluster
 
 from mycarenet_bench import baseline as baseline_mod
 from mycarenet_bench.cpu import Snapshot, cpu_delta, per_request, per_request_windows
@@ -273,8 +274,8 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
     steps = parse_steps(cfg.levels, cfg.duration)
     specs = [parse_fault(f) for f in cfg.faults]
     events = expand(specs, cfg.duration)
-    control = ClusterControl(handle.refresh, handle.health)
-    control.validate(events)
+    ClusterControl(handle.refresh, handle.health).validate(events)
+    admin: AdminClient | None = None
 
     interleaved = cfg.baseline and cfg.floor and cfg.mode == "closed" and not events and cfg.interleave > 0
     baseline: dict[str, Any] | None = None
@@ -343,7 +344,9 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
         def overflow(step: int, due: float) -> None:
             recorder.record("(generator)", None, "CANCELLED", due, due, reason="MAX_IN_FLIGHT", step=step)
 
-        injector = FaultInjector(control, events, t0=t0)
+        # The faults go through the cluster's chaos API, with the administrator's certificate.
+        admin = admin_from_cluster(handle.desc) if events else None
+        injector = FaultInjector(ClusterControl(handle.refresh, handle.health, admin), events, t0=t0)
         log(
             f"measuring: {cfg.mode} loop, levels {cfg.levels}, {cfg.duration:g}s, mix {cfg.mix}"
             + (f", {len(events)} fault events" if events else "")
@@ -409,6 +412,8 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
         )
     finally:
         await mesh.close()
+        if admin is not None:
+            await admin.close()
 
 
 class PausedClock:

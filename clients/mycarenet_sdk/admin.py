@@ -13,7 +13,8 @@ mandates for anyone, and rotates eHealth's signing key.
                                          key_file=Path("eva.pem"), wait=True)
 
 ``wait`` (or :meth:`AdminClient.wait_for_cadastre`) returns once every insurer has applied the write, so the
-provider can enrol at all seven at once.
+provider can enrol at all seven at once. On a local cluster (``admin_from_cluster``) it also drives the
+sandbox: the test clock (:meth:`AdminClient.clock`, ``set_clock``, ``advance_clock``) and chaos.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from mycarenet_core import dates
 from mycarenet_core.channels import client_credentials, open_channel
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
@@ -48,6 +50,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import (
     reference_data_service_pb2,
     reference_data_service_pb2_grpc,
 )
+from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2, chaos_pb2_grpc, clock_pb2, clock_pb2_grpc
 from mycarenet_core.identifiers import IdentifierError, Sex, parse_niss
 from mycarenet_sdk.client import (
     MyCareNetError,
@@ -60,6 +63,7 @@ from mycarenet_sdk.client import (
 from mycarenet_sdk.keys import ensure_key_file, fingerprint, public_pem
 
 T = TypeVar("T")
+CLOCK_TIMEOUT = 600.0  # seconds a move of the test clock may take (every insurer runs its year ends)
 
 # A provider of the sandbox practises since this date unless told otherwise: long enough for any story.
 DEFAULT_VALID_FROM = dt.date(2000, 1, 1)
@@ -86,6 +90,45 @@ class ProviderAdded:
     key_created: bool = False
     private_key: Ed25519PrivateKey | None = field(default=None, repr=False)  # generated, not written
     positions: Mapping[str, CadastrePosition] = field(default_factory=dict)  # after ``wait``
+
+
+@dataclass(frozen=True)
+class ProcessClock:
+    """The date one process of the mesh observes, and the year ends it ran in the call (insurers)."""
+
+    process: str
+    observed: bool
+    today: dt.date | None
+    year_ends_run: tuple[int, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ClockState:
+    """The sandbox's mesh clock: its date and instant, and what each process observes."""
+
+    today: dt.date
+    now: dt.datetime
+    offset: dt.timedelta
+    processes: tuple[ProcessClock, ...] = ()
+
+    @classmethod
+    def from_proto(cls, message: clock_pb2.ClockState) -> ClockState:
+        return cls(
+            today=dates.from_proto(message.today, "today"),
+            now=message.now.ToDatetime(dt.UTC),
+            offset=message.offset.ToTimedelta(),
+            processes=tuple(
+                ProcessClock(
+                    p.process,
+                    p.observed,
+                    dates.optional_from_proto(p.today, "today"),
+                    tuple(p.year_ends_run),
+                    p.error,
+                )
+                for p in message.processes
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -180,6 +223,7 @@ class AdminClient:
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = 30.0,
         interceptors: Sequence[Any] = (),
+        sandbox: str | None = None,
     ) -> None:
         # The "admin" certificate (declared as such on a plaintext development mesh).
         self._ehealth_channel = open_channel(
@@ -201,6 +245,12 @@ class AdminClient:
             code: membership_service_pb2_grpc.MembershipServiceStub(ch)
             for code, ch in self._oa_channels.items()
         }
+        # The cluster supervisor's sandbox server (the test clock, chaos), when there is one.
+        self._sandbox_channel = (
+            open_channel(sandbox, credentials=credentials, interceptors=interceptors, identity="admin")
+            if sandbox
+            else None
+        )
         self.timeout = timeout
 
     @property
@@ -219,6 +269,17 @@ class AdminClient:
         await self._ehealth_channel.close(None)
         for channel in self._oa_channels.values():
             await channel.close(None)
+        if self._sandbox_channel is not None:
+            await self._sandbox_channel.close(None)
+
+    def _sandbox(self) -> grpc.aio.Channel:
+        if self._sandbox_channel is None:
+            raise MyCareNetError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "NO_SANDBOX",
+                "this client knows no sandbox server (a local cluster's: cluster.json sandbox.address)",
+            )
+        return self._sandbox_channel
 
     async def _call(self, fn: Callable[..., Awaitable[T]], request: Any) -> T:
         try:
@@ -521,6 +582,94 @@ class AdminClient:
         request = membership_service_pb2.GetMemberRequest(patient=common_pb2.PatientSelector(niss=niss))
         return (await self._call(self._members[code].GetMember, request)).member
 
+    # --- the sandbox: chaos on the running mesh ------------------------------------------------------
+
+    async def inject_fault(self, request: chaos_pb2.InjectFaultRequest) -> chaos_pb2.Fault:
+        """Inject one fault (see :meth:`kill` and the others); it heals by itself after its duration."""
+        stub = chaos_pb2_grpc.ChaosServiceStub(self._sandbox())
+        return (await self._call(stub.InjectFault, request)).fault
+
+    async def process_fault(self, process: str, action: str, seconds: float = 0.0) -> chaos_pb2.Fault:
+        """``action`` on ``process`` (``hub``, ``ehealth``, ``oa-300`` …): ``kill`` (SIGKILL, down for
+        ``seconds``), ``pause`` (SIGSTOP for ``seconds``) or ``restart`` (graceful stop, down for
+        ``seconds``); then the supervisor starts it again."""
+        if action not in PROCESS_ACTIONS:
+            raise ValueError(f"unknown action {action!r} (one of {', '.join(PROCESS_ACTIONS)})")
+        fault = chaos_pb2.ProcessFault(process=process, action=PROCESS_ACTIONS[action])
+        return await self.inject_fault(
+            chaos_pb2.InjectFaultRequest(process=fault, duration_ms=round(seconds * 1000))
+        )
+
+    async def link_fault(
+        self,
+        source: str,
+        target: str,
+        seconds: float,
+        *,
+        latency_ms: int = 0,
+        jitter_ms: int = 0,
+        error_percent: int = 0,
+        error_code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+    ) -> chaos_pb2.Fault:
+        """Latency (``latency_ms`` + up to ``jitter_ms``) and/or ``error_percent`` % of the calls failing
+        with ``error_code`` on the calls from ``source`` to process ``target``, for ``seconds``."""
+        link = chaos_pb2.LinkFault(
+            source=source,
+            target=target,
+            latency_ms=latency_ms,
+            jitter_ms=jitter_ms,
+            error_percent=error_percent,
+            error_code=error_code.value[0] if error_percent else 0,
+        )
+        return await self.inject_fault(
+            chaos_pb2.InjectFaultRequest(link=link, duration_ms=round(seconds * 1000))
+        )
+
+    async def list_faults(self) -> list[chaos_pb2.Fault]:
+        """The active faults, oldest first, each with its remaining time."""
+        stub = chaos_pb2_grpc.ChaosServiceStub(self._sandbox())
+        return list((await self._call(stub.ListFaults, chaos_pb2.ListFaultsRequest())).faults)
+
+    async def clear_faults(self, fault_id: str | None = None) -> list[str]:
+        """Heal fault ``fault_id`` now, or every active fault with None; the ids healed."""
+        stub = chaos_pb2_grpc.ChaosServiceStub(self._sandbox())
+        request = chaos_pb2.ClearFaultsRequest(id=fault_id or "", all=fault_id is None)
+        return list((await self._call(stub.ClearFaults, request)).cleared_ids)
+
+    # --- the sandbox: the test clock ------------------------------------------------------------------
+
+    async def _clock_call(self, fn: Callable[..., Awaitable[Any]], request: Any) -> ClockState:
+        try:
+            answer = await fn(request, timeout=max(self.timeout, CLOCK_TIMEOUT))
+        except grpc.RpcError as error:
+            raise MyCareNetError.from_rpc_error(error) from None
+        return ClockState.from_proto(answer.clock)
+
+    async def clock(self) -> ClockState:
+        """The mesh clock, and the date each process observes."""
+        stub = clock_pb2_grpc.SandboxClockServiceStub(self._sandbox())
+        return await self._clock_call(stub.GetClock, clock_pb2.GetClockRequest())
+
+    async def set_clock(self, day: dt.date) -> ClockState:
+        """Move the mesh to ``day`` (the time of day keeps running); returns once every process observes it
+        and every insurer ran the year ends it went over. FAILED_PRECONDITION CLOCK_BACKWARDS before the
+        mesh date."""
+        stub = clock_pb2_grpc.SandboxClockServiceStub(self._sandbox())
+        request = clock_pb2.SetClockRequest(date=dates.to_proto(day))
+        return await self._clock_call(stub.SetClock, request)
+
+    async def advance_clock(self, days: int) -> ClockState:
+        """Move the mesh forward by ``days`` (as :meth:`set_clock`)."""
+        stub = clock_pb2_grpc.SandboxClockServiceStub(self._sandbox())
+        return await self._clock_call(stub.AdvanceClock, clock_pb2.AdvanceClockRequest(days=days))
+
+
+PROCESS_ACTIONS = {
+    "kill": chaos_pb2.PROCESS_ACTION_KILL,
+    "pause": chaos_pb2.PROCESS_ACTION_PAUSE,
+    "restart": chaos_pb2.PROCESS_ACTION_RESTART,
+}
+
 
 def connect_admin(
     *,
@@ -530,11 +679,15 @@ def connect_admin(
     cert: Path | None = None,
     key: Path | None = None,
     timeout: float = 30.0,
+    sandbox: str | None = None,
 ) -> AdminClient:
-    """The administrator's client of eHealth and of the insurers (``{"100": "host:port", ...}``); mutual TLS
-    with the ``admin`` certificate when ``ca``, ``cert`` and ``key`` are given. Use ``async with``."""
+    """The administrator's client of eHealth, of the insurers (``{"100": "host:port", ...}``) and of a local
+    cluster's ``sandbox`` server; mutual TLS with the ``admin`` certificate when ``ca``, ``cert`` and ``key``
+    are given. Use ``async with``."""
     credentials = client_credentials(ca, cert, key) if ca and cert and key else None
-    return AdminClient(ehealth=ehealth, insurers=insurers, credentials=credentials, timeout=timeout)
+    return AdminClient(
+        ehealth=ehealth, insurers=insurers, credentials=credentials, timeout=timeout, sandbox=sandbox
+    )
 
 
 def admin_from_cluster(description: Path | Mapping[str, Any], *, timeout: float = 30.0) -> AdminClient:
@@ -554,12 +707,15 @@ def admin_from_cluster(description: Path | Mapping[str, Any], *, timeout: float 
         cert=Path(tls["admin_cert"]) if tls else None,
         key=Path(tls["admin_key"]) if tls else None,
         timeout=timeout,
+        sandbox=(desc.get("sandbox") or {}).get("address"),
     )
 
 
 __all__ = [
     "AdminClient",
     "CadastrePosition",
+    "ClockState",
+    "ProcessClock",
     "ProviderAdded",
     "admin_from_cluster",
     "connect_admin",

@@ -25,13 +25,16 @@ import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from google.rpc import code_pb2
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from mycarenet_core.clock import BRUSSELS
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
+from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
 from mycarenet_core.telemetry import Telemetry, from_environment
-from mycarenet_sdk.admin import AdminClient, ProviderAdded, admin_from_cluster
+from mycarenet_sdk.admin import AdminClient, ClockState, ProviderAdded, admin_from_cluster
 from mycarenet_sdk.client import Client, MyCareNetError, Session, connect
 
 T = TypeVar("T")
@@ -60,6 +63,19 @@ admin_credential_app = typer.Typer(help="Credentials (keys bound to a person).",
 admin_app.add_typer(admin_credential_app, name="credential")
 admin_relation_app = typer.Typer(help="Therapeutic relations for anyone.", no_args_is_help=True)
 admin_app.add_typer(admin_relation_app, name="relation")
+clock_app = typer.Typer(
+    help="The sandbox's test clock (administrator): read, set or advance the mesh date.", no_args_is_help=True
+)
+app.add_typer(clock_app, name="clock")
+chaos_app = typer.Typer(
+    help="Chaos on the running cluster (administrator): every fault heals by itself.", no_args_is_help=True
+)
+app.add_typer(chaos_app, name="chaos")
+scenario_app = typer.Typer(
+    help="Scenario files: dated DMG stories played against the running mesh (scenarios/README.md).",
+    no_args_is_help=True,
+)
+app.add_typer(scenario_app, name="scenario")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -89,7 +105,12 @@ def _address(desc: dict[str, Any], role: str, code: str | None = None) -> str:
 
 
 def _today(data: Path) -> dt.date:
-    """The mesh's today: the cluster may run at a sandbox date (``up --today``); time runs on from there."""
+    """The mesh's today: the cluster's test clock (its offset, kept in ``<data>/clock.json``), else the
+    sandbox date of ``up --today`` moved on by the time elapsed since the start."""
+    kept = data / "clock.json"
+    if kept.is_file():
+        offset = dt.timedelta(seconds=float(json.loads(kept.read_text())["offset_seconds"]))
+        return (dt.datetime.now(dt.UTC) + offset).astimezone(BRUSSELS).date()
     desc = _describe(data)
     started = desc.get("started_at")
     if not desc.get("today"):
@@ -1075,6 +1096,269 @@ def admin_cadastre(
     for code, p in sorted(positions.items()):
         table.add_row(code, str(p.applied_sequence), "yes" if p.following else "[red]no[/red]")
     console.print(table)
+
+
+# --- the sandbox: the test clock ----------------------------------------------------------------------------
+
+
+def _clock_json(state: ClockState) -> dict[str, Any]:
+    return {
+        "today": state.today.isoformat(),
+        "now": state.now.isoformat(),
+        "offset_seconds": state.offset.total_seconds(),
+        "processes": [
+            {
+                "process": p.process,
+                "observed": p.observed,
+                "today": p.today.isoformat() if p.today else None,
+                "year_ends_run": list(p.year_ends_run),
+                "error": p.error,
+            }
+            for p in state.processes
+        ],
+    }
+
+
+def _show_clock(state: ClockState, as_json: bool) -> None:
+    if as_json:
+        _print_json(_clock_json(state))
+        return
+    table = Table(title=f"the mesh date is {state.today:%d.%m.%Y} ({state.now:%Y-%m-%d %H:%M:%S} UTC)")
+    for col in ("process", "observes", "year ends run"):
+        table.add_column(col)
+    for p in state.processes:
+        seen = f"{p.today:%d.%m.%Y}" if p.observed and p.today else f"[red]not reached[/red] {p.error}"
+        table.add_row(p.process, seen, ", ".join(map(str, p.year_ends_run)))
+    console.print(table)
+
+
+@clock_app.command("show")
+def clock_show(data: DataOpt = DEFAULT_DATA, as_json: JsonOpt = False) -> None:
+    """The mesh date and what each process observes."""
+    _show_clock(_run_admin(data, lambda a: a.clock()), as_json)
+
+
+@clock_app.command("set")
+def clock_set(
+    day: Annotated[str, typer.Argument(help="the new mesh date (YYYY-MM-DD or DD.MM.YYYY), never earlier")],
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the mesh to a date; returns once every process observes it and the insurers ran the year ends
+    it went over."""
+    parsed = _parse_date(day)
+    assert parsed is not None
+    _show_clock(_run_admin(data, lambda a: a.set_clock(parsed)), as_json)
+
+
+@clock_app.command("advance")
+def clock_advance(
+    days: Annotated[int, typer.Argument(help="days to move forward (0..36500)")],
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move the mesh forward by a number of days (as `clock set`)."""
+    _show_clock(_run_admin(data, lambda a: a.advance_clock(days)), as_json)
+
+
+# --- scenario files -----------------------------------------------------------------------------------------
+
+ScenarioFiles = Annotated[
+    list[Path], typer.Argument(help="scenario files (YAML)", exists=True, dir_okay=False)
+]
+
+
+def _load_scenarios(files: list[Path]) -> list[Any]:
+    """Every file checked; all their problems printed (with lines) and exit 2 when one is invalid."""
+    from mycarenet_scenario import ScenarioFileError, load_scenario
+
+    loaded, problems = [], []
+    for path in files:
+        try:
+            loaded.append(load_scenario(path))
+        except ScenarioFileError as error:
+            problems += error.lines()
+    if problems:
+        for line in problems:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    return loaded
+
+
+@scenario_app.command("check")
+def scenario_check(files: ScenarioFiles) -> None:
+    """Check scenario files without playing them (exit 2 with every problem and its line)."""
+    for loaded in _load_scenarios(files):
+        console.print(f"{loaded.path}: {loaded.scenario.story}, {len(loaded.scenario.steps)} steps: valid")
+
+
+@scenario_app.command("run")
+def scenario_run(
+    files: ScenarioFiles,
+    junit: Annotated[Path | None, typer.Option("--junit", help="also write a JUnit XML report here")] = None,
+    wait: Annotated[float, typer.Option(help="seconds to wait for what the mesh does asynchronously")] = 30.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Play scenario files against the running cluster, each with its own providers and patients, together
+    (their steps interleaved by date) and shifted by whole years to the first years the mesh clock allows.
+    Exit 1 when a step fails."""
+    from mycarenet_scenario import play_scenarios
+    from mycarenet_scenario.mesh import cluster_access
+    from mycarenet_scenario.report import as_json as report_json
+    from mycarenet_scenario.report import print_report, write_junit
+
+    loaded = _load_scenarios(files)
+    desc = _describe(data)
+
+    async def go() -> list[Any]:
+        async with cluster_access(desc, wait_seconds=wait) as access:
+            return await play_scenarios(loaded, access)
+
+    results = asyncio.run(go())
+    if junit is not None:
+        write_junit(results, junit)
+    if as_json:
+        _print_json(report_json(results))
+    else:
+        print_report(results, console)
+    if any(r.failed for r in results):
+        raise typer.Exit(1)
+
+
+# --- chaos ---------------------------------------------------------------------------------------------
+
+ForOpt = Annotated[
+    float, typer.Option("--for", help="seconds until the fault heals by itself (at most 3600)")
+]
+
+
+def _faults_table(faults: list[Any], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("id", "fault", "on", "duration", "remaining"):
+        table.add_column(col)
+    for f in faults:
+        if f.WhichOneof("fault") == "process":
+            kind = chaos_pb2.ProcessAction.Name(f.process.action).removeprefix("PROCESS_ACTION_").lower()
+            where = f.process.process
+        else:
+            link = f.link
+            parts = [f"+{link.latency_ms} ms"] if link.latency_ms else []
+            parts += [f"±{link.jitter_ms} ms"] if link.jitter_ms else []
+            if link.error_percent:
+                parts.append(f"{link.error_percent} % {code_pb2.Code.Name(link.error_code)}")
+            kind, where = " ".join(parts), f"{link.source} → {link.target}"
+        table.add_row(f.id, kind, where, f"{f.duration_ms / 1000:g} s", f"{f.remaining_ms / 1000:.1f} s")
+    return table
+
+
+def _chaos(data: Path, as_json: bool, fn: Callable[[AdminClient], Awaitable[Any]], title: str) -> None:
+    """Run one chaos call; print the fault(s) it answers."""
+    answer = _run_admin(data, fn)
+    faults = answer if isinstance(answer, list) else [answer]
+    if as_json:
+        _print_json([MessageToDict(f, preserving_proto_field_name=True) for f in faults])
+    else:
+        console.print(_faults_table(faults, title))
+
+
+@chaos_app.command("kill")
+def chaos_kill(
+    process: Annotated[str, typer.Argument(help="hub, ehealth, oa-100 … (as in cluster.json)")],
+    seconds: ForOpt = 0.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """SIGKILL a process; it stays down for --for seconds, then the supervisor starts it again."""
+    _chaos(data, as_json, lambda a: a.process_fault(process, "kill", seconds), "fault injected")
+
+
+@chaos_app.command("pause")
+def chaos_pause(
+    process: Annotated[str, typer.Argument(help="hub, ehealth, oa-100 … (as in cluster.json)")],
+    seconds: ForOpt = 5.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """SIGSTOP a process, SIGCONT after --for seconds."""
+    _chaos(data, as_json, lambda a: a.process_fault(process, "pause", seconds), "fault injected")
+
+
+@chaos_app.command("restart")
+def chaos_restart(
+    process: Annotated[str, typer.Argument(help="hub, ehealth, oa-100 … (as in cluster.json)")],
+    seconds: ForOpt = 0.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a process gracefully (SIGTERM); down for --for seconds, then started again."""
+    _chaos(data, as_json, lambda a: a.process_fault(process, "restart", seconds), "fault injected")
+
+
+SourceArg = Annotated[str, typer.Argument(help="the caller: a process, or client, backoffice, admin")]
+TargetArg = Annotated[str, typer.Argument(help="the process receiving the calls")]
+
+
+@chaos_app.command("latency")
+def chaos_latency(
+    source: SourceArg,
+    target: TargetArg,
+    ms: Annotated[int, typer.Option("--ms", help="added latency per call (at most 60000)")],
+    jitter: Annotated[int, typer.Option("--jitter", help="random extra latency, up to (ms)")] = 0,
+    seconds: ForOpt = 30.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add latency to every call from SOURCE to TARGET (e.g. hub oa-300)."""
+    _chaos(
+        data,
+        as_json,
+        lambda a: a.link_fault(source, target, seconds, latency_ms=ms, jitter_ms=jitter),
+        "fault injected",
+    )
+
+
+@chaos_app.command("errors")
+def chaos_errors(
+    source: SourceArg,
+    target: TargetArg,
+    percent: Annotated[int, typer.Option("--percent", help="share of the calls that fail (1..100)")],
+    code: Annotated[str, typer.Option("--code", help="gRPC status code of a failed call")] = "UNAVAILABLE",
+    seconds: ForOpt = 30.0,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fail a share of the calls from SOURCE to TARGET with a status code."""
+    status = getattr(grpc.StatusCode, code.upper(), None)
+    if not isinstance(status, grpc.StatusCode) or status is grpc.StatusCode.OK:
+        err_console.print(f"[red]--code: not a gRPC status code other than OK: {code}[/red]")
+        raise typer.Exit(2)
+    _chaos(
+        data,
+        as_json,
+        lambda a: a.link_fault(source, target, seconds, error_percent=percent, error_code=status),
+        "fault injected",
+    )
+
+
+@chaos_app.command("list")
+def chaos_list(data: DataOpt = DEFAULT_DATA, as_json: JsonOpt = False) -> None:
+    """The active faults, each with its remaining time."""
+    _chaos(data, as_json, lambda a: a.list_faults(), "active faults")
+
+
+@chaos_app.command("clear")
+def chaos_clear(
+    fault_id: Annotated[str | None, typer.Argument(help="the fault to heal (default: all)")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """Heal one fault now, or all of them."""
+    cleared = _run_admin(data, lambda a: a.clear_faults(fault_id))
+    if as_json:
+        _print_json({"cleared_ids": cleared})
+    else:
+        console.print(f"healed: {', '.join(cleared) or 'nothing was active'}")
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     therapeutic_relation_pb2,
 )
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2
-from mycarenet_sdk.admin import AdminClient, CadastrePosition, ProviderAdded, connect_admin
+from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
+from mycarenet_sdk.admin import AdminClient, CadastrePosition, ClockState, ProviderAdded, connect_admin
 from mycarenet_sdk.client import Client, Session, connect
 
 
@@ -178,6 +179,27 @@ class SyncAdminClient:
     def get_member(self, niss: str, *, insurer: str) -> membership_service_pb2.Member:
         return self._runner.run(self._admin.get_member(niss, insurer=insurer))
 
+    def clock(self) -> ClockState:
+        return self._runner.run(self._admin.clock())
+
+    def set_clock(self, day: dt.date) -> ClockState:
+        return self._runner.run(self._admin.set_clock(day))
+
+    def advance_clock(self, days: int) -> ClockState:
+        return self._runner.run(self._admin.advance_clock(days))
+
+    def process_fault(self, process: str, action: str, seconds: float = 0.0) -> chaos_pb2.Fault:
+        return self._runner.run(self._admin.process_fault(process, action, seconds))
+
+    def link_fault(self, source: str, target: str, seconds: float, **kwargs: Any) -> chaos_pb2.Fault:
+        return self._runner.run(self._admin.link_fault(source, target, seconds, **kwargs))
+
+    def list_faults(self) -> list[chaos_pb2.Fault]:
+        return self._runner.run(self._admin.list_faults())
+
+    def clear_faults(self, fault_id: str | None = None) -> list[str]:
+        return self._runner.run(self._admin.clear_faults(fault_id))
+
 
 def connect_admin_sync(
     *,
@@ -186,6 +208,8 @@ def connect_admin_sync(
     ca: Path | None = None,
     cert: Path | None = None,
     key: Path | None = None,
+    sandbox: str | None = None,
 ) -> SyncAdminClient:
-    """A blocking administrator's client."""
-    return SyncAdminClient(ehealth=ehealth, insurers=insurers, ca=ca, cert=cert, key=key)
+    """A blocking administrator's client (``sandbox``: a local cluster's sandbox server, for the test
+    clock and chaos)."""
+    return SyncAdminClient(ehealth=ehealth, insurers=insurers, ca=ca, cert=cert, key=key, sandbox=sandbox)

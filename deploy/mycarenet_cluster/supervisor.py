@@ -16,19 +16,22 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from mycarenet_cluster import faultproxy, pki, population, seed
-from mycarenet_core.channels import client_credentials, open_channel
+from mycarenet_cluster import chaos, faultproxy, pki, population, sandbox, seed, testclock
+from mycarenet_cluster.chaos import ChaosEngine
+from mycarenet_cluster.probe import CALLERS, DESCRIPTION, channel_credentials, health
+from mycarenet_core.clock import ClockBackwards
+from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
 from mycarenet_core.identifiers import INSURER_CODES
+from mycarenet_core.server import MeshServer
 
 log = logging.getLogger("mycarenet-cluster")
-DESCRIPTION = "cluster.json"
+# The environment prefix of each role's settings.
+ENV_PREFIX = {"ehealth": "MCN_EHEALTH_", "oa": "MCN_OA_", "hub": "MCN_HUB_"}
 STABLE_AFTER = 30.0  # seconds up after which a crash no longer counts towards the restart back-off
 
 
@@ -72,19 +75,7 @@ class Running:
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
     quick_crashes: int = 0  # consecutive crashes within STABLE_AFTER of a start: they grow the back-off
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists (a zombie counts until its parent reaps it)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    hold: asyncio.Event | None = None  # a chaos fault keeps the process down until this is set
 
 
 def database_url(cfg: ClusterConfig, name: str) -> str:
@@ -112,7 +103,7 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
     specs.append(ProcSpec("hub", "hub", "hub", hub_port))
     certs = cfg.data / "pki"
     for spec in specs:
-        prefix = {"ehealth": "MCN_EHEALTH_", "oa": "MCN_OA_", "hub": "MCN_HUB_"}[spec.role]
+        prefix = ENV_PREFIX[spec.role]
         env = {"BIND": addr(spec.port), "DATABASE_URL": database_url(cfg, spec.name)}
         if cfg.insecure:
             env["INSECURE"] = "true"
@@ -190,15 +181,6 @@ async def create_databases(cfg: ClusterConfig, specs: list[ProcSpec]) -> None:
             await conn.close()
 
 
-# The certificates the cluster makes for callers outside the mesh (see mycarenet_core/trust.toml):
-#   client      provider software (hub and eHealth; with a provider's own session token)
-#   backoffice  the insurers' back office (invoicing intake, members): `mycarenet oa ...`
-#   admin       the sandbox administrator (eHealth's cadastre, credentials, relations and mandates for
-#               others, key rotation; members and reference data at the insurers): the seeder and
-#               `mycarenet admin ...`
-CALLERS = ("client", "backoffice", "admin")
-
-
 def client_tls(cfg: ClusterConfig) -> dict[str, str] | None:
     """The CA and each caller's certificate and key (``<caller>_cert``, ``<caller>_key``); None when
     insecure."""
@@ -211,29 +193,6 @@ def client_tls(cfg: ClusterConfig) -> dict[str, str] | None:
         tls[f"{caller}_cert"] = str(ident.cert.resolve())
         tls[f"{caller}_key"] = str(ident.key.resolve())
     return tls
-
-
-def channel_credentials(tls: dict[str, str] | None, caller: str = "client") -> grpc.ChannelCredentials | None:
-    """Mutual-TLS credentials of ``caller`` (client, backoffice or admin) from the cluster's ``tls``
-    description; None on an insecure cluster (then the caller declares itself: ``open_channel(...,
-    identity=caller)``)."""
-    if tls is None:
-        return None
-    if caller not in CALLERS:
-        raise ValueError(f"unknown caller certificate {caller!r} (one of {', '.join(CALLERS)})")
-    return client_credentials(Path(tls["ca"]), Path(tls[f"{caller}_cert"]), Path(tls[f"{caller}_key"]))
-
-
-async def health(address: str, credentials: grpc.ChannelCredentials | None, deadline: float = 2.0) -> str:
-    """The overall health of a process ("SERVING", "NOT_SERVING", or "UNREACHABLE")."""
-    async with open_channel(address, credentials=credentials) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=deadline
-            )
-        except grpc.aio.AioRpcError:
-            return "UNREACHABLE"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
 class Supervisor:
@@ -252,7 +211,20 @@ class Supervisor:
         self.started_at = dt.datetime.now(dt.UTC)
         self.demo: dict[str, str] = {}
         self.proxies: dict[str, faultproxy.FaultProxy] = {}
+        self.chaos = ChaosEngine(self)
         (cfg.data / "logs").mkdir(parents=True, exist_ok=True)
+        # The test clock: its offset on disk, given to every process at each (re)start; ``--today`` moves
+        # it (never backwards: ClockBackwards).
+        self.clock = testclock.ClockState(cfg.data, cfg.today)
+        self.clock_servicer = testclock.SandboxClockServicer(
+            self.clock,
+            lambda: [(spec.name, self.address(spec)) for spec in self.specs],
+            self.admin_credentials,
+            on_moved=self.write_description,
+        )
+        # The sandbox server's services (the administrator's controls of the running mesh).
+        self.sandbox_services = [testclock.service(self.clock_servicer), chaos.service(self.chaos)]
+        self.sandbox: MeshServer | None = None
 
     def address(self, spec: ProcSpec) -> str:
         return f"{self.cfg.host}:{spec.port}"
@@ -264,7 +236,7 @@ class Supervisor:
                 sys.executable,
                 "-m",
                 spec.module,
-                env={**os.environ, **spec.env},
+                env={**os.environ, **spec.env, **self.clock_env(spec)},
                 stdout=logfile,
                 stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -272,6 +244,15 @@ class Supervisor:
             )
         finally:
             logfile.close()
+
+    def clock_env(self, spec: ProcSpec) -> dict[str, str]:
+        """The test clock's offset as it is now, for a process that starts."""
+        return {ENV_PREFIX[spec.role] + "SANDBOX_OFFSET_SECONDS": str(self.clock.offset.total_seconds())}
+
+    async def start_sandbox(self) -> None:
+        """Serve the sandbox's services (:mod:`mycarenet_cluster.sandbox`)."""
+        self.sandbox = sandbox.build_server(self.sandbox_services, self.cfg)
+        await self.sandbox.start(sandbox.address(self.cfg))
 
     async def _wait_serving(self, spec: ProcSpec) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout
@@ -313,7 +294,7 @@ class Supervisor:
 
     async def seed_if_new(self) -> None:
         marker = self.cfg.data / "seeded.json"
-        today = self.cfg.today or dt.date.today()
+        today = self.clock.today()
         pop = population.build(self.cfg.population, today, self.cfg.seed_value)
         self.demo = pop.demo
         if marker.is_file():
@@ -336,9 +317,38 @@ class Supervisor:
         self.seed_info = info
         marker.write_text(json.dumps(info, indent=2))
 
+    # --- what the chaos engine needs (mycarenet_cluster.chaos.Processes) -----------------------------------
+
+    def process_names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
+
+    def hold(self, name: str) -> None:
+        """Keep ``name`` down when it exits (a deliberate kill or stop), until :meth:`release`."""
+        self.running[name].hold = asyncio.Event()
+
+    def release(self, name: str) -> None:
+        run = self.running[name]
+        if run.hold is not None:
+            run.hold.set()
+
+    def signal(self, name: str, sig: int) -> bool:
+        run = self.running.get(name)
+        if run is None or run.process.returncode is not None:
+            return False
+        try:
+            run.process.send_signal(sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def set_link_rules(self, name: str, rules: Sequence[chaos_pb2.LinkRule]) -> None:
+        spec = next(s for s in self.specs if s.name == name)
+        await chaos.set_link_rules(self.address(spec), self.admin_credentials, rules)
+
     async def describe(self) -> dict[str, Any]:
+        healths = await asyncio.gather(*(health(self.address(s), self.credentials) for s in self.specs))
         procs = []
-        for spec in self.specs:
+        for spec, state in zip(self.specs, healths, strict=True):
             run = self.running.get(spec.name)
             procs.append(
                 {
@@ -350,7 +360,7 @@ class Supervisor:
                     "database_url": database_url(self.cfg, spec.name),
                     "pid": run.process.pid if run else None,
                     "restarts": run.restarts if run else 0,
-                    "health": await health(self.address(spec), self.credentials),
+                    "health": state,
                     "log": str((self.cfg.data / "logs" / f"{spec.name}.log").resolve()),
                 }
             )
@@ -358,13 +368,14 @@ class Supervisor:
             "name": "mycarenet-mesh",
             "supervisor_pid": os.getpid(),
             "data": str(self.cfg.data.resolve()),
-            "today": (self.cfg.today or dt.date.today()).isoformat(),
+            "today": self.clock.today().isoformat(),
             "started_at": self.started_at.isoformat(),
             "tls": self.tls,
             "processes": procs,
             "demo": self.demo,
             "seed": self.seed_info,
             "keys": str((self.cfg.data / "keys").resolve()),
+            "sandbox": {"address": sandbox.address(self.cfg)},
             "fault_proxies": [
                 {"oa_code": c, "address": p.address, "target": p.target, "control": str(p.control)}
                 for c, p in self.proxies.items()
@@ -380,39 +391,53 @@ class Supervisor:
         return desc
 
     async def watch(self) -> None:
-        """Restart any process that exits while the cluster is up (with a growing back-off)."""
-        while not self.stopping.is_set():
-            waits = {asyncio.ensure_future(r.process.wait()): name for name, r in self.running.items()}
-            stop = asyncio.ensure_future(self.stopping.wait())
-            done, _ = await asyncio.wait([*waits, stop], return_when=asyncio.FIRST_COMPLETED)
-            for fut in waits:
-                fut.cancel()
+        """Keep every process up while the cluster is (one keeper per process), until :attr:`stopping`."""
+        keepers = [asyncio.create_task(self._keep(name), name=f"keep {name}") for name in self.running]
+        try:
+            await self.stopping.wait()
+        finally:
+            for keeper in keepers:
+                keeper.cancel()
+            await asyncio.gather(*keepers, return_exceptions=True)
+
+    async def _keep(self, name: str) -> None:
+        """Start ``name`` again whenever it exits: when a chaos fault held it, once the fault heals; else
+        with a growing back-off for a process that keeps crashing right after its start."""
+        run = self.running[name]
+        while True:
+            await run.process.wait()
             if self.stopping.is_set():
                 return
-            stop.cancel()
-            for fut in done:
-                name = waits.get(fut)
-                if name is None:
-                    continue
-                run = self.running[name]
+            if run.hold is not None:
+                log.warning(
+                    "%s exited with %s (chaos): down until the fault heals", name, run.process.returncode
+                )
+                await run.hold.wait()
+                run.hold = None
+            else:
                 log.warning("%s exited with %s; restarting", name, run.process.returncode)
                 # A process that had been up for a while restarts at once; one that keeps crashing right
                 # after its start waits longer and longer (at most 5 s).
                 stable = time.monotonic() - run.started >= STABLE_AFTER
                 run.quick_crashes = 0 if stable else run.quick_crashes + 1
                 await asyncio.sleep(min(5.0, 0.1 * 2**run.quick_crashes) if run.quick_crashes else 0.0)
-                run.process = await self._spawn(run.spec)
-                run.started = time.monotonic()
-                run.restarts += 1
-                try:
-                    await self._wait_serving(run.spec)
-                except (RuntimeError, TimeoutError) as error:
-                    log.error("%s", error)
-                await self.write_description()
+            run.process = await self._spawn(run.spec)
+            run.started = time.monotonic()
+            run.restarts += 1
+            try:
+                await self._wait_serving(run.spec)
+                await self.chaos.restarted(name)  # the link faults it applies, if any
+            except (RuntimeError, TimeoutError) as error:
+                log.error("%s: %s", name, error)
+            await self.write_description()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every process (hub first, eHealth last), SIGKILL what is left after ``grace``."""
+        """Heal every chaos fault; SIGTERM every process (hub first, eHealth last), SIGKILL what is left
+        after ``grace``."""
         self.stopping.set()
+        await self.chaos.close()
+        if self.sandbox is not None:
+            await self.sandbox.stop(0)
         for group in (["hub"], [s.name for s in self.specs if s.role == "oa"], ["ehealth"]):
             procs = [self.running[n].process for n in group if n in self.running]
             for p in procs:
@@ -434,13 +459,24 @@ class Supervisor:
 
 async def run(cfg: ClusterConfig, *, on_ready: Any = None) -> int:
     """`up`: start, seed, describe, then wait for a signal and stop everything."""
-    sup = Supervisor(cfg)
+    try:
+        sup = Supervisor(cfg)
+    except ClockBackwards as error:
+        print(
+            f"mycarenet-cluster: --today: {error}; the mesh clock never goes back (reset the data)",
+            file=sys.stderr,
+        )
+        return 2
+    except testclock.ClockOutOfRange as error:
+        print(f"mycarenet-cluster: --today: {error}", file=sys.stderr)
+        return 2
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, sup.stopping.set)
 
     async def bring_up() -> None:
         await sup.start()
+        await sup.start_sandbox()
         await sup.seed_if_new()
         desc = await sup.write_description()
         if on_ready is not None:

@@ -1,15 +1,18 @@
-"""The fault schedule: parsing, unrolling, and the injector against stand-in processes and proxies."""
+"""The fault schedule: parsing, unrolling, and the injector through a real chaos API (the sandbox's
+ChaosService, served here over a stand-in process)."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from mycarenet_bench.faults import (
     ClusterControl,
@@ -21,7 +24,12 @@ from mycarenet_bench.faults import (
     parse_fault,
     parse_seconds,
 )
-from mycarenet_cluster.faultproxy import LinkFaults, read_control
+from mycarenet_cluster import chaos
+from mycarenet_sdk import AdminClient
+
+from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
+from mycarenet_core.server import MeshServer
+from mycarenet_core.trust import TrustInterceptor
 
 
 def test_parse_seconds() -> None:
@@ -80,23 +88,56 @@ def test_expand_unrolls_repeats_within_the_run() -> None:
     assert [(e.kind, e.at) for e in events] == [("kill", 30), ("pause", 45), ("kill", 60), ("kill", 90)]
 
 
-class FakeCluster:
-    """A description with one stand-in process (``sleep``) and one link control file."""
+def state(pid: int) -> str:
+    """The kernel's state letter of a process (R, S, T when stopped, Z ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
 
-    def __init__(self, tmp: Path) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        # Reap it once killed, as the supervisor does for a real process.
-        self.reaper = threading.Thread(target=self.proc.wait, daemon=True)
-        self.reaper.start()
-        self.control = tmp / "faults" / "oa-100.json"
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met within 5 s")
+
+
+class StandIn:
+    """One stand-in process (``sleep``) as a supervisor owns it: signalled for real, held down by a kill,
+    started again when the fault heals; the link rules it is given are recorded."""
+
+    def __init__(self) -> None:
+        self.proc = self._spawn()
+        self.rules: list[list[chaos_pb2.LinkRule]] = []
         self.health_calls = 0
+
+    @staticmethod
+    def _spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    def process_names(self) -> Sequence[str]:
+        return ["hub", "oa-100"]  # the hub: only as the source of link faults
+
+    def hold(self, name: str) -> None: ...
+
+    def release(self, name: str) -> None:
+        self.proc.wait(5)  # the kill is immediate; reaped, as the supervisor does
+        self.proc = self._spawn()
+
+    def signal(self, name: str, sig: int) -> bool:
+        if self.proc.poll() is not None:
+            return False
+        self.proc.send_signal(sig)
+        return True
+
+    async def set_link_rules(self, name: str, rules: Sequence[chaos_pb2.LinkRule]) -> None:
+        self.rules.append(list(rules))
 
     def describe(self) -> dict[str, Any]:
         return {
             "processes": [
                 {"name": "oa-100", "role": "oa", "oa_code": "100", "address": "x:1", "pid": self.proc.pid}
             ],
-            "fault_proxies": [{"oa_code": "100", "control": str(self.control)}],
+            "sandbox": {"address": "the test's"},
         }
 
     async def health(self, address: str) -> str:
@@ -110,51 +151,103 @@ class FakeCluster:
 
 
 @pytest.fixture
-def fake(tmp_path: Path) -> Any:
-    cluster = FakeCluster(tmp_path)
-    yield cluster
-    cluster.close()
+async def fake() -> AsyncIterator[tuple[StandIn, AdminClient]]:
+    """The stand-in, and an administrator's client of a real sandbox server whose chaos acts on it."""
+    stand_in = StandIn()
+    engine = chaos.ChaosEngine(stand_in)
+    server = MeshServer("sandbox", [chaos.service(engine)], trust=TrustInterceptor(secure=False))
+    port = await server.start("127.0.0.1:0")
+    admin = AdminClient(ehealth="127.0.0.1:1", sandbox=f"127.0.0.1:{port}")
+    try:
+        yield stand_in, admin
+    finally:
+        await admin.close()
+        await engine.close()
+        await server.stop(0)
+        stand_in.close()
 
 
-async def test_link_fault_writes_the_control_file_then_clears_it(fake: FakeCluster) -> None:
-    control = ClusterControl(fake.describe, fake.health)
-    events = [FaultEvent("latency", "oa-100", 0.0, 0.2, 150.0, "latency:oa-100@0s+0.2s=150ms")]
+async def test_link_fault_goes_to_the_receiving_process_then_heals(fake: tuple[StandIn, AdminClient]) -> None:
+    stand_in, admin = fake
+    control = ClusterControl(stand_in.describe, stand_in.health, admin)
+    events = [FaultEvent("latency", "oa-100", 0.0, 0.3, 150.0, "latency:oa-100@0s+0.3s=150ms")]
     control.validate(events)
     injector = FaultInjector(control, events, t0=time.monotonic())
-    task = asyncio.create_task(injector.run())
-    await asyncio.sleep(0.1)
-    assert read_control(fake.control) == LinkFaults(latency_ms=150.0)
-    await task
-    assert read_control(fake.control) == LinkFaults()
+    await injector.run()
+    await eventually(lambda: len(stand_in.rules) == 2)
+    given, healed = stand_in.rules
+    assert [(r.source, r.latency_ms) for r in given] == [("hub", 150)]
+    assert healed == []  # healed by the chaos API after its duration
     (record,) = injector.records
     assert record.applied_at is not None
     assert record.cleared_at is not None
+    assert record.cleared_at >= 0.3
+    assert await admin.list_faults() == []
 
 
-async def test_pause_then_resume_and_kill(fake: FakeCluster) -> None:
-    control = ClusterControl(fake.describe, fake.health)
-    pid = fake.proc.pid
+async def test_errors_then_an_interrupted_run_clears_what_is_active(
+    fake: tuple[StandIn, AdminClient],
+) -> None:
+    stand_in, admin = fake
+    control = ClusterControl(stand_in.describe, stand_in.health, admin)
+    events = [FaultEvent("errors", "oa-100", 0.0, 60.0, 0.3, "errors:oa-100@0s+60s=30%")]
+    injector = FaultInjector(control, events, t0=time.monotonic())
+    task = asyncio.create_task(injector.run())
+    await eventually(lambda: bool(stand_in.rules))
+    [rule] = stand_in.rules[-1]
+    assert (rule.source, rule.error_percent) == ("hub", 30)
+    assert rule.error_code == grpc.StatusCode.UNAVAILABLE.value[0]
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await injector.cleanup()
+    assert await admin.list_faults() == []
+    assert stand_in.rules[-1] == []
+
+
+async def test_pause_then_resume_and_kill(fake: tuple[StandIn, AdminClient]) -> None:
+    stand_in, admin = fake
+    control = ClusterControl(stand_in.describe, stand_in.health, admin)
+    first = stand_in.proc
     events = [
-        FaultEvent("pause", "oa-100", 0.0, 0.2, 0.0, "pause:oa-100@0s+0.2s"),
-        FaultEvent("kill", "oa-100", 0.4, 0.0, 0.0, "kill:oa-100@0.4s"),
+        FaultEvent("pause", "oa-100", 0.0, 0.3, 0.0, "pause:oa-100@0s+0.3s"),
+        FaultEvent("kill", "oa-100", 0.5, 0.0, 0.0, "kill:oa-100@0.5s"),
     ]
-    injector = FaultInjector(control, events, t0=time.monotonic(), serving_timeout=2.0)
-    await injector.run()
+    injector = FaultInjector(control, events, t0=time.monotonic(), serving_timeout=5.0)
+    task = asyncio.create_task(injector.run())
+    await eventually(lambda: bool(injector.records) and injector.records[0].applied_at is not None)
+    assert state(first.pid) == "T"  # stopped by the chaos API
+    await task
     pause, kill = injector.records
-    assert pause.pid == pid
+    assert pause.pid == first.pid
     assert pause.cleared_at is not None
     assert pause.serving_after_s is not None
     assert kill.applied_at is not None
-    assert fake.proc.wait(5) == -9
-    # The stand-in is never restarted: SERVING comes from the fake health once the old pid is gone.
+    assert first.returncode == -signal.SIGKILL
+    # Started again when the kill healed (at once: no duration): the injector saw the new pid.
     assert kill.serving_after_s is not None
-    assert kill.new_pid is None
+    assert kill.new_pid == stand_in.proc.pid != first.pid
+    assert await admin.list_faults() == []
 
 
-def test_validate_refuses_unknown_targets_and_missing_proxies(fake: FakeCluster) -> None:
-    control = ClusterControl(fake.describe, fake.health)
-    with pytest.raises(FaultSpecError):
-        control.validate([FaultEvent("kill", "hub", 0, 0, 0, "kill:hub@0s")])
-    bare = ClusterControl(lambda: {**fake.describe(), "fault_proxies": []}, fake.health)
-    with pytest.raises(FaultSpecError, match="--fault-proxies"):
-        bare.validate([FaultEvent("errors", "oa-100", 0, 1, 0.5, "errors:oa-100@0s=50%")])
+async def test_a_refused_fault_is_noted(fake: tuple[StandIn, AdminClient]) -> None:
+    stand_in, admin = fake
+    control = ClusterControl(stand_in.describe, stand_in.health, admin)
+    await admin.process_fault("oa-100", "pause", 60)
+    events = [FaultEvent("pause", "oa-100", 0.0, 1.0, 0.0, "pause:oa-100@0s+1s")]
+    injector = FaultInjector(control, events, t0=time.monotonic())
+    await injector.run()
+    assert injector.records[0].note.startswith("FAILED_PRECONDITION FAULT_ACTIVE")
+    assert len(await admin.clear_faults()) == 1
+
+
+def test_validate_refuses_unknown_targets_and_a_cluster_without_sandbox() -> None:
+    stand_in = StandIn()
+    try:
+        control = ClusterControl(stand_in.describe, stand_in.health)
+        with pytest.raises(FaultSpecError):
+            control.validate([FaultEvent("kill", "hub", 0, 0, 0, "kill:hub@0s")])
+        bare = ClusterControl(lambda: {**stand_in.describe(), "sandbox": None}, stand_in.health)
+        with pytest.raises(FaultSpecError, match="sandbox"):
+            bare.validate([FaultEvent("errors", "oa-100", 0, 1, 0.5, "errors:oa-100@0s=50%")])
+    finally:
+        stand_in.close()

@@ -22,7 +22,7 @@ def free_base_port(*, metrics: bool = False) -> int:
     """A base port whose cluster ports are free (and their metrics ports, + 1000, with ``metrics``)."""
     for _ in range(50):
         base = random.randrange(20000, 39000, 20)
-        ports = [base, base + 1, *range(base + 10, base + 17)]
+        ports = [base, base + 1, base + 2, *range(base + 10, base + 17)]  # hub, eHealth, sandbox, OA nodes
         ports += [p + 1000 for p in ports] if metrics else []
         try:
             socks = []

@@ -53,9 +53,9 @@ def sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 async def test_a_message_delivered_twice_is_stored_once(sessions: async_sessionmaker[AsyncSession]) -> None:
     async with transaction(sessions) as session:
-        first = await MailboxRepository(session).store([closure("m1", GP1), closure("m2", GP2)])
+        first = await MailboxRepository(session).store([closure("m1", GP1), closure("m2", GP2)], NOW)
     async with transaction(sessions) as session:
-        again = await MailboxRepository(session).store([closure("m1", GP1), closure("m3", GP1)])
+        again = await MailboxRepository(session).store([closure("m1", GP1), closure("m3", GP1)], NOW)
     assert first.stored == ["m1", "m2"]
     assert again.stored == ["m3"]
     assert again.duplicates == ["m1"]
@@ -69,7 +69,9 @@ async def test_pending_is_per_recipient_oldest_first_and_paged(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     async with transaction(sessions) as session:
-        await MailboxRepository(session).store([closure(f"m{i}", GP1 if i % 2 else GP2) for i in range(10)])
+        await MailboxRepository(session).store(
+            [closure(f"m{i}", GP1 if i % 2 else GP2) for i in range(10)], NOW
+        )
     async with sessions() as session:
         repo = MailboxRepository(session)
         page1 = await repo.pending(GP1, [], limit=3)
@@ -81,7 +83,7 @@ async def test_pending_is_per_recipient_oldest_first_and_paged(
 async def test_confirm_by_id_and_hash_twice_and_foreign(sessions: async_sessionmaker[AsyncSession]) -> None:
     async with transaction(sessions) as session:
         await MailboxRepository(session).store(
-            [closure("a", GP1, "80051703367"), closure("b", GP1, "75010201290"), closure("c", GP2)]
+            [closure("a", GP1, "80051703367"), closure("b", GP1, "75010201290"), closure("c", GP2)], NOW
         )
     hash_b = content_hash(closure("b", GP1, "75010201290"))
     async with transaction(sessions) as session:

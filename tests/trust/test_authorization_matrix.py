@@ -33,6 +33,12 @@ PROCESS = {
     "mycarenet.dmg.v1": "hub",
     "mycarenet.hub.v1": "hub",
     "mycarenet.oa.v1": "oa-100",
+    "mycarenet.sandbox.v1": "sandbox",
+}
+# Services that run elsewhere than the rest of their package: every process's own, called on insurer 100.
+PROCESS_OF_SERVICE = {
+    "mycarenet.sandbox.v1.ProcessClockService": "oa-100",
+    "mycarenet.sandbox.v1.ChaosAgentService": "oa-100",
 }
 MODULES = service_modules()
 MANDATED = [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT, mandate_pb2.MANDATED_SERVICE_MAILBOX]
@@ -131,8 +137,9 @@ async def call(
     mesh: TlsMesh, method: str, request_type: Any, response_type: Any, streaming: bool, caller: Caller
 ) -> tuple[grpc.StatusCode, str, int | None]:
     """Call ``method`` with an empty request as ``caller``: (status, reason, first MyCareNet code)."""
-    package = method.split("/")[1].rsplit(".", 1)[0]
-    channel = mesh.channel(PROCESS[package], caller.identity)
+    service = method.split("/")[1]
+    process = PROCESS_OF_SERVICE.get(service) or PROCESS[service.rsplit(".", 1)[0]]
+    channel = mesh.channel(process, caller.identity)
     metadata = (("authorization", f"Bearer {mesh.tokens[caller.token]}"),) if caller.token else ()
     serialize, deserialize = request_type.SerializeToString, response_type.FromString
     try:

@@ -1,6 +1,7 @@
-"""A small mesh under mutual TLS, as the cluster runs it: eHealth, the hub and insurers 100 and 200, each with
-its own certificate from a private CA, and one channel per kind of caller (every certificate of the trust
-table, a certificate the CA signed for an unknown party, and no certificate at all).
+"""A small mesh under mutual TLS, as the cluster runs it: eHealth, the hub and insurers 100 and 200, and the
+sandbox's server (the test clock, chaos), each with its own certificate from a private CA, and one channel per
+kind of caller (every certificate of the trust table, a certificate the CA signed for an unknown party, and
+no certificate at all).
 
 Used by the authorization matrix test: every RPC of every service x every kind of caller.
 """
@@ -17,14 +18,15 @@ from typing import TypeAlias
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mycarenet_cluster import chaos, pki, sandbox, testclock
+from mycarenet_cluster.supervisor import ClusterConfig
 
-from deploy.mycarenet_cluster import pki
 from ehealth.app import EhealthApp
 from hub.app import HubApp, HubTuning
 from hub.throttle import ThrottleConfig
 from hub.upstream import CallPolicy
 from mycarenet_core.channels import client_credentials, open_channel, server_credentials
-from mycarenet_core.clock import FixedClock
+from mycarenet_core.clock import FixedClock, OffsetClock
 from mycarenet_core.dates import to_proto
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
@@ -36,6 +38,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     mandate_pb2_grpc,
 )
 from mycarenet_core.identifiers import Profession, make_inami, make_niss
+from mycarenet_core.server import MeshServer
 from oa_node.app import OaNodeApp
 
 NOW = dt.datetime(2025, 3, 4, 9, 0, tzinfo=dt.UTC)
@@ -206,6 +209,7 @@ async def tls_mesh(
     hub: HubApp | None = None
     oas: list[OaNodeApp] = []
     mesh: TlsMesh | None = None
+    sandbox_server: MeshServer | None = None
     try:
         ehealth = await EhealthApp.create(
             database_url=f"sqlite+aiosqlite:///{tmp / 'ehealth.db'}",
@@ -219,7 +223,8 @@ async def tls_mesh(
             oa = await OaNodeApp.create(
                 insurer_code=code,
                 database_url=f"sqlite+aiosqlite:///{tmp / f'oa-{code}.db'}",
-                clock=clock,
+                # Insurer 100 runs on the sandbox's movable clock (it serves ProcessClockService).
+                clock=OffsetClock(offset=NOW - dt.datetime.now(dt.UTC)) if code == "100" else clock,
                 channel_credentials=client(f"oa-{code}"),
                 server_credentials=server(f"oa-{code}"),
             )
@@ -237,6 +242,16 @@ async def tls_mesh(
             tuning=FAST,
         )
         addresses["hub"] = f"localhost:{await hub.start('127.0.0.1:0')}"
+        # The sandbox's server, as the cluster supervisor runs it (its test clock over the processes above).
+        clock_servicer = testclock.SandboxClockServicer(
+            testclock.ClockState(tmp, None), lambda: sorted(addresses.items()), client("admin")
+        )
+        # Chaos there: link faults on the processes above (not its own processes: no process faults).
+        engine = chaos.ChaosEngine(chaos.LinkOnly(lambda: dict(addresses), client("admin")))
+        sandbox_server = sandbox.build_server(
+            [testclock.service(clock_servicer), chaos.service(engine)], ClusterConfig(data=tmp)
+        )
+        addresses["sandbox"] = f"localhost:{await sandbox_server.start('127.0.0.1:0')}"
         mesh = TlsMesh(folder, addresses, people())
         await seed(mesh, mandated_services)
         await hub.wait_until_synced(10)
@@ -244,6 +259,8 @@ async def tls_mesh(
     finally:
         if mesh is not None:
             await mesh.close()
+        if sandbox_server is not None:
+            await sandbox_server.stop(0)
         if hub is not None:
             await hub.stop(0)
         for oa in oas:
