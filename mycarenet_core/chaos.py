@@ -67,15 +67,24 @@ class LinkChaos:
         self.monotonic = monotonic
         self.rng = rng or random.Random()
         self.rules: dict[str, Rule] = {}
+        self.on_change: list[Callable[[], None]] = []
+        """Called whenever the rules change (the server's interceptor chain, kept per method, is rebuilt:
+        the chaos interceptor wraps the calls only while a rule is active)."""
 
     def replace(self, rules: Mapping[str, Rule]) -> None:
         self.rules = dict(rules)
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     def rule_for(self, peer: str) -> Rule | None:
         """The rule of ``peer`` while it lasts (an ended rule is dropped here)."""
         rule = self.rules.get(peer)
         if rule is not None and self.monotonic() >= rule.ends_at:
             self.rules = {k: r for k, r in self.rules.items() if r is not rule}
+            self._changed()
             return None
         return rule
 

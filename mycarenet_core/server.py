@@ -169,7 +169,8 @@ class MethodChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     Every interceptor of the mesh only wraps the handler of the method it is given (whatever it does per
     call, it does inside the wrapper, from the call's own context), so the handler the whole chain makes for
-    a method is the same at every call: it is built at the method's first call and kept. grpc.aio would
+    a method is the same at every call: it is built at the method's first call and kept, until
+    :meth:`forget` (an interceptor whose choice depends on more than the method tells it). grpc.aio would
     otherwise run each interceptor's ``intercept_service`` coroutine and build new handlers at every call.
     Only methods that have a handler are kept (an unknown method name costs nothing to remember).
     """
@@ -177,6 +178,11 @@ class MethodChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, interceptors: Sequence[Any]) -> None:
         self.interceptors = tuple(interceptors)
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def forget(self) -> None:
+        """Build every method's handler again at its next call (an interceptor's choice changed: the chaos
+        interceptor wraps the calls only while one of its rules is active)."""
+        self._handlers = {}
 
     async def intercept_service(
         self,
@@ -320,8 +326,11 @@ class MeshServer:
         if trust is not None:
             chain.append(trust)
         self.services = tuple(services)
+        method_chain = MethodChain(chain)
+        if self.chaos is not None:
+            self.chaos.on_change.append(method_chain.forget)
         self._server = grpc.aio.server(
-            interceptors=[MethodChain(chain)],
+            interceptors=[method_chain],
             options=[("grpc.so_reuseport", 0), *options],
         )
         self._credentials = credentials
