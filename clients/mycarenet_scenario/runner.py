@@ -623,12 +623,13 @@ def common_shift(scenarios: list[Scenario], mesh_today: dt.date) -> int:
 
 
 async def _untariffed_years(access: MeshAccess, scenarios: list[Scenario], shift: int) -> list[int]:
-    """The years the stories would be played in that the insurers' tariff table does not have."""
+    """The years the stories would be played in that no tariff of the insurers' table covers (a tariff stays
+    in force until the next one: only the years before the table's first are not covered)."""
     if access.tariff_years is None:
         return []
     known = await access.tariff_years()
     played = {when.year + shift for _, _, when in timeline(scenarios) if when is not None}
-    return sorted(y for y in played if y not in known)
+    return sorted(y for y in played if not known or y < min(known))
 
 
 def timeline(scenarios: list[Scenario]) -> list[tuple[int, int, dt.date | None]]:

@@ -76,10 +76,12 @@ class TariffTable:
     amounts: Mapping[int, Mapping[TariffCategory, Decimal]] = field(default_factory=lambda: DEFAULT_TARIFFS)
 
     def amount(self, year: int, category: TariffCategory) -> Decimal:
-        """The fee of ``year`` for ``category`` (seed 002)."""
-        by_category = self.amounts.get(year)
-        if by_category is None or TariffCategory.STANDARD not in by_category:
+        """The fee of ``year`` for ``category`` (seed 002). A fee stays in force until the next one: a
+        year after the table's last has the last year's amounts (the sandbox clock may run past it)."""
+        in_force = [y for y in self.amounts if y <= year and TariffCategory.STANDARD in self.amounts[y]]
+        if not in_force:
             raise TariffMissingError(f"no DMG tariff for {year}")
+        by_category = self.amounts[max(in_force)]
         return by_category.get(category, by_category[TariffCategory.STANDARD])
 
 

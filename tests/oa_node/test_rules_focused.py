@@ -24,6 +24,7 @@ from oa_node.rules import (
     RuleContext,
     StatusReason,
     TariffCategory,
+    TariffMissingError,
     TariffTable,
     notify,
     process_year_end,
@@ -263,9 +264,13 @@ def test_fee_amount_by_tariff_and_category(
     assert (paid.amount, paid.category) == (Decimal(amount), category)
 
 
-def test_tariff_table_covers_2012_to_2030() -> None:
+def test_tariff_table_covers_2012_to_2030_and_its_last_year_stays_in_force() -> None:
     table = TariffTable()
     assert all(table.amount(year, TariffCategory.STANDARD) > 0 for year in range(2012, 2031))
+    for category in TariffCategory:
+        assert table.amount(2045, category) == table.amount(2030, category)
+    with pytest.raises(TariffMissingError):
+        table.amount(2009, TariffCategory.STANDARD)
     assert table.amount(2016, TariffCategory.STANDARD) == Decimal("30.00")
     assert table.amount(2016, TariffCategory.CHRONIC_45_74) == Decimal("55.00")
     assert table.amount(2014, TariffCategory.CHRONIC_45_74) == table.amount(2014, TariffCategory.STANDARD)

@@ -212,8 +212,8 @@ class StillClock:
 
 
 async def test_stories_that_would_land_in_years_without_a_tariff_are_not_played() -> None:
-    async def tariff_years() -> set[int]:
-        return set(range(2010, 2031))
+    async def tariff_years() -> set[int]:  # a table that starts after the years played (a fee stays in force
+        return set(range(2031, 2041))  # until the next one: only years before the first are not covered)
 
     def no_client() -> Any:
         raise AssertionError("nothing is set up")
@@ -230,7 +230,7 @@ async def test_stories_that_would_land_in_years_without_a_tariff_are_not_played(
     assert result.failed
     assert result.shift_years == 16  # 2014-2015 → 2030-2031
     assert result.error is not None
-    assert "+16 years, in 2031, for which the insurers have no DMG tariff" in result.error
+    assert "+16 years, in 2030, for which the insurers have no DMG tariff" in result.error
     assert clock.moves == 0
     assert result.steps == []
 
