@@ -207,6 +207,9 @@ CONSULT_P50_GOAL = 1.5  # consult p50 at 1 in flight: at most 1.5 × the floor's
 CONSULT_RATE_GOAL = 0.7  # consult throughput at N in flight: at least 0.7 × the floor's at N
 NOTIFY_TAIL_GOAL = 10.0  # notify at N in flight: p99 under 10 × its p50
 IDLE_OA_GOAL = 2.0  # an idle OA node: under 2 CPU-ms per second
+CONSULT_OK_SHARE = (
+    0.99  # the consult goals are judged on steps whose answers were consults at least this often
+)
 
 
 def targets(
@@ -228,7 +231,9 @@ def targets(
         for step in steps:
             level = int(step["level"])
             consult = (step.get("by_rpc") or {}).get("ConsultDmg")
-            if consult and consult["ok"]:
+            # Judged only when the consults were answered as consults: refusals (an unknown patient, a clock
+            # moved past the population's affiliations) are cheaper than a consult and prove nothing.
+            if consult and consult["ok"] >= CONSULT_OK_SHARE * (consult["ok"] + consult["refused"]) > 0:
                 ratio = consult.get("ratio_to_floor") or {}
                 if level == 1:
                     goal(

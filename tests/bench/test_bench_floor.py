@@ -278,13 +278,13 @@ def _cpu_window(requests: int, level: float, per_request_ms: float) -> dict[str,
     }
 
 
-def _closed_report(rpc: str, idle_oa: float) -> dict[str, Any]:
+def _closed_report(rpc: str, idle_oa: float, *, status: str = "OK") -> dict[str, Any]:
     rec = Recorder(t0=0.0)
     for i in range(100):  # step 0 (1 in flight): 2.8 ms
-        rec.record(rpc, "100", "OK", i * 0.01, i * 0.01 + 0.0028, step=0)
+        rec.record(rpc, "100", status, i * 0.01, i * 0.01 + 0.0028, step=0)
     for i in range(400):  # step 1 (16 in flight): 20 ms, a tail at 150 ms
         end = 0.150 if i % 50 == 0 else 0.020
-        rec.record(rpc, "100", "OK", 1 + i * 0.0025, 1 + i * 0.0025 + end, step=1)
+        rec.record(rpc, "100", status, 1 + i * 0.0025, 1 + i * 0.0025 + end, step=1)
     cpu = {
         "steps": [_cpu_window(100, 1, 2.5), {**_cpu_window(400, 16, 2.0), "index": 1}],
         "run": _cpu_window(500, 0, 2.1),
@@ -342,6 +342,13 @@ def test_report_carries_the_ratios_to_the_floor_at_each_level_and_the_targets() 
         assert f'class="{table}"' in page
     assert "p50 ×floor" in page
     assert "chain ×floor" in page
+
+
+def test_consults_answered_with_refusals_are_not_judged_against_the_floor() -> None:
+    # An unknown patient (the clock moved past the population's affiliations) answers fast and proves nothing.
+    report = _closed_report("ConsultDmg", idle_oa=0.8, status="NOT_FOUND")
+    assert report["steps"][0]["by_rpc"]["ConsultDmg"]["refused"] == 100
+    assert not any(t["name"].startswith("consult") for t in report["targets"])
 
 
 def test_report_checks_the_notify_tail_and_a_busy_idle_node() -> None:
