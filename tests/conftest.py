@@ -60,7 +60,6 @@ CLUSTER_FIXTURES = {"cluster", "small_cluster", "sqlite_cluster"}
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
 INTEGRATION = {
     # in-process servers (the mesh, one service, stand-ins), proxies, subprocesses of the bench
-    "bench/test_bench_faultproxy.py",
     "bench/test_bench_faults.py",
     "bench/test_bench_floor.py",
     "bench/test_bench_report.py::test_baseline_in_process",

@@ -142,7 +142,6 @@ def build_report(
             "today": desc.get("today"),
             "tls": bool(desc.get("tls")),
             "population": cfg.population,
-            "fault_proxies": bool(desc.get("fault_proxies")),
             "processes": [
                 {k: p.get(k) for k in ("name", "role", "oa_code", "address", "pid", "restarts", "health")}
                 for p in desc.get("processes", [])
@@ -482,8 +481,7 @@ async def run_interleaved(
 
 class CpuMeter:
     """CPU of the mesh's processes (``/proc``) over the measured steps and over a quiet window: eHealth,
-    the hub, each OA node, the supervisor (with the fault proxies when it runs them) and the ``client``,
-    this process, the load generator."""
+    the hub, each OA node, the supervisor and the ``client``, this process, the load generator."""
 
     def __init__(self, handle: ClusterHandle) -> None:
         self.handle = handle

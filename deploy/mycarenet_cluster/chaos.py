@@ -146,6 +146,10 @@ def parse_request(request: chaos_pb2.InjectFaultRequest) -> FaultRequest:
     return FaultRequest(kind, process, duration_ms / 1000.0, link)
 
 
+def _place(fault: FaultRequest) -> tuple[str, str | None]:
+    return fault.process, fault.link.source if fault.link else None
+
+
 def _precondition(reason: str, message: str) -> MeshError:
     return MeshError(grpc.StatusCode.FAILED_PRECONDITION, reason, message)
 
@@ -179,21 +183,9 @@ class ChaosEngine:
             )
 
     def _conflict(self, fault: FaultRequest) -> Active | None:
-        for active in self.active.values():
-            other = active.request
-            if fault.link is None and other.link is None and other.process == fault.process:
-                return active
-            if (
-                fault.link
-                and other.link
-                and (other.link.source, other.process)
-                == (
-                    fault.link.source,
-                    fault.process,
-                )
-            ):
-                return active
-        return None
+        """The active fault in the same place: a process fault on the same process, or a link fault on the
+        same link (source and target)."""
+        return next((a for a in self.active.values() if _place(a.request) == _place(fault)), None)
 
     async def inject(self, fault: FaultRequest) -> Active:
         """Apply ``fault`` now and schedule its healing."""

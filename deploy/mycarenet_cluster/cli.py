@@ -84,13 +84,6 @@ def up(
     metrics: Annotated[
         bool, typer.Option("--metrics", help="Prometheus endpoint per process (port + 1000)")
     ] = False,
-    fault_proxies: Annotated[
-        bool,
-        typer.Option(
-            "--fault-proxies",
-            help="a fault-injecting TCP proxy on each hub → OA link (port + 30..36), for mycarenet-bench",
-        ),
-    ] = False,
 ) -> None:
     """Start eHealth, the hub and the seven OA nodes; Ctrl-C or SIGTERM stops them all."""
     from mycarenet_cluster.supervisor import ClusterConfig, run
@@ -113,7 +106,6 @@ def up(
         postgres=postgres,
         otlp_endpoint=otlp_endpoint,
         metrics=metrics,
-        fault_proxies=fault_proxies,
     )
 
     def ready(desc: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mycarenet_cluster import chaos, faultproxy, pki, population, sandbox, seed, testclock
+from mycarenet_cluster import chaos, pki, population, sandbox, seed, testclock
 from mycarenet_cluster.chaos import ChaosEngine
 from mycarenet_cluster.probe import CALLERS, DESCRIPTION, channel_credentials, health
 from mycarenet_core.clock import ClockBackwards
@@ -51,7 +51,6 @@ class ClusterConfig:
     otlp_endpoint: str | None = None  # OTLP/gRPC collector for every process's traces
     metrics: bool = False  # a Prometheus endpoint per process, on its gRPC port + 1000
     postgres: str | None = None  # a PostgreSQL server URL: one database per process, created when missing
-    fault_proxies: bool = False  # a fault-injecting TCP proxy on each hub → OA link (see faultproxy)
 
     def __post_init__(self) -> None:
         if self.postgres and not self.database_template:
@@ -84,11 +83,6 @@ def database_url(cfg: ClusterConfig, name: str) -> str:
     return f"sqlite+aiosqlite:///{(cfg.data / 'db' / f'{name}.db').resolve()}"
 
 
-def fault_proxy_ports(cfg: ClusterConfig) -> dict[str, int]:
-    """Listening port of the fault proxy in front of each OA node (base port + 30..36)."""
-    return {code: cfg.base_port + 30 + i for i, code in enumerate(INSURER_CODES)}
-
-
 def plan(cfg: ClusterConfig) -> list[ProcSpec]:
     """The processes of the cluster with their settings (environment variables)."""
     hub_port, ehealth_port = cfg.base_port, cfg.base_port + 1
@@ -97,7 +91,6 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
         return f"{cfg.host}:{port}"
 
     oa_ports = {code: cfg.base_port + 10 + i for i, code in enumerate(INSURER_CODES)}
-    hub_oa_ports = fault_proxy_ports(cfg) if cfg.fault_proxies else oa_ports
     specs = [ProcSpec("ehealth", "ehealth", "ehealth", ehealth_port)]
     specs += [ProcSpec(f"oa-{c}", "oa", "oa_node", p, oa_code=c) for c, p in oa_ports.items()]
     specs.append(ProcSpec("hub", "hub", "hub", hub_port))
@@ -124,13 +117,12 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
         if cfg.metrics:
             env["METRICS_PORT"] = str(spec.port + 1000)
         if spec.role == "ehealth":
-            # eHealth follows each insurer's holder-change feed (the DMG relation moves), directly: the
-            # fault proxies stand only between the hub and the insurers.
+            # eHealth follows each insurer's holder-change feed (the DMG relation moves).
             env["OA_TARGETS"] = ",".join(f"{c}={addr(p)}" for c, p in oa_ports.items())
         if spec.role == "hub":
             env |= {
                 "EHEALTH_TARGET": addr(ehealth_port),
-                "OA_TARGETS": ",".join(f"{c}={addr(p)}" for c, p in hub_oa_ports.items()),
+                "OA_TARGETS": ",".join(f"{c}={addr(p)}" for c, p in oa_ports.items()),
             }
         spec.env = {prefix + k: v for k, v in env.items()}
         spec.env["OTEL_SERVICE_NAME"] = spec.name
@@ -210,7 +202,6 @@ class Supervisor:
         self.seed_info: dict[str, Any] = {}
         self.started_at = dt.datetime.now(dt.UTC)
         self.demo: dict[str, str] = {}
-        self.proxies: dict[str, faultproxy.FaultProxy] = {}
         self.chaos = ChaosEngine(self)
         (cfg.data / "logs").mkdir(parents=True, exist_ok=True)
         # The test clock: its offset on disk, given to every process at each (re)start; ``--today`` moves
@@ -269,28 +260,12 @@ class Supervisor:
     async def start(self) -> None:
         """Start every process in dependency order and wait until all are SERVING."""
         await create_databases(self.cfg, self.specs)
-        await self._start_fault_proxies()
         for group in (["ehealth"], [s.name for s in self.specs if s.role == "oa"], ["hub"]):
             specs = [s for s in self.specs if s.name in group]
             for spec in specs:
                 self.running[spec.name] = Running(spec, await self._spawn(spec))
             await asyncio.gather(*(self._wait_serving(s) for s in specs))
             log.info("serving: %s", ", ".join(group))
-
-    async def _start_fault_proxies(self) -> None:
-        """With ``fault_proxies``: a proxy per hub → OA link, controlled by ``<data>/faults/<name>.json``."""
-        if not self.cfg.fault_proxies:
-            return
-        ports = fault_proxy_ports(self.cfg)
-        for spec in self.specs:
-            if spec.role == "oa" and spec.oa_code:
-                control = (self.cfg.data / "faults" / f"{spec.name}.json").resolve()
-                faultproxy.write_control(control, faultproxy.LinkFaults())
-                proxy = faultproxy.FaultProxy(
-                    f"{self.cfg.host}:{ports[spec.oa_code]}", self.address(spec), control=control
-                )
-                await proxy.start()
-                self.proxies[spec.oa_code] = proxy
 
     async def seed_if_new(self) -> None:
         marker = self.cfg.data / "seeded.json"
@@ -376,10 +351,6 @@ class Supervisor:
             "seed": self.seed_info,
             "keys": str((self.cfg.data / "keys").resolve()),
             "sandbox": {"address": sandbox.address(self.cfg)},
-            "fault_proxies": [
-                {"oa_code": c, "address": p.address, "target": p.target, "control": str(p.control)}
-                for c, p in self.proxies.items()
-            ],
         }
 
     async def write_description(self) -> dict[str, Any]:
@@ -451,8 +422,6 @@ class Supervisor:
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
                     await p.wait()
-        for proxy in self.proxies.values():
-            await proxy.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.cfg.data / DESCRIPTION).unlink()
 

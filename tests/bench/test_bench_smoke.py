@@ -19,7 +19,7 @@ def test_short_run_against_a_started_cluster(tmp_path: Path) -> None:
     cluster = StartedCluster(tmp_path / "data", population=150, today="2026-11-20", timeout=240)
     handle = cluster.start()
     try:
-        assert not handle.desc["fault_proxies"], "faults go through the chaos API: no proxy on the path"
+        assert handle.desc["sandbox"]["address"], "faults go through the cluster's chaos API"
         cfg = RunConfig(
             mode="open",
             levels="15",

@@ -115,7 +115,7 @@ def test_chaos_on_the_running_cluster(cluster: Cluster, tmp_path: Path) -> None:
                     break
                 except MyCareNetError:
                     assert time.monotonic() < deadline, "insurer 100 did not come back"
-                    await asyncio.sleep(0.3)
+                    await asyncio.sleep(2.0)  # well within the hub's throttle of patient-bound calls
             answered = time.monotonic()
             assert answer.insurer_code == "100"
             assert answer.holding.holder.inami == demo["gp_a"]
@@ -148,7 +148,7 @@ def test_chaos_on_the_running_cluster(cluster: Cluster, tmp_path: Path) -> None:
             deadline = time.monotonic() + 30
             while await consult_seconds(client, demo["patient"]) >= 0.6:
                 assert time.monotonic() < deadline, "the latency fault did not heal"
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(1.0)
             assert slow.id not in {f.id for f in await admin.list_faults()}
             # Every call of provider software to the hub fails with RESOURCE_EXHAUSTED, until cleared.
             failing = await admin.link_fault(
@@ -176,6 +176,23 @@ def test_chaos_on_the_running_cluster(cluster: Cluster, tmp_path: Path) -> None:
             assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
 
     asyncio.run(latency_errors_and_refusal())
+
+    # Pause insurer 200 for 3 s (stopped: no answer, then resumed by itself), then restart it gracefully.
+    oa200 = process(data, "oa-200")
+    [paused] = cli(data, session, "chaos", "pause", "oa-200", "--for", "3")
+    assert paused["process"]["action"] == "PROCESS_ACTION_PAUSE"
+    assert process(data, "oa-200")["health"] == "UNREACHABLE"
+    assert wait_for(lambda: process(data, "oa-200")["health"] == "SERVING", timeout=30)
+    assert process(data, "oa-200")["pid"] == oa200["pid"]  # the same process, resumed
+    cli(data, session, "chaos", "restart", "oa-200")
+
+    def restarted() -> dict[str, Any] | None:
+        now = process(data, "oa-200")
+        return now if now["health"] == "SERVING" and now["pid"] != oa200["pid"] else None
+
+    again = wait_for(restarted, timeout=90)
+    assert again, status(data)
+    assert again["restarts"] == oa200["restarts"] + 1
 
     # `down` exits 1 when the cluster is still running after its timeout (here: a paused supervisor)...
     assert cluster.proc is not None
