@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -78,8 +79,8 @@ class Caller:
     def requester_inami(self) -> str:
         return self.principal or self.inami
 
-    @property
-    def role(self) -> Role | None:
+    @functools.cached_property
+    def role(self) -> Role | None:  # parsed once per session (the hub keeps verified sessions)
         try:
             return parse_inami(self.requester_inami).role if self.requester_inami else None
         except IdentifierError:
