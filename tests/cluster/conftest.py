@@ -1,4 +1,6 @@
-"""The cluster fixture: one local cluster per test, on SQLite files and on PostgreSQL."""
+"""The cluster fixtures: one local cluster per test, on SQLite files and on PostgreSQL (``cluster``), or on
+SQLite files only (``sqlite_cluster``) for what the database back end has no part in (processes killed and
+paused, the clock moved: their database side is tested on both back ends by the integration tests)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,15 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.cluster_support import Cluster, drop_databases, free_base_port
+
+
+@pytest.fixture
+def sqlite_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "data", free_base_port())
+    try:
+        yield c
+    finally:
+        c.down()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

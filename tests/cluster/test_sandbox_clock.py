@@ -86,7 +86,8 @@ def sqlite_clock_cluster(tmp_path: Path) -> Any:
         c.down()
 
 
-def test_story_s2_across_2013_to_2015_by_moving_the_clock(cluster: Cluster, tmp_path: Path) -> None:
+def test_story_s2_across_2013_to_2015_by_moving_the_clock(sqlite_cluster: Cluster, tmp_path: Path) -> None:
+    cluster = sqlite_cluster  # the back end has no part in it: SQLite only
     desc = cluster.up("2013-08-22")
     data = cluster.data
     assert desc["sandbox"]["address"].endswith(f":{cluster.base_port + 2}")
