@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from ehealth.app import build
+from ehealth.app import EhealthApp
 from ehealth.settings import EhealthSettings
 from mycarenet_core.service import run_service
 
 
 def main() -> None:
-    run_service("ehealth", EhealthSettings, build)
+    run_service("ehealth", EhealthSettings, EhealthApp.from_settings)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from ehealth.relations import Relations
 from ehealth.servicers import AuthServicer, CadastreServicer, MandateServicer, TherapeuticRelationServicer
 from ehealth.settings import EhealthSettings
 from ehealth.store import Database
-from mycarenet_core.channels import client_credentials, open_channel, server_credentials
+from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import Clock, clock_from_setting
 from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     auth_pb2_grpc,
@@ -42,7 +42,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
 from mycarenet_core.lifecycle import Background
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
-from mycarenet_core.service import ServiceApp
+from mycarenet_core.service import ServiceApp, mesh_credentials
 from mycarenet_core.telemetry import Telemetry
 from mycarenet_core.trust import TrustInterceptor
 
@@ -172,6 +172,22 @@ class EhealthApp(ServiceApp):
             app.follow_insurer(code, target)
         return app
 
+    @classmethod
+    async def from_settings(cls, settings: EhealthSettings, telemetry: Telemetry | None) -> EhealthApp:
+        """eHealth of ``mycarenet-ehealth`` (see :func:`mycarenet_core.service.run_service`)."""
+        oa_credentials, credentials = mesh_credentials(settings)
+        return await cls.create(
+            database_url=settings.database_url,
+            clock=clock_from_setting(settings.sandbox_date, settings.sandbox_offset_seconds),
+            max_token_lifetime=settings.max_token_lifetime,
+            audience=settings.audience,
+            challenge_ttl=settings.challenge_ttl,
+            credentials=credentials,
+            telemetry=telemetry,
+            oa_targets=settings.insurer_targets,
+            oa_credentials=oa_credentials,
+        )
+
     def follow_insurer(self, code: str, target: str) -> HolderFollower:
         """Follow the holder-change feed of insurer ``code`` at ``target`` (host:port): a background job,
         started with the others (at once when the app already runs)."""
@@ -193,22 +209,3 @@ class EhealthApp(ServiceApp):
         self.closers.append(close)
         self.background.add(f"holder feed of oa-{code}", follower.run, backoff=follower.backoff)
         return follower
-
-
-async def build(settings: EhealthSettings, telemetry: Telemetry | None) -> EhealthApp:
-    """The process of ``mycarenet-ehealth`` from its settings (``MCN_EHEALTH_*``)."""
-    credentials = oa_credentials = None
-    if settings.tls_ca and settings.tls_cert and settings.tls_key:
-        credentials = server_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
-        oa_credentials = client_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
-    return await EhealthApp.create(
-        database_url=settings.database_url,
-        clock=clock_from_setting(settings.sandbox_date, settings.sandbox_offset_seconds),
-        max_token_lifetime=settings.max_token_lifetime,
-        audience=settings.audience,
-        challenge_ttl=settings.challenge_ttl,
-        credentials=credentials,
-        telemetry=telemetry,
-        oa_targets=settings.insurer_targets,
-        oa_credentials=oa_credentials,
-    )

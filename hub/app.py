@@ -30,7 +30,6 @@ from hub.services import DmgServicer, HubCore, MailboxIntakeServicer, MailboxSer
 from hub.settings import HubSettings
 from hub.throttle import Throttle, ThrottleConfig
 from hub.upstream import CallPolicy, EhealthClient, make_oa_clients
-from mycarenet_core.channels import client_credentials, server_credentials
 from mycarenet_core.clock import Clock, clock_from_setting
 from mycarenet_core.db import create_engine, session_factory
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2_grpc, mailbox_service_pb2_grpc
@@ -39,7 +38,7 @@ from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
 from mycarenet_core.lifecycle import Background
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
-from mycarenet_core.service import ServiceApp
+from mycarenet_core.service import ServiceApp, mesh_credentials
 from mycarenet_core.telemetry import Telemetry
 from mycarenet_core.trust import TABLE, TrustTable
 
@@ -256,15 +255,14 @@ class HubApp(ServiceApp):
     @classmethod
     async def from_settings(cls, settings: HubSettings, telemetry: Telemetry | None) -> HubApp:
         """The hub of ``mycarenet-hub`` (see :func:`mycarenet_core.service.run_service`)."""
-        tls = (settings.tls_ca, settings.tls_cert, settings.tls_key)
-        secure = not settings.insecure and all(tls)
+        channel_credentials, server_creds = mesh_credentials(settings)
         return await cls.create(
             database_url=settings.database_url,
             clock=clock_from_setting(settings.sandbox_date, settings.sandbox_offset_seconds),
             ehealth_target=settings.ehealth_target,
             oa_targets=settings.targets(),
-            channel_credentials=client_credentials(*tls) if secure else None,  # type: ignore[arg-type]
-            server_credentials=server_credentials(*tls) if secure else None,  # type: ignore[arg-type]
+            channel_credentials=channel_credentials,
+            server_credentials=server_creds,
             throttle=ThrottleConfig(rate=settings.throttle_rate, burst=settings.throttle_burst),
             telemetry=telemetry,
         )

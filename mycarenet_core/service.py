@@ -21,9 +21,11 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
+import grpc
 import uvloop
 
 from mycarenet_core import process_clock
+from mycarenet_core.channels import client_credentials, server_credentials
 from mycarenet_core.clock import Clock, OffsetClock
 from mycarenet_core.config import MeshSettings, configure_logging, load
 from mycarenet_core.lifecycle import Background
@@ -35,6 +37,18 @@ log = logging.getLogger(__name__)
 
 Closer = Callable[[], Awaitable[None]]
 S = TypeVar("S", bound=MeshSettings)
+
+
+def mesh_credentials(
+    settings: MeshSettings,
+) -> tuple[grpc.ChannelCredentials | None, grpc.ServerCredentials | None]:
+    """(client, server) credentials of a process's mutual TLS from its settings, or ``(None, None)`` for
+    plaintext (``insecure``, development only: it wins over certificates given too). Every
+    ``from_settings`` takes its credentials here."""
+    ca, cert, key = settings.tls_ca, settings.tls_cert, settings.tls_key
+    if settings.insecure or ca is None or cert is None or key is None:
+        return None, None
+    return client_credentials(ca, cert, key), server_credentials(ca, cert, key)
 
 
 class ServiceApp:
@@ -143,4 +157,4 @@ def run_service(
     uvloop.run(serve())  # grpc.aio on uvloop: a cheaper event loop than asyncio's own
 
 
-__all__ = ["Closer", "ServiceApp", "run_service"]
+__all__ = ["Closer", "ServiceApp", "mesh_credentials", "run_service"]

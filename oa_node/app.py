@@ -24,7 +24,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from mycarenet_core.channels import open_channel
-from mycarenet_core.clock import Clock, OffsetClock
+from mycarenet_core.clock import Clock, OffsetClock, clock_from_setting
 from mycarenet_core.db import create_engine, session_factory, transaction
 from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2_grpc as hf_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as intake_grpc
@@ -36,7 +36,7 @@ from mycarenet_core.lifecycle import Background
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.reads import HotReads
 from mycarenet_core.server import MeshServer, Service
-from mycarenet_core.service import Closer, ServiceApp
+from mycarenet_core.service import Closer, ServiceApp, mesh_credentials
 from mycarenet_core.telemetry import Telemetry
 from mycarenet_core.trust import TrustInterceptor
 from oa_node import models as m
@@ -57,6 +57,7 @@ from oa_node.servicers import (
     OaDmgServicer,
     ReferenceDataServicer,
 )
+from oa_node.settings import OaSettings
 from oa_node.year_end import YearEnds, record_origin
 
 SERVICE_NAMES = {
@@ -252,6 +253,22 @@ class OaNodeApp(ServiceApp):
             clock.listen(self.year_ends.clock_moved)
             self.background.add("year ends", self.year_ends.run)
             self.clock_observers.append(self.year_ends.after_move)
+
+    @classmethod
+    async def from_settings(cls, settings: OaSettings, telemetry: Telemetry | None) -> OaNodeApp:
+        """The insurer node of ``mycarenet-oa`` (see :func:`mycarenet_core.service.run_service`)."""
+        channel_credentials, server_creds = mesh_credentials(settings)
+        return await cls.create(
+            insurer_code=settings.insurer_code,
+            database_url=settings.database_url,
+            clock=clock_from_setting(settings.sandbox_date, settings.sandbox_offset_seconds),
+            hub_intake_target=settings.hub_intake_target,
+            ehealth_target=settings.ehealth_target,
+            relay_interval=settings.relay_interval,
+            channel_credentials=channel_credentials,
+            server_credentials=server_creds,
+            telemetry=telemetry,
+        )
 
     @classmethod
     async def create(

@@ -27,6 +27,14 @@ class OaSettings(MeshSettings):
         description="outbox relay safety timeout, seconds (every commit of outbox rows wakes the relay)",
     )
 
+    def service_name(self) -> str:
+        """The node's name in telemetry and logs: ``oa-<code>``."""
+        return f"oa-{self.insurer_code}"
+
+    def attributes(self) -> dict[str, str]:
+        """The resource attributes of its telemetry: the insurer it speaks for."""
+        return {"mycarenet.oa": self.insurer_code}
+
     @field_validator("insurer_code")
     @classmethod
     def _known_insurer(cls, value: str) -> str:
