@@ -137,6 +137,7 @@ class OaNodeApp(ServiceApp):
                 wakeup=outbox,
                 interval=relay_interval,
                 tracer=telemetry.tracer if telemetry else None,
+                meter=telemetry.meter if telemetry else None,
             )
             background.add("outbox relay", self.relay.run)
 

@@ -350,6 +350,10 @@ class OutboxMessage(Base, table=True):
     delivered: bool = Field(default=False, index=True)
     delivered_at: dt.datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     attempts: int = 0
+    # Set aside (a dead letter): the message cannot be delivered because of itself (too big, or refused by
+    # the hub for good); it is no longer sent, and the messages behind it go on. ``error`` says why.
+    dead_at: dt.datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    error: str = Field(default="", max_length=500)
 
 
 class AuditRecord(Base, table=True):

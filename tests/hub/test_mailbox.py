@@ -1,6 +1,6 @@
 """The mailbox through the real mesh: closures delivered by a real OA relay, isolation between providers,
 mandated access, confirm semantics (by id and by hash, twice harmless, foreign ids unknown), duplicates
-stored once, pagination and the watch stream."""
+stored once, pagination and the watch stream; an outbox message that cannot be delivered goes aside."""
 
 from __future__ import annotations
 
@@ -19,7 +19,11 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, mandate_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as intake
 from mycarenet_core.identifiers import make_niss
 from tests.hub.helpers import notify_request, rejected
-from tests.hub.mesh import TODAY, Mesh, Person, bearer, running_mesh
+from mycarenet_core.db import transaction
+from oa_node import dead_letters
+from oa_node.relay import MAX_MESSAGE_BYTES
+from oa_node.repositories import OutboxRepository
+from tests.hub.mesh import NOW, TODAY, Mesh, Person, bearer, running_mesh
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -208,3 +212,67 @@ async def test_watch_sends_the_backlog_then_live_messages(mesh: Mesh) -> None:
     await asyncio.wait_for(reader, 2)
     assert received == ["watch-1", "watch-2"]
     stream.cancel()
+
+
+async def test_a_poisoned_outbox_message_goes_aside_and_the_ones_behind_it_are_delivered(mesh: Mesh) -> None:
+    """Issue 17: a message bigger than a delivery may be, and one the hub refuses for good (a reference
+    longer than the mailbox keeps), are set aside with their error; the insurer's later messages arrive."""
+    gp_d = mesh.people["specialist"]
+    token = await mesh.login(gp_d)
+    node = mesh.oas["200"]
+    assert node.relay is not None
+    big = closure("poison-big", gp_d.inami)
+    big.requester_reference = "x" * (MAX_MESSAGE_BYTES + 10)
+    refused = closure("poison-refused", gp_d.inami)
+    refused.requester_reference = "r" * 300  # the hub keeps 200 characters: INVALID_ARGUMENT
+    batch = [
+        closure("poison-before", gp_d.inami),
+        big,
+        refused,
+        closure("poison-after-1", gp_d.inami),
+        closure("poison-after-2", gp_d.inami),
+    ]
+    async with transaction(node.sessions) as session:
+        await OutboxRepository(session).add(
+            [
+                {
+                    "message_id": m.message_id,
+                    "recipient_inami": m.recipient_inami,
+                    "kind": int(m.kind),
+                    "payload": m.SerializeToString(),
+                    "created_at": NOW,
+                }
+                for m in batch
+            ]
+        )
+    node.relay.wake()
+    deadline = time.monotonic() + 10
+    while (
+        len(got := [m.message_id for m in await pending(mesh, token) if m.message_id.startswith("poison")])
+        < 3
+    ):
+        assert time.monotonic() < deadline, f"only {got} reached the mailbox"
+        await asyncio.sleep(0.1)
+    assert got == ["poison-before", "poison-after-1", "poison-after-2"]
+    async with node.sessions() as session:
+        repo = OutboxRepository(session)
+        dead = await repo.dead()
+        assert await repo.backlog() == 0
+    assert [(d.message_id, d.error.split(":")[0]) for d in dead] == [
+        ("poison-big", f"{big.ByteSize()} bytes"),
+        ("poison-refused", "INVALID_ARGUMENT"),
+    ]
+    assert node.relay.set_aside == 2
+    # the operator lists them, and re-queues one (refused again: set aside again, nothing else blocked)
+    listed = await dead_letters.list_dead(mesh.db("oa-200"))
+    assert [d.message_id for d in listed] == ["poison-big", "poison-refused"]
+    assert await dead_letters.requeue(mesh.db("oa-200"), [dead[1].id]) == 1
+    node.relay.wake()
+    while node.relay.set_aside < 3:
+        assert time.monotonic() < deadline + 10, "the re-queued message was not tried again"
+        await asyncio.sleep(0.1)
+    async with node.sessions() as session:
+        assert [d.message_id for d in await OutboxRepository(session).dead()] == [
+            "poison-big",
+            "poison-refused",
+        ]
