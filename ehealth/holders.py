@@ -15,8 +15,14 @@ DMG relation from the start date, the previous holder's ends the day before; no 
 holder's ends), idempotent by the change's source reference — appends the relations it changed to the
 register's change log, writes one audit row per change, and advances the position. Every change is applied
 exactly once, whatever the insurer replays and however often eHealth restarts. A change eHealth cannot use
-(a malformed NISS or INAMI, no start date) is skipped with an audit row saying why; the position still
-moves past it, so one bad entry never stalls the feed.
+(a malformed NISS or INAMI, no start date, a reference longer than eHealth keeps) is skipped with an audit
+row saying why; the position still moves past it, so one bad entry never stalls the feed. The same holds for
+a change that passes these checks but that the database refuses (a character PostgreSQL cannot store, a
+constraint): when a burst fails for a reason other than a passing one (the database busy or away, the
+insurer gone), its changes are applied one by one, and a change that fails on its own
+``poison_attempts`` times (3, with the follower's back-off in between) is skipped with an audit row
+(``SKIPPED``, ``APPLY_FAILED``) and an ERROR log line naming it, for the administrator to apply by hand
+(``TransferDmgRelation``); the changes behind it are applied.
 """
 
 from __future__ import annotations
@@ -30,11 +36,11 @@ from typing import Any
 
 import grpc
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from ehealth.audit import audit_row
 from ehealth.inputs import MAX_REFERENCE, DmgMove
-from ehealth.logs import Logs
+from ehealth.logs import Logs, LogWriter
 from ehealth.models import AUDIT, HOLDER_FEED_POSITION
 from ehealth.relations import Relations
 from ehealth.store import Database
@@ -63,6 +69,16 @@ def parse_change(change: feed_pb2.HolderChange) -> DmgMove | str:
     return DmgMove(
         patient, holder.value if holder else "", previous.value if previous else "", start, reference
     )
+
+
+def passing(error: BaseException) -> bool:
+    """True for a failure that says nothing about the change being applied (the database busy, locked or
+    away, a connection lost, a deadline, the insurer gone): the burst is tried again as it is."""
+    if isinstance(error, (OperationalError, InterfaceError)):
+        return True
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, (grpc.RpcError, TimeoutError, ConnectionError, asyncio.CancelledError))
 
 
 class HolderMoves:
@@ -106,15 +122,7 @@ class HolderMoves:
         with span:
             async with self.logs.transaction() as writer:
                 session = writer.session
-                claimed = await session.execute(
-                    update(POSITION)
-                    .where(POSITION.c.insurer_code == insurer)
-                    .values(update_time=writer.now)
-                    .returning(POSITION.c.applied_sequence)
-                )
-                stored = claimed.scalar()
-                if stored is None:
-                    raise RuntimeError(f"no holder feed position for insurer {insurer}: position() first")
+                stored = await self._claim(writer, insurer)
                 fresh = sorted((c for c in changes if c.sequence > stored), key=lambda c: c.sequence)
                 if not fresh:
                     return int(stored), 0
@@ -134,6 +142,48 @@ class HolderMoves:
                     update(POSITION).where(POSITION.c.insurer_code == insurer).values(applied_sequence=last)
                 )
                 return last, len(fresh)
+
+    @staticmethod
+    async def _claim(writer: LogWriter, insurer: str) -> int:
+        """Claim the position row of ``insurer`` (an UPDATE: the row lock on PostgreSQL, the write lock on
+        SQLite) and read it."""
+        claimed = await writer.session.execute(
+            update(POSITION)
+            .where(POSITION.c.insurer_code == insurer)
+            .values(update_time=writer.now)
+            .returning(POSITION.c.applied_sequence)
+        )
+        stored = claimed.scalar()
+        if stored is None:
+            raise RuntimeError(f"no holder feed position for insurer {insurer}: position() first")
+        return int(stored)
+
+    async def skip(
+        self, insurer: str, change: feed_pb2.HolderChange, error: BaseException
+    ) -> tuple[int, int]:
+        """Move the position of ``insurer`` past ``change``, which cannot be applied (``error``), with an
+        audit row saying so; (position, 0)."""
+        async with self.logs.transaction() as writer:
+            session = writer.session
+            stored = await self._claim(writer, insurer)
+            if change.sequence <= stored:
+                return stored, 0
+            log.error(
+                "holder change #%d of oa-%s (source reference %r) skipped, it cannot be applied: %s; "
+                "apply it by hand (TransferDmgRelation)",
+                change.sequence,
+                insurer,
+                change.source_reference[:80],
+                str(error)[:300],
+            )
+            audit = self._audit(writer.now, insurer, change, "SKIPPED", "APPLY_FAILED")
+            await session.execute(insert(AUDIT), [audit])
+            await session.execute(
+                update(POSITION)
+                .where(POSITION.c.insurer_code == insurer)
+                .values(applied_sequence=change.sequence)
+            )
+            return change.sequence, 0
 
     @staticmethod
     def _audit(
@@ -161,8 +211,11 @@ class HolderFollower:
         burst_size: int = 1000,
         deadline: float = 30.0,
         backoff: Backoff | None = None,
+        poison_attempts: int = 3,
     ) -> None:
         self.insurer = insurer
+        self.poison_attempts = poison_attempts
+        self._refused: dict[int, int] = {}  # sequence -> how many times it failed on its own
         self.channel = channel
         self.moves = moves
         self.page_size = page_size
@@ -217,7 +270,31 @@ class HolderFollower:
             self._advanced.notify_all()
 
     async def _apply(self, changes: Sequence[feed_pb2.HolderChange]) -> None:
-        await self._advance(*await self.moves.apply(self.insurer, changes))
+        try:
+            await self._advance(*await self.moves.apply(self.insurer, changes))
+            return
+        except Exception as error:
+            if passing(error):
+                raise
+            log.warning(
+                "holder feed of oa-%s: a burst of %d failed (%s); applying them one by one",
+                self.insurer,
+                len(changes),
+                str(error)[:300],
+            )
+        for change in sorted(changes, key=lambda c: c.sequence):
+            if change.sequence <= self.sequence:
+                continue
+            try:
+                await self._advance(*await self.moves.apply(self.insurer, [change]))
+            except Exception as error:
+                if passing(error):
+                    raise
+                failed = self._refused[change.sequence] = self._refused.get(change.sequence, 0) + 1
+                if failed < self.poison_attempts:
+                    raise  # the follower backs off and tries again: it may pass
+                await self._advance(*await self.moves.skip(self.insurer, change, error))
+                del self._refused[change.sequence]
 
     async def _catch_up(self) -> None:
         while True:
@@ -274,4 +351,4 @@ class HolderFollower:
                 await reader
 
 
-__all__ = ["HolderFollower", "HolderMoves", "parse_change"]
+__all__ = ["HolderFollower", "HolderMoves", "parse_change", "passing"]

@@ -291,3 +291,33 @@ async def test_a_follower_added_while_running_starts_at_once(
             app.follow_insurer("100", insurer.target)
     finally:
         await app.stop(0)
+
+
+async def test_a_poisoned_change_never_blocks_the_feed(
+    pg_admin_url: str, database_url: str, insurer: StandInInsurer
+) -> None:
+    """Issue 17: a reference longer than eHealth keeps is skipped at once; a change the database refuses
+    (a NUL character, which PostgreSQL cannot store in text) is skipped after its attempts; the changes
+    behind them are applied."""
+    changes = insurer.feed
+    app = await start_ehealth(database_url, {"100": insurer.target})
+    try:
+        follower = app.followers["100"]
+        await asyncio.wait_for(follower.caught_up.wait(), 10)
+        changes.add(PATIENT, GP, "", D(2024, 1, 1), reference="r" * 300, publish=False)
+        changes.add(PATIENT, GP, "", D(2024, 2, 1), reference="nul-\x00-ref", publish=False)
+        changes.add(PATIENT2, GP2, "", D(2024, 3, 1), publish=False)
+        changes.publish()
+        await follower.wait_for(3, within=30)
+        assert await dmg_relations(app, PATIENT2) == [(GP2, D(2024, 3, 1), None)]
+    finally:
+        await app.stop(0)
+    positions, references, audit = await stored(database_url)
+    assert positions == {"100": 3}
+    outcomes = [(outcome, reason) for _, outcome, reason in audit]
+    assert outcomes[0] == ("SKIPPED", "INVALID_CHANGE")
+    if database_url.startswith("postgresql"):
+        assert outcomes[1:] == [("SKIPPED", "APPLY_FAILED"), ("OK", "")]
+        assert references == ["100:ref-3"]
+    else:  # SQLite stores a NUL: that change is applied
+        assert outcomes[1:] == [("OK", ""), ("OK", "")]
