@@ -114,6 +114,7 @@ UNIT = {
     "oa_node/test_node_settings.py",
     "oa_node/test_rules_focused.py",
     "oa_node/test_rules_holder_moves.py",
+    "oa_node/test_rules_insurability.py",
     "oa_node/test_rules_properties.py",
     "oa_node/test_rules_scenarios.py",
     "scenario/test_scenario_files.py",
