@@ -6,7 +6,11 @@
 * Metrics: per-RPC request counts and latency histograms (by method, status and MyCareNet code, plus the OA
   where one is involved), and whatever gauges a service registers; exposed through a Prometheus scrape
   endpoint when a port is given.
-* Patients' NISS never appear in clear: :func:`pseudonymise` gives a keyed hash for span attributes.
+* Patients' NISS never appear in clear: :func:`pseudonymise` gives a keyed hash (HMAC-SHA256) for span
+  attributes, keyed with the cluster's own random key (:func:`patient_key_from_environment`:
+  ``MCN_TELEMETRY_KEY_FILE``, a file of at least 32 random bytes such as the cluster supervisor makes, or
+  ``MCN_TELEMETRY_KEY``, the same as hexadecimal). There is no default key: a process that exports traces
+  without a key refuses to start (:class:`MissingPatientKey`); a process that exports none does not need one.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
@@ -44,13 +51,57 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
-_DEFAULT_KEY = b"mycarenet-mesh-sandbox-pseudonymisation-key"
+
+KEY_FILE_VARIABLE = "MCN_TELEMETRY_KEY_FILE"
+KEY_VARIABLE = "MCN_TELEMETRY_KEY"
+MIN_KEY_BYTES = 32  # one year of birth dates is ~10^6 NISS: the key, not the hash, keeps them secret
 
 
-def pseudonymise(niss: str, key: bytes | None = None) -> str:
-    """A keyed hash of a NISS (HMAC-SHA256, 16 hex digits): joins spans of one patient, reveals nothing."""
-    secret = key or os.environ.get("MCN_TELEMETRY_KEY", "").encode() or _DEFAULT_KEY
-    return hmac.new(secret, niss.encode(), hashlib.sha256).hexdigest()[:16]
+class MissingPatientKey(RuntimeError):
+    """Traces would carry patients' pseudonyms but no key was given (or the key is unusable)."""
+
+
+def pseudonymise(niss: str, key: bytes) -> str:
+    """A keyed hash of a NISS (HMAC-SHA256, 16 hex digits): joins spans of one patient, reveals nothing
+    without ``key`` (the cluster's own random key: never a default)."""
+    if len(key) < MIN_KEY_BYTES:
+        raise MissingPatientKey(f"the pseudonymisation key has {len(key)} bytes; at least {MIN_KEY_BYTES}")
+    return hmac.new(key, niss.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def new_patient_key() -> str:
+    """A new random pseudonymisation key, as the hexadecimal text the key file and variable hold."""
+    return secrets.token_hex(MIN_KEY_BYTES)
+
+
+def read_patient_key(text: str, origin: str) -> bytes:
+    """The key in ``text`` (hexadecimal, as :func:`new_patient_key` makes it); ``origin`` names it in the
+    error."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        raise MissingPatientKey(f"{origin}: the pseudonymisation key is not hexadecimal") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise MissingPatientKey(
+            f"{origin}: the pseudonymisation key has {len(key)} bytes; at least {MIN_KEY_BYTES} "
+            f"(make one with: python -c 'import secrets; print(secrets.token_hex({MIN_KEY_BYTES}))')"
+        )
+    return key
+
+
+def patient_key_from_environment(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The pseudonymisation key of this process: the file named by ``MCN_TELEMETRY_KEY_FILE`` (a mounted
+    Secret, or the cluster's data folder), else ``MCN_TELEMETRY_KEY``; None when neither is set."""
+    env = os.environ if environ is None else environ
+    path = env.get(KEY_FILE_VARIABLE, "")
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise MissingPatientKey(f"{KEY_FILE_VARIABLE}={path}: {error.strerror or error}") from None
+        return read_patient_key(text, f"{KEY_FILE_VARIABLE}={path}")
+    value = env.get(KEY_VARIABLE, "")
+    return read_patient_key(value, KEY_VARIABLE) if value else None
 
 
 # --- W3C trace context carried by messages (the asynchronous link) ----------------------------------------
@@ -147,6 +198,8 @@ class Telemetry:
     client_interceptors: list[Any] = field(default_factory=list)
     attributes: dict[str, str] = field(default_factory=dict)
     prometheus_server: Any = None
+    patient_key: bytes | None = None
+    """The pseudonymisation key (None: spans carry no patient attribute)."""
     _otel_client: list[Any] = field(default_factory=list)
     _client_instruments: tuple[metrics.Histogram, metrics.Counter] | None = None
 
@@ -276,18 +329,21 @@ def _field(message: Any, path: str) -> Any:
     return message
 
 
-def request_attributes(request: Any) -> dict[str, str]:
-    """Span attributes read from a request: the requester reference and the patient, pseudonymised."""
+def request_attributes(request: Any, patient_key: bytes | None) -> dict[str, str]:
+    """Span attributes read from a request: the requester reference and the patient, pseudonymised with
+    ``patient_key`` (no patient attribute without a key)."""
     out: dict[str, str] = {}
     for path in REFERENCE_FIELDS:
         value = _field(request, path)
         if value:
             out["mycarenet.requester_reference"] = str(value)
             break
+    if patient_key is None:
+        return out
     for path in PATIENT_FIELDS:
         value = _field(request, path)
         if value:
-            out["mycarenet.patient"] = pseudonymise(str(value))
+            out["mycarenet.patient"] = pseudonymise(str(value), patient_key)
             break
     return out
 
@@ -297,8 +353,9 @@ class SpanAttributesInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[typ
     patient), and on failure the status, the MyCareNet code and reason (``abort_with_status`` bypasses
     the instrumentation's own status recording)."""
 
-    def __init__(self, attributes: Mapping[str, str]) -> None:
+    def __init__(self, attributes: Mapping[str, str], patient_key: bytes | None = None) -> None:
         self._attributes = dict(attributes)
+        self._patient_key = patient_key
 
     def _failed(self, span: trace.Span, context: Any) -> None:
         error = current_error.get()
@@ -327,11 +384,12 @@ class SpanAttributesInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[typ
             return handler
         static = self._attributes
         failed = self._failed
+        key = self._patient_key
 
         def start(request: Any) -> trace.Span:
             span = trace.get_current_span()
             if span.is_recording():
-                span.set_attributes({**static, **request_attributes(request)})
+                span.set_attributes({**static, **request_attributes(request, key)})
             current_error.set(None)
             return span
 
@@ -462,19 +520,38 @@ def setup(
     prometheus_port: int | None = None,
     otlp_endpoint: str | None = None,
     attributes: Mapping[str, str] | None = None,
+    patient_key: bytes | None = None,
+    server: bool = True,
 ) -> Telemetry:
     """Telemetry for one process. Nothing is exported unless an exporter, endpoint or port is given.
 
     ``otlp_endpoint`` defaults to ``OTEL_EXPORTER_OTLP_ENDPOINT`` (batch export; the standard
     ``OTEL_BSP_*`` variables tune it). ``attributes`` tag the resource, every server span and every
     server metric (e.g. ``{"mycarenet.oa": "100"}``). No global provider is set.
+
+    ``patient_key`` (default: :func:`patient_key_from_environment`) keys the patients' pseudonyms on the
+    server spans. When traces are exported (an exporter or an endpoint) it is required: without it this
+    raises :class:`MissingPatientKey`. Metrics alone need none (they never name a patient), nor does a
+    process that only calls (``server=False``: client spans never name a patient).
     """
     static = dict(attributes or {})
+    endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    key = patient_key if patient_key is not None else patient_key_from_environment()
+    if key is None and server and (span_exporters or endpoint):
+        raise MissingPatientKey(
+            f"{service_name}: traces are exported but no pseudonymisation key is set: "
+            f"set {KEY_FILE_VARIABLE} (a file with the cluster's key, e.g. a mounted Secret) "
+            f"or {KEY_VARIABLE} (hexadecimal, "
+            f"{MIN_KEY_BYTES} bytes at least); there is no default key"
+        )
+    if key is not None and len(key) < MIN_KEY_BYTES:
+        raise MissingPatientKey(
+            f"{service_name}: the pseudonymisation key has fewer than {MIN_KEY_BYTES} bytes"
+        )
     resource = Resource.create({"service.name": service_name, "service.version": VERSION, **static})
     tracer_provider = TracerProvider(resource=resource)
     for exporter in span_exporters:
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    endpoint = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -491,13 +568,18 @@ def setup(
         http_server, _thread = start_http_server(prometheus_port, addr="127.0.0.1")
     meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     telemetry = Telemetry(
-        service_name, tracer_provider, meter_provider, attributes=static, prometheus_server=http_server
+        service_name,
+        tracer_provider,
+        meter_provider,
+        attributes=static,
+        prometheus_server=http_server,
+        patient_key=key,
     )
     not_health = filters.negate(filters.health_check())
     telemetry.server_interceptors = [
         aio_server_interceptor(tracer_provider=tracer_provider, filter_=not_health),  # type: ignore[no-untyped-call]
         MetricsInterceptor(telemetry.meter, static),
-        SpanAttributesInterceptor(static),
+        SpanAttributesInterceptor(static, key),
     ]
     telemetry._otel_client = list(
         aio_client_interceptors(tracer_provider=tracer_provider, filter_=not_health)  # type: ignore[no-untyped-call]
@@ -507,11 +589,20 @@ def setup(
 
 
 def from_environment(
-    service_name: str, *, metrics_port: int | None = None, attributes: Mapping[str, str] | None = None
+    service_name: str,
+    *,
+    metrics_port: int | None = None,
+    attributes: Mapping[str, str] | None = None,
+    server: bool = True,
 ) -> Telemetry | None:
     """The telemetry of a process started from the command line: traces to OTLP when
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, a Prometheus endpoint when ``metrics_port`` is; None (no
-    instrumentation at all, no overhead) when neither is."""
+    instrumentation at all, no overhead) when neither is. A server that exports traces without a
+    pseudonymisation key (or with an unusable one) does not start: it says why and exits with status 2."""
     if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") and metrics_port is None:
         return None
-    return setup(service_name, prometheus_port=metrics_port, attributes=attributes)
+    try:
+        return setup(service_name, prometheus_port=metrics_port, attributes=attributes, server=server)
+    except MissingPatientKey as error:
+        print(f"{service_name} cannot start: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

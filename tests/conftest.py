@@ -67,6 +67,7 @@ INTEGRATION = {
     "core/test_health_port.py",
     "core/test_hot_reads.py",
     "core/test_migrations.py",
+    "core/test_patient_key.py",
     "core/test_server_bootstrap.py",
     "core/test_skeleton.py",
     "core/test_telemetry.py",

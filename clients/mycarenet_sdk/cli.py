@@ -151,7 +151,7 @@ def _load_session(client: Client) -> None:
 
 def _run(data: Path, fn: Callable[[Client], Awaitable[T]], *, session: bool = True) -> T:
     # Traced when OTEL_EXPORTER_OTLP_ENDPOINT is set: the command's calls start the trace.
-    telemetry = from_environment("mycarenet-cli")
+    telemetry = from_environment("mycarenet-cli", server=False)
 
     async def go() -> T:
         async with _client(data, telemetry) as client:

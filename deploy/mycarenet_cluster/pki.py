@@ -3,12 +3,14 @@ the mesh (``client``, ``backoffice``, ``admin``), on first start.
 
 Every process presents its certificate and verifies its peer's against the CA (mutual TLS). The common
 name says who a caller is ("hub", "ehealth", "oa-100" ..., "client", "backoffice", "admin"): every server
-admits it only to what ``mycarenet_core/trust.toml`` grants that kind.
+admits it only to what ``mycarenet_core/trust.toml`` grants that kind. Next to them, the cluster's own
+pseudonymisation key for the patients in its traces (:func:`ensure_patient_key`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,3 +127,24 @@ def ensure_identity(
     _write_key(key_path, key)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return CertPaths(ca_cert_path, cert_path, key_path)
+
+
+KEY_FILENAME = "telemetry.key"  # the pseudonymisation key (never a default)
+
+
+def ensure_patient_key(folder: Path) -> Path:
+    """The cluster's own pseudonymisation key (the patients' pseudonyms in its traces), made once like its
+    certificates: 32 random bytes as hexadecimal in ``folder/telemetry.key``, readable by its owner only
+    (0600). Every process is given its path (``MCN_TELEMETRY_KEY_FILE``); another cluster, another key."""
+    from mycarenet_core.telemetry import new_patient_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / KEY_FILENAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        return path
+    with os.fdopen(fd, "w") as out:
+        out.write(new_patient_key() + "\n")
+    return path

@@ -6,6 +6,9 @@ cadastre, credentials, relations and mandates for others; keep it with the opera
 ``ca.crt``, ``tls.crt`` and ``tls.key``, the layout the compose file mounts at ``/etc/mycarenet/tls`` and
 that ``kubectl create secret generic mycarenet-tls-<name> --from-file=OUT/<name>`` turns into the Secrets
 the Kubernetes manifests mount. The CA itself stays in ``OUT/pki`` (keep its key out of every cluster).
+``OUT/telemetry.key`` is this deployment's own pseudonymisation key (the patients in its traces; 0600):
+the compose file mounts it, and ``kubectl create secret generic mycarenet-telemetry-key
+--from-file=telemetry.key=OUT/telemetry.key`` makes the Secret the tracing component mounts.
 Certificates name the actor (``hub``), and with ``--namespace`` its in-cluster DNS names too.
 """
 
@@ -43,6 +46,7 @@ def write(out: Path, namespace: str | None = None) -> dict[str, Path]:
         shutil.copyfile(ident.key, folder / "tls.key")
         (folder / "tls.key").chmod(0o600)
         folders[name] = folder
+    pki.ensure_patient_key(out)
     return folders
 
 

@@ -28,6 +28,7 @@ from mycarenet_core.clock import ClockBackwards
 from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
 from mycarenet_core.identifiers import INSURER_CODES
 from mycarenet_core.server import MeshServer
+from mycarenet_core.telemetry import KEY_FILE_VARIABLE
 
 log = logging.getLogger("mycarenet-cluster")
 # The environment prefix of each role's settings.
@@ -95,6 +96,7 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
     specs += [ProcSpec(f"oa-{c}", "oa", "oa_node", p, oa_code=c) for c, p in oa_ports.items()]
     specs.append(ProcSpec("hub", "hub", "hub", hub_port))
     certs = cfg.data / "pki"
+    patient_key = pki.ensure_patient_key(certs).resolve()
     for spec in specs:
         prefix = ENV_PREFIX[spec.role]
         env = {"BIND": addr(spec.port), "DATABASE_URL": database_url(cfg, spec.name)}
@@ -126,6 +128,7 @@ def plan(cfg: ClusterConfig) -> list[ProcSpec]:
             }
         spec.env = {prefix + k: v for k, v in env.items()}
         spec.env["OTEL_SERVICE_NAME"] = spec.name
+        spec.env[KEY_FILE_VARIABLE] = str(patient_key)  # the patients' pseudonyms in traces
         if cfg.otlp_endpoint:
             spec.env["OTEL_EXPORTER_OTLP_ENDPOINT"] = cfg.otlp_endpoint
     return specs

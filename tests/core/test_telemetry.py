@@ -14,6 +14,8 @@ from mycarenet_core.errors import field_error
 from mycarenet_core.gen.mycarenet.ehealth.v1 import cadastre_pb2, cadastre_pb2_grpc
 from mycarenet_core.server import MeshServer, Service
 
+KEY = bytes.fromhex(telemetry.new_patient_key())
+
 
 class Cadastre(cadastre_pb2_grpc.CadastreServiceServicer):
     async def GetProvider(self, request: cadastre_pb2.GetProviderRequest, context: object) -> object:
@@ -25,8 +27,8 @@ class Cadastre(cadastre_pb2_grpc.CadastreServiceServicer):
 async def test_one_trace_across_client_and_server_and_metrics() -> None:
     spans = InMemorySpanExporter()
     reader = InMemoryMetricReader()
-    server_tel = telemetry.setup("ehealth", span_exporters=[spans], metric_readers=[reader])
-    client_tel = telemetry.setup("client", span_exporters=[spans])
+    server_tel = telemetry.setup("ehealth", span_exporters=[spans], metric_readers=[reader], patient_key=KEY)
+    client_tel = telemetry.setup("client", span_exporters=[spans], server=False)
     server = MeshServer(
         "ehealth",
         [
@@ -73,8 +75,9 @@ async def test_one_trace_across_client_and_server_and_metrics() -> None:
 
 
 def test_pseudonymise_is_keyed_and_stable() -> None:
-    a = telemetry.pseudonymise("85073003328", b"k1")
-    assert a == telemetry.pseudonymise("85073003328", b"k1")
-    assert a != telemetry.pseudonymise("85073003328", b"k2")
+    k1, k2 = bytes.fromhex(telemetry.new_patient_key()), bytes.fromhex(telemetry.new_patient_key())
+    a = telemetry.pseudonymise("85073003328", k1)
+    assert a == telemetry.pseudonymise("85073003328", k1)
+    assert a != telemetry.pseudonymise("85073003328", k2)
     assert "85073003328" not in a
     assert len(a) == 16

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings
 from ehealth.settings import EhealthSettings
 from hub.__main__ import HubSettings
 from mycarenet_core.config import MeshSettings
+from mycarenet_core.telemetry import KEY_FILE_VARIABLE
 from oa_node.settings import OaSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,9 @@ def check_settings(command: str, env: dict[str, str], scratch: Path) -> MeshSett
     files)."""
     cls = SETTINGS[command]
     pre = prefix(cls)
-    mcn = {k: v for k, v in env.items() if k.startswith("MCN_")}
+    # The pseudonymisation key's file is read by the telemetry of every process (mycarenet_core.telemetry),
+    # not by the actor's settings.
+    mcn = {k: v for k, v in env.items() if k.startswith("MCN_") and k != KEY_FILE_VARIABLE}
     unknown = sorted(k for k in mcn if not k.startswith(pre) or k[len(pre) :].lower() not in cls.model_fields)
     assert not unknown, f"{command}: not settings of {cls.__name__}: {unknown}"
     values = {k[len(pre) :].lower(): v for k, v in mcn.items()}

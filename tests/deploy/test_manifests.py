@@ -26,6 +26,7 @@ from mycarenet_cluster.secrets import CALLERS
 from sqlalchemy.engine import make_url
 
 from hub.__main__ import parse_targets
+from mycarenet_core.telemetry import KEY_FILE_VARIABLE
 from tests.deploy.deploy_support import DEPLOY, INSURERS, SETTINGS, check_settings, interpolate, port_of
 
 K8S = DEPLOY / "k8s"
@@ -117,6 +118,13 @@ def test_a_deployment_and_a_service_per_actor_secure_and_probed(
         assert service["spec"]["ports"][0]["targetPort"] == "grpc"
         if name == "overlays/tracing":
             assert "OTEL_EXPORTER_OTLP_ENDPOINT" in {e["name"] for e in container["env"]}
+            # ... with this deployment's own pseudonymisation key, from its Secret (no default key).
+            key_file = env[KEY_FILE_VARIABLE]
+            mount = next(m for m in container["volumeMounts"] if key_file.startswith(m["mountPath"] + "/"))
+            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            assert volume["secret"]["secretName"] == "mycarenet-telemetry-key"
+        else:
+            assert KEY_FILE_VARIABLE not in env
     # The actors find one another by Service name and port.
     hub = settings["hub"]
     assert parse_targets(hub.oa_targets) == {
@@ -177,6 +185,8 @@ def test_compose_services_agree_with_the_settings_and_with_each_other(
         tls = [m for m in mounts if ca.startswith(m[1] + "/")]
         assert tls, f"{name}: certificates not mounted"
         assert tls[0] == [f"./secrets/{name}", "/etc/mycarenet/tls", "ro"]
+        # The deployment's own pseudonymisation key (python -m mycarenet_cluster.secrets writes it).
+        assert ["./secrets/telemetry.key", env[KEY_FILE_VARIABLE], "ro"] in mounts
         # Its own PostgreSQL, which it waits for.
         db = make_url(got.database_url).host
         assert db == f"{name}-db"

@@ -27,3 +27,7 @@ def test_one_folder_per_identity_with_the_mounted_layout(tmp_path: Path) -> None
             assert f"{name}.mycarenet.svc.cluster.local" in dns
     again = secrets.write(tmp_path, namespace="mycarenet")  # idempotent: the CA is kept
     assert (again["hub"] / "ca.crt").read_bytes() == (folders["hub"] / "ca.crt").read_bytes()
+    # This deployment's own pseudonymisation key (the compose file mounts it; the tracing component's Secret)
+    key = tmp_path / "telemetry.key"
+    assert key.stat().st_mode & 0o077 == 0
+    assert len(bytes.fromhex(key.read_text())) >= 32

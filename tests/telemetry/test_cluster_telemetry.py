@@ -50,6 +50,7 @@ class Story:
     consult_reference: str
     notify_reference: str
     closure: dmg_pb2.MailboxMessage
+    patient_key: bytes  # the cluster's own pseudonymisation key (its data folder)
 
 
 async def _play(desc: dict[str, Any], endpoint: str) -> tuple[str, str, str, dmg_pb2.MailboxMessage]:
@@ -57,7 +58,7 @@ async def _play(desc: dict[str, Any], endpoint: str) -> tuple[str, str, str, dmg
     tls, demo = desc["tls"], desc["demo"]
     address = {p["name"]: p["address"] for p in desc["processes"]}
     keys = Path(desc["keys"])
-    client_tel = telemetry.setup(CLIENT_SERVICE, otlp_endpoint=endpoint)
+    client_tel = telemetry.setup(CLIENT_SERVICE, otlp_endpoint=endpoint, server=False)
 
     def connect() -> mycarenet_sdk.Client:
         return mycarenet_sdk.connect(
@@ -96,8 +97,9 @@ async def _play(desc: dict[str, Any], endpoint: str) -> tuple[str, str, str, dmg
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     receiver = OtlpReceiver().start()
+    data = tmp_path_factory.mktemp("telemetry") / "data"
     cluster = Cluster(
-        tmp_path_factory.mktemp("telemetry") / "data",
+        data,
         free_base_port(metrics=True),
         extra_args=["--otlp-endpoint", receiver.endpoint, "--metrics"],
         env={"OTEL_BSP_SCHEDULE_DELAY": "200"},  # the supervisor passes it on to every process
@@ -105,7 +107,9 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     try:
         desc = cluster.up(TODAY.isoformat())
         insurer, consult_ref, notify_ref, closure = asyncio.run(_play(desc, receiver.endpoint))
-        yield Story(desc, receiver, desc["demo"]["patient"], insurer, consult_ref, notify_ref, closure)
+        key_file = data / "pki" / "telemetry.key"
+        key = telemetry.read_patient_key(key_file.read_text(), str(key_file))
+        yield Story(desc, receiver, desc["demo"]["patient"], insurer, consult_ref, notify_ref, closure, key)
     finally:
         cluster.down()
         receiver.stop()
@@ -176,7 +180,7 @@ def assert_chain(
     hub = one(spans, service="hub", kind="SERVER", parent_id=client.span_id)
     assert hub.trace_id == trace
     assert hub.attributes["mycarenet.oa"] == story.insurer
-    assert hub.attributes["mycarenet.patient"] == telemetry.pseudonymise(story.patient)
+    assert hub.attributes["mycarenet.patient"] == telemetry.pseudonymise(story.patient, story.patient_key)
 
     to_ehealth = children(spans, hub, service="hub", kind="CLIENT", name=CHECK_RELATION)
     assert to_ehealth == [], [s.name for s in children(spans, hub)]
@@ -294,7 +298,10 @@ def test_no_span_carries_a_niss_in_clear(story: Story) -> None:
             leaks += [(s.service, s.name, n) for n in NISS_LIKE.findall(text) if n in nisses]
     assert not leaks, leaks[:10]
     # The patient is there, pseudonymised, on the spans that concern them.
-    assert any(s.attributes.get("mycarenet.patient") == telemetry.pseudonymise(story.patient) for s in spans)
+    assert any(
+        s.attributes.get("mycarenet.patient") == telemetry.pseudonymise(story.patient, story.patient_key)
+        for s in spans
+    )
 
 
 def _scrape(address: str) -> str:

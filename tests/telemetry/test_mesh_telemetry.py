@@ -42,7 +42,8 @@ def _texts(span: ReadableSpan) -> Iterator[str]:
 async def test_fan_out_errors_per_oa_metrics_and_no_niss_in_clear(tmp_path: Path) -> None:
     spans = InMemorySpanExporter()
     reader = InMemoryMetricReader()
-    tel = telemetry.setup("mesh", span_exporters=[spans], metric_readers=[reader])
+    key = bytes.fromhex(telemetry.new_patient_key())
+    tel = telemetry.setup("mesh", span_exporters=[spans], metric_readers=[reader], patient_key=key)
     try:
         async with running_mesh(tmp_path, telemetry=tel) as mesh:
             token = await mesh.login(mesh.people["gp_a"])
@@ -90,7 +91,7 @@ async def test_fan_out_errors_per_oa_metrics_and_no_niss_in_clear(tmp_path: Path
     assert attrs["rpc.grpc.status_code"] == 5  # NOT_FOUND
     assert attrs["mycarenet.code"] == str(int(McnCode.PATIENT_UNKNOWN))
     assert attrs["mycarenet.reason"] == "PATIENT_UNKNOWN"
-    assert attrs["mycarenet.patient"] == telemetry.pseudonymise(unknown)
+    assert attrs["mycarenet.patient"] == telemetry.pseudonymise(unknown, key)
 
     # Never a NISS in clear, anywhere.
     leaks = [
@@ -102,7 +103,7 @@ async def test_fan_out_errors_per_oa_metrics_and_no_niss_in_clear(tmp_path: Path
     ]
     assert not leaks, leaks[:10]
     assert any(
-        (s.attributes or {}).get("mycarenet.patient") == telemetry.pseudonymise(held) for s in finished
+        (s.attributes or {}).get("mycarenet.patient") == telemetry.pseudonymise(held, key) for s in finished
     )
 
     # The hub's outbound histogram is per OA (and per method and status).
