@@ -1,14 +1,75 @@
 """Outgoing gRPC channels of the mesh: TLS when configured, keepalive, and a retry policy declared in the
-service config for idempotent methods only (never for notify)."""
+service config for idempotent methods only (never for notify).
+
+Keepalive is one policy for both ends (:func:`client_keepalive_options`, :func:`server_keepalive_options`,
+which every :class:`~mycarenet_core.server.MeshServer` uses): a client pings an idle connection every
+``keepalive`` period (30 s; ``MCN_KEEPALIVE_SECONDS`` for every process of a cluster, shorter in tests),
+also while a watch stream is open and silent and when no call is open, without limit; a server accepts
+pings as often as every half period, with or without calls. A server whose policy is stricter than its
+clients' pings counts each ping as a strike and, after two, closes the connection with GOAWAY
+``too_many_pings`` (gRPC's default server policy is one ping per 5 minutes: the watch streams reconnected
+every few minutes before they agreed).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+KEEPALIVE_VARIABLE = "MCN_KEEPALIVE_SECONDS"
+DEFAULT_KEEPALIVE_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+
+def keepalive_ms() -> int:
+    """The keepalive period of this process, in milliseconds (``MCN_KEEPALIVE_SECONDS``, default 30 s)."""
+    raw = os.environ.get(KEEPALIVE_VARIABLE, "")
+    if not raw:
+        return DEFAULT_KEEPALIVE_MS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"{KEEPALIVE_VARIABLE}={raw!r}: a number of seconds") from None
+    if not 0.01 <= seconds <= 7200:
+        raise ValueError(f"{KEEPALIVE_VARIABLE}={raw!r}: between 0.01 and 7200 seconds")
+    return int(seconds * 1000)
+
+
+def client_keepalive_options(period_ms: int | None = None) -> list[tuple[str, int]]:
+    """What a channel pings: every ``period_ms`` (default :func:`keepalive_ms`) on an idle connection,
+    with or without open calls, without a limit on pings between data frames (a silent watch stream)."""
+    period = period_ms if period_ms is not None else keepalive_ms()
+    return [
+        ("grpc.keepalive_time_ms", period),
+        ("grpc.keepalive_timeout_ms", min(KEEPALIVE_TIMEOUT_MS, max(period, 20))),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_keepalive_options(period_ms: int | None = None) -> list[tuple[str, int]]:
+    """What a server accepts: pings every half of the clients' ``period_ms`` (margin for timers), with or
+    without calls; a client pinging faster than that still gets its strikes (gRPC's abuse protection)."""
+    period = period_ms if period_ms is not None else keepalive_ms()
+    return [
+        ("grpc.http2.min_ping_interval_without_data_ms", period // 2),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+
+
+def merged(
+    defaults: Sequence[tuple[str, Any]], overrides: Sequence[tuple[str, Any]]
+) -> list[tuple[str, Any]]:
+    """Channel arguments with ``overrides`` replacing the defaults of the same name (never both given)."""
+    table = dict(defaults)
+    table.update(overrides)
+    return list(table.items())
 
 
 def retry_service_config(idempotent: Sequence[tuple[str, str]], *, max_attempts: int = 3) -> str:
@@ -65,12 +126,7 @@ def open_channel(
     TLS the certificate in ``credentials`` says it and ``identity`` is ignored; on a plaintext channel
     (development only) it is declared in the ``x-mcn-peer`` metadata (see :mod:`mycarenet_core.trust`).
     """
-    opts: list[tuple[str, Any]] = [
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.enable_retries", 1),
-        *options,
-    ]
+    opts = merged([*client_keepalive_options(), ("grpc.enable_retries", 1)], options)
     if service_config:
         opts.append(("grpc.service_config", service_config))
     if credentials is None:

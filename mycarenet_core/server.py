@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from mycarenet_core.channels import merged, server_keepalive_options
 from mycarenet_core.errors import MeshError
 
 if TYPE_CHECKING:
@@ -329,10 +330,9 @@ class MeshServer:
         method_chain = MethodChain(chain)
         if self.chaos is not None:
             self.chaos.on_change.append(method_chain.forget)
-        self._server = grpc.aio.server(
-            interceptors=[method_chain],
-            options=[("grpc.so_reuseport", 0), *options],
-        )
+        # Keepalive: the pings the mesh's channels send are welcome (mycarenet_core.channels).
+        self.options = merged([("grpc.so_reuseport", 0), *server_keepalive_options()], options)
+        self._server = grpc.aio.server(interceptors=[method_chain], options=self.options)
         self._credentials = credentials
         self.port: int | None = None
         # Set before start: a second, plaintext listener that serves only grpc.health.v1 (same statuses), for
@@ -364,7 +364,9 @@ class MeshServer:
         await self._server.start()
         self.port = port
         if self.health_bind is not None:
-            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            self._health_server = grpc.aio.server(
+                options=merged([("grpc.so_reuseport", 0)], server_keepalive_options())
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self._health_server)
             self.health_port = self._health_server.add_insecure_port(self.health_bind)
             if self.health_port == 0:

@@ -66,6 +66,7 @@ INTEGRATION = {
     "core/test_chaos_agent.py",
     "core/test_health_port.py",
     "core/test_hot_reads.py",
+    "core/test_keepalive.py",
     "core/test_migrations.py",
     "core/test_patient_key.py",
     "core/test_server_bootstrap.py",
