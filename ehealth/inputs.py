@@ -13,11 +13,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from ehealth.auth import COMPANY, ORGANISATION, PERSON, PROVIDER
 from ehealth.mandates import NewMandate
 from ehealth.models import MembershipRow, OrganisationRow, ProviderRow
 from ehealth.rules import Period, Proof
-from ehealth.tokens import load_public_key
+from ehealth.tokens import MAX_LIFETIME, load_public_key
 from mycarenet_core.codes import McnCode
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, cadastre_pb2, mandate_pb2
@@ -56,6 +58,8 @@ MAX_NAME = 200
 MAX_ID = 64
 MAX_TOKEN = 8192
 MAX_REFERENCE = 200
+MAX_SIGNATURE = 1024
+MAX_LIFETIME_SECONDS = int(MAX_LIFETIME.total_seconds())  # 12 h: longer requests are capped
 FINGERPRINT_LENGTH = 64
 
 
@@ -133,8 +137,8 @@ def public_key(check: Checker, field: str, pem: str, *, required: bool) -> str:
         return ""
     try:
         load_public_key(pem)
-    except ValueError as error:
-        check.add(field, McnCode.VALUE_NOT_ALLOWED, str(error))
+    except (ValueError, UnsupportedAlgorithm) as error:  # not Ed25519 (Ed448, X25519, RSA, an odd curve)
+        check.add(field, McnCode.VALUE_NOT_ALLOWED, str(error)[:200])
     return pem
 
 
@@ -211,8 +215,8 @@ def session_request(request: auth_pb2.CreateSessionRequest) -> SessionRequest:
         challenge_id = check.text("challenge_id", request.challenge_id, max_length=MAX_ID)
         if not request.signature:
             check.add("signature", McnCode.MANDATORY_FIELD_MISSING, "signature is missing")
-        elif len(request.signature) > 1024:
-            check.add("signature", McnCode.BAD_FORMAT, "at most 1024 bytes")
+        elif len(request.signature) > MAX_SIGNATURE:
+            check.add("signature", McnCode.BAD_FORMAT, f"at most {MAX_SIGNATURE} bytes")
         audience = check.text("audience", request.audience, max_length=MAX_AUDIENCE, required=False)
         if request.lifetime_seconds < 0:
             check.add("lifetime_seconds", McnCode.VALUE_NOT_ALLOWED, "lifetime cannot be negative")
@@ -221,7 +225,8 @@ def session_request(request: auth_pb2.CreateSessionRequest) -> SessionRequest:
         challenge_id,
         request.signature,
         audience,
-        request.lifetime_seconds,
+        # A lifetime over the maximum is capped (published behaviour): cap it here, where any int64 fits.
+        min(request.lifetime_seconds, MAX_LIFETIME_SECONDS),
         principal.value if principal else "",
     )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 from opentelemetry import trace
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col, select
 
@@ -97,16 +98,39 @@ class PatientListWorker:
         year: int,
         insurer_codes: Sequence[str],
     ) -> dmg_pb2.TechnicalAck:
-        """Store the request (or find the first one with this requester reference) and start it."""
-        async with transaction(self._sessions) as session:
-            existing = (
-                await session.execute(
-                    select(ListRequest).where(
-                        col(ListRequest.requester_inami) == context.requester_inami,
-                        col(ListRequest.requester_reference) == context.requester_reference,
-                    )
+        """Store the request (or find the first one with this requester reference) and start it. Posts of
+        one reference racing each other all get the first one's tAck: the one whose row is committed first
+        wins, the others meet the unique index (IntegrityError) and answer with the winner's tAck."""
+        try:
+            return await self._post(context, year, insurer_codes)
+        except IntegrityError:
+            async with transaction(self._sessions) as session:
+                existing = await self._first(session, context)
+            if existing is None:
+                raise
+            return dmg_pb2.TechnicalAck.FromString(existing.tack)
+
+    @staticmethod
+    async def _first(session: AsyncSession, context: context_pb2.RequestContext) -> ListRequest | None:
+        """The list request already posted with this requester reference, if any."""
+        found: ListRequest | None = (
+            await session.execute(
+                select(ListRequest).where(
+                    col(ListRequest.requester_inami) == context.requester_inami,
+                    col(ListRequest.requester_reference) == context.requester_reference,
                 )
-            ).scalar_one_or_none()
+            )
+        ).scalar_one_or_none()
+        return found
+
+    async def _post(
+        self,
+        context: context_pb2.RequestContext,
+        year: int,
+        insurer_codes: Sequence[str],
+    ) -> dmg_pb2.TechnicalAck:
+        async with transaction(self._sessions) as session:
+            existing = await self._first(session, context)
             if existing is not None:
                 return dmg_pb2.TechnicalAck.FromString(existing.tack)
             reference = f"PL-{uuid.uuid4().hex}"

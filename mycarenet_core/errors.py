@@ -23,6 +23,21 @@ from mycarenet_core.codes import McnCode
 DOMAIN = "mycarenet.be"
 DETAILS_KEY = "grpc-status-details-bin"
 
+# Bounds of what an error carries back in its trailers, whatever the request held: gRPC refuses trailers
+# over its metadata limit (8 KiB by default, and binary trailers travel base64-encoded), and an error must
+# never copy unbounded input back to the caller. A longer text is cut and ends with TRUNCATED.
+MAX_ERROR_MESSAGE = 512
+MAX_ERROR_VIOLATIONS = 10  # field violations listed; the message says how many there were
+MAX_ERROR_METADATA = 200  # one ErrorInfo metadata value (e.g. the echoed requester reference)
+MAX_ERROR_FIELD = 100  # a field path
+MAX_ERROR_DESCRIPTION = 200
+TRUNCATED = "…"
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` when it has at most ``limit`` characters, else its first ones and :data:`TRUNCATED`."""
+    return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -80,9 +95,11 @@ class MeshError(Exception):
         )
 
     def to_status_proto(self) -> status_pb2.Status:
-        info_meta = dict(self.metadata)
+        """The ``google.rpc.Status`` of the error, bounded whatever the request held (see
+        :data:`MAX_ERROR_MESSAGE` and the other bounds): its size never depends on the input's."""
+        info_meta = {k[:MAX_ERROR_FIELD]: bounded(v, MAX_ERROR_METADATA) for k, v in self.metadata.items()}
         if self.codes:
-            info_meta["mycarenet_codes"] = ",".join(str(c) for c in self.codes)
+            info_meta["mycarenet_codes"] = ",".join(str(c) for c in self.codes[:MAX_ERROR_VIOLATIONS])
         details: list[any_pb2.Any] = []
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=info_meta)
         details.append(_pack(info))
@@ -90,9 +107,11 @@ class MeshError(Exception):
             bad = error_details_pb2.BadRequest(
                 field_violations=[
                     error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=f"{v.code}: {v.description}", reason=v.reason
+                        field=bounded(v.field, MAX_ERROR_FIELD),
+                        description=bounded(f"{v.code}: {v.description}", MAX_ERROR_DESCRIPTION),
+                        reason=v.reason,
                     )
-                    for v in self.violations
+                    for v in self.violations[:MAX_ERROR_VIOLATIONS]
                 ]
             )
             details.append(_pack(bad))
@@ -101,7 +120,12 @@ class MeshError(Exception):
             nanos = int((self.retry_after_seconds - secs) * 1e9)
             retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=secs, nanos=nanos))
             details.append(_pack(retry))
-        return status_pb2.Status(code=self.status.value[0], message=self.message, details=details)
+        message = self.message
+        if len(self.violations) > MAX_ERROR_VIOLATIONS:
+            message = f"{len(self.violations)} field violations, the first {MAX_ERROR_VIOLATIONS}: {message}"
+        return status_pb2.Status(
+            code=self.status.value[0], message=bounded(message, MAX_ERROR_MESSAGE), details=details
+        )
 
     def to_grpc_status(self) -> grpc.Status:
         status: grpc.Status = rpc_status.to_status(self.to_status_proto())
@@ -189,7 +213,7 @@ def _code_of(violation: error_details_pb2.BadRequest.FieldViolation) -> int:
     if violation.reason in McnCode.__members__:
         return int(McnCode[violation.reason])
     head = violation.description.split(":", 1)[0].strip()
-    return int(head) if head.isdigit() else 0
+    return int(head) if head.isascii() and head.isdigit() else 0
 
 
 def status_from_rpc_error(error: grpc.RpcError) -> status_pb2.Status | None:
@@ -226,7 +250,11 @@ def parse_rpc_error(error: grpc.RpcError) -> MeshError:
             info_retry = error_details_pb2.RetryInfo()
             detail.Unpack(info_retry)
             retry = info_retry.retry_delay.seconds + info_retry.retry_delay.nanos / 1e9
-    codes = [int(c) for c in metadata.pop("mycarenet_codes", "").split(",") if c.strip().isdigit()]
+    codes = [
+        int(c)
+        for c in metadata.pop("mycarenet_codes", "").split(",")
+        if c.strip().isascii() and c.strip().isdigit()
+    ]
     return MeshError(
         _status_code(status.code),
         reason,

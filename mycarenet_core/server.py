@@ -21,7 +21,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mycarenet_core.channels import merged, server_keepalive_options
-from mycarenet_core.errors import MeshError
+from mycarenet_core.codes import McnCode
+from mycarenet_core.errors import MeshError, field_error
 
 if TYPE_CHECKING:
     from mycarenet_core.chaos import LinkChaos
@@ -165,6 +166,61 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
         return handler
 
 
+class Undecodable:
+    """What a request deserializer gives for bytes that are not a message of its type: the handler of the
+    method answers it INVALID_ARGUMENT (grpc.aio would answer UNKNOWN for a deserializer that raises)."""
+
+    DESCRIPTOR = None  # no fields: what reads a request's fields (telemetry, the hub's echo) finds none
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _undecodable_error(request: Undecodable) -> MeshError:
+    return field_error("request", McnCode.BAD_FORMAT, "not a valid protobuf message of the method's type")
+
+
+def decoding_checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """The servicer's handler with a request deserializer that never raises (it gives :class:`Undecodable`)
+    and a behavior that answers such a request INVALID_ARGUMENT before the servicer sees it. Built at the
+    inner end of the chain, so that the trust check (and its audit), telemetry and the error mapping handle
+    an undecodable request as any other bad input."""
+    if handler.request_deserializer is None:
+        return handler
+    decode = handler.request_deserializer
+
+    def deserializer(raw: bytes) -> Any:
+        try:
+            return decode(raw)
+        except Exception as error:  # DecodeError, or anything a parser raises on garbage
+            return Undecodable(error)
+
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary(request: Any, context: Any) -> Any:
+            if isinstance(request, Undecodable):
+                raise _undecodable_error(request)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        inner_stream: Any = handler.unary_stream
+
+        async def stream(request: Any, context: Any) -> Any:
+            if isinstance(request, Undecodable):
+                raise _undecodable_error(request)
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream, request_deserializer=deserializer, response_serializer=handler.response_serializer
+        )
+    return handler
+
+
 class MethodChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """The server's interceptors, applied once per method instead of once per call.
 
@@ -205,7 +261,8 @@ class MethodChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         if index == len(self.interceptors):
-            return await continuation(details)
+            found = await continuation(details)
+            return found if found is None else decoding_checked(found)
 
         async def next_one(inner: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
             return await self._build(index + 1, continuation, inner)

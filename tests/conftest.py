@@ -95,6 +95,8 @@ INTEGRATION = {
     "sdk",  # the SDK's in-process mesh, as vendors use it
     "telemetry/test_mesh_telemetry.py",
     "trust/test_authorization_matrix.py",
+    "trust/test_input_limits.py",
+    "trust/test_rpc_fuzz.py",
 }
 UNIT = {
     "bench/test_bench_load.py",
