@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -25,6 +25,9 @@ def content_hash(message: dmg_pb2.MailboxMessage) -> str:
     which = message.WhichOneof("payload")
     payload = getattr(message, which).SerializeToString(deterministic=True) if which else b""
     return hashlib.sha256(payload).hexdigest()
+
+
+CHUNK = 500  # keys per IN (...) list
 
 
 @dataclass(frozen=True)
@@ -48,20 +51,26 @@ class MailboxRepository:
         self.session = session
 
     async def store(self, messages: Sequence[dmg_pb2.MailboxMessage], now: dt.datetime) -> StoreResult:
-        """Store each message id once (stored at ``now``, the hub's clock); ids already stored are counted as
-        duplicates."""
-        ids = [m.message_id for m in messages]
-        existing: dict[str, StoredMessage] = {}
-        for start in range(0, len(ids), 500):
-            rows = await self.session.execute(
-                select(StoredMessage).where(col(StoredMessage.message_id).in_(ids[start : start + 500]))
-            )
-            existing.update({r.message_id: r for r in rows.scalars()})
+        """Store each (insurer, message id) once (stored at ``now``, the hub's clock); ones already stored
+        are counted as duplicates. An insurer's message ids are its own: another insurer's message with the
+        same id is another message."""
+        existing: dict[tuple[str, str], StoredMessage] = {}
+        for insurer in {m.insurer_code for m in messages}:
+            ids = [m.message_id for m in messages if m.insurer_code == insurer]
+            for start in range(0, len(ids), CHUNK):
+                rows = await self.session.execute(
+                    select(StoredMessage).where(
+                        col(StoredMessage.insurer_code) == insurer,
+                        col(StoredMessage.message_id).in_(ids[start : start + CHUNK]),
+                    )
+                )
+                existing.update({(r.insurer_code, r.message_id): r for r in rows.scalars()})
         stored: list[str] = []
         duplicates: list[str] = []
         recipients: set[str] = set()
         for message in messages:
-            row = existing.get(message.message_id)
+            key = (message.insurer_code, message.message_id)
+            row = existing.get(key)
             if row is not None:
                 row.duplicate_count += 1
                 duplicates.append(message.message_id)
@@ -79,7 +88,7 @@ class MailboxRepository:
                 stored_at=now,
             )
             self.session.add(row)
-            existing[message.message_id] = row
+            existing[key] = row
             stored.append(message.message_id)
             recipients.add(message.recipient_inami)
         await self.session.flush()
@@ -108,40 +117,44 @@ class MailboxRepository:
     async def confirm(
         self, recipient: str, message_ids: Sequence[str], hashes: Sequence[str], now: dt.datetime
     ) -> ConfirmResult:
-        """Confirm the recipient's messages by id or content hash; foreign or unknown ones are reported."""
-        confirmed = already = 0
-        unknown: list[str] = []
-        seen: set[int] = set()
-        for key, column in [(i, StoredMessage.message_id) for i in message_ids] + [
-            (h, StoredMessage.content_hash) for h in hashes
-        ]:
-            rows = (
-                (
-                    await self.session.execute(
-                        select(StoredMessage).where(
-                            col(column) == key, col(StoredMessage.recipient_inami) == recipient
-                        )
+        """Confirm the recipient's messages by id or content hash; foreign or unknown ones are reported.
+
+        A message matched by both an id and a hash counts once; an id two insurers both used names both
+        messages. The counts stay right when confirms of one message race: the rows are marked by one
+        conditional UPDATE (``confirmed`` still false), so each message is counted confirmed by the one
+        confirm that changed it and already confirmed by every other. The ids and hashes are looked up by
+        the hundred (``IN``), not one query each (at most ``hub.requests.MAX_CONFIRM`` ids per call)."""
+        found: dict[int, tuple[str, str]] = {}  # row id -> (message id, content hash)
+        for column, keys in ((StoredMessage.message_id, message_ids), (StoredMessage.content_hash, hashes)):
+            unique = list(dict.fromkeys(keys))
+            for start in range(0, len(unique), CHUNK):
+                rows = await self.session.execute(
+                    select(StoredMessage.id, StoredMessage.message_id, StoredMessage.content_hash).where(
+                        col(StoredMessage.recipient_inami) == recipient,
+                        col(column).in_(unique[start : start + CHUNK]),
                     )
                 )
-                .scalars()
-                .all()
+                found.update({int(i): (m, h) for i, m, h in rows.all()})
+        known_ids = {m for m, _ in found.values()}
+        known_hashes = {h for _, h in found.values()}
+        unknown = [i for i in message_ids if i not in known_ids] + [
+            h for h in hashes if h not in known_hashes
+        ]
+        confirmed = 0
+        row_ids = sorted(found)
+        for start in range(0, len(row_ids), CHUNK):
+            changed = await self.session.execute(
+                update(StoredMessage)
+                .where(
+                    col(StoredMessage.id).in_(row_ids[start : start + CHUNK]),
+                    col(StoredMessage.confirmed).is_(False),
+                )
+                .values(confirmed=True, confirmed_at=now)
+                .returning(col(StoredMessage.id))
+                .execution_options(synchronize_session=False)
             )
-            if not rows:
-                unknown.append(key)
-                continue
-            for row in rows:
-                assert row.id is not None
-                if row.id in seen:
-                    continue
-                seen.add(row.id)
-                if row.confirmed:
-                    already += 1
-                else:
-                    row.confirmed = True
-                    row.confirmed_at = now
-                    confirmed += 1
-        await self.session.flush()
-        return ConfirmResult(confirmed, already, unknown)
+            confirmed += len(changed.all())
+        return ConfirmResult(confirmed, len(row_ids) - confirmed, unknown)
 
 
 class MailboxNotifier:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Column, DateTime, Index, LargeBinary
+from sqlalchemy import Column, DateTime, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from mycarenet_core.db import declarative_base
@@ -45,13 +45,17 @@ class FeedCursor(HubBase, table=True):
 
 
 class StoredMessage(HubBase, table=True):
-    """One mailbox message (stored once per message id)."""
+    """One mailbox message, stored once per (insurer, message id): an insurer's ids are its own, so one
+    insurer can never shadow another's message (the hub's own messages have no insurer)."""
 
     __tablename__ = "mailbox_message"
-    __table_args__ = (Index("ix_mailbox_pending", "recipient_inami", "confirmed", "id"),)
+    __table_args__ = (
+        Index("ix_mailbox_pending", "recipient_inami", "confirmed", "id"),
+        UniqueConstraint("insurer_code", "message_id", name="uq_mailbox_message_insurer_message_id"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    message_id: str = Field(unique=True, max_length=200)
+    message_id: str = Field(max_length=200)
     recipient_inami: str = Field(max_length=11)
     kind: int
     insurer_code: str = Field(default="", max_length=3)

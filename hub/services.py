@@ -88,11 +88,13 @@ class HubCore:
 
     @contextlib.asynccontextmanager
     async def handling(self, rpc: str, reference: str = "") -> AsyncIterator[AuditEntry]:
-        """Audit the call and put the requester reference in every error's metadata."""
+        """Audit the call and put the requester reference in every error's metadata. The throttle tokens
+        the call takes are given back if it fails through no fault of its caller (hub/throttle.py)."""
         try:
-            async with self.audit.record(rpc) as entry:
-                entry.requester_reference = reference
-                yield entry
+            with self.throttle.charging():
+                async with self.audit.record(rpc) as entry:
+                    entry.requester_reference = reference
+                    yield entry
         except MeshError as error:
             raise error.with_metadata(requester_reference=reference) from None
 
@@ -356,6 +358,8 @@ class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
             caller = core.caller(entry)
             asked = requests.post_list(request, core.oas, core.clock)
             entry.insurer_codes = asked.insurers
+            # One throttle token per insurer the list asks (hub/throttle.py).
+            core.throttle.take(caller.requester_inami, cost=len(asked.insurers))
             tack = await core.lists.post(
                 core.request_context(caller, asked.reference), asked.year, asked.insurers
             )

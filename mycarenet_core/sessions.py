@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -202,10 +203,15 @@ class TokenVerifier:
             nbf = float(claims.get("nbf", iat))
         except (TypeError, ValueError):
             raise unauthenticated("MALFORMED", "exp/nbf/iat must be numbers") from None
-        if exp - iat > MAX_SESSION_LIFETIME.total_seconds() + self._leeway:
+        if not all(math.isfinite(v) for v in (exp, iat, nbf)):
+            raise unauthenticated("MALFORMED", "exp/nbf/iat must be finite numbers")
+        # The lifetime is what the token may be used for: from its earliest start (iat, or an earlier nbf)
+        # to its end.
+        lifetime = exp - min(iat, nbf)
+        if lifetime > MAX_SESSION_LIFETIME.total_seconds() + self._leeway:
             raise unauthenticated(
                 "LIFETIME_TOO_LONG",
-                f"the session lasts {(exp - iat) / 3600:.1f} h; eHealth issues sessions of at most 12 h",
+                f"the session lasts {lifetime / 3600:.1f} h; eHealth issues sessions of at most 12 h",
             )
         if now > exp + self._leeway:
             raise unauthenticated("EXPIRED", "the session has expired")

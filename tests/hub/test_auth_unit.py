@@ -116,6 +116,12 @@ async def test_a_signed_token_lasting_more_than_twelve_hours_is_refused() -> Non
     with pytest.raises(MeshError) as err:
         await verifier.verify(token(exp=iat + 13 * 3600))
     assert (err.value.status.name, err.value.reason) == ("UNAUTHENTICATED", "LIFETIME_TOO_LONG")
+    # ... counted from its earliest start: an nbf before iat lengthens it too
+    assert await reason_of(verifier, token(nbf=iat - 2 * 3600, exp=iat + 11 * 3600)) == "LIFETIME_TOO_LONG"
+    # ... and numbers that are not finite are no lifetime at all
+    assert await reason_of(verifier, token(exp=float("inf"))) == "MALFORMED"
+    assert await reason_of(verifier, token(iat=float("-inf"))) == "MALFORMED"
+    assert await reason_of(verifier, token(exp=float("nan"))) == "MALFORMED"
 
 
 async def test_a_rotated_key_is_fetched_on_first_sight() -> None:

@@ -97,6 +97,39 @@ async def test_confirm_by_id_and_hash_twice_and_foreign(sessions: async_sessionm
         assert [m.message_id for _, m in await MailboxRepository(session).pending(GP2, [])] == ["c"]
 
 
+async def test_message_ids_are_scoped_by_insurer(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Issue 17: one insurer cannot shadow another's message by reusing its id."""
+    theirs = closure("same-id", GP1)
+    theirs.insurer_code = "200"
+    async with transaction(sessions) as session:
+        first = await MailboxRepository(session).store([closure("same-id", GP1)], NOW)
+    async with transaction(sessions) as session:
+        second = await MailboxRepository(session).store([theirs, closure("same-id", GP1)], NOW)
+    assert (first.stored, second.stored, second.duplicates) == (["same-id"], ["same-id"], ["same-id"])
+    async with sessions() as session:
+        pending = await MailboxRepository(session).pending(GP1, [])
+    assert sorted(m.insurer_code for _, m in pending if m.message_id == "same-id") == ["100", "200"]
+
+
+async def test_concurrent_confirms_count_each_message_once(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Issue 17: confirms of the same messages racing each other (on PostgreSQL, really at once): each
+    message is counted confirmed by exactly one of them, already confirmed by all the others."""
+    ids = [f"race-{i}" for i in range(5)]
+    async with transaction(sessions) as session:
+        await MailboxRepository(session).store([closure(i, GP1) for i in ids], NOW)
+
+    async def confirm() -> tuple[int, int]:
+        async with transaction(sessions) as session:
+            result = await MailboxRepository(session).confirm(GP1, ids, [], NOW)
+        return result.confirmed, result.already
+
+    results = await asyncio.gather(*(confirm() for _ in range(8)))
+    assert sum(confirmed for confirmed, _ in results) == len(ids)
+    assert all(confirmed + already == len(ids) for confirmed, already in results)
+
+
 async def test_audit_rows_are_written(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -1,5 +1,6 @@
 """Token rejections by the hub's local verifier against real eHealth tokens, key rotation, revocation
-through the watch stream, and the throttling of a systematic consulter."""
+through the watch stream, the throttling of a systematic consulter, of patient lists (one token per insurer)
+and not of attempts that failed through no fault of the provider."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.throttle import ThrottleConfig
+from mycarenet_core.dates import to_proto
+from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, auth_pb2_grpc
 from tests.hub.helpers import consult_request, rejected
-from tests.hub.mesh import Mesh, bearer, running_mesh
+from tests.hub.mesh import TODAY, Mesh, bearer, running_mesh
 
 
 async def reason(mesh: Mesh, metadata: tuple[tuple[str, str], ...]) -> str:
@@ -122,3 +125,37 @@ async def test_a_systematic_consulter_is_throttled_and_others_are_not(tmp_path: 
         # after the advertised delay the robot may go on, at the sustained rate
         await asyncio.sleep(refused.retry_after_seconds + 0.05)
         await mesh.dmg.ConsultDmg(consult_request(patient, reference="bot-later"), metadata=robot, timeout=5)
+
+
+async def test_failed_attempts_give_their_tokens_back_and_a_patient_list_costs_one_per_insurer(
+    tmp_path: Path,
+) -> None:
+    """Issue 17: attempts that fail through no fault of the provider (the insurer down: UNAVAILABLE) do not
+    use up its throttle; a PostPatientList takes one token per insurer it asks."""
+    config = ThrottleConfig(rate=0.01, burst=6)  # hardly any refill during the test
+    async with running_mesh(tmp_path, insurers=("100", "200"), throttle=config) as mesh:
+        assert mesh.hub is not None
+        gp = bearer(await mesh.login(mesh.people["gp_a"]))
+        patient = mesh.members["p100"].niss
+        await mesh.stop_oa("100")
+        for i in range(12):  # twice the burst, all failing because the insurer is down
+            error = await rejected(
+                mesh.dmg.ConsultDmg(consult_request(patient, reference=f"down-{i}"), metadata=gp, timeout=5)
+            )
+            assert error.status.name == "UNAVAILABLE", error
+        await mesh.start_oa("100")
+        await asyncio.sleep(1.1)  # the hub's breaker to insurer 100 lets a trial through (FAST: 1 s)
+        for i in range(6):  # the whole burst is still there
+            await mesh.dmg.ConsultDmg(consult_request(patient, reference=f"up-{i}"), metadata=gp, timeout=5)
+        throttled = await rejected(
+            mesh.dmg.ConsultDmg(consult_request(patient, reference="up-x"), metadata=gp, timeout=5)
+        )
+        assert (throttled.status.name, throttled.reason) == ("RESOURCE_EXHAUSTED", "THROTTLED")
+
+        other = bearer(await mesh.login(mesh.people["gp_b"]))
+        for i in range(3):  # a list to both insurers costs two tokens: three fit in a burst of six
+            post = mbx.PostPatientListRequest(requester_reference=f"list-{i}", reference_date=to_proto(TODAY))
+            await mesh.mailbox.PostPatientList(post, metadata=other, timeout=5)
+        post = mbx.PostPatientListRequest(requester_reference="list-x", reference_date=to_proto(TODAY))
+        error = await rejected(mesh.mailbox.PostPatientList(post, metadata=other, timeout=5))
+        assert (error.status.name, error.reason) == ("RESOURCE_EXHAUSTED", "THROTTLED")
