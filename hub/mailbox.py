@@ -123,7 +123,7 @@ class MailboxRepository:
         messages. The counts stay right when confirms of one message race: the rows are marked by one
         conditional UPDATE (``confirmed`` still false), so each message is counted confirmed by the one
         confirm that changed it and already confirmed by every other. The ids and hashes are looked up by
-        the hundred (``IN``), not one query each (at most ``hub.requests.MAX_CONFIRM`` ids per call)."""
+        the 500 (``IN``), not one query each (at most ``hub.requests.MAX_CONFIRM`` ids per call)."""
         found: dict[int, tuple[str, str]] = {}  # row id -> (message id, content hash)
         for column, keys in ((StoredMessage.message_id, message_ids), (StoredMessage.content_hash, hashes)):
             unique = list(dict.fromkeys(keys))
