@@ -15,10 +15,13 @@ import pytest
 from node_support import GP_A, GP_B, PATIENT, PATIENT_2, TODAY, Node, seed, start_node, stop_node
 from sqlalchemy import select
 
+from mycarenet_core.db import transaction
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as mi_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc as mi_grpc
 from oa_node import models as m
+from oa_node.relay import MAX_BATCH_BYTES
+from oa_node.repositories import OutboxRepository
 
 
 class TestMailbox(mi_grpc.MailboxIntakeServiceServicer):
@@ -34,11 +37,13 @@ class TestMailbox(mi_grpc.MailboxIntakeServiceServicer):
         self.calls = 0
         self.hung = asyncio.Event()
         self.peers: set[str] = set()  # the certificate kinds the callers declared (x-mcn-peer)
+        self.sizes: list[int] = []  # bytes of each delivery received
 
     async def DeliverMessages(
         self, request: mi_pb2.DeliverMessagesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> mi_pb2.DeliverMessagesResponse:
         self.calls += 1
+        self.sizes.append(request.ByteSize())
         self.peers |= {str(v) for k, v in context.invocation_metadata() or () if k == "x-mcn-peer"}
         if self.mode == "fail":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mailbox down")
@@ -187,3 +192,51 @@ async def test_a_node_stopped_mid_delivery_and_restarted_delivers_each_message_e
         assert box.calls == calls  # nothing left to send
     finally:
         await stop_node(again)
+
+
+async def test_batches_are_bounded_in_bytes_and_an_oversized_message_goes_aside(
+    pg_admin_url: str, database_url: str, mailbox: tuple[TestMailbox, str]
+) -> None:
+    """Issue 17: twelve messages of 900 KB (legal, but 10 MB together: over gRPC's 4 MiB limit in one
+    delivery) go in deliveries of at most 2 MiB; one of 1.5 MiB is set aside and the ones behind it go on."""
+    box, target = mailbox
+    node = await start_node(database_url, hub=target)
+    try:
+        await seed(node)
+        relay = node.app.relay
+        assert relay is not None
+
+        def message(i: int, size: int) -> dict[str, Any]:
+            body = dmg_pb2.MailboxMessage(
+                message_id=f"big-{i:02d}",
+                kind=dmg_pb2.MESSAGE_KIND_CLOSURE,
+                recipient_inami=GP_A,
+                requester_reference="r" * size,
+            )
+            return {
+                "message_id": body.message_id,
+                "recipient_inami": GP_A,
+                "kind": int(body.kind),
+                "payload": body.SerializeToString(),
+                "created_at": dt.datetime(2025, 3, 4, tzinfo=dt.UTC),
+            }
+
+        rows = [message(i, 900_000) for i in range(12)]
+        rows.insert(5, message(99, 1_500_000))  # over MAX_MESSAGE_BYTES (1 MiB)
+        async with transaction(node.app.sessions) as session:
+            await OutboxRepository(session).add(rows)
+        relay.wake()
+
+        async def all_delivered() -> bool:
+            return len(box.stored) == 12
+
+        await until(all_delivered)
+        assert max(box.sizes) <= MAX_BATCH_BYTES + 1024
+        assert "big-99" not in box.stored
+        left = {r.message_id: r for r in await outbox(node)}
+        assert left["big-99"].dead_at is not None
+        assert left["big-99"].error.startswith("1500")
+        assert not left["big-99"].delivered
+        assert relay.set_aside == 1
+    finally:
+        await stop_node(node)
