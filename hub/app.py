@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from hub.audit import AuditLog
 from hub.auth import CachingTokenVerifier, HubTrust
 from hub.feeds import AffiliationFollower, RevocationFollower
+from hub.insurability import InsurabilityServicer
 from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.patient_list import ListPolicy, PatientListWorker
 from hub.relations import OrganisationFollower, RelationCheck, RelationFollower, RelationIndex
@@ -35,6 +36,7 @@ from mycarenet_core.db import create_engine, session_factory
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2_grpc, mailbox_service_pb2_grpc
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2_grpc
 from mycarenet_core.lifecycle import Background
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
@@ -222,6 +224,11 @@ class HubApp(ServiceApp):
                     mailbox_service_pb2_grpc.add_MailboxServiceServicer_to_server,
                     MailboxServicer(core),
                     "mycarenet.dmg.v1.MailboxService",
+                ),
+                Service(
+                    insurability_service_pb2_grpc.add_InsurabilityServiceServicer_to_server,
+                    InsurabilityServicer(core),
+                    "mycarenet.insurability.v1.InsurabilityService",
                 ),
                 Service(
                     mailbox_intake_service_pb2_grpc.add_MailboxIntakeServiceServicer_to_server,

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,8 @@ class HubCore:
         return caller
 
     def request_context(self, caller: Caller, reference: str) -> context_pb2.RequestContext:
+        """Who asks, for the insurer. A provider's reference is optional but for a notify (its idempotency
+        key): without one, the insurer's audit gets the hub's own (``hub-<uuid>``)."""
         return context_pb2.RequestContext(
             requester_inami=caller.requester_inami,
             requester_role=caller.proto_role,
@@ -112,7 +115,7 @@ class HubCore:
             executor_kind=caller.executor_kind,
             mandate_id=caller.mandate_id,
             session_id=caller.session_id,
-            requester_reference=reference,
+            requester_reference=reference or f"hub-{uuid.uuid4().hex}",
             processing_date=dates.to_proto(self.clock.today()),
             organisation_inami=caller.organisation,
         )
@@ -164,10 +167,17 @@ class HubCore:
     ) -> tuple[OaClient, str]:
         """The steps of a call about one patient: throttle, route, the therapeutic relation; the insurer
         to ask and the patient's NISS."""
+        oa, niss = await self.routed(caller, patient, on, entry)
+        await self.relations.require(caller.requester_inami, niss, remaining)
+        return oa, niss
+
+    async def routed(
+        self, caller: Caller, patient: requests.PatientRef, on: dt.date, entry: AuditEntry
+    ) -> tuple[OaClient, str]:
+        """Throttle the provider, then route the patient: the insurer to ask and the patient's NISS."""
         self.throttle.take(caller.requester_inami)
         code, niss = await self.resolve(patient, on)
         entry.insurer_codes = [code]
-        await self.relations.require(caller.requester_inami, niss, remaining)
         return self.oa(code), niss
 
     # --- the DMG services ---------------------------------------------------------------------------

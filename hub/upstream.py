@@ -20,7 +20,11 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     cadastre_pb2_grpc,
     therapeutic_relation_pb2_grpc,
 )
-from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc, oa_dmg_service_pb2_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import (
+    membership_service_pb2_grpc,
+    oa_dmg_service_pb2_grpc,
+    oa_insurability_service_pb2_grpc,
+)
 from mycarenet_core.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,8 @@ OA_IDEMPOTENT = [
     ("mycarenet.oa.v1.OaDmgService", "GetEnrolment"),
     ("mycarenet.oa.v1.MembershipService", "ListAffiliationChanges"),
     ("mycarenet.oa.v1.MembershipService", "GetMember"),
+    ("mycarenet.oa.v1.OaInsurabilityService", "GetMemberData"),
+    ("mycarenet.oa.v1.OaInsurabilityService", "ConsultRights"),
 ]
 EHEALTH_IDEMPOTENT = [
     ("mycarenet.ehealth.v1.AuthService", "GetSigningKeys"),
@@ -141,6 +147,7 @@ class OaClient:
         )
         self.dmg = oa_dmg_service_pb2_grpc.OaDmgServiceStub(self.channel)
         self.membership = membership_service_pb2_grpc.MembershipServiceStub(self.channel)
+        self.insurability = oa_insurability_service_pb2_grpc.OaInsurabilityServiceStub(self.channel)
         self.breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_cooldown)
 
     def down(self, why: str) -> MeshError:

@@ -30,6 +30,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2_grpc as 
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as intake_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc as ms_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2_grpc as ins_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
 from mycarenet_core.identifiers import INSURER_CODES
 from mycarenet_core.lifecycle import Background
@@ -46,6 +47,7 @@ from oa_node.cadastre import CadastreFollower
 from oa_node.dmg import DmgOperations
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal, Wakeup
 from oa_node.holdings import HoldingFeed
+from oa_node.insurability import InsurabilityOperations
 from oa_node.membership import MembershipOperations
 from oa_node.reference import ReferenceOperations
 from oa_node.relay import OutboxRelay
@@ -55,6 +57,7 @@ from oa_node.servicers import (
     InvoicingIntakeServicer,
     MembershipServicer,
     OaDmgServicer,
+    OaInsurabilityServicer,
     ReferenceDataServicer,
 )
 from oa_node.settings import OaSettings
@@ -66,6 +69,7 @@ SERVICE_NAMES = {
     "membership": "mycarenet.oa.v1.MembershipService",
     "reference": "mycarenet.oa.v1.ReferenceDataService",
     "holdings": "mycarenet.oa.v1.HoldingFeedService",
+    "insurability": "mycarenet.oa.v1.OaInsurabilityService",
 }
 
 
@@ -202,6 +206,7 @@ class OaNodeApp(ServiceApp):
             following=(lambda: cadastre.following) if cadastre is not None else (lambda: False),
         )
         self.holdings = HoldingFeed(self.reads, holders)
+        self.insurability = InsurabilityOperations(insurer_code=insurer_code, sessions=self.sessions)
         server = MeshServer(
             name,
             [
@@ -229,6 +234,11 @@ class OaNodeApp(ServiceApp):
                     hf_grpc.add_HoldingFeedServiceServicer_to_server,
                     HoldingFeedServicer(self.holdings),
                     SERVICE_NAMES["holdings"],
+                ),
+                Service(
+                    ins_grpc.add_OaInsurabilityServiceServicer_to_server,
+                    OaInsurabilityServicer(self.insurability, self.audit),
+                    SERVICE_NAMES["insurability"],
                 ),
             ],
             credentials=server_credentials,

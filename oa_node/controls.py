@@ -58,6 +58,8 @@ class Request(enum.Enum):
     NOTIFY = "notify"
     LIST = "list"
     ENROL = "enrol"
+    MEMBER_DATA = "member data"
+    RIGHTS = "rights consultation"
 
 
 ENTITLED: dict[Request, frozenset[Role]] = {
@@ -75,6 +77,21 @@ ENTITLED: dict[Request, frozenset[Role]] = {
     Request.NOTIFY: frozenset({Role.GENERAL_PRACTITIONER, Role.GP_IN_TRAINING, Role.MEDICAL_HOUSE}),
     Request.LIST: frozenset({Role.GENERAL_PRACTITIONER, Role.MEDICAL_HOUSE}),
     Request.ENROL: frozenset({Role.GENERAL_PRACTITIONER, Role.MEDICAL_HOUSE}),
+    # Insurability (seed 004, seed 001 annex 2, seed 003 §3.3): every provider who bills a service.
+    Request.MEMBER_DATA: frozenset(
+        {
+            Role.GENERAL_PRACTITIONER,
+            Role.GP_IN_TRAINING,
+            Role.GP_NON_ACCREDITED,
+            Role.PHYSICIAN_NO_COMPETENCE,
+            Role.SPECIALIST,
+            Role.DENTIST,
+            Role.PHARMACIST,
+            Role.MEDICAL_HOUSE,
+        }
+    ),
+    # The payment commitment is the pharmacists' (seed 003 §5).
+    Request.RIGHTS: frozenset({Role.PHARMACIST}),
 }
 
 

@@ -10,7 +10,9 @@ safety timeout only). A watch ends when the caller cancels or the node stops.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+import itertools
+import re
+from collections.abc import AsyncIterator, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -18,6 +20,7 @@ from mycarenet_core import dates
 from mycarenet_core.clock import Clock
 from mycarenet_core.errors import McnCode, not_found
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as ins_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2 as ms_pb2
 from mycarenet_core.identifiers import IdentifierError, parse_member_number, parse_niss, routing_insurer
 from mycarenet_core.validation import Checker
@@ -26,8 +29,17 @@ from oa_node import convert
 from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal
 from oa_node.repositories import FeedEntry, MemberData, MemberRepository, MemberRow
+from oa_node.repositories.members import CareFields, InsurabilityFields
 
 MAX_MEMBERS = 10_000
+MAX_PERIODS = 100
+"""Insurability periods, and care statuses, of one member in an upsert."""
+_CT = re.compile(r"^[0-9]{3}$")
+_CARE_KINDS = {
+    ins_pb2.CARE_STATUS_KIND_CHRONIC_CONDITION: "CHRONIC_CONDITION",
+    ins_pb2.CARE_STATUS_KIND_PALLIATIVE: "PALLIATIVE",
+    ins_pb2.CARE_STATUS_KIND_HOSPITALISED: "HOSPITALISED",
+}
 DEFAULT_FEED_PAGE, MAX_FEED_PAGE = 1000, 50_000
 WATCH_BATCH = 500
 
@@ -62,6 +74,8 @@ def member_data(check: Checker, index: int, member: ms_pb2.Member, insurer_code:
     house_period = (
         c.periods(check, [member.medical_house_period], f"{field}.medical_house_period") if house else ()
     )
+    insurability = _insurability(check, member.insurability, f"{field}.insurability")
+    care = _care_statuses(check, member.care_statuses, f"{field}.care_statuses")
     if len(check.violations) > before or not niss or parsed is None:
         return None
     return MemberData(
@@ -78,7 +92,58 @@ def member_data(check: Checker, index: int, member: ms_pb2.Member, insurer_code:
         medical_house_start=house_period[0][0] if house_period else None,
         medical_house_end=house_period[0][1] if house_period else None,
         affiliations=periods,
+        insurability=insurability,
+        care_statuses=care,
     )
+
+
+def _insurability(
+    check: Checker, raw: Sequence[ins_pb2.InsurabilityPeriod], field: str
+) -> tuple[InsurabilityFields, ...]:
+    """At most 100 periods, each with both ends (100 / 113), CT1 and CT2 of 3 digits (111), none overlapping
+    another (113)."""
+    if len(raw) > MAX_PERIODS:
+        check.add(field, McnCode.VALUE_NOT_ALLOWED, f"at most {MAX_PERIODS} insurability periods")
+        return ()
+    found: list[InsurabilityFields] = []
+    for index, item in enumerate(raw):
+        at = f"{field}[{index}]"
+        start = check.date(f"{at}.period.start", item.period.start)
+        end = check.date(f"{at}.period.end", item.period.end)
+        if start is not None and end is not None and end < start:
+            check.add(f"{at}.period.end", McnCode.IMPLAUSIBLE_DATE, "end before start")
+            continue
+        for name in ("ct1", "ct2"):
+            if not _CT.match(getattr(item.status, name)):
+                check.add(f"{at}.status.{name}", McnCode.BAD_FORMAT, f"{name} must be 3 digits")
+        if start is None or end is None:
+            continue
+        status = item.status
+        found.append((start, end, status.ct1, status.ct2, status.preferential_rate, status.maximum_billing))
+    ordered = sorted(found)
+    for previous, following in itertools.pairwise(ordered):
+        if following[0] <= previous[1]:
+            check.add(field, McnCode.IMPLAUSIBLE_DATE, f"periods overlap on {following[0].isoformat()}")
+            break
+    return tuple(ordered)
+
+
+def _care_statuses(
+    check: Checker, raw: Sequence[ins_pb2.CareStatusPeriod], field: str
+) -> tuple[CareFields, ...]:
+    """At most 100 care statuses, each of a known kind (130) with a start (100) and an end not before it."""
+    if len(raw) > MAX_PERIODS:
+        check.add(field, McnCode.VALUE_NOT_ALLOWED, f"at most {MAX_PERIODS} care statuses")
+        return ()
+    found: list[CareFields] = []
+    for index, item in enumerate(raw):
+        kind = _CARE_KINDS.get(item.kind)
+        if kind is None:
+            check.add(f"{field}[{index}].kind", McnCode.VALUE_NOT_ALLOWED, "unknown care status kind")
+        span = c.periods(check, [item.period], f"{field}[{index}].period")
+        if kind is not None and span:
+            found.append((kind, span[0][0], span[0][1]))
+    return tuple(found)
 
 
 def change_proto(entry: FeedEntry, insurer_code: str) -> ms_pb2.AffiliationChange:

@@ -78,6 +78,44 @@ class Affiliation(Base, table=True):
     end: dt.date | None = None
 
 
+class InsurabilityRow(Base, table=True):
+    """One insurability period of a member and its status (seed 003 §3.4.1, §5.2). A member without any
+    has the default of :func:`oa_node.rules.insurability.default_periods` (110/110 on its affiliations)."""
+
+    __tablename__ = "oa_insurability"
+
+    id: int | None = Field(default=None, primary_key=True)
+    niss: str = Field(foreign_key="oa_member.niss", index=True)
+    start: dt.date
+    end: dt.date
+    ct1: str = Field(max_length=3)
+    ct2: str = Field(max_length=3)
+    preferential_rate: bool = False
+    maximum_billing: bool = False
+
+
+class CareStatusRow(Base, table=True):
+    """A care status of a member by period: CHRONIC_CONDITION, PALLIATIVE, HOSPITALISED (end None: holds)."""
+
+    __tablename__ = "oa_care_status"
+
+    id: int | None = Field(default=None, primary_key=True)
+    niss: str = Field(foreign_key="oa_member.niss", index=True)
+    kind: str = Field(max_length=20)
+    start: dt.date
+    end: dt.date | None = None
+
+
+class AgreementKey(Base, table=True):
+    """This insurer's secret for its agreement numbers (seed 003 §5.4): made at random when the database is
+    created, never sent anywhere (the trusted third party asks VerifyAgreement)."""
+
+    __tablename__ = "oa_agreement_key"
+
+    id: int = Field(default=1, primary_key=True)
+    secret: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
 AFFILIATION_FEED = 1
 HOLDER_FEED = 2
 

@@ -17,12 +17,15 @@ from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2 as ms_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc as ms_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as ins_pb2
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2_grpc as ins_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2 as rd_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
 from oa_node import controls as c
 from oa_node.audit import AuditTrail, context_fields, peer_of
 from oa_node.dmg import DmgOperations
 from oa_node.holdings import HoldingFeed
+from oa_node.insurability import InsurabilityOperations, parse_member_data, parse_rights
 from oa_node.membership import MembershipOperations
 from oa_node.reference import ReferenceOperations, parse_organisations, parse_providers
 
@@ -160,3 +163,31 @@ class HoldingFeedServicer(hf_grpc.HoldingFeedServiceServicer):
     ) -> AsyncIterator[hf_pb2.WatchHolderChangesResponse]:
         async for item in self._feed.watch(request):
             yield item
+
+
+class OaInsurabilityServicer(ins_grpc.OaInsurabilityServiceServicer):
+    def __init__(self, operations: InsurabilityOperations, audit: AuditTrail) -> None:
+        self._ops = operations
+        self._audit = audit
+
+    async def GetMemberData(
+        self, request: ins_pb2.GetMemberDataRequest, context: Context
+    ) -> ins_pb2.GetMemberDataResponse:
+        async with self._audit.call(
+            "GetMemberData", context_fields(request.context, peer_of(context))
+        ) as entry:
+            return await self._ops.member_data(parse_member_data(request, self._ops.insurer_code), entry)
+
+    async def ConsultRights(
+        self, request: ins_pb2.ConsultRightsRequest, context: Context
+    ) -> ins_pb2.ConsultRightsResponse:
+        async with self._audit.call(
+            "ConsultRights", context_fields(request.context, peer_of(context))
+        ) as entry:
+            return await self._ops.consult_rights(parse_rights(request, self._ops.insurer_code), entry)
+
+    async def VerifyAgreement(
+        self, request: ins_pb2.VerifyAgreementRequest, context: Context
+    ) -> ins_pb2.VerifyAgreementResponse:
+        async with self._audit.call("VerifyAgreement", {"peer": peer_of(context)}):
+            return await self._ops.verify(request)

@@ -77,6 +77,7 @@ INTEGRATION = {
     "hub/test_authorization.py",
     "hub/test_consult_golden.py",
     "hub/test_hub_smoke.py",
+    "hub/test_insurability.py",
     "hub/test_intake_mtls.py",
     "hub/test_mailbox.py",
     "hub/test_patient_list.py",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, update
+from sqlalchemy import Row, bindparam, delete, func, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -20,6 +20,8 @@ MemberRow = Row[Any]
 
 _members = m.table_of(m.Member)
 _affiliations = m.table_of(m.Affiliation)
+_insurability = m.table_of(m.InsurabilityRow)
+_care = m.table_of(m.CareStatusRow)
 MEMBER_BY_NISS = core_select(_members).where(_members.c.niss == bindparam("key"))
 MEMBER_BY_NUMBER = core_select(_members).where(_members.c.registration_number == bindparam("key"))
 PERIODS = (
@@ -29,6 +31,10 @@ PERIODS = (
 )
 
 Period = tuple[dt.date, dt.date | None]
+InsurabilityFields = tuple[dt.date, dt.date, str, str, bool, bool]
+"""start, end, CT1, CT2, preferential rate, maximum billing."""
+CareFields = tuple[str, dt.date, dt.date | None]
+"""kind, start, end."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ class MemberData:
     medical_house_start: dt.date | None = None
     medical_house_end: dt.date | None = None
     affiliations: tuple[Period, ...] = ()
+    insurability: tuple[InsurabilityFields, ...] = ()
+    """Empty: none recorded (the default of :func:`oa_node.rules.insurability.default_periods` applies)."""
+    care_statuses: tuple[CareFields, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,7 @@ class MemberRepository:
                 changes.append(data)
             numbers[data.niss] = data.registration_number
         await self.session.flush()
+        await self._replace_statuses(members)
         last = head.last_sequence
         for data in changes:
             last += 1
@@ -191,6 +201,36 @@ class MemberRepository:
         head.last_sequence = last
         await self.session.flush()
         return UpsertResult(created, updated, last)
+
+    async def _replace_statuses(self, members: Sequence[MemberData]) -> None:
+        """Each member's insurability periods and care statuses become those given (the last given for a
+        NISS named twice)."""
+        latest = {data.niss: data for data in members}
+        conn = await self.session.connection()
+        for table in (_insurability, _care):
+            await conn.execute(delete(table).where(table.c.niss.in_(list(latest))))
+        periods = [
+            {
+                "niss": niss,
+                "start": start,
+                "end": end,
+                "ct1": ct1,
+                "ct2": ct2,
+                "preferential_rate": preferential,
+                "maximum_billing": maximum,
+            }
+            for niss, data in latest.items()
+            for start, end, ct1, ct2, preferential, maximum in data.insurability
+        ]
+        care = [
+            {"niss": niss, "kind": kind, "start": start, "end": end}
+            for niss, data in latest.items()
+            for kind, start, end in data.care_statuses
+        ]
+        if periods:
+            await conn.execute(insert(_insurability), periods)
+        if care:
+            await conn.execute(insert(_care), care)
 
     async def _lock_feed(self) -> m.FeedHead:
         await self.session.execute(

@@ -79,6 +79,33 @@ def period_at(periods: Iterable[InsurabilityPeriod], day: dt.date) -> Insurabili
     return next((period for period in periods if period.holds(day)), None)
 
 
+GENERAL_REGIME = InsurabilityStatus("110", "110")
+"""CT1/CT2 of the general regime without preferential rate."""
+
+
+def default_periods(
+    affiliations: Iterable[tuple[dt.date, dt.date | None]], on: dt.date
+) -> list[InsurabilityPeriod]:
+    """*decision* (the sandbox's default): a member whose insurer recorded no insurability has the general
+    regime, 110/110, over each affiliation period; an open affiliation is established to 31 December of the
+    year after ``on`` (insurers establish rights up to a date, never open-ended)."""
+    horizon = dt.date(on.year + 1, 12, 31)
+    return [
+        InsurabilityPeriod(start, end if end is not None else max(horizon, start), GENERAL_REGIME)
+        for start, end in sorted(affiliations)
+    ]
+
+
+def around(periods: Iterable[InsurabilityPeriod], day: dt.date) -> list[InsurabilityPeriod]:
+    """The periods a MemberData answer shows for ``day``: the one holding it with the ones just before and
+    just after it (without one holding it: the last before and the first after), oldest first."""
+    ordered = sorted(periods, key=lambda period: period.start)
+    before = [period for period in ordered if period.end < day]
+    holding = [period for period in ordered if period.holds(day)]
+    after = [period for period in ordered if period.start > day]
+    return before[-1:] + holding[:1] + after[:1]
+
+
 def payment_commitment(
     periods: Sequence[InsurabilityPeriod], dispensing: dt.date, *, cap_days: int = COVERAGE_DAYS
 ) -> Coverage | None:
@@ -146,12 +173,15 @@ def agreement_is_genuine(key: bytes, fields: AgreementFields, number: str) -> bo
 
 __all__ = [
     "COVERAGE_DAYS",
+    "GENERAL_REGIME",
     "AgreementFields",
     "Coverage",
     "InsurabilityPeriod",
     "InsurabilityStatus",
     "agreement_is_genuine",
     "agreement_number",
+    "around",
+    "default_periods",
     "payment_commitment",
     "period_at",
     "reusable_until",

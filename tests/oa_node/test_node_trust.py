@@ -39,6 +39,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import (
     intake_service_pb2,
     membership_service_pb2,
     oa_dmg_service_pb2,
+    oa_insurability_service_pb2,
     reference_data_service_pb2,
 )
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
@@ -57,6 +58,7 @@ SERVICES = [
         membership_service_pb2,
         reference_data_service_pb2,
         holding_feed_service_pb2,
+        oa_insurability_service_pb2,
     )
     for service in module.DESCRIPTOR.services_by_name.values()
 ]

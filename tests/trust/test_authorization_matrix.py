@@ -32,6 +32,7 @@ PROCESS = {
     "mycarenet.ehealth.v1": "ehealth",
     "mycarenet.dmg.v1": "hub",
     "mycarenet.hub.v1": "hub",
+    "mycarenet.insurability.v1": "hub",
     "mycarenet.oa.v1": "oa-100",
     "mycarenet.sandbox.v1": "sandbox",
 }

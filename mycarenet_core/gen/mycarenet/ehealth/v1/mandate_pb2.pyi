@@ -41,6 +41,8 @@ class _MandatedServiceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Manda
     """Request the patient list."""
     MANDATED_SERVICE_MAILBOX: _MandatedService.ValueType  # 5
     """Read and confirm the mailbox."""
+    MANDATED_SERVICE_INSURABILITY: _MandatedService.ValueType  # 6
+    """Consult insurability: MemberData and the rights consultation with payment commitment (seed 001 §4)."""
 
 class MandatedService(_MandatedService, metaclass=_MandatedServiceEnumTypeWrapper):
     """A service that can be mandated."""
@@ -57,6 +59,8 @@ MANDATED_SERVICE_DMG_PATIENT_LIST: MandatedService.ValueType  # 4
 """Request the patient list."""
 MANDATED_SERVICE_MAILBOX: MandatedService.ValueType  # 5
 """Read and confirm the mailbox."""
+MANDATED_SERVICE_INSURABILITY: MandatedService.ValueType  # 6
+"""Consult insurability: MemberData and the rights consultation with payment commitment (seed 001 §4)."""
 Global___MandatedService: _TypeAlias = MandatedService  # noqa: Y015
 
 @_typing.final

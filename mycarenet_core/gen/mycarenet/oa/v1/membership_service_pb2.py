@@ -24,35 +24,36 @@ _sym_db = _symbol_database.Default()
 
 
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_common_dot_v1_dot_common__pb2
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as mycarenet_dot_insurability_dot_v1_dot_insurability__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(mycarenet/oa/v1/membership_service.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\"\xdd\x01\n\x06Member\x12-\n\x07patient\x18\x01 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x31\n\x0c\x61\x66\x66iliations\x18\x02 \x03(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x19\n\x11\x63hronic_condition\x18\x03 \x01(\x08\x12\x1b\n\x13medical_house_inami\x18\x04 \x01(\t\x12\x39\n\x14medical_house_period\x18\x05 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"@\n\x14UpsertMembersRequest\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.mycarenet.oa.v1.Member\"P\n\x15UpsertMembersResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\"I\n\x10GetMemberRequest\x12\x35\n\x07patient\x18\x01 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelector\"<\n\x11GetMemberResponse\x12\'\n\x06member\x18\x01 \x01(\x0b\x32\x17.mycarenet.oa.v1.Member\"\x94\x01\n\x11\x41\x66\x66iliationChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04niss\x18\x02 \x01(\t\x12\x14\n\x0cinsurer_code\x18\x03 \x01(\t\x12\x1b\n\x13registration_number\x18\x04 \x01(\t\x12,\n\x07periods\x18\x05 \x03(\x0b\x32\x1b.mycarenet.common.v1.Period\"J\n\x1dListAffiliationChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"l\n\x1eListAffiliationChangesResponse\x12\x33\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\".mycarenet.oa.v1.AffiliationChange\x12\x15\n\rlast_sequence\x18\x02 \x01(\x03\"8\n\x1eWatchAffiliationChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"U\n\x1fWatchAffiliationChangesResponse\x12\x32\n\x06\x63hange\x18\x01 \x01(\x0b\x32\".mycarenet.oa.v1.AffiliationChange2\xc2\x03\n\x11MembershipService\x12^\n\rUpsertMembers\x12%.mycarenet.oa.v1.UpsertMembersRequest\x1a&.mycarenet.oa.v1.UpsertMembersResponse\x12R\n\tGetMember\x12!.mycarenet.oa.v1.GetMemberRequest\x1a\".mycarenet.oa.v1.GetMemberResponse\x12y\n\x16ListAffiliationChanges\x12..mycarenet.oa.v1.ListAffiliationChangesRequest\x1a/.mycarenet.oa.v1.ListAffiliationChangesResponse\x12~\n\x17WatchAffiliationChanges\x12/.mycarenet.oa.v1.WatchAffiliationChangesRequest\x1a\x30.mycarenet.oa.v1.WatchAffiliationChangesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(mycarenet/oa/v1/membership_service.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\x1a,mycarenet/insurability/v1/insurability.proto\"\xe6\x02\n\x06Member\x12-\n\x07patient\x18\x01 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x31\n\x0c\x61\x66\x66iliations\x18\x02 \x03(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x19\n\x11\x63hronic_condition\x18\x03 \x01(\x08\x12\x1b\n\x13medical_house_inami\x18\x04 \x01(\t\x12\x39\n\x14medical_house_period\x18\x05 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x43\n\x0cinsurability\x18\x06 \x03(\x0b\x32-.mycarenet.insurability.v1.InsurabilityPeriod\x12\x42\n\rcare_statuses\x18\x07 \x03(\x0b\x32+.mycarenet.insurability.v1.CareStatusPeriod\"@\n\x14UpsertMembersRequest\x12(\n\x07members\x18\x01 \x03(\x0b\x32\x17.mycarenet.oa.v1.Member\"P\n\x15UpsertMembersResponse\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\"I\n\x10GetMemberRequest\x12\x35\n\x07patient\x18\x01 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelector\"<\n\x11GetMemberResponse\x12\'\n\x06member\x18\x01 \x01(\x0b\x32\x17.mycarenet.oa.v1.Member\"\x94\x01\n\x11\x41\x66\x66iliationChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04niss\x18\x02 \x01(\t\x12\x14\n\x0cinsurer_code\x18\x03 \x01(\t\x12\x1b\n\x13registration_number\x18\x04 \x01(\t\x12,\n\x07periods\x18\x05 \x03(\x0b\x32\x1b.mycarenet.common.v1.Period\"J\n\x1dListAffiliationChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"l\n\x1eListAffiliationChangesResponse\x12\x33\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\".mycarenet.oa.v1.AffiliationChange\x12\x15\n\rlast_sequence\x18\x02 \x01(\x03\"8\n\x1eWatchAffiliationChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"U\n\x1fWatchAffiliationChangesResponse\x12\x32\n\x06\x63hange\x18\x01 \x01(\x0b\x32\".mycarenet.oa.v1.AffiliationChange2\xc2\x03\n\x11MembershipService\x12^\n\rUpsertMembers\x12%.mycarenet.oa.v1.UpsertMembersRequest\x1a&.mycarenet.oa.v1.UpsertMembersResponse\x12R\n\tGetMember\x12!.mycarenet.oa.v1.GetMemberRequest\x1a\".mycarenet.oa.v1.GetMemberResponse\x12y\n\x16ListAffiliationChanges\x12..mycarenet.oa.v1.ListAffiliationChangesRequest\x1a/.mycarenet.oa.v1.ListAffiliationChangesResponse\x12~\n\x17WatchAffiliationChanges\x12/.mycarenet.oa.v1.WatchAffiliationChangesRequest\x1a\x30.mycarenet.oa.v1.WatchAffiliationChangesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarenet.oa.v1.membership_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMBER']._serialized_start=96
-  _globals['_MEMBER']._serialized_end=317
-  _globals['_UPSERTMEMBERSREQUEST']._serialized_start=319
-  _globals['_UPSERTMEMBERSREQUEST']._serialized_end=383
-  _globals['_UPSERTMEMBERSRESPONSE']._serialized_start=385
-  _globals['_UPSERTMEMBERSRESPONSE']._serialized_end=465
-  _globals['_GETMEMBERREQUEST']._serialized_start=467
-  _globals['_GETMEMBERREQUEST']._serialized_end=540
-  _globals['_GETMEMBERRESPONSE']._serialized_start=542
-  _globals['_GETMEMBERRESPONSE']._serialized_end=602
-  _globals['_AFFILIATIONCHANGE']._serialized_start=605
-  _globals['_AFFILIATIONCHANGE']._serialized_end=753
-  _globals['_LISTAFFILIATIONCHANGESREQUEST']._serialized_start=755
-  _globals['_LISTAFFILIATIONCHANGESREQUEST']._serialized_end=829
-  _globals['_LISTAFFILIATIONCHANGESRESPONSE']._serialized_start=831
-  _globals['_LISTAFFILIATIONCHANGESRESPONSE']._serialized_end=939
-  _globals['_WATCHAFFILIATIONCHANGESREQUEST']._serialized_start=941
-  _globals['_WATCHAFFILIATIONCHANGESREQUEST']._serialized_end=997
-  _globals['_WATCHAFFILIATIONCHANGESRESPONSE']._serialized_start=999
-  _globals['_WATCHAFFILIATIONCHANGESRESPONSE']._serialized_end=1084
-  _globals['_MEMBERSHIPSERVICE']._serialized_start=1087
-  _globals['_MEMBERSHIPSERVICE']._serialized_end=1537
+  _globals['_MEMBER']._serialized_start=142
+  _globals['_MEMBER']._serialized_end=500
+  _globals['_UPSERTMEMBERSREQUEST']._serialized_start=502
+  _globals['_UPSERTMEMBERSREQUEST']._serialized_end=566
+  _globals['_UPSERTMEMBERSRESPONSE']._serialized_start=568
+  _globals['_UPSERTMEMBERSRESPONSE']._serialized_end=648
+  _globals['_GETMEMBERREQUEST']._serialized_start=650
+  _globals['_GETMEMBERREQUEST']._serialized_end=723
+  _globals['_GETMEMBERRESPONSE']._serialized_start=725
+  _globals['_GETMEMBERRESPONSE']._serialized_end=785
+  _globals['_AFFILIATIONCHANGE']._serialized_start=788
+  _globals['_AFFILIATIONCHANGE']._serialized_end=936
+  _globals['_LISTAFFILIATIONCHANGESREQUEST']._serialized_start=938
+  _globals['_LISTAFFILIATIONCHANGESREQUEST']._serialized_end=1012
+  _globals['_LISTAFFILIATIONCHANGESRESPONSE']._serialized_start=1014
+  _globals['_LISTAFFILIATIONCHANGESRESPONSE']._serialized_end=1122
+  _globals['_WATCHAFFILIATIONCHANGESREQUEST']._serialized_start=1124
+  _globals['_WATCHAFFILIATIONCHANGESREQUEST']._serialized_end=1180
+  _globals['_WATCHAFFILIATIONCHANGESRESPONSE']._serialized_start=1182
+  _globals['_WATCHAFFILIATIONCHANGESRESPONSE']._serialized_end=1267
+  _globals['_MEMBERSHIPSERVICE']._serialized_start=1270
+  _globals['_MEMBERSHIPSERVICE']._serialized_end=1720
 # @@protoc_insertion_point(module_scope)

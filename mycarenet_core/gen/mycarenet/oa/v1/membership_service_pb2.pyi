@@ -11,6 +11,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as _common_pb2
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as _insurability_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -33,6 +34,8 @@ class Member(_message.Message):
     CHRONIC_CONDITION_FIELD_NUMBER: _builtins.int
     MEDICAL_HOUSE_INAMI_FIELD_NUMBER: _builtins.int
     MEDICAL_HOUSE_PERIOD_FIELD_NUMBER: _builtins.int
+    INSURABILITY_FIELD_NUMBER: _builtins.int
+    CARE_STATUSES_FIELD_NUMBER: _builtins.int
     chronic_condition: _builtins.bool
     """True when the member has the "chronic condition" status (tariff category, seed 002)."""
     medical_house_inami: _builtins.str
@@ -49,6 +52,17 @@ class Member(_message.Message):
     def medical_house_period(self) -> _common_pb2.Period:
         """Period of that medical-house contract."""
 
+    @_builtins.property
+    def insurability(self) -> _containers.RepeatedCompositeFieldContainer[_insurability_pb2.InsurabilityPeriod]:
+        """Insurability periods with their status (at most 100, no two overlapping, each end set). On upsert, empty
+        means one period of general-regime status 110/110 per affiliation period (an open affiliation: to the
+        end of the year after the upsert).
+        """
+
+    @_builtins.property
+    def care_statuses(self) -> _containers.RepeatedCompositeFieldContainer[_insurability_pb2.CareStatusPeriod]:
+        """Care statuses by period (at most 100): chronic condition, palliative, hospitalised."""
+
     def __init__(
         self,
         *,
@@ -57,10 +71,12 @@ class Member(_message.Message):
         chronic_condition: _builtins.bool = ...,
         medical_house_inami: _builtins.str = ...,
         medical_house_period: _common_pb2.Period | None = ...,
+        insurability: _abc.Iterable[_insurability_pb2.InsurabilityPeriod] | None = ...,
+        care_statuses: _abc.Iterable[_insurability_pb2.CareStatusPeriod] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["medical_house_period", b"medical_house_period", "patient", b"patient"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affiliations", b"affiliations", "chronic_condition", b"chronic_condition", "medical_house_inami", b"medical_house_inami", "medical_house_period", b"medical_house_period", "patient", b"patient"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affiliations", b"affiliations", "care_statuses", b"care_statuses", "chronic_condition", b"chronic_condition", "insurability", b"insurability", "medical_house_inami", b"medical_house_inami", "medical_house_period", b"medical_house_period", "patient", b"patient"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

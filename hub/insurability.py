@@ -1,0 +1,98 @@
+"""The hub's insurability services (``mycarenet.insurability.v1.InsurabilityService``): MemberData and the
+pharmacist's rights consultation with payment commitment (seed 003 §5, §6).
+
+Same path as a consult: the trust table admits the caller (a provider's session, or one under a mandate
+for INSURABILITY), the request is parsed, the provider is throttled, the patient routed to their insurer at
+the date asked (by NISS, or by mutuality for a member number, seed 003 §4.3), and the insurer answers from
+its own database. No therapeutic relation is asked for: pharmacists and dentists have none; the rules of
+use (a patient actually treated, once per contact, never systematically; seed 001 annex 2, seed 003 §7)
+are enforced by the throttle and checked afterwards on the audit, as the seeds describe.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from hub import requests
+from hub.services import HubCore
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2 as pub
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2_grpc as pub_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_pb
+from mycarenet_core.validation import Checker
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass(frozen=True)
+class Asked:
+    reference: str
+    patient: requests.PatientRef
+    on: dt.date
+
+
+def member_data(request: pub.GetMemberDataRequest, today: dt.date) -> Asked:
+    with Checker() as check:
+        ref = requests.reference(check, request.requester_reference, required=False)
+        on = check.date("date", request.date) if request.HasField("date") else today
+        who = requests.patient(check, request.patient)
+    assert on is not None
+    return Asked(ref, who, on)
+
+
+def rights(request: pub.ConsultRightsRequest) -> Asked:
+    with Checker() as check:
+        ref = requests.reference(check, request.requester_reference, required=False)
+        on = check.date("dispensing_date", request.dispensing_date)
+        who = requests.patient(check, request.patient)
+    assert on is not None
+    return Asked(ref, who, on)
+
+
+class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
+    def __init__(self, core: HubCore) -> None:
+        self.core = core
+
+    async def GetMemberData(
+        self, request: pub.GetMemberDataRequest, context: Context
+    ) -> pub.GetMemberDataResponse:
+        core = self.core
+        async with core.handling("GetMemberData", request.requester_reference) as entry:
+            caller = core.caller(entry)
+            asked = member_data(request, core.clock.today())
+            remaining = context.time_remaining()
+            oa, _niss = await core.routed(caller, asked.patient, asked.on, entry)
+            call = oa_pb.GetMemberDataRequest(
+                context=core.request_context(caller, asked.reference), request=request
+            )
+            answer = await oa.call(
+                lambda t: oa.insurability.GetMemberData(call, timeout=t, wait_for_ready=False), remaining
+            )
+            return pub.GetMemberDataResponse(
+                requester_reference=request.requester_reference, member_data=answer.member_data
+            )
+
+    async def ConsultRights(
+        self, request: pub.ConsultRightsRequest, context: Context
+    ) -> pub.ConsultRightsResponse:
+        core = self.core
+        async with core.handling("ConsultRights", request.requester_reference) as entry:
+            caller = core.caller(entry)
+            asked = rights(request)
+            remaining = context.time_remaining()
+            oa, _niss = await core.routed(caller, asked.patient, asked.on, entry)
+            call = oa_pb.ConsultRightsRequest(
+                context=core.request_context(caller, asked.reference), request=request
+            )
+            answer = await oa.call(
+                lambda t: oa.insurability.ConsultRights(call, timeout=t, wait_for_ready=False), remaining
+            )
+            response = pub.ConsultRightsResponse(
+                requester_reference=request.requester_reference, member_data=answer.member_data
+            )
+            if answer.HasField("commitment"):
+                response.commitment.CopyFrom(answer.commitment)
+            return response

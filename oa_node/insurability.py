@@ -1,0 +1,248 @@
+"""The insurability services of one insurer node (OaInsurabilityService): MemberData, the pharmacist's rights
+consultation with payment commitment (seed 003 §5), and the check of an agreement number for the trusted third
+party (§5.4.2). Reads only: nothing here writes but the audit row.
+
+The rules are :mod:`oa_node.rules.insurability` (pure); this module reads the member's rows, calls them and
+answers in protos.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
+
+from mycarenet_core import dates
+from mycarenet_core.codes import McnCode
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as ins_pb2
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_ins_pb2
+from mycarenet_core.validation import Checker
+from oa_node import controls as c
+from oa_node import convert
+from oa_node import models as m
+from oa_node.audit import AuditEntry
+from oa_node.repositories import MemberRepository
+from oa_node.repositories.consult import requester
+from oa_node.repositories.members import MemberRow
+from oa_node.rules import insurability as r
+
+MAX_AGREEMENT_NUMBER = 64
+CARE_KINDS = {
+    "CHRONIC_CONDITION": ins_pb2.CARE_STATUS_KIND_CHRONIC_CONDITION,
+    "PALLIATIVE": ins_pb2.CARE_STATUS_KIND_PALLIATIVE,
+    "HOSPITALISED": ins_pb2.CARE_STATUS_KIND_HOSPITALISED,
+}
+CARE_KIND_NAMES = {value: name for name, value in CARE_KINDS.items()}
+
+_insurability = m.table_of(m.InsurabilityRow)
+_care = m.table_of(m.CareStatusRow)
+_holdings = m.table_of(m.HoldingRow)
+INSURABILITY = select(_insurability).where(_insurability.c.niss == bindparam("niss"))
+CARE_STATUSES = select(_care).where(_care.c.niss == bindparam("niss"))
+HOLDER_ON = select(_holdings.c.holder).where(
+    _holdings.c.niss == bindparam("niss"),
+    _holdings.c.start <= bindparam("day"),
+    _holdings.c.end >= bindparam("day"),
+    _holdings.c.status != "CANCELLED",
+)
+SECRET = select(m.table_of(m.AgreementKey).c.secret).where(m.table_of(m.AgreementKey).c.id == 1)
+
+
+# --- requests -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InsurabilityQuery:
+    caller: c.Caller
+    patient: c.PatientKey
+    day: dt.date
+
+
+def parse_member_data(request: oa_ins_pb2.GetMemberDataRequest, insurer_code: str) -> InsurabilityQuery:
+    asked = request.request
+    with Checker() as check:
+        who = c.caller(check, request.context)
+        key = c.patient_key(check, asked.patient, insurer_code)
+        day = check.date("date", asked.date) if asked.HasField("date") else None
+    today = c.parsed(who).today
+    return InsurabilityQuery(c.parsed(who), c.parsed(key), day or today)
+
+
+def parse_rights(request: oa_ins_pb2.ConsultRightsRequest, insurer_code: str) -> InsurabilityQuery:
+    asked = request.request
+    with Checker() as check:
+        who = c.caller(check, request.context)
+        key = c.patient_key(check, asked.patient, insurer_code)
+        day = check.date("dispensing_date", asked.dispensing_date)
+    return InsurabilityQuery(c.parsed(who), c.parsed(key), c.parsed(day))
+
+
+def status_of(message: ins_pb2.InsurabilityStatus) -> r.InsurabilityStatus:
+    return r.InsurabilityStatus(message.ct1, message.ct2, message.preferential_rate, message.maximum_billing)
+
+
+def parse_verify(
+    request: oa_ins_pb2.VerifyAgreementRequest, insurer_code: str
+) -> tuple[r.AgreementFields, str]:
+    with Checker() as check:
+        number = check.text("agreement_number", request.agreement_number, max_length=MAX_AGREEMENT_NUMBER)
+        niss = check.niss("niss", request.niss)
+        inami = check.inami("provider_inami", request.provider_inami)
+        dispensing = check.date("dispensing_date", request.dispensing_date)
+        start = check.date("coverage.start", request.coverage.start)
+        end = check.date("coverage.end", request.coverage.end)
+        for name in ("ct1", "ct2"):
+            value = getattr(request.status, name)
+            if len(value) != 3 or not value.isascii() or not value.isdigit():
+                check.add(f"status.{name}", McnCode.BAD_FORMAT, f"{name} must be 3 digits")
+    coverage = r.Coverage(c.parsed(start), c.parsed(end), status_of(request.status))
+    fields = r.AgreementFields(
+        insurer_code, c.parsed(niss), c.parsed(inami).value, c.parsed(dispensing), coverage
+    )
+    return fields, c.parsed(number)
+
+
+# --- answers --------------------------------------------------------------------------------------------
+
+
+def status_proto(status: r.InsurabilityStatus) -> ins_pb2.InsurabilityStatus:
+    return ins_pb2.InsurabilityStatus(
+        ct1=status.ct1,
+        ct2=status.ct2,
+        preferential_rate=status.preferential_rate,
+        maximum_billing=status.maximum_billing,
+    )
+
+
+def period_proto(start: dt.date, end: dt.date | None) -> common_pb2.Period:
+    return common_pb2.Period(start=dates.to_proto(start), end=dates.to_proto(end))
+
+
+@dataclass(frozen=True)
+class MemberFile:
+    """What the insurer knows of a member for insurability: the row, its periods and care statuses."""
+
+    member: MemberRow
+    periods: list[r.InsurabilityPeriod]
+    care: list[tuple[str, dt.date, dt.date | None]]
+    holder: str
+
+    def proto(self, insurer_code: str, day: dt.date) -> ins_pb2.MemberData:
+        member = self.member
+        data = ins_pb2.MemberData(
+            patient=convert.patient(member),
+            insurer_code=insurer_code,
+            insurability=[
+                ins_pb2.InsurabilityPeriod(period=period_proto(p.start, p.end), status=status_proto(p.status))
+                for p in r.around(self.periods, day)
+            ],
+            care_statuses=[
+                ins_pb2.CareStatusPeriod(kind=CARE_KINDS[kind], period=period_proto(start, end))
+                for kind, start, end in sorted(self.care, key=lambda x: (x[1], x[0]))
+                if start <= day and (end is None or day <= end)
+            ],
+            dmg_holder_inami=self.holder,
+        )
+        start, end = member.medical_house_start, member.medical_house_end
+        if member.medical_house_inami and start is not None and start <= day and (end is None or day <= end):
+            data.medical_house_inami = member.medical_house_inami
+            data.medical_house_period.CopyFrom(period_proto(start, end))
+        return data
+
+
+class InsurabilityOperations:
+    """The OaInsurabilityService behaviour of one insurer node."""
+
+    def __init__(self, *, insurer_code: str, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.insurer_code = insurer_code
+        self._sessions = sessions
+        self._secret: bytes | None = None
+
+    async def member_data(
+        self, query: InsurabilityQuery, entry: AuditEntry
+    ) -> oa_ins_pb2.GetMemberDataResponse:
+        c.check_consult_date(query.day, query.caller.today, field="date")
+        found = await self._file(query, c.Request.MEMBER_DATA, entry)
+        return oa_ins_pb2.GetMemberDataResponse(member_data=found.proto(self.insurer_code, query.day))
+
+    async def consult_rights(
+        self, query: InsurabilityQuery, entry: AuditEntry
+    ) -> oa_ins_pb2.ConsultRightsResponse:
+        who = query.caller
+        c.check_consult_date(query.day, who.today, field="dispensing_date")
+        found = await self._file(query, c.Request.RIGHTS, entry)
+        answer = oa_ins_pb2.ConsultRightsResponse(member_data=found.proto(self.insurer_code, query.day))
+        coverage = r.payment_commitment(found.periods, query.day)
+        if coverage is None:
+            entry.incidents.append("no right on the dispensing date: no commitment")
+            return answer
+        fields = r.AgreementFields(self.insurer_code, found.member.niss, who.inami.value, query.day, coverage)
+        answer.commitment.CopyFrom(
+            ins_pb2.PaymentCommitment(
+                coverage=period_proto(coverage.start, coverage.end),
+                status=status_proto(coverage.status),
+                agreement_number=r.agreement_number(await self._key(), fields),
+                dispensing_date=dates.to_proto(query.day),
+                provider_inami=who.inami.value,
+                consulted_on=dates.to_proto(who.today),
+            )
+        )
+        return answer
+
+    async def verify(self, request: oa_ins_pb2.VerifyAgreementRequest) -> oa_ins_pb2.VerifyAgreementResponse:
+        fields, number = parse_verify(request, self.insurer_code)
+        return oa_ins_pb2.VerifyAgreementResponse(
+            genuine=r.agreement_is_genuine(await self._key(), fields, number)
+        )
+
+    async def _key(self) -> bytes:
+        if self._secret is None:
+            async with self._sessions() as session:
+                self._secret = bytes((await session.execute(SECRET)).scalar_one())
+        return self._secret
+
+    async def _file(self, query: InsurabilityQuery, request: c.Request, entry: AuditEntry) -> MemberFile:
+        who, key = query.caller, query.patient
+        async with self._sessions() as session:
+            conn = await session.connection()
+            c.check_requester(who, request, await requester(conn, who.inami.value))
+            members = MemberRepository(session)
+            member = (
+                await members.get(key.niss)
+                if key.niss is not None
+                else await members.by_registration(key.registration_number or "")
+            )
+            affiliations = await members.periods(member.niss) if member is not None else ()
+            member = c.check_patient(key, member, periods=affiliations, on=query.day)
+            entry.patient_niss = member.niss
+            return await _load(conn, member, affiliations, query.day)
+
+
+async def _load(
+    conn: AsyncConnection,
+    member: MemberRow,
+    affiliations: Sequence[tuple[dt.date, dt.date | None]],
+    day: dt.date,
+) -> MemberFile:
+    params: dict[str, Any] = {"niss": member.niss}
+    rows = (await conn.execute(INSURABILITY, params)).all()
+    periods = [
+        r.InsurabilityPeriod(
+            row.start,
+            row.end,
+            r.InsurabilityStatus(row.ct1, row.ct2, row.preferential_rate, row.maximum_billing),
+        )
+        for row in rows
+    ] or r.default_periods(affiliations, day)
+    care = [(row.kind, row.start, row.end) for row in (await conn.execute(CARE_STATUSES, params)).all()]
+    if member.chronic_condition and not any(kind == "CHRONIC_CONDITION" for kind, _, _ in care):
+        # The member's flag of the DMG tariff (seed 002) has no period: it holds since the first affiliation.
+        since = min((start for start, _ in affiliations), default=day)
+        care.append(("CHRONIC_CONDITION", since, None))
+    holder = (await conn.execute(HOLDER_ON, {**params, "day": day})).scalar()
+    return MemberFile(member, periods, care, holder or "")
