@@ -13,12 +13,12 @@ A batch is bounded in count (``batch_size``) and in bytes (``max_batch_bytes``, 
 message limit: the envelope and the hub's limit keep their margin). One message that cannot be delivered
 because of itself never blocks the ones behind it: a message bigger than ``max_message_bytes`` is set
 aside at once, and when the hub refuses a batch for good (INVALID_ARGUMENT, FAILED_PRECONDITION,
-OUT_OF_RANGE, or RESOURCE_EXHAUSTED for a batch of several) the relay sends that batch's messages one by
-one, and sets aside each one the hub refuses on its own (FAILED_PRECONDITION only after
-``poison_attempts`` refusals: it may be a passing state). A set-aside message (a dead letter) keeps its
-error in ``oa_outbox``; it is logged (WARNING, with its message id), counted
-(``mycarenet.outbox.dead_letters``) and listed or re-queued by the operator with
-``python -m oa_node.dead_letters``.
+OUT_OF_RANGE, RESOURCE_EXHAUSTED "larger than max" (a message limit lower than ours), or RESOURCE_EXHAUSTED
+for a batch of several) the relay sends that batch's messages one by one, and sets aside each one the hub
+refuses on its own (FAILED_PRECONDITION only after ``poison_attempts`` failed deliveries: it may be a
+passing state). A set-aside message (a dead letter) keeps its error in ``oa_outbox``; it is logged
+(WARNING, with its message id), counted (``mycarenet.outbox.dead_letters``) and listed or re-queued by the
+operator with ``python -m oa_node.dead_letters``.
 """
 
 from __future__ import annotations
@@ -58,6 +58,12 @@ class _Refused(Exception):
     def __init__(self, error: grpc.aio.AioRpcError) -> None:
         super().__init__(error.details())
         self.error = error
+
+
+def too_big(error: grpc.aio.AioRpcError) -> bool:
+    """The delivery is over a gRPC message limit (ours when sending, the hub's when receiving): the same
+    messages will never pass. (RESOURCE_EXHAUSTED also says "throttled" or "busy", which pass.)"""
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (error.details() or "")
 
 
 def _describe(error: grpc.aio.AioRpcError) -> str:
@@ -185,7 +191,11 @@ class OutboxRelay:
                 async with transaction(self._sessions) as session:
                     await OutboxRepository(session).count_attempt([row.id for row in rows])
                 code = error.code()
-                if code in REFUSED or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and len(rows) > 1):
+                if (
+                    code in REFUSED
+                    or too_big(error)
+                    or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and len(rows) > 1)
+                ):
                     raise _Refused(error) from error
                 raise
             acknowledged = [*reply.stored_ids, *reply.duplicate_ids]

@@ -47,6 +47,8 @@ class TestMailbox(mi_grpc.MailboxIntakeServiceServicer):
         self.peers |= {str(v) for k, v in context.invocation_metadata() or () if k == "x-mcn-peer"}
         if self.mode == "fail":
             await context.abort(grpc.StatusCode.UNAVAILABLE, "mailbox down")
+        if any(m.message_id.startswith("pre-") for m in request.messages):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now, not ever")
         reply = mi_pb2.DeliverMessagesResponse()
         for message in request.messages:
             self.deliveries[message.message_id] += 1
@@ -62,9 +64,12 @@ class TestMailbox(mi_grpc.MailboxIntakeServiceServicer):
 
 
 @pytest.fixture
-async def mailbox() -> AsyncIterator[tuple[TestMailbox, str]]:
+async def mailbox(request: pytest.FixtureRequest) -> AsyncIterator[tuple[TestMailbox, str]]:
+    """The test mailbox; ``@pytest.mark.parametrize("mailbox", [N], indirect=True)``: receiving at most N
+    bytes a call (gRPC's limit, 4 MiB by default)."""
     box = TestMailbox()
-    server = grpc.aio.server()
+    limit = getattr(request, "param", None)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit)] if limit else None)
     mi_grpc.add_MailboxIntakeServiceServicer_to_server(box, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -194,6 +199,23 @@ async def test_a_node_stopped_mid_delivery_and_restarted_delivers_each_message_e
         await stop_node(again)
 
 
+def big_message(message_id: str, size: int) -> dict[str, Any]:
+    """An outbox row of a closure to GP A carrying ``size`` characters of reference."""
+    body = dmg_pb2.MailboxMessage(
+        message_id=message_id,
+        kind=dmg_pb2.MESSAGE_KIND_CLOSURE,
+        recipient_inami=GP_A,
+        requester_reference="r" * size,
+    )
+    return {
+        "message_id": message_id,
+        "recipient_inami": GP_A,
+        "kind": int(body.kind),
+        "payload": body.SerializeToString(),
+        "created_at": dt.datetime(2025, 3, 4, tzinfo=dt.UTC),
+    }
+
+
 async def test_batches_are_bounded_in_bytes_and_an_oversized_message_goes_aside(
     pg_admin_url: str, database_url: str, mailbox: tuple[TestMailbox, str]
 ) -> None:
@@ -206,23 +228,8 @@ async def test_batches_are_bounded_in_bytes_and_an_oversized_message_goes_aside(
         relay = node.app.relay
         assert relay is not None
 
-        def message(i: int, size: int) -> dict[str, Any]:
-            body = dmg_pb2.MailboxMessage(
-                message_id=f"big-{i:02d}",
-                kind=dmg_pb2.MESSAGE_KIND_CLOSURE,
-                recipient_inami=GP_A,
-                requester_reference="r" * size,
-            )
-            return {
-                "message_id": body.message_id,
-                "recipient_inami": GP_A,
-                "kind": int(body.kind),
-                "payload": body.SerializeToString(),
-                "created_at": dt.datetime(2025, 3, 4, tzinfo=dt.UTC),
-            }
-
-        rows = [message(i, 900_000) for i in range(12)]
-        rows.insert(5, message(99, 1_500_000))  # over MAX_MESSAGE_BYTES (1 MiB)
+        rows = [big_message(f"big-{i:02d}", 900_000) for i in range(12)]
+        rows.insert(5, big_message("big-99", 1_500_000))  # over MAX_MESSAGE_BYTES (1 MiB)
         async with transaction(node.app.sessions) as session:
             await OutboxRepository(session).add(rows)
         relay.wake()
@@ -238,5 +245,39 @@ async def test_batches_are_bounded_in_bytes_and_an_oversized_message_goes_aside(
         assert left["big-99"].error.startswith("1500")
         assert not left["big-99"].delivered
         assert relay.set_aside == 1
+    finally:
+        await stop_node(node)
+
+
+@pytest.mark.parametrize("mailbox", [800_000], indirect=True)
+async def test_messages_the_hub_refuses_for_good_go_aside_and_the_others_are_delivered(
+    pg_admin_url: str, database_url: str, mailbox: tuple[TestMailbox, str]
+) -> None:
+    """A hub whose message limit is lower than the relay's (800 KB): a batch over it is sent again one by
+    one, the one message over it alone is set aside; a message the hub refuses with FAILED_PRECONDITION is
+    set aside after ``poison_attempts`` failed deliveries (it may have been passing); the rest arrive."""
+    box, target = mailbox
+    node = await start_node(database_url, hub=target)
+    try:
+        await seed(node)
+        relay = node.app.relay
+        assert relay is not None
+        relay._poison_attempts = 3  # fewer back-offs than the default 5
+        rows = [big_message("m0", 500_000), big_message("m1", 500_000), big_message("m2", 900_000)]
+        rows += [big_message("m3", 500_000), big_message("pre-4", 10), big_message("m5", 10)]
+        async with transaction(node.app.sessions) as session:
+            await OutboxRepository(session).add(rows)
+        relay.wake()
+
+        async def all_delivered() -> bool:
+            return len(box.stored) == 4
+
+        await until(all_delivered)
+        assert sorted(box.stored) == ["m0", "m1", "m3", "m5"]
+        left = {r.message_id: r for r in await outbox(node)}
+        assert left["m2"].error.startswith("RESOURCE_EXHAUSTED")
+        assert left["pre-4"].error == "FAILED_PRECONDITION: not now, not ever"
+        assert left["pre-4"].attempts >= 3
+        assert relay.set_aside == 2
     finally:
         await stop_node(node)
