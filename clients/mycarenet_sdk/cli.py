@@ -32,6 +32,7 @@ from rich.table import Table
 
 from mycarenet_core.clock import BRUSSELS
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2, dmg_service_pb2
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2
 from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
 from mycarenet_core.telemetry import Telemetry, from_environment
 from mycarenet_sdk.admin import AdminClient, ClockState, ProviderAdded, admin_from_cluster
@@ -297,6 +298,79 @@ def consult(
         _fmt_date(h.period.end),
         dmg_pb2.Procedure.Name(h.procedure).removeprefix("PROCEDURE_").lower() if h.procedure else "—",
         "yes" if reply.payment_made_this_year else "no",
+    )
+    _emit(reply, as_json, table)
+
+
+def _statuses_table(title: str, data: insurability_pb2.MemberData) -> Table:
+    table = Table(title=title)
+    for col in ("insurability from", "to", "CT1/CT2", "preferential", "maximum billing"):
+        table.add_column(col)
+    for period in data.insurability:
+        status = period.status
+        table.add_row(
+            _fmt_date(period.period.start),
+            _fmt_date(period.period.end),
+            f"{status.ct1}/{status.ct2}",
+            "yes" if status.preferential_rate else "no",
+            "yes" if status.maximum_billing else "no",
+        )
+    return table
+
+
+def _member_caption(data: insurability_pb2.MemberData) -> str:
+    kinds = [
+        insurability_pb2.CareStatusKind.Name(s.kind)
+        .removeprefix("CARE_STATUS_KIND_")
+        .lower()
+        .replace("_", " ")
+        for s in data.care_statuses
+    ]
+    house = data.medical_house_inami or "none"
+    return (
+        f"insurer {data.insurer_code}; care statuses: {', '.join(kinds) or 'none'}; medical house: {house}; "
+        f"DMG holder: {data.dmg_holder_inami or 'nobody'}"
+    )
+
+
+@app.command("member-data")
+def member_data(
+    niss: Annotated[str, typer.Argument(help="patient NISS")],
+    date: Annotated[str | None, typer.Option(help="date asked (default: the mesh's today)")] = None,
+    reference: Annotated[str | None, typer.Option(help="requester reference")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """The insurer's file on a patient (MemberData): insurability, care statuses, medical house, holder."""
+    when = _parse_date(date) or _today(data)
+    reply = _run(data, lambda c: c.member_data(niss, date=when, reference=reference))
+    table = _statuses_table(
+        f"MemberData of {reply.patient.first_name} {reply.patient.last_name} ({niss})", reply
+    )
+    table.caption = _member_caption(reply)
+    _emit(reply, as_json, table)
+
+
+@app.command()
+def rights(
+    niss: Annotated[str, typer.Argument(help="patient NISS")],
+    dispensing_date: Annotated[
+        str | None, typer.Option("--dispensing-date", help="dispensing date (default: the mesh's today)")
+    ] = None,
+    reference: Annotated[str | None, typer.Option(help="requester reference")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """A pharmacist's rights consultation at a dispensing date, with the insurer's payment commitment."""
+    when = _parse_date(dispensing_date) or _today(data)
+    reply = _run(data, lambda c: c.consult_rights(niss, dispensing_date=when, reference=reference))
+    table = _statuses_table(f"Rights of {niss} on {when.isoformat()}", reply.member_data)
+    commitment = reply.commitment
+    table.caption = (
+        f"payment commitment {commitment.agreement_number}: covers {_fmt_date(commitment.coverage.start)}"
+        f" to {_fmt_date(commitment.coverage.end)} on {commitment.status.ct1}/{commitment.status.ct2}"
+        if reply.HasField("commitment")
+        else "no right on the dispensing date: no payment commitment"
     )
     _emit(reply, as_json, table)
 

@@ -34,7 +34,13 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     therapeutic_relation_pb2,
     therapeutic_relation_pb2_grpc,
 )
+from mycarenet_core.gen.mycarenet.insurability.v1 import (
+    insurability_pb2,
+    insurability_service_pb2,
+    insurability_service_pb2_grpc,
+)
 from mycarenet_core.telemetry import Telemetry, message_links
+from mycarenet_sdk import commitments
 from mycarenet_sdk.keys import fingerprint, load_private_key
 
 T = TypeVar("T")
@@ -170,6 +176,7 @@ class Client:
         self._tracer = tracer
         self._dmg = dmg_service_pb2_grpc.DmgServiceStub(self._hub_channel)
         self._mailbox = mailbox_service_pb2_grpc.MailboxServiceStub(self._hub_channel)
+        self._insurability = insurability_service_pb2_grpc.InsurabilityServiceStub(self._hub_channel)
         self._auth = auth_pb2_grpc.AuthServiceStub(self._ehealth_channel)
         self._cadastre = cadastre_pb2_grpc.CadastreServiceStub(self._ehealth_channel)
         self._relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self._ehealth_channel)
@@ -375,6 +382,74 @@ class Client:
             request_date=_date(date),
         )
         return await self._call(self._dmg.ConsultDmg, request)
+
+    async def member_data(
+        self,
+        niss: str | None = None,
+        *,
+        member: tuple[str, str] | None = None,
+        date: dt.date | None = None,
+        reference: str | None = None,
+    ) -> insurability_pb2.MemberData:
+        """The insurer's file on a patient at ``date`` (default: the hub's today): insurability periods with
+        CT1/CT2 and social statuses, care statuses, medical house, DMG holder. For a patient actually treated,
+        once per contact, never systematically."""
+        request = insurability_service_pb2.GetMemberDataRequest(
+            requester_reference=reference or new_reference(), patient=_patient(niss, member), date=_date(date)
+        )
+        answer = await self._call(self._insurability.GetMemberData, request)
+        return answer.member_data
+
+    async def consult_rights(
+        self,
+        niss: str | None = None,
+        *,
+        member: tuple[str, str] | None = None,
+        dispensing_date: dt.date,
+        reference: str | None = None,
+    ) -> insurability_service_pb2.ConsultRightsResponse:
+        """A pharmacist's rights consultation at a dispensing date: the member data and, with a right that
+        day, the insurer's payment commitment (seed 003 §5)."""
+        request = insurability_service_pb2.ConsultRightsRequest(
+            requester_reference=reference or new_reference(),
+            patient=_patient(niss, member),
+            dispensing_date=_date(dispensing_date),
+        )
+        return await self._call(self._insurability.ConsultRights, request)
+
+    async def rights_at_dispensing(
+        self,
+        niss: str,
+        *,
+        dispensing_date: dt.date,
+        stored: list[commitments.StoredCommitment],
+        trusts_last_data: bool = False,
+        has_sis_card: bool = False,
+        has_document: bool = False,
+        trusts_document: bool = False,
+    ) -> tuple[commitments.Decision, insurability_service_pb2.ConsultRightsResponse | None]:
+        """The emergency scheme of seed 003 §9.2 for one dispensing: consult online (and store the new
+        commitment in ``stored``); when the mesh cannot answer (unreachable, too slow, the insurer down),
+        reuse the latest stored commitment covering the date, or say what the pharmacist falls back to."""
+        try:
+            answer = await self.consult_rights(niss, dispensing_date=dispensing_date)
+        except MyCareNetError as error:
+            if error.status not in commitments.NETWORK_UNAVAILABLE:
+                raise
+            decision = commitments.decide(
+                network_available=False,
+                stored=stored,
+                niss=niss,
+                dispensing=dispensing_date,
+                trusts_last_data=trusts_last_data,
+                has_sis_card=has_sis_card,
+                has_document=has_document,
+                trusts_document=trusts_document,
+            )
+            return decision, None
+        if answer.HasField("commitment"):
+            stored.append(commitments.stored_from(niss, answer.commitment))
+        return commitments.Decision(commitments.Basis.ONLINE), answer
 
     async def notify(
         self,

@@ -27,6 +27,15 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import grpc
+
+from mycarenet_core import dates
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2
+
+NETWORK_UNAVAILABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""The answers that mean "the online consultation is not possible" (seed 003 §9.2: network unavailable, a
+response far too slow, no answer from the insurer)."""
+
 
 @dataclass(frozen=True)
 class StoredCommitment:
@@ -50,6 +59,19 @@ class StoredCommitment:
     def covers(self, dispensing: dt.date) -> bool:
         """Reusable for ``dispensing`` (§5.3: between the coverage's start and end, both included)."""
         return self.reusable_until is not None and self.coverage_start <= dispensing <= self.coverage_end
+
+
+def stored_from(niss: str, commitment: insurability_pb2.PaymentCommitment) -> StoredCommitment:
+    """The commitment of an online answer, as the pharmacy stores it."""
+    return StoredCommitment(
+        niss=niss,
+        consulted=dates.from_proto(commitment.consulted_on, "consulted_on"),
+        coverage_start=dates.from_proto(commitment.coverage.start, "coverage.start"),
+        coverage_end=dates.from_proto(commitment.coverage.end, "coverage.end"),
+        agreement_number=commitment.agreement_number,
+        ct1=commitment.status.ct1,
+        ct2=commitment.status.ct2,
+    )
 
 
 def choose(stored: Iterable[StoredCommitment], niss: str, dispensing: dt.date) -> StoredCommitment | None:
@@ -104,4 +126,4 @@ def decide(
     return Decision(Basis.FORM_704)
 
 
-__all__ = ["Basis", "Decision", "StoredCommitment", "choose", "decide"]
+__all__ = ["NETWORK_UNAVAILABLE", "Basis", "Decision", "StoredCommitment", "choose", "decide", "stored_from"]
