@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, MetaData, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import registry
 from sqlmodel import SQLModel
+
+T = TypeVar("T")
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -73,8 +75,91 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
+async def to_the_end(work: Awaitable[T]) -> T:
+    """Await ``work`` in a task of its own that a cancellation of the caller never interrupts: a cancelled
+    caller waits until the work has ended, then raises its CancelledError (once, however often it was
+    cancelled meanwhile).
+
+    A database call cut half-way by a cancellation is what left the hub's SQLite write-locked for minutes
+    (issue 17): the CancelledError thrown into SQLAlchemy's greenlet made it invalidate the connection, and
+    the driver's close and stop, raced by a second cancellation, stopped the aiosqlite thread without
+    closing its sqlite3 connection, whose open write transaction then held the lock until the garbage
+    collector found it. Run to its end, every call leaves its connection in a known state and the
+    transaction ends by an explicit rollback or commit (see :class:`SafeSession`).
+    """
+    task = asyncio.ensure_future(work)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError as error:
+            if not task.done():
+                cancelled = cancelled or error
+                continue
+            if cancelled is None:
+                raise  # the work itself was cancelled
+            break
+        except BaseException:
+            if cancelled is None:
+                raise
+            break
+        else:
+            if cancelled is None:
+                return result
+            break
+    if not task.cancelled():
+        task.exception()  # retrieved: the caller's cancellation is what it sees
+    raise cancelled
+
+
+class SafeSession(AsyncSession):
+    """An :class:`AsyncSession` whose database calls run to their end even when the calling task is
+    cancelled (:func:`to_the_end`); the cancellation reaches the caller between two calls, where the
+    :func:`transaction` rolls back and returns the connection cleanly. SQLite and PostgreSQL alike."""
+
+    async def execute(self, *args: Any, **kw: Any) -> Any:
+        return await to_the_end(super().execute(*args, **kw))
+
+    async def scalar(self, *args: Any, **kw: Any) -> Any:
+        return await to_the_end(super().scalar(*args, **kw))
+
+    async def scalars(self, *args: Any, **kw: Any) -> Any:
+        return await to_the_end(super().scalars(*args, **kw))
+
+    async def get(self, *args: Any, **kw: Any) -> Any:
+        return await to_the_end(super().get(*args, **kw))
+
+    async def get_one(self, *args: Any, **kw: Any) -> Any:
+        return await to_the_end(super().get_one(*args, **kw))
+
+    async def merge(self, *args: Any, **kw: Any) -> Any:
+        return await to_the_end(super().merge(*args, **kw))
+
+    async def delete(self, *args: Any, **kw: Any) -> None:
+        await to_the_end(super().delete(*args, **kw))
+
+    async def refresh(self, *args: Any, **kw: Any) -> None:
+        await to_the_end(super().refresh(*args, **kw))
+
+    async def flush(self, *args: Any, **kw: Any) -> None:
+        await to_the_end(super().flush(*args, **kw))
+
+    async def run_sync(self, *args: Any, **kw: Any) -> Any:
+        return await to_the_end(super().run_sync(*args, **kw))
+
+    async def commit(self) -> None:
+        await to_the_end(super().commit())
+
+    async def rollback(self) -> None:
+        await to_the_end(super().rollback())
+
+    async def close(self) -> None:
+        await to_the_end(super().close())
+
+
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+    """Sessions whose database calls a cancellation never cuts (:class:`SafeSession`)."""
+    return async_sessionmaker(engine, expire_on_commit=False, class_=SafeSession)
 
 
 async def create_schema(engine: AsyncEngine, metadata: MetaData) -> None:
@@ -113,8 +198,19 @@ def write_gate(engine: AsyncEngine | Engine) -> AbstractAsyncContextManager[Any]
 @asynccontextmanager
 async def transaction(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
     """A session inside one transaction (behind the :func:`write_gate` of its engine): committed on
-    success, rolled back on any exception."""
+    success, rolled back on any exception, a cancellation included; the connection is back in its pool
+    before the gate opens for the next writer. The commit, the rollback and the close run to their end
+    (:func:`to_the_end`) whatever happens to the calling task: a cancelled call leaves no transaction, no
+    lock and no connection behind (issue 17)."""
     bind = factory.kw.get("bind")
     gate = write_gate(bind) if bind is not None else contextlib.nullcontext()
-    async with gate, factory() as session, session.begin():
-        yield session
+    async with gate:
+        session = factory()  # it begins at its first statement
+        try:
+            yield session
+            await to_the_end(AsyncSession.commit(session))
+        except BaseException:
+            await to_the_end(AsyncSession.rollback(session))
+            raise
+        finally:
+            await to_the_end(AsyncSession.close(session))
