@@ -4,12 +4,13 @@
 
 The trust interceptor hands every call it saw to :meth:`AuditLog.observe` (refusals included, before any
 handler ran); the handlers add what only they know with :func:`note` (who logged in, whose relation or
-mandate it was). Rows are queued and written in batches (one multi-row INSERT, SQLAlchemy Core) off the
-request path by :meth:`AuditLog.run`, a background job of the process; :meth:`AuditLog.close` (a closer of
-the process, after the server and the jobs stopped) writes what is left, so a clean stop loses nothing. A
-process killed outright loses what was queued since the last batch (at most ``interval`` seconds of
-calls). Writes that do not come through an RPC (the DMG moves read from the insurers' feeds) add their row
-in their own transaction (:func:`audit_row`).
+mandate it was). Rows are written by group commit (:class:`~mycarenet_core.audit.AuditWriter`, one
+multi-row INSERT per batch, SQLAlchemy Core): the interceptor waits for the commit of a call's row before
+the call answers, so nothing acknowledged is missing from the audit (issue 17), even when the process is
+killed outright; :meth:`AuditLog.run` is the writer, a background job of the process, and
+:meth:`AuditLog.close` (a closer of the process) writes what is left. Writes that do not come through an
+RPC (the DMG moves read from the insurers' feeds) add their row in their own transaction
+(:func:`audit_row`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sqlalchemy import insert
 
 from ehealth.models import AUDIT
 from ehealth.store import Database
+from mycarenet_core.audit import AuditWriter
 from mycarenet_core.clock import Clock
 from mycarenet_core.trust import CallRecord
 
@@ -90,25 +92,22 @@ def audit_row(
 
 
 class AuditLog:
-    """Queues audit rows from the trust interceptor's records and writes them in batches."""
+    """Audit rows from the trust interceptor's records, written by group commit."""
 
-    def __init__(self, db: Database, clock: Clock, *, interval: float = 0.2, batch: int = 500) -> None:
-        self._db = db
+    def __init__(self, db: Database, clock: Clock, *, interval: float = 0.0, batch: int = 500) -> None:
+        # ``interval`` and ``batch`` are kept for the callers' sake: the writer writes as soon as it is free.
         self._clock = clock
-        self.interval = interval
-        self.batch = batch
-        self._queue: list[dict[str, Any]] = []
-        self._wake = asyncio.Event()
-        self._flushing = asyncio.Lock()
+        self.writer = AuditWriter(db.engine, _INSERT, name="ehealth")
 
     @staticmethod
     def wanted(record: CallRecord) -> bool:
         return record.outcome != "OK" or record.method in ALWAYS
 
-    def observe(self, record: CallRecord) -> None:
-        """The trust interceptor's hook: queue the row of a call worth auditing."""
+    def observe(self, record: CallRecord) -> asyncio.Future[None] | None:
+        """The trust interceptor's hook: queue the row of a call worth auditing; the future is done once
+        it is committed (the interceptor waits for it before the call answers)."""
         if not self.wanted(record):
-            return
+            return None
         fields: dict[str, str] = {}
         session = record.session
         if session is not None:
@@ -120,60 +119,32 @@ class AuditLog:
                 "session_id": session.session_id,
             }
         fields.update(_notes.get() or {})
-        self._queue.append(
-            audit_row(
-                self._clock.now(),
-                record.method.removeprefix(PACKAGE),
-                record.peer.name,
-                record.outcome,
-                reason=record.reason,
-                **fields,
-            )
+        row = audit_row(
+            self._clock.now(),
+            record.method.removeprefix(PACKAGE),
+            record.peer.name,
+            record.outcome,
+            reason=record.reason,
+            **fields,
         )
-        self._wake.set()
+        return self.writer.add(row, awaited=record.outcome != "CANCELLED")
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return self.writer.queued
 
     async def flush(self) -> int:
         """Write every queued row in one transaction (one multi-row INSERT); how many. On failure they stay
         queued. One flush at a time: a flush returns once every row queued before it is written."""
-        async with self._flushing:
-            if not self._queue:
-                return 0
-            batch, self._queue = self._queue, []
-            try:
-                async with self._db.engine.begin() as conn:
-                    await conn.execute(_INSERT, batch)
-            except BaseException:
-                self._queue[:0] = batch  # kept for the next attempt
-                raise
-            return len(batch)
+        return await self.writer.flush()
 
     async def run(self) -> None:
-        """The background job: write queued rows in batches, every ``interval`` seconds while calls come.
-        A flush in progress is never cut by the job's cancellation (the final :meth:`close` waits for it)."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if len(self._queue) < self.batch:
-                await asyncio.sleep(self.interval)
-            try:
-                await asyncio.shield(self.flush())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("audit flush failed; the rows stay queued")
-                self._wake.set()
-                await asyncio.sleep(self.interval)
+        """The writer job (:meth:`~mycarenet_core.audit.AuditWriter.run`)."""
+        await self.writer.run()
 
     async def close(self) -> None:
         """Write what is left (a clean stop loses no row): after the server and the background job stopped."""
-        try:
-            await self.flush()
-        except Exception:
-            log.exception("audit: %d rows could not be written at stop", len(self._queue))
+        await self.writer.close()
 
 
 __all__ = ["ALWAYS", "FIELDS", "AuditLog", "audit_row", "note"]

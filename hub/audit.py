@@ -1,6 +1,7 @@
 """The audit trail (seed 001 art. 3): one row per request — the certificate that called, requester of record,
-executor, mandate, session, RPC, OA, outcome, codes, time. Rows are queued and written in batches off the
-request path.
+executor, mandate, session, RPC, OA, outcome, codes, time. Rows are written by group commit
+(:class:`~mycarenet_core.audit.AuditWriter`): a call answers once its row is committed, so nothing
+acknowledged is missing from the audit, and the rows of concurrent calls share one batched INSERT.
 
 A call that reaches its handler is recorded by the handler (:meth:`AuditLog.record`), which knows the
 requester reference, the insurers and the MyCareNet codes of the answer. A call refused before its handler
@@ -24,9 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.auth import Caller, request_reference
 from hub.models import AuditRecord
+from mycarenet_core.audit import AuditWriter, joined, outcome_of
 from mycarenet_core.clock import Clock
-from mycarenet_core.errors import MeshError
-from mycarenet_core.lifecycle import Backoff
 from mycarenet_core.trust import CallRecord, current_peer
 
 log = logging.getLogger(__name__)
@@ -77,39 +77,32 @@ class AuditEntry:
 
 
 class AuditLog:
-    """Rows queued by the calls, written in batches by :meth:`run` (a background job) and by :meth:`flush`
-    (also the last one, on a clean stop)."""
+    """The hub's audit rows, written by group commit: :meth:`record` returns once the handler's row is
+    committed (a cancelled call's row is written without waiting); :meth:`observe` hands the interceptor
+    the commit of a refusal's row to wait for. :meth:`run` is the writer job, :meth:`flush` writes what is
+    queued (also the last time, on a clean stop)."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, every: float = 0.2) -> None:
-        self._engine = engine
+    def __init__(self, engine: AsyncEngine, clock: Clock, *, every: float = 0.0) -> None:
+        # ``every`` is kept for the tuning's sake: the writer now writes as soon as it is free.
         self._clock = clock
-        self.every = every
-        self._queue: list[Row] = []
-        self._wake = asyncio.Event()
-        # One flush at a time: a flush returns only once every row queued before it is written, also those
-        # a concurrent flush (the background writer) had taken.
-        self._flushing = asyncio.Lock()
-
-    def _add(self, row: Row) -> None:
-        self._queue.append(row)
-        self._wake.set()
+        self.writer = AuditWriter(engine, INSERT, name="hub")
 
     @contextlib.asynccontextmanager
     async def record(self, rpc: str) -> AsyncIterator[AuditEntry]:
-        """Audit the enclosed handler: the outcome is OK, or the MeshError's status, reason and codes."""
+        """Audit the enclosed handler with its real outcome (OK, the MeshError's status, reason and codes,
+        UNAVAILABLE DATABASE_BUSY, DEADLINE_EXCEEDED, CANCELLED; INTERNAL only for a bug); the call goes on
+        (answers) once the row is committed."""
         entry = AuditEntry(rpc)
         _handled.set(True)
         started = time.monotonic()
-        outcome, reason, codes = "OK", "", ""
+        failure: BaseException | None = None
         try:
             yield entry
-        except MeshError as error:
-            outcome, reason, codes = error.status.name, error.reason, ",".join(map(str, error.codes))
-            raise
         except BaseException as error:
-            outcome, reason = "INTERNAL", type(error).__name__
+            failure = error
             raise
         finally:
+            outcome, reason, codes = outcome_of(failure)
             row = _who(entry.caller)
             row.update(
                 time=self._clock.now(),
@@ -117,18 +110,22 @@ class AuditLog:
                 peer=_peer_name()[:20],
                 requester_reference=entry.requester_reference[:200],
                 insurer_code=",".join(entry.insurer_codes)[:30],
-                outcome=outcome,
+                outcome=outcome[:30],
                 reason=reason[:60],
-                codes=codes[:60],
+                codes=joined(codes)[:60],
                 duration_ms=(time.monotonic() - started) * 1000,
             )
-            self._add(row)
+            if isinstance(failure, asyncio.CancelledError):
+                self.writer.add(row)  # nobody is answered: written with the next batch
+            else:
+                await self.writer.write(row)
 
-    def observe(self, call: CallRecord) -> None:
+    def observe(self, call: CallRecord) -> asyncio.Future[None] | None:
         """The trust interceptor's record of a call: a row when the handler did not write one (the call was
-        refused before it), with who called, the session when it verified, the outcome and the reason."""
+        refused before it), with who called, the session when it verified, the outcome and the reason. The
+        future is done once the row is committed (the interceptor waits for it before answering)."""
         if _handled.get():
-            return
+            return None
         row = _who(call.session)
         row.update(
             time=self._clock.now(),
@@ -138,44 +135,19 @@ class AuditLog:
             insurer_code="",
             outcome=call.outcome[:30],
             reason=call.reason[:60],
-            codes=",".join(map(str, call.codes))[:60],
+            codes=joined(call.codes)[:60],
             duration_ms=0.0,
         )
-        self._add(row)
+        return self.writer.add(row, awaited=call.outcome != "CANCELLED")
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self.writer.queued
 
     async def flush(self) -> None:
         """Write the queued rows (one transaction, one batched insert)."""
-        async with self._flushing:
-            if not self._queue:
-                return
-            batch, self._queue = self._queue, []
-            try:
-                async with self._engine.begin() as connection:
-                    await connection.execute(INSERT, batch)
-            except BaseException:
-                self._queue[:0] = batch  # keep them for the next attempt
-                raise
+        await self.writer.flush()
 
     async def run(self) -> None:
-        """Write queued rows in batches until cancelled; a failed write is tried again after a backoff, with
-        the rows queued meanwhile."""
-        backoff = Backoff(self.every, 10.0)
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(self.every)
-            try:
-                # Shielded: a stop never cancels a batch half-way (committed or not, it would be unknown);
-                # the final flush of the stop waits for this one, then writes what is left.
-                await asyncio.shield(self.flush())
-                backoff.reset()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                log.warning("audit write failed (%s); %d rows kept for the next attempt", error, self.queued)
-                self._wake.set()
-                await backoff.sleep()
+        """The writer job (:meth:`~mycarenet_core.audit.AuditWriter.run`)."""
+        await self.writer.run()

@@ -14,6 +14,7 @@ trustworthy as a plaintext network is. Health and reflection stay open to every 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime as dt
 import enum
@@ -243,7 +244,9 @@ class CallRecord:
     when: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
-Observer = Callable[[CallRecord], None]
+Observer = Callable[[CallRecord], "Awaitable[None] | None"]
+"""Sees every call's record; what it returns (the commit of an audit row) is awaited before the call
+answers, unless the call was cancelled (issue 17: nothing acknowledged is missing from the audit)."""
 
 
 def check_session(grant: Grant, session: Caller) -> None:
@@ -323,7 +326,7 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             check_session(grant, session)
         return peer, grant, session
 
-    def _record(self, method: str, context: Any, error: BaseException | None) -> None:
+    async def _record(self, method: str, context: Any, error: BaseException | None) -> None:
         if self.observe is None:
             return
         peer = _peer.get() or Peer(None, "")
@@ -336,7 +339,9 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code = context.code() if hasattr(context, "code") else None
             outcome = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
             reason = type(error).__name__
-        self.observe(CallRecord(method, peer, _session.get(), outcome, reason, codes))
+        pending = self.observe(CallRecord(method, peer, _session.get(), outcome, reason, codes))
+        if pending is not None and not isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            await asyncio.shield(pending)
 
     async def intercept_service(
         self,
@@ -361,7 +366,7 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     error = failed
                     raise
                 finally:
-                    record(method, context, error)
+                    await record(method, context, error)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -381,7 +386,7 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     error = failed
                     raise
                 finally:
-                    record(method, context, error)
+                    await record(method, context, error)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,

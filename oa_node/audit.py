@@ -8,11 +8,10 @@ How durable a row is depends on what the request did:
   its row in the SAME transaction as the change (:meth:`AuditTrail.transaction`): the row is exactly as
   durable as the change;
 * every other row (reads such as a consult, rejections, replays answered from the record, refusals of
-  the trust model) is queued in memory and written in bulk by a background job (one batched Core INSERT
-  per round, a few milliseconds after the first queued row). A clean stop flushes the queue
-  (:meth:`AuditTrail.flush` is a closer of the node); a failed write keeps the rows and retries. A crash
-  of the process (SIGKILL, power loss) loses the rows still queued: at most the last few milliseconds of
-  reads and rejections, never a change. (Issue 17 hardens this.)
+  the trust model) is written by group commit (:class:`~mycarenet_core.audit.AuditWriter`): the request
+  answers once its row's batch is committed, and the rows of concurrent requests share one batched Core
+  INSERT. A cancelled request (nobody is answered) has its row written with the next batch without
+  waiting. A crash of the process (SIGKILL, power loss) loses no row of an answered request (issue 17).
 """
 
 from __future__ import annotations
@@ -27,16 +26,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from sqlalchemy import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from mycarenet_core.audit import AuditWriter, joined, outcome_of
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import is_sqlite, write_gate
+from mycarenet_core.db import is_sqlite, transaction, write_gate
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
-from mycarenet_core.lifecycle import Backoff
 from mycarenet_core.reads import Query
 from mycarenet_core.trust import CallRecord, current_peer
 from oa_node import models as m
@@ -47,10 +45,8 @@ AUDIT = m.table_of(m.AuditRecord)
 INSERT_AUDIT = insert(AUDIT)
 # Refusals of the trust model itself (the handler never ran, so no operation audited the call).
 TRUST_REFUSALS = frozenset({"CERTIFICATE_NOT_ALLOWED", "METHOD_NOT_IN_TRUST_TABLE"})
-MAX_QUEUED = 100_000
 WRITE_BUSY_TIMEOUT = 5.0
 """Seconds the audit writer's thread waits for SQLite's write lock (the event loop does not wait)."""
-"""Rows kept in memory while the database cannot take them; beyond, the oldest are dropped (logged)."""
 
 
 @dataclass
@@ -113,7 +109,7 @@ def context_fields(context: context_pb2.RequestContext | None, peer: str) -> dic
 
 
 class AuditTrail:
-    """Rows queued and written in bulk, or written in the transaction of a change (module docstring)."""
+    """Rows written by group commit, or in the transaction of a change (module docstring)."""
 
     def __init__(
         self,
@@ -121,81 +117,77 @@ class AuditTrail:
         sessions: async_sessionmaker[AsyncSession],
         clock: Clock,
         *,
-        gather: float = 0.05,
+        gather: float = 0.0,
     ) -> None:
+        # ``gather`` is kept for the callers' sake: the writer writes as soon as it is free.
         self._engine = engine
         self._sessions = sessions
         self._clock = clock
-        self._gather = gather
-        self._queue: list[dict[str, Any]] = []
-        self._wake = asyncio.Event()
-        # One flush at a time: a flush returns only once every row queued before it is written, also the
-        # batch a concurrent flush (the background writer) had taken.
-        self._flushing = asyncio.Lock()
-        self.dropped = 0
         on_file = is_sqlite(engine) and engine.url.database not in (None, "", ":memory:")
-        self._writer = _SqliteWriter(engine) if on_file else None
+        self._sqlite = _SqliteWriter(engine) if on_file else None
+        self.writer = AuditWriter(
+            engine, INSERT_AUDIT, name="oa", insert=self._insert if self._sqlite is not None else None
+        )
 
     async def close(self) -> None:
         """Close the writer's own connection (after the last flush)."""
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.close)
+        if self._sqlite is not None:
+            await asyncio.to_thread(self._sqlite.close)
 
     # --- recording ----------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def call(self, rpc: str, fields: dict[str, Any]) -> AsyncIterator[AuditEntry]:
-        """Audit the enclosed request: its row is queued with its outcome (OK, REJECTED with the codes of
-        the MeshError, CANCELLED, ERROR), unless the request's own transaction already wrote it."""
+        """Audit the enclosed request: its row is written with its outcome (OK; REJECTED with the status
+        and codes of a MeshError; CANCELLED; ERROR with UNAVAILABLE DATABASE_BUSY, DEADLINE_EXCEEDED or,
+        for a bug, INTERNAL), unless the request's own transaction already wrote it. The request answers
+        once the row is committed; a cancelled one does not wait."""
         entry = AuditEntry(rpc, fields)
         try:
             yield entry
-        except MeshError as error:
-            entry.outcome = "REJECTED"
-            entry.incidents.append(error.message)
-            self.queue(entry, error.status.name, ",".join(str(c) for c in error.codes))
-            raise
-        except asyncio.CancelledError:
-            entry.outcome = "CANCELLED"
-            self.queue(entry, grpc.StatusCode.CANCELLED.name, "")
-            raise
-        except Exception as error:
-            entry.outcome = "ERROR"
-            entry.incidents.append(f"{type(error).__name__}: {error}")
-            self.queue(entry, grpc.StatusCode.INTERNAL.name, "")
+        except BaseException as error:
+            status, _reason, codes = outcome_of(error)
+            if isinstance(error, MeshError):
+                entry.outcome = "REJECTED"
+                entry.incidents.append(error.message)
+            elif isinstance(error, asyncio.CancelledError):
+                entry.outcome = "CANCELLED"
+            else:
+                entry.outcome = "ERROR"
+                entry.incidents.append(f"{type(error).__name__}: {error}")
+            row = self._row(entry, status, joined(codes))
+            if isinstance(error, asyncio.CancelledError):
+                self.writer.add(row)
+            else:
+                await self.writer.write(row)
             raise
         else:
             if not entry.stored:
-                self.queue(entry, "OK", "")
+                await self.writer.write(self._row(entry, "OK", ""))
 
     @contextlib.asynccontextmanager
     async def transaction(self, entry: AuditEntry) -> AsyncIterator[AsyncSession]:
         """A session in ONE transaction whose audit row (OK) is written in it, last, when the work
-        succeeds; on failure everything rolls back and :meth:`call` queues the rejection instead."""
+        succeeds; on failure everything rolls back and :meth:`call` writes the rejection instead."""
         entry.stored = False
-        async with write_gate(self._engine), self._sessions() as session, session.begin():
+        async with transaction(self._sessions) as session:
             yield session
             await session.execute(INSERT_AUDIT, [self._row(entry, "OK", "")])
         entry.stored = True
 
     def queue(self, entry: AuditEntry, status: str, codes: str) -> None:
-        """Queue the row of ``entry`` for the background writer."""
-        self._queue.append(self._row(entry, status, codes))
-        if len(self._queue) > MAX_QUEUED:
-            excess = len(self._queue) - MAX_QUEUED
-            del self._queue[:excess]
-            self.dropped += excess
-            log.error("audit queue full: %d oldest rows dropped (%d in all)", excess, self.dropped)
-        self._wake.set()
+        """Queue the row of ``entry`` for the writer, nobody waiting for it."""
+        self.writer.add(self._row(entry, status, codes))
 
-    def observe(self, record: CallRecord) -> None:
-        """The trust interceptor's observer: audit the calls it refused (who, which RPC, why)."""
+    def observe(self, record: CallRecord) -> asyncio.Future[None] | None:
+        """The trust interceptor's observer: audit the calls it refused (who, which RPC, why); the future
+        is done once the row is committed (the interceptor waits for it before answering)."""
         if record.outcome == "OK" or record.reason not in TRUST_REFUSALS:
-            return
+            return None
         entry = AuditEntry(record.method.rsplit("/", 1)[-1], {"peer": record.peer.name or "anonymous"})
         entry.outcome = "REFUSED"
         entry.incidents.append(f"{record.reason}: {record.method}")
-        self.queue(entry, record.outcome, "")
+        return self.writer.add(self._row(entry, record.outcome, ""), awaited=True)
 
     def _row(self, entry: AuditEntry, status: str, codes: str) -> dict[str, Any]:
         return entry.row(at=self._clock.now(), status=status, codes=codes)
@@ -204,54 +196,24 @@ class AuditTrail:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self.writer.queued
+
+    @property
+    def dropped(self) -> int:
+        return self.writer.dropped
 
     async def flush(self) -> None:
-        """Write every queued row (one transaction, one batched INSERT); on failure keep them.
-
-        Cancelled while writing (the node stops), the write still runs to its end, so that a batch is
-        never both committed and queued again (the commit may already be under way)."""
-        async with self._flushing:
-            if not self._queue:
-                return
-            batch, self._queue = self._queue, []
-            write = asyncio.ensure_future(self._insert(batch))
-            try:
-                await asyncio.shield(write)
-            except asyncio.CancelledError:
-                await asyncio.wait([write])
-                if write.cancelled() or write.exception() is not None:
-                    self._queue[:0] = batch
-                raise
-            except BaseException:
-                self._queue[:0] = batch  # kept for the next attempt (or the flush of a clean stop)
-                raise
+        """Write every queued row (one transaction, one batched INSERT); on failure keep them."""
+        await self.writer.flush()
 
     async def _insert(self, batch: list[dict[str, Any]]) -> None:
-        if self._writer is not None:
-            async with write_gate(self._engine):
-                await asyncio.to_thread(self._writer.insert, batch)
-            return
-        async with self._engine.begin() as conn:
-            await conn.execute(INSERT_AUDIT, batch)
+        assert self._sqlite is not None
+        async with write_gate(self._engine):
+            await asyncio.to_thread(self._sqlite.insert, batch)
 
     async def run(self) -> None:
-        """The background writer: wait for rows, gather ``gather`` seconds more (50 ms: at one request in
-        flight, a dozen rows a batch instead of two), write them in bulk."""
-        backoff = Backoff(0.2, 5.0)
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(self._gather)
-            try:
-                await self.flush()
-                backoff.reset()
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the database is down or busy: the rows wait in the queue
-                log.warning("audit rows not written yet (%d queued): %s", len(self._queue), error)
-                self._wake.set()
-                await backoff.sleep()
+        """The writer job (:meth:`~mycarenet_core.audit.AuditWriter.run`)."""
+        await self.writer.run()
 
 
 class _SqliteWriter:

@@ -1,0 +1,179 @@
+"""The one writer of the services' audit trails (seed 001 art. 3), by group commit: nothing acknowledged to a
+caller is missing from its audit (issue 17).
+
+A call's row is handed to :meth:`AuditWriter.write`, which returns once the row's batch is committed: the
+call answers only then. One writer task (:meth:`AuditWriter.run`, a background job of the process) writes
+as soon as it is free, in one transaction, every row that arrived meanwhile (one batched INSERT): under
+load the rows of many calls share a commit (the cost stays bulk), alone a call waits about one commit.
+A process killed outright loses only rows whose calls had not been answered yet.
+
+A cancelled call (its client gone, its deadline passed) answers nobody: its row is queued
+(:meth:`AuditWriter.add`) and written with the next batch without anyone waiting. A batch that fails (the
+database busy or down) stays queued and is tried again after a backoff; its callers keep waiting (a call's
+deadline bounds the wait). A clean stop writes what is left (:meth:`AuditWriter.close`).
+
+:func:`outcome_of` names how a call ended with its real status: a MeshError's status and reason,
+UNAVAILABLE DATABASE_BUSY, DEADLINE_EXCEEDED, CANCELLED; INTERNAL only for a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from sqlalchemy import Insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from mycarenet_core.db import to_the_end, write_gate
+from mycarenet_core.errors import MeshError
+from mycarenet_core.lifecycle import Backoff
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+Insert_ = Callable[[list[Row]], Awaitable[None]]
+MAX_QUEUED = 100_000
+"""Rows kept in memory while the database cannot take them; beyond, the oldest unawaited are dropped."""
+
+
+def outcome_of(error: BaseException | None) -> tuple[str, str, tuple[int, ...]]:
+    """(status name, reason, MyCareNet codes) of a call that ended with ``error`` (None: OK)."""
+    if error is None:
+        return "OK", "", ()
+    if isinstance(error, MeshError):
+        return error.status.name, error.reason, tuple(error.codes)
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED", "CANCELLED", ()
+    if isinstance(error, TimeoutError):
+        return "DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", ()
+    from mycarenet_core.server import database_busy  # the server imports the core's modules
+
+    busy = database_busy(error)
+    if busy is not None:
+        return busy.status.name, busy.reason, tuple(busy.codes)
+    return "INTERNAL", type(error).__name__, ()
+
+
+class AuditWriter:
+    """Audit rows of one service, written by group commit (module docstring). ``insert`` writes one batch
+    in one transaction; by default one Core INSERT of ``statement`` behind the engine's write gate."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        statement: Insert,
+        *,
+        name: str,
+        insert: Insert_ | None = None,
+        max_queued: int = MAX_QUEUED,
+    ) -> None:
+        self._engine = engine
+        self._statement = statement
+        self._insert = insert or self._insert_rows
+        self.name = name
+        self.max_queued = max_queued
+        self._rows: list[Row] = []
+        self._waiters: list[asyncio.Future[None] | None] = []
+        self._wake = asyncio.Event()
+        # One batch at a time: a flush returns once every row queued before it is written.
+        self._flushing = asyncio.Lock()
+        self._running = False
+        self.dropped = 0
+        self.batches = 0
+
+    # --- handing rows over ---------------------------------------------------------------------------------
+
+    def add(self, row: Row, *, awaited: bool = False) -> asyncio.Future[None] | None:
+        """Queue ``row``; with ``awaited``, a future done once its batch is committed."""
+        waiter = asyncio.get_running_loop().create_future() if awaited else None
+        self._rows.append(row)
+        self._waiters.append(waiter)
+        if len(self._rows) > self.max_queued:
+            self._drop_oldest()
+        self._wake.set()
+        return waiter
+
+    async def write(self, row: Row) -> None:
+        """Queue ``row`` and return once it is committed. Cancelled meanwhile, the row is still written."""
+        waiter = self.add(row, awaited=True)
+        assert waiter is not None
+        if not self._running:  # no writer job (a service used without its background): write it here
+            await to_the_end(self.flush())
+        await asyncio.shield(waiter)
+
+    def _drop_oldest(self) -> None:
+        # Never a row someone waits for: those calls have not answered yet.
+        excess = len(self._rows) - self.max_queued
+        keep = [i for i, w in enumerate(self._waiters) if w is not None or i >= excess]
+        dropped = len(self._rows) - len(keep)
+        if dropped:
+            self._rows = [self._rows[i] for i in keep]
+            self._waiters = [self._waiters[i] for i in keep]
+            self.dropped += dropped
+            log.error("%s audit queue full: %d rows dropped (%d in all)", self.name, dropped, self.dropped)
+
+    @property
+    def queued(self) -> int:
+        return len(self._rows)
+
+    # --- writing -------------------------------------------------------------------------------------------
+
+    async def _insert_rows(self, batch: list[Row]) -> None:
+        async with write_gate(self._engine), self._engine.begin() as conn:
+            await conn.execute(self._statement, batch)
+
+    async def flush(self) -> int:
+        """Write every queued row in one transaction (one batched INSERT) and wake its waiters; how many.
+        On failure the rows stay queued (first) and their waiters keep waiting. Never cut half-way."""
+        async with self._flushing:
+            if not self._rows:
+                return 0
+            batch, waiters = self._rows, self._waiters
+            self._rows, self._waiters = [], []
+            try:
+                await to_the_end(self._insert(batch))
+            except BaseException:
+                self._rows[:0], self._waiters[:0] = batch, waiters
+                raise
+            self.batches += 1
+            for waiter in waiters:
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            return len(batch)
+
+    async def run(self) -> None:
+        """The writer job: write as soon as rows wait and the last batch is committed; a failed batch is
+        tried again after a backoff, with the rows queued meanwhile."""
+        backoff = Backoff(0.05, 5.0)
+        self._running = True
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                try:
+                    await self.flush()
+                    backoff.reset()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # the database is down or busy: the rows wait in the queue
+                    log.warning("%s audit: %d rows not written yet: %s", self.name, self.queued, error)
+                    self._wake.set()
+                    await backoff.sleep()
+        finally:
+            self._running = False
+
+    async def close(self) -> None:
+        """Write what is left (a clean stop loses no row): after the server and the writer job stopped."""
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("%s audit: %d rows could not be written at stop", self.name, self.queued)
+
+
+def joined(codes: Sequence[int]) -> str:
+    return ",".join(str(c) for c in codes)
+
+
+__all__ = ["AuditWriter", "joined", "outcome_of"]
