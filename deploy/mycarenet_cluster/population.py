@@ -2,7 +2,8 @@
 
 Members split over the seven insurers by realistic shares, valid NISS (births after 2000 and bis numbers
 included), GPs (enrolled or not, in training with a supervisor, a group practice, a medical house),
-specialists and dentists, therapeutic relations and DMG histories over the last three years.
+specialists, dentists and pharmacists, therapeutic relations and DMG histories over the last three years,
+insurability periods with their statuses and care statuses (:func:`statuses`).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class Provider:
     first_name: str
     last_name: str
     niss: str
-    role: str  # "gp", "trainee", "specialist", "dentist"
+    role: str  # "gp", "trainee", "specialist", "dentist", "pharmacist"
     enrolled: bool = False
     supervisor: str = ""
     iban: str = ""
@@ -120,6 +121,27 @@ class Affiliation:
 
 
 @dataclass
+class InsurabilitySpan:
+    """One insurability period at the member's insurer (seed 003 §3.4.1): CT1/CT2 and social statuses."""
+
+    start: dt.date
+    end: dt.date
+    ct1: str = "110"
+    ct2: str = "110"
+    preferential: bool = False
+    maximum_billing: bool = False
+
+
+@dataclass
+class CareSpan:
+    """A care status by period: CHRONIC_CONDITION, PALLIATIVE or HOSPITALISED (end None: still)."""
+
+    kind: str
+    start: dt.date
+    end: dt.date | None = None
+
+
+@dataclass
 class Member:
     niss: str
     first_name: str
@@ -130,6 +152,8 @@ class Member:
     chronic: bool = False
     medical_house: str = ""
     usual_gp: str = ""
+    insurability: list[InsurabilitySpan] = field(default_factory=list)
+    care: list[CareSpan] = field(default_factory=list)
 
 
 @dataclass
@@ -200,6 +224,49 @@ def _members(rng: random.Random, size: int, today: dt.date) -> Iterator[Member]:
             affiliations=affiliations,
             chronic=45 <= age <= 74 and rng.random() < 0.2,
         )
+
+
+PREFERENTIAL_CT = ("111", "111")  # the preferential reimbursement's codes (intervention majorée)
+
+
+def statuses(rng: random.Random, member: Member, today: dt.date) -> None:
+    """Give a detailed member realistic insurability and care statuses (seed 003 §3.4.1, §5.2; SPEC §10.1):
+    yearly periods at their last insurer from two years back to the end of this year (the next year too for
+    most: rights are established ahead), so adjacent periods with the same status follow one another; a
+    preferential rate for some (changing mid-year for a few), the maximum billing reached mid-year for a few;
+    the chronic condition, palliative care and hospital stays as care statuses."""
+    current = member.affiliations[-1]
+    first = max(current.start, dt.date(today.year - 2, 1, 1))
+    last_year = today.year + (1 if rng.random() < 0.9 else 0)
+    last = min(current.end or dt.date(last_year, 12, 31), dt.date(last_year, 12, 31))
+    preferential = rng.random() < 0.15
+    change = dt.date(today.year, rng.randrange(2, 12), 1) if rng.random() < 0.04 else None
+    maximum = dt.date(today.year, rng.randrange(3, 12), rng.randrange(1, 29)) if rng.random() < 0.05 else None
+    cuts = {dt.date(year, 1, 1) for year in range(first.year + 1, last.year + 1)}
+    cuts |= {day for day in (change, maximum) if day is not None and first < day <= last}
+    starts = [first, *sorted(cuts)]
+    for start, following in zip(starts, [*starts[1:], last + dt.timedelta(days=1)], strict=True):
+        gets_rate = preferential != (change is not None and start >= change)
+        ct1, ct2 = PREFERENTIAL_CT if gets_rate else ("110", "110")
+        member.insurability.append(
+            InsurabilitySpan(
+                start,
+                following - dt.timedelta(days=1),
+                ct1,
+                ct2,
+                preferential=gets_rate,
+                maximum_billing=maximum is not None and maximum.year == start.year and start >= maximum,
+            )
+        )
+    if member.chronic:
+        member.care.append(CareSpan("CHRONIC_CONDITION", dt.date(today.year - 2, 1, 1)))
+    age = (today - member.birth_date).days // 365
+    if age >= 60 and rng.random() < 0.01:
+        member.care.append(CareSpan("PALLIATIVE", today - dt.timedelta(days=rng.randrange(5, 120))))
+    if rng.random() < 0.03:
+        admitted = today - dt.timedelta(days=rng.randrange(0, 60))
+        discharged = admitted + dt.timedelta(days=rng.randrange(1, 12))
+        member.care.append(CareSpan("HOSPITALISED", admitted, discharged if discharged < today else None))
 
 
 DETAILED_LIMIT = 5_000
@@ -356,8 +423,17 @@ def build(size: int, today: dt.date, seed: int = 2014) -> Population:
         ),
     )
     history.sort(key=lambda e: (e.submitted, e.date))
+    # Statuses and pharmacists come from RNGs of their own, so that the members, providers and histories
+    # above stay those of earlier versions for a seed.
+    status_rng = random.Random(seed + 3)
+    for m in members:
+        statuses(status_rng, m, today)
+    # Pharmacists: the responsible pharmacist of each pharmacy (competence 001, seed 003 §3.3), an assistant.
+    pharmacists = [person("pharmacist", "001", Profession.PHARMACIST) for _ in range(max(2, size // 2500))]
+    pharmacists.append(person("pharmacist", "002", Profession.PHARMACIST))
+    pharmacists[0].first_name, pharmacists[0].last_name = "Paul", "Verstraete"
     return Population(
-        providers=[*gps, *trainees, *specialists, *dentists],
+        providers=[*gps, *trainees, *specialists, *dentists, *pharmacists],
         organisations=[group, house],
         members=members,
         bulk=bulk,
@@ -368,6 +444,7 @@ def build(size: int, today: dt.date, seed: int = 2014) -> Population:
             "specialist": specialists[0].inami,
             "dentist": dentists[0].inami,
             "trainee": trainees[0].inami,
+            "pharmacist": pharmacists[0].inami,
             "patient": demo_niss,
         },
     )

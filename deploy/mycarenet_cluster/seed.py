@@ -31,6 +31,7 @@ from mycarenet_sdk.admin import AdminClient
 from mycarenet_cluster.population import CONTACT_CODES, Member, Population, bulk_members
 from mycarenet_core.channels import open_channel
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import (
     context_pb2,
     intake_service_pb2,
@@ -50,6 +51,7 @@ ROLES: dict[str, common_pb2.ProviderRole.ValueType] = {
     "GP_IN_TRAINING": common_pb2.PROVIDER_ROLE_GP_IN_TRAINING,
     "SPECIALIST": common_pb2.PROVIDER_ROLE_SPECIALIST,
     "DENTIST": common_pb2.PROVIDER_ROLE_DENTIST,
+    "PHARMACIST": common_pb2.PROVIDER_ROLE_PHARMACIST,
     "MEDICAL_HOUSE": common_pb2.PROVIDER_ROLE_MEDICAL_HOUSE,
     "GROUP_PRACTICE": common_pb2.PROVIDER_ROLE_GROUP_PRACTICE,
 }
@@ -292,8 +294,10 @@ async def seed(
 
 
 def _member_proto(m: Member, code: str, today: dt.date) -> membership_service_pb2.Member:
-    """The member as insurer ``code`` knows it (its periods there; a medical-house contract since 5 years)."""
+    """The member as insurer ``code`` knows it (its periods there; a medical-house contract since 5 years;
+    the insurability and care statuses at the member's insurer of today)."""
     periods = [a for a in m.affiliations if a.insurer == code]
+    current = periods[-1] is m.affiliations[-1]  # statuses are kept by the member's insurer of today
     house = common_pb2.Period(start=_d(dt.date(today.year - 5, 1, 1))) if m.medical_house else None
     return membership_service_pb2.Member(
         patient=common_pb2.Patient(
@@ -310,6 +314,22 @@ def _member_proto(m: Member, code: str, today: dt.date) -> membership_service_pb
         chronic_condition=m.chronic,
         medical_house_inami=m.medical_house,
         medical_house_period=house,
+        insurability=[
+            insurability_pb2.InsurabilityPeriod(
+                period=common_pb2.Period(start=_d(i.start), end=_d(i.end)),
+                status=insurability_pb2.InsurabilityStatus(
+                    ct1=i.ct1, ct2=i.ct2, preferential_rate=i.preferential, maximum_billing=i.maximum_billing
+                ),
+            )
+            for i in (m.insurability if current else [])
+        ],
+        care_statuses=[
+            insurability_pb2.CareStatusPeriod(
+                kind=insurability_pb2.CareStatusKind.Value(f"CARE_STATUS_KIND_{c.kind}"),
+                period=common_pb2.Period(start=_d(c.start), end=_d(c.end)),
+            )
+            for c in (m.care if current else [])
+        ],
     )
 
 

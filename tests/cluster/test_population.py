@@ -4,6 +4,7 @@ the demo actors, and a DMG history in processing order."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import Counter
 
 from mycarenet_cluster import population as pop
@@ -55,3 +56,36 @@ def test_bulk_members_extend_the_population_without_collisions() -> None:
         assert parse_niss(m.niss, today=TODAY).birth_date == m.birth_date
     again = [m.niss for chunk in pop.bulk_members(1000, TODAY, gps) for m in chunk]
     assert again == [m.niss for m in bulk[:1000]]  # deterministic
+
+
+def test_insurability_and_care_statuses_are_realistic() -> None:
+    p = pop.build(3000, TODAY)
+    counts: Counter[str] = Counter()
+    for m in p.members:
+        spans = m.insurability
+        current = m.affiliations[-1]
+        assert spans, m.niss
+        assert spans[0].start == max(current.start, dt.date(TODAY.year - 2, 1, 1))
+        assert spans[-1].end in (dt.date(TODAY.year, 12, 31), dt.date(TODAY.year + 1, 12, 31), current.end)
+        for before, after in itertools.pairwise(spans):
+            assert after.start == before.end + dt.timedelta(days=1)  # adjacent, never overlapping
+        for span in spans:
+            assert span.start <= span.end
+            assert (span.ct1, span.ct2) == (("111", "111") if span.preferential else ("110", "110"))
+        counts["members"] += 1
+        counts["preferential"] += any(s.preferential for s in spans)
+        counts["status changes mid-year"] += len({s.preferential for s in spans}) > 1
+        counts["maximum billing"] += any(s.maximum_billing for s in spans)
+        counts["next year established"] += spans[-1].end.year > TODAY.year
+        for care in m.care:
+            counts[care.kind] += 1
+        assert any(c.kind == "CHRONIC_CONDITION" for c in m.care) == m.chronic
+    assert 0.10 < counts["preferential"] / counts["members"] < 0.20
+    assert counts["status changes mid-year"] > 20
+    assert counts["maximum billing"] > 50
+    assert counts["next year established"] / counts["members"] > 0.8
+    assert counts["PALLIATIVE"] >= 2
+    assert counts["HOSPITALISED"] > 30
+    pharmacists = [x for x in p.providers if parse_inami(x.inami).role is Role.PHARMACIST]
+    assert p.demo["pharmacist"] == pharmacists[0].inami
+    assert pharmacists[0].inami.endswith("001")  # the responsible pharmacist (seed 003 §3.3)
