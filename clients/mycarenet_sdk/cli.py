@@ -49,6 +49,8 @@ mandate_app = typer.Typer(help="Mandates you give (your own session).", no_args_
 app.add_typer(mandate_app, name="mandate")
 credential_app = typer.Typer(help="Your credential (your own session).", no_args_is_help=True)
 app.add_typer(credential_app, name="credential")
+pharmacy_app = typer.Typer(help="A pharmacist's services (your own session).", no_args_is_help=True)
+app.add_typer(pharmacy_app, name="pharmacy")
 admin_app = typer.Typer(
     help="The sandbox administrator (the cluster's admin certificate): set up test cases.",
     no_args_is_help=True,
@@ -333,8 +335,8 @@ def _member_caption(data: insurability_pb2.MemberData) -> str:
     )
 
 
-@app.command("member-data")
-def member_data(
+@app.command("insurability")
+def insurability(
     niss: Annotated[str, typer.Argument(help="patient NISS")],
     date: Annotated[str | None, typer.Option(help="date asked (default: the mesh's today)")] = None,
     reference: Annotated[str | None, typer.Option(help="requester reference")] = None,
@@ -351,7 +353,7 @@ def member_data(
     _emit(reply, as_json, table)
 
 
-@app.command()
+@pharmacy_app.command("rights")
 def rights(
     niss: Annotated[str, typer.Argument(help="patient NISS")],
     dispensing_date: Annotated[
