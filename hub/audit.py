@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hub.auth import Caller, request_reference
 from hub.models import AuditRecord
-from mycarenet_core.audit import AuditWriter, joined, outcome_of
+from mycarenet_core.audit import AuditWriter, answers, joined, outcome_of
 from mycarenet_core.clock import Clock
 from mycarenet_core.trust import CallRecord, current_peer
 
@@ -115,10 +115,10 @@ class AuditLog:
                 codes=joined(codes)[:60],
                 duration_ms=(time.monotonic() - started) * 1000,
             )
-            if isinstance(failure, asyncio.CancelledError):
-                self.writer.add(row)  # nobody is answered: written with the next batch
-            else:
+            if answers(failure):
                 await self.writer.write(row)
+            else:
+                self.writer.add(row)  # nobody is answered: written with the next batch
 
     def observe(self, call: CallRecord) -> asyncio.Future[None] | None:
         """The trust interceptor's record of a call: a row when the handler did not write one (the call was

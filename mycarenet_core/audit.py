@@ -44,7 +44,7 @@ def outcome_of(error: BaseException | None) -> tuple[str, str, tuple[int, ...]]:
         return "OK", "", ()
     if isinstance(error, MeshError):
         return error.status.name, error.reason, tuple(error.codes)
-    if isinstance(error, asyncio.CancelledError):
+    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):  # the client went away
         return "CANCELLED", "CANCELLED", ()
     if isinstance(error, TimeoutError):
         return "DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", ()
@@ -176,4 +176,10 @@ def joined(codes: Sequence[int]) -> str:
     return ",".join(str(c) for c in codes)
 
 
-__all__ = ["AuditWriter", "joined", "outcome_of"]
+def answers(error: BaseException | None) -> bool:
+    """Whether a call that ended with ``error`` answers its caller (so waits for its audit row): not when
+    it was cancelled or its stream closed."""
+    return not isinstance(error, (asyncio.CancelledError, GeneratorExit))
+
+
+__all__ = ["AuditWriter", "answers", "joined", "outcome_of"]

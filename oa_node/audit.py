@@ -30,7 +30,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from mycarenet_core.audit import AuditWriter, joined, outcome_of
+from mycarenet_core.audit import AuditWriter, answers, joined, outcome_of
 from mycarenet_core.clock import Clock
 from mycarenet_core.db import is_sqlite, transaction, write_gate
 from mycarenet_core.errors import MeshError
@@ -150,16 +150,16 @@ class AuditTrail:
             if isinstance(error, MeshError):
                 entry.outcome = "REJECTED"
                 entry.incidents.append(error.message)
-            elif isinstance(error, asyncio.CancelledError):
+            elif not answers(error):
                 entry.outcome = "CANCELLED"
             else:
                 entry.outcome = "ERROR"
                 entry.incidents.append(f"{type(error).__name__}: {error}")
             row = self._row(entry, status, joined(codes))
-            if isinstance(error, asyncio.CancelledError):
-                self.writer.add(row)
-            else:
+            if answers(error):
                 await self.writer.write(row)
+            else:
+                self.writer.add(row)
             raise
         else:
             if not entry.stored:

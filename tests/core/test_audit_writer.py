@@ -98,6 +98,7 @@ def test_outcomes_are_named_with_their_real_status() -> None:
     assert outcome_of(None) == ("OK", "", ())
     assert outcome_of(denied) == ("PERMISSION_DENIED", "PROVIDER_NOT_ENTITLED", (140,))
     assert outcome_of(asyncio.CancelledError()) == ("CANCELLED", "CANCELLED", ())
+    assert outcome_of(GeneratorExit()) == ("CANCELLED", "CANCELLED", ())
     assert outcome_of(TimeoutError()) == ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", ())
     assert outcome_of(locked)[:2] == (grpc.StatusCode.UNAVAILABLE.name, "DATABASE_BUSY")
     assert outcome_of(KeyError("bug")) == ("INTERNAL", "KeyError", ())
