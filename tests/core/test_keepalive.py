@@ -35,7 +35,7 @@ def consistent(client: dict[str, int], server: dict[str, int]) -> None:
     assert client["grpc.keepalive_timeout_ms"] <= channels.KEEPALIVE_TIMEOUT_MS
 
 
-def test_the_clients_pings_are_within_the_servers_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_clients_pings_are_within_the_servers_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(channels.KEEPALIVE_VARIABLE, raising=False)
     assert channels.keepalive_ms() == 30_000
     for period in (100, 1_000, 30_000, None):
