@@ -51,7 +51,8 @@ class StoredMessage(HubBase, table=True):
     __tablename__ = "mailbox_message"
     __table_args__ = (
         Index("ix_mailbox_pending", "recipient_inami", "confirmed", "id"),
-        UniqueConstraint("insurer_code", "message_id", name="uq_mailbox_message_insurer_message_id"),
+        # message id first: confirms look messages up by id (and recipient), the store by id and insurer
+        UniqueConstraint("message_id", "insurer_code", name="uq_mailbox_message_insurer_message_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -25,7 +25,7 @@ def upgrade() -> None:
     with op.batch_alter_table("mailbox_message", schema=None) as batch_op:
         batch_op.drop_constraint("uq_mailbox_message_message_id", type_="unique")
         batch_op.create_unique_constraint(
-            "uq_mailbox_message_insurer_message_id", ["insurer_code", "message_id"]
+            "uq_mailbox_message_insurer_message_id", ["message_id", "insurer_code"]
         )
 
 
