@@ -50,6 +50,11 @@ HOLDER_ON = select(_holdings.c.holder).where(
     _holdings.c.end >= bindparam("day"),
     _holdings.c.status != "CANCELLED",
 )
+VERDICTS = {
+    r.Verdict.PAID_BASIC_PRINCIPLE: oa_ins_pb2.TARIFICATION_VERDICT_PAID_BASIC_PRINCIPLE,
+    r.Verdict.PAID_COMMITMENT: oa_ins_pb2.TARIFICATION_VERDICT_PAID_COMMITMENT,
+    r.Verdict.REJECTED: oa_ins_pb2.TARIFICATION_VERDICT_REJECTED,
+}
 SECRET = select(m.table_of(m.AgreementKey).c.secret).where(m.table_of(m.AgreementKey).c.id == 1)
 
 
@@ -96,15 +101,68 @@ def parse_verify(
         dispensing = check.date("dispensing_date", request.dispensing_date)
         start = check.date("coverage.start", request.coverage.start)
         end = check.date("coverage.end", request.coverage.end)
-        for name in ("ct1", "ct2"):
-            value = getattr(request.status, name)
-            if len(value) != 3 or not value.isascii() or not value.isdigit():
-                check.add(f"status.{name}", McnCode.BAD_FORMAT, f"{name} must be 3 digits")
-    coverage = r.Coverage(c.parsed(start), c.parsed(end), status_of(request.status))
+        status = _status(check, "status", request.status)
+    coverage = r.Coverage(c.parsed(start), c.parsed(end), status)
     fields = r.AgreementFields(
         insurer_code, c.parsed(niss), c.parsed(inami).value, c.parsed(dispensing), coverage
     )
     return fields, c.parsed(number)
+
+
+MAX_LINES = 1000
+MAX_LINE_ID = 64
+_BASES = {
+    oa_ins_pb2.CONSULTATION_BASIS_UNSPECIFIED: r.Basis.UNKNOWN,
+    oa_ins_pb2.CONSULTATION_BASIS_CONSULTED_AT_DISPENSING: r.Basis.CONSULTED,
+    oa_ins_pb2.CONSULTATION_BASIS_REUSED: r.Basis.REUSED,
+}
+
+
+def _status(check: Checker, field: str, message: ins_pb2.InsurabilityStatus) -> r.InsurabilityStatus:
+    for name in ("ct1", "ct2"):
+        value = getattr(message, name)
+        if len(value) != 3 or not value.isascii() or not value.isdigit():
+            check.add(f"{field}.{name}", McnCode.BAD_FORMAT, f"{name} must be 3 digits")
+    return status_of(message)
+
+
+def parse_lines(
+    request: oa_ins_pb2.ValidateTarificationRequest,
+) -> list[tuple[str, r.TarificationLine]]:
+    """(line id, line) of each line; every violation at once (at most 1000 lines, ids of 64 characters)."""
+    with Checker() as check:
+        if not check.items("lines", request.lines, maximum=MAX_LINES, required=True):
+            return []
+        found: list[tuple[str, r.TarificationLine | None]] = []
+        for index, raw in enumerate(request.lines):
+            at = f"lines[{index}]"
+            line_id = check.text(f"{at}.line_id", raw.line_id, max_length=MAX_LINE_ID)
+            niss = check.niss(f"{at}.niss", raw.niss)
+            inami = check.inami(f"{at}.provider_inami", raw.provider_inami)
+            day = check.date(f"{at}.dispensing_date", raw.dispensing_date)
+            status = _status(check, f"{at}.status", raw.status)
+            basis = _BASES.get(raw.basis)
+            if basis is None:
+                check.add(f"{at}.basis", McnCode.VALUE_NOT_ALLOWED, "unknown consultation basis")
+            commitment = None
+            if raw.HasField("commitment"):
+                given = raw.commitment
+                number = check.text(
+                    f"{at}.commitment.agreement_number",
+                    given.agreement_number,
+                    max_length=MAX_AGREEMENT_NUMBER,
+                )
+                start = check.date(f"{at}.commitment.coverage.start", given.coverage.start)
+                end = check.date(f"{at}.commitment.coverage.end", given.coverage.end)
+                committed_on = check.date(f"{at}.commitment.dispensing_date", given.dispensing_date)
+                committed = _status(check, f"{at}.commitment.status", given.status)
+                if start and end and committed_on and number:
+                    commitment = r.Commitment(committed_on, r.Coverage(start, end, committed), number)
+            line = None
+            if niss and inami and day and basis is not None:
+                line = r.TarificationLine(niss, inami.value, day, status, basis, commitment)
+            found.append((line_id, line))
+    return [(line_id, c.parsed(line)) for line_id, line in found]
 
 
 # --- answers --------------------------------------------------------------------------------------------
@@ -200,6 +258,40 @@ class InsurabilityOperations:
             genuine=r.agreement_is_genuine(await self._key(), fields, number)
         )
 
+    async def validate(
+        self, lines: list[tuple[str, r.TarificationLine]], entry: AuditEntry
+    ) -> oa_ins_pb2.ValidateTarificationResponse:
+        """Each line against the insurer's own data, then its proof (:func:`oa_node.rules.insurability.
+        validate_line`); a patient unknown here is a rejected line, not a failed request."""
+        key = await self._key()
+        periods: dict[str, list[r.InsurabilityPeriod] | None] = {}
+        results = []
+        async with self._sessions() as session:
+            conn = await session.connection()
+            members = MemberRepository(session)
+            for line_id, line in lines:
+                if line.niss not in periods:
+                    member = await members.get(line.niss)
+                    if member is None:
+                        periods[line.niss] = None
+                    else:
+                        affiliations = await members.periods(line.niss)
+                        periods[line.niss] = await _periods(conn, line.niss, affiliations, line.dispensing)
+                known = periods[line.niss]
+                decision = (
+                    r.LineDecision(r.Verdict.REJECTED, "PATIENT_UNKNOWN")
+                    if known is None
+                    else r.validate_line(known, line, insurer_code=self.insurer_code, key=key)
+                )
+                results.append(
+                    oa_ins_pb2.TarificationResult(
+                        line_id=line_id, verdict=VERDICTS[decision.verdict], reason=decision.reason
+                    )
+                )
+        rejected = sum(1 for result in results if result.reason)
+        entry.incidents.append(f"{len(results)} lines, {rejected} rejected")
+        return oa_ins_pb2.ValidateTarificationResponse(results=results)
+
     async def _key(self) -> bytes:
         if self._secret is None:
             async with self._sessions() as session:
@@ -230,15 +322,7 @@ async def _load(
     day: dt.date,
 ) -> MemberFile:
     params: dict[str, Any] = {"niss": member.niss}
-    rows = (await conn.execute(INSURABILITY, params)).all()
-    periods = [
-        r.InsurabilityPeriod(
-            row.start,
-            row.end,
-            r.InsurabilityStatus(row.ct1, row.ct2, row.preferential_rate, row.maximum_billing),
-        )
-        for row in rows
-    ] or r.default_periods(affiliations, day)
+    periods = await _periods(conn, member.niss, affiliations, day)
     care = [(row.kind, row.start, row.end) for row in (await conn.execute(CARE_STATUSES, params)).all()]
     if member.chronic_condition and not any(kind == "CHRONIC_CONDITION" for kind, _, _ in care):
         # The member's flag of the DMG tariff (seed 002) has no period: it holds since the first affiliation.
@@ -246,3 +330,18 @@ async def _load(
         care.append(("CHRONIC_CONDITION", since, None))
     holder = (await conn.execute(HOLDER_ON, {**params, "day": day})).scalar()
     return MemberFile(member, periods, care, holder or "")
+
+
+async def _periods(
+    conn: AsyncConnection, niss: str, affiliations: Sequence[tuple[dt.date, dt.date | None]], day: dt.date
+) -> list[r.InsurabilityPeriod]:
+    """The member's insurability periods, or the default on its affiliations when none is recorded."""
+    rows = (await conn.execute(INSURABILITY, {"niss": niss})).all()
+    return [
+        r.InsurabilityPeriod(
+            row.start,
+            row.end,
+            r.InsurabilityStatus(row.ct1, row.ct2, row.preferential_rate, row.maximum_billing),
+        )
+        for row in rows
+    ] or r.default_periods(affiliations, day)

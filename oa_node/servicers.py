@@ -25,7 +25,7 @@ from oa_node import controls as c
 from oa_node.audit import AuditTrail, context_fields, peer_of
 from oa_node.dmg import DmgOperations
 from oa_node.holdings import HoldingFeed
-from oa_node.insurability import InsurabilityOperations, parse_member_data, parse_rights
+from oa_node.insurability import InsurabilityOperations, parse_lines, parse_member_data, parse_rights
 from oa_node.membership import MembershipOperations
 from oa_node.reference import ReferenceOperations, parse_organisations, parse_providers
 
@@ -191,3 +191,9 @@ class OaInsurabilityServicer(ins_grpc.OaInsurabilityServiceServicer):
     ) -> ins_pb2.VerifyAgreementResponse:
         async with self._audit.call("VerifyAgreement", {"peer": peer_of(context)}):
             return await self._ops.verify(request)
+
+    async def ValidateTarification(
+        self, request: ins_pb2.ValidateTarificationRequest, context: Context
+    ) -> ins_pb2.ValidateTarificationResponse:
+        async with self._audit.call("ValidateTarification", {"peer": peer_of(context)}) as entry:
+            return await self._ops.validate(parse_lines(request), entry)

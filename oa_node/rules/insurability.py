@@ -12,6 +12,8 @@ the dates it needs as parameters.
 * :func:`agreement_number` / :func:`agreement_is_genuine`: the proof of the consultation (§5.4): a keyed MAC
   of the fields that fix the commitment, with the insurer's own secret; the trusted third party (INAMI's role
   in §5.4.2) checks a number against given fields without learning the key.
+* :func:`validate_line`: a pharmacy's tarification line checked by the insurer (§5.1): the basic principle,
+  then the proof.
 
 Where the seed is silent (*decision*):
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import enum
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -171,13 +174,93 @@ def agreement_is_genuine(key: bytes, fields: AgreementFields, number: str) -> bo
     return hmac.compare_digest(agreement_number(key, fields).encode(), number.encode("utf-8", "replace"))
 
 
+class Basis(enum.Enum):
+    """How the pharmacist obtained the data a line is billed with (seed 003 §5.4.1)."""
+
+    UNKNOWN = "UNKNOWN"
+    CONSULTED = "CONSULTED"
+    """Consulted online at the dispensing."""
+    REUSED = "REUSED"
+    """A commitment obtained earlier, reused while the network was unavailable (§5.3)."""
+
+
+@dataclass(frozen=True)
+class Commitment:
+    """A payment commitment as an invoice line carries it back: the fields and the agreement number."""
+
+    dispensing: dt.date
+    coverage: Coverage
+    agreement_number: str
+
+
+@dataclass(frozen=True)
+class TarificationLine:
+    """The insurability side of one line of a pharmacy's invoice."""
+
+    niss: str
+    provider_inami: str
+    dispensing: dt.date
+    status: InsurabilityStatus
+    """The status the line was billed with."""
+    basis: Basis = Basis.UNKNOWN
+    commitment: Commitment | None = None
+
+
+class Verdict(enum.Enum):
+    PAID_BASIC_PRINCIPLE = "PAID_BASIC_PRINCIPLE"
+    PAID_COMMITMENT = "PAID_COMMITMENT"
+    REJECTED = "REJECTED"
+
+
+@dataclass(frozen=True)
+class LineDecision:
+    verdict: Verdict
+    reason: str = ""
+
+
+def validate_line(
+    periods: Sequence[InsurabilityPeriod], line: TarificationLine, *, insurer_code: str, key: bytes
+) -> LineDecision:
+    """Seed 003 §5.1: the basic principle first (the insurer's own data on the dispensing date give the same
+    status: paid, whatever the proof); on a discordance, the proof: the agreement number must be genuine for
+    the fields the line carries, the line billed with the committed status, the dispensing inside the
+    coverage, and a line "consulted at dispensing" on the commitment's own dispensing date. Otherwise
+    rejected, with the first reason found.
+
+    *decision*: "the same result of the calculation" is read as the same status (CT1/CT2, preferential
+    rate, maximum billing): the sandbox computes no amounts, and the status is what the amounts follow."""
+    own = period_at(periods, line.dispensing)
+    if own is not None and own.status == line.status:
+        return LineDecision(Verdict.PAID_BASIC_PRINCIPLE)
+    committed = line.commitment
+    if committed is None or not committed.agreement_number:
+        return LineDecision(Verdict.REJECTED, "NO_RIGHT" if own is None else "NO_COMMITMENT")
+    fields = AgreementFields(
+        insurer_code, line.niss, line.provider_inami, committed.dispensing, committed.coverage
+    )
+    if not agreement_is_genuine(key, fields, committed.agreement_number):
+        return LineDecision(Verdict.REJECTED, "AGREEMENT_NOT_GENUINE")
+    if committed.coverage.status != line.status:
+        return LineDecision(Verdict.REJECTED, "NOT_THE_COMMITTED_STATUS")
+    if not committed.coverage.holds(line.dispensing):
+        return LineDecision(Verdict.REJECTED, "OUTSIDE_COVERAGE")
+    if line.basis is Basis.CONSULTED and committed.dispensing != line.dispensing:
+        return LineDecision(Verdict.REJECTED, "NOT_CONSULTED_AT_DISPENSING")
+    return LineDecision(Verdict.PAID_COMMITMENT)
+
+
 __all__ = [
     "COVERAGE_DAYS",
     "GENERAL_REGIME",
     "AgreementFields",
+    "Basis",
+    "Commitment",
     "Coverage",
     "InsurabilityPeriod",
     "InsurabilityStatus",
+    "LineDecision",
+    "TarificationLine",
+    "Verdict",
     "agreement_is_genuine",
     "agreement_number",
     "around",
@@ -185,4 +268,5 @@ __all__ = [
     "payment_commitment",
     "period_at",
     "reusable_until",
+    "validate_line",
 ]

@@ -124,7 +124,7 @@ async def test_member_data_and_the_payment_commitment_through_the_hub(tmp_path: 
         assert (await verify.VerifyAgreement(fields, timeout=10)).genuine
         forged = oa_ins.VerifyAgreementRequest()
         forged.CopyFrom(fields)
-        forged.coverage.end.CopyFrom(to_proto(D(2025, 4, 3)))
+        forged.coverage.end.CopyFrom(common_pb2.Date(year=2025, month=4, day=3))
         assert not (await verify.VerifyAgreement(forged, timeout=10)).genuine
         other = oa_ins_grpc.OaInsurabilityServiceStub(mesh.channel(mesh.oa_ports["200"], "admin"))
         assert not (await other.VerifyAgreement(fields, timeout=10)).genuine  # another insurer's key
@@ -298,3 +298,96 @@ async def test_refusals_change_nothing_and_name_the_field(tmp_path: Path) -> Non
             timeout=10,
         )
         assert not still.HasField("commitment")  # the refused upsert changed nothing
+
+
+async def test_the_insurer_validates_a_pharmacys_invoice_lines(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path, insurers=("100",)) as mesh:
+        niss = await _give_statuses(mesh)
+        hub = pub_grpc.InsurabilityServiceStub(mesh.channel(mesh.hub_port))
+        pharmacist = mesh.people["pharmacist"]
+        rights = await hub.ConsultRights(
+            pub.ConsultRightsRequest(
+                patient=common_pb2.PatientSelector(niss=niss), dispensing_date=to_proto(TODAY)
+            ),
+            metadata=bearer(await mesh.login(pharmacist)),
+            timeout=10,
+        )
+        commitment = rights.commitment
+        # The insurer corrects its data afterwards: the patient had the preferential rate all year.
+        members = ms_grpc.MembershipServiceStub(mesh.channel(mesh.oa_ports["100"], "admin"))
+        spec = mesh.members["p100"]
+        await members.UpsertMembers(
+            ms.UpsertMembersRequest(
+                members=[
+                    ms.Member(
+                        patient=common_pb2.Patient(
+                            niss=niss,
+                            member=common_pb2.MemberNumber(
+                                mutuality_code="100", registration_number=spec.registration
+                            ),
+                        ),
+                        affiliations=[period(D(2000, 1, 1), None)],
+                        insurability=[
+                            ins.InsurabilityPeriod(
+                                period=period(D(2025, 1, 1), D(2025, 12, 31)), status=PREFERENTIAL
+                            )
+                        ],
+                    )
+                ]
+            ),
+            timeout=10,
+        )
+        forged = ins.PaymentCommitment()
+        forged.CopyFrom(commitment)
+        forged.agreement_number = commitment.agreement_number[:-2] + "AA"
+
+        def line(line_id: str, **changes: object) -> oa_ins.TarificationLine:
+            fields: dict[str, object] = {
+                "line_id": line_id,
+                "niss": niss,
+                "provider_inami": pharmacist.inami,
+                "dispensing_date": to_proto(TODAY),
+                "status": GENERAL,
+                "basis": oa_ins.CONSULTATION_BASIS_CONSULTED_AT_DISPENSING,
+                "commitment": commitment,
+            }
+            fields.update(changes)
+            return oa_ins.TarificationLine(**fields)  # type: ignore[arg-type]
+
+        lines = [
+            line("on the commitment"),
+            line("forged", commitment=forged),
+            line("the insurer's data", status=PREFERENTIAL, commitment=None),
+            line(
+                "reused later",
+                basis=oa_ins.CONSULTATION_BASIS_REUSED,
+                dispensing_date=to_proto(TODAY + dt.timedelta(days=40)),
+            ),
+            line("unknown patient", niss="85073003328"),
+        ]
+        backoffice = oa_ins_grpc.OaInsurabilityServiceStub(mesh.channel(mesh.oa_ports["100"], "backoffice"))
+        answer = await backoffice.ValidateTarification(
+            oa_ins.ValidateTarificationRequest(lines=lines), timeout=10
+        )
+        assert [(r.line_id, r.verdict, r.reason) for r in answer.results] == [
+            ("on the commitment", oa_ins.TARIFICATION_VERDICT_PAID_COMMITMENT, ""),
+            ("forged", oa_ins.TARIFICATION_VERDICT_REJECTED, "AGREEMENT_NOT_GENUINE"),
+            ("the insurer's data", oa_ins.TARIFICATION_VERDICT_PAID_BASIC_PRINCIPLE, ""),
+            ("reused later", oa_ins.TARIFICATION_VERDICT_REJECTED, "OUTSIDE_COVERAGE"),
+            ("unknown patient", oa_ins.TARIFICATION_VERDICT_REJECTED, "PATIENT_UNKNOWN"),
+        ]
+        hub_side = oa_ins_grpc.OaInsurabilityServiceStub(mesh.channel(mesh.oa_ports["100"], "hub"))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await hub_side.ValidateTarification(oa_ins.ValidateTarificationRequest(lines=lines), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await backoffice.ValidateTarification(
+                oa_ins.ValidateTarificationRequest(lines=[line("x" * 65, niss="123")]), timeout=10
+            )
+        assert _refusal(bad.value) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            [("lines[0].line_id", 111), ("lines[0].niss", 111)],
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as empty:
+            await backoffice.ValidateTarification(oa_ins.ValidateTarificationRequest(), timeout=10)
+        assert _refusal(empty.value) == (grpc.StatusCode.INVALID_ARGUMENT, [("lines", 100)])

@@ -7,17 +7,23 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from mycarenet_sdk.commitments import Basis, StoredCommitment, choose, decide
+from mycarenet_sdk.commitments import Basis as Fallback
+from mycarenet_sdk.commitments import StoredCommitment, choose, decide
 
 from oa_node.rules.insurability import (
     AgreementFields,
+    Basis,
+    Commitment,
     Coverage,
     InsurabilityPeriod,
     InsurabilityStatus,
+    TarificationLine,
+    Verdict,
     agreement_is_genuine,
     agreement_number,
     payment_commitment,
     reusable_until,
+    validate_line,
 )
 
 
@@ -178,17 +184,70 @@ def test_the_emergency_scheme_of_seed_003_section_9_2() -> None:
     stored = [_stored("10/11/2011", "10/11/2011", "10/12/2011", "latest")]
     on = d("20/11/2011")
     late = d("20/12/2011")
-    assert decide(network_available=True, stored=stored, niss=niss, dispensing=on).basis is Basis.ONLINE
+    assert decide(network_available=True, stored=stored, niss=niss, dispensing=on).basis is Fallback.ONLINE
     reused = decide(network_available=False, stored=stored, niss=niss, dispensing=on)
-    assert reused.basis is Basis.REUSED
+    assert reused.basis is Fallback.REUSED
     assert reused.commitment == stored[0]
     down = {"network_available": False, "stored": stored, "niss": niss, "dispensing": late}
-    assert decide(**down, trusts_last_data=True).basis is Basis.LAST_ONLINE_DATA  # type: ignore[arg-type]
-    assert decide(**down, has_sis_card=True).basis is Basis.SIS_CARD  # type: ignore[arg-type]
-    assert decide(**down, has_document=True, trusts_document=True).basis is Basis.DOCUMENT  # type: ignore[arg-type]
-    assert decide(**down, has_document=True).basis is Basis.FORM_704  # type: ignore[arg-type]
+    assert decide(**down, trusts_last_data=True).basis is Fallback.LAST_ONLINE_DATA  # type: ignore[arg-type]
+    assert decide(**down, has_sis_card=True).basis is Fallback.SIS_CARD  # type: ignore[arg-type]
+    assert decide(**down, has_document=True, trusts_document=True).basis is Fallback.DOCUMENT  # type: ignore[arg-type]
+    assert decide(**down, has_document=True).basis is Fallback.FORM_704  # type: ignore[arg-type]
     # A patient unknown to the pharmacy: the last online data do not exist, whatever the pharmacist trusts.
     unknown = decide(
         network_available=False, stored=stored, niss="85073003427", dispensing=on, trusts_last_data=True
     )
-    assert unknown.basis is Basis.FORM_704
+    assert unknown.basis is Fallback.FORM_704
+
+
+def test_a_tarification_line_is_paid_on_the_insurers_data_first_then_on_the_proof() -> None:
+    key = b"k" * 32
+    preferential = InsurabilityStatus("111", "111", preferential_rate=True)
+    # The pharmacist consulted on 12/11 (110/110 to the end of the year); the insurer later learns that the
+    # patient had the preferential rate from 1 November.
+    coverage = payment_commitment(periods("1/1/2011-31/12/2011"), d("12/11/2011"))
+    assert coverage is not None
+    fields = AgreementFields("300", "85073003328", "51001511001", d("12/11/2011"), coverage)
+    committed = Commitment(d("12/11/2011"), coverage, agreement_number(key, fields))
+    now_known = [
+        InsurabilityPeriod(d("1/1/2011"), d("31/10/2011"), STATUS),
+        InsurabilityPeriod(d("1/11/2011"), d("31/12/2011"), preferential),
+    ]
+
+    def line(**changes: object) -> TarificationLine:
+        base: dict[str, object] = {
+            "niss": "85073003328",
+            "provider_inami": "51001511001",
+            "dispensing": d("12/11/2011"),
+            "status": STATUS,
+            "basis": Basis.CONSULTED,
+            "commitment": committed,
+        }
+        base.update(changes)
+        return TarificationLine(**base)  # type: ignore[arg-type]
+
+    def verdict(given: TarificationLine, known: list[InsurabilityPeriod] = now_known) -> tuple[Verdict, str]:
+        decision = validate_line(known, given, insurer_code="300", key=key)
+        return decision.verdict, decision.reason
+
+    assert verdict(line(status=preferential)) == (Verdict.PAID_BASIC_PRINCIPLE, "")  # the same data: paid
+    assert verdict(line(status=preferential, commitment=None)) == (Verdict.PAID_BASIC_PRINCIPLE, "")
+    assert verdict(line()) == (Verdict.PAID_COMMITMENT, "")  # discordance, genuine proof covering the day
+    reused = line(basis=Basis.REUSED, dispensing=d("10/12/2011"))
+    assert verdict(reused) == (Verdict.PAID_COMMITMENT, "")
+    assert verdict(line(basis=Basis.REUSED, dispensing=d("13/12/2011"))) == (
+        Verdict.REJECTED,
+        "OUTSIDE_COVERAGE",
+    )
+    assert verdict(line(dispensing=d("20/11/2011"))) == (Verdict.REJECTED, "NOT_CONSULTED_AT_DISPENSING")
+    number = committed.agreement_number
+    other = number[:-1] + ("Q" if number[-1] != "Q" else "R")
+    forged = Commitment(committed.dispensing, committed.coverage, other)
+    assert verdict(line(commitment=forged)) == (Verdict.REJECTED, "AGREEMENT_NOT_GENUINE")
+    assert verdict(line(provider_inami="51001610001")) == (Verdict.REJECTED, "AGREEMENT_NOT_GENUINE")
+    billed_otherwise = InsurabilityStatus("110", "110", maximum_billing=True)
+    assert verdict(line(status=billed_otherwise)) == (Verdict.REJECTED, "NOT_THE_COMMITTED_STATUS")
+    assert verdict(line(commitment=None)) == (Verdict.REJECTED, "NO_COMMITMENT")
+    assert verdict(line(commitment=None), []) == (Verdict.REJECTED, "NO_RIGHT")
+    # No right any more on the insurer's side, but the commitment holds (the guarantee of §5).
+    assert verdict(line(), []) == (Verdict.PAID_COMMITMENT, "")

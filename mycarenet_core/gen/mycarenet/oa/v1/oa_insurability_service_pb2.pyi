@@ -6,8 +6,11 @@ The insurability services of one insurer node, called by the hub after authentic
 routing; and the check of an agreement number for the trusted third party (seed 003 §5.4.2).
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as _common_pb2
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as _insurability_pb2
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2 as _insurability_service_pb2
@@ -22,6 +25,58 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ConsultationBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsultationBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsultationBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSULTATION_BASIS_UNSPECIFIED: _ConsultationBasis.ValueType  # 0
+    """Not given: the line is checked against the insurer's own data only."""
+    CONSULTATION_BASIS_CONSULTED_AT_DISPENSING: _ConsultationBasis.ValueType  # 1
+    """Consulted online at the dispensing: the commitment's dispensing date is the line's."""
+    CONSULTATION_BASIS_REUSED: _ConsultationBasis.ValueType  # 2
+    """A commitment obtained earlier, reused while the network was unavailable (seed 003 §5.3)."""
+
+class ConsultationBasis(_ConsultationBasis, metaclass=_ConsultationBasisEnumTypeWrapper):
+    """How the pharmacist obtained the data a line is billed with (seed 003 §5.4.1)."""
+
+CONSULTATION_BASIS_UNSPECIFIED: ConsultationBasis.ValueType  # 0
+"""Not given: the line is checked against the insurer's own data only."""
+CONSULTATION_BASIS_CONSULTED_AT_DISPENSING: ConsultationBasis.ValueType  # 1
+"""Consulted online at the dispensing: the commitment's dispensing date is the line's."""
+CONSULTATION_BASIS_REUSED: ConsultationBasis.ValueType  # 2
+"""A commitment obtained earlier, reused while the network was unavailable (seed 003 §5.3)."""
+Global___ConsultationBasis: _TypeAlias = ConsultationBasis  # noqa: Y015
+
+class _TarificationVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TarificationVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TarificationVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TARIFICATION_VERDICT_UNSPECIFIED: _TarificationVerdict.ValueType  # 0
+    """Not given (never in an answer)."""
+    TARIFICATION_VERDICT_PAID_BASIC_PRINCIPLE: _TarificationVerdict.ValueType  # 1
+    """Paid: the insurer's own data on the dispensing date give the same status (the basic principle)."""
+    TARIFICATION_VERDICT_PAID_COMMITMENT: _TarificationVerdict.ValueType  # 2
+    """Paid on the commitment: the data differ, but the agreement number is genuine and covers the dispensing."""
+    TARIFICATION_VERDICT_REJECTED: _TarificationVerdict.ValueType  # 3
+    """Rejected: see the reason."""
+
+class TarificationVerdict(_TarificationVerdict, metaclass=_TarificationVerdictEnumTypeWrapper):
+    """The verdict on one line."""
+
+TARIFICATION_VERDICT_UNSPECIFIED: TarificationVerdict.ValueType  # 0
+"""Not given (never in an answer)."""
+TARIFICATION_VERDICT_PAID_BASIC_PRINCIPLE: TarificationVerdict.ValueType  # 1
+"""Paid: the insurer's own data on the dispensing date give the same status (the basic principle)."""
+TARIFICATION_VERDICT_PAID_COMMITMENT: TarificationVerdict.ValueType  # 2
+"""Paid on the commitment: the data differ, but the agreement number is genuine and covers the dispensing."""
+TARIFICATION_VERDICT_REJECTED: TarificationVerdict.ValueType  # 3
+"""Rejected: see the reason."""
+Global___TarificationVerdict: _TypeAlias = TarificationVerdict  # noqa: Y015
 
 @_typing.final
 class GetMemberDataRequest(_message.Message):
@@ -206,3 +261,135 @@ class VerifyAgreementResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyAgreementResponse: _TypeAlias = VerifyAgreementResponse  # noqa: Y015
+
+@_typing.final
+class TarificationLine(_message.Message):
+    """One tarification line of a pharmacy's invoice, as far as insurability goes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_ID_FIELD_NUMBER: _builtins.int
+    NISS_FIELD_NUMBER: _builtins.int
+    PROVIDER_INAMI_FIELD_NUMBER: _builtins.int
+    DISPENSING_DATE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    COMMITMENT_FIELD_NUMBER: _builtins.int
+    line_id: _builtins.str
+    """The line's identifier in the invoice, at most 64 characters; echoed in its result."""
+    niss: _builtins.str
+    """NISS of the patient, 11 digits."""
+    provider_inami: _builtins.str
+    """INAMI number of the pharmacist who dispensed, 11 digits."""
+    basis: Global___ConsultationBasis.ValueType
+    """How the data were obtained."""
+    @_builtins.property
+    def dispensing_date(self) -> _common_pb2.Date:
+        """The dispensing date."""
+
+    @_builtins.property
+    def status(self) -> _insurability_pb2.InsurabilityStatus:
+        """The status the line was billed with (CT1/CT2, preferential rate, maximum billing)."""
+
+    @_builtins.property
+    def commitment(self) -> _insurability_pb2.PaymentCommitment:
+        """The commitment the line relies on, as the pharmacy received it; unset when none."""
+
+    def __init__(
+        self,
+        *,
+        line_id: _builtins.str = ...,
+        niss: _builtins.str = ...,
+        provider_inami: _builtins.str = ...,
+        dispensing_date: _common_pb2.Date | None = ...,
+        status: _insurability_pb2.InsurabilityStatus | None = ...,
+        basis: Global___ConsultationBasis.ValueType = ...,
+        commitment: _insurability_pb2.PaymentCommitment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitment", b"commitment", "dispensing_date", b"dispensing_date", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "commitment", b"commitment", "dispensing_date", b"dispensing_date", "line_id", b"line_id", "niss", b"niss", "provider_inami", b"provider_inami", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TarificationLine: _TypeAlias = TarificationLine  # noqa: Y015
+
+@_typing.final
+class ValidateTarificationRequest(_message.Message):
+    """Lines to validate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TarificationLine]:
+        """The lines, at least 1 and at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[Global___TarificationLine] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateTarificationRequest: _TypeAlias = ValidateTarificationRequest  # noqa: Y015
+
+@_typing.final
+class TarificationResult(_message.Message):
+    """The result for one line."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINE_ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    line_id: _builtins.str
+    """The line's identifier."""
+    verdict: Global___TarificationVerdict.ValueType
+    """Paid (and on which ground) or rejected."""
+    reason: _builtins.str
+    """Why a line is rejected: NO_RIGHT, NO_COMMITMENT, AGREEMENT_NOT_GENUINE, NOT_THE_COMMITTED_STATUS,
+    OUTSIDE_COVERAGE, NOT_CONSULTED_AT_DISPENSING, PATIENT_UNKNOWN; empty when paid.
+    """
+    def __init__(
+        self,
+        *,
+        line_id: _builtins.str = ...,
+        verdict: Global___TarificationVerdict.ValueType = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["line_id", b"line_id", "reason", b"reason", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TarificationResult: _TypeAlias = TarificationResult  # noqa: Y015
+
+@_typing.final
+class ValidateTarificationResponse(_message.Message):
+    """One result per line, in the order of the lines."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TarificationResult]:
+        """The results."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___TarificationResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidateTarificationResponse: _TypeAlias = ValidateTarificationResponse  # noqa: Y015

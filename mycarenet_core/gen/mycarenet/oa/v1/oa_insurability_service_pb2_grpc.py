@@ -51,6 +51,11 @@ class OaInsurabilityServiceStub:
                 request_serializer=mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.VerifyAgreementRequest.SerializeToString,
                 response_deserializer=mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.VerifyAgreementResponse.FromString,
                 _registered_method=True)
+        self.ValidateTarification = channel.unary_unary(
+                '/mycarenet.oa.v1.OaInsurabilityService/ValidateTarification',
+                request_serializer=mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.ValidateTarificationRequest.SerializeToString,
+                response_deserializer=mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.ValidateTarificationResponse.FromString,
+                _registered_method=True)
 
 
 class OaInsurabilityServiceServicer:
@@ -78,6 +83,14 @@ class OaInsurabilityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ValidateTarification(self, request, context):
+        """Validate the insurability of a pharmacy's tarification lines (seed 003 §5.1): paid when the insurer's own
+        data give the same status, else on a genuine commitment covering the dispensing, else rejected with why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OaInsurabilityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +108,11 @@ def add_OaInsurabilityServiceServicer_to_server(servicer, server):
                     servicer.VerifyAgreement,
                     request_deserializer=mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.VerifyAgreementRequest.FromString,
                     response_serializer=mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.VerifyAgreementResponse.SerializeToString,
+            ),
+            'ValidateTarification': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateTarification,
+                    request_deserializer=mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.ValidateTarificationRequest.FromString,
+                    response_serializer=mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.ValidateTarificationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +197,33 @@ class OaInsurabilityService:
             '/mycarenet.oa.v1.OaInsurabilityService/VerifyAgreement',
             mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.VerifyAgreementRequest.SerializeToString,
             mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.VerifyAgreementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateTarification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mycarenet.oa.v1.OaInsurabilityService/ValidateTarification',
+            mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.ValidateTarificationRequest.SerializeToString,
+            mycarenet_dot_oa_dot_v1_dot_oa__insurability__service__pb2.ValidateTarificationResponse.FromString,
             options,
             channel_credentials,
             insecure,

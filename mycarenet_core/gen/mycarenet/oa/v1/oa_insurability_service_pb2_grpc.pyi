@@ -42,6 +42,10 @@ class OaInsurabilityServiceStub:
     """Rights at a dispensing date, with a payment commitment when the member has a right that day."""
     VerifyAgreement: _grpc.UnaryUnaryMultiCallable[_oa_insurability_service_pb2.VerifyAgreementRequest, _oa_insurability_service_pb2.VerifyAgreementResponse]
     """Whether an agreement number is this insurer's for the given fields (the key is never revealed)."""
+    ValidateTarification: _grpc.UnaryUnaryMultiCallable[_oa_insurability_service_pb2.ValidateTarificationRequest, _oa_insurability_service_pb2.ValidateTarificationResponse]
+    """Validate the insurability of a pharmacy's tarification lines (seed 003 §5.1): paid when the insurer's own
+    data give the same status, else on a genuine commitment covering the dispensing, else rejected with why.
+    """
 
 @_typing.type_check_only
 class OaInsurabilityServiceAsyncStub(OaInsurabilityServiceStub):
@@ -54,6 +58,10 @@ class OaInsurabilityServiceAsyncStub(OaInsurabilityServiceStub):
     """Rights at a dispensing date, with a payment commitment when the member has a right that day."""
     VerifyAgreement: _aio.UnaryUnaryMultiCallable[_oa_insurability_service_pb2.VerifyAgreementRequest, _oa_insurability_service_pb2.VerifyAgreementResponse]  # type: ignore[assignment]
     """Whether an agreement number is this insurer's for the given fields (the key is never revealed)."""
+    ValidateTarification: _aio.UnaryUnaryMultiCallable[_oa_insurability_service_pb2.ValidateTarificationRequest, _oa_insurability_service_pb2.ValidateTarificationResponse]  # type: ignore[assignment]
+    """Validate the insurability of a pharmacy's tarification lines (seed 003 §5.1): paid when the insurer's own
+    data give the same status, else on a genuine commitment covering the dispensing, else rejected with why.
+    """
 
 class OaInsurabilityServiceServicer(metaclass=_abc_1.ABCMeta):
     """MemberData, rights consultation and agreement check at one insurer."""
@@ -81,5 +89,15 @@ class OaInsurabilityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_oa_insurability_service_pb2.VerifyAgreementResponse, _abc.Awaitable[_oa_insurability_service_pb2.VerifyAgreementResponse]]:
         """Whether an agreement number is this insurer's for the given fields (the key is never revealed)."""
+
+    @_abc_1.abstractmethod
+    def ValidateTarification(
+        self,
+        request: _oa_insurability_service_pb2.ValidateTarificationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_oa_insurability_service_pb2.ValidateTarificationResponse, _abc.Awaitable[_oa_insurability_service_pb2.ValidateTarificationResponse]]:
+        """Validate the insurability of a pharmacy's tarification lines (seed 003 §5.1): paid when the insurer's own
+        data give the same status, else on a genuine commitment covering the dispensing, else rejected with why.
+        """
 
 def add_OaInsurabilityServiceServicer_to_server(servicer: OaInsurabilityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
