@@ -12,17 +12,17 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from mycarenet_core.db import transaction
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, mandate_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as intake
 from mycarenet_core.identifiers import make_niss
-from tests.hub.helpers import notify_request, rejected
-from mycarenet_core.db import transaction
 from oa_node import dead_letters
 from oa_node.relay import MAX_MESSAGE_BYTES
 from oa_node.repositories import OutboxRepository
+from tests.hub.helpers import notify_request, rejected
 from tests.hub.mesh import NOW, TODAY, Mesh, Person, bearer, running_mesh
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
