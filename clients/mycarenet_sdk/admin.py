@@ -44,6 +44,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     therapeutic_relation_pb2,
     therapeutic_relation_pb2_grpc,
 )
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import (
     membership_service_pb2,
     membership_service_pb2_grpc,
@@ -210,6 +211,29 @@ async def wait_for_cadastre(
                 f"change {sequence}: {_positions_text(behind, sequence)}",
             )
         await asyncio.sleep(poll)
+
+
+@dataclass(frozen=True)
+class Insurability:
+    """One insurability period of a patient (both ends included) and its status (seed 003 §3.4.1)."""
+
+    start: dt.date
+    end: dt.date
+    ct1: str = "110"
+    ct2: str = "110"
+    preferential_rate: bool = False
+    maximum_billing: bool = False
+
+    def proto(self) -> insurability_pb2.InsurabilityPeriod:
+        return insurability_pb2.InsurabilityPeriod(
+            period=_period(self.start, self.end),
+            status=insurability_pb2.InsurabilityStatus(
+                ct1=self.ct1,
+                ct2=self.ct2,
+                preferential_rate=self.preferential_rate,
+                maximum_billing=self.maximum_billing,
+            ),
+        )
 
 
 class AdminClient:
@@ -537,10 +561,14 @@ class AdminClient:
         chronic_condition: bool = False,
         medical_house_inami: str = "",
         medical_house_from: dt.date | None = None,
+        insurability: Sequence[Insurability] = (),
+        care_statuses: Sequence[tuple[str, dt.date, dt.date | None]] = (),
     ) -> membership_service_pb2.UpsertMembersResponse:
         """Write (create or update) a member at its insurer, affiliated from ``affiliated_from`` (default
         the birth date, at the earliest 1990-01-01). Birth date and sex default to what the NISS encodes;
-        the registration number to ``M<niss>``. The hub learns the affiliation from the insurer's feed."""
+        the registration number to ``M<niss>``. The hub learns the affiliation from the insurer's feed.
+        ``insurability``: its periods and statuses (none: 110/110 on the affiliation); ``care_statuses``:
+        (``CHRONIC_CONDITION``, ``PALLIATIVE`` or ``HOSPITALISED``, start, end or None)."""
         code = self._insurer(insurer)
         try:
             parsed = parse_niss(niss)
@@ -571,6 +599,14 @@ class AdminClient:
             chronic_condition=chronic_condition,
             medical_house_inami=medical_house_inami,
             medical_house_period=_period(house_since) if medical_house_inami else None,
+            insurability=[period.proto() for period in insurability],
+            care_statuses=[
+                insurability_pb2.CareStatusPeriod(
+                    kind=insurability_pb2.CareStatusKind.Value(f"CARE_STATUS_KIND_{kind.upper()}"),
+                    period=_period(start, end),
+                )
+                for kind, start, end in care_statuses
+            ],
         )
         return await self._call(
             self._members[code].UpsertMembers, membership_service_pb2.UpsertMembersRequest(members=[member])

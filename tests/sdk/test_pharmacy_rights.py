@@ -8,11 +8,13 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from mycarenet_sdk.admin import Insurability
 from mycarenet_sdk.client import MyCareNetError
-from mycarenet_sdk.commitments import Basis, StoredCommitment
+from mycarenet_sdk.commitments import Basis, StoredCommitment, stored_from
 from mycarenet_sdk.testing import InProcessMesh
 
 from mycarenet_core.identifiers import Profession, make_inami
+from tests.oa_node.test_rules_insurability import EXAMPLES, d
 
 TODAY = dt.date(2026, 11, 20)
 
@@ -66,3 +68,27 @@ async def test_reuse_with_the_hub_down(tmp_path: Path) -> None:
         )
         assert nothing.basis is Basis.FORM_704
         assert len(stored) == 1
+
+
+async def test_the_worked_examples_of_seed_003_end_to_end(tmp_path: Path) -> None:
+    """Seed 003 §11.1 through the hub: the mesh on 12 November 2011, then on 25 December 2011 (example 6)."""
+    async with InProcessMesh(tmp_path, insurers=("300",), today=dt.date(2011, 11, 12)) as mesh:
+        pharmacist = await mesh.add_provider(make_inami(Profession.PHARMACIST, 40_002, "001"))
+        patients = {}
+        for example, _consulted, _dispensing, spans, _coverage, _until in EXAMPLES:
+            periods = []
+            for span in spans:
+                start, end = (d(text) for text in span.split("-"))
+                periods.append(Insurability(start, end))
+            patients[example] = await mesh.add_patient(
+                insurer="300", affiliated_from=dt.date(2000, 1, 1), insurability=periods
+            )
+        for example, consulted, dispensing, _spans, coverage, until in EXAMPLES:
+            if mesh.today != d(consulted):
+                mesh.clock.advance(d(consulted) - mesh.today)
+            async with await mesh.login(pharmacist) as client:
+                answer = await client.consult_rights(patients[example].niss, dispensing_date=d(dispensing))
+            stored = stored_from(patients[example].niss, answer.commitment)
+            assert (stored.coverage_start, stored.coverage_end) == (d(coverage[0]), d(coverage[1])), example
+            assert stored.reusable_until == (d(until) if until else None), example
+            assert stored.consulted == d(consulted)
