@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mycarenet_core.db import to_the_end, write_gate
+from mycarenet_core.db import is_sqlite, to_the_end, write_gate
 from mycarenet_core.errors import MeshError
 from mycarenet_core.lifecycle import Backoff
+from mycarenet_core.reads import Query
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,8 @@ Row = dict[str, Any]
 Insert_ = Callable[[list[Row]], Awaitable[None]]
 MAX_QUEUED = 100_000
 """Rows kept in memory while the database cannot take them; beyond, the oldest unawaited are dropped."""
+WRITE_BUSY_TIMEOUT = 5.0
+"""Seconds the writer's thread waits for SQLite's write lock (the event loop does not wait)."""
 
 
 def outcome_of(error: BaseException | None) -> tuple[str, str, tuple[int, ...]]:
@@ -58,7 +63,9 @@ def outcome_of(error: BaseException | None) -> tuple[str, str, tuple[int, ...]]:
 
 class AuditWriter:
     """Audit rows of one service, written by group commit (module docstring). ``insert`` writes one batch
-    in one transaction; by default one Core INSERT of ``statement`` behind the engine's write gate."""
+    in one transaction; by default one INSERT of ``statement`` behind the engine's write gate: on a SQLite
+    file by the writer's own ``sqlite3`` connection in a worker thread (:class:`SqliteBatches`, one hop
+    per batch), else by a Core ``executemany`` on a pooled connection."""
 
     def __init__(
         self,
@@ -82,6 +89,8 @@ class AuditWriter:
         self._running = False
         self.dropped = 0
         self.batches = 0
+        on_file = is_sqlite(engine) and engine.url.database not in (None, "", ":memory:")
+        self._sqlite = SqliteBatches(engine, statement) if on_file else None
 
     # --- handing rows over ---------------------------------------------------------------------------------
 
@@ -121,6 +130,10 @@ class AuditWriter:
     # --- writing -------------------------------------------------------------------------------------------
 
     async def _insert_rows(self, batch: list[Row]) -> None:
+        if self._sqlite is not None:
+            async with write_gate(self._engine):
+                await asyncio.to_thread(self._sqlite.insert, batch)
+            return
         async with write_gate(self._engine), self._engine.begin() as conn:
             await conn.execute(self._statement, batch)
 
@@ -137,6 +150,10 @@ class AuditWriter:
             except BaseException:
                 self._rows[:0], self._waiters[:0] = batch, waiters
                 raise
+            finally:
+                if not self._running and self._sqlite is not None:
+                    # No writer job (stopped, or never started): the connection is not kept open.
+                    await asyncio.to_thread(self._sqlite.close)
             self.batches += 1
             for waiter in waiters:
                 if waiter is not None and not waiter.done():
@@ -170,6 +187,45 @@ class AuditWriter:
             await self.flush()
         except Exception:
             log.exception("%s audit: %d rows could not be written at stop", self.name, self.queued)
+        if self._sqlite is not None:
+            await asyncio.to_thread(self._sqlite.close)
+
+
+class SqliteBatches:
+    """The audit writer's own connection of the standard ``sqlite3`` driver (a SQLite file), used from a
+    worker thread, one batch at a time: the INSERT is compiled once (a :class:`~mycarenet_core.reads.Query`)
+    and the batch is one ``executemany`` in one transaction. One hop to a thread per batch, where aiosqlite
+    makes one per step (connect, begin, execute, commit, close), each with SQLAlchemy's machinery around it.
+    """
+
+    def __init__(self, engine: AsyncEngine, statement: Insert) -> None:
+        self._file = str(engine.url.database)
+        self._dialect = engine.dialect
+        self._statement = statement
+        self._connection: sqlite3.Connection | None = None
+        self._inserts: dict[tuple[str, ...], Query] = {}
+
+    def insert(self, batch: list[Row]) -> None:
+        keys = tuple(batch[0])
+        query = self._inserts.get(keys)
+        if query is None:
+            query = self._inserts[keys] = Query(self._statement, column_keys=keys)
+        plan = query.plan(self._dialect)
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                self._file, timeout=WRITE_BUSY_TIMEOUT, check_same_thread=False
+            )
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            plan.insert_many(self._connection, batch)
+        except sqlite3.Error as error:
+            self.close()  # a fresh connection for the next attempt
+            raise DBAPIError.instance(plan.sql, None, error, sqlite3.Error) from error
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
 
 def joined(codes: Sequence[int]) -> str:

@@ -20,22 +20,19 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from mycarenet_core.audit import AuditWriter, answers, joined, outcome_of
 from mycarenet_core.clock import Clock
-from mycarenet_core.db import is_sqlite, transaction, write_gate
+from mycarenet_core.db import transaction
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
-from mycarenet_core.reads import Query
 from mycarenet_core.trust import CallRecord, current_peer
 from oa_node import models as m
 
@@ -45,8 +42,6 @@ AUDIT = m.table_of(m.AuditRecord)
 INSERT_AUDIT = insert(AUDIT)
 # Refusals of the trust model itself (the handler never ran, so no operation audited the call).
 TRUST_REFUSALS = frozenset({"CERTIFICATE_NOT_ALLOWED", "METHOD_NOT_IN_TRUST_TABLE"})
-WRITE_BUSY_TIMEOUT = 5.0
-"""Seconds the audit writer's thread waits for SQLite's write lock (the event loop does not wait)."""
 
 
 @dataclass
@@ -120,19 +115,13 @@ class AuditTrail:
         gather: float = 0.0,
     ) -> None:
         # ``gather`` is kept for the callers' sake: the writer writes as soon as it is free.
-        self._engine = engine
         self._sessions = sessions
         self._clock = clock
-        on_file = is_sqlite(engine) and engine.url.database not in (None, "", ":memory:")
-        self._sqlite = _SqliteWriter(engine) if on_file else None
-        self.writer = AuditWriter(
-            engine, INSERT_AUDIT, name="oa", insert=self._insert if self._sqlite is not None else None
-        )
+        self.writer = AuditWriter(engine, INSERT_AUDIT, name="oa")
 
     async def close(self) -> None:
-        """Close the writer's own connection (after the last flush)."""
-        if self._sqlite is not None:
-            await asyncio.to_thread(self._sqlite.close)
+        """Write what is left and close the writer's own connection."""
+        await self.writer.close()
 
     # --- recording ----------------------------------------------------------------------------------------
 
@@ -206,50 +195,9 @@ class AuditTrail:
         """Write every queued row (one transaction, one batched INSERT); on failure keep them."""
         await self.writer.flush()
 
-    async def _insert(self, batch: list[dict[str, Any]]) -> None:
-        assert self._sqlite is not None
-        async with write_gate(self._engine):
-            await asyncio.to_thread(self._sqlite.insert, batch)
-
     async def run(self) -> None:
         """The writer job (:meth:`~mycarenet_core.audit.AuditWriter.run`)."""
         await self.writer.run()
-
-
-class _SqliteWriter:
-    """The background writer's own connection of the standard ``sqlite3`` driver (SQLite only), used from a
-    worker thread, one batch at a time: the INSERT is compiled once (a :class:`~mycarenet_core.reads.Query`)
-    and the batch is one ``executemany`` in one transaction. One hop to a thread per batch, where aiosqlite
-    made one per step (connect, begin, execute, commit, close), each with SQLAlchemy's machinery around it.
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._file = str(engine.url.database)
-        self._dialect = engine.dialect
-        self._connection: sqlite3.Connection | None = None
-        self._inserts: dict[tuple[str, ...], Query] = {}
-
-    def insert(self, batch: list[dict[str, Any]]) -> None:
-        keys = tuple(batch[0])
-        query = self._inserts.get(keys)
-        if query is None:
-            query = self._inserts[keys] = Query(INSERT_AUDIT, column_keys=keys)
-        plan = query.plan(self._dialect)
-        if self._connection is None:
-            self._connection = sqlite3.connect(
-                self._file, timeout=WRITE_BUSY_TIMEOUT, check_same_thread=False
-            )
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-        try:
-            plan.insert_many(self._connection, batch)
-        except sqlite3.Error as error:
-            self.close()  # a fresh connection for the next attempt
-            raise DBAPIError.instance(plan.sql, None, error, sqlite3.Error) from error
-
-    def close(self) -> None:
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            connection.close()
 
 
 __all__ = ["AuditEntry", "AuditTrail", "context_fields", "peer_of"]
