@@ -4,7 +4,8 @@
 //   node clients/node/demo.js --cluster var/cluster/cluster.json [--wait 30]
 //
 // GP B logs in, consults the demo patient (GP A holds the DMG), notifies (B takes it over); GP A logs in,
-// finds the closure in the mailbox and confirms it. First, two calls the trust model refuses (no session;
+// finds the closure in the mailbox and confirms it; the demo pharmacist reads the patient's insurability and
+// rights (a payment commitment). First, two calls the trust model refuses (no session;
 // a key registration with the shared client certificate), with their decoded google.rpc.Status. Reads the addresses, the client certificate (mutual
 // TLS), the providers' keys and the demo identities from the cluster description. Prints one JSON object
 // per step on stdout; exits 1 on the first failure.
@@ -27,7 +28,7 @@ const desc = JSON.parse(readFileSync(args.cluster, "utf8"));
 const address = (role) => desc.processes.find((p) => p.role === role).address;
 const tls = desc.tls ?? {};
 const keyOf = (inami) => readFileSync(path.join(desc.keys, `${inami}.pem`), "utf8");
-const { patient, gp_a: gpA, gp_b: gpB } = desc.demo;
+const { patient, gp_a: gpA, gp_b: gpB, pharmacist } = desc.demo;
 const today = desc.today;
 
 const step = (name, fields) => console.log(JSON.stringify({ step: name, ...fields }));
@@ -56,6 +57,7 @@ async function refused(name, promise) {
 async function main() {
   const b = client();
   const a = client();
+  const p = client();
   try {
     // The shared provider-software certificate proves no one: no session, no consult; no key registration.
     await refused(
@@ -117,9 +119,25 @@ async function main() {
     const confirmed = await a.confirm([closure.message_id]);
     const left = (await a.messages()).filter((m) => m.message_id === closure.message_id);
     step("confirm", { confirmed_count: confirmed.confirmed_count, still_pending: left.length });
+
+    // The demo pharmacist: the patient's insurability, then the rights with a payment commitment.
+    await p.login(pharmacist, keyOf(pharmacist));
+    const member = await p.insurability({ niss: patient, date: today });
+    step("insurability", {
+      insurer_code: member.member_data.insurer_code,
+      ct: member.member_data.insurability.map((i) => `${i.status.ct1}/${i.status.ct2}`),
+      dmg_holder: member.member_data.dmg_holder_inami,
+    });
+    const rights = await p.rights({ niss: patient, dispensingDate: today });
+    step("rights", {
+      coverage_start: rights.commitment.coverage.start,
+      coverage_end: rights.commitment.coverage.end,
+      agreement_number: rights.commitment.agreement_number,
+    });
   } finally {
     a.close();
     b.close();
+    p.close();
   }
 }
 

@@ -23,6 +23,7 @@ const FILES = [
   "mycarenet/ehealth/v1/auth.proto",
   "mycarenet/dmg/v1/dmg_service.proto",
   "mycarenet/dmg/v1/mailbox_service.proto",
+  "mycarenet/insurability/v1/insurability_service.proto",
 ];
 
 /** The gRPC package tree loaded from the .proto files (field names as in the contracts). */
@@ -116,6 +117,7 @@ export class Client {
     this.auth = new ehealthV1.AuthService(ehealth, credentials);
     this.dmg = new dmgV1.DmgService(hub, credentials);
     this.mailbox = new dmgV1.MailboxService(hub, credentials);
+    this.insurabilityService = new contracts.mycarenet.insurability.v1.InsurabilityService(hub, credentials);
     this.timeoutSeconds = timeoutSeconds;
     this.session = null;
   }
@@ -164,6 +166,24 @@ export class Client {
     });
   }
 
+  /** The insurer's file on a patient (MemberData) at `date` ("YYYY-MM-DD"). */
+  insurability({ niss, date, reference = newReference() }) {
+    return this.call(this.insurabilityService, "GetMemberData", {
+      requester_reference: reference,
+      patient: { niss },
+      date: toDate(date),
+    });
+  }
+
+  /** A pharmacist's rights at a dispensing date, with the insurer's payment commitment. */
+  rights({ niss, dispensingDate, reference = newReference() }) {
+    return this.call(this.insurabilityService, "ConsultRights", {
+      requester_reference: reference,
+      patient: { niss },
+      dispensing_date: toDate(dispensingDate),
+    });
+  }
+
   /** Notify the opening or takeover of a patient's DMG after a contact. */
   notify({ niss, contactDate, nomenclatureCode = "101076", reference = newReference() }) {
     return this.call(this.dmg, "NotifyDmg", {
@@ -192,7 +212,7 @@ export class Client {
   }
 
   close() {
-    for (const stub of [this.auth, this.dmg, this.mailbox]) stub.close();
+    for (const stub of [this.auth, this.dmg, this.mailbox, this.insurabilityService]) stub.close();
   }
 }
 

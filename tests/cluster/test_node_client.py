@@ -4,6 +4,7 @@ and reads and confirms its mailbox."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import subprocess
@@ -69,3 +70,15 @@ def test_node_client_plays_login_consult_notify_mailbox(sqlite_cluster: Cluster)
     assert mailbox["end_date"] == {"year": 2026, "month": 11, "day": 19}
     assert mailbox["new_holder"] == demo["gp_b"]
     assert steps["confirm"] == [{"confirmed_count": 1, "still_pending": 0}]
+    # The demo pharmacist, from Node: the patient's insurability (GP B holds the DMG now) and rights.
+    (member,) = steps["insurability"]
+    assert member["insurer_code"] == "100"
+    assert member["ct"]
+    assert set(member["ct"]) <= {"110/110", "111/111"}
+    assert member["dmg_holder"] == demo["gp_b"]
+    (rights,) = steps["rights"]
+    today = dt.date.fromisoformat(desc["today"])
+    start, end = (dt.date(**rights[k]) for k in ("coverage_start", "coverage_end"))
+    assert start == today
+    assert today < end <= today + dt.timedelta(days=30)
+    assert rights["agreement_number"].startswith("100-")
