@@ -47,11 +47,13 @@ class ProcessClockServicer(pb_grpc.ProcessClockServiceServicer):
 
     async def SetOffset(self, request: pb.SetOffsetRequest, context: Any) -> pb.SetOffsetResponse:
         with Checker() as check:
+            offset = None
             if not request.HasField("offset"):
                 check.add("offset", McnCode.MANDATORY_FIELD_MISSING, "offset is mandatory")
-            elif abs(request.offset.ToTimedelta()) > MAX_OFFSET:
-                check.add("offset", McnCode.VALUE_NOT_ALLOWED, "at most 100 years either way")
-        self.clock.move(request.offset.ToTimedelta())
+            else:  # at most 100 years either way; any int64 of seconds is a violation, not an overflow
+                offset = check.duration("offset", request.offset, maximum=MAX_OFFSET)
+        assert offset is not None
+        self.clock.move(offset)
         years: list[int] = []
         for observe in self.observers:
             years += await observe()

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from mycarenet_core.channels import merged, server_keepalive_options
 from mycarenet_core.codes import McnCode
 from mycarenet_core.errors import MeshError, field_error
+from mycarenet_core.validation import oversized, reported_by_the_handler, unreported
 
 if TYPE_CHECKING:
     from mycarenet_core.chaos import LinkChaos
@@ -182,9 +183,11 @@ def _undecodable_error(request: Undecodable) -> MeshError:
 
 def decoding_checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
     """The servicer's handler with a request deserializer that never raises (it gives :class:`Undecodable`)
-    and a behavior that answers such a request INVALID_ARGUMENT before the servicer sees it. Built at the
-    inner end of the chain, so that the trust check (and its audit), telemetry and the error mapping handle
-    an undecodable request as any other bad input."""
+    and a behavior that answers such a request INVALID_ARGUMENT before the servicer sees it; a request with
+    a field past its documented maximum (:func:`~mycarenet_core.validation.oversized`) is INVALID_ARGUMENT
+    too, reported by the handler's own checker with its other violations. Built at the inner end of the
+    chain, so that the trust check (and its audit), telemetry and the error mapping handle an undecodable or
+    oversized request as any other bad input."""
     if handler.request_deserializer is None:
         return handler
     decode = handler.request_deserializer
@@ -201,7 +204,15 @@ def decoding_checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethod
         async def unary(request: Any, context: Any) -> Any:
             if isinstance(request, Undecodable):
                 raise _undecodable_error(request)
-            return await inner(request, context)
+            found = oversized(request)
+            if not found:
+                return await inner(request, context)
+            with reported_by_the_handler(found) as pending:
+                reply = await inner(request, context)
+            error = unreported(pending)
+            if error is not None:
+                raise error
+            return reply
 
         return grpc.unary_unary_rpc_method_handler(
             unary, request_deserializer=deserializer, response_serializer=handler.response_serializer
@@ -212,8 +223,22 @@ def decoding_checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethod
         async def stream(request: Any, context: Any) -> Any:
             if isinstance(request, Undecodable):
                 raise _undecodable_error(request)
-            async for item in inner_stream(request, context):
-                yield item
+            found = oversized(request)
+            if not found:
+                async for item in inner_stream(request, context):
+                    yield item
+                return
+            with reported_by_the_handler(found) as pending:
+                # The handler's checker runs before its first item: nothing is sent before it did.
+                items = inner_stream(request, context).__aiter__()
+                first = await anext(items, None)
+            error = unreported(pending)
+            if error is not None:
+                raise error
+            if first is not None:
+                yield first
+                async for item in items:
+                    yield item
 
         return grpc.unary_stream_rpc_method_handler(
             stream, request_deserializer=deserializer, response_serializer=handler.response_serializer

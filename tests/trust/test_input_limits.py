@@ -31,6 +31,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2, clock_pb2_grpc
 from mycarenet_core.identifiers import make_niss
 from mycarenet_core.server import MeshServer, Service
+from tests.trust.fuzz_mesh import documented_limits
 
 NOW = dt.datetime(2025, 3, 4, 9, 0, tzinfo=dt.UTC)
 PERSON = make_niss(dt.date(1980, 5, 5), 21)
@@ -59,6 +60,17 @@ def test_a_short_error_is_unchanged() -> None:
     status = error.to_status_proto()
     assert status.message == "requester_reference: at most 200 characters (111)"
     assert "ref-1" in str(status.details[0])
+
+
+# --- documented maxima ------------------------------------------------------------------------------------
+
+
+def test_every_string_and_repeated_field_documents_its_maximum() -> None:
+    limits, missing = documented_limits()
+    assert len(limits) > 150
+    assert not missing, (
+        "fields without a documented maximum (at most N characters/items/bytes):\n" + "\n".join(missing)
+    )
 
 
 # --- undecodable requests --------------------------------------------------------------------------------

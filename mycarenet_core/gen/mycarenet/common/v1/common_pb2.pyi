@@ -199,9 +199,13 @@ class MemberNumber(_message.Message):
     MUTUALITY_CODE_FIELD_NUMBER: _builtins.int
     REGISTRATION_NUMBER_FIELD_NUMBER: _builtins.int
     mutuality_code: _builtins.str
-    """Insurer (mutuality) code: 100, 200, 300, 400, 500, 600, 900 (750 and 999 are routed through 600)."""
+    """Insurer (mutuality) code: 100, 200, 300, 400, 500, 600, 900 (750 and 999 are routed through 600).
+    3 digits; at most 8 characters (anything but a known code is refused with 121).
+    """
     registration_number: _builtins.str
-    """Registration number of the member at that mutuality."""
+    """Registration number of the member at that mutuality.
+    At most 32 characters.
+    """
     def __init__(
         self,
         *,
@@ -226,7 +230,9 @@ class PatientSelector(_message.Message):
     MEMBER_FIELD_NUMBER: _builtins.int
     SEX_FIELD_NUMBER: _builtins.int
     niss: _builtins.str
-    """National number (NISS / INSZ / SSIN), 11 digits, check digits verified."""
+    """National number (NISS / INSZ / SSIN), 11 digits, check digits verified.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     sex: Global___Sex.ValueType
     """Optional sex; when given it must be compatible with the NISS (MyCareNet code 136)."""
     @_builtins.property
@@ -264,11 +270,17 @@ class Patient(_message.Message):
     MEMBER_FIELD_NUMBER: _builtins.int
     DEATH_DATE_FIELD_NUMBER: _builtins.int
     niss: _builtins.str
-    """National number, 11 digits."""
+    """National number, 11 digits.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     first_name: _builtins.str
-    """Given name."""
+    """Given name.
+    At most 200 characters.
+    """
     last_name: _builtins.str
-    """Family name."""
+    """Family name.
+    At most 200 characters.
+    """
     sex: Global___Sex.ValueType
     """Sex as registered by the insurer."""
     @_builtins.property
@@ -313,13 +325,19 @@ class Provider(_message.Message):
     FIRST_NAME_FIELD_NUMBER: _builtins.int
     LAST_NAME_FIELD_NUMBER: _builtins.int
     inami: _builtins.str
-    """INAMI / RIZIV number, 11 digits (profession, sequence, check digits, competence)."""
+    """INAMI / RIZIV number, 11 digits (profession, sequence, check digits, competence).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     role: Global___ProviderRole.ValueType
     """Role derived from the competence code."""
     first_name: _builtins.str
-    """Given name (empty for an organisation)."""
+    """Given name (empty for an organisation).
+    At most 200 characters.
+    """
     last_name: _builtins.str
-    """Family name, or the organisation's name."""
+    """Family name, or the organisation's name.
+    At most 200 characters.
+    """
     def __init__(
         self,
         *,
@@ -349,9 +367,13 @@ class AckItem(_message.Message):
     code: _builtins.int
     """MyCareNet numeric code (SPEC §3.5), e.g. 120 = NISS unknown to the OA."""
     field_path: _builtins.str
-    """Path of the offending field in the request, e.g. "patient.niss"; empty when not about a field."""
+    """Path of the offending field in the request, e.g. "patient.niss"; empty when not about a field.
+    At most 100 characters.
+    """
     description: _builtins.str
-    """Human-readable explanation, in English."""
+    """Human-readable explanation, in English.
+    At most 200 characters.
+    """
     severity: Global___Severity.ValueType
     """How serious it is."""
     def __init__(
@@ -382,7 +404,9 @@ class Acknowledgement(_message.Message):
     """True when every part of the request was processed."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___AckItem]:
-        """Findings (warnings, informational items). Rejections are sent as gRPC errors instead."""
+        """Findings (warnings, informational items). Rejections are sent as gRPC errors instead.
+        At most 100 items.
+        """
 
     def __init__(
         self,
@@ -408,11 +432,17 @@ class BankAccount(_message.Message):
     BIC_FIELD_NUMBER: _builtins.int
     HOLDER_NAME_FIELD_NUMBER: _builtins.int
     iban: _builtins.str
-    """IBAN, e.g. BE68539007547034 (validated with its ISO 13616 check digits)."""
+    """IBAN, e.g. BE68539007547034 (validated with its ISO 13616 check digits).
+    At most 34 characters.
+    """
     bic: _builtins.str
-    """BIC of the bank, 8 or 11 characters."""
+    """BIC of the bank, 8 or 11 characters.
+    At most 11 characters.
+    """
     holder_name: _builtins.str
-    """Name of the account holder."""
+    """Name of the account holder.
+    At most 200 characters.
+    """
     def __init__(
         self,
         *,
@@ -437,9 +467,13 @@ class Money(_message.Message):
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     currency_code: _builtins.str
-    """ISO 4217 currency code, "EUR"."""
+    """ISO 4217 currency code, "EUR".
+    At most 3 characters.
+    """
     amount: _builtins.str
-    """Decimal amount with a dot, e.g. "30.00"."""
+    """Decimal amount with a dot, e.g. "30.00".
+    At most 20 characters.
+    """
     def __init__(
         self,
         *,

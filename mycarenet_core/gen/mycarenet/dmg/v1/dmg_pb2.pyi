@@ -284,7 +284,9 @@ class DmgPayment(_message.Message):
     kind: Global___PaymentKind.ValueType
     """Why the fee was paid."""
     payment_reference: _builtins.str
-    """Reference of the payment, as printed on the bank statement."""
+    """Reference of the payment, as printed on the bank statement.
+    At most 64 characters.
+    """
     recovered: _builtins.bool
     """True when the fee was later recovered (a competing payment won, seed 000 §5.1)."""
     @_builtins.property
@@ -379,7 +381,9 @@ class ExtensionMessage(_message.Message):
     NOMENCLATURE_CODE_FIELD_NUMBER: _builtins.int
     NEW_END_DATE_FIELD_NUMBER: _builtins.int
     nomenclature_code: _builtins.str
-    """Nomenclature code of that contact."""
+    """Nomenclature code of that contact.
+    A 6-digit code; at most 32 characters.
+    """
     @_builtins.property
     def patient(self) -> _common_pb2.Patient:
         """The patient whose DMG was prolonged."""
@@ -429,18 +433,24 @@ class PatientListEntry(_message.Message):
     PERIODS_FIELD_NUMBER: _builtins.int
     PAYMENTS_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
-    """The insurer the patient belongs to."""
+    """The insurer the patient belongs to.
+    3 digits; at most 3 characters.
+    """
     @_builtins.property
     def patient(self) -> _common_pb2.Patient:
         """The patient."""
 
     @_builtins.property
     def periods(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Period]:
-        """Holding periods within the requested year (usually one)."""
+        """Holding periods within the requested year (usually one).
+        At most 100 items.
+        """
 
     @_builtins.property
     def payments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DmgPayment]:
-        """Payments made to the requester for that year (amount, date, reference), recovered ones included."""
+        """Payments made to the requester for that year (amount, date, reference), recovered ones included.
+        At most 100 items.
+        """
 
     def __init__(
         self,
@@ -469,13 +479,17 @@ class InsurerOutcome(_message.Message):
     PATIENT_COUNT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
-    """Insurer code."""
+    """Insurer code.
+    3 digits; at most 3 characters.
+    """
     status: Global___InsurerOutcomeStatus.ValueType
     """Complete or missing."""
     patient_count: _builtins.int
     """Number of patients this insurer contributed."""
     error: _builtins.str
-    """Why it is missing, when it is."""
+    """Why it is missing, when it is.
+    At most 500 characters.
+    """
     def __init__(
         self,
         *,
@@ -503,16 +517,22 @@ class PatientListMessage(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     INSURERS_FIELD_NUMBER: _builtins.int
     list_reference: _builtins.str
-    """Hub reference of the list request this answers (returned by PostPatientList)."""
+    """Hub reference of the list request this answers (returned by PostPatientList).
+    At most 64 characters.
+    """
     year: _builtins.int
     """The calendar year asked for."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PatientListEntry]:
-        """One entry per patient whose DMG the requester held during that year."""
+        """One entry per patient whose DMG the requester held during that year.
+        At most 100,000 items (one per patient; the hub's list is built from the insurers' pages).
+        """
 
     @_builtins.property
     def insurers(self) -> _containers.RepeatedCompositeFieldContainer[Global___InsurerOutcome]:
-        """Per insurer: complete or missing."""
+        """Per insurer: complete or missing.
+        At most 16 items (one per insurer).
+        """
 
     def __init__(
         self,
@@ -540,12 +560,16 @@ class TechnicalAck(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ITEMS_FIELD_NUMBER: _builtins.int
     reference: _builtins.str
-    """Hub reference of the post being acknowledged."""
+    """Hub reference of the post being acknowledged.
+    At most 64 characters.
+    """
     result: Global___TechnicalAckResult.ValueType
     """Accepted or refused."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.AckItem]:
-        """Findings, with MyCareNet codes."""
+        """Findings, with MyCareNet codes.
+        At most 100 items.
+        """
 
     def __init__(
         self,
@@ -582,23 +606,36 @@ class MailboxMessage(_message.Message):
     PATIENT_LIST_FIELD_NUMBER: _builtins.int
     TECHNICAL_ACK_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
-    """Stable identifier of the message, chosen by its issuer; confirming uses it. Never reused."""
+    """Stable identifier of the message, chosen by its issuer; confirming uses it. Never reused.
+    At most 200 characters.
+    """
     kind: Global___MessageKind.ValueType
     """What kind of message this is (also tells which payload is set)."""
     insurer_code: _builtins.str
-    """The insurer that issued it ("" for messages issued by the hub itself, such as tAcks)."""
+    """The insurer that issued it ("" for messages issued by the hub itself, such as tAcks).
+    3 digits; at most 3 characters.
+    """
     recipient_inami: _builtins.str
-    """INAMI number of the provider the message is addressed to (the requester of record)."""
+    """INAMI number of the provider the message is addressed to (the requester of record).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     requester_reference: _builtins.str
-    """Requester reference of the request that caused this message, when there was one."""
+    """Requester reference of the request that caused this message, when there was one.
+    At most 200 characters.
+    """
     content_hash: _builtins.str
-    """SHA-256 of the serialized payload, hex; may be used to confirm instead of the id."""
+    """SHA-256 of the serialized payload, hex; may be used to confirm instead of the id.
+    64 hexadecimal characters (SHA-256); at most 64 characters.
+    """
     traceparent: _builtins.str
     """W3C trace context ("traceparent" header value) of the request that caused the message, so that its
     delivery and pick-up can be linked to that request's trace; empty when not traced.
+    At most 64 characters (a W3C traceparent has 55).
     """
     tracestate: _builtins.str
-    """W3C "tracestate" header value accompanying traceparent; usually empty."""
+    """W3C "tracestate" header value accompanying traceparent; usually empty.
+    At most 512 characters.
+    """
     @_builtins.property
     def created_time(self) -> _timestamp_pb2.Timestamp:
         """When the issuer created the message."""

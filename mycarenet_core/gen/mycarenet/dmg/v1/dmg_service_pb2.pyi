@@ -65,9 +65,13 @@ class ConsultDmgRequest(_message.Message):
     REQUEST_DATE_FIELD_NUMBER: _builtins.int
     REQUESTER_INAMI_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
-    """Free reference chosen by the caller; echoed in the answer and in errors."""
+    """Free reference chosen by the caller; echoed in the answer and in errors.
+    At most 200 characters.
+    """
     requester_inami: _builtins.str
-    """Optional INAMI number of the requester; when given it must match the session (code 156)."""
+    """Optional INAMI number of the requester; when given it must match the session (code 156).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def patient(self) -> _common_pb2.PatientSelector:
         """The patient, by NISS or by mutuality + member number."""
@@ -105,9 +109,13 @@ class ConsultDmgResponse(_message.Message):
     PAYMENT_MADE_THIS_YEAR_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGEMENT_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
-    """The requester reference of the request."""
+    """The requester reference of the request.
+    At most 200 characters.
+    """
     insurer_code: _builtins.str
-    """The insurer that answered (the patient's insurer at the requested date)."""
+    """The insurer that answered (the patient's insurer at the requested date).
+    3 digits; at most 3 characters.
+    """
     payment_made_this_year: _builtins.bool
     """True when a DMG fee was already paid (to anyone) for the patient for the year of the requested date.
     Indicative only: a payment may be in flight.
@@ -158,15 +166,24 @@ class NotifyDmgRequest(_message.Message):
     requester_reference: _builtins.str
     """Free reference chosen by the caller; the idempotency key: the same reference returns the first
     answer again; reusing it for a different request is rejected (code 158).
+    At most 200 characters.
     """
     contact_time: _builtins.str
-    """Time of day of the contact, "HH:MM" (24 h); optional."""
+    """Time of day of the contact, "HH:MM" (24 h); optional.
+    At most 5 characters ("HH:MM").
+    """
     nomenclature_code: _builtins.str
-    """Nomenclature code of the contact; must be a contact code (consultation or visit), code 130 otherwise."""
+    """Nomenclature code of the contact; must be a contact code (consultation or visit), code 130 otherwise.
+    A 6-digit code; at most 32 characters.
+    """
     supervisor_inami: _builtins.str
-    """For a GP in training: the INAMI number of the supervising GP, who becomes the holder."""
+    """For a GP in training: the INAMI number of the supervising GP, who becomes the holder.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     requester_inami: _builtins.str
-    """Optional INAMI number of the requester; when given it must match the session (code 156)."""
+    """Optional INAMI number of the requester; when given it must match the session (code 156).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def patient(self) -> _common_pb2.PatientSelector:
         """The patient."""
@@ -212,9 +229,13 @@ class NotifyDmgResponse(_message.Message):
     ACKNOWLEDGEMENT_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
-    """The requester reference of the request."""
+    """The requester reference of the request.
+    At most 200 characters.
+    """
     insurer_code: _builtins.str
-    """The insurer that registered the notification."""
+    """The insurer that registered the notification.
+    3 digits; at most 3 characters.
+    """
     payment: _dmg_pb2.PaymentIndicator.ValueType
     """Whether a payment may follow."""
     replayed: _builtins.bool
@@ -271,14 +292,18 @@ class EnrolDmgRequest(_message.Message):
     INSURER_CODES_FIELD_NUMBER: _builtins.int
     START_DATE_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
-    """Free reference chosen by the caller; echoed in the answer."""
+    """Free reference chosen by the caller; echoed in the answer.
+    At most 200 characters.
+    """
     @_builtins.property
     def bank_account(self) -> _common_pb2.BankAccount:
         """The account on which the insurers pay the DMG fees."""
 
     @_builtins.property
     def insurer_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Insurer codes to enrol with; empty means all insurers."""
+        """Insurer codes to enrol with; empty means all insurers.
+        At most 50 items.
+        """
 
     @_builtins.property
     def start_date(self) -> _common_pb2.Date:
@@ -312,13 +337,17 @@ class EnrolmentOutcome(_message.Message):
     ERROR_CODE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
-    """Insurer code."""
+    """Insurer code.
+    3 digits; at most 3 characters.
+    """
     status: Global___EnrolmentStatus.ValueType
     """Enrolled, already enrolled, or failed."""
     error_code: _builtins.int
     """MyCareNet code when not newly enrolled (168 already enrolled, 140 not entitled ...), else 0."""
     error: _builtins.str
-    """Explanation when not newly enrolled."""
+    """Explanation when not newly enrolled.
+    At most 500 characters.
+    """
     @_builtins.property
     def enrolled_since(self) -> _common_pb2.Date:
         """Date from which the GP is enrolled at that insurer."""
@@ -349,10 +378,14 @@ class EnrolDmgResponse(_message.Message):
     REQUESTER_REFERENCE_FIELD_NUMBER: _builtins.int
     OUTCOMES_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
-    """The requester reference of the request."""
+    """The requester reference of the request.
+    At most 200 characters.
+    """
     @_builtins.property
     def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrolmentOutcome]:
-        """One outcome per insurer asked."""
+        """One outcome per insurer asked.
+        At most 50 items (one per insurer asked).
+        """
 
     def __init__(
         self,

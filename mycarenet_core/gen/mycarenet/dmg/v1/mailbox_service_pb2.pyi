@@ -37,6 +37,7 @@ class PostPatientListRequest(_message.Message):
     requester_reference: _builtins.str
     """Free reference chosen by the caller; echoed in the tAck and in the answer message. Posting twice with
     the same reference returns the first acknowledgement.
+    At most 200 characters.
     """
     @_builtins.property
     def reference_date(self) -> _common_pb2.Date:
@@ -44,7 +45,9 @@ class PostPatientListRequest(_message.Message):
 
     @_builtins.property
     def insurer_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Insurer codes to ask; empty means all insurers."""
+        """Insurer codes to ask; empty means all insurers.
+        At most 50 items.
+        """
 
     def __init__(
         self,
@@ -70,7 +73,9 @@ class PostPatientListResponse(_message.Message):
     REQUESTER_REFERENCE_FIELD_NUMBER: _builtins.int
     TECHNICAL_ACK_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
-    """The requester reference of the request."""
+    """The requester reference of the request.
+    At most 200 characters.
+    """
     @_builtins.property
     def technical_ack(self) -> _dmg_pb2.TechnicalAck:
         """Technical acknowledgement, with the hub reference that the answer message will carry."""
@@ -101,10 +106,14 @@ class GetMessagesRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of messages to return (default 50, at most 500)."""
     page_token: _builtins.str
-    """Token from a previous answer's next_page_token, to continue."""
+    """Token from a previous answer's next_page_token, to continue.
+    At most 512 characters.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_dmg_pb2.MessageKind.ValueType]:
-        """Kinds wanted; empty means every kind."""
+        """Kinds wanted; empty means every kind.
+        At most 16 items.
+        """
 
     def __init__(
         self,
@@ -130,10 +139,14 @@ class GetMessagesResponse(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when there is none."""
+    """Token for the next page; empty when there is none.
+    At most 512 characters.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_dmg_pb2.MailboxMessage]:
-        """Messages, oldest first."""
+        """Messages, oldest first.
+        At most 500 items (the largest page).
+        """
 
     def __init__(
         self,
@@ -158,7 +171,9 @@ class WatchMessagesRequest(_message.Message):
     KINDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_dmg_pb2.MessageKind.ValueType]:
-        """Kinds wanted; empty means every kind."""
+        """Kinds wanted; empty means every kind.
+        At most 16 items.
+        """
 
     def __init__(
         self,
@@ -207,11 +222,15 @@ class ConfirmMessagesRequest(_message.Message):
     CONTENT_HASHES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the messages to confirm."""
+        """Ids of the messages to confirm.
+        At most 1000 items, each at most 200 characters.
+        """
 
     @_builtins.property
     def content_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Alternatively (or also), content hashes of the messages to confirm."""
+        """Alternatively (or also), content hashes of the messages to confirm.
+        At most 1000 items, each at most 64 characters.
+        """
 
     def __init__(
         self,
@@ -243,7 +262,9 @@ class ConfirmMessagesResponse(_message.Message):
     """Number of the given messages that were already confirmed before (harmless)."""
     @_builtins.property
     def unknown(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids or hashes given that match no message of the caller."""
+        """Ids or hashes given that match no message of the caller.
+        At most 2000 items (the ids and hashes given).
+        """
 
     @_builtins.property
     def acknowledgement(self) -> _common_pb2.Acknowledgement:

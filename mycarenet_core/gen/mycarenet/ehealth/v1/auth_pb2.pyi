@@ -95,7 +95,9 @@ class Subject(_message.Message):
     kind: Global___SubjectKind.ValueType
     """Kind of party."""
     id: _builtins.str
-    """Identifier: INAMI for providers and organisations, NISS for persons, enterprise number for companies."""
+    """Identifier: INAMI for providers and organisations, NISS for persons, enterprise number for companies.
+    At most 32 characters.
+    """
     def __init__(
         self,
         *,
@@ -144,9 +146,13 @@ class CreateChallengeResponse(_message.Message):
     NONCE_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     challenge_id: _builtins.str
-    """Identifier of the challenge, to send back with the signature."""
+    """Identifier of the challenge, to send back with the signature.
+    At most 64 characters.
+    """
     nonce: _builtins.bytes
-    """Bytes to sign with the subject's private key (Ed25519 signature over exactly these bytes)."""
+    """Bytes to sign with the subject's private key (Ed25519 signature over exactly these bytes).
+    Exactly 32 bytes.
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Time after which the challenge is refused."""
@@ -178,16 +184,23 @@ class CreateSessionRequest(_message.Message):
     LIFETIME_SECONDS_FIELD_NUMBER: _builtins.int
     PRINCIPAL_INAMI_FIELD_NUMBER: _builtins.int
     challenge_id: _builtins.str
-    """The challenge answered."""
+    """The challenge answered.
+    At most 64 characters.
+    """
     signature: _builtins.bytes
-    """Ed25519 signature of the challenge nonce by the subject's private key."""
+    """Ed25519 signature of the challenge nonce by the subject's private key.
+    At most 1024 bytes.
+    """
     audience: _builtins.str
-    """Audience of the token (the service it is meant for); empty means "mycarenet"."""
+    """Audience of the token (the service it is meant for); empty means "mycarenet".
+    At most 128 characters.
+    """
     lifetime_seconds: _builtins.int
     """Requested lifetime in seconds; 0 means the maximum (12 hours, or less when configured)."""
     principal_inami: _builtins.str
     """When acting under a mandate: the INAMI number of the principal. An active mandate from that principal
     to the subject must exist today.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
     """
     def __init__(
         self,
@@ -217,9 +230,13 @@ class CreateSessionResponse(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     MANDATE_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """The signed session token (a compact JWT), to send as "authorization: Bearer <token>"."""
+    """The signed session token (a compact JWT), to send as "authorization: Bearer <token>".
+    At most 8192 characters.
+    """
     session_id: _builtins.str
-    """Session identifier (the "sid" claim)."""
+    """Session identifier (the "sid" claim).
+    At most 64 characters.
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the token expires."""
@@ -257,11 +274,17 @@ class SigningKey(_message.Message):
     RETIRE_TIME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
-    """Key id, as in the token header "kid"."""
+    """Key id, as in the token header "kid".
+    At most 64 characters.
+    """
     algorithm: _builtins.str
-    """JOSE algorithm, "EdDSA"."""
+    """JOSE algorithm, "EdDSA".
+    At most 16 characters.
+    """
     public_key_pem: _builtins.str
-    """The public key, PEM (SubjectPublicKeyInfo)."""
+    """The public key, PEM (SubjectPublicKeyInfo).
+    At most 8192 characters.
+    """
     state: Global___SigningKeyState.ValueType
     """Where the key is in its life: published ahead (NEXT), signing (CURRENT), or verifying only (RETIRED)."""
     @_builtins.property
@@ -316,7 +339,9 @@ class GetSigningKeysResponse(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___SigningKey]:
-        """Every key whose tokens may still be valid; the current one first."""
+        """Every key whose tokens may still be valid; the current one first.
+        At most 16 items.
+        """
 
     def __init__(
         self,
@@ -339,7 +364,9 @@ class LogoutRequest(_message.Message):
 
     TOKEN_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """The token of the session to end (the caller proves possession of it)."""
+    """The token of the session to end (the caller proves possession of it).
+    At most 8192 characters.
+    """
     def __init__(
         self,
         *,
@@ -362,7 +389,9 @@ class LogoutResponse(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
-    """The session that was ended."""
+    """The session that was ended.
+    At most 64 characters.
+    """
     revoked: _builtins.bool
     """False when the session was already ended (harmless)."""
     def __init__(
@@ -392,7 +421,9 @@ class Revocation(_message.Message):
     sequence: _builtins.int
     """Monotonic sequence number of the revocation."""
     session_id: _builtins.str
-    """The session revoked."""
+    """The session revoked.
+    At most 64 characters.
+    """
     @_builtins.property
     def revoke_time(self) -> _timestamp_pb2.Timestamp:
         """When it was revoked."""
@@ -431,7 +462,9 @@ class ListRevocationsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number to return (default 500, at most 5000)."""
     page_token: _builtins.str
-    """Token from a previous answer, to continue."""
+    """Token from a previous answer, to continue.
+    At most 512 characters.
+    """
     def __init__(
         self,
         *,
@@ -456,10 +489,14 @@ class ListRevocationsResponse(_message.Message):
     REVOCATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when there is none."""
+    """Token for the next page; empty when there is none.
+    At most 512 characters.
+    """
     @_builtins.property
     def revocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Revocation]:
-        """Revocations in sequence order (only those whose token has not expired yet)."""
+        """Revocations in sequence order (only those whose token has not expired yet).
+        At most 5000 items (the largest page).
+        """
 
     def __init__(
         self,
@@ -530,7 +567,9 @@ class RegisterCredentialRequest(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
     public_key_pem: _builtins.str
-    """Its Ed25519 public key, PEM (SubjectPublicKeyInfo)."""
+    """Its Ed25519 public key, PEM (SubjectPublicKeyInfo).
+    At most 8192 characters.
+    """
     @_builtins.property
     def subject(self) -> Global___Subject:
         """The party."""
@@ -557,7 +596,9 @@ class RegisterCredentialResponse(_message.Message):
 
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     fingerprint: _builtins.str
-    """SHA-256 fingerprint of the key, hex."""
+    """SHA-256 fingerprint of the key, hex.
+    64 hexadecimal characters; at most 64 characters.
+    """
     def __init__(
         self,
         *,
@@ -621,7 +662,9 @@ class RevokeCredentialRequest(_message.Message):
     SUBJECT_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     fingerprint: _builtins.str
-    """SHA-256 fingerprint (hex, 64 characters) of the key to revoke, as RegisterCredential answered it."""
+    """SHA-256 fingerprint (hex, 64 characters) of the key to revoke, as RegisterCredential answered it.
+    64 hexadecimal characters; at most 64 characters.
+    """
     @_builtins.property
     def subject(self) -> Global___Subject:
         """The party whose credential is revoked (a provider may name only itself)."""

@@ -63,19 +63,31 @@ class CadastreProvider(_message.Message):
     SUPERVISOR_INAMI_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
     inami: _builtins.str
-    """INAMI number (its competence code gives the role)."""
+    """INAMI number (its competence code gives the role).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     niss: _builtins.str
-    """NISS of the person."""
+    """NISS of the person.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     first_name: _builtins.str
-    """Given name."""
+    """Given name.
+    At most 200 characters.
+    """
     last_name: _builtins.str
-    """Family name."""
+    """Family name.
+    At most 200 characters.
+    """
     role: _common_pb2.ProviderRole.ValueType
     """Role derived from the INAMI competence (read-only; ignored on upsert)."""
     supervisor_inami: _builtins.str
-    """For a GP in training: INAMI number of the supervising accredited GP."""
+    """For a GP in training: INAMI number of the supervising accredited GP.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     public_key_pem: _builtins.str
-    """Ed25519 public key (PEM) the provider authenticates with; optional on upsert."""
+    """Ed25519 public key (PEM) the provider authenticates with; optional on upsert.
+    At most 8192 characters.
+    """
     @_builtins.property
     def validity(self) -> _common_pb2.Period:
         """Period during which the provider may practise (end unset = open)."""
@@ -109,7 +121,9 @@ class OrganisationMember(_message.Message):
     INAMI_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
     inami: _builtins.str
-    """INAMI number of the member provider."""
+    """INAMI number of the member provider.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def period(self) -> _common_pb2.Period:
         """Membership period (end unset = open)."""
@@ -140,18 +154,24 @@ class Organisation(_message.Message):
     VALIDITY_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     inami: _builtins.str
-    """INAMI number of the organisation."""
+    """INAMI number of the organisation.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     kind: Global___OrganisationKind.ValueType
     """Medical house or group practice."""
     name: _builtins.str
-    """Name."""
+    """Name.
+    At most 200 characters.
+    """
     @_builtins.property
     def validity(self) -> _common_pb2.Period:
         """Validity period (end unset = open)."""
 
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrganisationMember]:
-        """Members with their periods."""
+        """Members with their periods.
+        At most 10,000 items.
+        """
 
     def __init__(
         self,
@@ -236,7 +256,9 @@ class GetProviderRequest(_message.Message):
 
     INAMI_FIELD_NUMBER: _builtins.int
     inami: _builtins.str
-    """INAMI number."""
+    """INAMI number.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     def __init__(
         self,
         *,
@@ -264,7 +286,9 @@ class GetProviderResponse(_message.Message):
 
     @_builtins.property
     def organisation_inamis(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Organisations the provider belongs to today."""
+        """Organisations the provider belongs to today.
+        At most 100 items.
+        """
 
     def __init__(
         self,
@@ -294,7 +318,9 @@ class ListProvidersRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous answer, to continue."""
+    """Token from a previous answer, to continue.
+    At most 512 characters.
+    """
     def __init__(
         self,
         *,
@@ -319,10 +345,14 @@ class ListProvidersResponse(_message.Message):
     PROVIDERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when there is none."""
+    """Token for the next page; empty when there is none.
+    At most 512 characters.
+    """
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CadastreProvider]:
-        """Providers in INAMI order."""
+        """Providers in INAMI order.
+        At most 1000 items (the largest page).
+        """
 
     def __init__(
         self,
@@ -402,7 +432,9 @@ class GetOrganisationRequest(_message.Message):
 
     INAMI_FIELD_NUMBER: _builtins.int
     inami: _builtins.str
-    """INAMI number of the organisation."""
+    """INAMI number of the organisation.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     def __init__(
         self,
         *,
@@ -454,7 +486,9 @@ class ListOrganisationsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous answer, to continue."""
+    """Token from a previous answer, to continue.
+    At most 512 characters.
+    """
     def __init__(
         self,
         *,
@@ -479,10 +513,14 @@ class ListOrganisationsResponse(_message.Message):
     ORGANISATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when there is none."""
+    """Token for the next page; empty when there is none.
+    At most 512 characters.
+    """
     @_builtins.property
     def organisations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Organisation]:
-        """Organisations in INAMI order."""
+        """Organisations in INAMI order.
+        At most 1000 items (the largest page).
+        """
 
     def __init__(
         self,
@@ -580,7 +618,9 @@ class ListCadastreChangesResponse(_message.Message):
     """The last sequence number of the log when answered (a follower is current once it reached it)."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___CadastreChange]:
-        """The changes."""
+        """The changes.
+        At most 5000 items (the largest page).
+        """
 
     def __init__(
         self,

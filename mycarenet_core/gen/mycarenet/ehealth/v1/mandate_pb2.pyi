@@ -76,16 +76,26 @@ class Mandate(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
     mandate_id: _builtins.str
-    """Identifier of the mandate."""
+    """Identifier of the mandate.
+    At most 64 characters.
+    """
     principal_inami: _builtins.str
-    """INAMI number of the principal (the provider who delegates)."""
+    """INAMI number of the principal (the provider who delegates).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     mandatee_kind: _builtins.str
-    """Kind of the mandatee: a SubjectKind name ("SUBJECT_KIND_PERSON", "SUBJECT_KIND_PROVIDER", ...)."""
+    """Kind of the mandatee: a SubjectKind name ("SUBJECT_KIND_PERSON", "SUBJECT_KIND_PROVIDER", ...).
+    At most 32 characters.
+    """
     mandatee_id: _builtins.str
-    """Identifier of the mandatee (INAMI, NISS or enterprise number)."""
+    """Identifier of the mandatee (INAMI, NISS or enterprise number).
+    At most 32 characters.
+    """
     @_builtins.property
     def services(self) -> _containers.RepeatedScalarFieldContainer[Global___MandatedService.ValueType]:
-        """Services delegated."""
+        """Services delegated.
+        At most 64 items.
+        """
 
     @_builtins.property
     def period(self) -> _common_pb2.Period:
@@ -147,7 +157,9 @@ class CreateMandateResponse(_message.Message):
 
     @_builtins.property
     def closed(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mandate]:
-        """Mandates of the same principal whose period was cut short because they overlapped the new one."""
+        """Mandates of the same principal whose period was cut short because they overlapped the new one.
+        At most 100 items.
+        """
 
     def __init__(
         self,
@@ -172,7 +184,9 @@ class RevokeMandateRequest(_message.Message):
     MANDATE_ID_FIELD_NUMBER: _builtins.int
     END_DATE_FIELD_NUMBER: _builtins.int
     mandate_id: _builtins.str
-    """The mandate."""
+    """The mandate.
+    At most 64 characters.
+    """
     @_builtins.property
     def end_date(self) -> _common_pb2.Date:
         """Last day of validity; unset means today."""
@@ -227,13 +241,19 @@ class ListMandatesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     principal_inami: _builtins.str
-    """Only mandates of this principal (INAMI); empty for any."""
+    """Only mandates of this principal (INAMI); empty for any.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     mandatee_id: _builtins.str
-    """Only mandates given to this mandatee id; empty for any."""
+    """Only mandates given to this mandatee id; empty for any.
+    At most 32 characters.
+    """
     page_size: _builtins.int
     """Maximum number to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous answer, to continue."""
+    """Token from a previous answer, to continue.
+    At most 512 characters.
+    """
     @_builtins.property
     def valid_on(self) -> _common_pb2.Date:
         """Only mandates valid on this date; unset for all."""
@@ -264,10 +284,14 @@ class ListMandatesResponse(_message.Message):
     MANDATES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when there is none."""
+    """Token for the next page; empty when there is none.
+    At most 512 characters.
+    """
     @_builtins.property
     def mandates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mandate]:
-        """The mandates found."""
+        """The mandates found.
+        At most 1000 items (the largest page).
+        """
 
     def __init__(
         self,

@@ -68,11 +68,17 @@ class TherapeuticRelation(_message.Message):
     PROOF_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
     relation_id: _builtins.str
-    """Identifier of the relation."""
+    """Identifier of the relation.
+    At most 64 characters.
+    """
     provider_inami: _builtins.str
-    """INAMI number of the provider (or organisation)."""
+    """INAMI number of the provider (or organisation).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     patient_niss: _builtins.str
-    """NISS of the patient."""
+    """NISS of the patient.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     proof: Global___RelationProof.ValueType
     """The proof."""
     @_builtins.property
@@ -108,9 +114,13 @@ class RegisterRelationRequest(_message.Message):
     START_DATE_FIELD_NUMBER: _builtins.int
     END_DATE_FIELD_NUMBER: _builtins.int
     provider_inami: _builtins.str
-    """INAMI number of the provider."""
+    """INAMI number of the provider.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     patient_niss: _builtins.str
-    """NISS of the patient."""
+    """NISS of the patient.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     proof: Global___RelationProof.ValueType
     """The proof (not RELATION_PROOF_DMG, which only the system sets)."""
     @_builtins.property
@@ -171,7 +181,9 @@ class RevokeRelationRequest(_message.Message):
     RELATION_ID_FIELD_NUMBER: _builtins.int
     END_DATE_FIELD_NUMBER: _builtins.int
     relation_id: _builtins.str
-    """The relation."""
+    """The relation.
+    At most 64 characters.
+    """
     @_builtins.property
     def end_date(self) -> _common_pb2.Date:
         """Last day of validity; unset means today."""
@@ -224,9 +236,13 @@ class CheckRelationRequest(_message.Message):
     PATIENT_NISS_FIELD_NUMBER: _builtins.int
     DATE_FIELD_NUMBER: _builtins.int
     provider_inami: _builtins.str
-    """INAMI number of the provider (the requester of record)."""
+    """INAMI number of the provider (the requester of record).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     patient_niss: _builtins.str
-    """NISS of the patient."""
+    """NISS of the patient.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def date(self) -> _common_pb2.Date:
         """The date the check is for; unset means today."""
@@ -286,13 +302,19 @@ class ListRelationsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     provider_inami: _builtins.str
-    """Only relations of this provider; empty for any."""
+    """Only relations of this provider; empty for any.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     patient_niss: _builtins.str
-    """Only relations of this patient; empty for any."""
+    """Only relations of this patient; empty for any.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     page_size: _builtins.int
     """Maximum number to return (default 100, at most 1000)."""
     page_token: _builtins.str
-    """Token from a previous answer, to continue."""
+    """Token from a previous answer, to continue.
+    At most 512 characters.
+    """
     @_builtins.property
     def valid_on(self) -> _common_pb2.Date:
         """Only relations valid on this date; unset for all."""
@@ -323,10 +345,14 @@ class ListRelationsResponse(_message.Message):
     RELATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when there is none."""
+    """Token for the next page; empty when there is none.
+    At most 512 characters.
+    """
     @_builtins.property
     def relations(self) -> _containers.RepeatedCompositeFieldContainer[Global___TherapeuticRelation]:
-        """The relations found."""
+        """The relations found.
+        At most 1000 items (the largest page).
+        """
 
     def __init__(
         self,
@@ -354,13 +380,21 @@ class TransferDmgRelationRequest(_message.Message):
     START_DATE_FIELD_NUMBER: _builtins.int
     SOURCE_REFERENCE_FIELD_NUMBER: _builtins.int
     patient_niss: _builtins.str
-    """NISS of the patient."""
+    """NISS of the patient.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     new_holder_inami: _builtins.str
-    """INAMI number of the new holder."""
+    """INAMI number of the new holder.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     previous_holder_inami: _builtins.str
-    """INAMI number of the previous holder; empty when there was none."""
+    """INAMI number of the previous holder; empty when there was none.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     source_reference: _builtins.str
-    """Idempotency key: the insurer code and the notification's requester reference, "<oa>:<reference>"."""
+    """Idempotency key: the insurer code and the notification's requester reference, "<oa>:<reference>".
+    At most 200 characters.
+    """
     @_builtins.property
     def start_date(self) -> _common_pb2.Date:
         """First day of the new holding (the previous holder's DMG relation ends the day before)."""
@@ -488,7 +522,9 @@ class ListRelationChangesResponse(_message.Message):
     """The last sequence number of the log when answered (a follower is current once it reached it)."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RelationChange]:
-        """The changes."""
+        """The changes.
+        At most 10,000 items (the largest page).
+        """
 
     def __init__(
         self,

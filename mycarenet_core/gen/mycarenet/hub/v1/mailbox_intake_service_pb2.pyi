@@ -31,10 +31,14 @@ class DeliverMessagesRequest(_message.Message):
     INSURER_CODE_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
-    """Code of the delivering insurer (must match its mTLS identity)."""
+    """Code of the delivering insurer (must match its mTLS identity).
+    3 digits; at most 3 characters.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_dmg_pb2.MailboxMessage]:
-        """The messages, each with its stable message_id and recipient."""
+        """The messages, each with its stable message_id and recipient.
+        At most 1000 items.
+        """
 
     def __init__(
         self,
@@ -60,11 +64,15 @@ class DeliverMessagesResponse(_message.Message):
     DUPLICATE_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def stored_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids stored by this call."""
+        """Ids stored by this call.
+        At most 1000 items (the messages delivered).
+        """
 
     @_builtins.property
     def duplicate_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids that were already stored (duplicates suppressed)."""
+        """Ids that were already stored (duplicates suppressed).
+        At most 1000 items (the messages delivered).
+        """
 
     def __init__(
         self,

@@ -63,9 +63,13 @@ class InsurabilityStatus(_message.Message):
     PREFERENTIAL_RATE_FIELD_NUMBER: _builtins.int
     MAXIMUM_BILLING_FIELD_NUMBER: _builtins.int
     ct1: _builtins.str
-    """Beneficiary code 1 (CT1), 3 digits, e.g. "110" (general regime); preferential rates have their own codes."""
+    """Beneficiary code 1 (CT1), 3 digits, e.g. "110" (general regime); preferential rates have their own codes.
+    3 digits; at most 3 characters.
+    """
     ct2: _builtins.str
-    """Beneficiary code 2 (CT2), 3 digits, e.g. "110"."""
+    """Beneficiary code 2 (CT2), 3 digits, e.g. "110".
+    3 digits; at most 3 characters.
+    """
     preferential_rate: _builtins.bool
     """The patient has the preferential reimbursement (intervention majorée / verhoogde tegemoetkoming)."""
     maximum_billing: _builtins.bool
@@ -158,13 +162,18 @@ class MemberData(_message.Message):
     MEDICAL_HOUSE_PERIOD_FIELD_NUMBER: _builtins.int
     DMG_HOLDER_INAMI_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
-    """The insurer that answered (the patient's insurer at the date asked), 3 digits."""
+    """The insurer that answered (the patient's insurer at the date asked), 3 digits.
+    3 digits; at most 3 characters.
+    """
     medical_house_inami: _builtins.str
     """INAMI number (11 digits) of the medical house the patient has a flat-fee contract with at the date;
     empty when none.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
     """
     dmg_holder_inami: _builtins.str
-    """INAMI number (11 digits) of the DMG holder at the date; empty when nobody holds it."""
+    """INAMI number (11 digits) of the DMG holder at the date; empty when nobody holds it.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def patient(self) -> _common_pb2.Patient:
         """The patient as the insurer knows them."""
@@ -173,11 +182,14 @@ class MemberData(_message.Message):
     def insurability(self) -> _containers.RepeatedCompositeFieldContainer[Global___InsurabilityPeriod]:
         """The insurability period holding the date, and the periods just before and just after it, oldest first;
         empty when the patient has no right at the date and none around it.
+        At most 100 items.
         """
 
     @_builtins.property
     def care_statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___CareStatusPeriod]:
-        """The care statuses in force at the date (chronic condition, palliative, hospitalised)."""
+        """The care statuses in force at the date (chronic condition, palliative, hospitalised).
+        At most 100 items.
+        """
 
     @_builtins.property
     def medical_house_period(self) -> _common_pb2.Period:
@@ -217,9 +229,12 @@ class PaymentCommitment(_message.Message):
     agreement_number: _builtins.str
     """The proof of the consultation, computed by the insurer with its own secret (seed 003 §5.4),
     "<insurer>-<20 characters>", 24 characters; the invoice carries it back with the fields it fixes.
+    At most 64 characters.
     """
     provider_inami: _builtins.str
-    """INAMI number (11 digits) of the provider the commitment is linked to (seed 003 §5.1): the requester."""
+    """INAMI number (11 digits) of the provider the commitment is linked to (seed 003 §5.1): the requester.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def coverage(self) -> _common_pb2.Period:
         """Coverage, both ends included: from the dispensing date to the end of the insurability period (adjacent

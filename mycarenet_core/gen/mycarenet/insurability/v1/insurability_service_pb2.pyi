@@ -67,7 +67,9 @@ class GetMemberDataResponse(_message.Message):
     REQUESTER_REFERENCE_FIELD_NUMBER: _builtins.int
     MEMBER_DATA_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
-    """The requester reference of the request."""
+    """The requester reference of the request.
+    At most 100 characters.
+    """
     @_builtins.property
     def member_data(self) -> _insurability_pb2.MemberData:
         """The insurer's file on the patient around the date."""
@@ -130,7 +132,9 @@ class ConsultRightsResponse(_message.Message):
     MEMBER_DATA_FIELD_NUMBER: _builtins.int
     COMMITMENT_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
-    """The requester reference of the request."""
+    """The requester reference of the request.
+    At most 100 characters.
+    """
     @_builtins.property
     def member_data(self) -> _insurability_pb2.MemberData:
         """The insurer's file on the patient around the dispensing date."""

@@ -38,21 +38,35 @@ class RequestContext(_message.Message):
     PROCESSING_DATE_FIELD_NUMBER: _builtins.int
     ORGANISATION_INAMI_FIELD_NUMBER: _builtins.int
     requester_inami: _builtins.str
-    """INAMI number of the requester of record (the principal when a mandate is used)."""
+    """INAMI number of the requester of record (the principal when a mandate is used).
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     requester_role: _common_pb2.ProviderRole.ValueType
     """Role of the requester of record, from the cadastre."""
     executor_id: _builtins.str
-    """Identifier of the party that executed the request (differs from the requester under a mandate)."""
+    """Identifier of the party that executed the request (differs from the requester under a mandate).
+    At most 32 characters.
+    """
     executor_kind: _builtins.str
-    """Kind of the executor ("SUBJECT_KIND_PROVIDER", "SUBJECT_KIND_PERSON", ...)."""
+    """Kind of the executor ("SUBJECT_KIND_PROVIDER", "SUBJECT_KIND_PERSON", ...).
+    At most 32 characters.
+    """
     mandate_id: _builtins.str
-    """Mandate used, if any."""
+    """Mandate used, if any.
+    At most 64 characters.
+    """
     session_id: _builtins.str
-    """eHealth session id, for the audit trail."""
+    """eHealth session id, for the audit trail.
+    At most 64 characters.
+    """
     requester_reference: _builtins.str
-    """The caller's requester reference."""
+    """The caller's requester reference.
+    At most 200 characters.
+    """
     organisation_inami: _builtins.str
-    """INAMI number of the organisation the requester acts within, if any."""
+    """INAMI number of the organisation the requester acts within, if any.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def processing_date(self) -> _common_pb2.Date:
         """The processing date: "today" for the mesh (the hub's clock). Every rule uses this date."""

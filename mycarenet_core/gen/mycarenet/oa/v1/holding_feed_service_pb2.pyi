@@ -42,15 +42,23 @@ class HolderChange(_message.Message):
     sequence: _builtins.int
     """Position in this insurer's holder-change log (strictly increasing)."""
     patient_niss: _builtins.str
-    """NISS of the patient."""
+    """NISS of the patient.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     holder_inami: _builtins.str
-    """INAMI number of the holder from `start_date` on; empty when the patient has no holder from then on."""
+    """INAMI number of the holder from `start_date` on; empty when the patient has no holder from then on.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     previous_holder_inami: _builtins.str
-    """INAMI number of the holder until the day before `start_date`; empty when there was none."""
+    """INAMI number of the holder until the day before `start_date`; empty when there was none.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     source_reference: _builtins.str
     """Idempotency key of the change at eHealth: "<insurer code>:<what caused it>" (at most 100 characters)."""
     traceparent: _builtins.str
-    """W3C trace context of the request that caused the change (empty when none), to link the move to it."""
+    """W3C trace context of the request that caused the change (empty when none), to link the move to it.
+    At most 64 characters (a W3C traceparent has 55).
+    """
     @_builtins.property
     def change_time(self) -> _timestamp_pb2.Timestamp:
         """When the insurer committed the change."""
@@ -117,7 +125,9 @@ class ListHolderChangesResponse(_message.Message):
     """The last sequence number of the log when answered."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___HolderChange]:
-        """The changes."""
+        """The changes.
+        At most 5000 items (the largest page).
+        """
 
     def __init__(
         self,

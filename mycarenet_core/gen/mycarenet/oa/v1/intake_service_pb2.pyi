@@ -36,22 +36,32 @@ class IntakeEffects(_message.Message):
     MESSAGE_IDS_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
     note: _builtins.str
-    """Why nothing happened, when nothing did (e.g. "attestation refused: electronic holder")."""
+    """Why nothing happened, when nothing did (e.g. "attestation refused: electronic holder").
+    At most 500 characters.
+    """
     @_builtins.property
     def holdings(self) -> _containers.RepeatedCompositeFieldContainer[_dmg_pb2.DmgHolding]:
-        """Holdings created, prolonged, closed, cancelled or reopened, as they are now."""
+        """Holdings created, prolonged, closed, cancelled or reopened, as they are now.
+        At most 100 items.
+        """
 
     @_builtins.property
     def payments(self) -> _containers.RepeatedCompositeFieldContainer[_dmg_pb2.DmgPayment]:
-        """Payments created."""
+        """Payments created.
+        At most 100 items.
+        """
 
     @_builtins.property
     def recoveries(self) -> _containers.RepeatedCompositeFieldContainer[_dmg_pb2.DmgPayment]:
-        """Payments recovered."""
+        """Payments recovered.
+        At most 100 items.
+        """
 
     @_builtins.property
     def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the messages written to the outbox."""
+        """Ids of the messages written to the outbox.
+        At most 100 items (one decision's messages).
+        """
 
     def __init__(
         self,
@@ -83,13 +93,21 @@ class RegisterContactRequest(_message.Message):
     NOMENCLATURE_CODE_FIELD_NUMBER: _builtins.int
     SUBMISSION_DATE_FIELD_NUMBER: _builtins.int
     intake_reference: _builtins.str
-    """Idempotency key chosen by the back office (e.g. the invoice line id)."""
+    """Idempotency key chosen by the back office (e.g. the invoice line id).
+    At most 200 characters.
+    """
     patient_niss: _builtins.str
-    """NISS of the patient."""
+    """NISS of the patient.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     provider_inami: _builtins.str
-    """INAMI number of the physician who had the contact."""
+    """INAMI number of the physician who had the contact.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     nomenclature_code: _builtins.str
-    """Nomenclature code of the contact."""
+    """Nomenclature code of the contact.
+    A 6-digit code; at most 32 characters.
+    """
     @_builtins.property
     def contact_date(self) -> _common_pb2.Date:
         """Date of the contact."""
@@ -126,7 +144,9 @@ class RegisterContactResponse(_message.Message):
     EFFECTS_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     intake_reference: _builtins.str
-    """The intake reference of the request."""
+    """The intake reference of the request.
+    At most 200 characters.
+    """
     replayed: _builtins.bool
     """True when this intake reference was already registered (nothing changed)."""
     @_builtins.property
@@ -160,11 +180,17 @@ class RegisterPaperAttestationRequest(_message.Message):
     ATTESTATION_DATE_FIELD_NUMBER: _builtins.int
     SUBMISSION_DATE_FIELD_NUMBER: _builtins.int
     intake_reference: _builtins.str
-    """Idempotency key chosen by the back office."""
+    """Idempotency key chosen by the back office.
+    At most 200 characters.
+    """
     patient_niss: _builtins.str
-    """NISS of the patient."""
+    """NISS of the patient.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     provider_inami: _builtins.str
-    """INAMI number of the attesting GP."""
+    """INAMI number of the attesting GP.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def attestation_date(self) -> _common_pb2.Date:
         """Date of the attestation (the contact during which 102771 was attested)."""
@@ -200,7 +226,9 @@ class RegisterPaperAttestationResponse(_message.Message):
     EFFECTS_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     intake_reference: _builtins.str
-    """The intake reference of the request."""
+    """The intake reference of the request.
+    At most 200 characters.
+    """
     replayed: _builtins.bool
     """True when this intake reference was already registered (nothing changed)."""
     @_builtins.property

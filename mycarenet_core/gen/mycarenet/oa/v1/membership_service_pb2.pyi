@@ -39,14 +39,18 @@ class Member(_message.Message):
     chronic_condition: _builtins.bool
     """True when the member has the "chronic condition" status (tariff category, seed 002)."""
     medical_house_inami: _builtins.str
-    """INAMI number of the medical house the member has a flat-fee contract with, if any."""
+    """INAMI number of the medical house the member has a flat-fee contract with, if any.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def patient(self) -> _common_pb2.Patient:
         """The person (niss, names, birth date, sex, member number)."""
 
     @_builtins.property
     def affiliations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Period]:
-        """Periods of affiliation with this insurer (end unset = still affiliated)."""
+        """Periods of affiliation with this insurer (end unset = still affiliated).
+        At most 100 items.
+        """
 
     @_builtins.property
     def medical_house_period(self) -> _common_pb2.Period:
@@ -57,11 +61,14 @@ class Member(_message.Message):
         """Insurability periods with their status (at most 100, no two overlapping, each end set). On upsert, empty
         means one period of general-regime status 110/110 per affiliation period (an open affiliation: to the
         end of the year after the upsert).
+        At most 100 items.
         """
 
     @_builtins.property
     def care_statuses(self) -> _containers.RepeatedCompositeFieldContainer[_insurability_pb2.CareStatusPeriod]:
-        """Care statuses by period (at most 100): chronic condition, palliative, hospitalised."""
+        """Care statuses by period (at most 100): chronic condition, palliative, hospitalised.
+        At most 100 items.
+        """
 
     def __init__(
         self,
@@ -91,7 +98,9 @@ class UpsertMembersRequest(_message.Message):
     MEMBERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]:
-        """The members (at most 10000 per request)."""
+        """The members (at most 10000 per request).
+        At most 10,000 items.
+        """
 
     def __init__(
         self,
@@ -198,14 +207,22 @@ class AffiliationChange(_message.Message):
     sequence: _builtins.int
     """Monotonic sequence number within this insurer's feed."""
     niss: _builtins.str
-    """NISS of the member."""
+    """NISS of the member.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     insurer_code: _builtins.str
-    """This insurer's code."""
+    """This insurer's code.
+    3 digits; at most 3 characters.
+    """
     registration_number: _builtins.str
-    """Member number at this insurer."""
+    """Member number at this insurer.
+    At most 32 characters.
+    """
     @_builtins.property
     def periods(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Period]:
-        """Every affiliation period of this NISS with this insurer, as it is now (empty = no longer a member)."""
+        """Every affiliation period of this NISS with this insurer, as it is now (empty = no longer a member).
+        At most 100 items.
+        """
 
     def __init__(
         self,
@@ -262,7 +279,9 @@ class ListAffiliationChangesResponse(_message.Message):
     """Highest sequence number in the feed at the time of the answer."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AffiliationChange]:
-        """Changes in sequence order."""
+        """Changes in sequence order.
+        At most 50,000 items (the largest page).
+        """
 
     def __init__(
         self,

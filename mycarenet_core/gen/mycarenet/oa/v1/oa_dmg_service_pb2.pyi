@@ -87,7 +87,9 @@ class ConsultDmgResponse(_message.Message):
     HOLDING_FIELD_NUMBER: _builtins.int
     PAYMENT_MADE_THIS_YEAR_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
-    """This insurer's code."""
+    """This insurer's code.
+    3 digits; at most 3 characters.
+    """
     payment_made_this_year: _builtins.bool
     """A DMG fee was paid for the patient for that year."""
     @_builtins.property
@@ -130,32 +132,44 @@ class NotifyDmgRequest(_message.Message):
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def contact_time(self) -> _builtins.str:
-        """Deprecated: time of the contact, "HH:MM", optional."""
+        """Deprecated: time of the contact, "HH:MM", optional.
+        At most 5 characters ("HH:MM").
+        """
 
     @contact_time.setter
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def contact_time(self, value: _builtins.str) -> None:
-        """Deprecated: time of the contact, "HH:MM", optional."""
+        """Deprecated: time of the contact, "HH:MM", optional.
+        At most 5 characters ("HH:MM").
+        """
 
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def nomenclature_code(self) -> _builtins.str:
-        """Deprecated: nomenclature code of the contact."""
+        """Deprecated: nomenclature code of the contact.
+        A 6-digit code; at most 32 characters.
+        """
 
     @nomenclature_code.setter
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def nomenclature_code(self, value: _builtins.str) -> None:
-        """Deprecated: nomenclature code of the contact."""
+        """Deprecated: nomenclature code of the contact.
+        A 6-digit code; at most 32 characters.
+        """
 
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def supervisor_inami(self) -> _builtins.str:
-        """Deprecated: supervisor of a GP in training (becomes the holder)."""
+        """Deprecated: supervisor of a GP in training (becomes the holder).
+        An INAMI number: 11 digits, separators allowed; at most 32 characters.
+        """
 
     @supervisor_inami.setter
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def supervisor_inami(self, value: _builtins.str) -> None:
-        """Deprecated: supervisor of a GP in training (becomes the holder)."""
+        """Deprecated: supervisor of a GP in training (becomes the holder).
+        An INAMI number: 11 digits, separators allowed; at most 32 characters.
+        """
 
     @_builtins.property
     def context(self) -> _context_pb2.RequestContext:
@@ -211,7 +225,9 @@ class NotifyDmgResponse(_message.Message):
     PREVIOUS_HOLDER_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
-    """This insurer's code."""
+    """This insurer's code.
+    3 digits; at most 3 characters.
+    """
     payment: _dmg_pb2.PaymentIndicator.ValueType
     """Whether a payment may follow."""
     replayed: _builtins.bool
@@ -271,7 +287,9 @@ class ListHoldingsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum number of patients to return (default 500, at most 5000)."""
     page_token: _builtins.str
-    """Token from a previous answer, to continue."""
+    """Token from a previous answer, to continue.
+    At most 512 characters.
+    """
     @_builtins.property
     def context(self) -> _context_pb2.RequestContext:
         """Who asks (the physician whose holdings are listed is the requester of record)."""
@@ -301,10 +319,14 @@ class ListHoldingsResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Token for the next page; empty when there is none."""
+    """Token for the next page; empty when there is none.
+    At most 512 characters.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[_dmg_pb2.PatientListEntry]:
-        """One entry per patient (periods within the year, payments to the requester for the year)."""
+        """One entry per patient (periods within the year, payments to the requester for the year).
+        At most 5000 items (the largest page).
+        """
 
     def __init__(
         self,
@@ -377,7 +399,9 @@ class EnrolDmgResponse(_message.Message):
     INSURER_CODE_FIELD_NUMBER: _builtins.int
     ENROLLED_SINCE_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
-    """This insurer's code."""
+    """This insurer's code.
+    3 digits; at most 3 characters.
+    """
     @_builtins.property
     def enrolled_since(self) -> _common_pb2.Date:
         """Date from which the GP is enrolled."""
@@ -404,7 +428,9 @@ class GetEnrolmentRequest(_message.Message):
 
     INAMI_FIELD_NUMBER: _builtins.int
     inami: _builtins.str
-    """INAMI number of the GP."""
+    """INAMI number of the GP.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     def __init__(
         self,
         *,

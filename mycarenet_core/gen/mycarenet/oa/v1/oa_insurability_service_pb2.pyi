@@ -207,9 +207,13 @@ class VerifyAgreementRequest(_message.Message):
     agreement_number: _builtins.str
     """The agreement number to check, at most 64 characters."""
     niss: _builtins.str
-    """NISS of the patient, 11 digits."""
+    """NISS of the patient, 11 digits.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     provider_inami: _builtins.str
-    """INAMI number of the provider the commitment was given to, 11 digits."""
+    """INAMI number of the provider the commitment was given to, 11 digits.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def dispensing_date(self) -> _common_pb2.Date:
         """The dispensing date of the commitment."""
@@ -278,9 +282,13 @@ class TarificationLine(_message.Message):
     line_id: _builtins.str
     """The line's identifier in the invoice, at most 64 characters; echoed in its result."""
     niss: _builtins.str
-    """NISS of the patient, 11 digits."""
+    """NISS of the patient, 11 digits.
+    A NISS: 11 digits, separators allowed; at most 32 characters.
+    """
     provider_inami: _builtins.str
-    """INAMI number of the pharmacist who dispensed, 11 digits."""
+    """INAMI number of the pharmacist who dispensed, 11 digits.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     basis: Global___ConsultationBasis.ValueType
     """How the data were obtained."""
     @_builtins.property
@@ -323,7 +331,9 @@ class ValidateTarificationRequest(_message.Message):
     LINES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___TarificationLine]:
-        """The lines, at least 1 and at most 1000."""
+        """The lines, at least 1 and at most 1000.
+        At most 1000 items.
+        """
 
     def __init__(
         self,
@@ -348,12 +358,15 @@ class TarificationResult(_message.Message):
     VERDICT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     line_id: _builtins.str
-    """The line's identifier."""
+    """The line's identifier.
+    At most 64 characters.
+    """
     verdict: Global___TarificationVerdict.ValueType
     """Paid (and on which ground) or rejected."""
     reason: _builtins.str
     """Why a line is rejected: NO_RIGHT, NO_COMMITMENT, AGREEMENT_NOT_GENUINE, NOT_THE_COMMITTED_STATUS,
     OUTSIDE_COVERAGE, NOT_CONSULTED_AT_DISPENSING, PATIENT_UNKNOWN; empty when paid.
+    At most 32 characters.
     """
     def __init__(
         self,
@@ -379,7 +392,9 @@ class ValidateTarificationResponse(_message.Message):
     RESULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TarificationResult]:
-        """The results."""
+        """The results.
+        At most 1000 items (one per line).
+        """
 
     def __init__(
         self,

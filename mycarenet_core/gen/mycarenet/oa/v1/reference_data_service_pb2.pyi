@@ -31,7 +31,9 @@ class KnownProvider(_message.Message):
     PROVIDER_FIELD_NUMBER: _builtins.int
     SUPERVISOR_INAMI_FIELD_NUMBER: _builtins.int
     supervisor_inami: _builtins.str
-    """For a GP in training: the supervisor's INAMI number."""
+    """For a GP in training: the supervisor's INAMI number.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def provider(self) -> _common_pb2.Provider:
         """The provider (INAMI, role, names)."""
@@ -59,7 +61,9 @@ class UpsertProvidersRequest(_message.Message):
     PROVIDERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownProvider]:
-        """The providers."""
+        """The providers.
+        At most 10,000 items.
+        """
 
     def __init__(
         self,
@@ -105,7 +109,9 @@ class OrganisationMembership(_message.Message):
     MEMBER_INAMI_FIELD_NUMBER: _builtins.int
     PERIOD_FIELD_NUMBER: _builtins.int
     member_inami: _builtins.str
-    """INAMI number of the member GP."""
+    """INAMI number of the member GP.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
     @_builtins.property
     def period(self) -> _common_pb2.Period:
         """Period of membership."""
@@ -138,7 +144,9 @@ class KnownOrganisation(_message.Message):
 
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrganisationMembership]:
-        """Its members."""
+        """Its members.
+        At most 10,000 items.
+        """
 
     def __init__(
         self,
@@ -163,7 +171,9 @@ class UpsertOrganisationsRequest(_message.Message):
     ORGANISATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def organisations(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownOrganisation]:
-        """The organisations."""
+        """The organisations.
+        At most 10,000 items.
+        """
 
     def __init__(
         self,
@@ -212,7 +222,9 @@ class Tariff(_message.Message):
     year: _builtins.int
     """Calendar year."""
     category: _builtins.str
-    """Patient category: "STANDARD", or "CHRONIC_45_74" (chronic condition status, aged 45 to 74)."""
+    """Patient category: "STANDARD", or "CHRONIC_45_74" (chronic condition status, aged 45 to 74).
+    At most 32 characters.
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Fee."""
@@ -263,7 +275,9 @@ class ListTariffsResponse(_message.Message):
     TARIFFS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tariffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tariff]:
-        """Tariff lines by year then category."""
+        """Tariff lines by year then category.
+        At most 1000 items.
+        """
 
     def __init__(
         self,

@@ -257,7 +257,9 @@ class ListFaultsResponse(_message.Message):
     FAULTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def faults(self) -> _containers.RepeatedCompositeFieldContainer[Global___Fault]:
-        """Oldest first."""
+        """Oldest first.
+        At most 100 items (the active faults).
+        """
 
     def __init__(
         self,
@@ -307,7 +309,9 @@ class ClearFaultsResponse(_message.Message):
     CLEARED_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def cleared_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The faults healed by this call."""
+        """The faults healed by this call.
+        At most 100 items (the active faults).
+        """
 
     def __init__(
         self,
@@ -373,7 +377,9 @@ class SetLinkFaultsRequest(_message.Message):
     RULES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkRule]:
-        """At most one rule per source (at most 64 rules)."""
+        """At most one rule per source (at most 64 rules).
+        At most 64 items.
+        """
 
     def __init__(
         self,

@@ -184,7 +184,9 @@ class ClockState(_message.Message):
 
     @_builtins.property
     def processes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProcessClock]:
-        """What each process of the mesh observes (eHealth, oa-100 ... oa-900, the hub: the cluster's order); at most 16."""
+        """What each process of the mesh observes (eHealth, oa-100 ... oa-900, the hub: the cluster's order); at most 16.
+        At most 16 items.
+        """
 
     def __init__(
         self,
@@ -227,7 +229,9 @@ class ProcessClock(_message.Message):
 
     @_builtins.property
     def year_ends_run(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The years whose year end this process ran during this call (insurer nodes only), at most 300."""
+        """The years whose year end this process ran during this call (insurer nodes only), at most 300.
+        At most 300 items.
+        """
 
     def __init__(
         self,
