@@ -206,7 +206,7 @@ class OaNodeApp(ServiceApp):
             following=(lambda: cadastre.following) if cadastre is not None else (lambda: False),
         )
         self.holdings = HoldingFeed(self.reads, holders)
-        self.insurability = InsurabilityOperations(insurer_code=insurer_code, sessions=self.sessions)
+        self.insurability = InsurabilityOperations(insurer_code=insurer_code, reads=self.reads)
         server = MeshServer(
             name,
             [

@@ -11,23 +11,21 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from mycarenet_core import dates
 from mycarenet_core.codes import McnCode
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as ins_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_ins_pb2
+from mycarenet_core.reads import HotReads, Query
 from mycarenet_core.validation import Checker
 from oa_node import controls as c
 from oa_node import convert
 from oa_node import models as m
 from oa_node.audit import AuditEntry
-from oa_node.repositories import MemberRepository
-from oa_node.repositories.consult import requester
+from oa_node.repositories.consult import REQUESTER, Registration
 from oa_node.repositories.members import MemberRow
 from oa_node.rules import insurability as r
 
@@ -42,20 +40,39 @@ CARE_KIND_NAMES = {value: name for name, value in CARE_KINDS.items()}
 _insurability = m.table_of(m.InsurabilityRow)
 _care = m.table_of(m.CareStatusRow)
 _holdings = m.table_of(m.HoldingRow)
-INSURABILITY = select(_insurability).where(_insurability.c.niss == bindparam("niss"))
-CARE_STATUSES = select(_care).where(_care.c.niss == bindparam("niss"))
-HOLDER_ON = select(_holdings.c.holder).where(
-    _holdings.c.niss == bindparam("niss"),
-    _holdings.c.start <= bindparam("day"),
-    _holdings.c.end >= bindparam("day"),
-    _holdings.c.status != "CANCELLED",
+_members = m.table_of(m.Member)
+_affiliations = m.table_of(m.Affiliation)
+_day = bindparam("day", type_=_holdings.c.start.type)
+# The reads of these services, each compiled once and run on the hot-read driver (no ORM, no write
+# transaction, no thread hop on SQLite).
+REQUESTER_Q = Query(REQUESTER)
+MEMBER_BY_NISS = Query(select(_members).where(_members.c.niss == bindparam("key")))
+MEMBER_BY_NUMBER = Query(select(_members).where(_members.c.registration_number == bindparam("key")))
+AFFILIATIONS = Query(
+    select(_affiliations.c.start, _affiliations.c.end)
+    .where(_affiliations.c.niss == bindparam("niss"))
+    .order_by(_affiliations.c.start)
 )
+INSURABILITY = Query(select(_insurability).where(_insurability.c.niss == bindparam("niss")))
+CARE_STATUSES = Query(select(_care).where(_care.c.niss == bindparam("niss")))
+HOLDER_ON = Query(
+    select(_holdings.c.holder)
+    .where(
+        _holdings.c.niss == bindparam("niss"),
+        _holdings.c.start <= _day,
+        _holdings.c.end >= _day,
+        _holdings.c.status != "CANCELLED",
+    )
+    .order_by(_holdings.c.start, _holdings.c.seq)
+    .limit(1)
+)
+_key = m.table_of(m.AgreementKey)
+SECRET = Query(select(_key.c.secret).where(_key.c.id == 1))
 VERDICTS = {
     r.Verdict.PAID_BASIC_PRINCIPLE: oa_ins_pb2.TARIFICATION_VERDICT_PAID_BASIC_PRINCIPLE,
     r.Verdict.PAID_COMMITMENT: oa_ins_pb2.TARIFICATION_VERDICT_PAID_COMMITMENT,
     r.Verdict.REJECTED: oa_ins_pb2.TARIFICATION_VERDICT_REJECTED,
 }
-SECRET = select(m.table_of(m.AgreementKey).c.secret).where(m.table_of(m.AgreementKey).c.id == 1)
 
 
 # --- requests -------------------------------------------------------------------------------------------
@@ -214,11 +231,11 @@ class MemberFile:
 
 
 class InsurabilityOperations:
-    """The OaInsurabilityService behaviour of one insurer node."""
+    """The OaInsurabilityService behaviour of one insurer node: reads only, on the hot-read driver."""
 
-    def __init__(self, *, insurer_code: str, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, *, insurer_code: str, reads: HotReads) -> None:
         self.insurer_code = insurer_code
-        self._sessions = sessions
+        self._reads = reads
         self._secret: bytes | None = None
 
     async def member_data(
@@ -266,82 +283,84 @@ class InsurabilityOperations:
         key = await self._key()
         periods: dict[str, list[r.InsurabilityPeriod] | None] = {}
         results = []
-        async with self._sessions() as session:
-            conn = await session.connection()
-            members = MemberRepository(session)
-            for line_id, line in lines:
-                if line.niss not in periods:
-                    member = await members.get(line.niss)
-                    if member is None:
-                        periods[line.niss] = None
-                    else:
-                        affiliations = await members.periods(line.niss)
-                        periods[line.niss] = await _periods(conn, line.niss, affiliations, line.dispensing)
-                known = periods[line.niss]
-                decision = (
-                    r.LineDecision(r.Verdict.REJECTED, "PATIENT_UNKNOWN")
-                    if known is None
-                    else r.validate_line(known, line, insurer_code=self.insurer_code, key=key)
+        for line_id, line in lines:
+            if line.niss not in periods:
+                member = await self._reads.first(MEMBER_BY_NISS, {"key": line.niss})
+                periods[line.niss] = (
+                    None if member is None else await self._periods(line.niss, line.dispensing)
                 )
-                results.append(
-                    oa_ins_pb2.TarificationResult(
-                        line_id=line_id, verdict=VERDICTS[decision.verdict], reason=decision.reason
-                    )
+            known = periods[line.niss]
+            decision = (
+                r.LineDecision(r.Verdict.REJECTED, "PATIENT_UNKNOWN")
+                if known is None
+                else r.validate_line(known, line, insurer_code=self.insurer_code, key=key)
+            )
+            results.append(
+                oa_ins_pb2.TarificationResult(
+                    line_id=line_id, verdict=VERDICTS[decision.verdict], reason=decision.reason
                 )
+            )
         rejected = sum(1 for result in results if result.reason)
         entry.incidents.append(f"{len(results)} lines, {rejected} rejected")
         return oa_ins_pb2.ValidateTarificationResponse(results=results)
 
     async def _key(self) -> bytes:
         if self._secret is None:
-            async with self._sessions() as session:
-                self._secret = bytes((await session.execute(SECRET)).scalar_one())
+            row = await self._reads.first(SECRET, {})
+            if row is None:
+                raise RuntimeError("oa_agreement_key has no row: the database was not migrated")
+            self._secret = bytes(row.secret)
         return self._secret
 
     async def _file(self, query: InsurabilityQuery, request: c.Request, entry: AuditEntry) -> MemberFile:
         who, key = query.caller, query.patient
-        async with self._sessions() as session:
-            conn = await session.connection()
-            c.check_requester(who, request, await requester(conn, who.inami.value))
-            members = MemberRepository(session)
-            member = (
-                await members.get(key.niss)
-                if key.niss is not None
-                else await members.by_registration(key.registration_number or "")
-            )
-            affiliations = await members.periods(member.niss) if member is not None else ()
-            member = c.check_patient(key, member, periods=affiliations, on=query.day)
-            entry.patient_niss = member.niss
-            return await _load(conn, member, affiliations, query.day)
-
-
-async def _load(
-    conn: AsyncConnection,
-    member: MemberRow,
-    affiliations: Sequence[tuple[dt.date, dt.date | None]],
-    day: dt.date,
-) -> MemberFile:
-    params: dict[str, Any] = {"niss": member.niss}
-    periods = await _periods(conn, member.niss, affiliations, day)
-    care = [(row.kind, row.start, row.end) for row in (await conn.execute(CARE_STATUSES, params)).all()]
-    if member.chronic_condition and not any(kind == "CHRONIC_CONDITION" for kind, _, _ in care):
-        # The member's flag of the DMG tariff (seed 002) has no period: it holds since the first affiliation.
-        since = min((start for start, _ in affiliations), default=day)
-        care.append(("CHRONIC_CONDITION", since, None))
-    holder = (await conn.execute(HOLDER_ON, {**params, "day": day})).scalar()
-    return MemberFile(member, periods, care, holder or "")
-
-
-async def _periods(
-    conn: AsyncConnection, niss: str, affiliations: Sequence[tuple[dt.date, dt.date | None]], day: dt.date
-) -> list[r.InsurabilityPeriod]:
-    """The member's insurability periods, or the default on its affiliations when none is recorded."""
-    rows = (await conn.execute(INSURABILITY, {"niss": niss})).all()
-    return [
-        r.InsurabilityPeriod(
-            row.start,
-            row.end,
-            r.InsurabilityStatus(row.ct1, row.ct2, row.preferential_rate, row.maximum_billing),
+        reads = self._reads
+        rows = await reads.all(REQUESTER_Q, {"inami": who.inami.value})
+        registered = None
+        if rows:
+            row = min(rows, key=lambda x: x.kind)
+            registered = Registration(row.role, row.valid_from, row.valid_until)
+        c.check_requester(who, request, registered)
+        member = (
+            await reads.first(MEMBER_BY_NISS, {"key": key.niss})
+            if key.niss is not None
+            else await reads.first(MEMBER_BY_NUMBER, {"key": key.registration_number or ""})
         )
-        for row in rows
-    ] or r.default_periods(affiliations, day)
+        affiliations = await self._affiliations(member.niss) if member is not None else ()
+        member = c.check_patient(key, member, periods=affiliations, on=query.day)
+        entry.patient_niss = member.niss
+        day = query.day
+        periods = await self._periods(member.niss, day, affiliations)
+        care = [
+            (row.kind, row.start, row.end) for row in await reads.all(CARE_STATUSES, {"niss": member.niss})
+        ]
+        if member.chronic_condition and not any(kind == "CHRONIC_CONDITION" for kind, _, _ in care):
+            # The member's flag of the DMG tariff (seed 002) has no period: since the first affiliation.
+            since = min((start for start, _ in affiliations), default=day)
+            care.append(("CHRONIC_CONDITION", since, None))
+        holder = await reads.first(HOLDER_ON, {"niss": member.niss, "day": day})
+        return MemberFile(member, periods, care, holder.holder if holder is not None else "")
+
+    async def _affiliations(self, niss: str) -> tuple[tuple[dt.date, dt.date | None], ...]:
+        return tuple((row.start, row.end) for row in await self._reads.all(AFFILIATIONS, {"niss": niss}))
+
+    async def _periods(
+        self,
+        niss: str,
+        day: dt.date,
+        affiliations: Sequence[tuple[dt.date, dt.date | None]] | None = None,
+    ) -> list[r.InsurabilityPeriod]:
+        """The member's insurability periods, or the default on its affiliations when none is recorded."""
+        rows = await self._reads.all(INSURABILITY, {"niss": niss})
+        if rows:
+            return [
+                r.InsurabilityPeriod(
+                    row.start,
+                    row.end,
+                    r.InsurabilityStatus(row.ct1, row.ct2, row.preferential_rate, row.maximum_billing),
+                )
+                for row in rows
+            ]
+        if affiliations is None:
+            affiliations = await self._affiliations(niss)
+        return r.default_periods(affiliations, day)

@@ -41,8 +41,12 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import (
     mailbox_service_pb2_grpc,
 )
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, auth_pb2_grpc
+from mycarenet_core.gen.mycarenet.insurability.v1 import (
+    insurability_service_pb2,
+    insurability_service_pb2_grpc,
+)
 
-SCENARIOS = ("consult", "notify", "list", "mailbox")
+SCENARIOS = ("consult", "notify", "list", "mailbox", "insurability", "rights")
 DEFAULT_MIX = "consult=70,notify=10,list=5,mailbox=15"
 # Throttle of a cluster the bench starts: high enough that the load, not the abuse rule, is measured.
 BENCH_THROTTLE_RATE = 1_000_000.0
@@ -222,6 +226,8 @@ class Workload:
     patients: list[Patient]
     notify_patients: list[Patient]
     gps: list[str]
+    pharmacists: list[str] = field(default_factory=list)
+    """Pharmacists with a key: the insurability and rights scenarios call as them."""
 
 
 def build_workload(size: int, today: dt.date, seed: int, keys: Path) -> Workload:
@@ -251,7 +257,10 @@ def build_workload(size: int, today: dt.date, seed: int, keys: Path) -> Workload
     gps = sorted({p.gp for p in patients if by_inami[p.gp].role == "gp"})
     if not patients or not gps:
         raise RuntimeError("no usable patient in the population (are the keys in <data>/keys?)")
-    return Workload(patients, notify or patients, gps)
+    pharmacists = sorted(
+        p.inami for p in pop.providers if p.role == "pharmacist" and (keys / f"{p.inami}.pem").is_file()
+    )
+    return Workload(patients, notify or patients, gps, pharmacists)
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -297,6 +306,7 @@ class Mesh:
         self._ehealth = open_channel(handle.address("ehealth"), credentials=creds)
         self._dmg = [dmg_service_pb2_grpc.DmgServiceStub(c) for c in self._hub]
         self._mailbox = [mailbox_service_pb2_grpc.MailboxServiceStub(c) for c in self._hub]
+        self._insurability = [insurability_service_pb2_grpc.InsurabilityServiceStub(c) for c in self._hub]
         self._auth = auth_pb2_grpc.AuthServiceStub(self._ehealth)
         self.tokens: dict[str, str] = {}
         self._next = 0
@@ -422,6 +432,35 @@ class Mesh:
                 intended,
                 record,
             )
+        elif name in ("insurability", "rights"):
+            if not wl.pharmacists:
+                raise RuntimeError("no pharmacist with a key in <data>/keys (a cluster seeded before them?)")
+            p = self.rng.choice(wl.patients)
+            who = self.rng.choice(wl.pharmacists)
+            stub = self._insurability[self._next]
+            selector = common_pb2.PatientSelector(niss=p.niss)
+            if name == "insurability":
+                asked = insurability_service_pb2.GetMemberDataRequest(
+                    requester_reference=self._ref(), patient=selector, date=date
+                )
+                await self.timed(
+                    "GetMemberData",
+                    p.insurer,
+                    lambda: stub.GetMemberData(asked, timeout=self.deadline, metadata=self._meta(who)),
+                    intended,
+                    record,
+                )
+            else:
+                rights = insurability_service_pb2.ConsultRightsRequest(
+                    requester_reference=self._ref(), patient=selector, dispensing_date=date
+                )
+                await self.timed(
+                    "ConsultRights",
+                    p.insurer,
+                    lambda: stub.ConsultRights(rights, timeout=self.deadline, metadata=self._meta(who)),
+                    intended,
+                    record,
+                )
         elif name == "mailbox":
             gp = self.rng.choice(wl.gps)
             get = mailbox_service_pb2.GetMessagesRequest(page_size=20)
