@@ -213,7 +213,11 @@ class MembershipOperations:
                 )
                 raise not_found("MEMBER_UNKNOWN", "not a member of this insurer", code=code, field_path=path)
             periods = await members.periods(member.niss)
-        return ms_pb2.GetMemberResponse(member=_member_proto(member, periods))
+            statuses = await members.statuses(member.niss)
+        answer = _member_proto(member, periods)
+        answer.insurability.extend(statuses.insurability)
+        answer.care_statuses.extend(statuses.care_statuses)
+        return ms_pb2.GetMemberResponse(member=answer)
 
     async def list_changes(
         self, request: ms_pb2.ListAffiliationChangesRequest

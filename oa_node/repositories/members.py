@@ -13,6 +13,10 @@ from sqlalchemy import select as core_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from mycarenet_core import dates
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2
+from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2 as ms_pb2
 from oa_node import models as m
 
 MemberRow = Row[Any]
@@ -22,6 +26,12 @@ _members = m.table_of(m.Member)
 _affiliations = m.table_of(m.Affiliation)
 _insurability = m.table_of(m.InsurabilityRow)
 _care = m.table_of(m.CareStatusRow)
+STATUSES = (
+    core_select(_insurability)
+    .where(_insurability.c.niss == bindparam("niss"))
+    .order_by(_insurability.c.start)
+)
+CARE = core_select(_care).where(_care.c.niss == bindparam("niss")).order_by(_care.c.start, _care.c.kind)
 MEMBER_BY_NISS = core_select(_members).where(_members.c.niss == bindparam("key"))
 MEMBER_BY_NUMBER = core_select(_members).where(_members.c.registration_number == bindparam("key"))
 PERIODS = (
@@ -124,6 +134,27 @@ class MemberRepository:
     async def periods(self, niss: str) -> tuple[Period, ...]:
         conn = await self.session.connection()
         return tuple((row.start, row.end) for row in await conn.execute(PERIODS, {"niss": niss}))
+
+    async def statuses(self, niss: str) -> ms_pb2.Member:
+        """The member's insurability periods and care statuses as recorded (a Member with only those)."""
+        conn = await self.session.connection()
+        found = ms_pb2.Member()
+        for row in await conn.execute(STATUSES, {"niss": niss}):
+            found.insurability.add(
+                period=common_pb2.Period(start=dates.to_proto(row.start), end=dates.to_proto(row.end)),
+                status=insurability_pb2.InsurabilityStatus(
+                    ct1=row.ct1,
+                    ct2=row.ct2,
+                    preferential_rate=row.preferential_rate,
+                    maximum_billing=row.maximum_billing,
+                ),
+            )
+        for row in await conn.execute(CARE, {"niss": niss}):
+            found.care_statuses.add(
+                kind=insurability_pb2.CareStatusKind.Value(f"CARE_STATUS_KIND_{row.kind}"),
+                period=common_pb2.Period(start=dates.to_proto(row.start), end=dates.to_proto(row.end)),
+            )
+        return found
 
     async def upsert(self, members: Sequence[MemberData], *, now: dt.datetime) -> UpsertResult:
         """Create or replace members; append a feed change for each new member, each new set of

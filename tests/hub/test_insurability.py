@@ -81,6 +81,22 @@ async def test_member_data_and_the_payment_commitment_through_the_hub(tmp_path: 
         niss = await _give_statuses(mesh)
         hub = pub_grpc.InsurabilityServiceStub(mesh.channel(mesh.hub_port))
         pharmacist = bearer(await mesh.login(mesh.people["pharmacist"]))
+        # The back office reads back what it wrote.
+        admin = ms_grpc.MembershipServiceStub(mesh.channel(mesh.oa_ports["100"], "admin"))
+        kept = (
+            await admin.GetMember(
+                ms.GetMemberRequest(patient=common_pb2.PatientSelector(niss=niss)), timeout=10
+            )
+        ).member
+        assert [(p.period.end.month, p.period.end.day, p.status.ct1) for p in kept.insurability] == [
+            (3, 20, "110"),
+            (3, 31, "110"),
+            (12, 31, "111"),
+        ]
+        assert [s.kind for s in kept.care_statuses] == [
+            ins.CARE_STATUS_KIND_HOSPITALISED,
+            ins.CARE_STATUS_KIND_PALLIATIVE,
+        ]
 
         # The pharmacist's rights at today's dispensing: two adjacent 110/110 periods joined, the
         # preferential period not (another status): coverage to 31 March, not the + 30 days cap (3 April).
