@@ -6,7 +6,8 @@
   the commit) has its DMG relation move done at eHealth, which follows the insurer's holder-change feed
   and catches up after the kills;
 * every closure message of the insurer's outbox is delivered, once, to the hub's mailbox;
-* the audit has a row for every acknowledged request, at the hub and at the insurer.
+* the audit has a row for every acknowledged request, at the hub and at the insurer (the hub is killed
+  right after a notify was answered: a row still queued in memory would be lost, as 281 were before).
 
 SQLite only: the back end has no part in killing processes (their database side is tested on both by the
 integration tests, e.g. tests/hub/test_cancelled_writes.py)."""
@@ -57,6 +58,7 @@ async def load(desc: dict[str, Any], data: Path, patients: list[str]) -> dict[st
             for gp in gps:
                 await admin.register_relation(gp, niss, start=TODAY - dt.timedelta(days=30), proof="eid")
     acknowledged: dict[str, str] = {}
+    answered = asyncio.Event()  # set at each acknowledgement: the hub is killed right after one
     rng = random.Random(17)
     async with provider_client(desc) as client_a, provider_client(desc) as client_b:
         clients = {demo["gp_a"]: client_a, demo["gp_b"]: client_b}
@@ -71,6 +73,7 @@ async def load(desc: dict[str, Any], data: Path, patients: list[str]) -> dict[st
                         niss, contact_date=day, nomenclature_code=pop.CONTACT_CODES[0], reference=reference
                     )
                     acknowledged[reference] = niss
+                    answered.set()
                     return
                 except MyCareNetError as error:
                     if error.status in FINAL or time.monotonic() > deadline:
@@ -89,6 +92,9 @@ async def load(desc: dict[str, Any], data: Path, patients: list[str]) -> dict[st
             async with admin_from_cluster(desc) as admin:
                 for at, process in KILLS:
                     await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+                    if process == "hub":  # right after a notify was answered: its audit row must be there
+                        answered.clear()
+                        await answered.wait()
                     await admin.process_fault(process, "kill", DOWN)
 
         await asyncio.gather(chaos(), *(patient(n, niss) for n, niss in enumerate(patients)))
