@@ -103,6 +103,7 @@ class OaNodeApp(ServiceApp):
         server_credentials: grpc.ServerCredentials | None,
         telemetry: Telemetry | None = None,
         ehealth_target: str | None = None,
+        max_notification_delay_days: int | None = 7,
     ) -> None:
         name = f"oa-{insurer_code}"
         self.insurer_code = insurer_code
@@ -191,6 +192,7 @@ class OaNodeApp(ServiceApp):
             audit=self.audit,
             outbox=outbox,
             holders=holders,
+            max_notification_delay_days=max_notification_delay_days,
         )
         self.membership = MembershipOperations(
             insurer_code=insurer_code,
@@ -276,6 +278,7 @@ class OaNodeApp(ServiceApp):
             hub_intake_target=settings.hub_intake_target,
             ehealth_target=settings.ehealth_target,
             relay_interval=settings.relay_interval,
+            max_notification_delay_days=settings.max_notification_delay_days,
             channel_credentials=channel_credentials,
             server_credentials=server_creds,
             telemetry=telemetry,
@@ -294,12 +297,15 @@ class OaNodeApp(ServiceApp):
         server_credentials: grpc.ServerCredentials | None = None,
         telemetry: Telemetry | None = None,
         ehealth_target: str | None = None,
+        max_notification_delay_days: int | None = 7,
     ) -> OaNodeApp:
         """Open the database (migrating the schema to head) and build the node; nothing listens yet.
 
         ``ehealth_target``: eHealth's address, whose cadastre the node follows (its providers and
         organisations); without it the reference data come only from the back office.
         ``relay_interval``: the outbox relay's safety timeout (it is woken by every commit of outbox rows).
+        ``max_notification_delay_days``: code 166, a notification's contact at most this many days old (None:
+        no limit); the production service's rule, which the seeds do not state.
         With ``telemetry`` (built with ``attributes={"mycarenet.oa": code}``): server spans and metrics,
         database spans, the relay's and the follower's client spans, delivery spans, the outbox backlog
         gauge."""
@@ -324,4 +330,5 @@ class OaNodeApp(ServiceApp):
             server_credentials=server_credentials,
             telemetry=telemetry,
             ehealth_target=ehealth_target,
+            max_notification_delay_days=max_notification_delay_days,
         )

@@ -20,6 +20,13 @@ class OaSettings(MeshSettings):
     ehealth_target: str | None = Field(
         None, description="host:port of eHealth, whose cadastre the node follows (providers, organisations)"
     )
+    max_notification_delay_days: int = Field(
+        7,
+        ge=0,
+        le=366,
+        description="code 166: a notification's contact at most this many days before it. "
+        "A rule of the production service that the seeds do not state (SPEC §10.6), each insurer's setting",
+    )
     relay_interval: float = Field(
         30.0,
         gt=0,

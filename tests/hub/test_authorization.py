@@ -44,7 +44,7 @@ async def token_of(mesh: Mesh, name: str) -> tuple[tuple[str, str], ...]:
         ("specialist", True),
         ("dentist", True),
         ("pharmacist", False),
-        ("gp_nonaccredited", False),
+        ("gp_nonaccredited", True),  # every physician may consult (seed 000 §2.1.1, issue 14 correction 1)
     ],
 )
 async def test_consult_matrix(mesh: Mesh, who: str, allowed: bool) -> None:

@@ -161,6 +161,7 @@ async def start_node(
     hub: str | None = None,
     ehealth: str | None = None,
     clock: FixedClock | None = None,
+    max_notification_delay_days: int = 7,
 ) -> Node:
     clock = clock or FixedClock(dt.datetime(2024, 3, 15, 10, 0, tzinfo=dt.UTC))
     app = await OaNodeApp.create(
@@ -169,6 +170,7 @@ async def start_node(
         clock=clock,
         hub_intake_target=hub,
         ehealth_target=ehealth,
+        max_notification_delay_days=max_notification_delay_days,
     )
     port = await app.start("127.0.0.1:0")
     channel = open_channel(f"127.0.0.1:{port}", identity="hub")

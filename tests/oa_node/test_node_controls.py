@@ -30,7 +30,10 @@ from node_support import (
     d,
     node,
     rpc_error,
+    seed,
     snapshot,
+    start_node,
+    stop_node,
 )
 
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
@@ -229,3 +232,17 @@ async def test_the_controls_accept_a_valid_request_of_each_kind(node: Node) -> N
     reply = await notify(TRAINEE, supervisor=GP_A, reference="trainee")(node)
     assert reply.holder.inami == GP_A
     await enrol(GP_NOT_ENROLLED)(node)
+
+
+async def test_the_166_limit_is_the_insurers_setting(database_url: str) -> None:
+    """An insurer that allows 30 days takes the contact of 8 days ago that the default (7) refuses."""
+    started = await start_node(database_url, max_notification_delay_days=30)
+    try:
+        await seed(started)
+        reply = await notify(contact=TODAY - dt.timedelta(days=8))(started)
+        assert reply.holder.inami == GP_A
+        late = notify(niss=PATIENT_2, contact=TODAY - dt.timedelta(days=31), reference="late")
+        error = await rpc_error(late(started))
+        assert (error.status, error.codes[:1]) == (INVALID, (166,)), error.violations
+    finally:
+        await stop_node(started)

@@ -37,3 +37,14 @@ def test_an_unknown_or_missing_insurer_code_fails_fast(monkeypatch: pytest.Monke
     with pytest.raises(SystemExit) as stopped:
         load(OaSettings)
     assert stopped.value.code == 2
+
+
+def test_the_166_limit_is_each_insurers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCN_OA_INSURER_CODE", "300")
+    monkeypatch.setenv("MCN_OA_INSECURE", "true")
+    assert load(OaSettings).max_notification_delay_days == 7  # the production service's rule
+    monkeypatch.setenv("MCN_OA_MAX_NOTIFICATION_DELAY_DAYS", "30")
+    assert load(OaSettings).max_notification_delay_days == 30
+    monkeypatch.setenv("MCN_OA_MAX_NOTIFICATION_DELAY_DAYS", "-1")
+    with pytest.raises(SystemExit):
+        load(OaSettings)
