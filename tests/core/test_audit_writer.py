@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -102,3 +103,29 @@ def test_outcomes_are_named_with_their_real_status() -> None:
     assert outcome_of(TimeoutError()) == ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", ())
     assert outcome_of(locked)[:2] == (grpc.StatusCode.UNAVAILABLE.name, "DATABASE_BUSY")
     assert outcome_of(KeyError("bug")) == ("INTERNAL", "KeyError", ())
+
+
+async def test_on_sqlite_a_batch_waits_in_a_thread_when_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'audit.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(ROWS.metadata.create_all)
+        writer = AuditWriter(engine, insert(ROWS), name="test")
+        job = asyncio.ensure_future(writer.run())
+        try:
+            await writer.write({"call": "on the loop"})  # the lock is free: written on the loop's thread
+            other = sqlite3.connect(str(tmp_path / "audit.db"))
+            other.execute("BEGIN IMMEDIATE")  # another process's writer holds the lock
+            waiting = asyncio.ensure_future(writer.write({"call": "in a thread"}))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # the loop is free meanwhile: its batch waits in a worker thread
+            other.rollback()
+            other.close()
+            await asyncio.wait_for(waiting, 5)
+            assert await count(engine) == 2
+        finally:
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+            await writer.close()
+    finally:
+        await engine.dispose()
