@@ -499,10 +499,11 @@ class DmgOperations:
         supervisors = {p.inami: p.supervisor_inami for p in known.values() if p.supervisor_inami}
         people |= set(supervisors.values())
         groups = await reference.groups_on(people, on)
-        enrolled = await EnrolmentRepository(session).enrolled_on(people | set(groups.values()), today)
+        since = await EnrolmentRepository(session).enrolled_since(people | set(groups.values()))
         return rules.RuleContext(
             patient=_profile(member),
-            enrolled=enrolled,
+            enrolled=frozenset(inami for inami, start in since.items() if start <= today),
+            enrolled_since=since,
             group_of=groups,
             supervisor_of=supervisors,
             contact_codes=self.contact_codes,

@@ -46,6 +46,9 @@ ENROLLED_ON = core_select(_enrolments.c.inami).where(
     _enrolments.c.inami.in_(bindparam("inamis", expanding=True)),
     _enrolments.c.enrolled_since <= bindparam("day"),
 )
+ENROLLED_SINCE = core_select(_enrolments.c.inami, _enrolments.c.enrolled_since).where(
+    _enrolments.c.inami.in_(bindparam("inamis", expanding=True))
+)
 
 
 @dataclass(frozen=True)
@@ -224,3 +227,12 @@ class EnrolmentRepository:
             return frozenset()
         conn = await self.session.connection()
         return frozenset((await conn.execute(ENROLLED_ON, {"inamis": wanted, "day": day})).scalars())
+
+    async def enrolled_since(self, inamis: Iterable[str]) -> dict[str, dt.date]:
+        """Those of ``inamis`` who are enrolled, with the date their enrolment starts."""
+        wanted = sorted(set(inamis))
+        if not wanted:
+            return {}
+        conn = await self.session.connection()
+        rows = await conn.execute(ENROLLED_SINCE, {"inamis": wanted})
+        return {row.inami: row.enrolled_since for row in rows}

@@ -124,6 +124,8 @@ class RuleContext:
     patient: PatientProfile
     enrolled: frozenset[str] = frozenset()
     """Providers (GPs, medical houses) enrolled for the eDMG (SPEC §3, §9)."""
+    enrolled_since: Mapping[str, date] = field(default_factory=dict)
+    """When each enrolled provider's enrolment starts (when known; else ``enrolled`` says, on any date)."""
     group_of: Mapping[str, str] = field(default_factory=dict)
     """Provider -> registered group practice ('groupement en médecine générale enregistré', seed 002)."""
     supervisor_of: Mapping[str, str] = field(default_factory=dict)
@@ -135,9 +137,12 @@ class RuleContext:
     closure_on_paper_takeover: bool = True
     """Seed 000 §3.3.5: the OAs 'could' also send a closure when a 102771 takes the DMG over."""
 
-    def is_enrolled(self, provider: str) -> bool:
-        """Whether ``provider`` is enrolled for the eDMG."""
-        return provider in self.enrolled
+    def is_enrolled(self, provider: str, on: date | None = None) -> bool:
+        """Whether ``provider`` is enrolled for the eDMG: on the processing date, or on ``on`` when given
+        (a paper attestation is judged by its own date, issue 14 correction 8)."""
+        if on is None or provider not in self.enrolled_since:
+            return provider in self.enrolled
+        return self.enrolled_since[provider] <= on
 
     def acts_for(self, provider: str, holder: str) -> bool:
         """Whether a contact by ``provider`` counts as a contact with ``holder`` (seed 002, SPEC §3.3).

@@ -421,7 +421,9 @@ def register_paper_attestation(
 def _paper_refusal(
     file: DmgFile, provider: str, attestation_date: date, ctx: RuleContext
 ) -> RefusalReason | None:
-    if ctx.is_enrolled(provider):
+    if not is_accredited_gp(provider):  # seed 002: "attesté par un médecin généraliste agréé"
+        return RefusalReason.NOT_AN_ACCREDITED_GP
+    if ctx.is_enrolled(provider, attestation_date):
         return RefusalReason.PROVIDER_ENROLLED
     if ctx.patient.medical_house_on(attestation_date) is not None:
         return RefusalReason.MEDICAL_HOUSE_CONTRACT

@@ -83,8 +83,10 @@ class RefusalReason(StrEnum):
 
     DMG_ALREADY_PAID = "DMG_ALREADY_PAID"
     """Another DMG fee of the year corresponds to an earlier (or the same) first contact (seed 000 §5.1)."""
+    NOT_AN_ACCREDITED_GP = "NOT_AN_ACCREDITED_GP"
+    """A 102771 is attested by an accredited GP only (seed 002): not a specialist, a dentist, a trainee."""
     PROVIDER_ENROLLED = "PROVIDER_ENROLLED"
-    """An enrolled GP committed to the electronic procedure only (seed 000 §3.1.1)."""
+    """A GP enrolled on the attestation date committed to the electronic procedure only (seed 000 §3.1.1)."""
     MEDICAL_HOUSE_CONTRACT = "MEDICAL_HOUSE_CONTRACT"
     """The patient is under a medical-house contract at the attestation date (SPEC §3.5 code 162)."""
     SAME_DAY_HOLDER = "SAME_DAY_HOLDER"

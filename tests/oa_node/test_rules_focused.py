@@ -434,6 +434,38 @@ def test_102771_by_an_enrolled_gp_is_refused_and_recorded() -> None:
     assert (decision.file.holdings, decision.file.payments) == ((), ())
 
 
+@pytest.mark.parametrize(
+    "provider",
+    [
+        inami_number(30010, competence="580"),  # a specialist
+        inami_number(30011, competence="001", profession=3),  # a dentist
+        inami_number(30012, competence="001"),  # a GP not accredited
+        TRAINEE,  # a GP in training
+    ],
+)
+def test_102771_is_attested_by_an_accredited_gp_only(provider: str) -> None:
+    """Seed 002 (issue 14, correction 2): a specialist's or a dentist's 102771 is refused and recorded."""
+    decision = attest(EMPTY, provider, "01.03.2016", "02.03.2016", context())
+    assert decision.attestation is not None
+    assert decision.attestation.refusal_reason is RefusalReason.NOT_AN_ACCREDITED_GP
+    assert (decision.file.holdings, decision.file.payments) == ((), ())
+    accepted = attest(EMPTY, GP3, "01.03.2016", "02.03.2016", context())  # an accredited GP's is taken
+    assert accepted.attestation is not None
+    assert accepted.attestation.outcome is AttestationOutcome.ACCEPTED
+
+
+def test_the_refusal_of_paper_by_an_enrolled_gp_depends_on_the_attestation_date() -> None:
+    """Issue 14, correction 8: a 102771 attested before the GP enrolled, submitted after, is accepted; one
+    attested after the enrolment is refused."""
+    ctx = context(enrolled=frozenset({GP1, GP3}), enrolled_since={GP1: d("01.01.2010"), GP3: d("15.03.2016")})
+    before = attest(EMPTY, GP3, "01.03.2016", "20.03.2016", ctx)
+    assert before.attestation is not None
+    assert before.attestation.outcome is AttestationOutcome.ACCEPTED
+    after = attest(EMPTY, GP3, "16.03.2016", "20.03.2016", ctx)
+    assert after.attestation is not None
+    assert after.attestation.refusal_reason is RefusalReason.PROVIDER_ENROLLED
+
+
 def test_no_closure_message_on_paper_takeover_when_disabled() -> None:
     ctx = context(enrolled=frozenset({GP1}), closure_on_paper_takeover=False)
     file = do_notify(EMPTY, GP1, "01.03.2016", ctx).file
