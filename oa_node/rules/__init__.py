@@ -35,8 +35,9 @@ Where SPEC.md and the seeds disagree or are silent (the seed wins; choices are m
    paper-paper case is unchanged).
 6. Rights after a cohabitation conflict (seed 000 §5.2 tables): an eDMG holder keeps the right of his
    notification (5.2.1.2.2, 5.2.3.1.2); a paper right follows its payment, so a recovered 102771
-   cancels its holding and reopens the predecessor (5.2.2.2.2). No GMD-EXTENSION is posted when a
-   prolongation is paid for a holding that stays closed (5.2.1.2.2 "les droits restent tels quels").
+   cancels its holding and reopens the predecessor (5.2.2.2.2). A paid prolongation is always told to its
+   holder by a GMD-EXTENSION (seed 000 §3.3.6.1.2), also when his holding stays closed (5.2.1.2.2 "les
+   droits restent tels quels": the message gives the right as it stays).
 7. *decision*: a GMD-CLOSURE is also posted when an accepted 102771 takes the DMG over from an
    enrolled holder (seed 000 §3.3.5 says the OAs "could"; ``RuleContext.closure_on_paper_takeover``).
 8. *decision*: a 102771 attested by an enrolled GP is refused (seed 000 §3.1.1: enrolment commits

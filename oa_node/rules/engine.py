@@ -321,7 +321,7 @@ def _prolong(
     )
     holdings = normalise(_cancel_paper_right(holdings, recovered, on=on), on=on)
     after = replace(file, holdings=holdings, payments=payments)
-    extension = _extension_message(before, after, holding.seq, trigger, on=on, ctx=ctx)
+    extension = _extension_message(after, holding.seq, trigger, on=on, ctx=ctx)
     return _decide(before, after, ctx, created=created, recovered=recovered, extension=extension)
 
 
@@ -348,12 +348,14 @@ def _with_earlier_first_contact(file: DmgFile, claim: Claim) -> DmgFile:
 
 
 def _extension_message(
-    before: DmgFile, after: DmgFile, seq: int, trigger: Contact, *, on: date, ctx: RuleContext
+    after: DmgFile, seq: int, trigger: Contact, *, on: date, ctx: RuleContext
 ) -> ExtensionMessage | None:
-    """GMD-EXTENSION when the holder's right really got longer and he is enrolled (seed 000 §3.3.6.2)."""
-    old = next(h for h in before.holdings if h.seq == seq)
+    """GMD-EXTENSION for a paid prolongation, to its holder if enrolled (seed 000 §3.3.6.1.2: "le médecin
+    recevra alors un message électronique lui indiquant ses prolongations"), also when his holding stays
+    closed (5.2.1.2.2: the fee is paid, "les droits restent tels quels"; the message says the right as it
+    is). Called once a prolongation fee was created: one message per fee."""
     new = next(h for h in after.holdings if h.seq == seq)
-    if new.status is not HoldingStatus.ACTIVE or new.end <= old.end or not ctx.is_enrolled(new.holder):
+    if not ctx.is_enrolled(new.holder):
         return None
     return ExtensionMessage(
         patient=after.patient,

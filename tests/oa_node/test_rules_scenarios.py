@@ -290,6 +290,8 @@ STORIES = [
                     "M2 2012 NOTIFICATION recovered",
                     "M1 2012 ACCELERATED_PROLONGATION",
                 ),
+                # the paid prolongation is told to M1 (seed 000 §3.3.6.1.2), his right as it stays
+                messages=("EXTENSION M1 until 31.08.2012, contact 01.07.2012 by M1",),
             ),
         ],
     ),
