@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -225,7 +226,11 @@ def decoding_checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethod
                 raise _undecodable_error(request)
             found = oversized(request)
             if not found:
-                async for item in inner_stream(request, context):
+                items = inner_stream(request, context)
+                if inspect.isawaitable(items):  # a servicer that writes with context.write (health's Watch)
+                    await items
+                    return
+                async for item in items:
                     yield item
                 return
             with reported_by_the_handler(found) as pending:
