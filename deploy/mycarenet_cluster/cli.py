@@ -117,6 +117,11 @@ def up(
                 f"demo: GP A {demo['gp_a']}, GP B {demo['gp_b']}, patient {demo['patient']}"
                 f" — try: mycarenet login {demo['gp_b']} && mycarenet consult {demo['patient']}"
             )
+            if demo.get("pharmacist"):
+                console().print(
+                    f"demo pharmacist {demo['pharmacist']} — try: mycarenet login {demo['pharmacist']}"
+                    f" && mycarenet pharmacy rights {demo['patient']}"
+                )
         console().print(
             "your own test case: mycarenet admin provider add INAMI --first .. --last .."
             " and mycarenet admin patient add NISS --insurer 300 (README)"
