@@ -90,7 +90,7 @@ class AuditWriter:
         self.dropped = 0
         self.batches = 0
         on_file = is_sqlite(engine) and engine.url.database not in (None, "", ":memory:")
-        self._sqlite = SqliteBatches(engine, statement) if on_file else None
+        self._sqlite = SqliteBatches(engine, statement) if on_file and insert is None else None
 
     # --- handing rows over ---------------------------------------------------------------------------------
 
@@ -110,7 +110,7 @@ class AuditWriter:
         assert waiter is not None
         if not self._running:  # no writer job (a service used without its background): write it here
             await to_the_end(self.flush())
-        await asyncio.shield(waiter)
+        await waiter  # cancelled meanwhile, the row stays queued and is written all the same
 
     def _drop_oldest(self) -> None:
         # Never a row someone waits for: those calls have not answered yet.
@@ -129,14 +129,26 @@ class AuditWriter:
 
     # --- writing -------------------------------------------------------------------------------------------
 
+    def _write_now(self, batch: list[Row]) -> bool:
+        """On a SQLite file, with no writer of the process in the write gate: the batch written at once on
+        the loop's thread if the lock is free (no await, so nothing can cut it). False when not written."""
+        sqlite = self._sqlite
+        if sqlite is None or write_gate(self._engine).locked():  # type: ignore[attr-defined]
+            return False
+        return sqlite.insert_now(batch)
+
+    async def _checkpoint(self) -> None:
+        sqlite = self._sqlite
+        if sqlite is not None and sqlite.checkpoint_due:
+            async with write_gate(self._engine):
+                await asyncio.to_thread(sqlite.checkpoint)
+
     async def _insert_rows(self, batch: list[Row]) -> None:
         sqlite = self._sqlite
         if sqlite is not None:
             async with write_gate(self._engine):
                 if not sqlite.insert_now(batch):
                     await asyncio.to_thread(sqlite.insert, batch)
-                elif sqlite.checkpoint_due:
-                    await asyncio.to_thread(sqlite.checkpoint)
             return
         async with write_gate(self._engine), self._engine.begin() as conn:
             await conn.execute(self._statement, batch)
@@ -150,7 +162,8 @@ class AuditWriter:
             batch, waiters = self._rows, self._waiters
             self._rows, self._waiters = [], []
             try:
-                await to_the_end(self._insert(batch))
+                if not self._write_now(batch):
+                    await to_the_end(self._insert(batch))
             except BaseException:
                 self._rows[:0], self._waiters[:0] = batch, waiters
                 raise
@@ -162,6 +175,8 @@ class AuditWriter:
             for waiter in waiters:
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+            if self._sqlite is not None and self._sqlite.checkpoint_due:  # after the waiters are on their way
+                await to_the_end(self._checkpoint())
             return len(batch)
 
     async def run(self) -> None:
