@@ -235,14 +235,19 @@ def decoding_checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethod
                 return
             with reported_by_the_handler(found) as pending:
                 # The handler's checker runs before its first item: nothing is sent before it did.
-                items = inner_stream(request, context).__aiter__()
-                first = await anext(items, None)
+                produced = inner_stream(request, context)
+                if inspect.isawaitable(produced):  # writes with context.write: its checker runs first too
+                    await produced
+                    first, rest = None, None
+                else:
+                    rest = produced.__aiter__()
+                    first = await anext(rest, None)
             error = unreported(pending)
             if error is not None:
                 raise error
-            if first is not None:
+            if first is not None and rest is not None:
                 yield first
-                async for item in items:
+                async for item in rest:
                     yield item
 
         return grpc.unary_stream_rpc_method_handler(
