@@ -167,8 +167,9 @@ def admit(method: str, session: Caller) -> None:
         (SPECIALIST, CONSULT, True),
         (DENTIST, CONSULT, True),
         (PHARMACIST, CONSULT, False),
-        (MEDICAL_HOUSE, CONSULT, False),
+        (MEDICAL_HOUSE, CONSULT, True),  # a medical house holds DMGs (seed 000 §2.3.2, issue 14 correction 3)
         (GP, NOTIFY, True),
+        (MEDICAL_HOUSE, NOTIFY, True),
         (TRAINEE, NOTIFY, True),
         (SPECIALIST, NOTIFY, False),
         (DENTIST, NOTIFY, False),
@@ -176,6 +177,7 @@ def admit(method: str, session: Caller) -> None:
         (TRAINEE, PATIENT_LIST, False),
         (SPECIALIST, PATIENT_LIST, False),
         (GP, ENROL, True),
+        (MEDICAL_HOUSE, ENROL, True),
         (DENTIST, ENROL, False),
         (PHARMACIST, MAILBOX, True),
         (MEDICAL_HOUSE, MAILBOX, True),
