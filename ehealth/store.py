@@ -21,7 +21,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from mycarenet_core.db import create_engine, is_sqlite, session_factory, transaction
 from mycarenet_core.reads import HotReads, Query
@@ -42,7 +42,7 @@ class Database:
             if self.sqlite
             else create_engine(url, isolation_level="AUTOCOMMIT")
         )
-        self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
+        self._read_sessions = session_factory(self.reader)  # a cancelled read never leaves its transaction
         self.hot = HotReads(self.reader)
 
     @property
