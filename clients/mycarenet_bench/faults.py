@@ -218,6 +218,7 @@ class FaultInjector:
         self.records: list[FaultRecord] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._active: set[str] = set()  # ids of the faults injected and not known to be healed
+        self._injecting: set[asyncio.Future[Any]] = set()  # injections whose answer may not be back yet
 
     def now(self) -> float:
         return round(time.monotonic() - self.t0, 3)
@@ -243,11 +244,27 @@ class FaultInjector:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # An injection in flight when the run was cut still creates its fault: wait for its id.
+        await asyncio.gather(*self._injecting, return_exceptions=True)
         for fault_id in sorted(self._active):
             # Healed already (NOT_FOUND) or the cluster is gone: either way it heals by itself in time.
             with contextlib.suppress(MyCareNetError):
                 await self.control.chaos.clear_faults(fault_id)
         self._active.clear()
+
+    async def _injected(self, call: Awaitable[Any]) -> Any:
+        """Inject a fault; its id is kept for :meth:`cleanup` even when the run is cancelled while the call is
+        in flight (the supervisor creates the fault all the same)."""
+        task = asyncio.ensure_future(call)
+        self._injecting.add(task)
+
+        def noted(done: asyncio.Future[Any]) -> None:
+            self._injecting.discard(done)
+            if not done.cancelled() and done.exception() is None:
+                self._active.add(done.result().id)
+
+        task.add_done_callback(noted)
+        return await asyncio.shield(task)
 
     async def _wait_serving(self, address: str, since: float, pid: int | None) -> float | None:
         """Seconds from ``since`` (monotonic) until the process at ``address`` answers SERVING again
@@ -299,21 +316,21 @@ class FaultInjector:
                 record.note = f"not SERVING after {self.serving_timeout:.0f}s"
             record.new_pid = await self._new_pid(event.target, record.pid)
         elif event.kind == "pause":
-            fault = await chaos.process_fault(event.target, "pause", event.duration)
-            self._active.add(fault.id)
+            fault = await self._injected(chaos.process_fault(event.target, "pause", event.duration))
             record.applied_at = self.now()
             resumed = await self._until_healed(event, fault.id)
             record.serving_after_s = await self._wait_serving(address, resumed, None)
             record.cleared_at = round(resumed - self.t0, 3)
         else:
             if event.kind == "latency":
-                fault = await chaos.link_fault(
-                    "hub", event.target, event.duration, latency_ms=round(event.value)
+                fault = await self._injected(
+                    chaos.link_fault("hub", event.target, event.duration, latency_ms=round(event.value))
                 )
             else:
                 percent = max(1, round(event.value * 100))
-                fault = await chaos.link_fault("hub", event.target, event.duration, error_percent=percent)
-            self._active.add(fault.id)
+                fault = await self._injected(
+                    chaos.link_fault("hub", event.target, event.duration, error_percent=percent)
+                )
             record.applied_at = self.now()
             await self._until_healed(event, fault.id)
             record.cleared_at = self.now()
