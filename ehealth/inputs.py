@@ -243,6 +243,9 @@ def revocations_request(request: auth_pb2.ListRevocationsRequest) -> tuple[int, 
         after = sequence(check, "after_sequence", request.after_sequence)
         size = check.page_size("page_size", request.page_size, default=500, maximum=5000)
         key = check.page_token("page_token", request.page_token, 1)
+        if key is not None and not (isinstance(key[0], int) and key[0] >= 0):
+            check.add("page_token", McnCode.BAD_FORMAT, "not a page token from a previous answer")
+            key = None
     return (max(after, int(key[0])) if key else after), size
 
 

@@ -497,14 +497,18 @@ async def fuzz(
     *,
     check_writes: bool = True,
     concurrency: int = 1,
+    select: str = "",
     progress: Callable[[str], None] | None = None,
 ) -> Tally:
     """``per_rpc`` generated requests to every RPC, 9 in 10 by an admitted caller and 1 in 10 by a refused
     one. With ``check_writes`` one at a time, the databases compared around each refused request; else
-    ``concurrency`` at a time (the sandbox's methods one at a time, each success undone before the next)."""
+    ``concurrency`` at a time (the sandbox's methods one at a time, each success undone before the next).
+    ``select``: only the methods it matches (a regular expression)."""
     run = _Run(mesh, folder, generator, check_writes, Tally({}, []), {})
     started = time.monotonic()
     for rpc in rpcs():
+        if select and not re.search(select, rpc.method):
+            continue
         if check_writes:
             run.before = await settled(folder)
         queue = list(range(per_rpc))

@@ -31,6 +31,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2, clock_pb2_grpc
 from mycarenet_core.identifiers import make_niss
 from mycarenet_core.server import MeshServer, Service
+from mycarenet_core.validation import encode_page_token
 from tests.trust.fuzz_mesh import documented_limits
 
 NOW = dt.datetime(2025, 3, 4, 9, 0, tzinfo=dt.UTC)
@@ -184,3 +185,13 @@ def test_keys_that_are_not_ed25519_are_field_violations() -> None:
         assert raised.value.status is grpc.StatusCode.INVALID_ARGUMENT
         assert [v.field for v in raised.value.violations] == ["public_key_pem"]
         assert raised.value.code == McnCode.VALUE_NOT_ALLOWED
+
+
+def test_a_revocations_page_token_of_another_shape_is_a_field_violation() -> None:
+    for key in (["x"], [-1], [True]):
+        request = auth_pb2.ListRevocationsRequest(page_token=encode_page_token(key))
+        with pytest.raises(MeshError) as raised:
+            inputs.revocations_request(request)
+        assert [(v.field, v.code) for v in raised.value.violations] == [("page_token", McnCode.BAD_FORMAT)]
+    good = auth_pb2.ListRevocationsRequest(page_token=encode_page_token([5]), after_sequence=2)
+    assert inputs.revocations_request(good) == (5, 500)
