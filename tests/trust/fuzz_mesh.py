@@ -184,6 +184,11 @@ def names_field(violation_field: str, path: str, code: int) -> bool:
 # --- generation -----------------------------------------------------------------------------------------
 
 
+def _size(value: Any) -> int:
+    """The encoded size a scalar item takes, roughly (strings and bytes by length, others a few bytes)."""
+    return len(value) if isinstance(value, (str, bytes)) else 8
+
+
 class Generator:
     """Random requests for the mesh's RPCs, from a seed (a failure names its seed and request)."""
 
@@ -278,10 +283,16 @@ class Generator:
                 return
             first = target.add()
             self.fill(first, depth + 1)
-            for _ in range(count - 1):  # copies of one generated item: cheap, and as long as asked
+            # Copies of one generated item, as many as asked but never more than the message limit in all:
+            # nested repeated fields of long items multiply (20,000 members of 20,000 periods each took
+            # the whole machine's memory before a request was sent).
+            count = min(count, max(1, self.max_size // max(first.ByteSize(), 1)))
+            for _ in range(count - 1):
                 target.add().CopyFrom(first)
             return
         values = [self.scalar(field) for _ in range(min(count, 50))]
+        each = max(1, max(_size(value) for value in values)) if values else 1
+        count = min(count, max(1, self.max_size // each))  # the same budget for scalars (strings of MBs)
         target.extend((values * (count // max(len(values), 1) + 1))[:count])
 
     def request(self, rpc: Rpc) -> tuple[Any, bytes]:
