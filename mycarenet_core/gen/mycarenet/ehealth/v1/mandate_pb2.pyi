@@ -43,6 +43,13 @@ class _MandatedServiceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Manda
     """Read and confirm the mailbox."""
     MANDATED_SERVICE_INSURABILITY: _MandatedService.ValueType  # 6
     """Consult insurability: MemberData and the rights consultation with payment commitment (seed 001 §4)."""
+    MANDATED_SERVICE_INVOICING: _MandatedService.ValueType  # 7
+    """Invoicing: eFact (third-party payment) and eAttest (electronic care certificate) (seed 001 §4, annex 4)."""
+    MANDATED_SERVICE_TARIFF: _MandatedService.ValueType  # 8
+    """Tariff consultation (seed 001 §4). The mesh has no tariff consultation service yet: such a mandate can
+    be given and listed, and no RPC requires it. There is no service for the payment method: a mandate never
+    covers it (seed 001 §4).
+    """
 
 class MandatedService(_MandatedService, metaclass=_MandatedServiceEnumTypeWrapper):
     """A service that can be mandated."""
@@ -61,6 +68,13 @@ MANDATED_SERVICE_MAILBOX: MandatedService.ValueType  # 5
 """Read and confirm the mailbox."""
 MANDATED_SERVICE_INSURABILITY: MandatedService.ValueType  # 6
 """Consult insurability: MemberData and the rights consultation with payment commitment (seed 001 §4)."""
+MANDATED_SERVICE_INVOICING: MandatedService.ValueType  # 7
+"""Invoicing: eFact (third-party payment) and eAttest (electronic care certificate) (seed 001 §4, annex 4)."""
+MANDATED_SERVICE_TARIFF: MandatedService.ValueType  # 8
+"""Tariff consultation (seed 001 §4). The mesh has no tariff consultation service yet: such a mandate can
+be given and listed, and no RPC requires it. There is no service for the payment method: a mandate never
+covers it (seed 001 §4).
+"""
 Global___MandatedService: _TypeAlias = MandatedService  # noqa: Y015
 
 @_typing.final
