@@ -152,6 +152,10 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     """GMD-CONSULT-HCP: the answer to a patient-list request."""
     MESSAGE_KIND_TECHNICAL_ACK: _MessageKind.ValueType  # 4
     """Technical acknowledgement (tAck) of an asynchronous post."""
+    MESSAGE_KIND_USAGE_NOTICE: _MessageKind.ValueType  # 7
+    """A notice about the provider's use of the insurability services (seed 003 §7.2–§7.3, seed 001 §3): a
+    finding of systematic consultation and its consequence (a warning, or a temporary exclusion).
+    """
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper):
     """Kind of a message in the mailbox (names as in the production service, SPEC §9)."""
@@ -166,6 +170,10 @@ MESSAGE_KIND_PATIENT_LIST: MessageKind.ValueType  # 3
 """GMD-CONSULT-HCP: the answer to a patient-list request."""
 MESSAGE_KIND_TECHNICAL_ACK: MessageKind.ValueType  # 4
 """Technical acknowledgement (tAck) of an asynchronous post."""
+MESSAGE_KIND_USAGE_NOTICE: MessageKind.ValueType  # 7
+"""A notice about the provider's use of the insurability services (seed 003 §7.2–§7.3, seed 001 §3): a
+finding of systematic consultation and its consequence (a warning, or a temporary exclusion).
+"""
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
 class _InsurerOutcomeStatus:
@@ -215,6 +223,64 @@ TECHNICAL_ACK_RESULT_SUCCESS: TechnicalAckResult.ValueType  # 1
 TECHNICAL_ACK_RESULT_FAILURE: TechnicalAckResult.ValueType  # 2
 """The post was refused; see the items."""
 Global___TechnicalAckResult: _TypeAlias = TechnicalAckResult  # noqa: Y015
+
+class _UsageFinding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageFindingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageFinding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_FINDING_UNSPECIFIED: _UsageFinding.ValueType  # 0
+    """Not given."""
+    USAGE_FINDING_DISTINCT_PATIENTS: _UsageFinding.ValueType  # 1
+    """Many distinct patients consulted by one requester of record in a short window (found by the hub)."""
+    USAGE_FINDING_UNFOLLOWED_CONSULTATIONS: _UsageFinding.ValueType  # 2
+    """The a-posteriori purpose check: too many consultations never followed by a billed service of the same
+    provider for the same patient (found by the patient's insurer).
+    """
+
+class UsageFinding(_UsageFinding, metaclass=_UsageFindingEnumTypeWrapper):
+    """What a usage notice found (seed 003 §7.2–§7.3)."""
+
+USAGE_FINDING_UNSPECIFIED: UsageFinding.ValueType  # 0
+"""Not given."""
+USAGE_FINDING_DISTINCT_PATIENTS: UsageFinding.ValueType  # 1
+"""Many distinct patients consulted by one requester of record in a short window (found by the hub)."""
+USAGE_FINDING_UNFOLLOWED_CONSULTATIONS: UsageFinding.ValueType  # 2
+"""The a-posteriori purpose check: too many consultations never followed by a billed service of the same
+provider for the same patient (found by the patient's insurer).
+"""
+Global___UsageFinding: _TypeAlias = UsageFinding  # noqa: Y015
+
+class _UsageConsequence:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageConsequenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageConsequence.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_CONSEQUENCE_UNSPECIFIED: _UsageConsequence.ValueType  # 0
+    """Not decided yet: an insurer's finding on its way to the hub, which decides the consequence."""
+    USAGE_CONSEQUENCE_WARNING: _UsageConsequence.ValueType  # 1
+    """A warning: nothing is refused."""
+    USAGE_CONSEQUENCE_EXCLUSION: _UsageConsequence.ValueType  # 2
+    """A temporary exclusion from the insurability services until excluded_until (refused with
+    PERMISSION_DENIED SYSTEMATIC_CONSULTATION_EXCLUDED).
+    """
+
+class UsageConsequence(_UsageConsequence, metaclass=_UsageConsequenceEnumTypeWrapper):
+    """What follows from a finding (seed 001 §3: a warning first; seed 003 §7.2: a temporary exclusion of a
+    provider who goes on despite a warning, here a repeat within 365 days of the first).
+    """
+
+USAGE_CONSEQUENCE_UNSPECIFIED: UsageConsequence.ValueType  # 0
+"""Not decided yet: an insurer's finding on its way to the hub, which decides the consequence."""
+USAGE_CONSEQUENCE_WARNING: UsageConsequence.ValueType  # 1
+"""A warning: nothing is refused."""
+USAGE_CONSEQUENCE_EXCLUSION: UsageConsequence.ValueType  # 2
+"""A temporary exclusion from the insurability services until excluded_until (refused with
+PERMISSION_DENIED SYSTEMATIC_CONSULTATION_EXCLUDED).
+"""
+Global___UsageConsequence: _TypeAlias = UsageConsequence  # noqa: Y015
 
 @_typing.final
 class DmgHolding(_message.Message):
@@ -587,6 +653,74 @@ class TechnicalAck(_message.Message):
 Global___TechnicalAck: _TypeAlias = TechnicalAck  # noqa: Y015
 
 @_typing.final
+class UsageNotice(_message.Message):
+    """A notice about the provider's use of the insurability services (GetMemberData, ConsultRights)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINDING_FIELD_NUMBER: _builtins.int
+    CONSEQUENCE_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    CONSULTATION_COUNT_FIELD_NUMBER: _builtins.int
+    DISTINCT_PATIENTS_FIELD_NUMBER: _builtins.int
+    UNFOLLOWED_COUNT_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    EXCLUDED_UNTIL_FIELD_NUMBER: _builtins.int
+    REPEATS_NOTICE_ID_FIELD_NUMBER: _builtins.int
+    finding: Global___UsageFinding.ValueType
+    """What was found."""
+    consequence: Global___UsageConsequence.ValueType
+    """What follows from it."""
+    consultation_count: _builtins.int
+    """Consultations counted in the period (for the purpose check: the consultations the insurer answered)."""
+    distinct_patients: _builtins.int
+    """Distinct patients consulted in the period."""
+    unfollowed_count: _builtins.int
+    """Consultations never followed by a billed service within the delay (purpose check only)."""
+    rule: _builtins.str
+    """The rule that was exceeded, in words (e.g. "more than 120 distinct patients in 60 minutes").
+    At most 300 characters.
+    """
+    repeats_notice_id: _builtins.str
+    """The earlier finding this one repeats within 365 days (its notice id), when there is one.
+    At most 200 characters.
+    """
+    @_builtins.property
+    def period_start(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window or period the finding is about."""
+
+    @_builtins.property
+    def period_end(self) -> _timestamp_pb2.Timestamp:
+        """End of the window or period the finding is about."""
+
+    @_builtins.property
+    def excluded_until(self) -> _timestamp_pb2.Timestamp:
+        """When the exclusion ends (set with USAGE_CONSEQUENCE_EXCLUSION only)."""
+
+    def __init__(
+        self,
+        *,
+        finding: Global___UsageFinding.ValueType = ...,
+        consequence: Global___UsageConsequence.ValueType = ...,
+        period_start: _timestamp_pb2.Timestamp | None = ...,
+        period_end: _timestamp_pb2.Timestamp | None = ...,
+        consultation_count: _builtins.int = ...,
+        distinct_patients: _builtins.int = ...,
+        unfollowed_count: _builtins.int = ...,
+        rule: _builtins.str = ...,
+        excluded_until: _timestamp_pb2.Timestamp | None = ...,
+        repeats_notice_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["excluded_until", b"excluded_until", "period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consequence", b"consequence", "consultation_count", b"consultation_count", "distinct_patients", b"distinct_patients", "excluded_until", b"excluded_until", "finding", b"finding", "period_end", b"period_end", "period_start", b"period_start", "repeats_notice_id", b"repeats_notice_id", "rule", b"rule", "unfollowed_count", b"unfollowed_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageNotice: _TypeAlias = UsageNotice  # noqa: Y015
+
+@_typing.final
 class MailboxMessage(_message.Message):
     """One message in a provider's mailbox."""
 
@@ -605,6 +739,7 @@ class MailboxMessage(_message.Message):
     EXTENSION_FIELD_NUMBER: _builtins.int
     PATIENT_LIST_FIELD_NUMBER: _builtins.int
     TECHNICAL_ACK_FIELD_NUMBER: _builtins.int
+    USAGE_NOTICE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Stable identifier of the message, chosen by its issuer; confirming uses it. Never reused.
     At most 200 characters.
@@ -656,6 +791,10 @@ class MailboxMessage(_message.Message):
     def technical_ack(self) -> Global___TechnicalAck:
         """tAck."""
 
+    @_builtins.property
+    def usage_notice(self) -> Global___UsageNotice:
+        """A usage notice (MESSAGE_KIND_USAGE_NOTICE)."""
+
     def __init__(
         self,
         *,
@@ -672,12 +811,13 @@ class MailboxMessage(_message.Message):
         extension: Global___ExtensionMessage | None = ...,
         patient_list: Global___PatientListMessage | None = ...,
         technical_ack: Global___TechnicalAck | None = ...,
+        usage_notice: Global___UsageNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "created_time", b"created_time", "extension", b"extension", "patient_list", b"patient_list", "payload", b"payload", "technical_ack", b"technical_ack"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "created_time", b"created_time", "extension", b"extension", "patient_list", b"patient_list", "payload", b"payload", "technical_ack", b"technical_ack", "usage_notice", b"usage_notice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "content_hash", b"content_hash", "created_time", b"created_time", "extension", b"extension", "insurer_code", b"insurer_code", "kind", b"kind", "message_id", b"message_id", "patient_list", b"patient_list", "payload", b"payload", "recipient_inami", b"recipient_inami", "requester_reference", b"requester_reference", "technical_ack", b"technical_ack", "traceparent", b"traceparent", "tracestate", b"tracestate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "content_hash", b"content_hash", "created_time", b"created_time", "extension", b"extension", "insurer_code", b"insurer_code", "kind", b"kind", "message_id", b"message_id", "patient_list", b"patient_list", "payload", b"payload", "recipient_inami", b"recipient_inami", "requester_reference", b"requester_reference", "technical_ack", b"technical_ack", "traceparent", b"traceparent", "tracestate", b"tracestate", "usage_notice", b"usage_notice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["closure", "extension", "patient_list", "technical_ack"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["closure", "extension", "patient_list", "technical_ack", "usage_notice"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
