@@ -152,6 +152,10 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     """GMD-CONSULT-HCP: the answer to a patient-list request."""
     MESSAGE_KIND_TECHNICAL_ACK: _MessageKind.ValueType  # 4
     """Technical acknowledgement (tAck) of an asynchronous post."""
+    MESSAGE_KIND_INVOICE_ANSWER: _MessageKind.ValueType  # 5
+    """The insurer's answer to one line of an eFact batch (accepted, or rejected with a code)."""
+    MESSAGE_KIND_FEE_RECOVERY: _MessageKind.ValueType  # 6
+    """A notification's fee recovered: its contact never reached the insurer through invoicing."""
     MESSAGE_KIND_USAGE_NOTICE: _MessageKind.ValueType  # 7
     """A notice about the provider's use of the insurability services (seed 003 §7.2–§7.3, seed 001 §3): a
     finding of systematic consultation and its consequence (a warning, or a temporary exclusion).
@@ -170,6 +174,10 @@ MESSAGE_KIND_PATIENT_LIST: MessageKind.ValueType  # 3
 """GMD-CONSULT-HCP: the answer to a patient-list request."""
 MESSAGE_KIND_TECHNICAL_ACK: MessageKind.ValueType  # 4
 """Technical acknowledgement (tAck) of an asynchronous post."""
+MESSAGE_KIND_INVOICE_ANSWER: MessageKind.ValueType  # 5
+"""The insurer's answer to one line of an eFact batch (accepted, or rejected with a code)."""
+MESSAGE_KIND_FEE_RECOVERY: MessageKind.ValueType  # 6
+"""A notification's fee recovered: its contact never reached the insurer through invoicing."""
 MESSAGE_KIND_USAGE_NOTICE: MessageKind.ValueType  # 7
 """A notice about the provider's use of the insurability services (seed 003 §7.2–§7.3, seed 001 §3): a
 finding of systematic consultation and its consequence (a warning, or a temporary exclusion).
@@ -281,6 +289,30 @@ USAGE_CONSEQUENCE_EXCLUSION: UsageConsequence.ValueType  # 2
 PERMISSION_DENIED SYSTEMATIC_CONSULTATION_EXCLUDED).
 """
 Global___UsageConsequence: _TypeAlias = UsageConsequence  # noqa: Y015
+
+class _InvoiceLineResult:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _InvoiceLineResultEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_InvoiceLineResult.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    INVOICE_LINE_RESULT_UNSPECIFIED: _InvoiceLineResult.ValueType  # 0
+    """Not given."""
+    INVOICE_LINE_RESULT_ACCEPTED: _InvoiceLineResult.ValueType  # 1
+    """The line was accepted: its contact is registered at the insurer."""
+    INVOICE_LINE_RESULT_REJECTED: _InvoiceLineResult.ValueType  # 2
+    """The line was rejected; see the code."""
+
+class InvoiceLineResult(_InvoiceLineResult, metaclass=_InvoiceLineResultEnumTypeWrapper):
+    """Outcome of one invoice line."""
+
+INVOICE_LINE_RESULT_UNSPECIFIED: InvoiceLineResult.ValueType  # 0
+"""Not given."""
+INVOICE_LINE_RESULT_ACCEPTED: InvoiceLineResult.ValueType  # 1
+"""The line was accepted: its contact is registered at the insurer."""
+INVOICE_LINE_RESULT_REJECTED: InvoiceLineResult.ValueType  # 2
+"""The line was rejected; see the code."""
+Global___InvoiceLineResult: _TypeAlias = InvoiceLineResult  # noqa: Y015
 
 @_typing.final
 class DmgHolding(_message.Message):
@@ -721,6 +753,134 @@ class UsageNotice(_message.Message):
 Global___UsageNotice: _TypeAlias = UsageNotice  # noqa: Y015
 
 @_typing.final
+class InvoiceAnswer(_message.Message):
+    """The insurer's answer to one line of an eFact batch (seed 001 annex 4)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_REFERENCE_FIELD_NUMBER: _builtins.int
+    HUB_REFERENCE_FIELD_NUMBER: _builtins.int
+    LINE_NUMBER_FIELD_NUMBER: _builtins.int
+    PATIENT_NISS_FIELD_NUMBER: _builtins.int
+    PROVIDER_INAMI_FIELD_NUMBER: _builtins.int
+    CONTACT_DATE_FIELD_NUMBER: _builtins.int
+    NOMENCLATURE_CODE_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_DESCRIPTION_FIELD_NUMBER: _builtins.int
+    batch_reference: _builtins.str
+    """The requester reference of the batch.
+    At most 200 characters.
+    """
+    hub_reference: _builtins.str
+    """The hub's reference of the batch (its technical acknowledgement's).
+    At most 64 characters.
+    """
+    line_number: _builtins.int
+    """The line answered."""
+    patient_niss: _builtins.str
+    """The patient of the line (the NISS as invoiced).
+    A NISS: 11 digits; at most 32 characters.
+    """
+    provider_inami: _builtins.str
+    """The physician of the line.
+    An INAMI number: 11 digits; at most 32 characters.
+    """
+    nomenclature_code: _builtins.str
+    """The nomenclature code of the line.
+    A 6-digit code; at most 32 characters.
+    """
+    result: Global___InvoiceLineResult.ValueType
+    """Accepted or rejected."""
+    error_code: _builtins.int
+    """For a rejection: the MyCareNet code."""
+    error_description: _builtins.str
+    """For a rejection: why, in English.
+    At most 500 characters.
+    """
+    @_builtins.property
+    def contact_date(self) -> _common_pb2.Date:
+        """The contact date of the line."""
+
+    def __init__(
+        self,
+        *,
+        batch_reference: _builtins.str = ...,
+        hub_reference: _builtins.str = ...,
+        line_number: _builtins.int = ...,
+        patient_niss: _builtins.str = ...,
+        provider_inami: _builtins.str = ...,
+        contact_date: _common_pb2.Date | None = ...,
+        nomenclature_code: _builtins.str = ...,
+        result: Global___InvoiceLineResult.ValueType = ...,
+        error_code: _builtins.int = ...,
+        error_description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact_date", b"contact_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_reference", b"batch_reference", "contact_date", b"contact_date", "error_code", b"error_code", "error_description", b"error_description", "hub_reference", b"hub_reference", "line_number", b"line_number", "nomenclature_code", b"nomenclature_code", "patient_niss", b"patient_niss", "provider_inami", b"provider_inami", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceAnswer: _TypeAlias = InvoiceAnswer  # noqa: Y015
+
+@_typing.final
+class FeeRecovery(_message.Message):
+    """A notification's fee recovered by the check after payment (seed 000 §3.2.2, §3.3.1: the contact
+    notified must reach the insurer through invoicing).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATIENT_FIELD_NUMBER: _builtins.int
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    CONTACT_DATE_FIELD_NUMBER: _builtins.int
+    NOTIFICATION_REFERENCE_FIELD_NUMBER: _builtins.int
+    RECOVERY_DATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    notification_reference: _builtins.str
+    """Requester reference of the notification.
+    At most 200 characters.
+    """
+    reason: _builtins.str
+    """Why, in English.
+    At most 500 characters.
+    """
+    @_builtins.property
+    def patient(self) -> _common_pb2.Patient:
+        """The patient."""
+
+    @_builtins.property
+    def payment(self) -> Global___DmgPayment:
+        """The fee recovered (recovered = true)."""
+
+    @_builtins.property
+    def contact_date(self) -> _common_pb2.Date:
+        """The contact date the notification named."""
+
+    @_builtins.property
+    def recovery_date(self) -> _common_pb2.Date:
+        """Date of the recovery."""
+
+    def __init__(
+        self,
+        *,
+        patient: _common_pb2.Patient | None = ...,
+        payment: Global___DmgPayment | None = ...,
+        contact_date: _common_pb2.Date | None = ...,
+        notification_reference: _builtins.str = ...,
+        recovery_date: _common_pb2.Date | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact_date", b"contact_date", "patient", b"patient", "payment", b"payment", "recovery_date", b"recovery_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_date", b"contact_date", "notification_reference", b"notification_reference", "patient", b"patient", "payment", b"payment", "reason", b"reason", "recovery_date", b"recovery_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeeRecovery: _TypeAlias = FeeRecovery  # noqa: Y015
+
+@_typing.final
 class MailboxMessage(_message.Message):
     """One message in a provider's mailbox."""
 
@@ -739,6 +899,8 @@ class MailboxMessage(_message.Message):
     EXTENSION_FIELD_NUMBER: _builtins.int
     PATIENT_LIST_FIELD_NUMBER: _builtins.int
     TECHNICAL_ACK_FIELD_NUMBER: _builtins.int
+    INVOICE_ANSWER_FIELD_NUMBER: _builtins.int
+    FEE_RECOVERY_FIELD_NUMBER: _builtins.int
     USAGE_NOTICE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Stable identifier of the message, chosen by its issuer; confirming uses it. Never reused.
@@ -792,6 +954,14 @@ class MailboxMessage(_message.Message):
         """tAck."""
 
     @_builtins.property
+    def invoice_answer(self) -> Global___InvoiceAnswer:
+        """The answer to an eFact line."""
+
+    @_builtins.property
+    def fee_recovery(self) -> Global___FeeRecovery:
+        """A fee recovered after the check after payment."""
+
+    @_builtins.property
     def usage_notice(self) -> Global___UsageNotice:
         """A usage notice (MESSAGE_KIND_USAGE_NOTICE)."""
 
@@ -811,13 +981,15 @@ class MailboxMessage(_message.Message):
         extension: Global___ExtensionMessage | None = ...,
         patient_list: Global___PatientListMessage | None = ...,
         technical_ack: Global___TechnicalAck | None = ...,
+        invoice_answer: Global___InvoiceAnswer | None = ...,
+        fee_recovery: Global___FeeRecovery | None = ...,
         usage_notice: Global___UsageNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "created_time", b"created_time", "extension", b"extension", "patient_list", b"patient_list", "payload", b"payload", "technical_ack", b"technical_ack", "usage_notice", b"usage_notice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "created_time", b"created_time", "extension", b"extension", "fee_recovery", b"fee_recovery", "invoice_answer", b"invoice_answer", "patient_list", b"patient_list", "payload", b"payload", "technical_ack", b"technical_ack", "usage_notice", b"usage_notice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "content_hash", b"content_hash", "created_time", b"created_time", "extension", b"extension", "insurer_code", b"insurer_code", "kind", b"kind", "message_id", b"message_id", "patient_list", b"patient_list", "payload", b"payload", "recipient_inami", b"recipient_inami", "requester_reference", b"requester_reference", "technical_ack", b"technical_ack", "traceparent", b"traceparent", "tracestate", b"tracestate", "usage_notice", b"usage_notice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure", "content_hash", b"content_hash", "created_time", b"created_time", "extension", b"extension", "fee_recovery", b"fee_recovery", "insurer_code", b"insurer_code", "invoice_answer", b"invoice_answer", "kind", b"kind", "message_id", b"message_id", "patient_list", b"patient_list", "payload", b"payload", "recipient_inami", b"recipient_inami", "requester_reference", b"requester_reference", "technical_ack", b"technical_ack", "traceparent", b"traceparent", "tracestate", b"tracestate", "usage_notice", b"usage_notice"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["closure", "extension", "patient_list", "technical_ack", "usage_notice"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["closure", "extension", "patient_list", "technical_ack", "invoice_answer", "fee_recovery", "usage_notice"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
