@@ -538,3 +538,32 @@ def mandates_request(request: mandate_pb2.ListMandatesRequest) -> MandateSearch:
         mandatee = check.text("mandatee_id", request.mandatee_id, max_length=32, required=False)
         page = dated_page(check, request.valid_on, request.page_size, request.page_token)
     return MandateSearch(principal.value if principal else "", mandatee, page)
+
+
+CESSATION_CAUSES: dict[int, str] = {
+    value: mandate_pb2.CessationCause.Name(value)
+    for value in mandate_pb2.CessationCause.values()
+    if value != mandate_pb2.CESSATION_CAUSE_UNSPECIFIED
+}
+
+
+def cessation_request(request: mandate_pb2.EndMandatesOnCessationRequest) -> tuple[str, str, dt.date | None]:
+    """(subject id, cause name, the day or None for today). The subject is an INAMI number or a NISS (11
+    digits) or an enterprise number (10 digits), as mandates store them: digits only."""
+    with Checker() as check:
+        raw = request.subject_id.strip().translate(str.maketrans("", "", ".-/ "))
+        subject = raw
+        if not raw:
+            check.add("subject_id", McnCode.MANDATORY_FIELD_MISSING, "subject id is missing")
+        elif len(raw) == 10:
+            subject = enterprise_number(check, "subject_id", raw)
+        elif len(raw) != 11 or not (raw.isascii() and raw.isdigit()):
+            check.add(
+                "subject_id",
+                McnCode.BAD_FORMAT,
+                "an INAMI number or NISS (11 digits), or an enterprise number (10)",
+            )
+        cause = check.enum("cause", request.cause, CESSATION_CAUSES, required=True)
+        day = check.optional_date("date", request.date)
+    assert cause is not None
+    return subject, cause, day

@@ -9,6 +9,11 @@ only the mandates it gives (:mod:`ehealth.scope`); the administrator may do so f
 under a mandate is a snapshot of the delegation: when the principal revokes the mandate, or a new mandate
 closes it, every session opened under it ends (revocation log), and the mandatee logs in again under
 whatever mandate is then in force.
+
+The death, bankruptcy or liquidation of the principal or of the mandatee ends every mandate between them at
+once (seed 001 §4, :meth:`Mandates.end_on_cessation`): the authentic source records the fact, the mandates
+end the day before, the sessions opened under them end now. A new mandate may be given afterwards (by or
+with the liquidator or curator).
 """
 
 from __future__ import annotations
@@ -141,6 +146,25 @@ class Mandates:
             row.valid_to = Period(row.valid_from, row.valid_to).ended_by(day).end
             ended = await log.end_sessions(col(SessionRow.mandate_id) == mandate_id)
             return (await _records(repo, [row]))[0], ended
+
+    async def end_on_cessation(
+        self, subject: str, cause: str, day: dt.date | None
+    ) -> tuple[list[MandateRecord], int]:
+        """End every mandate given by or to ``subject`` that runs on or after ``day`` (today when None): its
+        last day becomes the day before (a mandate starting on or after ``day`` is cancelled). The mandates
+        as they are now, and the number of sessions ended."""
+        note(subject=subject)
+        day = day or self.clock.today()
+        async with self.logs.transaction() as log:
+            repo = MandateRepository(log.session)
+            rows = await repo.running_from(subject, day)
+            for row in rows:  # the day before, or cancelled (ended the day before its start)
+                last = max(day, row.valid_from) - dt.timedelta(days=1)
+                row.valid_to = Period(row.valid_from, row.valid_to).ended_by(last).end
+            ended = 0
+            if rows:
+                ended = await log.end_sessions(col(SessionRow.mandate_id).in_([r.mandate_id for r in rows]))
+            return await _records(repo, rows), ended
 
     async def search(
         self,

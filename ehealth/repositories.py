@@ -478,6 +478,26 @@ class MandateRepository:
         )
         return list((await self.session.scalars(stmt)).all())
 
+    async def running_from(self, subject: str, day: dt.date) -> list[MandateRow]:
+        """Mandates given by or to ``subject`` that are valid on ``day`` or later (not cancelled), locked for
+        update."""
+        stmt = (
+            select(MandateRow)
+            .where(
+                or_(col(MandateRow.principal_inami) == subject, col(MandateRow.mandatee_id) == subject),
+                or_(
+                    col(MandateRow.valid_to).is_(None),
+                    and_(
+                        col(MandateRow.valid_to) >= day,
+                        col(MandateRow.valid_to) >= col(MandateRow.valid_from),
+                    ),
+                ),
+            )
+            .order_by(col(MandateRow.valid_from), col(MandateRow.mandate_id))
+            .with_for_update()
+        )
+        return list((await self.session.scalars(stmt)).all())
+
     async def search(
         self,
         *,

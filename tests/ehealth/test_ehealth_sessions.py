@@ -12,7 +12,7 @@ import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from ehealth_support import GP, GP2, NOW, SECRETARY, TODAY, Env, bearer, period, rpc_error
+from ehealth_support import GP, GP2, NOW, SECRETARY, TODAY, Env, bearer, from_pdate, pdate, period, rpc_error
 
 from ehealth.tokens import fingerprint, public_pem
 from mycarenet_core.errors import MeshError
@@ -290,3 +290,68 @@ async def test_a_rotation_publishes_the_next_key_before_signing_with_it(env: Env
     # eHealth itself accepts both at once (its verifier follows its own keys).
     assert await probe(env, bearer(after.token)) is None
     assert await probe(env, bearer(before.token)) is None
+
+
+async def test_death_bankruptcy_or_liquidation_ends_every_mandate_at_once(env: Env) -> None:
+    """Seed 001 §4: on the death, bankruptcy or liquidation of the principal or of the mandatee every
+    mandate between them ends at once, and the sessions opened under them end; a new mandate may follow."""
+    await env.provider(GP)
+    await env.provider(GP2)
+    await env.register_key(PERSON, SECRETARY)
+    gp = await env.own(GP)
+    by_gp = await env.client.mandates.CreateMandate(
+        mandate(GP, SECRETARY, [CONSULT], D(2025, 1, 1)), metadata=gp
+    )
+    later = await env.client.mandates.CreateMandate(
+        mandate(GP, GP2, [MAILBOX], TODAY + dt.timedelta(days=10), kind="PROVIDER"), metadata=gp
+    )
+    to_gp = await env.client.mandates.CreateMandate(
+        mandate(GP2, GP, [MAILBOX], D(2025, 1, 1), kind="PROVIDER"), metadata=await env.own(GP2)
+    )
+    under = await env.login(SECRETARY, PERSON, principal=GP)
+    assert alive_under_mandate(await probe(env, bearer(under.token)))
+
+    ended = await env.mandates.EndMandatesOnCessation(
+        mandate_pb2.EndMandatesOnCessationRequest(
+            subject_id=GP, cause=mandate_pb2.CESSATION_CAUSE_BANKRUPTCY, date=pdate(TODAY)
+        ),
+        timeout=10,
+    )
+    # Given by GP (running, and one not yet started: cancelled) and given to GP: all three end.
+    ends = {m.mandate_id: from_pdate(m.period.end) for m in ended.ended}
+    assert ends == {
+        by_gp.mandate.mandate_id: TODAY - dt.timedelta(days=1),
+        later.mandate.mandate_id: TODAY + dt.timedelta(days=9),  # cancelled
+        to_gp.mandate.mandate_id: TODAY - dt.timedelta(days=1),
+    }
+    assert ended.sessions_ended == 1
+    assert revoked(await probe(env, bearer(under.token)))
+    listed = await env.mandates.ListMandates(
+        mandate_pb2.ListMandatesRequest(valid_on=pdate(TODAY)), timeout=10
+    )
+    assert list(listed.mandates) == []
+    # Nothing is left to end; a new mandate (given with the curator) may follow.
+    again = await env.mandates.EndMandatesOnCessation(
+        mandate_pb2.EndMandatesOnCessationRequest(
+            subject_id=GP, cause=mandate_pb2.CESSATION_CAUSE_BANKRUPTCY
+        ),
+        timeout=10,
+    )
+    assert (list(again.ended), again.sessions_ended) == ([], 0)
+    renewed = await env.client.mandates.CreateMandate(
+        mandate(GP, SECRETARY, [CONSULT], TODAY), metadata=gp, timeout=10
+    )
+    assert list(renewed.closed) == []
+    # Only the authentic source records it; bad input changes nothing.
+    refused = await rpc_error(
+        env.client.mandates.EndMandatesOnCessation(
+            mandate_pb2.EndMandatesOnCessationRequest(subject_id=GP, cause=mandate_pb2.CESSATION_CAUSE_DEATH),
+            metadata=gp,
+        )
+    )
+    assert refused.status == grpc.StatusCode.PERMISSION_DENIED
+    bad = await rpc_error(
+        env.mandates.EndMandatesOnCessation(mandate_pb2.EndMandatesOnCessationRequest(subject_id="12x"))
+    )
+    assert bad.status == grpc.StatusCode.INVALID_ARGUMENT
+    assert {(v.field, v.code) for v in bad.violations} == {("subject_id", 111), ("cause", 100)}

@@ -77,6 +77,34 @@ covers it (seed 001 §4).
 """
 Global___MandatedService: _TypeAlias = MandatedService  # noqa: Y015
 
+class _CessationCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CessationCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CessationCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CESSATION_CAUSE_UNSPECIFIED: _CessationCause.ValueType  # 0
+    """Not given."""
+    CESSATION_CAUSE_DEATH: _CessationCause.ValueType  # 1
+    """Death of a person."""
+    CESSATION_CAUSE_BANKRUPTCY: _CessationCause.ValueType  # 2
+    """Bankruptcy (faillite) of a person or company."""
+    CESSATION_CAUSE_LIQUIDATION: _CessationCause.ValueType  # 3
+    """Liquidation of a company."""
+
+class CessationCause(_CessationCause, metaclass=_CessationCauseEnumTypeWrapper):
+    """What ends every mandate of a principal or mandatee at once (seed 001 §4)."""
+
+CESSATION_CAUSE_UNSPECIFIED: CessationCause.ValueType  # 0
+"""Not given."""
+CESSATION_CAUSE_DEATH: CessationCause.ValueType  # 1
+"""Death of a person."""
+CESSATION_CAUSE_BANKRUPTCY: CessationCause.ValueType  # 2
+"""Bankruptcy (faillite) of a person or company."""
+CESSATION_CAUSE_LIQUIDATION: CessationCause.ValueType  # 3
+"""Liquidation of a company."""
+Global___CessationCause: _TypeAlias = CessationCause  # noqa: Y015
+
 @_typing.final
 class Mandate(_message.Message):
     """A mandate."""
@@ -320,3 +348,70 @@ class ListMandatesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMandatesResponse: _TypeAlias = ListMandatesResponse  # noqa: Y015
+
+@_typing.final
+class EndMandatesOnCessationRequest(_message.Message):
+    """Request to end the mandates of a subject on its death, bankruptcy or liquidation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_ID_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    DATE_FIELD_NUMBER: _builtins.int
+    subject_id: _builtins.str
+    """The subject: an INAMI number (principal, or a provider or organisation as mandatee), a NISS or an
+    enterprise number (as mandatee).
+    10 or 11 digits, separators allowed; at most 32 characters.
+    """
+    cause: Global___CessationCause.ValueType
+    """Death, bankruptcy or liquidation."""
+    @_builtins.property
+    def date(self) -> _common_pb2.Date:
+        """Day of the death, of the bankruptcy judgment or of the liquidation: the mandates end the day before
+        (a mandate starting on or after it is cancelled). Unset means today.
+        """
+
+    def __init__(
+        self,
+        *,
+        subject_id: _builtins.str = ...,
+        cause: Global___CessationCause.ValueType = ...,
+        date: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["date", b"date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "date", b"date", "subject_id", b"subject_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndMandatesOnCessationRequest: _TypeAlias = EndMandatesOnCessationRequest  # noqa: Y015
+
+@_typing.final
+class EndMandatesOnCessationResponse(_message.Message):
+    """Answer: the mandates that ended."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDED_FIELD_NUMBER: _builtins.int
+    SESSIONS_ENDED_FIELD_NUMBER: _builtins.int
+    sessions_ended: _builtins.int
+    """Number of sessions ended because they were opened under those mandates."""
+    @_builtins.property
+    def ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mandate]:
+        """The mandates given by or to the subject that were running on or after the date, as they are now.
+        At most 1000 items.
+        """
+
+    def __init__(
+        self,
+        *,
+        ended: _abc.Iterable[Global___Mandate] | None = ...,
+        sessions_ended: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "sessions_ended", b"sessions_ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndMandatesOnCessationResponse: _TypeAlias = EndMandatesOnCessationResponse  # noqa: Y015

@@ -51,6 +51,11 @@ class MandateServiceStub:
                 request_serializer=mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.ListMandatesRequest.SerializeToString,
                 response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.ListMandatesResponse.FromString,
                 _registered_method=True)
+        self.EndMandatesOnCessation = channel.unary_unary(
+                '/mycarenet.ehealth.v1.MandateService/EndMandatesOnCessation',
+                request_serializer=mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.EndMandatesOnCessationRequest.SerializeToString,
+                response_deserializer=mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.EndMandatesOnCessationResponse.FromString,
+                _registered_method=True)
 
 
 class MandateServiceServicer:
@@ -79,6 +84,15 @@ class MandateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EndMandatesOnCessation(self, request, context):
+        """Record the death, bankruptcy or liquidation of a principal or mandatee (the authentic source's fact):
+        every mandate given by or to it ends at once (seed 001 §4), and every session opened under them ends.
+        A new mandate may be given afterwards (by or with the liquidator or curator).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MandateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +110,11 @@ def add_MandateServiceServicer_to_server(servicer, server):
                     servicer.ListMandates,
                     request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.ListMandatesRequest.FromString,
                     response_serializer=mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.ListMandatesResponse.SerializeToString,
+            ),
+            'EndMandatesOnCessation': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndMandatesOnCessation,
+                    request_deserializer=mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.EndMandatesOnCessationRequest.FromString,
+                    response_serializer=mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.EndMandatesOnCessationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +199,33 @@ class MandateService:
             '/mycarenet.ehealth.v1.MandateService/ListMandates',
             mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.ListMandatesRequest.SerializeToString,
             mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.ListMandatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndMandatesOnCessation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mycarenet.ehealth.v1.MandateService/EndMandatesOnCessation',
+            mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.EndMandatesOnCessationRequest.SerializeToString,
+            mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2.EndMandatesOnCessationResponse.FromString,
             options,
             channel_credentials,
             insecure,

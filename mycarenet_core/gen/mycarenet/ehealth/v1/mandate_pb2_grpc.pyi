@@ -44,6 +44,11 @@ class MandateServiceStub:
     """Revoke a mandate from a date on."""
     ListMandates: _grpc.UnaryUnaryMultiCallable[_mandate_pb2.ListMandatesRequest, _mandate_pb2.ListMandatesResponse]
     """List the mandates of a principal or of a mandatee."""
+    EndMandatesOnCessation: _grpc.UnaryUnaryMultiCallable[_mandate_pb2.EndMandatesOnCessationRequest, _mandate_pb2.EndMandatesOnCessationResponse]
+    """Record the death, bankruptcy or liquidation of a principal or mandatee (the authentic source's fact):
+    every mandate given by or to it ends at once (seed 001 §4), and every session opened under them ends.
+    A new mandate may be given afterwards (by or with the liquidator or curator).
+    """
 
 @_typing.type_check_only
 class MandateServiceAsyncStub(MandateServiceStub):
@@ -58,6 +63,11 @@ class MandateServiceAsyncStub(MandateServiceStub):
     """Revoke a mandate from a date on."""
     ListMandates: _aio.UnaryUnaryMultiCallable[_mandate_pb2.ListMandatesRequest, _mandate_pb2.ListMandatesResponse]  # type: ignore[assignment]
     """List the mandates of a principal or of a mandatee."""
+    EndMandatesOnCessation: _aio.UnaryUnaryMultiCallable[_mandate_pb2.EndMandatesOnCessationRequest, _mandate_pb2.EndMandatesOnCessationResponse]  # type: ignore[assignment]
+    """Record the death, bankruptcy or liquidation of a principal or mandatee (the authentic source's fact):
+    every mandate given by or to it ends at once (seed 001 §4), and every session opened under them ends.
+    A new mandate may be given afterwards (by or with the liquidator or curator).
+    """
 
 class MandateServiceServicer(metaclass=_abc_1.ABCMeta):
     """Create, revoke and list mandates."""
@@ -87,5 +97,16 @@ class MandateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mandate_pb2.ListMandatesResponse, _abc.Awaitable[_mandate_pb2.ListMandatesResponse]]:
         """List the mandates of a principal or of a mandatee."""
+
+    @_abc_1.abstractmethod
+    def EndMandatesOnCessation(
+        self,
+        request: _mandate_pb2.EndMandatesOnCessationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mandate_pb2.EndMandatesOnCessationResponse, _abc.Awaitable[_mandate_pb2.EndMandatesOnCessationResponse]]:
+        """Record the death, bankruptcy or liquidation of a principal or mandatee (the authentic source's fact):
+        every mandate given by or to it ends at once (seed 001 §4), and every session opened under them ends.
+        A new mandate may be given afterwards (by or with the liquidator or curator).
+        """
 
 def add_MandateServiceServicer_to_server(servicer: MandateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
