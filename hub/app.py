@@ -19,6 +19,7 @@ import grpc
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from hub.abuse import AbuseConfig, AbuseControl
 from hub.audit import AuditLog
 from hub.auth import CachingTokenVerifier, HubTrust
 from hub.feeds import AffiliationFollower, RevocationFollower
@@ -112,6 +113,7 @@ class HubApp(ServiceApp):
         channel_credentials: grpc.ChannelCredentials | None = None,
         server_credentials: grpc.ServerCredentials | None = None,
         throttle: ThrottleConfig | None = None,
+        abuse: AbuseConfig | None = None,
         tuning: HubTuning | None = None,
         telemetry: Telemetry | None = None,
         trust_table: TrustTable = TABLE,
@@ -152,6 +154,12 @@ class HubApp(ServiceApp):
         relations = RelationFollower(ehealth, cache)
         organisations = OrganisationFollower(ehealth, cache)
         audit = AuditLog(engine, clock, every=tuning.audit_seconds)
+        control = AbuseControl(
+            sessions, notifier, clock, abuse, meter=telemetry.meter if telemetry is not None else None
+        )
+        strikes = await control.load()
+        excluded = len(control.excluded(clock.now()))
+        log.info("abuse registry loaded: %d strikes, %d excluded", strikes, excluded)
         core = HubCore(
             clock=clock,
             sessions=sessions,
@@ -164,6 +172,7 @@ class HubApp(ServiceApp):
             audit=audit,
             notifier=notifier,
             lists=PatientListWorker(sessions, oas, notifier, tuning.lists, clock, tracer=tracer),
+            abuse=control,
             tracer=tracer,
         )
         followers = {code: AffiliationFollower(oa, index, sessions) for code, oa in oas.items()}
@@ -271,6 +280,7 @@ class HubApp(ServiceApp):
             channel_credentials=channel_credentials,
             server_credentials=server_creds,
             throttle=ThrottleConfig(rate=settings.throttle_rate, burst=settings.throttle_burst),
+            abuse=settings.abuse(),
             telemetry=telemetry,
         )
 

@@ -64,7 +64,7 @@ class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
             caller = core.caller(entry)
             asked = member_data(request, core.clock.today())
             remaining = context.time_remaining()
-            oa, _niss = await core.routed(caller, asked.patient, asked.on, entry)
+            oa, _niss = await core.abuse.guarded(caller, core.routed(caller, asked.patient, asked.on, entry))
             call = oa_pb.GetMemberDataRequest(
                 context=core.request_context(caller, asked.reference), request=request
             )
@@ -83,7 +83,7 @@ class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
             caller = core.caller(entry)
             asked = rights(request)
             remaining = context.time_remaining()
-            oa, _niss = await core.routed(caller, asked.patient, asked.on, entry)
+            oa, _niss = await core.abuse.guarded(caller, core.routed(caller, asked.patient, asked.on, entry))
             call = oa_pb.ConsultRightsRequest(
                 context=core.request_context(caller, asked.reference), request=request
             )

@@ -107,3 +107,28 @@ class AuditRecord(HubBase, table=True):
     reason: str = Field(default="", max_length=60)
     codes: str = Field(default="", max_length=60)
     duration_ms: float = Field(default=0.0)
+
+
+class AbuseStrike(HubBase, table=True):
+    """One finding of systematic consultation against a requester of record and its consequence (seed 003
+    §7.2–§7.3, seed 001 §3): the registry the hub refuses excluded providers by (hub/abuse.py)."""
+
+    __tablename__ = "abuse_strike"
+    __table_args__ = (Index("ix_abuse_strike_provider", "provider_inami", "detected_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    # The usage notice that told the provider (its mailbox message id).
+    notice_id: str = Field(max_length=200)
+    # Idempotency: "<insurer>:<message id>" of an insurer's finding, "hub:<message id>" of the hub's own.
+    source_key: str = Field(max_length=210, unique=True)
+    insurer_code: str = Field(default="", max_length=3)
+    provider_inami: str = Field(max_length=11)
+    finding: str = Field(max_length=40)  # DISTINCT_PATIENTS | UNFOLLOWED_CONSULTATIONS
+    consequence: str = Field(max_length=20)  # WARNING | EXCLUSION
+    detected_at: dt.datetime = Field(sa_column=_instant())  # the hub's clock
+    excluded_until: dt.datetime | None = Field(default=None, sa_column=_instant(True))
+    repeats_notice_id: str = Field(default="", max_length=200)
+    consultation_count: int = Field(default=0)
+    distinct_patients: int = Field(default=0)
+    unfollowed_count: int = Field(default=0)
+    rule: str = Field(default="", max_length=300)

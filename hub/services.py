@@ -27,6 +27,7 @@ from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub import requests
+from hub.abuse import AbuseControl
 from hub.audit import AuditEntry, AuditLog
 from hub.auth import Caller, TokenVerifier, current_peer, session_caller
 from hub.mailbox import MailboxNotifier, MailboxRepository
@@ -83,6 +84,7 @@ class HubCore:
     audit: AuditLog
     notifier: MailboxNotifier
     lists: PatientListWorker
+    abuse: AbuseControl
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
 
     # --- shared steps -------------------------------------------------------------------------------
@@ -304,8 +306,14 @@ class HubCore:
             links=message_links(messages),
             attributes={"mycarenet.oa": code, "messaging.batch.message_count": len(messages)},
         ):
-            async with transaction(self.sessions) as session:
-                result = await MailboxRepository(session).store(messages, self.clock.now())
+            now = self.clock.now()
+            # An insurer's usage notices are findings: their strikes are recorded with them (hub/abuse.py).
+            async with (
+                self.abuse.findings_of(code, messages, now) as findings,
+                transaction(self.sessions) as session,
+            ):
+                await findings.record(session)
+                result = await MailboxRepository(session).store(messages, now)
         self.notifier.notify(result.recipients)
         return intake.DeliverMessagesResponse(stored_ids=result.stored, duplicate_ids=result.duplicates)
 

@@ -61,6 +61,7 @@ CLUSTER_FIXTURES = {"cluster", "small_cluster", "sqlite_cluster"}
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
 INTEGRATION = {
     # in-process servers (the mesh, one service, stand-ins), proxies, subprocesses of the bench
+    "hub/test_abuse.py",
     "bench/test_bench_faults.py",
     "bench/test_bench_floor.py",
     "bench/test_bench_report.py::test_baseline_in_process",
@@ -103,6 +104,7 @@ INTEGRATION = {
     "trust/test_rpc_fuzz.py",
 }
 UNIT = {
+    "hub/test_abuse_rules.py",
     "bench/test_bench_load.py",
     "bench/test_bench_report.py",
     "bench/test_bench_stats.py",
