@@ -417,3 +417,31 @@ class AuditRecord(Base, table=True):
     mycarenet_codes: str = ""
     incidents: str = ""
     duration_ms: int = 0
+
+
+# --- invoicing from the provider's side (eFact) ----------------------------------------------------------
+
+
+class InvoiceLineRow(Base, table=True):
+    """One eFact line acknowledged to the hub (stored before the acknowledgement: nothing acknowledged is
+    lost), processed afterwards by :class:`oa_node.invoicing.InvoiceLines`; ``answered`` once its answer is
+    in the outbox. One row per (requester, batch reference, line number): a batch posted again adds none."""
+
+    __tablename__ = "oa_invoice_line"
+    __table_args__ = (UniqueConstraint("requester_inami", "batch_reference", "line_number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    requester_inami: str
+    batch_reference: str
+    line_number: int
+    hub_reference: str
+    patient_niss: str
+    provider_inami: str
+    contact_date: dt.date
+    code: str
+    amount: str
+    submitted_on: dt.date
+    fingerprint: str
+    received_at: dt.datetime = Field(sa_column=_utc())
+    answered: bool = Field(default=False, index=True)
+    answered_at: dt.datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
