@@ -24,6 +24,7 @@ from hub.audit import AuditLog
 from hub.auth import CachingTokenVerifier, HubTrust
 from hub.feeds import AffiliationFollower, RevocationFollower
 from hub.insurability import InsurabilityServicer
+from hub.invoicing import InvoicingServicer
 from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.patient_list import ListPolicy, PatientListWorker
 from hub.relations import OrganisationFollower, RelationCheck, RelationFollower, RelationIndex
@@ -38,6 +39,7 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2_grpc, mailbox_se
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2_grpc
+from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2_grpc
 from mycarenet_core.lifecycle import Background
 from mycarenet_core.migrations import HISTORIES, upgrade
 from mycarenet_core.server import MeshServer, Service
@@ -238,6 +240,11 @@ class HubApp(ServiceApp):
                     insurability_service_pb2_grpc.add_InsurabilityServiceServicer_to_server,
                     InsurabilityServicer(core),
                     "mycarenet.insurability.v1.InsurabilityService",
+                ),
+                Service(
+                    invoicing_service_pb2_grpc.add_InvoicingServiceServicer_to_server,
+                    InvoicingServicer(core),
+                    "mycarenet.invoicing.v1.InvoicingService",
                 ),
                 Service(
                     mailbox_intake_service_pb2_grpc.add_MailboxIntakeServiceServicer_to_server,

@@ -31,6 +31,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as intake
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc as ms_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2_grpc as ins_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2_grpc as oainv_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
 from mycarenet_core.identifiers import INSURER_CODES
 from mycarenet_core.lifecycle import Background
@@ -45,9 +46,11 @@ from oa_node import rules
 from oa_node.audit import AuditTrail
 from oa_node.cadastre import CadastreFollower
 from oa_node.dmg import DmgOperations
+from oa_node.fee_checks import DEFAULT_PERIOD_DAYS, FeeChecks
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal, Wakeup
 from oa_node.holdings import HoldingFeed
 from oa_node.insurability import InsurabilityOperations
+from oa_node.invoicing import InvoiceLines, InvoicingOperations, OaInvoicingServicer
 from oa_node.membership import MembershipOperations
 from oa_node.reference import ReferenceOperations
 from oa_node.relay import OutboxRelay
@@ -70,6 +73,7 @@ SERVICE_NAMES = {
     "reference": "mycarenet.oa.v1.ReferenceDataService",
     "holdings": "mycarenet.oa.v1.HoldingFeedService",
     "insurability": "mycarenet.oa.v1.OaInsurabilityService",
+    "invoicing": "mycarenet.oa.v1.OaInvoicingService",
 }
 
 
@@ -104,6 +108,7 @@ class OaNodeApp(ServiceApp):
         telemetry: Telemetry | None = None,
         ehealth_target: str | None = None,
         max_notification_delay_days: int | None = 7,
+        unbilled_contact_days: int = DEFAULT_PERIOD_DAYS,
     ) -> None:
         name = f"oa-{insurer_code}"
         self.insurer_code = insurer_code
@@ -207,6 +212,24 @@ class OaNodeApp(ServiceApp):
             audit=self.audit,
             following=(lambda: cadastre.following) if cadastre is not None else (lambda: False),
         )
+        # Invoicing from the provider's side (eFact lines answered by a job, eAttest at once) and the check
+        # after payment of the notification fees.
+        self.invoicing = InvoicingOperations(
+            sessions=self.sessions, dmg=self.dmg, audit=self.audit, clock=clock, outbox=outbox
+        )
+        self.invoice_lines = InvoiceLines(self.invoicing, interval=relay_interval)
+        background.add("invoice lines", self.invoice_lines.run)
+        self.fee_checks = FeeChecks(
+            insurer_code=insurer_code,
+            sessions=self.sessions,
+            clock=clock,
+            audit=self.audit,
+            outbox=outbox,
+            period_days=unbilled_contact_days,
+        )
+        background.add("check after payment", self.fee_checks.run)
+        if isinstance(clock, OffsetClock):
+            clock.listen(self.fee_checks.clock_moved)
         self.holdings = HoldingFeed(self.reads, holders)
         self.insurability = InsurabilityOperations(insurer_code=insurer_code, reads=self.reads)
         server = MeshServer(
@@ -241,6 +264,11 @@ class OaNodeApp(ServiceApp):
                     ins_grpc.add_OaInsurabilityServiceServicer_to_server,
                     OaInsurabilityServicer(self.insurability, self.audit),
                     SERVICE_NAMES["insurability"],
+                ),
+                Service(
+                    oainv_grpc.add_OaInvoicingServiceServicer_to_server,
+                    OaInvoicingServicer(self.invoicing, self.audit),
+                    SERVICE_NAMES["invoicing"],
                 ),
             ],
             credentials=server_credentials,
@@ -279,6 +307,7 @@ class OaNodeApp(ServiceApp):
             ehealth_target=settings.ehealth_target,
             relay_interval=settings.relay_interval,
             max_notification_delay_days=settings.max_notification_delay_days,
+            unbilled_contact_days=settings.unbilled_contact_days,
             channel_credentials=channel_credentials,
             server_credentials=server_creds,
             telemetry=telemetry,
@@ -298,6 +327,7 @@ class OaNodeApp(ServiceApp):
         telemetry: Telemetry | None = None,
         ehealth_target: str | None = None,
         max_notification_delay_days: int | None = 7,
+        unbilled_contact_days: int = DEFAULT_PERIOD_DAYS,
     ) -> OaNodeApp:
         """Open the database (migrating the schema to head) and build the node; nothing listens yet.
 
@@ -306,6 +336,7 @@ class OaNodeApp(ServiceApp):
         ``relay_interval``: the outbox relay's safety timeout (it is woken by every commit of outbox rows).
         ``max_notification_delay_days``: code 166, a notification's contact at most this many days old (None:
         no limit); the production service's rule, which the seeds do not state.
+        ``unbilled_contact_days``: the check after payment's period (:mod:`oa_node.fee_checks`).
         With ``telemetry`` (built with ``attributes={"mycarenet.oa": code}``): server spans and metrics,
         database spans, the relay's and the follower's client spans, delivery spans, the outbox backlog
         gauge."""
@@ -331,4 +362,5 @@ class OaNodeApp(ServiceApp):
             telemetry=telemetry,
             ehealth_target=ehealth_target,
             max_notification_delay_days=max_notification_delay_days,
+            unbilled_contact_days=unbilled_contact_days,
         )

@@ -27,6 +27,14 @@ class OaSettings(MeshSettings):
         description="code 166: a notification's contact at most this many days before it. "
         "A rule of the production service that the seeds do not state (SPEC §10.6), each insurer's setting",
     )
+    unbilled_contact_days: int = Field(
+        365,
+        ge=1,
+        le=3660,
+        description="the check after payment: a notification's fee is recovered when its contact has not "
+        "reached the insurer through invoicing this many days after the fee (seed 000 §3.3.1 says "
+        "'afterwards', not when: the default is illustrative), each insurer's setting",
+    )
     relay_interval: float = Field(
         30.0,
         gt=0,

@@ -83,6 +83,7 @@ INTEGRATION = {
     "hub/test_hub_smoke.py",
     "hub/test_insurability.py",
     "hub/test_intake_mtls.py",
+    "hub/test_invoicing.py",
     "hub/test_mailbox.py",
     "hub/test_patient_list.py",
     "hub/test_relation_cache.py",
