@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import grpc
 from sqlalchemy import and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -52,6 +53,7 @@ from ehealth.tokens import (
 )
 from mycarenet_core.clock import Clock
 from mycarenet_core.errors import McnCode, business_error, not_found, permission_denied, unauthenticated
+from mycarenet_core.identifiers import IdentifierError, Role, parse_inami
 
 PROVIDER = "SUBJECT_KIND_PROVIDER"
 ORGANISATION = "SUBJECT_KIND_ORGANISATION"
@@ -236,6 +238,8 @@ class Authenticator:
         audience: str,
         lifetime_seconds: int,
         principal_inami: str,
+        user_challenge_id: str = "",
+        user_signature: bytes = b"",
     ) -> IssuedSession:
         """Open a session for the subject of the answered challenge (under the principal's mandate when one
         is named). Its token lives ``lifetime_seconds`` (at most the configured maximum), and no longer than
@@ -243,6 +247,26 @@ class Authenticator:
         was issued for."""
         challenge = await self._consume_challenge(challenge_id)
         kind, subject_id = challenge.subject_kind, challenge.subject_id
+        pharmacy = kind == ORGANISATION and _is_pharmacy(subject_id)
+        user = None
+        if pharmacy and not user_challenge_id:
+            raise business_error(
+                McnCode.MANDATORY_FIELD_MISSING,
+                "PHARMACIST_REQUIRED",
+                f"a session of pharmacy {subject_id} is opened by one of its pharmacists (seed 003 §8.2.2.1)",
+                field_path="user_challenge_id",
+                status=grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        if user_challenge_id and not pharmacy:
+            raise business_error(
+                McnCode.VALUE_NOT_ALLOWED,
+                "USER_NOT_ALLOWED",
+                "only a pharmacy's session names the pharmacist who opens it",
+                field_path="user_challenge_id",
+                status=grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        if pharmacy:
+            user = await self._consume_challenge(user_challenge_id)
         own_inami = subject_id if kind in (PROVIDER, ORGANISATION) else ""
         note(requester_inami=principal_inami or own_inami, subject=principal_inami or subject_id)
         async with self.logs.transaction() as log:
@@ -256,6 +280,10 @@ class Authenticator:
             if not signature_valid(credential.public_key_pem, challenge.nonce, signature):
                 raise unauthenticated("BAD_SIGNATURE", "the signature of the challenge does not verify")
             ends = [await _check_validity(CadastreRepository(session), kind, subject_id, today)]
+            if user is not None:
+                ends.append(await _pharmacist_of(session, subject_id, user, user_signature, today))
+                claims["user"] = user.subject_id
+                note(executor_id=user.subject_id, executor_kind=PROVIDER)
             mandate = None
             if principal_inami:
                 mandate, principal_end = await _mandate_for(session, principal_inami, kind, subject_id, today)
@@ -362,6 +390,48 @@ async def _subject_claims(
     if kind == PERSON:
         return {"niss": subject_id}
     return {}
+
+
+def _is_pharmacy(inami: str) -> bool:
+    try:
+        return parse_inami(inami).role is Role.PHARMACY
+    except IdentifierError:
+        return False
+
+
+async def _pharmacist_of(
+    session: AsyncSession, pharmacy: str, challenge: ChallengeRow, signature: bytes, today: dt.date
+) -> dt.date | None:
+    """The pharmacist who opens a pharmacy's session (seed 003 §8.2.2.3): the challenge is a provider's,
+    signed with its registered key, a pharmacist valid today and a member of the pharmacy today; the last
+    day of its validity. UNAUTHENTICATED for a bad proof, PERMISSION_DENIED 140 for a pharmacist not of
+    this pharmacy."""
+    user = challenge.subject_id
+    if challenge.subject_kind != PROVIDER:
+        raise unauthenticated("USER_NOT_A_PROVIDER", "the user's challenge must be a pharmacist's")
+    credential = await CredentialRepository(session).get(PROVIDER, user)
+    if credential is None or credential.revoke_time is not None:
+        raise unauthenticated("USER_NO_CREDENTIAL", f"no valid public key is registered for {user}")
+    if not signature_valid(credential.public_key_pem, challenge.nonce, signature):
+        raise unauthenticated("USER_BAD_SIGNATURE", "the user's signature of its challenge does not verify")
+    cadastre = CadastreRepository(session)
+    if await cadastre.provider(user) is None:
+        raise unauthenticated("SUBJECT_UNKNOWN", f"provider {user} is not in the cadastre")
+    end = await _check_validity(cadastre, PROVIDER, user, today)
+    if not _is_role(user, Role.PHARMACIST) or pharmacy not in await cadastre.organisations_of(user, today):
+        raise permission_denied(
+            "NOT_A_PHARMACIST_OF_THE_PHARMACY",
+            f"{user} is not a pharmacist of pharmacy {pharmacy} today (cadastre)",
+            code=McnCode.PROVIDER_NOT_ENTITLED,
+        )
+    return end
+
+
+def _is_role(inami: str, role: Role) -> bool:
+    try:
+        return parse_inami(inami).role is role
+    except IdentifierError:
+        return False
 
 
 async def _check_validity(

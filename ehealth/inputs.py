@@ -37,6 +37,7 @@ SUBJECT_KIND_BY_NAME = {name: name for name in SUBJECT_KINDS.values()}
 ORGANISATION_KINDS: dict[int, Role] = {
     cadastre_pb2.ORGANISATION_KIND_MEDICAL_HOUSE: Role.MEDICAL_HOUSE,
     cadastre_pb2.ORGANISATION_KIND_GROUP_PRACTICE: Role.GROUP_PRACTICE,
+    cadastre_pb2.ORGANISATION_KIND_PHARMACY: Role.PHARMACY,
 }
 REGISTRABLE_PROOFS: dict[int, Proof] = {
     tr_pb2.RELATION_PROOF_EID_READ: Proof.EID_READ,
@@ -208,6 +209,8 @@ class SessionRequest:
     audience: str
     lifetime_seconds: int
     principal_inami: str
+    user_challenge_id: str = ""
+    user_signature: bytes = b""
 
 
 def session_request(request: auth_pb2.CreateSessionRequest) -> SessionRequest:
@@ -221,6 +224,16 @@ def session_request(request: auth_pb2.CreateSessionRequest) -> SessionRequest:
         if request.lifetime_seconds < 0:
             check.add("lifetime_seconds", McnCode.VALUE_NOT_ALLOWED, "lifetime cannot be negative")
         principal = check.optional_inami("principal_inami", request.principal_inami)
+        user_challenge = check.text(
+            "user_challenge_id", request.user_challenge_id, max_length=MAX_ID, required=False
+        )
+        if len(request.user_signature) > MAX_SIGNATURE:
+            check.add("user_signature", McnCode.BAD_FORMAT, f"at most {MAX_SIGNATURE} bytes")
+        elif bool(user_challenge) != bool(request.user_signature):
+            missing = "user_signature" if user_challenge else "user_challenge_id"
+            check.add(
+                missing, McnCode.MANDATORY_FIELD_MISSING, "the user's challenge and signature go as one"
+            )
     return SessionRequest(
         challenge_id,
         request.signature,
@@ -228,6 +241,8 @@ def session_request(request: auth_pb2.CreateSessionRequest) -> SessionRequest:
         # A lifetime over the maximum is capped (published behaviour): cap it here, where any int64 fits.
         min(request.lifetime_seconds, MAX_LIFETIME_SECONDS),
         principal.value if principal else "",
+        user_challenge or "",
+        request.user_signature,
     )
 
 

@@ -64,6 +64,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             audience=asked.audience,
             lifetime_seconds=asked.lifetime_seconds,
             principal_inami=asked.principal_inami,
+            user_challenge_id=asked.user_challenge_id,
+            user_signature=asked.user_signature,
         )
         response = auth_pb2.CreateSessionResponse(
             token=issued.token,

@@ -12,7 +12,8 @@ Claims, exactly as emitted (every one always present; "" or [] when not applicab
     iss "ehealth" · aud · sub · sub_kind (SubjectKind name, e.g. "SUBJECT_KIND_PROVIDER") · sid
     iat · nbf (= iat) · exp (≤ iat + 12 h) · inami · niss · role (mycarenet_core Role value, e.g.
     "general_practitioner"; "" for persons and companies) · org · principal · mandate_id ·
-    mandate_services (MandatedService names, e.g. ["MANDATED_SERVICE_DMG_CONSULT"])
+    mandate_services (MandatedService names, e.g. ["MANDATED_SERVICE_DMG_CONSULT"]) · user (the INAMI
+    number of the pharmacist who opened a pharmacy's session, seed 003 §8.2.2.3; "" otherwise)
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class TokenClaims:
     principal: str = ""
     mandate_id: str = ""
     mandate_services: tuple[str, ...] = field(default=())
+    user: str = ""
 
     def to_jwt_claims(self) -> dict[str, Any]:
         iat = int(self.issued_at.timestamp())
@@ -97,6 +99,7 @@ class TokenClaims:
             "principal": self.principal,
             "mandate_id": self.mandate_id,
             "mandate_services": list(self.mandate_services),
+            "user": self.user,
         }
 
     @classmethod
@@ -124,6 +127,7 @@ class TokenClaims:
             principal=text("principal"),
             mandate_id=text("mandate_id"),
             mandate_services=tuple(services),
+            user=text("user"),
         )
 
 

@@ -57,10 +57,11 @@ def _who(caller: Caller | None) -> Row:
             "mandate_id": "",
             "session_id": "",
         }
+    # A pharmacy's session is recorded against the pharmacist who opened it (seed 003 §8.2.2.3).
     return {
         "requester_inami": caller.requester_inami,
-        "executor_id": caller.executor_id,
-        "executor_kind": caller.executor_kind,
+        "executor_id": caller.user or caller.executor_id,
+        "executor_kind": "SUBJECT_KIND_PROVIDER" if caller.user else caller.executor_kind,
         "mandate_id": caller.mandate_id,
         "session_id": caller.session_id,
     }

@@ -120,6 +120,7 @@ class HubCore:
             requester_reference=reference or f"hub-{uuid.uuid4().hex}",
             processing_date=dates.to_proto(self.clock.today()),
             organisation_inami=caller.organisation,
+            session_user_inami=caller.user,
         )
 
     def oa(self, code: str) -> OaClient:
@@ -335,6 +336,7 @@ class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
                 holding=answer.holding if answer.HasField("holding") else None,
                 payment_made_this_year=answer.payment_made_this_year,
                 acknowledgement=common_pb2.Acknowledgement(complete=True),
+                requester_payment=answer.requester_payment if answer.HasField("requester_payment") else None,
             )
 
     async def NotifyDmg(self, request: pub.NotifyDmgRequest, context: Context) -> pub.NotifyDmgResponse:

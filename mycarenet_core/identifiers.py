@@ -215,13 +215,14 @@ def sex_compatible(niss: Niss, sex: Sex) -> bool:
 class Profession(enum.Enum):
     """First digit of an INAMI number.
 
-    1 (physician) and 3 (dentist) are official; 5 (pharmacist) and 8 (organisation: medical house or
-    group practice) are this mesh's convention.
+    1 (physician) and 3 (dentist) are official; 5 (pharmacist), 6 (physiotherapist) and 8 (organisation:
+    medical house, group practice or pharmacy) are this mesh's convention.
     """
 
     PHYSICIAN = 1
     DENTIST = 3
     PHARMACIST = 5
+    PHYSIOTHERAPIST = 6
     ORGANISATION = 8
 
 
@@ -235,6 +236,8 @@ class Role(enum.Enum):
     PHARMACIST = "pharmacist"
     MEDICAL_HOUSE = "medical_house"
     GROUP_PRACTICE = "group_practice"
+    PHARMACY = "pharmacy"
+    PHYSIOTHERAPIST = "physiotherapist"
 
 
 _PHYSICIAN_ROLES: dict[int, Role] = {
@@ -250,7 +253,11 @@ _PHYSICIAN_ROLES: dict[int, Role] = {
     8: Role.PHYSICIAN_NO_COMPETENCE,
     9: Role.PHYSICIAN_NO_COMPETENCE,
 }
-_ORGANISATION_ROLES: dict[str, Role] = {"100": Role.MEDICAL_HOUSE, "200": Role.GROUP_PRACTICE}
+_ORGANISATION_ROLES: dict[str, Role] = {
+    "100": Role.MEDICAL_HOUSE,
+    "200": Role.GROUP_PRACTICE,
+    "300": Role.PHARMACY,
+}
 
 
 def _role(profession: Profession, competence: str) -> Role:
@@ -260,9 +267,12 @@ def _role(profession: Profession, competence: str) -> Role:
         return Role.DENTIST
     if profession is Profession.PHARMACIST:
         return Role.PHARMACIST
+    if profession is Profession.PHYSIOTHERAPIST:
+        return Role.PHYSIOTHERAPIST
     role = _ORGANISATION_ROLES.get(competence)
     if role is None:
-        raise IdentifierError(McnCode.BAD_FORMAT, f"organisation competence {competence} is not 100 or 200")
+        reason = f"organisation competence {competence} is not 100, 200 or 300"
+        raise IdentifierError(McnCode.BAD_FORMAT, reason)
     return role
 
 

@@ -49,6 +49,8 @@ ROLE_TO_PROTO: dict[Role, common_pb2.ProviderRole.ValueType] = {
     Role.PHARMACIST: common_pb2.PROVIDER_ROLE_PHARMACIST,
     Role.MEDICAL_HOUSE: common_pb2.PROVIDER_ROLE_MEDICAL_HOUSE,
     Role.GROUP_PRACTICE: common_pb2.PROVIDER_ROLE_GROUP_PRACTICE,
+    Role.PHARMACY: common_pb2.PROVIDER_ROLE_PHARMACY,
+    Role.PHYSIOTHERAPIST: common_pb2.PROVIDER_ROLE_PHYSIOTHERAPIST,
 }
 
 
@@ -79,6 +81,13 @@ class Caller:
     @property
     def requester_inami(self) -> str:
         return self.principal or self.inami
+
+    @property
+    def user(self) -> str:
+        """The person who opened an organisation's session: the pharmacist of a pharmacy's session (seed 003
+        §8.2.2.3), whose activity the session's is recorded against; "" otherwise."""
+        value = self.claims.get("user") or ""
+        return value if isinstance(value, str) else ""
 
     @functools.cached_property
     def role(self) -> Role | None:  # parsed once per session (the hub keeps verified sessions)

@@ -90,11 +90,13 @@ def context_fields(context: context_pb2.RequestContext | None, peer: str) -> dic
     """The audit columns taken from a RequestContext (the hub's view of the eHealth session)."""
     if context is None:
         return {"peer": peer}
+    # A pharmacy's session is recorded against the pharmacist who opened it (seed 003 §8.2.2.3).
+    user = context.session_user_inami
     return {
         "requester_inami": context.requester_inami[:32],
         "requester_role": int(context.requester_role),
-        "executor_id": context.executor_id[:64],
-        "executor_kind": context.executor_kind[:64],
+        "executor_id": (user or context.executor_id)[:64],
+        "executor_kind": "SUBJECT_KIND_PROVIDER" if user else context.executor_kind[:64],
         "mandate_id": context.mandate_id[:64],
         "session_id": context.session_id[:64],
         "organisation_inami": context.organisation_inami[:32],

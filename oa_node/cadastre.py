@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 ORGANISATION_KINDS: dict[int, Role] = {
     cad_pb2.ORGANISATION_KIND_MEDICAL_HOUSE: Role.MEDICAL_HOUSE,
     cad_pb2.ORGANISATION_KIND_GROUP_PRACTICE: Role.GROUP_PRACTICE,
+    cad_pb2.ORGANISATION_KIND_PHARMACY: Role.PHARMACY,
 }
 _ORGANISATION_ROLES = frozenset(ORGANISATION_KINDS.values())
 AUDIT_RPC = "ApplyCadastreChanges"

@@ -37,6 +37,7 @@ from mycarenet_core.identifiers import (
     sex_compatible,
 )
 from mycarenet_core.validation import Checker
+from oa_node import rules as r
 from oa_node.convert import role_from_proto
 from oa_node.repositories.consult import Registration
 from oa_node.repositories.members import Period, covers
@@ -86,12 +87,14 @@ ENTITLED: dict[Request, frozenset[Role]] = {
             Role.PHYSICIAN_NO_COMPETENCE,
             Role.SPECIALIST,
             Role.DENTIST,
+            Role.PHYSIOTHERAPIST,
             Role.PHARMACIST,
+            Role.PHARMACY,
             Role.MEDICAL_HOUSE,
         }
     ),
-    # The payment commitment is the pharmacists' (seed 003 §5).
-    Request.RIGHTS: frozenset({Role.PHARMACIST}),
+    # The payment commitment is the pharmacists' (seed 003 §5): a pharmacy's session, or a pharmacist's own.
+    Request.RIGHTS: frozenset({Role.PHARMACIST, Role.PHARMACY}),
 }
 
 
@@ -105,6 +108,8 @@ class Caller:
     inami: Inami
     reference: str
     today: dt.date
+    user: str = ""
+    """The pharmacist who opened a pharmacy's session (seed 003 §8.2.2.3); "" otherwise."""
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,8 @@ class IntakeEvent:
     submitted: dt.date
     fingerprint: str
     code: str = ""
+    payee: r.Payee = r.Payee.PATIENT
+    """Of a 102771: reimbursed to the patient (paid in cash, the default) or paid to the GP (third party)."""
 
 
 @dataclass(frozen=True)
@@ -200,9 +207,12 @@ def caller(check: Checker, context: context_pb2.RequestContext) -> Caller | None
         "context.requester_reference", context.requester_reference, max_length=MAX_REFERENCE
     )
     today = check.date("context.processing_date", context.processing_date)
+    user = None
+    if context.session_user_inami:
+        user = check.inami("context.session_user_inami", context.session_user_inami)
     if found is None or today is None or not reference:
         return None
-    return Caller(found, reference, today)
+    return Caller(found, reference, today, user.value if user is not None else "")
 
 
 _SEXES = {
@@ -410,9 +420,24 @@ def parse_attestation(request: intake_pb2.RegisterPaperAttestationRequest) -> In
         reference, niss, provider = _intake_head(check, request)
         attested = check.date("attestation_date", request.attestation_date)
         submitted = check.date("submission_date", request.submission_date)
+        method = check.enum("payment_method", request.payment_method, _PAPER_PAYEES, required=False)
     return IntakeEvent(
-        "attestation", reference, niss, provider, parsed(attested), parsed(submitted), fingerprint(request)
+        "attestation",
+        reference,
+        niss,
+        provider,
+        parsed(attested),
+        parsed(submitted),
+        fingerprint(request),
+        payee=method or r.Payee.PATIENT,
     )
+
+
+_PAPER_PAYEES: dict[int, r.Payee] = {
+    intake_pb2.PAPER_PAYMENT_METHOD_CASH: r.Payee.PATIENT,
+    intake_pb2.PAPER_PAYMENT_METHOD_THIRD_PARTY: r.Payee.PROVIDER,
+}
+"""Seed 000 §1.1.1: paid in cash, the 102771 is reimbursed to the patient; in third party, paid to the GP."""
 
 
 def _intake_head(

@@ -265,6 +265,7 @@ class InsurabilityOperations:
                 dispensing_date=dates.to_proto(query.day),
                 provider_inami=who.inami.value,
                 consulted_on=dates.to_proto(who.today),
+                pharmacist_inami=who.user,
             )
         )
         return answer

@@ -323,6 +323,8 @@ def test_known_inami_numbers() -> None:
         (Profession.PHARMACIST, "003", Role.PHARMACIST),
         (Profession.ORGANISATION, "100", Role.MEDICAL_HOUSE),
         (Profession.ORGANISATION, "200", Role.GROUP_PRACTICE),
+        (Profession.ORGANISATION, "300", Role.PHARMACY),
+        (Profession.PHYSIOTHERAPIST, "001", Role.PHYSIOTHERAPIST),
     ],
 )
 def test_inami_roles(profession: Profession, competence: str, role: Role) -> None:
@@ -339,7 +341,7 @@ def test_inami_roles(profession: Profession, competence: str, role: Role) -> Non
         ("1000030400", 111),  # 10 digits
         ("1000030400A", 111),
         ("20000304003", 111),  # profession digit 2 unknown
-        ("81000344300", 111),  # organisation, competence 300: 810003 = 97 * 8350 + 53 -> check 44
+        ("81000344400", 111),  # organisation, competence 400: 810003 = 97 * 8350 + 53 -> check 44
         ("81000344100", None),  # same, competence 100: valid
         ("10000305003", 112),
         ("10000394003", 112),

@@ -71,6 +71,7 @@ DEFAULT_VALID_FROM = dt.date(2000, 1, 1)
 ORGANISATION_KINDS = {
     "medical_house": cadastre_pb2.ORGANISATION_KIND_MEDICAL_HOUSE,
     "group_practice": cadastre_pb2.ORGANISATION_KIND_GROUP_PRACTICE,
+    "pharmacy": cadastre_pb2.ORGANISATION_KIND_PHARMACY,
 }
 SEXES = {
     Sex.MALE: common_pb2.SEX_MALE,

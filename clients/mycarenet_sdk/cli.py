@@ -244,14 +244,26 @@ def login(
     kind: Annotated[
         str, typer.Option(help="who logs in: provider, organisation, person (a mandatee's NISS), company")
     ] = "provider",
+    pharmacist: Annotated[
+        str | None,
+        typer.Option(
+            help="a pharmacy's session (seed 003 §8.2.2.1): the INAMI of the pharmacist who opens it (signs"
+            " with <data>/keys/<pharmacist>.pem, or --pharmacist-key); implies --kind organisation"
+        ),
+    ] = None,
+    pharmacist_key: Annotated[Path | None, typer.Option(help="the pharmacist's private key (PEM)")] = None,
     data: DataOpt = DEFAULT_DATA,
     as_json: JsonOpt = False,
 ) -> None:
-    """Log in at eHealth by signing a challenge with your key."""
+    """Log in at eHealth by signing a challenge with your key (a pharmacy: with one of its pharmacists)."""
     key_path = key or data / "keys" / f"{inami}.pem"
+    user = None
+    if pharmacist:
+        kind = "organisation"
+        user = (pharmacist, pharmacist_key or data / "keys" / f"{pharmacist}.pem")
 
     async def go(client: Client) -> Session:
-        return await client.login(inami, key_path, kind=kind, principal_inami=principal)
+        return await client.login(inami, key_path, kind=kind, principal_inami=principal, pharmacist=user)
 
     session = _run(data, go, session=False)
     path = _session_file()
@@ -271,7 +283,7 @@ def login(
     if as_json:
         _print_json({"session_id": session.session_id, "expire_time": session.expire_time.isoformat()})
     else:
-        acting = f" for {principal}" if principal else ""
+        acting = f" for {principal}" if principal else (f" (pharmacist {pharmacist})" if pharmacist else "")
         console.print(
             f"logged in as [bold]{inami}[/bold]{acting} until {session.expire_time:%Y-%m-%d %H:%M} UTC"
         )
@@ -371,6 +383,7 @@ def rights(
     table.caption = (
         f"payment commitment {commitment.agreement_number}: covers {_fmt_date(commitment.coverage.start)}"
         f" to {_fmt_date(commitment.coverage.end)} on {commitment.status.ct1}/{commitment.status.ct2}"
+        + (f" (pharmacist {commitment.pharmacist_inami})" if commitment.pharmacist_inami else "")
         if reply.HasField("commitment")
         else "no right on the dispensing date: no payment commitment"
     )

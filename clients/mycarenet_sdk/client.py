@@ -217,24 +217,36 @@ class Client:
         kind: str = "provider",
         principal_inami: str | None = None,
         lifetime: dt.timedelta | None = None,
+        pharmacist: tuple[str, Ed25519PrivateKey | bytes | str | Path] | None = None,
     ) -> Session:
-        """Authenticate by signing an eHealth challenge; keeps the session for the next calls."""
+        """Authenticate by signing an eHealth challenge; keeps the session for the next calls.
+
+        A pharmacy's session (``kind="organisation"``, seed 003 §8.2.2.1) is opened by one of its pharmacists:
+        ``pharmacist=(inami, private key)`` signs a second challenge, as the pharmacist's eID does."""
         key = load_private_key(private_key)
         challenge = await self._call(
             self._auth.CreateChallenge,
             auth_pb2.CreateChallengeRequest(subject=auth_pb2.Subject(kind=subject_kind(kind), id=subject_id)),
             auth=False,
         )
-        reply = await self._call(
-            self._auth.CreateSession,
-            auth_pb2.CreateSessionRequest(
-                challenge_id=challenge.challenge_id,
-                signature=key.sign(challenge.nonce),
-                principal_inami=principal_inami or "",
-                lifetime_seconds=int(lifetime.total_seconds()) if lifetime else 0,
-            ),
-            auth=False,
+        request = auth_pb2.CreateSessionRequest(
+            challenge_id=challenge.challenge_id,
+            signature=key.sign(challenge.nonce),
+            principal_inami=principal_inami or "",
+            lifetime_seconds=int(lifetime.total_seconds()) if lifetime else 0,
         )
+        if pharmacist is not None:
+            user_inami, user_key = pharmacist
+            user_challenge = await self._call(
+                self._auth.CreateChallenge,
+                auth_pb2.CreateChallengeRequest(
+                    subject=auth_pb2.Subject(kind=subject_kind("provider"), id=user_inami)
+                ),
+                auth=False,
+            )
+            request.user_challenge_id = user_challenge.challenge_id
+            request.user_signature = load_private_key(user_key).sign(user_challenge.nonce)
+        reply = await self._call(self._auth.CreateSession, request, auth=False)
         self.session = Session(
             token=reply.token,
             session_id=reply.session_id,

@@ -122,6 +122,12 @@ def up(
                     f"demo pharmacist {demo['pharmacist']} — try: mycarenet login {demo['pharmacist']}"
                     f" && mycarenet pharmacy rights {demo['patient']}"
                 )
+            if demo.get("pharmacy"):
+                console().print(
+                    f"demo pharmacy {demo['pharmacy']} (a pharmacy's session, seed 003 §8.2.2.1) — try:"
+                    f" mycarenet login {demo['pharmacy']} --pharmacist {demo['pharmacist']}"
+                    f" && mycarenet pharmacy rights {demo['patient']}"
+                )
         console().print(
             "your own test case: mycarenet admin provider add INAMI --first .. --last .."
             " and mycarenet admin patient add NISS --insurer 300 (README)"

@@ -2,8 +2,10 @@
 
 Members split over the seven insurers by realistic shares, valid NISS (births after 2000 and bis numbers
 included), GPs (enrolled or not, in training with a supervisor, a group practice, a medical house),
-specialists, dentists and pharmacists, therapeutic relations and DMG histories over the last three years,
-insurability periods with their statuses and care statuses (:func:`statuses`).
+specialists, dentists, physiotherapists, pharmacies with their pharmacists, therapeutic relations and DMG
+histories over the last three years, insurability periods with their statuses and care statuses
+(:func:`statuses`), and newborns whose NISS the pharmacist does not know yet (seed 003 §4.3: asked by
+mutuality + member number).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class Provider:
     first_name: str
     last_name: str
     niss: str
-    role: str  # "gp", "trainee", "specialist", "dentist", "pharmacist"
+    role: str  # "gp", "trainee", "specialist", "dentist", "pharmacist", "physiotherapist"
     enrolled: bool = False
     supervisor: str = ""
     iban: str = ""
@@ -107,7 +109,7 @@ class Provider:
 @dataclass
 class Organisation:
     inami: str
-    kind: str  # "medical_house" or "group_practice"
+    kind: str  # "medical_house", "group_practice" or "pharmacy"
     name: str
     members: list[str] = field(default_factory=list)
 
@@ -176,6 +178,9 @@ class Population:
     history: list[DmgEvent]
     demo: dict[str, str]
     bulk: int = 0  # further members, streamed by :func:`bulk_members` (no history, no relations)
+    newborns: list[str] = field(default_factory=list)
+    """NISS of the members born in the last weeks, whose NISS the pharmacy software does not know yet (seed
+    003 §4.3): they are asked for by mutuality + member number."""
 
 
 def _iban(rng: random.Random) -> str:
@@ -432,12 +437,35 @@ def build(size: int, today: dt.date, seed: int = 2014) -> Population:
     pharmacists = [person("pharmacist", "001", Profession.PHARMACIST) for _ in range(max(2, size // 2500))]
     pharmacists.append(person("pharmacist", "002", Profession.PHARMACIST))
     pharmacists[0].first_name, pharmacists[0].last_name = "Paul", "Verstraete"
+    # One pharmacy per responsible pharmacist (seed 003 §8.2.2.1-2), the assistant in the first one; and
+    # physiotherapists. Drawn after everything above, so that it stays what it was for a seed.
+    pharmacies = [
+        Organisation(
+            make_inami(Profession.ORGANISATION, next(seq), "300"),
+            "pharmacy",
+            f"Pharmacie {p.last_name}",
+            [p.inami],
+        )
+        for p in pharmacists
+        if p.inami.endswith("001")
+    ]
+    pharmacies[0].members += [p.inami for p in pharmacists if not p.inami.endswith("001")]
+    pharmacies[0].name = "Pharmacie du Parc"
+    physiotherapists = [
+        person("physiotherapist", "001", Profession.PHYSIOTHERAPIST) for _ in range(max(2, size // 3000))
+    ]
+    newborns = list(_newborns(random.Random(seed + 4), max(3, size // 2000), today))
+    for m in newborns:
+        statuses(status_rng, m, today)
+    members += newborns
+    baby = newborns[0].affiliations[0]
     return Population(
-        providers=[*gps, *trainees, *specialists, *dentists, *pharmacists],
-        organisations=[group, house],
+        providers=[*gps, *trainees, *specialists, *dentists, *pharmacists, *physiotherapists],
+        organisations=[group, house, *pharmacies],
         members=members,
         bulk=bulk,
         history=history,
+        newborns=[m.niss for m in newborns],
         demo={
             "gp_a": gp_a.inami,
             "gp_b": gp_b.inami,
@@ -445,6 +473,29 @@ def build(size: int, today: dt.date, seed: int = 2014) -> Population:
             "dentist": dentists[0].inami,
             "trainee": trainees[0].inami,
             "pharmacist": pharmacists[0].inami,
+            "pharmacy": pharmacies[0].inami,
+            "physiotherapist": physiotherapists[0].inami,
             "patient": demo_niss,
+            "newborn": f"{baby.insurer}/{baby.registration_number}",
         },
     )
+
+
+def _newborns(rng: random.Random, count: int, today: dt.date) -> Iterator[Member]:
+    """Members born in the last six weeks, affiliated since birth with a parent's insurer under a member
+    number of their own (NISS sequences 900 and up, member numbers from 7,000,000,001: neither the detailed
+    nor the bulk members use them)."""
+    codes = list(INSURER_SHARES)
+    weights = [INSURER_SHARES[c] for c in codes]
+    for n in range(count):
+        birth = today - dt.timedelta(days=rng.randrange(1, 42))
+        seq = 900 + n
+        insurer = rng.choices(codes, weights)[0]
+        yield Member(
+            niss=make_niss(birth, seq),
+            first_name=rng.choice(FIRST_NAMES),
+            last_name=rng.choice(LAST_NAMES),
+            birth_date=birth,
+            sex="M" if seq % 2 else "F",
+            affiliations=[Affiliation(insurer, f"{7_000_000_001 + n:011d}", birth)],
+        )

@@ -52,6 +52,7 @@ ROLES: dict[str, common_pb2.ProviderRole.ValueType] = {
     "SPECIALIST": common_pb2.PROVIDER_ROLE_SPECIALIST,
     "DENTIST": common_pb2.PROVIDER_ROLE_DENTIST,
     "PHARMACIST": common_pb2.PROVIDER_ROLE_PHARMACIST,
+    "PHYSIOTHERAPIST": common_pb2.PROVIDER_ROLE_PHYSIOTHERAPIST,
     "MEDICAL_HOUSE": common_pb2.PROVIDER_ROLE_MEDICAL_HOUSE,
     "GROUP_PRACTICE": common_pb2.PROVIDER_ROLE_GROUP_PRACTICE,
 }
@@ -72,11 +73,13 @@ def _role(inami: str) -> common_pb2.ProviderRole.ValueType:
 
 
 def write_keys(population: Population, folder: Path) -> dict[str, str]:
-    """One Ed25519 key per provider (PEM files the CLI logs in with); returns INAMI → public PEM."""
+    """One Ed25519 key per provider and per pharmacy (whose session one of its pharmacists opens, seed 003
+    §8.2.2.1): PEM files the CLI logs in with; returns INAMI → public PEM."""
     folder.mkdir(parents=True, exist_ok=True)
     public: dict[str, str] = {}
-    for p in population.providers:
-        path = folder / f"{p.inami}.pem"
+    pharmacies = [o.inami for o in population.organisations if o.kind == "pharmacy"]
+    for inami in [p.inami for p in population.providers] + pharmacies:
+        path = folder / f"{inami}.pem"
         if path.is_file():
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
             assert isinstance(key, Ed25519PrivateKey)
@@ -90,7 +93,7 @@ def write_keys(population: Population, folder: Path) -> dict[str, str]:
                 )
             )
             path.chmod(0o600)
-        public[p.inami] = (
+        public[inami] = (
             key.public_key()
             .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
             .decode()
@@ -120,6 +123,8 @@ async def seed_ehealth(
             org.inami, name=org.name, kind=org.kind, members=org.members, valid_from=SINCE
         )
         last = max(last, int(reply.change_sequence))
+        if org.inami in public_keys:
+            await admin.register_credential(org.inami, kind="organisation", public_key=public_keys[org.inami])
     start = today - dt.timedelta(days=3 * 365)
     sem = asyncio.Semaphore(32)
 
@@ -127,7 +132,7 @@ async def seed_ehealth(
         async with sem:
             await admin.register_relation(inami, niss, start=start, proof="eid")
 
-    pairs = [(m.niss, m.usual_gp) for m in population.members]
+    pairs = [(m.niss, m.usual_gp) for m in population.members if m.usual_gp]
     demo = population.demo
     pairs += [(demo["patient"], demo[k]) for k in ("gp_b", "specialist", "dentist", "trainee")]
     await asyncio.gather(*(relate(n, i) for n, i in pairs))

@@ -17,7 +17,7 @@ TODAY = dt.date(2026, 11, 20)
 def test_detailed_population_is_valid_and_realistic() -> None:
     p = pop.build(3000, TODAY)
     nisses = [m.niss for m in p.members]
-    assert len(nisses) == len(set(nisses)) == 3001  # + the demo patient
+    assert len(nisses) == len(set(nisses)) == 3001 + 3  # + the demo patient, + the newborns
     for m in p.members:
         parsed = parse_niss(m.niss, today=TODAY)
         assert parsed.birth_date is None or parsed.birth_date == m.birth_date
@@ -32,8 +32,30 @@ def test_detailed_population_is_valid_and_realistic() -> None:
     assert roles[Role.GP_IN_TRAINING] >= 1
     assert roles[Role.SPECIALIST] >= 2
     assert roles[Role.DENTIST] >= 2
+    assert roles[Role.PHYSIOTHERAPIST] >= 2
     kinds = {o.kind for o in p.organisations}
-    assert kinds == {"medical_house", "group_practice"}
+    assert kinds == {"medical_house", "group_practice", "pharmacy"}
+    # Each pharmacy's first member is its responsible pharmacist, INAMI ending in 001 (seed 003 §8.2.2.2).
+    pharmacies = [o for o in p.organisations if o.kind == "pharmacy"]
+    assert pharmacies[0].inami == p.demo["pharmacy"]
+    assert p.demo["pharmacist"] in pharmacies[0].members
+    for o in pharmacies:
+        assert parse_inami(o.inami).role is Role.PHARMACY
+        assert parse_inami(o.members[0]).role is Role.PHARMACIST
+        assert o.members[0].endswith("001")
+    # Newborns: born in the last weeks, affiliated since birth, asked for by member number (seed 003 §4.3).
+    by_niss = {m.niss: m for m in p.members}
+    assert len(p.newborns) == 3
+    for niss in p.newborns:
+        baby = by_niss[niss]
+        assert 0 < (TODAY - baby.birth_date).days <= 42
+        assert baby.affiliations[0].start == baby.birth_date
+        assert baby.insurability
+    mutuality, number = p.demo["newborn"].split("/")
+    assert (mutuality, number) == (
+        by_niss[p.newborns[0]].affiliations[0].insurer,
+        by_niss[p.newborns[0]].affiliations[0].registration_number,
+    )
     demo = {m.niss: m for m in p.members}[p.demo["patient"]]
     assert demo.usual_gp == p.demo["gp_a"]
     keys = [(e.submitted, e.date) for e in p.history]
@@ -44,7 +66,7 @@ def test_detailed_population_is_valid_and_realistic() -> None:
 
 def test_bulk_members_extend_the_population_without_collisions() -> None:
     p = pop.build(pop.DETAILED_LIMIT + 25_000, TODAY)
-    assert len(p.members) == pop.DETAILED_LIMIT + 1
+    assert len(p.members) == pop.DETAILED_LIMIT + 1 + len(p.newborns)
     assert p.bulk == 25_000
     gps = [x.inami for x in p.providers if x.role == "gp"]
     bulk = [m for chunk in pop.bulk_members(p.bulk, TODAY, gps) for m in chunk]

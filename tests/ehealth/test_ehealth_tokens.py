@@ -61,7 +61,7 @@ def test_a_good_token_verifies_and_carries_every_claim() -> None:
     raw = jwt.decode(token, options={"verify_signature": False})
     assert set(raw) == {
         "iss", "aud", "sub", "sub_kind", "sid", "iat", "nbf", "exp", "inami", "niss", "role", "org",
-        "principal", "mandate_id", "mandate_services",
+        "principal", "mandate_id", "mandate_services", "user",
     }  # fmt: skip
     assert raw["iss"] == "ehealth"
     assert raw["nbf"] == raw["iat"] == int(T0.timestamp())

@@ -85,6 +85,7 @@ ROLE: dict[str, common_pb2.ProviderRole.ValueType] = {
     "SPECIALIST": common_pb2.PROVIDER_ROLE_SPECIALIST,
     "DENTIST": common_pb2.PROVIDER_ROLE_DENTIST,
     "PHARMACIST": common_pb2.PROVIDER_ROLE_PHARMACIST,
+    "PHYSIOTHERAPIST": common_pb2.PROVIDER_ROLE_PHYSIOTHERAPIST,
 }
 
 

@@ -76,6 +76,12 @@ class _ProviderRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Provider
     """Medical house (maison médicale / wijkgezondheidscentrum), an organisation that may hold DMGs."""
     PROVIDER_ROLE_GROUP_PRACTICE: _ProviderRole.ValueType  # 9
     """Group practice of general practitioners, an organisation."""
+    PROVIDER_ROLE_PHARMACY: _ProviderRole.ValueType  # 10
+    """Pharmacy open to the public (officine), an organisation (seed 003 §8.2.2.1): its session is opened by one
+    of its pharmacists.
+    """
+    PROVIDER_ROLE_PHYSIOTHERAPIST: _ProviderRole.ValueType  # 11
+    """Physiotherapist (kinésithérapeute), who reads the insurability before billing (seed 001, seed 004)."""
 
 class ProviderRole(_ProviderRole, metaclass=_ProviderRoleEnumTypeWrapper):
     """Professional role derived from the INAMI competence code (see SPEC §2)."""
@@ -100,6 +106,12 @@ PROVIDER_ROLE_MEDICAL_HOUSE: ProviderRole.ValueType  # 8
 """Medical house (maison médicale / wijkgezondheidscentrum), an organisation that may hold DMGs."""
 PROVIDER_ROLE_GROUP_PRACTICE: ProviderRole.ValueType  # 9
 """Group practice of general practitioners, an organisation."""
+PROVIDER_ROLE_PHARMACY: ProviderRole.ValueType  # 10
+"""Pharmacy open to the public (officine), an organisation (seed 003 §8.2.2.1): its session is opened by one
+of its pharmacists.
+"""
+PROVIDER_ROLE_PHYSIOTHERAPIST: ProviderRole.ValueType  # 11
+"""Physiotherapist (kinésithérapeute), who reads the insurability before billing (seed 001, seed 004)."""
 Global___ProviderRole: _TypeAlias = ProviderRole  # noqa: Y015
 
 class _Severity:

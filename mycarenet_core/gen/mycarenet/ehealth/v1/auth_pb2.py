@@ -27,17 +27,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mycarenet_core.gen.mycarenet.ehealth.v1 import mandate_pb2 as mycarenet_dot_ehealth_dot_v1_dot_mandate__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmycarenet/ehealth/v1/auth.proto\x12\x14mycarenet.ehealth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"mycarenet/ehealth/v1/mandate.proto\"F\n\x07Subject\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.mycarenet.ehealth.v1.SubjectKind\x12\n\n\x02id\x18\x02 \x01(\t\"H\n\x16\x43reateChallengeRequest\x12.\n\x07subject\x18\x01 \x01(\x0b\x32\x1d.mycarenet.ehealth.v1.Subject\"o\n\x17\x43reateChallengeResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x84\x01\n\x14\x43reateSessionRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x04 \x01(\x03\x12\x17\n\x0fprincipal_inami\x18\x05 \x01(\t\"\x9b\x01\n\x15\x43reateSessionResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07mandate\x18\x04 \x01(\x0b\x32\x1d.mycarenet.ehealth.v1.Mandate\"\xdf\x01\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bretire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05state\x18\x06 \x01(\x0e\x32%.mycarenet.ehealth.v1.SigningKeyState\"\x17\n\x15GetSigningKeysRequest\"H\n\x16GetSigningKeysResponse\x12.\n\x04keys\x18\x01 \x03(\x0b\x32 .mycarenet.ehealth.v1.SigningKey\"\x1e\n\rLogoutRequest\x12\r\n\x05token\x18\x01 \x01(\t\"5\n\x0eLogoutResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\"\x94\x01\n\nRevocation\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0brevoke_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x16ListRevocationsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x17ListRevocationsResponse\x12\x35\n\x0brevocations\x18\x01 \x03(\x0b\x32 .mycarenet.ehealth.v1.Revocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x17WatchRevocationsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"P\n\x18WatchRevocationsResponse\x12\x34\n\nrevocation\x18\x01 \x01(\x0b\x32 .mycarenet.ehealth.v1.Revocation\"c\n\x19RegisterCredentialRequest\x12.\n\x07subject\x18\x01 \x01(\x0b\x32\x1d.mycarenet.ehealth.v1.Subject\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\"1\n\x1aRegisterCredentialResponse\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\"\x19\n\x17RotateSigningKeyRequest\"I\n\x18RotateSigningKeyResponse\x12-\n\x03key\x18\x01 \x01(\x0b\x32 .mycarenet.ehealth.v1.SigningKey\"^\n\x17RevokeCredentialRequest\x12.\n\x07subject\x18\x01 \x01(\x0b\x32\x1d.mycarenet.ehealth.v1.Subject\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"C\n\x18RevokeCredentialResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\x12\x16\n\x0e\x65nded_sessions\x18\x02 \x01(\x05*\x98\x01\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15SUBJECT_KIND_PROVIDER\x10\x01\x12\x1d\n\x19SUBJECT_KIND_ORGANISATION\x10\x02\x12\x17\n\x13SUBJECT_KIND_PERSON\x10\x03\x12\x18\n\x14SUBJECT_KIND_COMPANY\x10\x04*\x8e\x01\n\x0fSigningKeyState\x12!\n\x1dSIGNING_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SIGNING_KEY_STATE_NEXT\x10\x01\x12\x1d\n\x19SIGNING_KEY_STATE_CURRENT\x10\x02\x12\x1d\n\x19SIGNING_KEY_STATE_RETIRED\x10\x03\x32\xed\x07\n\x0b\x41uthService\x12n\n\x0f\x43reateChallenge\x12,.mycarenet.ehealth.v1.CreateChallengeRequest\x1a-.mycarenet.ehealth.v1.CreateChallengeResponse\x12h\n\rCreateSession\x12*.mycarenet.ehealth.v1.CreateSessionRequest\x1a+.mycarenet.ehealth.v1.CreateSessionResponse\x12k\n\x0eGetSigningKeys\x12+.mycarenet.ehealth.v1.GetSigningKeysRequest\x1a,.mycarenet.ehealth.v1.GetSigningKeysResponse\x12S\n\x06Logout\x12#.mycarenet.ehealth.v1.LogoutRequest\x1a$.mycarenet.ehealth.v1.LogoutResponse\x12n\n\x0fListRevocations\x12,.mycarenet.ehealth.v1.ListRevocationsRequest\x1a-.mycarenet.ehealth.v1.ListRevocationsResponse\x12s\n\x10WatchRevocations\x12-.mycarenet.ehealth.v1.WatchRevocationsRequest\x1a..mycarenet.ehealth.v1.WatchRevocationsResponse0\x01\x12w\n\x12RegisterCredential\x12/.mycarenet.ehealth.v1.RegisterCredentialRequest\x1a\x30.mycarenet.ehealth.v1.RegisterCredentialResponse\x12q\n\x10RotateSigningKey\x12-.mycarenet.ehealth.v1.RotateSigningKeyRequest\x1a..mycarenet.ehealth.v1.RotateSigningKeyResponse\x12q\n\x10RevokeCredential\x12-.mycarenet.ehealth.v1.RevokeCredentialRequest\x1a..mycarenet.ehealth.v1.RevokeCredentialResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmycarenet/ehealth/v1/auth.proto\x12\x14mycarenet.ehealth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\"mycarenet/ehealth/v1/mandate.proto\"F\n\x07Subject\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.mycarenet.ehealth.v1.SubjectKind\x12\n\n\x02id\x18\x02 \x01(\t\"H\n\x16\x43reateChallengeRequest\x12.\n\x07subject\x18\x01 \x01(\x0b\x32\x1d.mycarenet.ehealth.v1.Subject\"o\n\x17\x43reateChallengeResponse\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb7\x01\n\x14\x43reateSessionRequest\x12\x14\n\x0c\x63hallenge_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x10\n\x08\x61udience\x18\x03 \x01(\t\x12\x18\n\x10lifetime_seconds\x18\x04 \x01(\x03\x12\x17\n\x0fprincipal_inami\x18\x05 \x01(\t\x12\x19\n\x11user_challenge_id\x18\x06 \x01(\t\x12\x16\n\x0euser_signature\x18\x07 \x01(\x0c\"\x9b\x01\n\x15\x43reateSessionResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07mandate\x18\x04 \x01(\x0b\x32\x1d.mycarenet.ehealth.v1.Mandate\"\xdf\x01\n\nSigningKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bretire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x05state\x18\x06 \x01(\x0e\x32%.mycarenet.ehealth.v1.SigningKeyState\"\x17\n\x15GetSigningKeysRequest\"H\n\x16GetSigningKeysResponse\x12.\n\x04keys\x18\x01 \x03(\x0b\x32 .mycarenet.ehealth.v1.SigningKey\"\x1e\n\rLogoutRequest\x12\r\n\x05token\x18\x01 \x01(\t\"5\n\x0eLogoutResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07revoked\x18\x02 \x01(\x08\"\x94\x01\n\nRevocation\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12/\n\x0brevoke_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x16ListRevocationsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"i\n\x17ListRevocationsResponse\x12\x35\n\x0brevocations\x18\x01 \x03(\x0b\x32 .mycarenet.ehealth.v1.Revocation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x17WatchRevocationsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"P\n\x18WatchRevocationsResponse\x12\x34\n\nrevocation\x18\x01 \x01(\x0b\x32 .mycarenet.ehealth.v1.Revocation\"c\n\x19RegisterCredentialRequest\x12.\n\x07subject\x18\x01 \x01(\x0b\x32\x1d.mycarenet.ehealth.v1.Subject\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\"1\n\x1aRegisterCredentialResponse\x12\x13\n\x0b\x66ingerprint\x18\x01 \x01(\t\"\x19\n\x17RotateSigningKeyRequest\"I\n\x18RotateSigningKeyResponse\x12-\n\x03key\x18\x01 \x01(\x0b\x32 .mycarenet.ehealth.v1.SigningKey\"^\n\x17RevokeCredentialRequest\x12.\n\x07subject\x18\x01 \x01(\x0b\x32\x1d.mycarenet.ehealth.v1.Subject\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"C\n\x18RevokeCredentialResponse\x12\x0f\n\x07revoked\x18\x01 \x01(\x08\x12\x16\n\x0e\x65nded_sessions\x18\x02 \x01(\x05*\x98\x01\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15SUBJECT_KIND_PROVIDER\x10\x01\x12\x1d\n\x19SUBJECT_KIND_ORGANISATION\x10\x02\x12\x17\n\x13SUBJECT_KIND_PERSON\x10\x03\x12\x18\n\x14SUBJECT_KIND_COMPANY\x10\x04*\x8e\x01\n\x0fSigningKeyState\x12!\n\x1dSIGNING_KEY_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16SIGNING_KEY_STATE_NEXT\x10\x01\x12\x1d\n\x19SIGNING_KEY_STATE_CURRENT\x10\x02\x12\x1d\n\x19SIGNING_KEY_STATE_RETIRED\x10\x03\x32\xed\x07\n\x0b\x41uthService\x12n\n\x0f\x43reateChallenge\x12,.mycarenet.ehealth.v1.CreateChallengeRequest\x1a-.mycarenet.ehealth.v1.CreateChallengeResponse\x12h\n\rCreateSession\x12*.mycarenet.ehealth.v1.CreateSessionRequest\x1a+.mycarenet.ehealth.v1.CreateSessionResponse\x12k\n\x0eGetSigningKeys\x12+.mycarenet.ehealth.v1.GetSigningKeysRequest\x1a,.mycarenet.ehealth.v1.GetSigningKeysResponse\x12S\n\x06Logout\x12#.mycarenet.ehealth.v1.LogoutRequest\x1a$.mycarenet.ehealth.v1.LogoutResponse\x12n\n\x0fListRevocations\x12,.mycarenet.ehealth.v1.ListRevocationsRequest\x1a-.mycarenet.ehealth.v1.ListRevocationsResponse\x12s\n\x10WatchRevocations\x12-.mycarenet.ehealth.v1.WatchRevocationsRequest\x1a..mycarenet.ehealth.v1.WatchRevocationsResponse0\x01\x12w\n\x12RegisterCredential\x12/.mycarenet.ehealth.v1.RegisterCredentialRequest\x1a\x30.mycarenet.ehealth.v1.RegisterCredentialResponse\x12q\n\x10RotateSigningKey\x12-.mycarenet.ehealth.v1.RotateSigningKeyRequest\x1a..mycarenet.ehealth.v1.RotateSigningKeyResponse\x12q\n\x10RevokeCredential\x12-.mycarenet.ehealth.v1.RevokeCredentialRequest\x1a..mycarenet.ehealth.v1.RevokeCredentialResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarenet.ehealth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBJECTKIND']._serialized_start=1990
-  _globals['_SUBJECTKIND']._serialized_end=2142
-  _globals['_SIGNINGKEYSTATE']._serialized_start=2145
-  _globals['_SIGNINGKEYSTATE']._serialized_end=2287
+  _globals['_SUBJECTKIND']._serialized_start=2041
+  _globals['_SUBJECTKIND']._serialized_end=2193
+  _globals['_SIGNINGKEYSTATE']._serialized_start=2196
+  _globals['_SIGNINGKEYSTATE']._serialized_end=2338
   _globals['_SUBJECT']._serialized_start=126
   _globals['_SUBJECT']._serialized_end=196
   _globals['_CREATECHALLENGEREQUEST']._serialized_start=198
@@ -45,41 +45,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATECHALLENGERESPONSE']._serialized_start=272
   _globals['_CREATECHALLENGERESPONSE']._serialized_end=383
   _globals['_CREATESESSIONREQUEST']._serialized_start=386
-  _globals['_CREATESESSIONREQUEST']._serialized_end=518
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=521
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=676
-  _globals['_SIGNINGKEY']._serialized_start=679
-  _globals['_SIGNINGKEY']._serialized_end=902
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=904
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=927
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=929
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=1001
-  _globals['_LOGOUTREQUEST']._serialized_start=1003
-  _globals['_LOGOUTREQUEST']._serialized_end=1033
-  _globals['_LOGOUTRESPONSE']._serialized_start=1035
-  _globals['_LOGOUTRESPONSE']._serialized_end=1088
-  _globals['_REVOCATION']._serialized_start=1091
-  _globals['_REVOCATION']._serialized_end=1239
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1241
-  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=1328
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=1330
-  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=1435
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=1437
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=1486
-  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=1488
-  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=1568
-  _globals['_REGISTERCREDENTIALREQUEST']._serialized_start=1570
-  _globals['_REGISTERCREDENTIALREQUEST']._serialized_end=1669
-  _globals['_REGISTERCREDENTIALRESPONSE']._serialized_start=1671
-  _globals['_REGISTERCREDENTIALRESPONSE']._serialized_end=1720
-  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=1722
-  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=1747
-  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_start=1749
-  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_end=1822
-  _globals['_REVOKECREDENTIALREQUEST']._serialized_start=1824
-  _globals['_REVOKECREDENTIALREQUEST']._serialized_end=1918
-  _globals['_REVOKECREDENTIALRESPONSE']._serialized_start=1920
-  _globals['_REVOKECREDENTIALRESPONSE']._serialized_end=1987
-  _globals['_AUTHSERVICE']._serialized_start=2290
-  _globals['_AUTHSERVICE']._serialized_end=3295
+  _globals['_CREATESESSIONREQUEST']._serialized_end=569
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=572
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=727
+  _globals['_SIGNINGKEY']._serialized_start=730
+  _globals['_SIGNINGKEY']._serialized_end=953
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=955
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=978
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=980
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=1052
+  _globals['_LOGOUTREQUEST']._serialized_start=1054
+  _globals['_LOGOUTREQUEST']._serialized_end=1084
+  _globals['_LOGOUTRESPONSE']._serialized_start=1086
+  _globals['_LOGOUTRESPONSE']._serialized_end=1139
+  _globals['_REVOCATION']._serialized_start=1142
+  _globals['_REVOCATION']._serialized_end=1290
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_start=1292
+  _globals['_LISTREVOCATIONSREQUEST']._serialized_end=1379
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_start=1381
+  _globals['_LISTREVOCATIONSRESPONSE']._serialized_end=1486
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=1488
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=1537
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=1539
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=1619
+  _globals['_REGISTERCREDENTIALREQUEST']._serialized_start=1621
+  _globals['_REGISTERCREDENTIALREQUEST']._serialized_end=1720
+  _globals['_REGISTERCREDENTIALRESPONSE']._serialized_start=1722
+  _globals['_REGISTERCREDENTIALRESPONSE']._serialized_end=1771
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_start=1773
+  _globals['_ROTATESIGNINGKEYREQUEST']._serialized_end=1798
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_start=1800
+  _globals['_ROTATESIGNINGKEYRESPONSE']._serialized_end=1873
+  _globals['_REVOKECREDENTIALREQUEST']._serialized_start=1875
+  _globals['_REVOKECREDENTIALREQUEST']._serialized_end=1969
+  _globals['_REVOKECREDENTIALRESPONSE']._serialized_start=1971
+  _globals['_REVOKECREDENTIALRESPONSE']._serialized_end=2038
+  _globals['_AUTHSERVICE']._serialized_start=2341
+  _globals['_AUTHSERVICE']._serialized_end=3346
 # @@protoc_insertion_point(module_scope)

@@ -183,6 +183,8 @@ class CreateSessionRequest(_message.Message):
     AUDIENCE_FIELD_NUMBER: _builtins.int
     LIFETIME_SECONDS_FIELD_NUMBER: _builtins.int
     PRINCIPAL_INAMI_FIELD_NUMBER: _builtins.int
+    USER_CHALLENGE_ID_FIELD_NUMBER: _builtins.int
+    USER_SIGNATURE_FIELD_NUMBER: _builtins.int
     challenge_id: _builtins.str
     """The challenge answered.
     At most 64 characters.
@@ -202,6 +204,16 @@ class CreateSessionRequest(_message.Message):
     to the subject must exist today.
     An INAMI number: 11 digits, separators allowed; at most 32 characters.
     """
+    user_challenge_id: _builtins.str
+    """A pharmacy's session (seed 003 §8.2.2.1, §8.2.2.3): the challenge of the pharmacist who opens it, asked
+    for that pharmacist as a provider subject. Required when the subject is a pharmacy, refused otherwise.
+    The pharmacist must be a member of the pharmacy today; the session's activity is recorded against them.
+    At most 64 characters.
+    """
+    user_signature: _builtins.bytes
+    """Ed25519 signature of that challenge's nonce by the pharmacist's private key (their eID, in the seed).
+    At most 1024 bytes.
+    """
     def __init__(
         self,
         *,
@@ -210,10 +222,12 @@ class CreateSessionRequest(_message.Message):
         audience: _builtins.str = ...,
         lifetime_seconds: _builtins.int = ...,
         principal_inami: _builtins.str = ...,
+        user_challenge_id: _builtins.str = ...,
+        user_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "challenge_id", b"challenge_id", "lifetime_seconds", b"lifetime_seconds", "principal_inami", b"principal_inami", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "challenge_id", b"challenge_id", "lifetime_seconds", b"lifetime_seconds", "principal_inami", b"principal_inami", "signature", b"signature", "user_challenge_id", b"user_challenge_id", "user_signature", b"user_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,6 +36,10 @@ class _OrganisationKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Orga
     """Medical house: patients under a flat-fee contract; may hold DMGs."""
     ORGANISATION_KIND_GROUP_PRACTICE: _OrganisationKind.ValueType  # 2
     """Registered group practice of GPs: a member's contact prolongs the group holder's DMG."""
+    ORGANISATION_KIND_PHARMACY: _OrganisationKind.ValueType  # 3
+    """Pharmacy open to the public (officine, seed 003 §8.2.2.1): its members are its pharmacists, the
+    responsible one's INAMI ending in 001; a session of the pharmacy is opened by one of them.
+    """
 
 class OrganisationKind(_OrganisationKind, metaclass=_OrganisationKindEnumTypeWrapper):
     """Kind of organisation."""
@@ -46,6 +50,10 @@ ORGANISATION_KIND_MEDICAL_HOUSE: OrganisationKind.ValueType  # 1
 """Medical house: patients under a flat-fee contract; may hold DMGs."""
 ORGANISATION_KIND_GROUP_PRACTICE: OrganisationKind.ValueType  # 2
 """Registered group practice of GPs: a member's contact prolongs the group holder's DMG."""
+ORGANISATION_KIND_PHARMACY: OrganisationKind.ValueType  # 3
+"""Pharmacy open to the public (officine, seed 003 §8.2.2.1): its members are its pharmacists, the
+responsible one's INAMI ending in 001; a session of the pharmacy is opened by one of them.
+"""
 Global___OrganisationKind: _TypeAlias = OrganisationKind  # noqa: Y015
 
 @_typing.final

@@ -26,15 +26,15 @@ _sym_db = _symbol_database.Default()
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,mycarenet/insurability/v1/insurability.proto\x12\x19mycarenet.insurability.v1\x1a mycarenet/common/v1/common.proto\"b\n\x12InsurabilityStatus\x12\x0b\n\x03\x63t1\x18\x01 \x01(\t\x12\x0b\n\x03\x63t2\x18\x02 \x01(\t\x12\x19\n\x11preferential_rate\x18\x03 \x01(\x08\x12\x17\n\x0fmaximum_billing\x18\x04 \x01(\x08\"\x80\x01\n\x12InsurabilityPeriod\x12+\n\x06period\x18\x01 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12=\n\x06status\x18\x02 \x01(\x0b\x32-.mycarenet.insurability.v1.InsurabilityStatus\"x\n\x10\x43\x61reStatusPeriod\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32).mycarenet.insurability.v1.CareStatusKind\x12+\n\x06period\x18\x02 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"\xcc\x02\n\nMemberData\x12-\n\x07patient\x18\x01 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x02 \x01(\t\x12\x43\n\x0cinsurability\x18\x03 \x03(\x0b\x32-.mycarenet.insurability.v1.InsurabilityPeriod\x12\x42\n\rcare_statuses\x18\x04 \x03(\x0b\x32+.mycarenet.insurability.v1.CareStatusPeriod\x12\x1b\n\x13medical_house_inami\x18\x05 \x01(\t\x12\x39\n\x14medical_house_period\x18\x06 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x18\n\x10\x64mg_holder_inami\x18\x07 \x01(\t\"\x98\x02\n\x11PaymentCommitment\x12-\n\x08\x63overage\x18\x01 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12=\n\x06status\x18\x02 \x01(\x0b\x32-.mycarenet.insurability.v1.InsurabilityStatus\x12\x18\n\x10\x61greement_number\x18\x03 \x01(\t\x12\x32\n\x0f\x64ispensing_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x16\n\x0eprovider_inami\x18\x05 \x01(\t\x12/\n\x0c\x63onsulted_on\x18\x06 \x01(\x0b\x32\x19.mycarenet.common.v1.Date*\x9e\x01\n\x0e\x43\x61reStatusKind\x12 \n\x1c\x43\x41RE_STATUS_KIND_UNSPECIFIED\x10\x00\x12&\n\"CARE_STATUS_KIND_CHRONIC_CONDITION\x10\x01\x12\x1f\n\x1b\x43\x41RE_STATUS_KIND_PALLIATIVE\x10\x02\x12!\n\x1d\x43\x41RE_STATUS_KIND_HOSPITALISED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,mycarenet/insurability/v1/insurability.proto\x12\x19mycarenet.insurability.v1\x1a mycarenet/common/v1/common.proto\"b\n\x12InsurabilityStatus\x12\x0b\n\x03\x63t1\x18\x01 \x01(\t\x12\x0b\n\x03\x63t2\x18\x02 \x01(\t\x12\x19\n\x11preferential_rate\x18\x03 \x01(\x08\x12\x17\n\x0fmaximum_billing\x18\x04 \x01(\x08\"\x80\x01\n\x12InsurabilityPeriod\x12+\n\x06period\x18\x01 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12=\n\x06status\x18\x02 \x01(\x0b\x32-.mycarenet.insurability.v1.InsurabilityStatus\"x\n\x10\x43\x61reStatusPeriod\x12\x37\n\x04kind\x18\x01 \x01(\x0e\x32).mycarenet.insurability.v1.CareStatusKind\x12+\n\x06period\x18\x02 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"\xcc\x02\n\nMemberData\x12-\n\x07patient\x18\x01 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x02 \x01(\t\x12\x43\n\x0cinsurability\x18\x03 \x03(\x0b\x32-.mycarenet.insurability.v1.InsurabilityPeriod\x12\x42\n\rcare_statuses\x18\x04 \x03(\x0b\x32+.mycarenet.insurability.v1.CareStatusPeriod\x12\x1b\n\x13medical_house_inami\x18\x05 \x01(\t\x12\x39\n\x14medical_house_period\x18\x06 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12\x18\n\x10\x64mg_holder_inami\x18\x07 \x01(\t\"\xb2\x02\n\x11PaymentCommitment\x12-\n\x08\x63overage\x18\x01 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\x12=\n\x06status\x18\x02 \x01(\x0b\x32-.mycarenet.insurability.v1.InsurabilityStatus\x12\x18\n\x10\x61greement_number\x18\x03 \x01(\t\x12\x32\n\x0f\x64ispensing_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x16\n\x0eprovider_inami\x18\x05 \x01(\t\x12/\n\x0c\x63onsulted_on\x18\x06 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x18\n\x10pharmacist_inami\x18\x07 \x01(\t*\x9e\x01\n\x0e\x43\x61reStatusKind\x12 \n\x1c\x43\x41RE_STATUS_KIND_UNSPECIFIED\x10\x00\x12&\n\"CARE_STATUS_KIND_CHRONIC_CONDITION\x10\x01\x12\x1f\n\x1b\x43\x41RE_STATUS_KIND_PALLIATIVE\x10\x02\x12!\n\x1d\x43\x41RE_STATUS_KIND_HOSPITALISED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarenet.insurability.v1.insurability_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CARESTATUSKIND']._serialized_start=1081
-  _globals['_CARESTATUSKIND']._serialized_end=1239
+  _globals['_CARESTATUSKIND']._serialized_start=1107
+  _globals['_CARESTATUSKIND']._serialized_end=1265
   _globals['_INSURABILITYSTATUS']._serialized_start=109
   _globals['_INSURABILITYSTATUS']._serialized_end=207
   _globals['_INSURABILITYPERIOD']._serialized_start=210
@@ -44,5 +44,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMBERDATA']._serialized_start=463
   _globals['_MEMBERDATA']._serialized_end=795
   _globals['_PAYMENTCOMMITMENT']._serialized_start=798
-  _globals['_PAYMENTCOMMITMENT']._serialized_end=1078
+  _globals['_PAYMENTCOMMITMENT']._serialized_end=1104
 # @@protoc_insertion_point(module_scope)

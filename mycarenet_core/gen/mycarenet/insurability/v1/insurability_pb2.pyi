@@ -226,6 +226,7 @@ class PaymentCommitment(_message.Message):
     DISPENSING_DATE_FIELD_NUMBER: _builtins.int
     PROVIDER_INAMI_FIELD_NUMBER: _builtins.int
     CONSULTED_ON_FIELD_NUMBER: _builtins.int
+    PHARMACIST_INAMI_FIELD_NUMBER: _builtins.int
     agreement_number: _builtins.str
     """The proof of the consultation, computed by the insurer with its own secret (seed 003 §5.4),
     "<insurer>-<20 characters>", 24 characters; the invoice carries it back with the fields it fixes.
@@ -233,6 +234,11 @@ class PaymentCommitment(_message.Message):
     """
     provider_inami: _builtins.str
     """INAMI number (11 digits) of the provider the commitment is linked to (seed 003 §5.1): the requester.
+    An INAMI number: 11 digits, separators allowed; at most 32 characters.
+    """
+    pharmacist_inami: _builtins.str
+    """INAMI number (11 digits) of the pharmacist who opened the pharmacy's session the commitment was obtained
+    in (seed 003 §8.2.2.3); empty when the requester consulted in its own session.
     An INAMI number: 11 digits, separators allowed; at most 32 characters.
     """
     @_builtins.property
@@ -264,10 +270,11 @@ class PaymentCommitment(_message.Message):
         dispensing_date: _common_pb2.Date | None = ...,
         provider_inami: _builtins.str = ...,
         consulted_on: _common_pb2.Date | None = ...,
+        pharmacist_inami: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["consulted_on", b"consulted_on", "coverage", b"coverage", "dispensing_date", b"dispensing_date", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_number", b"agreement_number", "consulted_on", b"consulted_on", "coverage", b"coverage", "dispensing_date", b"dispensing_date", "provider_inami", b"provider_inami", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_number", b"agreement_number", "consulted_on", b"consulted_on", "coverage", b"coverage", "dispensing_date", b"dispensing_date", "pharmacist_inami", b"pharmacist_inami", "provider_inami", b"provider_inami", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
