@@ -123,6 +123,7 @@ UNIT = {
     "hub/test_auth_unit.py",
     "hub/test_routing.py",  # its database tests are integration (database_url)
     "oa_node/test_node_settings.py",
+    "oa_node/test_rules_fee_checks.py",
     "oa_node/test_rules_focused.py",
     "oa_node/test_rules_holder_moves.py",
     "oa_node/test_rules_insurability.py",
@@ -171,6 +172,7 @@ DATABASE_PER_MODULE = {
     "oa_node/test_node_dmg.py",
     "oa_node/test_node_holder_feed.py",
     "oa_node/test_node_intake.py",
+    "oa_node/test_node_invoicing.py",
     "oa_node/test_node_members.py",
     "oa_node/test_node_outbox.py",
     "oa_node/test_node_trust.py",
