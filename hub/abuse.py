@@ -437,8 +437,8 @@ class _Intake:
         )
         for message in self.notices:
             key = f"{self.code}:{message.message_id}"
-            if key in known or not message.recipient_inami:
-                continue
+            if key in known or message.WhichOneof("payload") != "usage_notice":
+                continue  # a redelivery, or a notice without its payload (stored as it came, no strike)
             known.add(key)
             finding = self.control._decide(message, self.code, self.now)
             session.add(_row_of(finding))

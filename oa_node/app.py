@@ -52,6 +52,7 @@ from oa_node.holdings import HoldingFeed
 from oa_node.insurability import InsurabilityOperations
 from oa_node.invoicing import InvoiceLines, InvoicingOperations, OaInvoicingServicer
 from oa_node.membership import MembershipOperations
+from oa_node.purpose import PurposeChecks, PurposeRule
 from oa_node.reference import ReferenceOperations
 from oa_node.relay import OutboxRelay
 from oa_node.repositories import OutboxRepository, ReferenceRepository
@@ -107,6 +108,7 @@ class OaNodeApp(ServiceApp):
         server_credentials: grpc.ServerCredentials | None,
         telemetry: Telemetry | None = None,
         ehealth_target: str | None = None,
+        purpose: PurposeRule | None = None,
         max_notification_delay_days: int | None = 7,
         unbilled_contact_days: int = DEFAULT_PERIOD_DAYS,
     ) -> None:
@@ -232,6 +234,19 @@ class OaNodeApp(ServiceApp):
             clock.listen(self.fee_checks.clock_moved)
         self.holdings = HoldingFeed(self.reads, holders)
         self.insurability = InsurabilityOperations(insurer_code=insurer_code, reads=self.reads)
+        # The a-posteriori purpose check of the insurability consultations (seed 003 §7.3): its findings go
+        # to the hub through the outbox (oa_node/purpose.py).
+        self.purpose = PurposeChecks(
+            insurer_code=insurer_code,
+            sessions=self.sessions,
+            clock=clock,
+            audit=self.audit,
+            outbox=outbox,
+            rule=purpose,
+        )
+        background.add("purpose check", self.purpose.run)
+        if isinstance(clock, OffsetClock):
+            clock.listen(self.purpose.clock_moved)
         server = MeshServer(
             name,
             [
@@ -306,6 +321,7 @@ class OaNodeApp(ServiceApp):
             hub_intake_target=settings.hub_intake_target,
             ehealth_target=settings.ehealth_target,
             relay_interval=settings.relay_interval,
+            purpose=settings.purpose(),
             max_notification_delay_days=settings.max_notification_delay_days,
             unbilled_contact_days=settings.unbilled_contact_days,
             channel_credentials=channel_credentials,
@@ -326,6 +342,7 @@ class OaNodeApp(ServiceApp):
         server_credentials: grpc.ServerCredentials | None = None,
         telemetry: Telemetry | None = None,
         ehealth_target: str | None = None,
+        purpose: PurposeRule | None = None,
         max_notification_delay_days: int | None = 7,
         unbilled_contact_days: int = DEFAULT_PERIOD_DAYS,
     ) -> OaNodeApp:
@@ -334,6 +351,7 @@ class OaNodeApp(ServiceApp):
         ``ehealth_target``: eHealth's address, whose cadastre the node follows (its providers and
         organisations); without it the reference data come only from the back office.
         ``relay_interval``: the outbox relay's safety timeout (it is woken by every commit of outbox rows).
+        ``purpose``: the thresholds of the purpose check (:mod:`oa_node.purpose`).
         ``max_notification_delay_days``: code 166, a notification's contact at most this many days old (None:
         no limit); the production service's rule, which the seeds do not state.
         ``unbilled_contact_days``: the check after payment's period (:mod:`oa_node.fee_checks`).
@@ -361,6 +379,7 @@ class OaNodeApp(ServiceApp):
             server_credentials=server_credentials,
             telemetry=telemetry,
             ehealth_target=ehealth_target,
+            purpose=purpose,
             max_notification_delay_days=max_notification_delay_days,
             unbilled_contact_days=unbilled_contact_days,
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import Column, DateTime, LargeBinary, Table, UniqueConstraint
+from sqlalchemy import Column, DateTime, Index, LargeBinary, Table, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from mycarenet_core.db import declarative_base
@@ -398,6 +398,8 @@ class AuditRecord(Base, table=True):
     """One request (seed 001 art. 3): who is responsible, who executed it, when, and how it ended."""
 
     __tablename__ = "oa_audit"
+    # The purpose check reads the consultations answered in a period (oa_node/purpose.py).
+    __table_args__ = (Index("ix_oa_audit_rpc_at", "rpc", "at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     at: dt.datetime = Field(sa_column=_utc())
@@ -445,3 +447,16 @@ class InvoiceLineRow(Base, table=True):
     received_at: dt.datetime = Field(sa_column=_utc())
     answered: bool = Field(default=False, index=True)
     answered_at: dt.datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class PurposeCheckRow(Base, table=True):
+    """One period of the a-posteriori purpose check done (seed 003 §7.3; :mod:`oa_node.purpose`): written
+    in the transaction of its findings' outbox messages, so a period is checked once."""
+
+    __tablename__ = "oa_purpose_check"
+
+    period_start: dt.date = Field(primary_key=True)
+    period_end: dt.date
+    checked_at: dt.datetime = Field(sa_column=_utc())
+    consultations: int = 0
+    findings: int = 0

@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from mycarenet_core.config import MeshSettings
 from mycarenet_core.identifiers import INSURER_CODES
+from oa_node.purpose import PurposeRule
 
 
 class OaSettings(MeshSettings):
@@ -41,6 +42,27 @@ class OaSettings(MeshSettings):
         le=300,
         description="outbox relay safety timeout, seconds (every commit of outbox rows wakes the relay)",
     )
+
+    # The a-posteriori purpose check (seed 003 §7.3, oa_node/purpose.py); the seeds give no numbers: every
+    # default is illustrative.
+    purpose_period_days: int = Field(30, ge=1, le=366, description="length of a purpose-check period, days")
+    purpose_delay_days: int = Field(
+        30, ge=0, le=366, description="a consultation is followed by a billed service within these days"
+    )
+    purpose_min_consultations: int = Field(
+        20, ge=1, description="a provider with fewer consultations in a period is never found against"
+    )
+    purpose_max_unfollowed_share: float = Field(
+        0.5, ge=0, lt=1, description="a finding when more than this share of the consultations is unfollowed"
+    )
+
+    def purpose(self) -> PurposeRule:
+        return PurposeRule(
+            period_days=self.purpose_period_days,
+            delay_days=self.purpose_delay_days,
+            min_consultations=self.purpose_min_consultations,
+            max_unfollowed_share=self.purpose_max_unfollowed_share,
+        )
 
     def service_name(self) -> str:
         """The node's name in telemetry and logs: ``oa-<code>``."""

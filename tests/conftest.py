@@ -106,6 +106,7 @@ INTEGRATION = {
 }
 UNIT = {
     "hub/test_abuse_rules.py",
+    "oa_node/test_rules_purpose.py",
     "bench/test_bench_load.py",
     "bench/test_bench_report.py",
     "bench/test_bench_stats.py",

@@ -6,6 +6,7 @@ never flagged; an insurer's finding (the purpose check's notice) counts once how
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -21,29 +22,32 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as intake
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2 as pub
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2_grpc as pub_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2 as oa_intake
+from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as oa_intake_grpc
 from mycarenet_core.identifiers import make_niss
-from tests.hub.mesh import FAST, GENEROUS, Mesh, MemberSpec, bearer, running_mesh
+from oa_node.purpose import PurposeRule
+from tests.hub.mesh import FAST, GENEROUS, MemberSpec, Mesh, bearer, running_mesh
 
 D = dt.date
 TIGHT = AbuseConfig(window=dt.timedelta(minutes=60), max_distinct_patients=3, exclusion=dt.timedelta(days=30))
 PATIENTS = [make_niss(D(1960 + i, 1 + i % 12, 3), 301 + 2 * i) for i in range(5)]
 
 
-def tighten(mesh: Mesh) -> None:
+def tighten(mesh: Mesh, config: AbuseConfig = TIGHT) -> None:
     assert mesh.hub is not None
-    mesh.hub.core.abuse.config = TIGHT
+    mesh.hub.core.abuse.config = config
 
 
-async def seed(mesh: Mesh) -> pub_grpc.InsurabilityServiceStub:
+async def seed(mesh: Mesh, config: AbuseConfig = TIGHT) -> pub_grpc.InsurabilityServiceAsyncStub:
     await mesh.upsert_members(
         "100",
         [MemberSpec(f"x{i}", niss, {"100": [(D(2000, 1, 1), None)]}) for i, niss in enumerate(PATIENTS)],
     )
-    tighten(mesh)
+    tighten(mesh, config)
     return pub_grpc.InsurabilityServiceStub(mesh.channel(mesh.hub_port))
 
 
-async def member_data(stub: pub_grpc.InsurabilityServiceStub, token: str, niss: str) -> None:
+async def member_data(stub: pub_grpc.InsurabilityServiceAsyncStub, token: str, niss: str) -> None:
     await stub.GetMemberData(
         pub.GetMemberDataRequest(patient=common_pb2.PatientSelector(niss=niss)),
         metadata=bearer(token),
@@ -51,7 +55,7 @@ async def member_data(stub: pub_grpc.InsurabilityServiceStub, token: str, niss: 
     )
 
 
-async def rights(stub: pub_grpc.InsurabilityServiceStub, token: str, niss: str, day: dt.date) -> None:
+async def rights(stub: pub_grpc.InsurabilityServiceAsyncStub, token: str, niss: str, day: dt.date) -> None:
     await stub.ConsultRights(
         pub.ConsultRightsRequest(
             patient=common_pb2.PatientSelector(niss=niss), dispensing_date=to_proto(day)
@@ -80,7 +84,8 @@ async def test_warning_then_exclusion_then_admitted_again_and_it_survives_a_rest
         await rights(stub, token, PATIENTS[3], mesh.clock.today())
         [warning] = await notices(mesh, token)
         notice = warning.usage_notice
-        assert warning.recipient_inami == pharmacist.inami and warning.insurer_code == ""
+        assert warning.recipient_inami == pharmacist.inami
+        assert warning.insurer_code == ""
         assert notice.finding == dmg_pb2.USAGE_FINDING_DISTINCT_PATIENTS
         assert notice.consequence == dmg_pb2.USAGE_CONSEQUENCE_WARNING
         assert (notice.distinct_patients, notice.HasField("excluded_until")) == (4, False)
@@ -200,3 +205,69 @@ async def test_an_insurers_finding_counts_once_however_often_delivered(tmp_path:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await member_data(stub, token, PATIENTS[0])
         assert parse_rpc_error(caught.value).reason == EXCLUDED_REASON
+
+
+async def test_the_purpose_check_finds_consultations_never_billed_and_the_hub_warns(tmp_path: Path) -> None:
+    """Seed 003 §7.3 through the mesh: insurer 100 checks a period once its delay has passed (the clock
+    moved), finds against the GP whose consultations were mostly never followed by a billed contact, and its
+    notice reaches the GP's mailbox through the outbox relay and the hub, which makes it a warning; the
+    honest GP (each consultation followed by a contact) is never found against; a rerun finds nothing new."""
+    async with running_mesh(tmp_path, insurers=("100",), relations_for=()) as mesh:
+        stub = await seed(mesh, AbuseConfig(max_distinct_patients=100))
+        node = mesh.oas["100"]
+        node.purpose.rule = PurposeRule(
+            period_days=10, delay_days=5, min_consultations=3, max_unfollowed_share=0.5
+        )
+        backoffice = oa_intake_grpc.InvoicingIntakeServiceStub(
+            mesh.channel(mesh.oa_ports["100"], "backoffice")
+        )
+        gp_a, gp_b = mesh.people["gp_a"], mesh.people["gp_b"]
+        today = mesh.clock.today()
+
+        async def contact(gp: str, niss: str, reference: str) -> None:
+            await backoffice.RegisterContact(
+                oa_intake.RegisterContactRequest(
+                    intake_reference=reference,
+                    patient_niss=niss,
+                    provider_inami=gp,
+                    contact_date=to_proto(today),
+                    nomenclature_code="101010",
+                    submission_date=to_proto(today),
+                ),
+                timeout=10,
+            )
+
+        token_a, token_b = await mesh.login(gp_a), await mesh.login(gp_b)
+        for i, niss in enumerate(PATIENTS[:4]):  # four consultations, one followed by a contact
+            await member_data(stub, token_a, niss)
+            await member_data(stub, token_a, niss)  # twice at one contact: one consultation
+            if i == 0:
+                await contact(gp_a.inami, niss, f"a-{i}")
+        for i, niss in enumerate(PATIENTS[:3]):  # the honest GP: each consultation followed
+            await member_data(stub, token_b, niss)
+            await contact(gp_b.inami, niss, f"b-{i}")
+
+        assert await node.purpose.run_once() == 0  # the period's delay has not passed yet
+        mesh.clock.advance(dt.timedelta(days=20))
+        assert await node.purpose.run_once() == 1
+        assert await node.purpose.run_once() == 0  # each period is checked once
+
+        token_a = await mesh.login(gp_a)
+        for _ in range(100):
+            found = await notices(mesh, token_a)
+            if found:
+                break
+            await asyncio.sleep(0.05)
+        [notice] = found
+        assert (notice.insurer_code, notice.recipient_inami) == ("100", gp_a.inami)
+        usage = notice.usage_notice
+        assert usage.finding == dmg_pb2.USAGE_FINDING_UNFOLLOWED_CONSULTATIONS
+        assert usage.consequence == dmg_pb2.USAGE_CONSEQUENCE_WARNING  # decided by the hub
+        assert (usage.consultation_count, usage.distinct_patients, usage.unfollowed_count) == (4, 4, 3)
+        assert (
+            usage.period_start.ToDatetime(dt.UTC).date() <= today < usage.period_end.ToDatetime(dt.UTC).date()
+        )
+        assert mesh.hub is not None
+        assert [s.finding for s in mesh.hub.core.abuse.strikes(gp_a.inami)] == ["UNFOLLOWED_CONSULTATIONS"]
+        assert mesh.hub.core.abuse.strikes(gp_b.inami) == []
+        assert await notices(mesh, await mesh.login(gp_b)) == []

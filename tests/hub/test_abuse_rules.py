@@ -1,5 +1,6 @@
 """The pure rules of the abuse control (hub/abuse.py; seed 003 §7.2, seed 001 §3): the sliding window of
-distinct patients and the consequence of a finding (warning, then an exclusion on a repeat within 365 days)."""
+distinct patients and the consequence of a finding (a warning, then an exclusion on a repeat within 365
+days)."""
 
 from __future__ import annotations
 
@@ -66,14 +67,16 @@ def test_a_repeat_within_365_days_is_an_exclusion(since_first: dt.timedelta, exp
     assert decision.consequence == expected
     if expected is Consequence.EXCLUSION:
         assert decision.excluded_until == at + MONTH
-        assert decision.repeats is not None and decision.repeats.notice_id == "n1"
+        assert decision.repeats is not None
+        assert decision.repeats.notice_id == "n1"
 
 
 def test_the_repeat_counts_from_the_first_finding_of_the_365_days() -> None:
     first, second = strike(T0, notice="first"), strike(T0 + 100 * DAY, T0 + 130 * DAY, notice="second")
     decision = consequence_of([second, first], T0 + 200 * DAY, repeat_days=365, exclusion=MONTH)
     assert decision.consequence is Consequence.EXCLUSION
-    assert decision.repeats is not None and decision.repeats.notice_id == "first"
+    assert decision.repeats is not None
+    assert decision.repeats.notice_id == "first"
 
 
 def test_a_finding_never_shortens_an_exclusion_in_force() -> None:
