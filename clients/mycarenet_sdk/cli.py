@@ -476,22 +476,36 @@ def _message_rows(messages: list[dmg_pb2.MailboxMessage]) -> Table:
             )
         elif m.HasField("technical_ack"):
             about = f"tAck {m.technical_ack.reference}"
+        elif m.HasField("usage_notice"):
+            about = _usage_text(m.usage_notice)
         table.add_row(m.message_id, kind, m.insurer_code, about)
     return table
+
+
+def _usage_text(notice: dmg_pb2.UsageNotice) -> str:
+    """A usage notice in one line: what was found, and what follows (seed 003 §7.2–§7.3)."""
+    if notice.finding == dmg_pb2.USAGE_FINDING_UNFOLLOWED_CONSULTATIONS:
+        found = f"{notice.unfollowed_count} of {notice.consultation_count} consultations never billed"
+    else:
+        found = f"{notice.distinct_patients} distinct patients consulted"
+    if notice.consequence == dmg_pb2.USAGE_CONSEQUENCE_EXCLUSION:
+        until = notice.excluded_until.ToDatetime(dt.UTC).strftime("%d.%m.%Y %H:%M UTC")
+        return f"{found} ({notice.rule}): EXCLUDED from the insurability services until {until}"
+    return f"{found} ({notice.rule}): warning, a repeat within 365 days excludes"
 
 
 @app.command()
 def inbox(
     kind: Annotated[
         list[str] | None,
-        typer.Option(help="only this kind (closure, extension, patient_list, technical_ack)"),
+        typer.Option(help="only this kind (closure, extension, patient_list, technical_ack, usage_notice)"),
     ] = None,
     data: DataOpt = DEFAULT_DATA,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the pending messages of your mailbox."""
     try:
-        kinds = [dmg_pb2.MessageKind.Value(f"MESSAGE_KIND_{k.upper()}") for k in kind or ()]
+        kinds = [dmg_pb2.MessageKind.Value(f"MESSAGE_KIND_{k.upper().replace('-', '_')}") for k in kind or ()]
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     messages = _run(data, lambda c: c.all_messages(kinds=kinds))

@@ -90,3 +90,35 @@ def test_excluded_until_is_the_latest_end_still_ahead() -> None:
     assert excluded_until(strikes, T0 + 5 * DAY) == T0 + 31 * DAY
     assert excluded_until(strikes, T0 + 31 * DAY) is None  # over at its end
     assert excluded_until([strike(T0)], T0) is None
+
+
+def test_the_cli_tells_a_usage_notice_in_one_line() -> None:
+    from google.protobuf import timestamp_pb2
+    from mycarenet_sdk.cli import _usage_text
+
+    from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
+
+    until = timestamp_pb2.Timestamp()
+    until.FromDatetime(T0 + MONTH)
+    excluded = dmg_pb2.UsageNotice(
+        finding=dmg_pb2.USAGE_FINDING_DISTINCT_PATIENTS,
+        consequence=dmg_pb2.USAGE_CONSEQUENCE_EXCLUSION,
+        distinct_patients=121,
+        rule="more than 120 distinct patients in 60 minutes",
+        excluded_until=until,
+    )
+    assert _usage_text(excluded) == (
+        "121 distinct patients consulted (more than 120 distinct patients in 60 minutes): EXCLUDED from the "
+        "insurability services until 03.04.2025 09:00 UTC"
+    )
+    warned = dmg_pb2.UsageNotice(
+        finding=dmg_pb2.USAGE_FINDING_UNFOLLOWED_CONSULTATIONS,
+        consequence=dmg_pb2.USAGE_CONSEQUENCE_WARNING,
+        consultation_count=40,
+        unfollowed_count=30,
+        rule="r",
+    )
+    assert (
+        _usage_text(warned)
+        == "30 of 40 consultations never billed (r): warning, a repeat within 365 days excludes"
+    )
