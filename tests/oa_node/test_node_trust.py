@@ -40,6 +40,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import (
     membership_service_pb2,
     oa_dmg_service_pb2,
     oa_insurability_service_pb2,
+    oa_invoicing_service_pb2,
     reference_data_service_pb2,
 )
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
@@ -59,6 +60,7 @@ SERVICES = [
         reference_data_service_pb2,
         holding_feed_service_pb2,
         oa_insurability_service_pb2,
+        oa_invoicing_service_pb2,
     )
     for service in module.DESCRIPTOR.services_by_name.values()
 ]

@@ -33,6 +33,7 @@ PROCESS = {
     "mycarenet.dmg.v1": "hub",
     "mycarenet.hub.v1": "hub",
     "mycarenet.insurability.v1": "hub",
+    "mycarenet.invoicing.v1": "hub",
     "mycarenet.oa.v1": "oa-100",
     "mycarenet.sandbox.v1": "sandbox",
 }
