@@ -65,6 +65,7 @@ def hub_process(mesh: Mesh, port: int, log: Path) -> subprocess.Popen[bytes]:
         "MCN_HUB_SANDBOX_DATE": TODAY.isoformat(),
         "MCN_HUB_THROTTLE_RATE": "1000000",
         "MCN_HUB_THROTTLE_BURST": "1000000",
+        "MCN_HUB_ABUSE_MAX_DISTINCT_PATIENTS": "1000000000",
         "MCN_HUB_LOG_LEVEL": "WARNING",
     }
     with log.open("wb") as out:

@@ -288,7 +288,9 @@ class AbuseControl:
         if count <= self.config.max_distinct_patients:
             return None
         start = window.first() or now
-        del self._windows[provider]  # the provider's window starts afresh
+        # The provider's window starts afresh at once (a call crossing the threshold meanwhile must not find
+        # it again); if the finding cannot be recorded, the window is put back for the next call.
+        del self._windows[provider]
         notice = dmg_pb2.UsageNotice(
             finding=dmg_pb2.USAGE_FINDING_DISTINCT_PATIENTS,
             period_start=_ts(start),
@@ -298,7 +300,11 @@ class AbuseControl:
             rule=self.config.rule(),
         )
         message_id = f"hub:usage:{uuid.uuid4()}"
-        return await self._record_own(provider, message_id, notice, now)
+        try:
+            return await self._record_own(provider, message_id, notice, now)
+        except BaseException:
+            self._windows.setdefault(provider, window)
+            raise
 
     # --- findings ---------------------------------------------------------------------------------------
 

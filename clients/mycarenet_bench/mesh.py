@@ -51,6 +51,9 @@ DEFAULT_MIX = "consult=70,notify=10,list=5,mailbox=15"
 # Throttle of a cluster the bench starts: high enough that the load, not the abuse rule, is measured.
 BENCH_THROTTLE_RATE = 1_000_000.0
 BENCH_THROTTLE_BURST = 1_000_000
+# The load is systematic by design (every virtual provider consults patients at random): the abuse control of
+# the insurability services (hub/abuse.py) would warn, then exclude them. The bench's cluster raises it.
+BENCH_ABUSE_MAX_DISTINCT_PATIENTS = 1_000_000_000
 
 
 class ClusterNotUp(RuntimeError):
@@ -145,8 +148,9 @@ def free_base_port() -> int:
 class StartedCluster:
     """A cluster the bench starts (``mycarenet-cluster up`` as a child process) and stops again.
 
-    The hub's per-provider throttle is raised through MCN_HUB_THROTTLE_RATE / MCN_HUB_THROTTLE_BURST (the
-    supervisor passes its environment on). Faults go through the cluster's chaos API: no proxy on any link.
+    The hub's per-provider throttle is raised through MCN_HUB_THROTTLE_RATE / MCN_HUB_THROTTLE_BURST, its
+    abuse control through MCN_HUB_ABUSE_MAX_DISTINCT_PATIENTS (the supervisor passes its environment on).
+    Faults go through the cluster's chaos API: no proxy on any link.
     """
 
     data: Path
@@ -177,6 +181,7 @@ class StartedCluster:
             **os.environ,
             "MCN_HUB_THROTTLE_RATE": str(self.throttle_rate),
             "MCN_HUB_THROTTLE_BURST": str(self.throttle_burst),
+            "MCN_HUB_ABUSE_MAX_DISTINCT_PATIENTS": str(BENCH_ABUSE_MAX_DISTINCT_PATIENTS),
         }
         log = (self.data / "bench-cluster.log").open("ab")
         try:

@@ -185,6 +185,16 @@ async def test_an_insurers_finding_counts_once_however_often_delivered(tmp_path:
             )
 
         relay = mesh.intake_for("100")
+        # Bad input changes nothing: a rule over its documented 300 characters is refused, no strike.
+        oversized = finding("100-usage-0")
+        oversized.usage_notice.rule = "x" * 301
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await relay.DeliverMessages(
+                intake.DeliverMessagesRequest(insurer_code="100", messages=[oversized]), timeout=10
+            )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert mesh.hub is not None
+        assert mesh.hub.core.abuse.strikes(gp.inami) == []
         for _ in range(3):  # the relay retries (its answer lost): one strike, one warning
             await relay.DeliverMessages(
                 intake.DeliverMessagesRequest(insurer_code="100", messages=[finding("100-usage-1")]),
