@@ -20,7 +20,7 @@ from mycarenet_sdk.admin import (
     connect_admin,
     wait_for_cadastre,
 )
-from mycarenet_sdk.client import Client, MyCareNetError, Session, connect
+from mycarenet_sdk.client import Client, InvoiceLine, MyCareNetError, Session, connect
 from mycarenet_sdk.keys import ensure_key_file, fingerprint, load_private_key, public_pem
 from mycarenet_sdk.sync import SyncAdminClient, SyncClient, connect_admin_sync, connect_sync
 
@@ -28,6 +28,7 @@ __all__ = [
     "AdminClient",
     "CadastrePosition",
     "Client",
+    "InvoiceLine",
     "MyCareNetError",
     "ProviderAdded",
     "Session",

@@ -36,7 +36,7 @@ from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2
 from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
 from mycarenet_core.telemetry import Telemetry, from_environment
 from mycarenet_sdk.admin import AdminClient, ClockState, ProviderAdded, admin_from_cluster
-from mycarenet_sdk.client import Client, MyCareNetError, Session, connect
+from mycarenet_sdk.client import Client, InvoiceLine, MyCareNetError, Session, connect
 
 T = TypeVar("T")
 
@@ -425,6 +425,74 @@ def notify(
     _emit(reply, as_json, table)
 
 
+def _invoice_line(text: str) -> InvoiceLine:
+    """NISS,DATE,CODE,AMOUNT[,PROVIDER] (a medical house names its physician)."""
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) not in (4, 5):
+        raise typer.BadParameter(f"{text!r}: NISS,DATE,CODE,AMOUNT[,PROVIDER]")
+    when = _parse_date(parts[1])
+    assert when is not None
+    return InvoiceLine(parts[0], when, parts[2], parts[3], parts[4] if len(parts) == 5 else "")
+
+
+@app.command()
+def efact(
+    line: Annotated[
+        list[str], typer.Option("--line", help="NISS,DATE,CODE,AMOUNT[,PROVIDER] (repeat: one per line)")
+    ],
+    reference: Annotated[
+        str | None, typer.Option(help="batch reference (idempotency key: post again with the same one)")
+    ] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """eFact (third-party payment): post a batch of invoice lines; the answers come to your inbox
+    (--kind invoice-answer)."""
+    lines = [_invoice_line(text) for text in line]
+    reply = _run(data, lambda c: c.post_invoices(lines, reference=reference))
+    tack = reply.technical_ack
+    table = Table(
+        title=f"eFact batch {reply.requester_reference}: acknowledged by {', '.join(reply.insurer_codes)}"
+    )
+    for col in ("reference", "result", "not routed"):
+        table.add_column(col)
+    result = dmg_pb2.TechnicalAckResult.Name(tack.result).removeprefix("TECHNICAL_ACK_RESULT_").lower()
+    table.add_row(tack.reference, result, "; ".join(f"[{i.code}] {i.description}" for i in tack.items))
+    _emit(reply, as_json, table)
+
+
+@app.command()
+def eattest(
+    niss: Annotated[str, typer.Argument(help="patient NISS")],
+    contact_date: Annotated[str, typer.Option("--contact-date", help="date of the contact")],
+    amount: Annotated[str, typer.Option(help="amount paid by the patient, EUR (30.00)")],
+    code: Annotated[str, typer.Option(help="nomenclature code of the contact")] = "101076",
+    provider: Annotated[str, typer.Option(help="physician of the contact (default: you)")] = "",
+    reference: Annotated[str | None, typer.Option(help="certificate reference (idempotency key)")] = None,
+    data: DataOpt = DEFAULT_DATA,
+    as_json: JsonOpt = False,
+) -> None:
+    """eAttest (cash payment): send one electronic care certificate, registered by the insurer at once."""
+    when = _parse_date(contact_date)
+    assert when is not None
+    reply = _run(
+        data,
+        lambda c: c.send_attest(
+            niss,
+            contact_date=when,
+            nomenclature_code=code,
+            amount=amount,
+            provider_inami=provider,
+            reference=reference,
+        ),
+    )
+    table = Table(title=f"eAttest {reply.requester_reference} registered by insurer {reply.insurer_code}")
+    for col in ("replayed", "messages"):
+        table.add_column(col)
+    table.add_row("yes" if reply.replayed else "no", ", ".join(reply.message_ids) or "—")
+    _emit(reply, as_json, table)
+
+
 @app.command()
 def enrol(
     iban: Annotated[str, typer.Option(help="IBAN of the account for DMG fees")],
@@ -476,6 +544,23 @@ def _message_rows(messages: list[dmg_pb2.MailboxMessage]) -> Table:
             )
         elif m.HasField("technical_ack"):
             about = f"tAck {m.technical_ack.reference}"
+        elif m.HasField("invoice_answer"):
+            a = m.invoice_answer
+            outcome = (
+                "accepted"
+                if a.result == dmg_pb2.INVOICE_LINE_RESULT_ACCEPTED
+                else f"rejected [{a.error_code}]"
+            )
+            about = (
+                f"{a.batch_reference} line {a.line_number} ({a.patient_niss},"
+                f" {_fmt_date(a.contact_date)}): {outcome}"
+            )
+        elif m.HasField("fee_recovery"):
+            r = m.fee_recovery
+            about = (
+                f"{r.patient.niss}: fee {r.payment.year} {r.payment.amount.amount} EUR recovered"
+                f" (contact {_fmt_date(r.contact_date)} never invoiced)"
+            )
         elif m.HasField("usage_notice"):
             about = _usage_text(m.usage_notice)
         table.add_row(m.message_id, kind, m.insurer_code, about)
@@ -498,7 +583,10 @@ def _usage_text(notice: dmg_pb2.UsageNotice) -> str:
 def inbox(
     kind: Annotated[
         list[str] | None,
-        typer.Option(help="only this kind (closure, extension, patient_list, technical_ack, usage_notice)"),
+        typer.Option(
+            help="only this kind (closure, extension, patient_list, technical_ack, invoice_answer,"
+            " fee_recovery, usage_notice)"
+        ),
     ] = None,
     data: DataOpt = DEFAULT_DATA,
     as_json: JsonOpt = False,

@@ -39,6 +39,7 @@ from mycarenet_core.gen.mycarenet.insurability.v1 import (
     insurability_service_pb2,
     insurability_service_pb2_grpc,
 )
+from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2, invoicing_service_pb2_grpc
 from mycarenet_core.telemetry import Telemetry, message_links
 from mycarenet_sdk import commitments
 from mycarenet_sdk.keys import fingerprint, load_private_key
@@ -63,6 +64,8 @@ MANDATED_SERVICES = {
     "DMG_ENROL": mandate_pb2.MANDATED_SERVICE_DMG_ENROL,
     "DMG_PATIENT_LIST": mandate_pb2.MANDATED_SERVICE_DMG_PATIENT_LIST,
     "MAILBOX": mandate_pb2.MANDATED_SERVICE_MAILBOX,
+    "INSURABILITY": mandate_pb2.MANDATED_SERVICE_INSURABILITY,
+    "TARIFICATION_OFFICE": mandate_pb2.MANDATED_SERVICE_TARIFICATION_OFFICE,
 }
 
 
@@ -81,6 +84,17 @@ class MyCareNetError(MeshError):
             parsed.metadata,
             parsed.retry_after_seconds,
         )
+
+    @property
+    def excluded_until(self) -> dt.datetime | None:
+        """With reason ``SYSTEMATIC_CONSULTATION_EXCLUDED`` (the insurability services refuse a provider
+        excluded for systematic consultation, seed 003 §7.2): when the exclusion ends. The usage notices in
+        the mailbox (:meth:`Client.usage_notices`) say why."""
+        value = self.metadata.get("excluded_until", "")
+        try:
+            return dt.datetime.fromisoformat(value) if value else None
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,19 @@ def _patient(
     )
 
 
+@dataclass(frozen=True)
+class InvoiceLine:
+    """One contact to invoice through eFact (third-party payment): ``provider_inami`` defaults to you; a
+    medical house names its physician."""
+
+    patient_niss: str
+    contact_date: dt.date
+    nomenclature_code: str
+    amount: str
+    """In EUR, with a dot: "30.00"."""
+    provider_inami: str = ""
+
+
 class Client:
     """Provider software's async client (the ``client`` certificate): the hub (DMG, mailbox) and eHealth
     (login; with the provider's own session, its relations, the mandates it gives, its credential and its
@@ -177,6 +204,7 @@ class Client:
         self._dmg = dmg_service_pb2_grpc.DmgServiceStub(self._hub_channel)
         self._mailbox = mailbox_service_pb2_grpc.MailboxServiceStub(self._hub_channel)
         self._insurability = insurability_service_pb2_grpc.InsurabilityServiceStub(self._hub_channel)
+        self._invoicing = invoicing_service_pb2_grpc.InvoicingServiceStub(self._hub_channel)
         self._auth = auth_pb2_grpc.AuthServiceStub(self._ehealth_channel)
         self._cadastre = cadastre_pb2_grpc.CadastreServiceStub(self._ehealth_channel)
         self._relations = therapeutic_relation_pb2_grpc.TherapeuticRelationServiceStub(self._ehealth_channel)
@@ -502,6 +530,53 @@ class Client:
         )
         return await self._call(self._dmg.EnrolDmg, request)
 
+    # --- invoicing (eFact, eAttest) ------------------------------------------------------------------
+
+    async def post_invoices(
+        self, lines: Sequence[InvoiceLine], *, reference: str | None = None
+    ) -> invoicing_service_pb2.PostInvoiceBatchResponse:
+        """eFact: post a batch (lines numbered from 1 in order); the answer is the technical acknowledgement,
+        the insurers' answer per line comes to your mailbox (``MESSAGE_KIND_INVOICE_ANSWER``). Posting the
+        same batch again with the same ``reference`` is safe."""
+        me = self._me()
+        request = invoicing_service_pb2.PostInvoiceBatchRequest(
+            requester_reference=reference or new_reference(),
+            lines=[
+                invoicing_service_pb2.InvoiceLine(
+                    line_number=number,
+                    patient_niss=line.patient_niss,
+                    provider_inami=line.provider_inami or me,
+                    contact_date=_date(line.contact_date),
+                    nomenclature_code=line.nomenclature_code,
+                    amount=common_pb2.Money(currency_code="EUR", amount=line.amount),
+                )
+                for number, line in enumerate(lines, start=1)
+            ],
+        )
+        return await self._call(self._invoicing.PostInvoiceBatch, request)
+
+    async def send_attest(
+        self,
+        niss: str,
+        *,
+        contact_date: dt.date,
+        nomenclature_code: str,
+        amount: str,
+        provider_inami: str = "",
+        reference: str | None = None,
+    ) -> invoicing_service_pb2.SendAttestResponse:
+        """eAttest: one electronic care certificate (cash payment), registered by the insurer at once.
+        Retrying with the same ``reference`` is safe."""
+        request = invoicing_service_pb2.SendAttestRequest(
+            requester_reference=reference or new_reference(),
+            patient_niss=niss,
+            provider_inami=provider_inami or self._me(),
+            contact_date=_date(contact_date),
+            nomenclature_code=nomenclature_code,
+            amount=common_pb2.Money(currency_code="EUR", amount=amount),
+        )
+        return await self._call(self._invoicing.SendAttest, request)
+
     # --- asynchronous channel ------------------------------------------------------------------------
 
     async def post_patient_list(
@@ -544,6 +619,12 @@ class Client:
             token = page.next_page_token
             if not token:
                 return out
+
+    async def usage_notices(self) -> list[dmg_pb2.MailboxMessage]:
+        """The pending usage notices (``MESSAGE_KIND_USAGE_NOTICE``): a finding of systematic consultation of
+        the insurability services (many distinct patients in a short time, or consultations never followed by
+        a billed service) and its consequence, a warning or a temporary exclusion (seed 003 §7.2–§7.3)."""
+        return await self.all_messages(kinds=[dmg_pb2.MESSAGE_KIND_USAGE_NOTICE])
 
     async def watch_messages(self, *, kinds: Sequence[int] = ()) -> AsyncIterator[dmg_pb2.MailboxMessage]:
         """Pending messages, then each new one as it arrives (until the stream ends or you stop)."""
