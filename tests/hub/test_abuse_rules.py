@@ -122,3 +122,18 @@ def test_the_cli_tells_a_usage_notice_in_one_line() -> None:
         _usage_text(warned)
         == "30 of 40 consultations never billed (r): warning, a repeat within 365 days excludes"
     )
+
+
+def test_the_sdk_error_says_when_an_exclusion_ends() -> None:
+    import grpc
+    from mycarenet_sdk.client import MyCareNetError
+
+    until = T0 + MONTH
+    error = MyCareNetError(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "SYSTEMATIC_CONSULTATION_EXCLUDED",
+        "excluded",
+        metadata={"excluded_until": until.isoformat()},
+    )
+    assert error.excluded_until == until
+    assert MyCareNetError(grpc.StatusCode.PERMISSION_DENIED, "OTHER", "no").excluded_until is None
