@@ -89,7 +89,7 @@ async def init_database(engine: AsyncEngine) -> None:
                 await session.execute(insert(m.FeedHead), [{"id": feed, "last_sequence": 0}])
         if (await session.execute(select(m.CadastrePosition))).first() is None:
             session.add(m.CadastrePosition(id=1, applied_sequence=0))
-        await ReferenceRepository(session).seed_tariffs(rules.DEFAULT_TARIFFS)
+        await ReferenceRepository(session).seed_tariffs(rules.TariffTable())
 
 
 class OaNodeApp(ServiceApp):

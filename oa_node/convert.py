@@ -127,7 +127,12 @@ def holding(h: r.Holding, names: Names, *, today: dt.date) -> dmg_pb2.DmgHolding
     )
 
 
-def payment(p: r.Payment, names: Names) -> dmg_pb2.DmgPayment:
+_PAYEES = {r.Payee.PROVIDER: dmg_pb2.PAYEE_PROVIDER, r.Payee.PATIENT: dmg_pb2.PAYEE_PATIENT}
+
+
+def payment(p: r.Payment, names: Names, *, today: dt.date | None = None) -> dmg_pb2.DmgPayment:
+    """A fee as the provider sees it; its paid date only when it was paid by ``today`` (given)."""
+    paid = p.paid_by(today) if today is not None else None
     return dmg_pb2.DmgPayment(
         year=p.year,
         kind=_KINDS[p.kind],
@@ -136,6 +141,9 @@ def payment(p: r.Payment, names: Names) -> dmg_pb2.DmgPayment:
         payment_reference=p.reference,
         recovered=p.recovered,
         beneficiary=provider(p.beneficiary, names),
+        due_date=dates.to_proto(p.due_by),
+        paid_date=dates.to_proto(paid) if paid is not None else None,
+        payee=_PAYEES[p.payee],
     )
 
 

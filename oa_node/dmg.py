@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -46,6 +48,7 @@ from oa_node import convert, rules
 from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.feeds import FeedSignal, Wakeup
 from oa_node.holdings import log_moves
+from oa_node.models import CareStatusRow, table_of
 from oa_node.repositories import (
     ConsultRepository,
     DmgFileRepository,
@@ -147,6 +150,10 @@ class DmgOperations:
         )
         if found.holding is not None:
             response.holding.CopyFrom(convert.holding(found.holding, found.names, today=who.today))
+        if found.requester_fee is not None:
+            response.requester_payment.CopyFrom(
+                convert.payment(found.requester_fee, found.names, today=who.today)
+            )
         return response
 
     # --- notify ----------------------------------------------------------------------------------------
@@ -250,7 +257,7 @@ class DmgOperations:
                     patient=convert.patient(member) if member else None,
                     insurer_code=self.insurer_code,
                     periods=[convert.period(max(h.start, first), min(h.end, last)) for h in item.holdings],
-                    payments=[convert.payment(p, names) for p in item.payments],
+                    payments=[convert.payment(p, names, today=who.today) for p in item.payments],
                 )
             )
         return response
@@ -324,6 +331,7 @@ class DmgOperations:
                 attestation_date=event.on,
                 submission_date=event.submitted,
                 ctx=ctx,
+                payee=event.payee,
             )
 
         response = intake_pb2.RegisterPaperAttestationResponse(intake_reference=event.reference)
@@ -500,8 +508,9 @@ class DmgOperations:
         people |= set(supervisors.values())
         groups = await reference.groups_on(people, on)
         since = await EnrolmentRepository(session).enrolled_since(people | set(groups.values()))
+        chronic = await session.execute(CHRONIC_PERIODS, {"niss": member.niss})
         return rules.RuleContext(
-            patient=_profile(member),
+            patient=_profile(member, tuple((row.start, row.end) for row in chronic)),
             enrolled=frozenset(inami for inami, start in since.items() if start <= today),
             enrolled_since=since,
             group_of=groups,
@@ -576,7 +585,20 @@ class DmgOperations:
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
-def _profile(member: MemberRow) -> rules.PatientProfile:
+_care_status = table_of(CareStatusRow)
+CHRONIC_PERIODS = (
+    core_select(_care_status.c.start, _care_status.c.end)
+    .where(_care_status.c.niss == bindparam("niss"), _care_status.c.kind == "CHRONIC_CONDITION")
+    .order_by(_care_status.c.start)
+)
+"""The patient's chronic-condition periods (the 55 EUR category of seed 002 is judged on the contact date)."""
+
+
+def _profile(
+    member: MemberRow, chronic: tuple[tuple[dt.date, dt.date | None], ...] = ()
+) -> rules.PatientProfile:
+    """The patient as the rules see it. The chronic status is held by period (oa_care_status); a member
+    flagged chronic without periods (the earlier membership data) has it every year."""
     birth = member.birth_date
     if birth is None:
         parsed = parse_niss(member.niss)
@@ -590,7 +612,8 @@ def _profile(member: MemberRow) -> rules.PatientProfile:
         )
     return rules.PatientProfile(
         birth_date=birth,
-        chronic_status_years=ALL_YEARS if member.chronic_condition else frozenset(),
+        chronic_status_years=ALL_YEARS if member.chronic_condition and not chronic else frozenset(),
+        chronic_periods=chronic,
         medical_house_contracts=contracts,
     )
 
@@ -626,8 +649,8 @@ def _effects(
     now = {h.seq: h for h in decision.file.holdings}
     effects = intake_pb2.IntakeEffects(
         holdings=[convert.holding(now.get(seq, h), names, today=today) for seq, h in sorted(changed.items())],
-        payments=[convert.payment(p, names) for p in decision.payments_created],
-        recoveries=[convert.payment(p, names) for p in decision.payments_recovered],
+        payments=[convert.payment(p, names, today=today) for p in decision.payments_created],
+        recoveries=[convert.payment(p, names, today=today) for p in decision.payments_recovered],
         message_ids=message_ids,
     )
     attestation = decision.attestation

@@ -229,6 +229,10 @@ class TariffLine(Base, table=True):
     year: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     category: str = Field(primary_key=True)
     amount: str
+    source: str = Field(default="illustrative", sa_column_kwargs={"server_default": "illustrative"})
+    """Where the amount comes from: "seed 002", or "illustrative" (not an official INAMI fee)."""
+    payable_from: dt.date | None = None
+    """The fee is not paid before this day (seed 002: the 55 EUR of 2016 from 1 July)."""
 
 
 class Enrolment(Base, table=True):
@@ -288,6 +292,8 @@ class PaymentRow(Base, table=True):
     recovered: bool = False
     recovered_on: dt.date | None = None
     recovered_for: str | None = None
+    payee: str = Field(default="PROVIDER", sa_column_kwargs={"server_default": "PROVIDER"})
+    paid_on: dt.date | None = None
 
 
 class ContactRow(Base, table=True):

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from mycarenet_core import dates
 from mycarenet_core.errors import McnCode
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2 as rd_pb2
 from mycarenet_core.identifiers import Role
@@ -140,7 +141,14 @@ class ReferenceOperations:
             lines = await ReferenceRepository(session).tariffs(request.year)
         return rd_pb2.ListTariffsResponse(
             tariffs=[
-                rd_pb2.Tariff(year=t.year, category=t.category, amount=convert.money(t.amount)) for t in lines
+                rd_pb2.Tariff(
+                    year=t.year,
+                    category=t.category,
+                    amount=convert.money(t.amount),
+                    source=t.source,
+                    payable_from=dates.to_proto(t.payable_from) if t.payable_from else None,
+                )
+                for t in lines
             ]
         )
 

@@ -189,6 +189,9 @@ class Paper(Model):
     patient: Label
     attested: Day
     submitted: Day
+    # How the patient paid the GP (seed 000 §1.1.1): in cash, the fee is reimbursed to the patient (no
+    # payment to the GP in its list); in third-party payment, the insurer pays the GP.
+    paid: Literal["cash", "third_party"] = "cash"
 
 
 class Clock(Model):

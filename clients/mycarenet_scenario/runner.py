@@ -393,6 +393,11 @@ class _Play:
                 provider_inami=inami,
                 submission_date=submitted,
                 attestation_date=_proto(self.fwd(d.attested)),
+                payment_method=(
+                    intake_service_pb2.PAPER_PAYMENT_METHOD_THIRD_PARTY
+                    if d.paid == "third_party"
+                    else intake_service_pb2.PAPER_PAYMENT_METHOD_CASH
+                ),
             )
             reply = await stub.RegisterPaperAttestation(request_paper, timeout=self.access.wait_seconds)
         e = reply.effects

@@ -14,6 +14,7 @@ the read); :func:`requester` runs on the connection of the caller's transaction.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from mycarenet_core.reads import HotReads, Query
 from oa_node import models as m
 from oa_node import rules as r
 from oa_node.convert import Names
+from oa_node.repositories.dmg_files import to_dataclass
 
 _provider = m.table_of(m.KnownProvider)
 _organisation = m.table_of(m.Organisation)
@@ -36,6 +38,8 @@ _affiliation = m.table_of(m.Affiliation).alias("a")
 _holding = m.table_of(m.HoldingRow).alias("h")
 _covering = m.table_of(m.HoldingRow).alias("hc")
 _payment = m.table_of(m.PaymentRow).alias("p")
+_mine = m.table_of(m.PaymentRow).alias("pm")
+"""The year's fee paid to the requester (at most one is not recovered: one fee per patient and year)."""
 _holder_p = m.table_of(m.KnownProvider).alias("hp")
 _holder_o = m.table_of(m.Organisation).alias("ho")
 _trainee_p = m.table_of(m.KnownProvider).alias("tp")
@@ -75,6 +79,9 @@ _paid = exists().where(
     _payment.c.year == bindparam("year"),
     _payment.c.recovered == false(),
 )
+
+
+_MINE = tuple(f.name for f in dataclasses.fields(r.Payment))
 
 
 def _consult(where: Any) -> Select[Any]:
@@ -119,12 +126,23 @@ def _consult(where: Any) -> Select[Any]:
             _trainee_o.c.role.label("trainee_org_role"),
             _trainee_o.c.name.label("trainee_org_name"),
             _paid.label("paid"),
+            *(_mine.c[f].label(f"mine_{f}") for f in _MINE),
         )
         .select_from(
             _anchor.outerjoin(_requester_p, _requester_p.c.inami == bindparam("inami"))
             .outerjoin(_requester_o, _requester_o.c.inami == bindparam("inami"))
             .outerjoin(_member, where)
             .outerjoin(_affiliation, _affiliation.c.niss == _member.c.niss)
+            .outerjoin(
+                _mine,
+                and_(
+                    _mine.c.patient == _member.c.niss,
+                    _mine.c.year == bindparam("year"),
+                    _mine.c.beneficiary == bindparam("inami"),
+                    _mine.c.recovered == false(),
+                    _mine.c.payee == r.Payee.PROVIDER.value,
+                ),
+            )
             .outerjoin(_holding, _holding.c.id == _in_force)
             .outerjoin(_holder_p, _holder_p.c.inami == _holding.c.holder)
             .outerjoin(_holder_o, _holder_o.c.inami == _holding.c.holder)
@@ -168,6 +186,8 @@ class PatientOnDay:
     holding: r.Holding | None
     names: Names
     paid_this_year: bool
+    requester_fee: r.Payment | None = None
+    """The year's fee paid to the requester, if any (with its due and paid dates)."""
 
 
 def _names(row: Any, prefix: str, inami: str | None, names: Names) -> None:
@@ -253,7 +273,20 @@ class ConsultRepository:
             holding=holding,
             names=names,
             paid_this_year=bool(first.paid),
+            requester_fee=to_dataclass(r.Payment, _Prefixed(first, "mine_"))
+            if first.mine_reference
+            else None,
         )
+
+
+class _Prefixed:
+    """The ``prefix``-ed columns of a row under their own names (for :func:`to_dataclass`)."""
+
+    def __init__(self, row: Any, prefix: str) -> None:
+        self._row, self._prefix = row, prefix
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, self._prefix + name)
 
 
 __all__ = [

@@ -125,7 +125,8 @@ class LoadedFile:
 
 @dataclass(frozen=True)
 class HolderYearEntry:
-    """One patient of a physician's list for a year: holdings and payments to that physician."""
+    """One patient of a physician's list for a year: holdings and payments to that physician (not those
+    reimbursed to the patient)."""
 
     niss: str
     holdings: tuple[r.Holding, ...]
@@ -201,9 +202,13 @@ class DmgFileRepository:
             _holdings.c.start <= last,
             _holdings.c.end >= first,
         )
-        paid = select(_payments.c.patient.label("niss")).where(
-            _payments.c.beneficiary == holder, _payments.c.year == year
+        # Fees paid to the physician: a 102771 reimbursed to the patient is not a payment to the GP.
+        to_holder = and_(
+            _payments.c.beneficiary == holder,
+            _payments.c.year == year,
+            _payments.c.payee == r.Payee.PROVIDER.value,
         )
+        paid = select(_payments.c.patient.label("niss")).where(to_holder)
         both = union(held, paid).subquery()
         stmt = select(both.c.niss).where(both.c.niss > after_niss).order_by(both.c.niss).limit(limit)
         patients = list((await conn.execute(stmt)).scalars())
@@ -214,7 +219,7 @@ class DmgFileRepository:
             conn,
             _BY_CLASS[r.Payment],
             patients,
-            and_(_payments.c.beneficiary == holder, _payments.c.year == year),
+            to_holder,
         )
         entries: list[HolderYearEntry] = []
         for niss in patients:

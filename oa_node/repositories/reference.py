@@ -7,7 +7,7 @@ upserts of the back office and of the cadastre follower keep the ORM (they are n
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -161,17 +161,29 @@ class ReferenceRepository:
 
     async def tariff_table(self) -> r.TariffTable:
         amounts: dict[int, dict[r.TariffCategory, Decimal]] = {}
+        held: dict[tuple[int, r.TariffCategory], dt.date] = {}
         for line in await self.tariffs():
-            amounts.setdefault(line.year, {})[r.TariffCategory(line.category)] = Decimal(line.amount)
-        return r.TariffTable(amounts=amounts)
+            category = r.TariffCategory(line.category)
+            amounts.setdefault(line.year, {})[category] = Decimal(line.amount)
+            if line.payable_from is not None:
+                held[(line.year, category)] = line.payable_from
+        return r.TariffTable(amounts=amounts, payable_from=held)
 
-    async def seed_tariffs(self, table: Mapping[int, Mapping[r.TariffCategory, Decimal]]) -> None:
-        """Load the default tariff when the table is empty (first start)."""
+    async def seed_tariffs(self, table: r.TariffTable) -> None:
+        """Load the default tariff when the table is empty (first start), each line with its source."""
         if await self.tariffs():
             return
-        for year, by_category in table.items():
+        for year, by_category in table.amounts.items():
             for category, amount in by_category.items():
-                self.session.add(m.TariffLine(year=year, category=category.value, amount=f"{amount:.2f}"))
+                self.session.add(
+                    m.TariffLine(
+                        year=year,
+                        category=category.value,
+                        amount=f"{amount:.2f}",
+                        source=r.tariff_source(year),
+                        payable_from=table.not_paid_before(year, category),
+                    )
+                )
         await self.session.flush()
 
 

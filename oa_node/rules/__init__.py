@@ -73,6 +73,7 @@ from .context import (
     TariffTable,
     is_accredited_gp,
     is_gp_in_training,
+    tariff_source,
 )
 from .engine import notify, process_year_end, register_contact, register_paper_attestation
 from .errors import DmgRuleError
@@ -90,6 +91,7 @@ from .model import (
     Notification,
     NotifyAnswer,
     PaperAttestation,
+    Payee,
     Payment,
     PaymentIndicator,
     PaymentKind,
@@ -119,6 +121,7 @@ __all__ = [
     "NotifyAnswer",
     "PaperAttestation",
     "PatientProfile",
+    "Payee",
     "Payment",
     "PaymentIndicator",
     "PaymentKind",
@@ -135,4 +138,5 @@ __all__ = [
     "process_year_end",
     "register_contact",
     "register_paper_attestation",
+    "tariff_source",
 ]

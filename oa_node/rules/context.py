@@ -65,6 +65,22 @@ DEFAULT_TARIFFS: Mapping[int, Mapping[TariffCategory, Decimal]] = {
 }
 
 
+SEED_TARIFF_YEARS = frozenset({2016})
+"""The years whose amounts the seeds give (seed 002); every other year's amounts are illustrative."""
+
+CHRONIC_PAYABLE_FROM = date(2016, 7, 1)
+"""Seed 002: the 55 EUR of 2016 'À partir du 1er juillet, les organismes assureurs vous payeront'."""
+
+DEFAULT_PAYABLE_FROM: Mapping[tuple[int, TariffCategory], date] = {
+    (CHRONIC_TARIFF_FROM_YEAR, TariffCategory.CHRONIC_45_74): CHRONIC_PAYABLE_FROM
+}
+
+
+def tariff_source(year: int) -> str:
+    """The label of a tariff line's source: "seed 002" or "illustrative"."""
+    return "seed 002" if year in SEED_TARIFF_YEARS else "illustrative"
+
+
 class TariffMissingError(LookupError):
     """The tariff table has no amount for a year: a configuration error, not a business rejection."""
 
@@ -74,6 +90,14 @@ class TariffTable:
     """DMG fee by year and category; a category missing for a year falls back to STANDARD."""
 
     amounts: Mapping[int, Mapping[TariffCategory, Decimal]] = field(default_factory=lambda: DEFAULT_TARIFFS)
+    payable_from: Mapping[tuple[int, TariffCategory], date] = field(
+        default_factory=lambda: DEFAULT_PAYABLE_FROM
+    )
+    """A fee of that year and category is not paid before that day (seed 002's 55 EUR from 1 July 2016)."""
+
+    def not_paid_before(self, year: int, category: TariffCategory) -> date | None:
+        """The day before which a fee of ``year`` and ``category`` is not paid, if any."""
+        return self.payable_from.get((year, category))
 
     def amount(self, year: int, category: TariffCategory) -> Decimal:
         """The fee of ``year`` for ``category`` (seed 002). A fee stays in force until the next one: a
@@ -104,13 +128,21 @@ class PatientProfile:
 
     birth_date: date
     chronic_status_years: frozenset[int] = frozenset()
-    """Calendar years for which the patient has the 'affection chronique' status."""
+    """Calendar years for which the patient has the 'affection chronique' status (the whole year)."""
+    chronic_periods: tuple[tuple[date, date | None], ...] = ()
+    """Periods of the 'affection chronique' status as the insurer holds it (end None: open)."""
     medical_house_contracts: tuple[MedicalHouseContract, ...] = ()
 
     def age_on(self, day: date) -> int:
         """Age in completed years on ``day``."""
         before_birthday = (day.month, day.day) < (self.birth_date.month, self.birth_date.day)
         return day.year - self.birth_date.year - (1 if before_birthday else 0)
+
+    def chronic_on(self, day: date) -> bool:
+        """Whether the patient has the chronic status on ``day``."""
+        return day.year in self.chronic_status_years or any(
+            start <= day and (end is None or day <= end) for start, end in self.chronic_periods
+        )
 
     def medical_house_on(self, day: date) -> str | None:
         """The medical house the patient is under contract with on ``day``, if any."""
@@ -157,7 +189,7 @@ class RuleContext:
 
     def category(self, service_date: date) -> TariffCategory:
         """Tariff category of the fee for a contact on ``service_date`` (seed 002)."""
-        chronic = service_date.year in self.patient.chronic_status_years
+        chronic = self.patient.chronic_on(service_date)
         if (
             chronic
             and service_date.year >= CHRONIC_TARIFF_FROM_YEAR

@@ -37,6 +37,7 @@ from .model import (
     Notification,
     NotifyAnswer,
     PaperAttestation,
+    Payee,
     Payment,
     PaymentIndicator,
     PaymentKind,
@@ -379,10 +380,13 @@ def register_paper_attestation(
     attestation_date: date,
     submission_date: date,
     ctx: RuleContext,
+    payee: Payee = Payee.PATIENT,
 ) -> Decision:
     """Register a 102771 attested on ``attestation_date`` and handed in on ``submission_date``.
 
-    Accepted: the fee is paid (to the GP / reimbursed to the patient) and the GP holds the DMG from
+    Accepted: the fee is paid — reimbursed to the patient who paid the GP in cash and handed the
+    certificate in (``Payee.PATIENT``, the default), or paid to the GP in third-party payment (seed 000
+    §1.1.1) — and the GP holds the DMG from
     the attestation date to 31 Dec year + 2, closing the previous holder the day before. Refused
     (recorded, no fee, no right): see :class:`~oa_node.rules.model.RefusalReason`.
     """
@@ -397,7 +401,7 @@ def register_paper_attestation(
         return _refuse(file, provider, attestation_date, submission_date, refusal)
     claim = Claim(PaymentKind.PAPER_ATTESTATION, provider, attestation_date.year, attestation_date)
     payments, created, recovered = settle(
-        file.patient, file.payments, claim, registered_on=submission_date, ctx=ctx
+        file.patient, file.payments, claim, registered_on=submission_date, ctx=ctx, payee=payee
     )
     if created is None:
         return _refuse(file, provider, attestation_date, submission_date, RefusalReason.DMG_ALREADY_PAID)

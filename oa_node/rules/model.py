@@ -64,6 +64,14 @@ class TariffCategory(StrEnum):
     CHRONIC_45_74 = "CHRONIC_45_74"
 
 
+class Payee(StrEnum):
+    """Who receives a DMG fee (seed 000 §1.1.1): the physician (eDMG, or a 102771 in third-party payment), or
+    the patient, reimbursed for a 102771 paid in cash to the GP and handed in to the insurer."""
+
+    PROVIDER = "PROVIDER"
+    PATIENT = "PATIENT"
+
+
 class PaymentIndicator(StrEnum):
     """The notify answer's indicator (seed 000 §3.3.2: 'avec' / 'sans' paiement)."""
 
@@ -141,6 +149,18 @@ class Payment:
     recovered_on: date | None = None
     recovered_for: str | None = None
     """Reference of the payment that won the year when this one was recovered."""
+    payee: Payee = Payee.PROVIDER
+    """Who is paid: ``beneficiary`` (the holder whose DMG the fee is), or the patient (seed 000 §1.1.1)."""
+    paid_on: date | None = None
+    """The insurer's payment run that pays it (at most ``due_by``); None for a fee recorded before runs."""
+
+    def paid_by(self, today: date) -> date | None:
+        """The day it was paid, if it was by ``today``: its payment run has passed and it was not recovered
+        before (a fee recovered before its run is never paid)."""
+        run = self.paid_on or self.due_by
+        if run > today or (self.recovered and self.recovered_on is not None and self.recovered_on < run):
+            return None
+        return run
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,21 @@ from dataclasses import dataclass, replace
 from datetime import date, timedelta
 
 from .context import RuleContext
-from .model import Payment, PaymentKind
+from .model import Payee, Payment, PaymentKind
 
 PAYMENT_DELAY = timedelta(days=30)
 """Seed 000 §3.3.6.1.2 / seed 002: paid 'dans les 30 jours' from the registration."""
+
+PAYMENT_RUN_WEEKDAY = 3
+"""The insurer's weekly payment run, on Thursdays. ILLUSTRATIVE: the seeds say only 'within 30 days'."""
+
+
+def payment_run(registered_on: date, not_before: date | None = None) -> date:
+    """The payment run that pays a fee registered on ``registered_on``: the first run after it (and not
+    before ``not_before``, seed 002's 1 July 2016); within the 30 days of seed 002 unless held back."""
+    start = max(registered_on + timedelta(days=1), not_before or registered_on)
+    return start + timedelta(days=(PAYMENT_RUN_WEEKDAY - start.weekday()) % 7)
+
 
 _KIND_CODES = {
     PaymentKind.NOTIFICATION: "N",
@@ -82,10 +93,19 @@ def payment_reference(patient: str, claim: Claim, payments: tuple[Payment, ...])
 
 
 def make_payment(
-    patient: str, claim: Claim, payments: tuple[Payment, ...], *, registered_on: date, ctx: RuleContext
+    patient: str,
+    claim: Claim,
+    payments: tuple[Payment, ...],
+    *,
+    registered_on: date,
+    ctx: RuleContext,
+    payee: Payee = Payee.PROVIDER,
 ) -> Payment:
-    """The fee of ``claim``, at the tariff of its year and the patient's category (seed 002)."""
+    """The fee of ``claim``, at the tariff of its year and the patient's category (seed 002), paid to
+    ``payee`` by the next payment run, due 30 days after its registration (later only when its tariff is
+    paid from a later day: seed 002's 55 EUR of 2016, from 1 July)."""
     category = ctx.category(claim.contact_date)
+    run = payment_run(registered_on, ctx.tariffs.not_paid_before(claim.year, category))
     return Payment(
         reference=payment_reference(patient, claim, payments),
         patient=patient,
@@ -95,8 +115,10 @@ def make_payment(
         amount=ctx.tariffs.amount(claim.year, category),
         category=category,
         registered_on=registered_on,
-        due_by=registered_on + PAYMENT_DELAY,
+        due_by=max(registered_on + PAYMENT_DELAY, run),
         contact_date=claim.contact_date,
+        payee=payee,
+        paid_on=run,
     )
 
 
@@ -112,12 +134,13 @@ def settle(
     *,
     registered_on: date,
     ctx: RuleContext,
+    payee: Payee = Payee.PROVIDER,
 ) -> tuple[tuple[Payment, ...], Payment | None, Payment | None]:
     """Apply :func:`contest`: return (new payments, payment created, payment recovered)."""
     verdict = contest(payments, claim)
     if not verdict.paid:
         return payments, None, None
-    created = make_payment(patient, claim, payments, registered_on=registered_on, ctx=ctx)
+    created = make_payment(patient, claim, payments, registered_on=registered_on, ctx=ctx, payee=payee)
     recovered: Payment | None = None
     updated = payments
     if verdict.displaced is not None:

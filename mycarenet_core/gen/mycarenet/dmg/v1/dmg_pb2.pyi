@@ -112,6 +112,30 @@ PAYMENT_KIND_ADMINISTRATIVE_PROLONGATION: PaymentKind.ValueType  # 4
 """Fee paid as an administrative prolongation of a paper DMG."""
 Global___PaymentKind: _TypeAlias = PaymentKind  # noqa: Y015
 
+class _Payee:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PayeeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Payee.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYEE_UNSPECIFIED: _Payee.ValueType  # 0
+    """Not given (a fee recorded before payees were: the physician)."""
+    PAYEE_PROVIDER: _Payee.ValueType  # 1
+    """The physician or medical house (eDMG, or a 102771 in third-party payment)."""
+    PAYEE_PATIENT: _Payee.ValueType  # 2
+    """The patient, reimbursed for a 102771 paid in cash to the GP and handed in to the insurer."""
+
+class Payee(_Payee, metaclass=_PayeeEnumTypeWrapper):
+    """Who receives a DMG fee (seed 000 §1.1.1)."""
+
+PAYEE_UNSPECIFIED: Payee.ValueType  # 0
+"""Not given (a fee recorded before payees were: the physician)."""
+PAYEE_PROVIDER: Payee.ValueType  # 1
+"""The physician or medical house (eDMG, or a 102771 in third-party payment)."""
+PAYEE_PATIENT: Payee.ValueType  # 2
+"""The patient, reimbursed for a 102771 paid in cash to the GP and handed in to the insurer."""
+Global___Payee: _TypeAlias = Payee  # noqa: Y015
+
 class _PaymentIndicator:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -377,6 +401,9 @@ class DmgPayment(_message.Message):
     PAYMENT_REFERENCE_FIELD_NUMBER: _builtins.int
     RECOVERED_FIELD_NUMBER: _builtins.int
     BENEFICIARY_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    PAID_DATE_FIELD_NUMBER: _builtins.int
+    PAYEE_FIELD_NUMBER: _builtins.int
     year: _builtins.int
     """Calendar year the fee covers (one fee per patient per year)."""
     kind: Global___PaymentKind.ValueType
@@ -387,6 +414,8 @@ class DmgPayment(_message.Message):
     """
     recovered: _builtins.bool
     """True when the fee was later recovered (a competing payment won, seed 000 §5.1)."""
+    payee: Global___Payee.ValueType
+    """Who receives it."""
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Amount from the tariff of that year and patient category."""
@@ -397,7 +426,19 @@ class DmgPayment(_message.Message):
 
     @_builtins.property
     def beneficiary(self) -> _common_pb2.Provider:
-        """The physician or medical house paid."""
+        """The physician or medical house whose DMG the fee is (paid to them unless payee says the patient)."""
+
+    @_builtins.property
+    def due_date(self) -> _common_pb2.Date:
+        """The day by which it is paid: 30 days after payment_date (seed 002), later only when its tariff is paid
+        from a later day (seed 002: the 55 EUR of 2016 from 1 July).
+        """
+
+    @_builtins.property
+    def paid_date(self) -> _common_pb2.Date:
+        """The day the insurer's payment run paid it; unset while it is not paid yet (or when it was recovered
+        before it was).
+        """
 
     def __init__(
         self,
@@ -409,10 +450,13 @@ class DmgPayment(_message.Message):
         payment_reference: _builtins.str = ...,
         recovered: _builtins.bool = ...,
         beneficiary: _common_pb2.Provider | None = ...,
+        due_date: _common_pb2.Date | None = ...,
+        paid_date: _common_pb2.Date | None = ...,
+        payee: Global___Payee.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "beneficiary", b"beneficiary", "payment_date", b"payment_date"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "beneficiary", b"beneficiary", "due_date", b"due_date", "paid_date", b"paid_date", "payment_date", b"payment_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "beneficiary", b"beneficiary", "kind", b"kind", "payment_date", b"payment_date", "payment_reference", b"payment_reference", "recovered", b"recovered", "year", b"year"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "beneficiary", b"beneficiary", "due_date", b"due_date", "kind", b"kind", "paid_date", b"paid_date", "payee", b"payee", "payment_date", b"payment_date", "payment_reference", b"payment_reference", "recovered", b"recovered", "year", b"year"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

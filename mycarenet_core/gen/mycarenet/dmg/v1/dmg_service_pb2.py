@@ -27,29 +27,29 @@ from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_c
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2 as mycarenet_dot_dmg_dot_v1_dot_dmg__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mycarenet/dmg/v1/dmg_service.proto\x12\x10mycarenet.dmg.v1\x1a mycarenet/common/v1/common.proto\x1a\x1amycarenet/dmg/v1/dmg.proto\"\xb1\x01\n\x11\x43onsultDmgRequest\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12\x35\n\x07patient\x18\x02 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelector\x12/\n\x0crequest_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x17\n\x0frequester_inami\x18\x04 \x01(\t\"\x84\x02\n\x12\x43onsultDmgResponse\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12-\n\x07patient\x18\x02 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x03 \x01(\t\x12-\n\x07holding\x18\x04 \x01(\x0b\x32\x1c.mycarenet.dmg.v1.DmgHolding\x12\x1e\n\x16payment_made_this_year\x18\x05 \x01(\x08\x12=\n\x0f\x61\x63knowledgement\x18\x06 \x01(\x0b\x32$.mycarenet.common.v1.Acknowledgement\"\xfb\x01\n\x10NotifyDmgRequest\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12\x35\n\x07patient\x18\x02 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelector\x12/\n\x0c\x63ontact_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x14\n\x0c\x63ontact_time\x18\x04 \x01(\t\x12\x19\n\x11nomenclature_code\x18\x05 \x01(\t\x12\x18\n\x10supervisor_inami\x18\x06 \x01(\t\x12\x17\n\x0frequester_inami\x18\x07 \x01(\t\"\x86\x03\n\x11NotifyDmgResponse\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12-\n\x07patient\x18\x02 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x03 \x01(\t\x12-\n\x06holder\x18\x04 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12-\n\nstart_date\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12+\n\x08\x65nd_date\x18\x06 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x33\n\x07payment\x18\x07 \x01(\x0e\x32\".mycarenet.dmg.v1.PaymentIndicator\x12=\n\x0f\x61\x63knowledgement\x18\x08 \x01(\x0b\x32$.mycarenet.common.v1.Acknowledgement\x12\x10\n\x08replayed\x18\t \x01(\x08\"\xac\x01\n\x0f\x45nrolDmgRequest\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12\x36\n\x0c\x62\x61nk_account\x18\x02 \x01(\x0b\x32 .mycarenet.common.v1.BankAccount\x12\x15\n\rinsurer_codes\x18\x03 \x03(\t\x12-\n\nstart_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"\xb1\x01\n\x10\x45nrolmentOutcome\x12\x14\n\x0cinsurer_code\x18\x01 \x01(\t\x12\x31\n\x06status\x18\x02 \x01(\x0e\x32!.mycarenet.dmg.v1.EnrolmentStatus\x12\x31\n\x0e\x65nrolled_since\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"e\n\x10\x45nrolDmgResponse\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12\x34\n\x08outcomes\x18\x02 \x03(\x0b\x32\".mycarenet.dmg.v1.EnrolmentOutcome*\x96\x01\n\x0f\x45nrolmentStatus\x12 \n\x1c\x45NROLMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45NROLMENT_STATUS_ENROLLED\x10\x01\x12%\n!ENROLMENT_STATUS_ALREADY_ENROLLED\x10\x02\x12\x1b\n\x17\x45NROLMENT_STATUS_FAILED\x10\x03\x32\x8e\x02\n\nDmgService\x12W\n\nConsultDmg\x12#.mycarenet.dmg.v1.ConsultDmgRequest\x1a$.mycarenet.dmg.v1.ConsultDmgResponse\x12T\n\tNotifyDmg\x12\".mycarenet.dmg.v1.NotifyDmgRequest\x1a#.mycarenet.dmg.v1.NotifyDmgResponse\x12Q\n\x08\x45nrolDmg\x12!.mycarenet.dmg.v1.EnrolDmgRequest\x1a\".mycarenet.dmg.v1.EnrolDmgResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"mycarenet/dmg/v1/dmg_service.proto\x12\x10mycarenet.dmg.v1\x1a mycarenet/common/v1/common.proto\x1a\x1amycarenet/dmg/v1/dmg.proto\"\xb1\x01\n\x11\x43onsultDmgRequest\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12\x35\n\x07patient\x18\x02 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelector\x12/\n\x0crequest_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x17\n\x0frequester_inami\x18\x04 \x01(\t\"\xbd\x02\n\x12\x43onsultDmgResponse\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12-\n\x07patient\x18\x02 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x03 \x01(\t\x12-\n\x07holding\x18\x04 \x01(\x0b\x32\x1c.mycarenet.dmg.v1.DmgHolding\x12\x1e\n\x16payment_made_this_year\x18\x05 \x01(\x08\x12=\n\x0f\x61\x63knowledgement\x18\x06 \x01(\x0b\x32$.mycarenet.common.v1.Acknowledgement\x12\x37\n\x11requester_payment\x18\x07 \x01(\x0b\x32\x1c.mycarenet.dmg.v1.DmgPayment\"\xfb\x01\n\x10NotifyDmgRequest\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12\x35\n\x07patient\x18\x02 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelector\x12/\n\x0c\x63ontact_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x14\n\x0c\x63ontact_time\x18\x04 \x01(\t\x12\x19\n\x11nomenclature_code\x18\x05 \x01(\t\x12\x18\n\x10supervisor_inami\x18\x06 \x01(\t\x12\x17\n\x0frequester_inami\x18\x07 \x01(\t\"\x86\x03\n\x11NotifyDmgResponse\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12-\n\x07patient\x18\x02 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x03 \x01(\t\x12-\n\x06holder\x18\x04 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12-\n\nstart_date\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12+\n\x08\x65nd_date\x18\x06 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x33\n\x07payment\x18\x07 \x01(\x0e\x32\".mycarenet.dmg.v1.PaymentIndicator\x12=\n\x0f\x61\x63knowledgement\x18\x08 \x01(\x0b\x32$.mycarenet.common.v1.Acknowledgement\x12\x10\n\x08replayed\x18\t \x01(\x08\"\xac\x01\n\x0f\x45nrolDmgRequest\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12\x36\n\x0c\x62\x61nk_account\x18\x02 \x01(\x0b\x32 .mycarenet.common.v1.BankAccount\x12\x15\n\rinsurer_codes\x18\x03 \x03(\t\x12-\n\nstart_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"\xb1\x01\n\x10\x45nrolmentOutcome\x12\x14\n\x0cinsurer_code\x18\x01 \x01(\t\x12\x31\n\x06status\x18\x02 \x01(\x0e\x32!.mycarenet.dmg.v1.EnrolmentStatus\x12\x31\n\x0e\x65nrolled_since\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x12\n\nerror_code\x18\x04 \x01(\x05\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"e\n\x10\x45nrolDmgResponse\x12\x1b\n\x13requester_reference\x18\x01 \x01(\t\x12\x34\n\x08outcomes\x18\x02 \x03(\x0b\x32\".mycarenet.dmg.v1.EnrolmentOutcome*\x96\x01\n\x0f\x45nrolmentStatus\x12 \n\x1c\x45NROLMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45NROLMENT_STATUS_ENROLLED\x10\x01\x12%\n!ENROLMENT_STATUS_ALREADY_ENROLLED\x10\x02\x12\x1b\n\x17\x45NROLMENT_STATUS_FAILED\x10\x03\x32\x8e\x02\n\nDmgService\x12W\n\nConsultDmg\x12#.mycarenet.dmg.v1.ConsultDmgRequest\x1a$.mycarenet.dmg.v1.ConsultDmgResponse\x12T\n\tNotifyDmg\x12\".mycarenet.dmg.v1.NotifyDmgRequest\x1a#.mycarenet.dmg.v1.NotifyDmgResponse\x12Q\n\x08\x45nrolDmg\x12!.mycarenet.dmg.v1.EnrolDmgRequest\x1a\".mycarenet.dmg.v1.EnrolDmgResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarenet.dmg.v1.dmg_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENROLMENTSTATUS']._serialized_start=1667
-  _globals['_ENROLMENTSTATUS']._serialized_end=1817
+  _globals['_ENROLMENTSTATUS']._serialized_start=1724
+  _globals['_ENROLMENTSTATUS']._serialized_end=1874
   _globals['_CONSULTDMGREQUEST']._serialized_start=119
   _globals['_CONSULTDMGREQUEST']._serialized_end=296
   _globals['_CONSULTDMGRESPONSE']._serialized_start=299
-  _globals['_CONSULTDMGRESPONSE']._serialized_end=559
-  _globals['_NOTIFYDMGREQUEST']._serialized_start=562
-  _globals['_NOTIFYDMGREQUEST']._serialized_end=813
-  _globals['_NOTIFYDMGRESPONSE']._serialized_start=816
-  _globals['_NOTIFYDMGRESPONSE']._serialized_end=1206
-  _globals['_ENROLDMGREQUEST']._serialized_start=1209
-  _globals['_ENROLDMGREQUEST']._serialized_end=1381
-  _globals['_ENROLMENTOUTCOME']._serialized_start=1384
-  _globals['_ENROLMENTOUTCOME']._serialized_end=1561
-  _globals['_ENROLDMGRESPONSE']._serialized_start=1563
-  _globals['_ENROLDMGRESPONSE']._serialized_end=1664
-  _globals['_DMGSERVICE']._serialized_start=1820
-  _globals['_DMGSERVICE']._serialized_end=2090
+  _globals['_CONSULTDMGRESPONSE']._serialized_end=616
+  _globals['_NOTIFYDMGREQUEST']._serialized_start=619
+  _globals['_NOTIFYDMGREQUEST']._serialized_end=870
+  _globals['_NOTIFYDMGRESPONSE']._serialized_start=873
+  _globals['_NOTIFYDMGRESPONSE']._serialized_end=1263
+  _globals['_ENROLDMGREQUEST']._serialized_start=1266
+  _globals['_ENROLDMGREQUEST']._serialized_end=1438
+  _globals['_ENROLMENTOUTCOME']._serialized_start=1441
+  _globals['_ENROLMENTOUTCOME']._serialized_end=1618
+  _globals['_ENROLDMGRESPONSE']._serialized_start=1620
+  _globals['_ENROLDMGRESPONSE']._serialized_end=1721
+  _globals['_DMGSERVICE']._serialized_start=1877
+  _globals['_DMGSERVICE']._serialized_end=2147
 # @@protoc_insertion_point(module_scope)

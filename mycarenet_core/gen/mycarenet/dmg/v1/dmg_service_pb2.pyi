@@ -108,6 +108,7 @@ class ConsultDmgResponse(_message.Message):
     HOLDING_FIELD_NUMBER: _builtins.int
     PAYMENT_MADE_THIS_YEAR_FIELD_NUMBER: _builtins.int
     ACKNOWLEDGEMENT_FIELD_NUMBER: _builtins.int
+    REQUESTER_PAYMENT_FIELD_NUMBER: _builtins.int
     requester_reference: _builtins.str
     """The requester reference of the request.
     At most 200 characters.
@@ -132,6 +133,12 @@ class ConsultDmgResponse(_message.Message):
     def acknowledgement(self) -> _common_pb2.Acknowledgement:
         """Acknowledgement of the processing."""
 
+    @_builtins.property
+    def requester_payment(self) -> _dmg_pb2.DmgPayment:
+        """The fee of that year paid (or due) to the requester for this patient, with its due and paid dates;
+        unset when there is none.
+        """
+
     def __init__(
         self,
         *,
@@ -141,10 +148,11 @@ class ConsultDmgResponse(_message.Message):
         holding: _dmg_pb2.DmgHolding | None = ...,
         payment_made_this_year: _builtins.bool = ...,
         acknowledgement: _common_pb2.Acknowledgement | None = ...,
+        requester_payment: _dmg_pb2.DmgPayment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement", "holding", b"holding", "patient", b"patient"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement", "holding", b"holding", "patient", b"patient", "requester_payment", b"requester_payment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement", "holding", b"holding", "insurer_code", b"insurer_code", "patient", b"patient", "payment_made_this_year", b"payment_made_this_year", "requester_reference", b"requester_reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledgement", b"acknowledgement", "holding", b"holding", "insurer_code", b"insurer_code", "patient", b"patient", "payment_made_this_year", b"payment_made_this_year", "requester_payment", b"requester_payment", "requester_reference", b"requester_reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,13 +27,15 @@ from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_c
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2 as mycarenet_dot_dmg_dot_v1_dot_dmg__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mycarenet/oa/v1/intake_service.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\x1a\x1amycarenet/dmg/v1/dmg.proto\"\xc4\x01\n\rIntakeEffects\x12.\n\x08holdings\x18\x01 \x03(\x0b\x32\x1c.mycarenet.dmg.v1.DmgHolding\x12.\n\x08payments\x18\x02 \x03(\x0b\x32\x1c.mycarenet.dmg.v1.DmgPayment\x12\x30\n\nrecoveries\x18\x03 \x03(\x0b\x32\x1c.mycarenet.dmg.v1.DmgPayment\x12\x13\n\x0bmessage_ids\x18\x04 \x03(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\"\xe0\x01\n\x16RegisterContactRequest\x12\x18\n\x10intake_reference\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12\x16\n\x0eprovider_inami\x18\x03 \x01(\t\x12/\n\x0c\x63ontact_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x19\n\x11nomenclature_code\x18\x05 \x01(\t\x12\x32\n\x0fsubmission_date\x18\x06 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"v\n\x17RegisterContactResponse\x12\x18\n\x10intake_reference\x18\x01 \x01(\t\x12/\n\x07\x65\x66\x66\x65\x63ts\x18\x02 \x01(\x0b\x32\x1e.mycarenet.oa.v1.IntakeEffects\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\xd2\x01\n\x1fRegisterPaperAttestationRequest\x12\x18\n\x10intake_reference\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12\x16\n\x0eprovider_inami\x18\x03 \x01(\t\x12\x33\n\x10\x61ttestation_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x32\n\x0fsubmission_date\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"\x7f\n RegisterPaperAttestationResponse\x12\x18\n\x10intake_reference\x18\x01 \x01(\t\x12/\n\x07\x65\x66\x66\x65\x63ts\x18\x02 \x01(\x0b\x32\x1e.mycarenet.oa.v1.IntakeEffects\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"Y\n\x15ProcessYearEndRequest\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\x32\n\x0fprocessing_date\x18\x02 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"i\n\x16ProcessYearEndResponse\x12\x19\n\x11patients_affected\x18\x01 \x01(\x05\x12\x18\n\x10payments_created\x18\x02 \x01(\x05\x12\x1a\n\x12payments_recovered\x18\x03 \x01(\x05\x32\xe2\x02\n\x16InvoicingIntakeService\x12\x64\n\x0fRegisterContact\x12\'.mycarenet.oa.v1.RegisterContactRequest\x1a(.mycarenet.oa.v1.RegisterContactResponse\x12\x7f\n\x18RegisterPaperAttestation\x12\x30.mycarenet.oa.v1.RegisterPaperAttestationRequest\x1a\x31.mycarenet.oa.v1.RegisterPaperAttestationResponse\x12\x61\n\x0eProcessYearEnd\x12&.mycarenet.oa.v1.ProcessYearEndRequest\x1a\'.mycarenet.oa.v1.ProcessYearEndResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mycarenet/oa/v1/intake_service.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\x1a\x1amycarenet/dmg/v1/dmg.proto\"\xc4\x01\n\rIntakeEffects\x12.\n\x08holdings\x18\x01 \x03(\x0b\x32\x1c.mycarenet.dmg.v1.DmgHolding\x12.\n\x08payments\x18\x02 \x03(\x0b\x32\x1c.mycarenet.dmg.v1.DmgPayment\x12\x30\n\nrecoveries\x18\x03 \x03(\x0b\x32\x1c.mycarenet.dmg.v1.DmgPayment\x12\x13\n\x0bmessage_ids\x18\x04 \x03(\t\x12\x0c\n\x04note\x18\x05 \x01(\t\"\xe0\x01\n\x16RegisterContactRequest\x12\x18\n\x10intake_reference\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12\x16\n\x0eprovider_inami\x18\x03 \x01(\t\x12/\n\x0c\x63ontact_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x19\n\x11nomenclature_code\x18\x05 \x01(\t\x12\x32\n\x0fsubmission_date\x18\x06 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"v\n\x17RegisterContactResponse\x12\x18\n\x10intake_reference\x18\x01 \x01(\t\x12/\n\x07\x65\x66\x66\x65\x63ts\x18\x02 \x01(\x0b\x32\x1e.mycarenet.oa.v1.IntakeEffects\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"\x8f\x02\n\x1fRegisterPaperAttestationRequest\x12\x18\n\x10intake_reference\x18\x01 \x01(\t\x12\x14\n\x0cpatient_niss\x18\x02 \x01(\t\x12\x16\n\x0eprovider_inami\x18\x03 \x01(\t\x12\x33\n\x10\x61ttestation_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x32\n\x0fsubmission_date\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12;\n\x0epayment_method\x18\x06 \x01(\x0e\x32#.mycarenet.oa.v1.PaperPaymentMethod\"\x7f\n RegisterPaperAttestationResponse\x12\x18\n\x10intake_reference\x18\x01 \x01(\t\x12/\n\x07\x65\x66\x66\x65\x63ts\x18\x02 \x01(\x0b\x32\x1e.mycarenet.oa.v1.IntakeEffects\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"Y\n\x15ProcessYearEndRequest\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\x32\n\x0fprocessing_date\x18\x02 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"i\n\x16ProcessYearEndResponse\x12\x19\n\x11patients_affected\x18\x01 \x01(\x05\x12\x18\n\x10payments_created\x18\x02 \x01(\x05\x12\x1a\n\x12payments_recovered\x18\x03 \x01(\x05*\x7f\n\x12PaperPaymentMethod\x12$\n PAPER_PAYMENT_METHOD_UNSPECIFIED\x10\x00\x12\x1d\n\x19PAPER_PAYMENT_METHOD_CASH\x10\x01\x12$\n PAPER_PAYMENT_METHOD_THIRD_PARTY\x10\x02\x32\xe2\x02\n\x16InvoicingIntakeService\x12\x64\n\x0fRegisterContact\x12\'.mycarenet.oa.v1.RegisterContactRequest\x1a(.mycarenet.oa.v1.RegisterContactResponse\x12\x7f\n\x18RegisterPaperAttestation\x12\x30.mycarenet.oa.v1.RegisterPaperAttestationRequest\x1a\x31.mycarenet.oa.v1.RegisterPaperAttestationResponse\x12\x61\n\x0eProcessYearEnd\x12&.mycarenet.oa.v1.ProcessYearEndRequest\x1a\'.mycarenet.oa.v1.ProcessYearEndResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarenet.oa.v1.intake_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PAPERPAYMENTMETHOD']._serialized_start=1266
+  _globals['_PAPERPAYMENTMETHOD']._serialized_end=1393
   _globals['_INTAKEEFFECTS']._serialized_start=120
   _globals['_INTAKEEFFECTS']._serialized_end=316
   _globals['_REGISTERCONTACTREQUEST']._serialized_start=319
@@ -41,13 +43,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERCONTACTRESPONSE']._serialized_start=545
   _globals['_REGISTERCONTACTRESPONSE']._serialized_end=663
   _globals['_REGISTERPAPERATTESTATIONREQUEST']._serialized_start=666
-  _globals['_REGISTERPAPERATTESTATIONREQUEST']._serialized_end=876
-  _globals['_REGISTERPAPERATTESTATIONRESPONSE']._serialized_start=878
-  _globals['_REGISTERPAPERATTESTATIONRESPONSE']._serialized_end=1005
-  _globals['_PROCESSYEARENDREQUEST']._serialized_start=1007
-  _globals['_PROCESSYEARENDREQUEST']._serialized_end=1096
-  _globals['_PROCESSYEARENDRESPONSE']._serialized_start=1098
-  _globals['_PROCESSYEARENDRESPONSE']._serialized_end=1203
-  _globals['_INVOICINGINTAKESERVICE']._serialized_start=1206
-  _globals['_INVOICINGINTAKESERVICE']._serialized_end=1560
+  _globals['_REGISTERPAPERATTESTATIONREQUEST']._serialized_end=937
+  _globals['_REGISTERPAPERATTESTATIONRESPONSE']._serialized_start=939
+  _globals['_REGISTERPAPERATTESTATIONRESPONSE']._serialized_end=1066
+  _globals['_PROCESSYEARENDREQUEST']._serialized_start=1068
+  _globals['_PROCESSYEARENDREQUEST']._serialized_end=1157
+  _globals['_PROCESSYEARENDRESPONSE']._serialized_start=1159
+  _globals['_PROCESSYEARENDRESPONSE']._serialized_end=1264
+  _globals['_INVOICINGINTAKESERVICE']._serialized_start=1396
+  _globals['_INVOICINGINTAKESERVICE']._serialized_end=1750
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as _common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2 as _dmg_pb2
 import builtins as _builtins
@@ -23,6 +24,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PaperPaymentMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PaperPaymentMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PaperPaymentMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAPER_PAYMENT_METHOD_UNSPECIFIED: _PaperPaymentMethod.ValueType  # 0
+    """Not given: in cash."""
+    PAPER_PAYMENT_METHOD_CASH: _PaperPaymentMethod.ValueType  # 1
+    """The patient paid the GP in cash and handed the certificate in: the fee is reimbursed to the patient."""
+    PAPER_PAYMENT_METHOD_THIRD_PARTY: _PaperPaymentMethod.ValueType  # 2
+    """Third-party payment: the insurer pays the GP."""
+
+class PaperPaymentMethod(_PaperPaymentMethod, metaclass=_PaperPaymentMethodEnumTypeWrapper):
+    """How a 102771 was paid (seed 000 §1.1.1)."""
+
+PAPER_PAYMENT_METHOD_UNSPECIFIED: PaperPaymentMethod.ValueType  # 0
+"""Not given: in cash."""
+PAPER_PAYMENT_METHOD_CASH: PaperPaymentMethod.ValueType  # 1
+"""The patient paid the GP in cash and handed the certificate in: the fee is reimbursed to the patient."""
+PAPER_PAYMENT_METHOD_THIRD_PARTY: PaperPaymentMethod.ValueType  # 2
+"""Third-party payment: the insurer pays the GP."""
+Global___PaperPaymentMethod: _TypeAlias = PaperPaymentMethod  # noqa: Y015
 
 @_typing.final
 class IntakeEffects(_message.Message):
@@ -179,6 +204,7 @@ class RegisterPaperAttestationRequest(_message.Message):
     PROVIDER_INAMI_FIELD_NUMBER: _builtins.int
     ATTESTATION_DATE_FIELD_NUMBER: _builtins.int
     SUBMISSION_DATE_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
     intake_reference: _builtins.str
     """Idempotency key chosen by the back office.
     At most 200 characters.
@@ -191,6 +217,8 @@ class RegisterPaperAttestationRequest(_message.Message):
     """INAMI number of the attesting GP.
     An INAMI number: 11 digits, separators allowed; at most 32 characters.
     """
+    payment_method: Global___PaperPaymentMethod.ValueType
+    """How the patient paid the GP (seed 000 §1.1.1); unset means in cash."""
     @_builtins.property
     def attestation_date(self) -> _common_pb2.Date:
         """Date of the attestation (the contact during which 102771 was attested)."""
@@ -207,10 +235,11 @@ class RegisterPaperAttestationRequest(_message.Message):
         provider_inami: _builtins.str = ...,
         attestation_date: _common_pb2.Date | None = ...,
         submission_date: _common_pb2.Date | None = ...,
+        payment_method: Global___PaperPaymentMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attestation_date", b"attestation_date", "submission_date", b"submission_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation_date", b"attestation_date", "intake_reference", b"intake_reference", "patient_niss", b"patient_niss", "provider_inami", b"provider_inami", "submission_date", b"submission_date"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation_date", b"attestation_date", "intake_reference", b"intake_reference", "patient_niss", b"patient_niss", "payment_method", b"payment_method", "provider_inami", b"provider_inami", "submission_date", b"submission_date"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

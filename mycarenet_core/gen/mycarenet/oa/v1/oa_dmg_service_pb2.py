@@ -29,7 +29,7 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2 as mycarenet_dot
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2 as mycarenet_dot_oa_dot_v1_dot_context__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mycarenet/oa/v1/oa_dmg_service.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\x1a\x1amycarenet/dmg/v1/dmg.proto\x1a\"mycarenet/dmg/v1/dmg_service.proto\x1a\x1dmycarenet/oa/v1/context.proto\"\xeb\x01\n\x11\x43onsultDmgRequest\x12\x30\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1f.mycarenet.oa.v1.RequestContext\x12\x39\n\x07patient\x18\x02 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelectorB\x02\x18\x01\x12\x33\n\x0crequest_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.DateB\x02\x18\x01\x12\x34\n\x07request\x18\x04 \x01(\x0b\x32#.mycarenet.dmg.v1.ConsultDmgRequest\"\xa8\x01\n\x12\x43onsultDmgResponse\x12-\n\x07patient\x18\x01 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x02 \x01(\t\x12-\n\x07holding\x18\x03 \x01(\x0b\x32\x1c.mycarenet.dmg.v1.DmgHolding\x12\x1e\n\x16payment_made_this_year\x18\x04 \x01(\x08\"\xc0\x02\n\x10NotifyDmgRequest\x12\x30\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1f.mycarenet.oa.v1.RequestContext\x12\x39\n\x07patient\x18\x02 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelectorB\x02\x18\x01\x12\x33\n\x0c\x63ontact_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.DateB\x02\x18\x01\x12\x18\n\x0c\x63ontact_time\x18\x04 \x01(\tB\x02\x18\x01\x12\x1d\n\x11nomenclature_code\x18\x05 \x01(\tB\x02\x18\x01\x12\x1c\n\x10supervisor_inami\x18\x06 \x01(\tB\x02\x18\x01\x12\x33\n\x07request\x18\x07 \x01(\x0b\x32\".mycarenet.dmg.v1.NotifyDmgRequest\"\xe2\x02\n\x11NotifyDmgResponse\x12-\n\x07patient\x18\x01 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x02 \x01(\t\x12-\n\x06holder\x18\x03 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12-\n\nstart_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12+\n\x08\x65nd_date\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x33\n\x07payment\x18\x06 \x01(\x0e\x32\".mycarenet.dmg.v1.PaymentIndicator\x12\x36\n\x0fprevious_holder\x18\x07 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12\x10\n\x08replayed\x18\x08 \x01(\x08\"|\n\x13ListHoldingsRequest\x12\x30\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1f.mycarenet.oa.v1.RequestContext\x12\x0c\n\x04year\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"d\n\x14ListHoldingsResponse\x12\x33\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\".mycarenet.dmg.v1.PatientListEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe6\x01\n\x0f\x45nrolDmgRequest\x12\x30\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1f.mycarenet.oa.v1.RequestContext\x12:\n\x0c\x62\x61nk_account\x18\x02 \x01(\x0b\x32 .mycarenet.common.v1.BankAccountB\x02\x18\x01\x12\x31\n\nstart_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.DateB\x02\x18\x01\x12\x32\n\x07request\x18\x04 \x01(\x0b\x32!.mycarenet.dmg.v1.EnrolDmgRequest\"[\n\x10\x45nrolDmgResponse\x12\x14\n\x0cinsurer_code\x18\x01 \x01(\t\x12\x31\n\x0e\x65nrolled_since\x18\x02 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"$\n\x13GetEnrolmentRequest\x12\r\n\x05inami\x18\x01 \x01(\t\"\x93\x01\n\x14GetEnrolmentResponse\x12\x10\n\x08\x65nrolled\x18\x01 \x01(\x08\x12\x31\n\x0e\x65nrolled_since\x18\x02 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x36\n\x0c\x62\x61nk_account\x18\x03 \x01(\x0b\x32 .mycarenet.common.v1.BankAccount2\xc4\x03\n\x0cOaDmgService\x12U\n\nConsultDmg\x12\".mycarenet.oa.v1.ConsultDmgRequest\x1a#.mycarenet.oa.v1.ConsultDmgResponse\x12R\n\tNotifyDmg\x12!.mycarenet.oa.v1.NotifyDmgRequest\x1a\".mycarenet.oa.v1.NotifyDmgResponse\x12[\n\x0cListHoldings\x12$.mycarenet.oa.v1.ListHoldingsRequest\x1a%.mycarenet.oa.v1.ListHoldingsResponse\x12O\n\x08\x45nrolDmg\x12 .mycarenet.oa.v1.EnrolDmgRequest\x1a!.mycarenet.oa.v1.EnrolDmgResponse\x12[\n\x0cGetEnrolment\x12$.mycarenet.oa.v1.GetEnrolmentRequest\x1a%.mycarenet.oa.v1.GetEnrolmentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mycarenet/oa/v1/oa_dmg_service.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\x1a\x1amycarenet/dmg/v1/dmg.proto\x1a\"mycarenet/dmg/v1/dmg_service.proto\x1a\x1dmycarenet/oa/v1/context.proto\"\xeb\x01\n\x11\x43onsultDmgRequest\x12\x30\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1f.mycarenet.oa.v1.RequestContext\x12\x39\n\x07patient\x18\x02 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelectorB\x02\x18\x01\x12\x33\n\x0crequest_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.DateB\x02\x18\x01\x12\x34\n\x07request\x18\x04 \x01(\x0b\x32#.mycarenet.dmg.v1.ConsultDmgRequest\"\xe1\x01\n\x12\x43onsultDmgResponse\x12-\n\x07patient\x18\x01 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x02 \x01(\t\x12-\n\x07holding\x18\x03 \x01(\x0b\x32\x1c.mycarenet.dmg.v1.DmgHolding\x12\x1e\n\x16payment_made_this_year\x18\x04 \x01(\x08\x12\x37\n\x11requester_payment\x18\x05 \x01(\x0b\x32\x1c.mycarenet.dmg.v1.DmgPayment\"\xc0\x02\n\x10NotifyDmgRequest\x12\x30\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1f.mycarenet.oa.v1.RequestContext\x12\x39\n\x07patient\x18\x02 \x01(\x0b\x32$.mycarenet.common.v1.PatientSelectorB\x02\x18\x01\x12\x33\n\x0c\x63ontact_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.DateB\x02\x18\x01\x12\x18\n\x0c\x63ontact_time\x18\x04 \x01(\tB\x02\x18\x01\x12\x1d\n\x11nomenclature_code\x18\x05 \x01(\tB\x02\x18\x01\x12\x1c\n\x10supervisor_inami\x18\x06 \x01(\tB\x02\x18\x01\x12\x33\n\x07request\x18\x07 \x01(\x0b\x32\".mycarenet.dmg.v1.NotifyDmgRequest\"\xe2\x02\n\x11NotifyDmgResponse\x12-\n\x07patient\x18\x01 \x01(\x0b\x32\x1c.mycarenet.common.v1.Patient\x12\x14\n\x0cinsurer_code\x18\x02 \x01(\t\x12-\n\x06holder\x18\x03 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12-\n\nstart_date\x18\x04 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12+\n\x08\x65nd_date\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x33\n\x07payment\x18\x06 \x01(\x0e\x32\".mycarenet.dmg.v1.PaymentIndicator\x12\x36\n\x0fprevious_holder\x18\x07 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12\x10\n\x08replayed\x18\x08 \x01(\x08\"|\n\x13ListHoldingsRequest\x12\x30\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1f.mycarenet.oa.v1.RequestContext\x12\x0c\n\x04year\x18\x02 \x01(\x05\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"d\n\x14ListHoldingsResponse\x12\x33\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\".mycarenet.dmg.v1.PatientListEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe6\x01\n\x0f\x45nrolDmgRequest\x12\x30\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1f.mycarenet.oa.v1.RequestContext\x12:\n\x0c\x62\x61nk_account\x18\x02 \x01(\x0b\x32 .mycarenet.common.v1.BankAccountB\x02\x18\x01\x12\x31\n\nstart_date\x18\x03 \x01(\x0b\x32\x19.mycarenet.common.v1.DateB\x02\x18\x01\x12\x32\n\x07request\x18\x04 \x01(\x0b\x32!.mycarenet.dmg.v1.EnrolDmgRequest\"[\n\x10\x45nrolDmgResponse\x12\x14\n\x0cinsurer_code\x18\x01 \x01(\t\x12\x31\n\x0e\x65nrolled_since\x18\x02 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"$\n\x13GetEnrolmentRequest\x12\r\n\x05inami\x18\x01 \x01(\t\"\x93\x01\n\x14GetEnrolmentResponse\x12\x10\n\x08\x65nrolled\x18\x01 \x01(\x08\x12\x31\n\x0e\x65nrolled_since\x18\x02 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x36\n\x0c\x62\x61nk_account\x18\x03 \x01(\x0b\x32 .mycarenet.common.v1.BankAccount2\xc4\x03\n\x0cOaDmgService\x12U\n\nConsultDmg\x12\".mycarenet.oa.v1.ConsultDmgRequest\x1a#.mycarenet.oa.v1.ConsultDmgResponse\x12R\n\tNotifyDmg\x12!.mycarenet.oa.v1.NotifyDmgRequest\x1a\".mycarenet.oa.v1.NotifyDmgResponse\x12[\n\x0cListHoldings\x12$.mycarenet.oa.v1.ListHoldingsRequest\x1a%.mycarenet.oa.v1.ListHoldingsResponse\x12O\n\x08\x45nrolDmg\x12 .mycarenet.oa.v1.EnrolDmgRequest\x1a!.mycarenet.oa.v1.EnrolDmgResponse\x12[\n\x0cGetEnrolment\x12$.mycarenet.oa.v1.GetEnrolmentRequest\x1a%.mycarenet.oa.v1.GetEnrolmentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -57,23 +57,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONSULTDMGREQUEST']._serialized_start=187
   _globals['_CONSULTDMGREQUEST']._serialized_end=422
   _globals['_CONSULTDMGRESPONSE']._serialized_start=425
-  _globals['_CONSULTDMGRESPONSE']._serialized_end=593
-  _globals['_NOTIFYDMGREQUEST']._serialized_start=596
-  _globals['_NOTIFYDMGREQUEST']._serialized_end=916
-  _globals['_NOTIFYDMGRESPONSE']._serialized_start=919
-  _globals['_NOTIFYDMGRESPONSE']._serialized_end=1273
-  _globals['_LISTHOLDINGSREQUEST']._serialized_start=1275
-  _globals['_LISTHOLDINGSREQUEST']._serialized_end=1399
-  _globals['_LISTHOLDINGSRESPONSE']._serialized_start=1401
-  _globals['_LISTHOLDINGSRESPONSE']._serialized_end=1501
-  _globals['_ENROLDMGREQUEST']._serialized_start=1504
-  _globals['_ENROLDMGREQUEST']._serialized_end=1734
-  _globals['_ENROLDMGRESPONSE']._serialized_start=1736
-  _globals['_ENROLDMGRESPONSE']._serialized_end=1827
-  _globals['_GETENROLMENTREQUEST']._serialized_start=1829
-  _globals['_GETENROLMENTREQUEST']._serialized_end=1865
-  _globals['_GETENROLMENTRESPONSE']._serialized_start=1868
-  _globals['_GETENROLMENTRESPONSE']._serialized_end=2015
-  _globals['_OADMGSERVICE']._serialized_start=2018
-  _globals['_OADMGSERVICE']._serialized_end=2470
+  _globals['_CONSULTDMGRESPONSE']._serialized_end=650
+  _globals['_NOTIFYDMGREQUEST']._serialized_start=653
+  _globals['_NOTIFYDMGREQUEST']._serialized_end=973
+  _globals['_NOTIFYDMGRESPONSE']._serialized_start=976
+  _globals['_NOTIFYDMGRESPONSE']._serialized_end=1330
+  _globals['_LISTHOLDINGSREQUEST']._serialized_start=1332
+  _globals['_LISTHOLDINGSREQUEST']._serialized_end=1456
+  _globals['_LISTHOLDINGSRESPONSE']._serialized_start=1458
+  _globals['_LISTHOLDINGSRESPONSE']._serialized_end=1558
+  _globals['_ENROLDMGREQUEST']._serialized_start=1561
+  _globals['_ENROLDMGREQUEST']._serialized_end=1791
+  _globals['_ENROLDMGRESPONSE']._serialized_start=1793
+  _globals['_ENROLDMGRESPONSE']._serialized_end=1884
+  _globals['_GETENROLMENTREQUEST']._serialized_start=1886
+  _globals['_GETENROLMENTREQUEST']._serialized_end=1922
+  _globals['_GETENROLMENTRESPONSE']._serialized_start=1925
+  _globals['_GETENROLMENTRESPONSE']._serialized_end=2072
+  _globals['_OADMGSERVICE']._serialized_start=2075
+  _globals['_OADMGSERVICE']._serialized_end=2527
 # @@protoc_insertion_point(module_scope)

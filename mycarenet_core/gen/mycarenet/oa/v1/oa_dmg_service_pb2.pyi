@@ -86,6 +86,7 @@ class ConsultDmgResponse(_message.Message):
     INSURER_CODE_FIELD_NUMBER: _builtins.int
     HOLDING_FIELD_NUMBER: _builtins.int
     PAYMENT_MADE_THIS_YEAR_FIELD_NUMBER: _builtins.int
+    REQUESTER_PAYMENT_FIELD_NUMBER: _builtins.int
     insurer_code: _builtins.str
     """This insurer's code.
     3 digits; at most 3 characters.
@@ -100,6 +101,10 @@ class ConsultDmgResponse(_message.Message):
     def holding(self) -> _dmg_pb2.DmgHolding:
         """Holding in force at the date; unset when none."""
 
+    @_builtins.property
+    def requester_payment(self) -> _dmg_pb2.DmgPayment:
+        """The fee of that year paid (or due) to the requester; unset when none."""
+
     def __init__(
         self,
         *,
@@ -107,10 +112,11 @@ class ConsultDmgResponse(_message.Message):
         insurer_code: _builtins.str = ...,
         holding: _dmg_pb2.DmgHolding | None = ...,
         payment_made_this_year: _builtins.bool = ...,
+        requester_payment: _dmg_pb2.DmgPayment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["holding", b"holding", "patient", b"patient"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["holding", b"holding", "patient", b"patient", "requester_payment", b"requester_payment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["holding", b"holding", "insurer_code", b"insurer_code", "patient", b"patient", "payment_made_this_year", b"payment_made_this_year"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holding", b"holding", "insurer_code", b"insurer_code", "patient", b"patient", "payment_made_this_year", b"payment_made_this_year", "requester_payment", b"requester_payment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,mycarenet/oa/v1/reference_data_service.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\"Z\n\rKnownProvider\x12/\n\x08provider\x18\x01 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12\x18\n\x10supervisor_inami\x18\x02 \x01(\t\"K\n\x16UpsertProvidersRequest\x12\x31\n\tproviders\x18\x01 \x03(\x0b\x32\x1e.mycarenet.oa.v1.KnownProvider\")\n\x17UpsertProvidersResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\"[\n\x16OrganisationMembership\x12\x14\n\x0cmember_inami\x18\x01 \x01(\t\x12+\n\x06period\x18\x02 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"\x82\x01\n\x11KnownOrganisation\x12\x33\n\x0corganisation\x18\x01 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12\x38\n\x07members\x18\x02 \x03(\x0b\x32\'.mycarenet.oa.v1.OrganisationMembership\"W\n\x1aUpsertOrganisationsRequest\x12\x39\n\rorganisations\x18\x01 \x03(\x0b\x32\".mycarenet.oa.v1.KnownOrganisation\"-\n\x1bUpsertOrganisationsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\"T\n\x06Tariff\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12*\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x1a.mycarenet.common.v1.Money\"\"\n\x12ListTariffsRequest\x12\x0c\n\x04year\x18\x01 \x01(\x05\"?\n\x13ListTariffsResponse\x12(\n\x07tariffs\x18\x01 \x03(\x0b\x32\x17.mycarenet.oa.v1.Tariff\"\x1c\n\x1aGetCadastrePositionRequest\"J\n\x1bGetCadastrePositionResponse\x12\x18\n\x10\x61pplied_sequence\x18\x01 \x01(\x03\x12\x11\n\tfollowing\x18\x02 \x01(\x08\x32\xba\x03\n\x14ReferenceDataService\x12\x64\n\x0fUpsertProviders\x12\'.mycarenet.oa.v1.UpsertProvidersRequest\x1a(.mycarenet.oa.v1.UpsertProvidersResponse\x12p\n\x13UpsertOrganisations\x12+.mycarenet.oa.v1.UpsertOrganisationsRequest\x1a,.mycarenet.oa.v1.UpsertOrganisationsResponse\x12X\n\x0bListTariffs\x12#.mycarenet.oa.v1.ListTariffsRequest\x1a$.mycarenet.oa.v1.ListTariffsResponse\x12p\n\x13GetCadastrePosition\x12+.mycarenet.oa.v1.GetCadastrePositionRequest\x1a,.mycarenet.oa.v1.GetCadastrePositionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,mycarenet/oa/v1/reference_data_service.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\"Z\n\rKnownProvider\x12/\n\x08provider\x18\x01 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12\x18\n\x10supervisor_inami\x18\x02 \x01(\t\"K\n\x16UpsertProvidersRequest\x12\x31\n\tproviders\x18\x01 \x03(\x0b\x32\x1e.mycarenet.oa.v1.KnownProvider\")\n\x17UpsertProvidersResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\"[\n\x16OrganisationMembership\x12\x14\n\x0cmember_inami\x18\x01 \x01(\t\x12+\n\x06period\x18\x02 \x01(\x0b\x32\x1b.mycarenet.common.v1.Period\"\x82\x01\n\x11KnownOrganisation\x12\x33\n\x0corganisation\x18\x01 \x01(\x0b\x32\x1d.mycarenet.common.v1.Provider\x12\x38\n\x07members\x18\x02 \x03(\x0b\x32\'.mycarenet.oa.v1.OrganisationMembership\"W\n\x1aUpsertOrganisationsRequest\x12\x39\n\rorganisations\x18\x01 \x03(\x0b\x32\".mycarenet.oa.v1.KnownOrganisation\"-\n\x1bUpsertOrganisationsResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\"\x95\x01\n\x06Tariff\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12*\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x1a.mycarenet.common.v1.Money\x12\x0e\n\x06source\x18\x04 \x01(\t\x12/\n\x0cpayable_from\x18\x05 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"\"\n\x12ListTariffsRequest\x12\x0c\n\x04year\x18\x01 \x01(\x05\"?\n\x13ListTariffsResponse\x12(\n\x07tariffs\x18\x01 \x03(\x0b\x32\x17.mycarenet.oa.v1.Tariff\"\x1c\n\x1aGetCadastrePositionRequest\"J\n\x1bGetCadastrePositionResponse\x12\x18\n\x10\x61pplied_sequence\x18\x01 \x01(\x03\x12\x11\n\tfollowing\x18\x02 \x01(\x08\x32\xba\x03\n\x14ReferenceDataService\x12\x64\n\x0fUpsertProviders\x12\'.mycarenet.oa.v1.UpsertProvidersRequest\x1a(.mycarenet.oa.v1.UpsertProvidersResponse\x12p\n\x13UpsertOrganisations\x12+.mycarenet.oa.v1.UpsertOrganisationsRequest\x1a,.mycarenet.oa.v1.UpsertOrganisationsResponse\x12X\n\x0bListTariffs\x12#.mycarenet.oa.v1.ListTariffsRequest\x1a$.mycarenet.oa.v1.ListTariffsResponse\x12p\n\x13GetCadastrePosition\x12+.mycarenet.oa.v1.GetCadastrePositionRequest\x1a,.mycarenet.oa.v1.GetCadastrePositionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,16 +47,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTORGANISATIONSREQUEST']._serialized_end=624
   _globals['_UPSERTORGANISATIONSRESPONSE']._serialized_start=626
   _globals['_UPSERTORGANISATIONSRESPONSE']._serialized_end=671
-  _globals['_TARIFF']._serialized_start=673
-  _globals['_TARIFF']._serialized_end=757
-  _globals['_LISTTARIFFSREQUEST']._serialized_start=759
-  _globals['_LISTTARIFFSREQUEST']._serialized_end=793
-  _globals['_LISTTARIFFSRESPONSE']._serialized_start=795
-  _globals['_LISTTARIFFSRESPONSE']._serialized_end=858
-  _globals['_GETCADASTREPOSITIONREQUEST']._serialized_start=860
-  _globals['_GETCADASTREPOSITIONREQUEST']._serialized_end=888
-  _globals['_GETCADASTREPOSITIONRESPONSE']._serialized_start=890
-  _globals['_GETCADASTREPOSITIONRESPONSE']._serialized_end=964
-  _globals['_REFERENCEDATASERVICE']._serialized_start=967
-  _globals['_REFERENCEDATASERVICE']._serialized_end=1409
+  _globals['_TARIFF']._serialized_start=674
+  _globals['_TARIFF']._serialized_end=823
+  _globals['_LISTTARIFFSREQUEST']._serialized_start=825
+  _globals['_LISTTARIFFSREQUEST']._serialized_end=859
+  _globals['_LISTTARIFFSRESPONSE']._serialized_start=861
+  _globals['_LISTTARIFFSRESPONSE']._serialized_end=924
+  _globals['_GETCADASTREPOSITIONREQUEST']._serialized_start=926
+  _globals['_GETCADASTREPOSITIONREQUEST']._serialized_end=954
+  _globals['_GETCADASTREPOSITIONRESPONSE']._serialized_start=956
+  _globals['_GETCADASTREPOSITIONRESPONSE']._serialized_end=1030
+  _globals['_REFERENCEDATASERVICE']._serialized_start=1033
+  _globals['_REFERENCEDATASERVICE']._serialized_end=1475
 # @@protoc_insertion_point(module_scope)

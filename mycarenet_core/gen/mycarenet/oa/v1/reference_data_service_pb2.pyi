@@ -219,15 +219,27 @@ class Tariff(_message.Message):
     YEAR_FIELD_NUMBER: _builtins.int
     CATEGORY_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    PAYABLE_FROM_FIELD_NUMBER: _builtins.int
     year: _builtins.int
     """Calendar year."""
     category: _builtins.str
     """Patient category: "STANDARD", or "CHRONIC_45_74" (chronic condition status, aged 45 to 74).
     At most 32 characters.
     """
+    source: _builtins.str
+    """Where the amount comes from: "seed 002" (the seeds give it), or "illustrative" (not an official fee).
+    At most 32 characters.
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Fee."""
+
+    @_builtins.property
+    def payable_from(self) -> _common_pb2.Date:
+        """A fee of this line is not paid before this day (seed 002: the 55 EUR of 2016 from 1 July); unset: no
+        such day.
+        """
 
     def __init__(
         self,
@@ -235,10 +247,12 @@ class Tariff(_message.Message):
         year: _builtins.int = ...,
         category: _builtins.str = ...,
         amount: _common_pb2.Money | None = ...,
+        source: _builtins.str = ...,
+        payable_from: _common_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "payable_from", b"payable_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "category", b"category", "year", b"year"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "category", b"category", "payable_from", b"payable_from", "source", b"source", "year", b"year"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
