@@ -58,6 +58,14 @@ MAX_HUB_REFERENCE = 64
 _AMOUNT = re.compile(r"^\d{1,9}(\.\d{1,2})?$")
 BATCH = 100  # lines answered per pass of the worker
 Context = grpc.aio.ServicerContext[Any, Any]
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -288,8 +296,10 @@ class InvoicingOperations:
                 event = _event("efact", row.requester_inami, reference, line, row.submitted_on)
                 await self._dmg.register_contact(event, entry)
         except MeshError as error:
+            if not error.codes or error.status in _TRANSIENT:
+                raise  # not an answer (the database busy, ...): the line stays pending, the job retries it
             answer.result = dmg_pb2.INVOICE_LINE_RESULT_REJECTED
-            answer.error_code = error.code or 0
+            answer.error_code = error.codes[0]
             answer.error_description = error.message[:500]
         now = self._clock.now()
         created = timestamp_pb2.Timestamp()
