@@ -22,6 +22,8 @@ from hub.services import HubCore
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2 as pub
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2_grpc as pub_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_pb
+from mycarenet_core.sessions import Caller, service_name
+from mycarenet_core.trust import current_grant
 from mycarenet_core.validation import Checker
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -52,6 +54,15 @@ def rights(request: pub.ConsultRightsRequest) -> Asked:
     return Asked(ref, who, on)
 
 
+def rejected_invoices_only(caller: Caller) -> bool:
+    """True for a tarification office: a session under a mandate that covers the grant's restricted service
+    (TARIFICATION_OFFICE) and not its full one (INSURABILITY); the insurer then answers only for its rejected
+    invoice lines of the principal (seed 003 §8.2.2.7)."""
+    grant = current_grant()
+    covered = {service_name(s) for s in caller.mandate_services}
+    return bool(caller.principal) and bool(grant.restricted_service) and grant.service not in covered
+
+
 class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
     def __init__(self, core: HubCore) -> None:
         self.core = core
@@ -68,6 +79,7 @@ class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
             call = oa_pb.GetMemberDataRequest(
                 context=core.request_context(caller, asked.reference), request=request
             )
+            call.context.rejected_invoices_only = rejected_invoices_only(caller)
             answer = await oa.call(
                 lambda t: oa.insurability.GetMemberData(call, timeout=t, wait_for_ready=False), remaining
             )
@@ -87,6 +99,7 @@ class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
             call = oa_pb.ConsultRightsRequest(
                 context=core.request_context(caller, asked.reference), request=request
             )
+            call.context.rejected_invoices_only = rejected_invoices_only(caller)
             answer = await oa.call(
                 lambda t: oa.insurability.ConsultRights(call, timeout=t, wait_for_ready=False), remaining
             )

@@ -66,6 +66,9 @@ class Grant:
     roles: frozenset[Role] = frozenset()
     service: str = ""
     scope: str = ""
+    restricted_service: str = ""
+    """A mandate covering this service instead of ``service`` is admitted too, for a use the handler
+    restricts (its ``scope`` says how): a tarification office's TARIFICATION_OFFICE (seed 003 §8.2.2.7)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def load_table(path: Path = TABLE_PATH) -> TrustTable:
                 roles=frozenset(Role[r] for r in raw.get("roles", ())),
                 service=str(raw.get("service", "")),
                 scope=str(raw.get("scope", "")),
+                restricted_service=str(raw.get("restricted_service", "")),
             )
             if grant.certificate in grants:
                 raise ValueError(f"{path}: {method} grants {grant.certificate} twice")
@@ -120,6 +124,8 @@ def load_table(path: Path = TABLE_PATH) -> TrustTable:
                 raise ValueError(f"{path}: {method}: roles and service need a session")
             if grant.session is SessionNeed.MANDATED and not grant.service:
                 raise ValueError(f"{path}: {method}: a mandated grant names its service")
+            if grant.restricted_service and grant.session is not SessionNeed.MANDATED:
+                raise ValueError(f"{path}: {method}: a restricted service needs a mandated grant")
             grants[grant.certificate] = grant
         policies[method] = Policy(method, grants)
     return TrustTable(certificates, sessions, policies)
@@ -259,7 +265,9 @@ def check_session(grant: Grant, session: Caller) -> None:
         )
     if grant.session is SessionNeed.MANDATED and session.principal:
         covered = {service_name(s) for s in session.mandate_services}
-        if grant.service not in covered:
+        if grant.service not in covered and (
+            not grant.restricted_service or grant.restricted_service not in covered
+        ):
             raise permission_denied(
                 "MANDATE_NOT_COVERING",
                 f"the mandate {session.mandate_id} does not cover {grant.service}",

@@ -121,6 +121,11 @@ class AuditTrail:
         self._clock = clock
         self.writer = AuditWriter(engine, INSERT_AUDIT, name="oa")
 
+    @property
+    def clock(self) -> Clock:
+        """The node's clock (the time of what a request writes with its audit row)."""
+        return self._clock
+
     async def close(self) -> None:
         """Write what is left and close the writer's own connection."""
         await self.writer.close()

@@ -110,6 +110,8 @@ class Caller:
     today: dt.date
     user: str = ""
     """The pharmacist who opened a pharmacy's session (seed 003 §8.2.2.3); "" otherwise."""
+    rejected_invoices_only: bool = False
+    """A tarification office (seed 003 §8.2.2.7): insurability only for a rejected tarification line."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +214,9 @@ def caller(check: Checker, context: context_pb2.RequestContext) -> Caller | None
         user = check.inami("context.session_user_inami", context.session_user_inami)
     if found is None or today is None or not reference:
         return None
-    return Caller(found, reference, today, user.value if user is not None else "")
+    return Caller(
+        found, reference, today, user.value if user is not None else "", context.rejected_invoices_only
+    )
 
 
 _SEXES = {

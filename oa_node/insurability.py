@@ -1,6 +1,8 @@
 """The insurability services of one insurer node (OaInsurabilityService): MemberData, the pharmacist's rights
-consultation with payment commitment (seed 003 §5), and the check of an agreement number for the trusted third
-party (§5.4.2). Reads only: nothing here writes but the audit row.
+consultation with payment commitment (seed 003 §5), the check of an agreement number for the trusted third
+party (§5.4.2), and the validation of a pharmacy's tarification lines (§5.1). Reads only, but for the
+rejected tarification lines, recorded with the audit row: a tarification office consults only for those
+(seed 003 §8.2.2.7).
 
 The rules are :mod:`oa_node.rules.insurability` (pure); this module reads the member's rows, calls them and
 answers in protos.
@@ -13,9 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from mycarenet_core import dates
 from mycarenet_core.codes import McnCode
+from mycarenet_core.errors import permission_denied
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as ins_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_ins_pb2
@@ -66,6 +70,16 @@ HOLDER_ON = Query(
     .order_by(_holdings.c.start, _holdings.c.seq)
     .limit(1)
 )
+_rejected = m.table_of(m.RejectedTarificationRow)
+REJECTED_LINE = Query(
+    select(_rejected.c.line_id)
+    .where(
+        _rejected.c.provider_inami == bindparam("provider"),
+        _rejected.c.niss == bindparam("niss"),
+        _rejected.c.dispensing_date == bindparam("day", type_=_rejected.c.dispensing_date.type),
+    )
+    .limit(1)
+)
 _key = m.table_of(m.AgreementKey)
 SECRET = Query(select(_key.c.secret).where(_key.c.id == 1))
 VERDICTS = {
@@ -73,6 +87,38 @@ VERDICTS = {
     r.Verdict.PAID_COMMITMENT: oa_ins_pb2.TARIFICATION_VERDICT_PAID_COMMITMENT,
     r.Verdict.REJECTED: oa_ins_pb2.TARIFICATION_VERDICT_REJECTED,
 }
+
+
+# --- rejected tarification lines ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A rejected tarification line, as recorded."""
+
+    provider_inami: str
+    niss: str
+    dispensing: dt.date
+    line_id: str
+    reason: str
+
+
+async def record_rejections(session: AsyncSession, rejections: Sequence[Rejection], now: dt.datetime) -> None:
+    """Record the rejected lines not recorded yet (a retried validation records nothing twice; the first
+    reason stays)."""
+    keys = {(x.provider_inami, x.niss, x.dispensing, x.line_id): x for x in rejections}
+    for (provider, niss, day, line_id), x in keys.items():
+        if await session.get(m.RejectedTarificationRow, (provider, niss, day, line_id)) is None:
+            session.add(
+                m.RejectedTarificationRow(
+                    provider_inami=provider,
+                    niss=niss,
+                    dispensing_date=day,
+                    line_id=line_id,
+                    reason=x.reason[:32],
+                    rejected_at=now,
+                )
+            )
 
 
 # --- requests -------------------------------------------------------------------------------------------
@@ -278,12 +324,14 @@ class InsurabilityOperations:
 
     async def validate(
         self, lines: list[tuple[str, r.TarificationLine]], entry: AuditEntry
-    ) -> oa_ins_pb2.ValidateTarificationResponse:
+    ) -> tuple[oa_ins_pb2.ValidateTarificationResponse, list[Rejection]]:
         """Each line against the insurer's own data, then its proof (:func:`oa_node.rules.insurability.
-        validate_line`); a patient unknown here is a rejected line, not a failed request."""
+        validate_line`); a patient unknown here is a rejected line, not a failed request. The answer, and
+        the rejected lines to record (:func:`record_rejections`)."""
         key = await self._key()
         periods: dict[str, list[r.InsurabilityPeriod] | None] = {}
         results = []
+        rejections: list[Rejection] = []
         for line_id, line in lines:
             if line.niss not in periods:
                 member = await self._reads.first(MEMBER_BY_NISS, {"key": line.niss})
@@ -301,9 +349,12 @@ class InsurabilityOperations:
                     line_id=line_id, verdict=VERDICTS[decision.verdict], reason=decision.reason
                 )
             )
-        rejected = sum(1 for result in results if result.reason)
-        entry.incidents.append(f"{len(results)} lines, {rejected} rejected")
-        return oa_ins_pb2.ValidateTarificationResponse(results=results)
+            if decision.verdict is r.Verdict.REJECTED:
+                rejections.append(
+                    Rejection(line.provider_inami, line.niss, line.dispensing, line_id, decision.reason)
+                )
+        entry.incidents.append(f"{len(results)} lines, {len(rejections)} rejected")
+        return oa_ins_pb2.ValidateTarificationResponse(results=results), rejections
 
     async def _key(self) -> bytes:
         if self._secret is None:
@@ -331,6 +382,8 @@ class InsurabilityOperations:
         member = c.check_patient(key, member, periods=affiliations, on=query.day)
         entry.patient_niss = member.niss
         day = query.day
+        if who.rejected_invoices_only:
+            await self._check_rejected_line(who.inami.value, member.niss, day, entry)
         periods = await self._periods(member.niss, day, affiliations)
         care = [
             (row.kind, row.start, row.end) for row in await reads.all(CARE_STATUSES, {"niss": member.niss})
@@ -341,6 +394,20 @@ class InsurabilityOperations:
             care.append(("CHRONIC_CONDITION", since, None))
         holder = await reads.first(HOLDER_ON, {"niss": member.niss, "day": day})
         return MemberFile(member, periods, care, holder.holder if holder is not None else "")
+
+    async def _check_rejected_line(self, provider: str, niss: str, day: dt.date, entry: AuditEntry) -> None:
+        """A tarification office consults only for a tarification line of the provider (its principal) this
+        insurer rejected for the patient and the date (seed 003 §8.2.2.7): PERMISSION_DENIED 140
+        NO_REJECTED_INVOICE otherwise."""
+        line = await self._reads.first(REJECTED_LINE, {"provider": provider, "niss": niss, "day": day})
+        if line is None:
+            raise permission_denied(
+                "NO_REJECTED_INVOICE",
+                f"a tarification office consults only for an invoice line of {provider} this insurer rejected"
+                f" for this patient on {day.isoformat()} (seed 003 §8.2.2.7)",
+                code=McnCode.PROVIDER_NOT_ENTITLED,
+            )
+        entry.incidents.append(f"tarification office, rejected line {line.line_id}")
 
     async def _affiliations(self, niss: str) -> tuple[tuple[dt.date, dt.date | None], ...]:
         return tuple((row.start, row.end) for row in await self._reads.all(AFFILIATIONS, {"niss": niss}))

@@ -116,6 +116,21 @@ class AgreementKey(Base, table=True):
     secret: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class RejectedTarificationRow(Base, table=True):
+    """A pharmacy's tarification line this insurer rejected (ValidateTarification, seed 003 §5.1): what lets
+    the provider's tarification office consult that patient's insurability for that dispensing date (seed
+    003 §8.2.2.7). One row per line, whatever the number of times it is validated."""
+
+    __tablename__ = "oa_rejected_tarification"
+
+    provider_inami: str = Field(primary_key=True, max_length=11)
+    niss: str = Field(primary_key=True, max_length=11)
+    dispensing_date: dt.date = Field(primary_key=True)
+    line_id: str = Field(primary_key=True, max_length=64)
+    reason: str = Field(max_length=32)
+    rejected_at: dt.datetime = Field(sa_column=_utc())
+
+
 AFFILIATION_FEED = 1
 HOLDER_FEED = 2
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from sqlalchemy.exc import IntegrityError
 
 from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2 as hf_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2_grpc as hf_grpc
@@ -25,7 +26,13 @@ from oa_node import controls as c
 from oa_node.audit import AuditTrail, context_fields, peer_of
 from oa_node.dmg import DmgOperations
 from oa_node.holdings import HoldingFeed
-from oa_node.insurability import InsurabilityOperations, parse_lines, parse_member_data, parse_rights
+from oa_node.insurability import (
+    InsurabilityOperations,
+    parse_lines,
+    parse_member_data,
+    parse_rights,
+    record_rejections,
+)
 from oa_node.membership import MembershipOperations
 from oa_node.reference import ReferenceOperations, parse_organisations, parse_providers
 
@@ -196,4 +203,17 @@ class OaInsurabilityServicer(ins_grpc.OaInsurabilityServiceServicer):
         self, request: ins_pb2.ValidateTarificationRequest, context: Context
     ) -> ins_pb2.ValidateTarificationResponse:
         async with self._audit.call("ValidateTarification", {"peer": peer_of(context)}) as entry:
-            return await self._ops.validate(parse_lines(request), entry)
+            answer, rejected = await self._ops.validate(parse_lines(request), entry)
+            if rejected:
+                # Recorded with the audit row: the provider's tarification office may consult for them. A
+                # retry running at the same time may insert the same line first: then this one has nothing
+                # left to insert.
+                for attempt in (1, 2):
+                    try:
+                        async with self._audit.transaction(entry) as session:
+                            await record_rejections(session, rejected, self._audit.clock.now())
+                        break
+                    except IntegrityError:
+                        if attempt == 2:
+                            raise
+            return answer

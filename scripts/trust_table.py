@@ -26,6 +26,8 @@ def _grant(grant: Grant) -> str:
         text += " + own provider session"
     elif grant.session is SessionNeed.MANDATED:
         text += f" + provider session or mandate for {grant.service}"
+        if grant.restricted_service:
+            text += f" (or for {grant.restricted_service}, restricted)"
     if grant.roles:
         text += " (" + ", ".join(sorted(r.value for r in grant.roles)) + ")"
     if grant.scope:

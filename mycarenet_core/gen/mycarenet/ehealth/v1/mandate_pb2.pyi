@@ -50,6 +50,12 @@ class _MandatedServiceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Manda
     be given and listed, and no RPC requires it. There is no service for the payment method: a mandate never
     covers it (seed 001 §4).
     """
+    MANDATED_SERVICE_TARIFICATION_OFFICE: _MandatedService.ValueType  # 9
+    """A tarification office's consultation of insurability (seed 003 §8.2.2.7): GetMemberData and ConsultRights
+    only for a patient whose invoice line of the principal (the pharmacy) the insurer rejected for that
+    dispensing date; anything else is refused NO_REJECTED_INVOICE. A mandate for INSURABILITY stays the
+    full one (the seed's "mandats de pharmaciens titulaires").
+    """
 
 class MandatedService(_MandatedService, metaclass=_MandatedServiceEnumTypeWrapper):
     """A service that can be mandated."""
@@ -74,6 +80,12 @@ MANDATED_SERVICE_TARIFF: MandatedService.ValueType  # 8
 """Tariff consultation (seed 001 §4). The mesh has no tariff consultation service yet: such a mandate can
 be given and listed, and no RPC requires it. There is no service for the payment method: a mandate never
 covers it (seed 001 §4).
+"""
+MANDATED_SERVICE_TARIFICATION_OFFICE: MandatedService.ValueType  # 9
+"""A tarification office's consultation of insurability (seed 003 §8.2.2.7): GetMemberData and ConsultRights
+only for a patient whose invoice line of the principal (the pharmacy) the insurer rejected for that
+dispensing date; anything else is refused NO_REJECTED_INVOICE. A mandate for INSURABILITY stays the
+full one (the seed's "mandats de pharmaciens titulaires").
 """
 Global___MandatedService: _TypeAlias = MandatedService  # noqa: Y015
 

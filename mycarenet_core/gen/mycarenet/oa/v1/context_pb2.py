@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmycarenet/oa/v1/context.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\"\xc1\x02\n\x0eRequestContext\x12\x17\n\x0frequester_inami\x18\x01 \x01(\t\x12\x39\n\x0erequester_role\x18\x02 \x01(\x0e\x32!.mycarenet.common.v1.ProviderRole\x12\x13\n\x0b\x65xecutor_id\x18\x03 \x01(\t\x12\x15\n\rexecutor_kind\x18\x04 \x01(\t\x12\x12\n\nmandate_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x1b\n\x13requester_reference\x18\x07 \x01(\t\x12\x32\n\x0fprocessing_date\x18\x08 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x1a\n\x12organisation_inami\x18\t \x01(\t\x12\x1a\n\x12session_user_inami\x18\n \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmycarenet/oa/v1/context.proto\x12\x0fmycarenet.oa.v1\x1a mycarenet/common/v1/common.proto\"\xe1\x02\n\x0eRequestContext\x12\x17\n\x0frequester_inami\x18\x01 \x01(\t\x12\x39\n\x0erequester_role\x18\x02 \x01(\x0e\x32!.mycarenet.common.v1.ProviderRole\x12\x13\n\x0b\x65xecutor_id\x18\x03 \x01(\t\x12\x15\n\rexecutor_kind\x18\x04 \x01(\t\x12\x12\n\nmandate_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x1b\n\x13requester_reference\x18\x07 \x01(\t\x12\x32\n\x0fprocessing_date\x18\x08 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x1a\n\x12organisation_inami\x18\t \x01(\t\x12\x1a\n\x12session_user_inami\x18\n \x01(\t\x12\x1e\n\x16rejected_invoices_only\x18\x0b \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarene
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REQUESTCONTEXT']._serialized_start=85
-  _globals['_REQUESTCONTEXT']._serialized_end=406
+  _globals['_REQUESTCONTEXT']._serialized_end=438
 # @@protoc_insertion_point(module_scope)

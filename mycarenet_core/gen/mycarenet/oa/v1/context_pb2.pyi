@@ -38,6 +38,7 @@ class RequestContext(_message.Message):
     PROCESSING_DATE_FIELD_NUMBER: _builtins.int
     ORGANISATION_INAMI_FIELD_NUMBER: _builtins.int
     SESSION_USER_INAMI_FIELD_NUMBER: _builtins.int
+    REJECTED_INVOICES_ONLY_FIELD_NUMBER: _builtins.int
     requester_inami: _builtins.str
     """INAMI number of the requester of record (the principal when a mandate is used).
     An INAMI number: 11 digits, separators allowed; at most 32 characters.
@@ -73,6 +74,11 @@ class RequestContext(_message.Message):
     (seed 003 §8.2.2.3); empty otherwise.
     An INAMI number: 11 digits, separators allowed; at most 32 characters.
     """
+    rejected_invoices_only: _builtins.bool
+    """The caller is a tarification office (a mandate for TARIFICATION_OFFICE, seed 003 §8.2.2.7): the insurer
+    answers an insurability request only for a patient with a tarification line of the requester it
+    rejected for the date asked.
+    """
     @_builtins.property
     def processing_date(self) -> _common_pb2.Date:
         """The processing date: "today" for the mesh (the hub's clock). Every rule uses this date."""
@@ -90,10 +96,11 @@ class RequestContext(_message.Message):
         processing_date: _common_pb2.Date | None = ...,
         organisation_inami: _builtins.str = ...,
         session_user_inami: _builtins.str = ...,
+        rejected_invoices_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["processing_date", b"processing_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor_id", b"executor_id", "executor_kind", b"executor_kind", "mandate_id", b"mandate_id", "organisation_inami", b"organisation_inami", "processing_date", b"processing_date", "requester_inami", b"requester_inami", "requester_reference", b"requester_reference", "requester_role", b"requester_role", "session_id", b"session_id", "session_user_inami", b"session_user_inami"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor_id", b"executor_id", "executor_kind", b"executor_kind", "mandate_id", b"mandate_id", "organisation_inami", b"organisation_inami", "processing_date", b"processing_date", "rejected_invoices_only", b"rejected_invoices_only", "requester_inami", b"requester_inami", "requester_reference", b"requester_reference", "requester_role", b"requester_role", "session_id", b"session_id", "session_user_inami", b"session_user_inami"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

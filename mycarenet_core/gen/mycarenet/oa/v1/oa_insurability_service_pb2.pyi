@@ -286,7 +286,9 @@ class TarificationLine(_message.Message):
     A NISS: 11 digits, separators allowed; at most 32 characters.
     """
     provider_inami: _builtins.str
-    """INAMI number of the pharmacist who dispensed, 11 digits.
+    """INAMI number of the provider who bills, 11 digits: the pharmacy (the requester of record of a pharmacy's
+    session), or the pharmacist who consulted in their own session: the commitment's provider_inami. A
+    rejected line is recorded: the provider's tarification office may then consult for it (seed 003 §8.2.2.7).
     An INAMI number: 11 digits, separators allowed; at most 32 characters.
     """
     basis: Global___ConsultationBasis.ValueType
