@@ -9,16 +9,37 @@ import datetime as dt
 import time
 
 import grpc
-from node_support import GP_A, GP_B, HOUSE, PATIENT, PATIENT_2, TODAY, Node, context, d, node, rpc_error
+from google.protobuf import duration_pb2
+from node_support import (
+    GP_A,
+    GP_B,
+    HOUSE,
+    PATIENT,
+    PATIENT_2,
+    TODAY,
+    Node,
+    context,
+    d,
+    node,
+    rpc_error,
+    seed,
+    start_node,
+    stop_node,
+)
 from sqlalchemy import select
 
+from mycarenet_core.channels import open_channel
+from mycarenet_core.clock import FixedClock, OffsetClock, moved_offset
 from mycarenet_core.codes import McnCode
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2 as inv
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2 as oainv
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2_grpc as oainv_grpc
+from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2, clock_pb2_grpc
 from oa_node import models as m
+from oa_node.app import OaNodeApp
+from oa_node.invoicing import parse_lines
 
 __all__ = ["node"]
 
@@ -155,3 +176,66 @@ async def test_the_check_after_payment(node: Node) -> None:
     message = dmg_pb2.MailboxMessage.FromString(row.payload)
     assert (message.recipient_inami, message.fee_recovery.notification_reference) == (GP_A, "n-unbilled")
     assert message.fee_recovery.payment.payment_reference == fees[PATIENT].reference
+
+
+async def test_lines_acknowledged_before_a_stop_are_answered_after_the_restart(database_url: str) -> None:
+    """Nothing acknowledged is lost: lines stored by a node that stops before answering them are answered by
+    the next start (the acknowledgement is the stored row, not the answer)."""
+    clock = FixedClock(dt.datetime(2024, 3, 15, 10, 0, tzinfo=dt.UTC))
+    first = await start_node(database_url, clock=clock)
+    try:
+        await seed(first)
+    finally:
+        await stop_node(first)
+    # Built, never started (no job runs): the acceptance alone, as the servicer would make it.
+    app = await OaNodeApp.create(insurer_code="100", database_url=database_url, clock=clock)
+    try:
+        request = oainv.AcceptInvoiceLinesRequest(
+            context=context(GP_A, reference="before-stop"),
+            hub_reference="EFACT-S",
+            lines=[line(1, PATIENT, GP_A, TODAY)],
+        )
+        async with app.audit.call("AcceptInvoiceLines", {}) as entry:
+            await app.invoicing.accept(parse_lines(request), entry)
+        async with app.sessions() as session:
+            [row] = (await session.execute(select(m.InvoiceLineRow))).scalars().all()
+        assert not row.answered
+    finally:
+        await app.engine.dispose()
+    second = await start_node(database_url, clock=clock)
+    try:
+        [answer] = await answers(second, 1)
+        assert answer.invoice_answer.result == dmg_pb2.INVOICE_LINE_RESULT_ACCEPTED
+    finally:
+        await stop_node(second)
+
+
+async def test_the_check_runs_when_the_sandbox_clock_moves(database_url: str) -> None:
+    clock = OffsetClock(TODAY)
+    started = await start_node(database_url, clock=clock)  # type: ignore[arg-type]
+    try:
+        await seed(started)
+        await started.notify(GP_A, PATIENT, contact=TODAY - dt.timedelta(days=1), reference="n-clock")
+        offset = duration_pb2.Duration()
+        offset.FromTimedelta(moved_offset(clock.offset, TODAY + dt.timedelta(days=400)))
+        async with open_channel(f"127.0.0.1:{started.app.port}", identity="admin") as channel:
+            await clock_pb2_grpc.ProcessClockServiceStub(channel).SetOffset(
+                clock_pb2.SetOffsetRequest(offset=offset), timeout=30
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            async with started.app.sessions() as session:
+                [fee] = (
+                    (
+                        await session.execute(select(m.PaymentRow).where(m.PaymentRow.patient == PATIENT))  # type: ignore[arg-type]
+                    )
+                    .scalars()
+                    .all()
+                )
+            if fee.recovered:
+                break
+            assert time.monotonic() < deadline, "the move did not run the check after payment"
+            await asyncio.sleep(0.05)
+        assert fee.recovered_on == TODAY + dt.timedelta(days=400)
+    finally:
+        await stop_node(started)
