@@ -22,10 +22,12 @@ from mycarenet_core.dates import to_proto
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
+from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, mandate_pb2
 from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2 as inv
 from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2_grpc as inv_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2 as oainv
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2_grpc as oainv_grpc
+from mycarenet_core.identifiers import make_niss
 from oa_node import models as m
 from tests.hub.helpers import notify_request, rejected
 from tests.hub.mesh import NOW, TODAY, Mesh, Person, bearer, running_mesh
@@ -306,3 +308,31 @@ async def test_the_check_after_payment_recovers_a_fee_whose_contact_never_comes(
     assert recovery.payment.recovered
     assert recovery.contact_date == to_proto(contact)
     assert await messages(mesh, await mesh.login(gp_a), dmg_pb2.MESSAGE_KIND_FEE_RECOVERY) == []
+
+
+async def test_a_third_party_mandated_for_invoicing_posts_for_the_physician(mesh: Mesh) -> None:
+    gp_a = mesh.people["gp_a"]
+    p100 = mesh.members["p100"].niss
+    office = Person("office", "", make_niss(dt.date(1986, 6, 6), 611))
+    other = Person("other", "", make_niss(dt.date(1987, 7, 7), 613))
+    for person, services in (
+        (office, [mandate_pb2.MANDATED_SERVICE_INVOICING]),
+        (other, [mandate_pb2.MANDATED_SERVICE_DMG_CONSULT]),
+    ):
+        await mesh.register_person(person)
+        await mesh.mandate(gp_a, person.niss, services)
+
+    async def session(person: Person) -> str:
+        return await mesh.login(
+            person, kind=auth_pb2.SUBJECT_KIND_PERSON, subject_id=person.niss, principal=gp_a.inami
+        )
+
+    batch = inv.PostInvoiceBatchRequest(requester_reference="office-1", lines=[line(1, p100, gp_a, TODAY)])
+    answer = await invoicing(mesh).PostInvoiceBatch(batch, metadata=bearer(await session(office)), timeout=10)
+    assert answer.technical_ack.result == dmg_pb2.TECHNICAL_ACK_RESULT_SUCCESS
+    [reply] = await wait_for(mesh, await mesh.login(gp_a), dmg_pb2.MESSAGE_KIND_INVOICE_ANSWER, 1)
+    assert reply.invoice_answer.result == dmg_pb2.INVOICE_LINE_RESULT_ACCEPTED  # in the principal's mailbox
+    error = await rejected(
+        invoicing(mesh).PostInvoiceBatch(batch, metadata=bearer(await session(other)), timeout=10)
+    )
+    assert (error.reason, error.code) == ("MANDATE_NOT_COVERING", McnCode.PROVIDER_NOT_ENTITLED)
