@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -37,6 +38,7 @@ from hub.auth import Caller
 from hub.services import HubCore
 from hub.upstream import OaClient
 from mycarenet_core.codes import McnCode
+from mycarenet_core.errors import MeshError, invalid_argument
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2 as pub
@@ -48,6 +50,7 @@ from mycarenet_core.validation import Checker
 
 Context = grpc.aio.ServicerContext[Any, Any]
 MAX_LINES = 500
+_LINE = re.compile(r"^lines\[(\d+)\]")
 CONTACT_CODE_LENGTH = 32
 
 
@@ -126,6 +129,14 @@ def parse_attest(request: pub.SendAttestRequest, caller: Caller, today: dt.date)
     return Attest(ref, niss, on)
 
 
+def _in_request(field: str, indexes: list[int]) -> str:
+    """``lines[k]...`` of an insurer's part as ``lines[i]...`` of the caller's request."""
+    found = _LINE.match(field)
+    if found is None or int(found.group(1)) >= len(indexes):
+        return field
+    return f"lines[{indexes[int(found.group(1))]}]{field[found.end() :]}"
+
+
 class InvoicingServicer(pub_grpc.InvoicingServiceServicer):
     def __init__(self, core: HubCore) -> None:
         self.core = core
@@ -165,9 +176,12 @@ class InvoicingServicer(pub_grpc.InvoicingServiceServicer):
                 insurer_codes=sorted(routed),
             )
 
-    def _route(self, batch: Batch) -> tuple[dict[str, list[pub.InvoiceLine]], list[common_pb2.AckItem]]:
-        """The lines by insurer at their contact date, and an item (120) for each line no insurer covers."""
-        routed: dict[str, list[pub.InvoiceLine]] = {}
+    def _route(
+        self, batch: Batch
+    ) -> tuple[dict[str, list[tuple[int, pub.InvoiceLine]]], list[common_pb2.AckItem]]:
+        """The lines by insurer at their contact date (with their index in the request), and an item (120)
+        for each line no insurer covers."""
+        routed: dict[str, list[tuple[int, pub.InvoiceLine]]] = {}
         unrouted: list[common_pb2.AckItem] = []
         for i, line in batch.lines:
             on = dt.date(line.contact_date.year, line.contact_date.month, line.contact_date.day)
@@ -182,21 +196,31 @@ class InvoicingServicer(pub_grpc.InvoicingServiceServicer):
                     )
                 )
                 continue
-            routed.setdefault(code, []).append(line)
+            routed.setdefault(code, []).append((i, line))
         return routed, unrouted
 
     async def _send(
         self,
         code: str,
-        lines: list[pub.InvoiceLine],
+        lines: list[tuple[int, pub.InvoiceLine]],
         ctx: Any,
         reference: str,
         remaining: float | None,
     ) -> None:
+        """One insurer's part; its field violations name the lines as the caller numbered them."""
         oa = self.core.oa(code)
         stub = self._stub(oa)
-        call = oa_pb.AcceptInvoiceLinesRequest(context=ctx, hub_reference=reference, lines=lines)
-        await oa.call(lambda t: stub.AcceptInvoiceLines(call, timeout=t, wait_for_ready=False), remaining)
+        call = oa_pb.AcceptInvoiceLinesRequest(
+            context=ctx, hub_reference=reference, lines=[line for _, line in lines]
+        )
+        try:
+            await oa.call(lambda t: stub.AcceptInvoiceLines(call, timeout=t, wait_for_ready=False), remaining)
+        except MeshError as error:
+            if not error.violations:
+                raise
+            raise invalid_argument(
+                [replace(v, field=_in_request(v.field, [i for i, _ in lines])) for v in error.violations]
+            ) from None
 
     async def SendAttest(self, request: pub.SendAttestRequest, context: Context) -> pub.SendAttestResponse:
         core = self.core

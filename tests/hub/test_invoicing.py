@@ -213,6 +213,17 @@ async def test_a_batch_spans_insurers_and_a_bad_line_is_rejected_alone(mesh: Mes
     assert sorted((c.niss, c.contact_date) for c in contacts) == sorted(
         [(p100, day), (mover, dt.date(2024, 6, 1))]
     )
+    # the batch posted again with its second line (insurer 200's first) changed: 158, on that line
+    lines[1].contact_date.CopyFrom(to_proto(day - dt.timedelta(days=1)))
+    error = await rejected(
+        invoicing(mesh).PostInvoiceBatch(
+            inv.PostInvoiceBatchRequest(requester_reference="mixed", lines=lines),
+            metadata=bearer(token),
+            timeout=10,
+        )
+    )
+    assert error.code == McnCode.IDENTIFICATION_INCONSISTENT
+    assert [v.field for v in error.violations] == ["lines[1]"]
 
 
 async def test_bad_input_changes_nothing_and_wrong_callers_are_refused(mesh: Mesh) -> None:
