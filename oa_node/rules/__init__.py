@@ -15,11 +15,13 @@ Where SPEC.md and the seeds disagree or are silent (the seed wins; choices are m
 1. Notify indicator (SPEC §3.2 "WITH_PAYMENT iff no DMG was paid to anyone this year"): an
    administrative prolongation already paid for the year does not count, because a notification has
    priority over it and recovers it (seed 000 §5.1 second bullet, seed 002 last paragraph).
-2. Administrative prolongation "for year t" is computed by a year-end run (:func:`process_year_end`),
-   not at a contact: its conditions cover the whole year t (seed 002: no 102771 in t by the holder
-   nor by another physician; seed 000 §5.1: "pas de prolongation administrative si attestation ou
-   notification faite la même année") and seed 000 §1.1.3 calls its payment "très tardif". A late
-   102771 of year t submitted after that run still recovers it (seed 002).
+2. Administrative prolongation "for year t" is paid in year t as soon as its conditions are met, at the
+   paper holder's contact of t (seed 002: a contact in t, no 102771 in t by the holder nor by another
+   physician, no notification; issue 14). Its conditions cover the whole year (seed 000 §5.1: "pas de
+   prolongation administrative si attestation ou notification faite la même année"), so a 102771 or a
+   notification of t arriving later recovers it (seed 000 §5.1 "priorité", seed 002 "devrait être
+   récupéré"). A year-end run (:func:`process_year_end`) pays what the contacts could not (a 102771 of
+   t-1 handed in after the contact of t: paper arrives late, seed 000 §1.1.3).
 3. Seed 002's own example is inconsistent with its rule: 102771 in 2011 then administrative
    prolongations for 2012 and 2013 gives "31 décembre 2014", whereas the rule ("fin de la deuxième
    année civile qui suit l'année ... pour laquelle le DMG a été prolongé") gives 31.12.2015. We follow
@@ -49,8 +51,9 @@ Where SPEC.md and the seeds disagree or are silent (the seed wins; choices are m
 10. *decision* (outside the seeds): a patient under a medical-house contract: GP notifications are
     rejected with 162, the medical house itself may notify and hold the DMG, with no separate DMG fee
     (the house's flat fee covers it); contacts and 102771 on such dates have no DMG effect.
-11. *decision*: the fee category (55 EUR, seed 002) uses the patient's age on the contact date the fee
-    corresponds to and the chronic status of that year; the category exists from 2016 on.
+11. *decision*: the fee category (55 EUR, seed 002) uses the patient's age and chronic status (held by
+    period) on the contact date the fee corresponds to; the category exists from 2016 on, and its 2016
+    fees are paid from 1 July 2016 (seed 002).
 12. *decision*: 165 ("duplicate contact date") rejects a notification whose contact date is on or
     before the start of another live holding (a right cannot be inserted before a newer holder), and
     an already registered contact (same provider, date, code) or 102771 (same provider, date).

@@ -254,8 +254,11 @@ def register_contact(
 
     The first contact of year t between the patient and the holder (or a member of the holder's
     group practice) pays the accelerated prolongation when the holder is enrolled, held the DMG in
-    t-1 and no other fee for t corresponds to an earlier contact (seed 000 §3.3.6, §5.1). A patient
-    under a medical-house contract on the contact date: the contact is only recorded.
+    t-1 and no other fee for t corresponds to an earlier contact (seed 000 §3.3.6, §5.1). For a paper
+    holder (not enrolled) it pays the administrative prolongation of t as soon as its conditions are
+    met (seed 002; see :func:`process_year_end`): a later 102771 or notification of another physician
+    for t recovers it (seed 000 §5.1). A patient under a medical-house contract on the contact date: the
+    contact is only recorded.
     """
     _check_contact_code(code, ctx)
     if contact_date > submission_date:
@@ -269,6 +272,9 @@ def register_contact(
 
     holding = latest_started(recorded.holdings, contact_date)
     year = contact_date.year
+    if holding is not None and ctx.acts_for(provider, holding.holder) and not ctx.is_enrolled(holding.holder):
+        # A paper holder: the administrative prolongation of the year, once its conditions are met.
+        return _administrative_prolongation(file, recorded, year, on=submission_date, ctx=ctx)
     if (
         holding is None
         or not ctx.acts_for(provider, holding.holder)
@@ -499,11 +505,12 @@ def _cancel_paper_right(
 
 
 def process_year_end(file: DmgFile, *, year: int, processing_date: date, ctx: RuleContext) -> Decision:
-    """Pay the administrative prolongation of ``year`` if its conditions hold (seed 002).
+    """Pay the administrative prolongation of ``year`` if its conditions hold (seed 002), for what the
+    contacts of the year did not pay yet.
 
-    It runs once ``year`` is over because its conditions cover the whole year ("pas de prolongation
-    administrative si attestation ou notification faite la même année", seed 000 §5.1) and the
-    paper certificates reach the OA late (seed 000 §1.1.3). Conditions, for the GP X who was paid a
+    A paper holder's contact pays it as soon as its conditions are met (:func:`register_contact`); the
+    year-end run catches what arrived late (seed 000 §1.1.3: paper certificates reach the OA late, e.g.
+    the 102771 of ``year`` - 1 handed in after the contact). Conditions, for the GP X who was paid a
     102771 or an administrative prolongation for ``year`` - 1: no 102771 attested in ``year`` (by
     X or another physician), no notification and no other fee for ``year``, and at least one
     registered contact in ``year`` between the patient and X (or X's group) while X held the DMG.
@@ -511,6 +518,15 @@ def process_year_end(file: DmgFile, *, year: int, processing_date: date, ctx: Ru
     """
     if processing_date < year_end(year):
         raise DmgRuleError(McnCode.DATE_IN_FUTURE, f"year {year} is not over", "year")
+    return _administrative_prolongation(file, file, year, on=processing_date, ctx=ctx)
+
+
+def _administrative_prolongation(
+    before: DmgFile, file: DmgFile, year: int, *, on: date, ctx: RuleContext
+) -> Decision:
+    """Pay the administrative prolongation of ``year`` if its conditions hold as ``file`` knows them: at a
+    paper holder's contact of ``year`` (issue 14: paid in the year once they are met), and again at the
+    year end for what arrived late (a 102771 of ``year`` - 1 handed in after the contact)."""
     gp = _administrative_candidate(file, year)
     if gp is None:
         return Decision(file=file)
@@ -526,7 +542,7 @@ def process_year_end(file: DmgFile, *, year: int, processing_date: date, ctx: Ru
         return Decision(file=file)
     first, holding = min(held, key=lambda pair: (pair[0].contact_date, pair[0].submitted_on))
     claim = Claim(PaymentKind.ADMINISTRATIVE_PROLONGATION, gp, year, first.contact_date)
-    return _prolong(file, file, holding, claim, first, on=processing_date, ctx=ctx)
+    return _prolong(before, file, holding, claim, first, on=on, ctx=ctx)
 
 
 def _administrative_candidate(file: DmgFile, year: int) -> str | None:

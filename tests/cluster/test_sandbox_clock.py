@@ -254,8 +254,9 @@ def test_an_administrative_prolongation_once_per_year_over_two_year_ends(
     paid = payments(db, PAPER_PATIENT)
     assert paid == [
         (2013, "PAPER_ATTESTATION", GP_PAPER, "2013-03-01", "2013-03-31"),
-        (2014, "ADMINISTRATIVE_PROLONGATION", GP_PAPER, "2015-01-01", "2015-01-31"),
-        (2015, "ADMINISTRATIVE_PROLONGATION", GP_PAPER, "2016-01-01", "2016-01-31"),
+        # Paid at the contact of the year that meets its conditions (issue 14), once; the year ends add none.
+        (2014, "ADMINISTRATIVE_PROLONGATION", GP_PAPER, "2014-01-05", "2014-02-04"),
+        (2015, "ADMINISTRATIVE_PROLONGATION", GP_PAPER, "2015-02-09", "2015-03-11"),
     ]
     assert year_end_rows(db) == [
         (2013, "2014-01-01"),

@@ -70,7 +70,11 @@ async def test_paper_attestation_by_an_enrolled_gp_is_refused_but_recorded(node:
     assert list(reply.effects.payments) == []
 
 
-async def test_paper_holder_gets_the_administrative_prolongation_at_year_end(node: Node) -> None:
+async def test_paper_holder_gets_the_administrative_prolongation_at_the_contact_or_the_year_end(
+    node: Node,
+) -> None:
+    """Paid at the contact of the year that meets its conditions (issue 14); the year end pays one that a
+    late 102771 of the year before made due (paper arrives late, seed 000 §1.1.3)."""
     accepted = await node.intake.RegisterPaperAttestation(
         intake_pb2.RegisterPaperAttestationRequest(
             intake_reference="paper-2",
@@ -82,7 +86,22 @@ async def test_paper_holder_gets_the_administrative_prolongation_at_year_end(nod
         timeout=10,
     )
     assert [p.kind for p in accepted.effects.payments] == [dmg_pb2.PAYMENT_KIND_PAPER_ATTESTATION]
-    await node.contact(GP_NOT_ENROLLED, PATIENT, dt.date(2023, 4, 4), dt.date(2023, 5, 5), "inv-3")
+    paid = await node.contact(GP_NOT_ENROLLED, PATIENT, dt.date(2023, 4, 4), dt.date(2023, 5, 5), "inv-3")
+    assert [(p.kind, p.year) for p in paid.effects.payments] == [
+        (dmg_pb2.PAYMENT_KIND_ADMINISTRATIVE_PROLONGATION, 2023)
+    ]
+    # Another patient: the contact of 2023 first, the 102771 of 2022 handed in afterwards.
+    await node.contact(GP_NOT_ENROLLED, PATIENT_2, dt.date(2023, 4, 4), dt.date(2023, 5, 5), "inv-4")
+    await node.intake.RegisterPaperAttestation(
+        intake_pb2.RegisterPaperAttestationRequest(
+            intake_reference="paper-3",
+            patient_niss=PATIENT_2,
+            provider_inami=GP_NOT_ENROLLED,
+            attestation_date=d(dt.date(2022, 5, 1)),
+            submission_date=d(dt.date(2023, 6, 1)),
+        ),
+        timeout=10,
+    )
     early = await rpc_error(
         node.intake.ProcessYearEnd(
             intake_pb2.ProcessYearEndRequest(year=2023, processing_date=d(dt.date(2023, 12, 30))), timeout=10

@@ -71,17 +71,8 @@ async def test_year_ends_run_once_per_year_whichever_way_the_clock_moves(tmp_pat
                 ms_pb2.UpsertMembersRequest(members=[member(PATIENT, start=since)]), timeout=10
             )
             intake = intake_grpc.InvoicingIntakeServiceStub(office)
-            # A paper holder: 102771 attested in 2022, a contact in 2023 (the conditions of a prolongation).
-            await intake.RegisterPaperAttestation(
-                intake_pb2.RegisterPaperAttestationRequest(
-                    intake_reference="paper-2022",
-                    patient_niss=PATIENT,
-                    provider_inami=GP_A,
-                    attestation_date=d(dt.date(2022, 5, 2)),
-                    submission_date=d(dt.date(2022, 5, 20)),
-                ),
-                timeout=10,
-            )
+            # A paper holder: 102771 attested in 2022, a contact in 2023 (the conditions of a prolongation),
+            # the 102771 handed in after the contact (paper arrives late): the year end pays the prolongation.
             await intake.RegisterContact(
                 intake_pb2.RegisterContactRequest(
                     intake_reference="contact-2023",
@@ -93,6 +84,16 @@ async def test_year_ends_run_once_per_year_whichever_way_the_clock_moves(tmp_pat
                 ),
                 timeout=10,
             )
+            await intake.RegisterPaperAttestation(
+                intake_pb2.RegisterPaperAttestationRequest(
+                    intake_reference="paper-2022",
+                    patient_niss=PATIENT,
+                    provider_inami=GP_A,
+                    attestation_date=d(dt.date(2022, 5, 2)),
+                    submission_date=d(dt.date(2023, 4, 15)),
+                ),
+                timeout=10,
+            )
         # The node was born on 01.06.2023: the year end of 2022 is not its to run.
         assert await runs(app) == []
 
@@ -100,7 +101,7 @@ async def test_year_ends_run_once_per_year_whichever_way_the_clock_moves(tmp_pat
         assert (moved.observed, moved.today.year, list(moved.year_ends_run)) == (True, 2024, [2023])
         assert await runs(app) == [(2023, dt.date(2024, 1, 1))]
         prolonged = [
-            (2022, "PAPER_ATTESTATION", dt.date(2022, 5, 20), dt.date(2022, 6, 19)),
+            (2022, "PAPER_ATTESTATION", dt.date(2023, 4, 15), dt.date(2023, 5, 15)),
             (2023, "ADMINISTRATIVE_PROLONGATION", dt.date(2024, 1, 1), dt.date(2024, 1, 31)),
         ]
         assert await payments(app) == prolonged

@@ -125,29 +125,49 @@ def paper_holder_2011() -> DmgFile:
     return contact(file, GP1, "10.02.2012", "20.02.2012", PAPER_CTX).file
 
 
-def test_administrative_prolongation_is_paid_at_year_end_and_extends_the_right() -> None:
-    file = paper_holder_2011()
-    assert payments(file) == ["GP1 2011 PAPER_ATTESTATION"]  # the 2012 contact alone pays nothing
+def test_administrative_prolongation_is_paid_at_the_contact_that_meets_its_conditions() -> None:
+    """Issue 14 correction 4 (seed 002): paid in year t once its conditions are met, not at the year end."""
+    file = attest(EMPTY, GP1, "18.07.2011", "01.08.2011", PAPER_CTX).file
 
-    decision = year_end(file, 2012, PAPER_CTX)
+    decision = contact(file, GP1, "10.02.2012", "20.02.2012", PAPER_CTX)
 
     (paid,) = decision.payments_created
     assert paid.kind is PaymentKind.ADMINISTRATIVE_PROLONGATION
     assert (paid.beneficiary, paid.year, paid.amount) == (GP1, 2012, Decimal("28.21"))
     assert (paid.registered_on, paid.due_by, paid.contact_date) == (
-        d("31.12.2012"),
-        d("30.01.2013"),
+        d("20.02.2012"),
+        d("21.03.2012"),
         d("10.02.2012"),
     )
     assert holdings(decision.file) == ["GP1 PAPER 18.07.2011-31.12.2014 ACTIVE"]
     assert decision.messages == ()  # GP1 is not enrolled
     assert [describe_holding(h, NAMES) for h in decision.holdings_extended] == holdings(decision.file)
+    # The year end pays nothing more; a second contact of the year neither.
+    assert year_end(decision.file, 2012, PAPER_CTX).file == decision.file
+    again = contact(decision.file, GP1, "10.05.2012", "20.05.2012", PAPER_CTX)
+    assert again.payments_created == ()
+
+
+def test_the_year_end_pays_the_administrative_prolongation_a_late_102771_made_due() -> None:
+    """The 102771 of 2011 handed in after the contact of 2012 (paper arrives late, seed 000 §1.1.3)."""
+    file = contact(EMPTY, GP1, "10.02.2012", "20.02.2012", PAPER_CTX).file
+    file = attest(file, GP1, "18.07.2011", "01.03.2012", PAPER_CTX).file
+    assert payments(file) == ["GP1 2011 PAPER_ATTESTATION"]
+
+    decision = year_end(file, 2012, PAPER_CTX)
+
+    (paid,) = decision.payments_created
+    assert (paid.kind, paid.registered_on, paid.contact_date) == (
+        PaymentKind.ADMINISTRATIVE_PROLONGATION,
+        d("31.12.2012"),
+        d("10.02.2012"),
+    )
+    assert holdings(decision.file) == ["GP1 PAPER 18.07.2011-31.12.2014 ACTIVE"]
 
 
 def test_administrative_prolongation_chains_from_one_to_the_next() -> None:
-    file = year_end(paper_holder_2011(), 2012, PAPER_CTX).file
+    file = paper_holder_2011()
     file = contact(file, GP1, "05.05.2013", "06.05.2013", PAPER_CTX).file
-    file = year_end(file, 2013, PAPER_CTX).file
     assert payments(file) == [
         "GP1 2011 PAPER_ATTESTATION",
         "GP1 2012 ADMINISTRATIVE_PROLONGATION",
@@ -180,7 +200,11 @@ def test_reattested_102771_replaces_the_administrative_prolongation() -> None:
     assert decision.attestation.outcome is AttestationOutcome.ACCEPTED
     assert holdings(decision.file) == ["GP1 PAPER 18.07.2011-31.12.2014 ACTIVE"]  # prolonged in place
     assert year_end(decision.file, 2012, PAPER_CTX).payments_created == ()
-    assert payments(decision.file) == ["GP1 2011 PAPER_ATTESTATION", "GP1 2012 PAPER_ATTESTATION"]
+    assert payments(decision.file) == [  # the 2012 contact had paid it: the 102771 of 2012 recovers it
+        "GP1 2011 PAPER_ATTESTATION",
+        "GP1 2012 ADMINISTRATIVE_PROLONGATION recovered",
+        "GP1 2012 PAPER_ATTESTATION",
+    ]
 
 
 def test_late_102771_of_another_gp_recovers_the_administrative_prolongation() -> None:

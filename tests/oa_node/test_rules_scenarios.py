@@ -414,27 +414,35 @@ STORIES = [
                 payments=("M1 2011 PAPER_ATTESTATION",),
                 attestation="ACCEPTED",
             ),
-            Step(  # a paper holder: no accelerated prolongation
+            Step(  # a paper holder: the conditions are met, the administrative prolongation paid (issue 14)
                 Contact(M1, "01.07.2012", submitted="05.07.2012"),
-                holdings=("M1 PAPER 15.03.2011-31.12.2013 ACTIVE",),
-                payments=("M1 2011 PAPER_ATTESTATION",),
+                holdings=("M1 PAPER 15.03.2011-31.12.2014 ACTIVE",),
+                payments=("M1 2011 PAPER_ATTESTATION", "M1 2012 ADMINISTRATIVE_PROLONGATION"),
             ),
-            Step(
+            Step(  # the notification has priority: M1's administrative prolongation is recovered
                 Notify(M2, "01.09.2012"),
                 holdings=(
                     "M1 PAPER 15.03.2011-31.08.2012 CLOSED",
                     "M2 ELECTRONIC 01.09.2012-31.12.2014 ACTIVE",
                 ),
-                payments=("M1 2011 PAPER_ATTESTATION", "M2 2012 NOTIFICATION"),
+                payments=(
+                    "M1 2011 PAPER_ATTESTATION",
+                    "M1 2012 ADMINISTRATIVE_PROLONGATION recovered",
+                    "M2 2012 NOTIFICATION",
+                ),
                 answer="WITH_PAYMENT 01.09.2012-31.12.2014",
             ),
-            Step(  # no administrative prolongation for M1
+            Step(  # "Pas de prolongation administrative chez M1": the year end pays none again
                 YearEnd(2012),
                 holdings=(
                     "M1 PAPER 15.03.2011-31.08.2012 CLOSED",
                     "M2 ELECTRONIC 01.09.2012-31.12.2014 ACTIVE",
                 ),
-                payments=("M1 2011 PAPER_ATTESTATION", "M2 2012 NOTIFICATION"),
+                payments=(
+                    "M1 2011 PAPER_ATTESTATION",
+                    "M1 2012 ADMINISTRATIVE_PROLONGATION recovered",
+                    "M2 2012 NOTIFICATION",
+                ),
             ),
         ],
     ),
