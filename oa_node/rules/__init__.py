@@ -30,11 +30,11 @@ Where SPEC.md and the seeds disagree or are silent (the seed wins; choices are m
    ce patient l'année précédente"): the holding in force (or expired) at the contact date started by
    31.12.t-1 and ran through that day. The contact must fall within that holder's time, so in
    §5.2.1.2.2 M1's contact of 01.07.2012, registered after M2's takeover, still pays M1.
-5. Cohabitation by "first contact of the year" (seed 000 §5.1) applies between a paper 102771 and an
-   eDMG fee and between two prolongations; a notification itself is never paid once another
-   (non-administrative) fee exists for the year, whatever its contact date (seed 000 §3.1.2, §2.3.2);
-   two paper 102771 of one year keep the legacy rule "first accepted wins" (seed 000 §5 intro: the
-   paper-paper case is unchanged).
+5. Cohabitation by "first contact of the year" (seed 000 §5.1) applies between every two fees of a
+   year, whatever their order of arrival: a notification whose contact is earlier than that of a
+   prolongation already paid is paid and recovers it (seed 000 §5.1, issue 14 correction 7; SPEC §3.2's
+   "WITH_PAYMENT iff no DMG was paid this year" yields to the seed); two paper 102771 of one year keep
+   the legacy rule "first accepted wins" (seed 000 §5 intro: the paper-paper case is unchanged).
 6. Rights after a cohabitation conflict (seed 000 §5.2 tables): an eDMG holder keeps the right of his
    notification (5.2.1.2.2, 5.2.3.1.2); a paper right follows its payment, so a recovered 102771
    cancels its holding and reopens the predecessor (5.2.2.2.2). A paid prolongation is always told to its

@@ -7,11 +7,14 @@ whether the claim is paid and which fee is recovered:
 * an administrative prolongation always yields: "Priorité à une attestation 102771 ou une
   notification DMG par rapport à la prolongation administrative" (seed 000 §5.1), and one already
   paid is recovered (seed 002 "devrait être récupéré");
-* a notification is paid only if no (other) fee exists for the year (seed 000 §3.1.2; SPEC §3.2);
 * two paper attestations: the legacy paper procedure is unchanged (seed 000 §5 intro), the first
   one accepted keeps the fee;
 * otherwise the fee "correspondant à la première consultation en date de l'année" wins (seed 000
-  §5.1, §5.2.1.2.2, §5.2.2.2.2, §5.2.3.1.2): the claim wins only with a strictly earlier contact.
+  §5.1, §5.2.1.2.2, §5.2.2.2.2, §5.2.3.1.2), whatever the order in which they arrive: the claim wins
+  only with a strictly earlier contact. That holds for a notification too: "si une attestation 102771
+  ou une notification MyCareNet arrive alors qu'une prolongation automatique accélérée a été payée :
+  l'OA tiendra compte du paiement pour le DMG correspondant à la première consultation en date de
+  l'année" (seed 000 §5.1; issue 14 correction 7).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ def contest(payments: tuple[Payment, ...], claim: Claim) -> Verdict:
         return Verdict(paid=True, displaced=current)
     if current.beneficiary == claim.beneficiary:
         return Verdict(paid=False)
-    if claim.kind in (PaymentKind.NOTIFICATION, PaymentKind.ADMINISTRATIVE_PROLONGATION):
+    if claim.kind is PaymentKind.ADMINISTRATIVE_PROLONGATION:
         return Verdict(paid=False)
     if claim.kind is PaymentKind.PAPER_ATTESTATION and current.kind is PaymentKind.PAPER_ATTESTATION:
         return Verdict(paid=False)

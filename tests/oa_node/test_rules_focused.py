@@ -592,3 +592,30 @@ def test_rule_error_carries_code_reason_and_field() -> None:
     error = DmgRuleError(161, "already holder", "requester")
     assert (error.code, error.reason, error.field) == (161, "already holder", "requester")
     assert "161" in str(error)
+
+
+def test_a_notification_with_an_earlier_first_contact_wins_over_a_prolongation_already_paid() -> None:
+    """Issue 14 correction 7, seed 000 §5.1: 'si une ... notification MyCareNet arrive alors qu'une
+    prolongation automatique accélérée a été payée : l'OA tiendra compte du paiement pour le DMG
+    correspondant à la première consultation en date de l'année', whatever the order of arrival."""
+    ctx = context()
+    file = do_notify(EMPTY, GP1, "01.03.2011", ctx).file
+    prolonged = contact(file, GP1, "02.07.2012", "04.07.2012", ctx)
+    assert [p.kind for p in prolonged.payments_created] == [PaymentKind.ACCELERATED_PROLONGATION]
+
+    taken = do_notify(prolonged.file, GP2, "30.06.2012", ctx, processing=d("05.07.2012"))
+
+    assert taken.answer is not None
+    assert taken.answer.indicator is PaymentIndicator.WITH_PAYMENT
+    assert payments(taken.file) == [
+        "GP1 2011 NOTIFICATION",
+        "GP1 2012 ACCELERATED_PROLONGATION recovered",
+        "GP2 2012 NOTIFICATION",
+    ]
+    (recovered,) = taken.payments_recovered
+    assert recovered.recovered_for == taken.payments_created[0].reference
+    # A notification whose contact comes after the prolongation's is not paid (the first contact wins).
+    later = do_notify(prolonged.file, GP2, "03.07.2012", ctx, processing=d("05.07.2012"))
+    assert later.answer is not None
+    assert later.answer.indicator is PaymentIndicator.WITHOUT_PAYMENT
+    assert later.payments_created == ()
