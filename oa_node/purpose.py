@@ -13,15 +13,17 @@ provider for the same patient lies within ``delay_days`` of it, on either side (
 a past dispensing date).
 
 Periods of ``period_days`` (aligned on the day number, the same for every node) are checked once each, when
-the delay after their end has passed. A provider whose consultations in the period number at least
-``min_consultations`` and are unfollowed for more than ``max_unfollowed_share`` gets a finding: a
-USAGE_NOTICE without a consequence in the outbox, in the transaction that records the period as checked;
-the relay delivers it to the hub, which decides the consequence (hub/abuse.py). The message id names the
-provider and the period, so a rerun never finds it twice.
+the delay after their end has passed (a period without consultations leaves no trace). A provider whose
+consultations in the period number at least ``min_consultations`` and are unfollowed for more than
+``max_unfollowed_share`` gets a finding: a USAGE_NOTICE without a consequence in the outbox, in the
+transaction that records the period as checked; the relay delivers it to the hub, which decides the
+consequence (hub/abuse.py). The message id names the provider and the period, so a rerun never finds it
+twice.
 
-Only the roles whose billed services the insurer sees are checked (``purpose_check_roles``, the physicians
-by default): the pharmacists' tarification lines are not recorded line by line yet, so a pharmacy would be
-found "unfollowed" for every dispensing. The thresholds are illustrative (the seeds give none).
+Only the roles whose billed services the insurer sees are checked (:data:`PHYSICIANS`, the job's
+``roles``): the pharmacists' tarification lines are not recorded line by line yet (only the rejected ones),
+so a pharmacy would be found "unfollowed" for every dispensing. The thresholds are illustrative (the seeds
+give none).
 """
 
 from __future__ import annotations
@@ -210,6 +212,9 @@ class PurposeChecks:
 
     async def _check(self, start: dt.date, end: dt.date) -> int:
         rule = self.rule
+        async with self._sessions() as session:
+            if not await self._consultations(session, start, end):
+                return 0  # nothing to check: no row, no audit (looked at again next time, one indexed read)
         fields = {"peer": "purpose check"}
         async with (
             self._audit.call("CheckPurpose", fields) as entry,
