@@ -53,6 +53,7 @@ CLUSTER = {
     "cluster/test_crash.py",
     "cluster/test_scenarios.py",
     "cluster/test_node_client.py",
+    "cluster/test_pharmacy.py",
     "cluster/test_sandbox_clock.py",
     "cluster/test_sandbox_chaos.py",
     "telemetry/test_cluster_telemetry.py",
