@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlmodel import col, select
 
 from hub.abuse import EXCLUDED_REASON, AbuseConfig, AbuseControl
 from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.models import AbuseStrike, StoredMessage
+from mycarenet_core import telemetry
 from mycarenet_core.clock import FixedClock
 from mycarenet_core.db import create_engine, session_factory, transaction
 from mycarenet_core.errors import MeshError
@@ -117,3 +119,37 @@ async def test_a_notice_without_its_payload_is_stored_but_is_no_strike(
     async with sessions() as session:
         stored = (await session.execute(select(StoredMessage.message_id))).scalars().all()
     assert list(stored) == ["300-odd"]
+
+
+async def test_the_operator_sees_findings_refusals_and_exclusions_as_metrics(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    reader = InMemoryMetricReader()
+    tel = telemetry.setup("hub", metric_readers=[reader])
+    try:
+        clock = FixedClock(NOW)
+        abuse = AbuseControl(sessions, MailboxNotifier(), clock, CONFIG, meter=tel.meter)
+        await abuse.load()
+        for niss in ("p1", "p2", "p3"):
+            await abuse.consulted(GP, niss, clock.now())
+        await deliver(abuse, sessions, finding("300-usage-9"))
+        with pytest.raises(MeshError):
+            abuse.admit(GP, clock.now())
+        data = reader.get_metrics_data()
+        assert data is not None
+        points: dict[str, list[tuple[dict[str, object], float]]] = {}
+        for resource in data.resource_metrics:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    points[metric.name] = [
+                        (dict(p.attributes or {}), p.value)  # type: ignore[union-attr]
+                        for p in metric.data.data_points
+                    ]
+        assert sorted(points["mycarenet.abuse.findings"], key=repr) == [
+            ({"finding": "DISTINCT_PATIENTS", "consequence": "WARNING"}, 1),
+            ({"finding": "UNFOLLOWED_CONSULTATIONS", "consequence": "EXCLUSION"}, 1),
+        ]
+        assert [v for _, v in points["mycarenet.abuse.refusals"]] == [1]
+        assert [v for _, v in points["mycarenet.abuse.excluded"]] == [1]
+    finally:
+        tel.shutdown()
