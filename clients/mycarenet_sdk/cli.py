@@ -347,9 +347,30 @@ def _member_caption(data: insurability_pb2.MemberData) -> str:
     )
 
 
+MemberOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="MUTUALITY/NUMBER: the patient by mutuality + member number, for a newborn whose NISS is not"
+        " known yet (seed 003 §4.3)"
+    ),
+]
+
+
+def _member(text: str | None, niss: str | None = None) -> tuple[str, str] | None:
+    if text is None:
+        if niss is None:
+            raise typer.BadParameter("give the patient's NISS or --member MUTUALITY/NUMBER")
+        return None
+    mutuality, _, number = text.partition("/")
+    if not mutuality or not number:
+        raise typer.BadParameter(f"{text!r}: use MUTUALITY/NUMBER, e.g. 300/07000000001")
+    return mutuality, number
+
+
 @app.command("insurability")
 def insurability(
-    niss: Annotated[str, typer.Argument(help="patient NISS")],
+    niss: Annotated[str | None, typer.Argument(help="patient NISS (or --member)")] = None,
+    member: MemberOpt = None,
     date: Annotated[str | None, typer.Option(help="date asked (default: the mesh's today)")] = None,
     reference: Annotated[str | None, typer.Option(help="requester reference")] = None,
     data: DataOpt = DEFAULT_DATA,
@@ -357,9 +378,13 @@ def insurability(
 ) -> None:
     """The insurer's file on a patient (MemberData): insurability, care statuses, medical house, holder."""
     when = _parse_date(date) or _today(data)
-    reply = _run(data, lambda c: c.member_data(niss, date=when, reference=reference))
+    who = _member(member, niss)
+    reply = _run(
+        data,
+        lambda c: c.member_data(niss if who is None else None, member=who, date=when, reference=reference),
+    )
     table = _statuses_table(
-        f"MemberData of {reply.patient.first_name} {reply.patient.last_name} ({niss})", reply
+        f"MemberData of {reply.patient.first_name} {reply.patient.last_name} ({reply.patient.niss})", reply
     )
     table.caption = _member_caption(reply)
     _emit(reply, as_json, table)
@@ -367,7 +392,8 @@ def insurability(
 
 @pharmacy_app.command("rights")
 def rights(
-    niss: Annotated[str, typer.Argument(help="patient NISS")],
+    niss: Annotated[str | None, typer.Argument(help="patient NISS (or --member)")] = None,
+    member: MemberOpt = None,
     dispensing_date: Annotated[
         str | None, typer.Option("--dispensing-date", help="dispensing date (default: the mesh's today)")
     ] = None,
@@ -377,8 +403,16 @@ def rights(
 ) -> None:
     """A pharmacist's rights consultation at a dispensing date, with the insurer's payment commitment."""
     when = _parse_date(dispensing_date) or _today(data)
-    reply = _run(data, lambda c: c.consult_rights(niss, dispensing_date=when, reference=reference))
-    table = _statuses_table(f"Rights of {niss} on {when.isoformat()}", reply.member_data)
+    who = _member(member, niss)
+    reply = _run(
+        data,
+        lambda c: c.consult_rights(
+            niss if who is None else None, member=who, dispensing_date=when, reference=reference
+        ),
+    )
+    table = _statuses_table(
+        f"Rights of {reply.member_data.patient.niss} on {when.isoformat()}", reply.member_data
+    )
     commitment = reply.commitment
     table.caption = (
         f"payment commitment {commitment.agreement_number}: covers {_fmt_date(commitment.coverage.start)}"

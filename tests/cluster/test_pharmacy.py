@@ -35,7 +35,7 @@ from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as ins
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_ins
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2_grpc as oa_ins_grpc
 from mycarenet_core.identifiers import make_niss
-from tests.cluster.cluster_support import Cluster, free_base_port
+from tests.cluster.cluster_support import Cluster, cli, free_base_port
 from tests.cluster.test_sandbox_chaos import provider_client
 from tests.oa_node import test_rules_insurability as worked
 
@@ -140,6 +140,17 @@ async def test_a_pharmacists_consult_and_the_worked_examples(
         assert baby.commitment.coverage.start == to_proto(TODAY)
     finally:
         await client.__aexit__(None, None, None)
+
+
+def test_the_cli_logs_in_as_a_pharmacy_and_asks_for_a_newborn(
+    pharmacy_cluster: tuple[Cluster, dict[str, Any]], tmp_path: Path
+) -> None:
+    cluster, desc = pharmacy_cluster
+    demo, session = desc["demo"], tmp_path / "session.json"
+    cli(cluster.data, session, "login", demo["pharmacy"], "--pharmacist", demo["pharmacist"])
+    answer = cli(cluster.data, session, "pharmacy", "rights", "--member", demo["newborn"])
+    assert answer["commitment"]["pharmacist_inami"] == demo["pharmacist"]
+    assert answer["commitment"]["provider_inami"] == demo["pharmacy"]
 
 
 async def test_an_invoice_line_accepted_and_one_with_a_forged_agreement_number(
