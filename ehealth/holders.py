@@ -44,6 +44,7 @@ from ehealth.logs import Logs, LogWriter
 from ehealth.models import AUDIT, HOLDER_FEED_POSITION
 from ehealth.relations import Relations
 from ehealth.store import Database
+from mycarenet_core.codes import McnCode
 from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2 as feed_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import holding_feed_service_pb2_grpc as feed_grpc
 from mycarenet_core.lifecycle import Backoff
@@ -63,11 +64,14 @@ def parse_change(change: feed_pb2.HolderChange) -> DmgMove | str:
     holder = check.optional_inami("holder_inami", change.holder_inami)
     previous = check.optional_inami("previous_holder_inami", change.previous_holder_inami)
     start = check.date("start_date", change.start_date)
+    until = check.optional_date("end_date", change.end_date)
     reference = check.text("source_reference", change.source_reference, max_length=MAX_REFERENCE)
+    if start is not None and until is not None and until < start:
+        check.add("end_date", McnCode.VALUE_NOT_ALLOWED, "ends before it starts")
     if check.violations or start is None:
         return "; ".join(f"{v.field}: {v.code} {v.description}" for v in check.violations)
     return DmgMove(
-        patient, holder.value if holder else "", previous.value if previous else "", start, reference
+        patient, holder.value if holder else "", previous.value if previous else "", start, reference, until
     )
 
 

@@ -487,6 +487,8 @@ class DmgMove:
     previous_holder: str
     start: dt.date
     source_reference: str
+    until: dt.date | None = None
+    """The last day of the new holder's holding: the relation ends then (None: open)."""
 
 
 def transfer_request(request: tr_pb2.TransferDmgRelationRequest) -> DmgMove:

@@ -225,7 +225,7 @@ class Relations:
         new_row: RelationRow | None = None
         changed: list[RelationRow] = []
         if move.new_holder:
-            plan = plan_dmg_transfer(relations, move.new_holder, move.start)
+            plan = plan_dmg_transfer(relations, move.new_holder, move.start, until=move.until)
             ends = plan.ends
             if plan.reuse_id is not None:
                 new_row = rows[plan.reuse_id]

@@ -131,16 +131,22 @@ class DmgTransferPlan:
     new_end: dt.date | None
 
 
-def plan_dmg_transfer(dmg_relations: Sequence[Relation], new_holder: str, start: dt.date) -> DmgTransferPlan:
-    """Move the patient's DMG relation to ``new_holder`` from ``start``.
+def plan_dmg_transfer(
+    dmg_relations: Sequence[Relation], new_holder: str, start: dt.date, *, until: dt.date | None = None
+) -> DmgTransferPlan:
+    """Move the patient's DMG relation to ``new_holder`` from ``start`` to ``until`` (the last day of its
+    holding, None: open): the relation follows the holding and ends with it (issue 14).
 
     One DMG holder per patient per day: every other holder's DMG relation that runs on or after
     ``start`` and began before it ends the day before ``start``; one that begins on ``start`` itself is
     superseded (emptied). A DMG relation that begins after ``start`` belongs to a later move and bounds
-    the new holder's relation (it ends the day before). Applying the plan twice changes nothing more.
+    the new holder's relation (it ends the day before). The new holder's own running relation is reused
+    and given the new end (a prolongation moves it later). Applying the plan twice changes nothing more.
     """
     later = [r.period.start for r in dmg_relations if r.period.start > start]
     new_end = min(later) - ONE_DAY if later else None
+    if until is not None:
+        new_end = until if new_end is None else min(new_end, until)
     ends: dict[str, dt.date] = {}
     reuse_id: str | None = None
     for rel in dmg_relations:

@@ -64,6 +64,7 @@ async def log_moves(
                 holder_inami=move.holder or "",
                 previous_holder_inami=move.previous or "",
                 start_date=move.start,
+                end_date=move.end,
                 source_reference=source_reference(insurer_code, cause, index),
                 traceparent=traceparent,
             )
@@ -84,6 +85,7 @@ def change_proto(change: HolderChange) -> hf_pb2.HolderChange:
         holder_inami=change.holder_inami,
         previous_holder_inami=change.previous_holder_inami,
         start_date=dates.to_proto(change.start_date),
+        end_date=dates.to_proto(change.end_date),
         source_reference=change.source_reference,
         traceparent=change.traceparent,
     )

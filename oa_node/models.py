@@ -373,6 +373,8 @@ class HolderChangeRow(Base, table=True):
     start_date: dt.date
     source_reference: str = Field(unique=True, max_length=100)
     traceparent: str = Field(default="", max_length=64)
+    end_date: dt.date | None = None
+    """Last day of the new holder's holding (the DMG relation ends then); None: open, or nobody holds it."""
 
 
 # --- idempotency, outbox, audit --------------------------------------------------------------------------

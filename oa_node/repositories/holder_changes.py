@@ -44,6 +44,7 @@ class NewHolderChange:
     start_date: dt.date
     source_reference: str
     traceparent: str = ""
+    end_date: dt.date | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class HolderChange:
     start_date: dt.date
     source_reference: str
     traceparent: str
+    end_date: dt.date | None = None
 
 
 async def append(session: AsyncSession, changes: Sequence[NewHolderChange], now: dt.datetime) -> int:
@@ -74,6 +76,7 @@ async def append(session: AsyncSession, changes: Sequence[NewHolderChange], now:
                 "holder_inami": change.holder_inami,
                 "previous_holder_inami": change.previous_holder_inami,
                 "start_date": change.start_date,
+                "end_date": change.end_date,
                 "source_reference": change.source_reference,
                 "traceparent": change.traceparent,
             }
@@ -96,6 +99,7 @@ async def after(reads: HotReads, after_sequence: int, limit: int) -> list[Holder
             row.start_date,
             row.source_reference,
             row.traceparent,
+            row.end_date,
         )
         for row in rows
     ]

@@ -279,13 +279,16 @@ Message = ClosureMessage | ExtensionMessage
 @dataclass(frozen=True, slots=True)
 class HolderMove:
     """Who holds the patient's DMG changed from ``start`` on: ``holder`` (None: nobody) instead of
-    ``previous`` (None: nobody held it then). A takeover or an opening (notification, 102771), or a
-    holding cancelled with its payment (its predecessor, if any, holds it again)."""
+    ``previous`` (None: nobody held it then), until ``end`` (the last day of the holding: the DMG relation
+    ends with it). A takeover or an opening (notification, 102771), a holding cancelled with its payment
+    (its predecessor, if any, holds it again), or a holding whose end moved (a prolongation: ``holder`` and
+    ``previous`` are the same)."""
 
     patient: str
     holder: str | None
     previous: str | None
     start: date
+    end: date | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,24 +133,41 @@ def closure_messages(
 
 def holder_on(holdings: tuple[Holding, ...], day: date) -> str | None:
     """The holder in force on ``day`` (the first live holding covering it, in timeline order)."""
+    holding = holding_on(holdings, day)
+    return holding.holder if holding is not None else None
+
+
+def holding_on(holdings: tuple[Holding, ...], day: date) -> Holding | None:
+    """The holding in force on ``day`` (the first live holding covering it, in timeline order)."""
     covering = [h for h in holdings if h.covers(day)]
-    return min(covering, key=lambda h: (h.start, h.seq)).holder if covering else None
+    return min(covering, key=lambda h: (h.start, h.seq)) if covering else None
 
 
 def holder_moves(
     patient: str, before: tuple[Holding, ...], after: tuple[Holding, ...], changes: HoldingChanges
 ) -> tuple[HolderMove, ...]:
-    """The changes of who holds the DMG between two versions of the holdings: an opened holding takes it
-    from whoever held it on its first day; a cancelled one gives it back, from its first day, to whoever
-    holds it then (its reopened predecessor, or nobody). A closure is the other side of an opening, an
-    extension or a reopening changes nobody's start: neither is a move of its own."""
+    """The changes of who holds the DMG between two versions of the holdings, each with the last day of the
+    holding (the DMG relation follows the holding and ends with it): an opened holding takes it from whoever
+    held it on its first day; a cancelled one gives it back, from its first day, to whoever holds it then
+    (its reopened predecessor, or nobody); a holding whose end moved (a prolongation) keeps its holder to its
+    new end. A closure is the other side of an opening: not a move of its own."""
     moves: list[HolderMove] = []
     for new in changes.opened:
         previous = holder_on(before, new.start)
         if previous != new.holder:
-            moves.append(HolderMove(patient, new.holder, previous, new.start))
+            moves.append(HolderMove(patient, new.holder, previous, new.start, new.end))
     for gone in changes.cancelled:
         now = holder_on(after, gone.start)
         if now != gone.holder:
-            moves.append(HolderMove(patient, now, gone.holder, gone.start))
+            back = holding_on(after, gone.start)
+            moves.append(HolderMove(patient, now, gone.holder, gone.start, back.end if back else None))
+    was = {h.seq: h.end for h in before}
+    for kept in (*changes.extended, *changes.reopened):
+        if (
+            kept.live
+            and kept.seq in was
+            and was[kept.seq] != kept.end
+            and not any((m.holder, m.end) == (kept.holder, kept.end) for m in moves)
+        ):
+            moves.append(HolderMove(patient, kept.holder, kept.holder, kept.start, kept.end))
     return tuple(moves)

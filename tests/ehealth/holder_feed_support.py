@@ -39,6 +39,7 @@ class StandInFeed(feed_grpc.HoldingFeedServiceServicer):
         reference: str = "",
         *,
         publish: bool = True,
+        end: dt.date | None = None,
     ) -> feed.HolderChange:
         sequence = len(self.changes) + 1
         change = feed.HolderChange(
@@ -47,6 +48,7 @@ class StandInFeed(feed_grpc.HoldingFeedServiceServicer):
             holder_inami=holder,
             previous_holder_inami=previous,
             start_date=to_proto(start),
+            end_date=to_proto(end),
             source_reference=reference or f"{self.code}:ref-{sequence}",
         )
         change.change_time.FromDatetime(dt.datetime(2025, 3, 3, 9, 0))

@@ -137,6 +137,42 @@ async def test_a_holder_change_moves_the_dmg_relation(
     assert audit == [("oa-100", "OK", "")] * 3
 
 
+async def test_the_dmg_relation_ends_with_the_holding_and_follows_its_prolongation(
+    pg_admin_url: str, database_url: str, insurer: StandInInsurer
+) -> None:
+    """Issue 14 correction 5: the relation follows the holder on every change and ends when the holding
+    ends (the change's end date); a prolongation (same holder, a later end) moves its end."""
+    changes = insurer.feed
+    changes.add(PATIENT, GP, "", D(2024, 6, 1), end=D(2026, 12, 31))
+    app = await start_ehealth(database_url, {"100": insurer.target})
+    try:
+        follower = app.followers["100"]
+        await follower.wait_for(1, within=10)
+        assert await dmg_relations(app) == [(GP, D(2024, 6, 1), D(2026, 12, 31))]
+        assert await check(app, GP, D(2026, 12, 31))
+        assert not await check(app, GP, D(2027, 1, 1))  # the holding ended: so did the relation
+
+        changes.add(PATIENT, GP, GP, D(2024, 6, 1), end=D(2027, 12, 31))  # prolonged
+        await follower.wait_for(2, within=10)
+        assert await dmg_relations(app) == [(GP, D(2024, 6, 1), D(2027, 12, 31))]
+        assert await check(app, GP, D(2027, 6, 1))
+
+        changes.add(PATIENT, GP2, GP, D(2025, 3, 1), end=D(2027, 12, 31))  # a takeover
+        await follower.wait_for(3, within=10)
+        assert await dmg_relations(app) == [
+            (GP, D(2024, 6, 1), D(2025, 2, 28)),
+            (GP2, D(2025, 3, 1), D(2027, 12, 31)),
+        ]
+        # A change whose end comes before its start is skipped, with the reason audited.
+        changes.add(PATIENT2, GP, "", D(2025, 3, 1), end=D(2025, 2, 1))
+        await follower.wait_for(4, within=10)
+        assert await dmg_relations(app, PATIENT2) == []
+    finally:
+        await app.stop(0)
+    _, _, audit = await stored(database_url)
+    assert audit[-1] == ("oa-100", "SKIPPED", "INVALID_CHANGE")
+
+
 async def test_a_restart_resumes_from_the_stored_position_and_applies_nothing_twice(
     pg_admin_url: str, database_url: str, insurer: StandInInsurer
 ) -> None:

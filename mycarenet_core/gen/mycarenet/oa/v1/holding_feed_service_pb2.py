@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2 as mycarenet_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*mycarenet/oa/v1/holding_feed_service.proto\x12\x0fmycarenet.oa.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mycarenet/common/v1/common.proto\"\xfa\x01\n\x0cHolderChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0b\x63hange_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpatient_niss\x18\x03 \x01(\t\x12\x14\n\x0cholder_inami\x18\x04 \x01(\t\x12\x1d\n\x15previous_holder_inami\x18\x05 \x01(\t\x12-\n\nstart_date\x18\x06 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x18\n\x10source_reference\x18\x07 \x01(\t\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\"E\n\x18ListHolderChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"b\n\x19ListHolderChangesResponse\x12.\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1d.mycarenet.oa.v1.HolderChange\x12\x15\n\rhead_sequence\x18\x02 \x01(\x03\"3\n\x19WatchHolderChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"K\n\x1aWatchHolderChangesResponse\x12-\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x1d.mycarenet.oa.v1.HolderChange2\xf1\x01\n\x12HoldingFeedService\x12j\n\x11ListHolderChanges\x12).mycarenet.oa.v1.ListHolderChangesRequest\x1a*.mycarenet.oa.v1.ListHolderChangesResponse\x12o\n\x12WatchHolderChanges\x12*.mycarenet.oa.v1.WatchHolderChangesRequest\x1a+.mycarenet.oa.v1.WatchHolderChangesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*mycarenet/oa/v1/holding_feed_service.proto\x12\x0fmycarenet.oa.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a mycarenet/common/v1/common.proto\"\xa7\x02\n\x0cHolderChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12/\n\x0b\x63hange_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpatient_niss\x18\x03 \x01(\t\x12\x14\n\x0cholder_inami\x18\x04 \x01(\t\x12\x1d\n\x15previous_holder_inami\x18\x05 \x01(\t\x12-\n\nstart_date\x18\x06 \x01(\x0b\x32\x19.mycarenet.common.v1.Date\x12\x18\n\x10source_reference\x18\x07 \x01(\t\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\x12+\n\x08\x65nd_date\x18\t \x01(\x0b\x32\x19.mycarenet.common.v1.Date\"E\n\x18ListHolderChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\x12\x11\n\tpage_size\x18\x02 \x01(\x05\"b\n\x19ListHolderChangesResponse\x12.\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1d.mycarenet.oa.v1.HolderChange\x12\x15\n\rhead_sequence\x18\x02 \x01(\x03\"3\n\x19WatchHolderChangesRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03\"K\n\x1aWatchHolderChangesResponse\x12-\n\x06\x63hange\x18\x01 \x01(\x0b\x32\x1d.mycarenet.oa.v1.HolderChange2\xf1\x01\n\x12HoldingFeedService\x12j\n\x11ListHolderChanges\x12).mycarenet.oa.v1.ListHolderChangesRequest\x1a*.mycarenet.oa.v1.ListHolderChangesResponse\x12o\n\x12WatchHolderChanges\x12*.mycarenet.oa.v1.WatchHolderChangesRequest\x1a+.mycarenet.oa.v1.WatchHolderChangesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mycarenet_core.gen.mycarene
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HOLDERCHANGE']._serialized_start=131
-  _globals['_HOLDERCHANGE']._serialized_end=381
-  _globals['_LISTHOLDERCHANGESREQUEST']._serialized_start=383
-  _globals['_LISTHOLDERCHANGESREQUEST']._serialized_end=452
-  _globals['_LISTHOLDERCHANGESRESPONSE']._serialized_start=454
-  _globals['_LISTHOLDERCHANGESRESPONSE']._serialized_end=552
-  _globals['_WATCHHOLDERCHANGESREQUEST']._serialized_start=554
-  _globals['_WATCHHOLDERCHANGESREQUEST']._serialized_end=605
-  _globals['_WATCHHOLDERCHANGESRESPONSE']._serialized_start=607
-  _globals['_WATCHHOLDERCHANGESRESPONSE']._serialized_end=682
-  _globals['_HOLDINGFEEDSERVICE']._serialized_start=685
-  _globals['_HOLDINGFEEDSERVICE']._serialized_end=926
+  _globals['_HOLDERCHANGE']._serialized_end=426
+  _globals['_LISTHOLDERCHANGESREQUEST']._serialized_start=428
+  _globals['_LISTHOLDERCHANGESREQUEST']._serialized_end=497
+  _globals['_LISTHOLDERCHANGESRESPONSE']._serialized_start=499
+  _globals['_LISTHOLDERCHANGESRESPONSE']._serialized_end=597
+  _globals['_WATCHHOLDERCHANGESREQUEST']._serialized_start=599
+  _globals['_WATCHHOLDERCHANGESREQUEST']._serialized_end=650
+  _globals['_WATCHHOLDERCHANGESRESPONSE']._serialized_start=652
+  _globals['_WATCHHOLDERCHANGESRESPONSE']._serialized_end=727
+  _globals['_HOLDINGFEEDSERVICE']._serialized_start=730
+  _globals['_HOLDINGFEEDSERVICE']._serialized_end=971
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,7 @@ class HolderChange(_message.Message):
     START_DATE_FIELD_NUMBER: _builtins.int
     SOURCE_REFERENCE_FIELD_NUMBER: _builtins.int
     TRACEPARENT_FIELD_NUMBER: _builtins.int
+    END_DATE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in this insurer's holder-change log (strictly increasing)."""
     patient_niss: _builtins.str
@@ -67,6 +68,13 @@ class HolderChange(_message.Message):
     def start_date(self) -> _common_pb2.Date:
         """First day of the new situation (the previous holder's DMG relation ends the day before)."""
 
+    @_builtins.property
+    def end_date(self) -> _common_pb2.Date:
+        """Last day of the new holder's holding: the DMG relation ends then (issue 14: the relation follows the
+        holding and ends with it). A prolongation is a change with the same holder on both sides and a later
+        end. Unset: no holder, or a change logged before ends were (its relation stays open).
+        """
+
     def __init__(
         self,
         *,
@@ -78,10 +86,11 @@ class HolderChange(_message.Message):
         start_date: _common_pb2.Date | None = ...,
         source_reference: _builtins.str = ...,
         traceparent: _builtins.str = ...,
+        end_date: _common_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "start_date", b"start_date"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "end_date", b"end_date", "start_date", b"start_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "holder_inami", b"holder_inami", "patient_niss", b"patient_niss", "previous_holder_inami", b"previous_holder_inami", "sequence", b"sequence", "source_reference", b"source_reference", "start_date", b"start_date", "traceparent", b"traceparent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "end_date", b"end_date", "holder_inami", b"holder_inami", "patient_niss", b"patient_niss", "previous_holder_inami", b"previous_holder_inami", "sequence", b"sequence", "source_reference", b"source_reference", "start_date", b"start_date", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
