@@ -301,7 +301,7 @@ def consult(
     when = _parse_date(date) or _today(data)
     reply = _run(data, lambda c: c.consult(niss, date=when, reference=reference))
     table = Table(title=f"DMG of {reply.patient.first_name} {reply.patient.last_name} ({reply.patient.niss})")
-    for col in ("insurer", "holder", "from", "to", "procedure", "paid this year"):
+    for col in ("insurer", "holder", "from", "to", "procedure", "paid this year", "your fee"):
         table.add_column(col)
     h = reply.holding
     holder = f"{h.holder.first_name} {h.holder.last_name} ({h.holder.inami})" if h.holder.inami else "nobody"
@@ -312,8 +312,21 @@ def consult(
         _fmt_date(h.period.end),
         dmg_pb2.Procedure.Name(h.procedure).removeprefix("PROCEDURE_").lower() if h.procedure else "—",
         "yes" if reply.payment_made_this_year else "no",
+        _fee(reply.requester_payment) if reply.HasField("requester_payment") else "—",
     )
     _emit(reply, as_json, table)
+
+
+def _fee(p: dmg_pb2.DmgPayment) -> str:
+    """A DMG fee in one line: amount, registered, due, paid (or recovered)."""
+    state = (
+        "recovered"
+        if p.recovered
+        else f"paid {_fmt_date(p.paid_date)}"
+        if p.HasField("paid_date")
+        else f"due by {_fmt_date(p.due_date)}"
+    )
+    return f"{p.amount.amount} {p.amount.currency_code} of {_fmt_date(p.payment_date)}, {state}"
 
 
 def _statuses_table(title: str, data: insurability_pb2.MemberData) -> Table:
@@ -693,9 +706,7 @@ def patient_list(
         table.add_column(col)
     for e in p.entries:
         periods = ", ".join(f"{_fmt_date(x.start)}→{_fmt_date(x.end)}" for x in e.periods)
-        pays = ", ".join(
-            f"{x.amount.amount} {x.amount.currency_code} {_fmt_date(x.payment_date)}" for x in e.payments
-        )
+        pays = ", ".join(_fee(x) for x in e.payments)
         table.add_row(e.patient.niss, e.insurer_code, periods, pays)
     console.print(table)
     for o in p.insurers:
