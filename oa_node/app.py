@@ -46,7 +46,7 @@ from oa_node import rules
 from oa_node.audit import AuditTrail
 from oa_node.cadastre import CadastreFollower
 from oa_node.dmg import DmgOperations
-from oa_node.fee_checks import DEFAULT_PERIOD_DAYS, FeeChecks
+from oa_node.fee_checks import DEFAULT_PERIOD_MONTHS, FeeChecks
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal, Wakeup
 from oa_node.holdings import HoldingFeed
 from oa_node.insurability import InsurabilityOperations
@@ -110,7 +110,7 @@ class OaNodeApp(ServiceApp):
         ehealth_target: str | None = None,
         purpose: PurposeRule | None = None,
         max_notification_delay_days: int | None = 7,
-        unbilled_contact_days: int = DEFAULT_PERIOD_DAYS,
+        unbilled_contact_months: int = DEFAULT_PERIOD_MONTHS,
     ) -> None:
         name = f"oa-{insurer_code}"
         self.insurer_code = insurer_code
@@ -227,7 +227,7 @@ class OaNodeApp(ServiceApp):
             clock=clock,
             audit=self.audit,
             outbox=outbox,
-            period_days=unbilled_contact_days,
+            period_months=unbilled_contact_months,
         )
         background.add("check after payment", self.fee_checks.run)
         if isinstance(clock, OffsetClock):
@@ -323,7 +323,7 @@ class OaNodeApp(ServiceApp):
             relay_interval=settings.relay_interval,
             purpose=settings.purpose(),
             max_notification_delay_days=settings.max_notification_delay_days,
-            unbilled_contact_days=settings.unbilled_contact_days,
+            unbilled_contact_months=settings.unbilled_contact_months,
             channel_credentials=channel_credentials,
             server_credentials=server_creds,
             telemetry=telemetry,
@@ -344,7 +344,7 @@ class OaNodeApp(ServiceApp):
         ehealth_target: str | None = None,
         purpose: PurposeRule | None = None,
         max_notification_delay_days: int | None = 7,
-        unbilled_contact_days: int = DEFAULT_PERIOD_DAYS,
+        unbilled_contact_months: int = DEFAULT_PERIOD_MONTHS,
     ) -> OaNodeApp:
         """Open the database (migrating the schema to head) and build the node; nothing listens yet.
 
@@ -354,7 +354,7 @@ class OaNodeApp(ServiceApp):
         ``purpose``: the thresholds of the purpose check (:mod:`oa_node.purpose`).
         ``max_notification_delay_days``: code 166, a notification's contact at most this many days old (None:
         no limit); the production service's rule, which the seeds do not state.
-        ``unbilled_contact_days``: the check after payment's period (:mod:`oa_node.fee_checks`).
+        ``unbilled_contact_months``: the check after payment's period (:mod:`oa_node.fee_checks`).
         With ``telemetry`` (built with ``attributes={"mycarenet.oa": code}``): server spans and metrics,
         database spans, the relay's and the follower's client spans, delivery spans, the outbox backlog
         gauge."""
@@ -381,5 +381,5 @@ class OaNodeApp(ServiceApp):
             ehealth_target=ehealth_target,
             purpose=purpose,
             max_notification_delay_days=max_notification_delay_days,
-            unbilled_contact_days=unbilled_contact_days,
+            unbilled_contact_months=unbilled_contact_months,
         )

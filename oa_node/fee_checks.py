@@ -2,7 +2,7 @@
 contact it names is checked afterwards ("le contrôle de la présence d'une prestation ... sera réalisé à
 postériori"): that contact must reach the insurer through invoicing (eFact, eAttest or the back office's
 intake) for that physician, that patient, that date. A fee whose contact has not come within the insurer's
-period (:attr:`oa_node.settings.OaSettings.unbilled_contact_days`) is recovered, and its beneficiary is told
+period (:attr:`oa_node.settings.OaSettings.unbilled_contact_months`) is recovered, and its beneficiary is told
 in the mailbox (``MESSAGE_KIND_FEE_RECOVERY``).
 
 The rule is a pure function of the patient's file and the date (:func:`unbilled_notification_fees`); the job
@@ -12,7 +12,9 @@ again is harmless: a recovered fee is no longer a candidate. It runs at the node
 test clock moves, and at each mesh midnight.
 
 *Decisions* (the seeds give no period, no message, and say nothing of the right): the period is an insurer's
-setting, 365 days from the fee's registration by default (illustrative); the DMG right the notification
+setting in months after the end of the contact's month, 24 by default: the provider's own time to bill a
+service under Belgian law (two years from the end of the month of the service, art. 174 of the coordinated
+law of 14 July 1994; outside the seeds, so labelled illustrative here); the DMG right the notification
 opened stays (only the fee is recovered); a contact registered after the recovery does not pay it again.
 """
 
@@ -43,9 +45,16 @@ from oa_node.year_end import until_next_midnight
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PERIOD_DAYS = 365
-"""Illustrative: the seeds say the check comes afterwards, not when (an insurer's setting)."""
-REASON = "the notified contact did not reach the insurer through invoicing within {days} days"
+DEFAULT_PERIOD_MONTHS = 24
+"""Illustrative (the seeds say the check comes afterwards, not when): the statutory two years to bill a
+service, from the end of its month."""
+REASON = "the notified contact did not reach the insurer through invoicing by {deadline}"
+
+
+def billing_deadline(contact: dt.date, months: int) -> dt.date:
+    """The last day to invoice a contact: the end of the month ``months`` after the contact's month."""
+    index = contact.year * 12 + contact.month - 1 + months + 1  # the month after the deadline's
+    return dt.date(index // 12, index % 12 + 1, 1) - dt.timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,18 +66,18 @@ class Recovery:
 
 
 def unbilled_notification_fees(
-    file: rules.DmgFile, *, today: dt.date, period: dt.timedelta
+    file: rules.DmgFile, *, today: dt.date, months: int
 ) -> tuple[rules.DmgFile, tuple[Recovery, ...]]:
-    """The file with every notification fee recovered whose contact was not invoiced within ``period`` of
-    the fee's registration (on ``today``), and those recoveries. A contact counts when it was registered
-    for that patient, on the fee's contact date, by the holder paid or the physician who notified (a GP in
-    training for his supervisor)."""
+    """The file with every notification fee recovered whose contact was not invoiced by its
+    :func:`billing_deadline` (``today`` is after it), and those recoveries. A contact counts when it was
+    registered for that patient, on the fee's contact date, by the holder paid or the physician who notified
+    (a GP in training for his supervisor)."""
     found: list[Recovery] = []
     payments = list(file.payments)
     for i, payment in enumerate(payments):
         if payment.kind is not rules.PaymentKind.NOTIFICATION or payment.recovered:
             continue
-        if today < payment.registered_on + period:
+        if today <= billing_deadline(payment.contact_date, months):
             continue
         notification = next(
             (
@@ -100,14 +109,14 @@ class FeeChecks:
         clock: Clock,
         audit: AuditTrail,
         outbox: Wakeup,
-        period_days: int = DEFAULT_PERIOD_DAYS,
+        period_months: int = DEFAULT_PERIOD_MONTHS,
     ) -> None:
         self.insurer_code = insurer_code
         self._sessions = sessions
         self._clock = clock
         self._audit = audit
         self._outbox = outbox
-        self.period = dt.timedelta(days=period_days)
+        self.months = period_months
         self._moved = asyncio.Event()
         self._running = asyncio.Lock()
         self.ran = asyncio.Event()
@@ -117,7 +126,8 @@ class FeeChecks:
         self._moved.set()
 
     async def candidates(self, today: dt.date) -> list[str]:
-        """Patients with an unrecovered notification fee registered at least the period before ``today``."""
+        """Patients with an unrecovered notification fee whose contact may be past its deadline (a month has
+        at least 28 days: a superset, the rule decides)."""
         payment = m.PaymentRow
         async with self._sessions() as session:
             rows = await session.execute(
@@ -125,7 +135,7 @@ class FeeChecks:
                 .where(
                     col(payment.kind) == rules.PaymentKind.NOTIFICATION.value,
                     col(payment.recovered).is_(False),
-                    col(payment.registered_on) <= today - self.period,
+                    col(payment.contact_date) < today - dt.timedelta(days=28 * self.months),
                 )
                 .distinct()
                 .order_by(col(payment.patient))
@@ -153,7 +163,7 @@ class FeeChecks:
             if member is None or not await files.lock(niss):
                 return 0
             loaded = await files.load(niss)
-            after, found = unbilled_notification_fees(loaded.file, today=today, period=self.period)
+            after, found = unbilled_notification_fees(loaded.file, today=today, months=self.months)
             if not found:
                 return 0
             await files.save(loaded, after)
@@ -185,7 +195,7 @@ class FeeChecks:
             contact_date=dates.to_proto(payment.contact_date),
             notification_reference=notification.requester_reference if notification else "",
             recovery_date=dates.to_proto(today),
-            reason=REASON.format(days=self.period.days),
+            reason=REASON.format(deadline=billing_deadline(payment.contact_date, self.months).isoformat()),
         )
         created = timestamp_pb2.Timestamp()
         created.FromDatetime(now.astimezone(dt.UTC))
@@ -216,4 +226,4 @@ class FeeChecks:
                 await asyncio.wait_for(self._moved.wait(), until_next_midnight(self._clock.now()))
 
 
-__all__ = ["DEFAULT_PERIOD_DAYS", "FeeChecks", "Recovery", "unbilled_notification_fees"]
+__all__ = ["DEFAULT_PERIOD_MONTHS", "FeeChecks", "Recovery", "billing_deadline", "unbilled_notification_fees"]

@@ -28,13 +28,14 @@ class OaSettings(MeshSettings):
         description="code 166: a notification's contact at most this many days before it. "
         "A rule of the production service that the seeds do not state (SPEC §10.6), each insurer's setting",
     )
-    unbilled_contact_days: int = Field(
-        365,
+    unbilled_contact_months: int = Field(
+        24,
         ge=1,
-        le=3660,
+        le=120,
         description="the check after payment: a notification's fee is recovered when its contact has not "
-        "reached the insurer through invoicing this many days after the fee (seed 000 §3.3.1 says "
-        "'afterwards', not when: the default is illustrative), each insurer's setting",
+        "reached the insurer through invoicing by the end of the month this many months after the contact's "
+        "(seed 000 §3.3.1 says 'afterwards', not when; the default, illustrative, is the statutory two years "
+        "to bill a service), each insurer's setting",
     )
     relay_interval: float = Field(
         30.0,

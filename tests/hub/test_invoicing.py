@@ -302,13 +302,14 @@ async def test_the_check_after_payment_recovers_a_fee_whose_contact_never_comes(
     await wait_for(mesh, token_a, dmg_pb2.MESSAGE_KIND_INVOICE_ANSWER, 1)
     checks = {code: mesh.oas[code].fee_checks for code in ("100", "200")}
     assert [await c.run_once() for c in checks.values()] == [0, 0]  # not due yet
-    move_to(mesh, TODAY + dt.timedelta(days=364))
-    assert [await c.run_once() for c in checks.values()] == [0, 0]  # the period is 365 days
-    move_to(mesh, TODAY + dt.timedelta(days=365))
+    deadline = dt.date(2027, 3, 31)  # the contact of 03.03.2025: 24 months after the end of its month
+    move_to(mesh, deadline)
+    assert [await c.run_once() for c in checks.values()] == [0, 0]
+    move_to(mesh, deadline + dt.timedelta(days=1))
     assert [await c.run_once() for c in checks.values()] == [0, 1]  # only B's, at 200 (the mover's insurer)
     assert [await c.run_once() for c in checks.values()] == [0, 0]  # once
     [fee_b] = await fee_of(mesh, "200", unbilled, "NOTIFICATION")
-    assert (fee_b.recovered, fee_b.recovered_on) == (True, TODAY + dt.timedelta(days=365))
+    assert (fee_b.recovered, fee_b.recovered_on) == (True, deadline + dt.timedelta(days=1))
     [fee_a] = await fee_of(mesh, "100", billed, "NOTIFICATION")
     assert not fee_a.recovered
     token_b = await mesh.login(gp_b)

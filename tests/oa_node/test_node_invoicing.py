@@ -151,7 +151,10 @@ async def test_the_check_after_payment(node: Node) -> None:
     await node.contact(GP_B, PATIENT_2, contact, TODAY, "office-1")  # the back office's invoicing counts
     checks = node.app.fee_checks
     assert await checks.run_once() == 0
-    node.clock.set(dt.datetime.combine(TODAY + dt.timedelta(days=365), dt.time(10), tzinfo=dt.UTC))
+    # the contact of 13.03.2024 may be invoiced until 31.03.2026 (24 months after the end of its month)
+    node.clock.set(dt.datetime.combine(dt.date(2026, 3, 31), dt.time(10), tzinfo=dt.UTC))
+    assert await checks.run_once() == 0
+    node.clock.set(dt.datetime.combine(dt.date(2026, 4, 1), dt.time(10), tzinfo=dt.UTC))
     assert await checks.run_once() == 1
     assert await checks.run_once() == 0
     async with node.app.sessions() as session:
@@ -217,7 +220,7 @@ async def test_the_check_runs_when_the_sandbox_clock_moves(database_url: str) ->
         await seed(started)
         await started.notify(GP_A, PATIENT, contact=TODAY - dt.timedelta(days=1), reference="n-clock")
         offset = duration_pb2.Duration()
-        offset.FromTimedelta(moved_offset(clock.offset, TODAY + dt.timedelta(days=400)))
+        offset.FromTimedelta(moved_offset(clock.offset, dt.date(2026, 4, 1)))
         async with open_channel(f"127.0.0.1:{started.app.port}", identity="admin") as channel:
             await clock_pb2_grpc.ProcessClockServiceStub(channel).SetOffset(
                 clock_pb2.SetOffsetRequest(offset=offset), timeout=30
@@ -236,6 +239,6 @@ async def test_the_check_runs_when_the_sandbox_clock_moves(database_url: str) ->
                 break
             assert time.monotonic() < deadline, "the move did not run the check after payment"
             await asyncio.sleep(0.05)
-        assert fee.recovered_on == TODAY + dt.timedelta(days=400)
+        assert fee.recovered_on == dt.date(2026, 4, 1)
     finally:
         await stop_node(started)

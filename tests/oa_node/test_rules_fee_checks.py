@@ -8,12 +8,13 @@ import datetime as dt
 from decimal import Decimal
 
 from oa_node import rules
-from oa_node.fee_checks import unbilled_notification_fees
+from oa_node.fee_checks import billing_deadline, unbilled_notification_fees
 
 GP, TRAINEE, OTHER = "11000095003", "11000194005", "11000293004"
 PATIENT = "80051711820"
 CONTACT = dt.date(2026, 11, 20)
-YEAR = dt.timedelta(days=365)
+DEADLINE = dt.date(2028, 11, 30)  # 24 months after November 2026, at the end of the month
+LATER = dt.date(2030, 1, 1)
 
 
 def fee(kind: rules.PaymentKind = rules.PaymentKind.NOTIFICATION, **extra: object) -> rules.Payment:
@@ -62,41 +63,48 @@ def file(
     )
 
 
-def test_a_fee_without_its_contact_is_recovered_after_the_period_only() -> None:
-    before, found = unbilled_notification_fees(
-        file(), today=CONTACT + YEAR - dt.timedelta(days=1), period=YEAR
-    )
+def test_the_deadline_is_the_end_of_the_month_so_many_months_after_the_contact() -> None:
+    assert billing_deadline(CONTACT, 24) == DEADLINE
+    assert billing_deadline(dt.date(2024, 3, 13), 24) == dt.date(2026, 3, 31)
+    assert billing_deadline(dt.date(2024, 1, 15), 1) == dt.date(2024, 2, 29)
+    assert billing_deadline(dt.date(2025, 12, 31), 1) == dt.date(2026, 1, 31)
+    assert billing_deadline(dt.date(2025, 11, 1), 1) == dt.date(2025, 12, 31)
+
+
+def test_a_fee_without_its_contact_is_recovered_after_the_deadline_only() -> None:
+    before, found = unbilled_notification_fees(file(), today=DEADLINE, months=24)
     assert found == ()
-    after, found = unbilled_notification_fees(before, today=CONTACT + YEAR, period=YEAR)
+    after, found = unbilled_notification_fees(before, today=DEADLINE + dt.timedelta(days=1), months=24)
     [recovery] = found
     assert recovery.payment.recovered
-    assert recovery.payment.recovered_on == CONTACT + YEAR
+    assert recovery.payment.recovered_on == DEADLINE + dt.timedelta(days=1)
     assert recovery.notification == notification()
     assert after.payments == (recovery.payment,)
-    again, found = unbilled_notification_fees(after, today=CONTACT + 2 * YEAR, period=YEAR)
+    again, found = unbilled_notification_fees(after, today=LATER, months=24)
     assert (again, found) == (after, ())
+    # a shorter period (an insurer's setting) is due sooner
+    assert len(unbilled_notification_fees(file(), today=dt.date(2026, 12, 1), months=0)[1]) == 1
 
 
 def test_the_contact_of_that_physician_that_patient_that_date_keeps_the_fee() -> None:
-    today = CONTACT + 2 * YEAR
-    assert unbilled_notification_fees(file(contact()), today=today, period=YEAR)[1] == ()
+    today = LATER
+    assert unbilled_notification_fees(file(contact()), today=today, months=24)[1] == ()
     # the trainee who notified for his supervisor invoices the contact himself
     assert (
-        unbilled_notification_fees(file(contact(TRAINEE), provider=TRAINEE), today=today, period=YEAR)[1]
-        == ()
+        unbilled_notification_fees(file(contact(TRAINEE), provider=TRAINEE), today=today, months=24)[1] == ()
     )
     # another physician's contact, or another date, does not count
-    assert len(unbilled_notification_fees(file(contact(OTHER)), today=today, period=YEAR)[1]) == 1
+    assert len(unbilled_notification_fees(file(contact(OTHER)), today=today, months=24)[1]) == 1
     later = contact(on=CONTACT + dt.timedelta(days=1))
-    assert len(unbilled_notification_fees(file(later), today=today, period=YEAR)[1]) == 1
+    assert len(unbilled_notification_fees(file(later), today=today, months=24)[1]) == 1
 
 
 def test_only_unrecovered_notification_fees_are_checked() -> None:
-    today = CONTACT + 2 * YEAR
+    today = LATER
     others = (
         fee(rules.PaymentKind.ACCELERATED_PROLONGATION),
         fee(rules.PaymentKind.PAPER_ATTESTATION),
         fee(recovered=True, recovered_on=CONTACT),
     )
     for payment in others:
-        assert unbilled_notification_fees(file(payments=(payment,)), today=today, period=YEAR)[1] == ()
+        assert unbilled_notification_fees(file(payments=(payment,)), today=today, months=24)[1] == ()
