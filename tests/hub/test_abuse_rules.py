@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from hub.abuse import Consequence, DistinctWindow, Strike, consequence_of, excluded_until
+from hub.abuse import AbuseConfig, Consequence, DistinctWindow, Strike, consequence_of, excluded_until
 
 T0 = dt.datetime(2025, 3, 4, 9, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
@@ -137,3 +137,27 @@ def test_the_sdk_error_says_when_an_exclusion_ends() -> None:
     )
     assert error.excluded_until == until
     assert MyCareNetError(grpc.StatusCode.PERMISSION_DENIED, "OTHER", "no").excluded_until is None
+
+
+def test_the_thresholds_are_hub_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hub.settings import HubSettings
+    from mycarenet_core.config import load
+
+    monkeypatch.setenv("MCN_HUB_INSECURE", "true")
+    monkeypatch.setenv("MCN_HUB_EHEALTH_TARGET", "127.0.0.1:1")
+    monkeypatch.setenv("MCN_HUB_OA_TARGETS", "100=127.0.0.1:2")
+    assert load(HubSettings).abuse() == AbuseConfig()  # the defaults are the code's
+    monkeypatch.setenv("MCN_HUB_ABUSE_WINDOW_MINUTES", "15")
+    monkeypatch.setenv("MCN_HUB_ABUSE_MAX_DISTINCT_PATIENTS", "40")
+    monkeypatch.setenv("MCN_HUB_ABUSE_REPEAT_DAYS", "365")
+    monkeypatch.setenv("MCN_HUB_ABUSE_EXCLUSION_DAYS", "7")
+    config = load(HubSettings).abuse()
+    assert (config.window, config.max_distinct_patients, config.exclusion) == (
+        dt.timedelta(minutes=15),
+        40,
+        dt.timedelta(days=7),
+    )
+    assert config.rule() == "more than 40 distinct patients in 15 minutes"
+    monkeypatch.setenv("MCN_HUB_ABUSE_MAX_DISTINCT_PATIENTS", "0")
+    with pytest.raises(SystemExit):  # refused at start
+        load(HubSettings)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from oa_node.purpose import ProviderUse, PurposeRule, Use, findings, provider_uses
 
 D = dt.date
@@ -73,3 +75,22 @@ def test_periods_are_aligned_and_checked_once_their_delay_has_passed() -> None:
     assert rule.last_checkable(end + dt.timedelta(days=14)) == (start, end)
     assert rule.last_checkable(end + dt.timedelta(days=15)) == (end, end + dt.timedelta(days=10))
     assert "more than 50% of at least 20 consultations in 30 days" in PurposeRule().describe()
+
+
+def test_the_thresholds_are_each_insurers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mycarenet_core.config import load
+    from oa_node.settings import OaSettings
+
+    monkeypatch.setenv("MCN_OA_INSECURE", "true")
+    monkeypatch.setenv("MCN_OA_INSURER_CODE", "300")
+    assert load(OaSettings).purpose() == PurposeRule()
+    monkeypatch.setenv("MCN_OA_PURPOSE_PERIOD_DAYS", "7")
+    monkeypatch.setenv("MCN_OA_PURPOSE_DELAY_DAYS", "14")
+    monkeypatch.setenv("MCN_OA_PURPOSE_MIN_CONSULTATIONS", "5")
+    monkeypatch.setenv("MCN_OA_PURPOSE_MAX_UNFOLLOWED_SHARE", "0.8")
+    assert load(OaSettings).purpose() == PurposeRule(
+        period_days=7, delay_days=14, min_consultations=5, max_unfollowed_share=0.8
+    )
+    monkeypatch.setenv("MCN_OA_PURPOSE_MAX_UNFOLLOWED_SHARE", "1")  # "more than all" would never find
+    with pytest.raises(SystemExit):  # refused at start
+        load(OaSettings)
