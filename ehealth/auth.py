@@ -187,7 +187,15 @@ class Authenticator:
             if current:
                 # Sessions from before fingerprints were recorded can only have used the registered key.
                 opened_with = or_(opened_with, col(SessionRow.credential_fingerprint).is_(None))
-            ended = await log.end_sessions(and_(of_subject, opened_with)) if print_ else 0
+            mine = and_(of_subject, opened_with)
+            if kind == PROVIDER:  # the pharmacy sessions this pharmacist opened with that key
+                mine = or_(
+                    mine,
+                    and_(
+                        col(SessionRow.user_inami) == subject_id, col(SessionRow.user_fingerprint) == print_
+                    ),
+                )
+            ended = await log.end_sessions(mine) if print_ else 0
             if not current and ended == 0:
                 what = f"no credential with fingerprint {print_}" if print_ else "no credential"
                 raise not_found("CREDENTIAL_UNKNOWN", f"{what} is registered for {subject_id}")
@@ -280,8 +288,10 @@ class Authenticator:
             if not signature_valid(credential.public_key_pem, challenge.nonce, signature):
                 raise unauthenticated("BAD_SIGNATURE", "the signature of the challenge does not verify")
             ends = [await _check_validity(CadastreRepository(session), kind, subject_id, today)]
+            user_print = None
             if user is not None:
-                ends.append(await _pharmacist_of(session, subject_id, user, user_signature, today))
+                user_end, user_print = await _pharmacist_of(session, subject_id, user, user_signature, today)
+                ends.append(user_end)
                 claims["user"] = user.subject_id
                 note(executor_id=user.subject_id, executor_kind=PROVIDER)
             mandate = None
@@ -321,6 +331,8 @@ class Authenticator:
                     principal_inami=token_claims.principal or None,
                     mandate_id=token_claims.mandate_id or None,
                     credential_fingerprint=credential.fingerprint,
+                    user_inami=user.subject_id if user is not None else None,
+                    user_fingerprint=user_print,
                     issue_time=issued,
                     expire_time=expire,
                 )
@@ -401,11 +413,11 @@ def _is_pharmacy(inami: str) -> bool:
 
 async def _pharmacist_of(
     session: AsyncSession, pharmacy: str, challenge: ChallengeRow, signature: bytes, today: dt.date
-) -> dt.date | None:
+) -> tuple[dt.date | None, str]:
     """The pharmacist who opens a pharmacy's session (seed 003 §8.2.2.3): the challenge is a provider's,
     signed with its registered key, a pharmacist valid today and a member of the pharmacy today; the last
-    day of its validity. UNAUTHENTICATED for a bad proof, PERMISSION_DENIED 140 for a pharmacist not of
-    this pharmacy."""
+    day of its validity and the fingerprint of its key. UNAUTHENTICATED for a bad proof, PERMISSION_DENIED
+    140 for a pharmacist not of this pharmacy."""
     user = challenge.subject_id
     if challenge.subject_kind != PROVIDER:
         raise unauthenticated("USER_NOT_A_PROVIDER", "the user's challenge must be a pharmacist's")
@@ -424,7 +436,7 @@ async def _pharmacist_of(
             f"{user} is not a pharmacist of pharmacy {pharmacy} today (cadastre)",
             code=McnCode.PROVIDER_NOT_ENTITLED,
         )
-    return end
+    return end, credential.fingerprint
 
 
 def _is_role(inami: str, role: Role) -> bool:

@@ -141,6 +141,11 @@ class Cadastre:
                 sequence = await log.change(ORGANISATION_CHANGE, values.inami)
             validity = Period(record.row.valid_from, record.row.valid_to)
             await log.end_sessions_outside(values.inami, ORGANISATION, validity)
+            today = self.clock.today()
+            await log.end_sessions_of_users_gone(
+                values.inami,
+                [m.member_inami for m in members if Period(m.valid_from, m.valid_to).contains(today)],
+            )
             return record, created, sequence
 
     async def get_organisation(self, inami: str, actor: Actor) -> OrganisationRecord:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 from sqlalchemy import ColumnElement, and_, delete, exists, or_, select
@@ -115,19 +115,32 @@ class LogWriter:
         return len(rows)
 
     async def end_sessions_outside(self, party: str, kind: str, validity: Period) -> int:
-        """End the sessions a validity no longer covers: those of ``party`` itself (subject ``kind``) and
-        those opened under mandates it gave, when the validity does not contain today or ends before they
-        expire. A validity that still covers a session changes nothing for it."""
+        """End the sessions a validity no longer covers: those of ``party`` itself (subject ``kind``), those
+        opened under mandates it gave and the pharmacy sessions it opened as their pharmacist, when the
+        validity does not contain today or ends before they expire. A validity that still covers a session
+        changes nothing for it."""
         today = self.now.astimezone(BRUSSELS).date()
         of_party = or_(
             and_(col(SessionRow.subject_id) == party, col(SessionRow.subject_kind) == kind),
             col(SessionRow.principal_inami) == party,
+            col(SessionRow.user_inami) == party,
         )
         if not validity.contains(today):
             return await self.end_sessions(of_party)
         if validity.end is None:
             return 0
         return await self.end_sessions(and_(of_party, col(SessionRow.expire_time) > end_of_day(validity.end)))
+
+    async def end_sessions_of_users_gone(self, organisation: str, members_today: Iterable[str]) -> int:
+        """End the sessions of ``organisation`` (a pharmacy's) opened by a pharmacist who is no longer one
+        of its members today (seed 003 §8.2.2.3: the pharmacist of record must be the pharmacy's)."""
+        return await self.end_sessions(
+            and_(
+                col(SessionRow.subject_id) == organisation,
+                col(SessionRow.user_inami).is_not(None),
+                col(SessionRow.user_inami).not_in(list(members_today)),
+            )
+        )
 
     async def change(self, kind: str, inami: str) -> int:
         """Append the cadastre change of one entry (its previous entry leaves the compacted log); the new

@@ -120,6 +120,10 @@ class SessionRow(Base, table=True):
     credential_fingerprint: str | None = Field(default=None, max_length=64)
     issue_time: dt.datetime = _instant()
     expire_time: dt.datetime = _instant()
+    user_inami: str | None = Field(default=None, max_length=11, index=True)
+    """The pharmacist who opened a pharmacy's session (seed 003 §8.2.2.3)."""
+    user_fingerprint: str | None = Field(default=None, max_length=64)
+    """The key that pharmacist signed with."""
 
 
 class RevocationRow(Base, table=True):

@@ -12,6 +12,7 @@ from ehealth_support import GP, NOW, TODAY, Env, period, rpc_error
 from sqlmodel import select
 
 from ehealth.models import SessionRow
+from ehealth.tokens import fingerprint
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2, cadastre_pb2
 from mycarenet_core.identifiers import Profession, make_inami, make_niss
 
@@ -126,3 +127,53 @@ async def test_a_pharmacy_session_and_every_other_way_in(env: Env) -> None:
     async with env.app.db.read() as session:
         opened_sessions = (await session.execute(select(SessionRow.subject_id))).scalars().all()
     assert sorted(opened_sessions) == [PHARMACY, PHARMACY]  # the two that were let in, nothing else
+
+
+async def test_a_pharmacy_session_ends_with_its_pharmacist(env: Env) -> None:
+    """Revoking the pharmacist's key, ending their validity or their membership of the pharmacy ends the
+    pharmacy sessions they opened (in the revocation feed the hub follows), and only those."""
+    await _setup(env)
+    other = make_inami(Profession.PHARMACIST, 40_004, "002")
+    await env.provider(other, niss=make_niss(dt.date(1974, 1, 1), 19))
+    since = dt.date(2020, 1, 1)
+
+    async def pharmacy(members: list[str]) -> None:
+        await env.cadastre.UpsertOrganisation(
+            cadastre_pb2.UpsertOrganisationRequest(
+                organisation=cadastre_pb2.Organisation(
+                    inami=PHARMACY,
+                    kind=cadastre_pb2.ORGANISATION_KIND_PHARMACY,
+                    name="Pharmacie du Midi",
+                    validity=period(since),
+                    members=[cadastre_pb2.OrganisationMember(inami=m, period=period(since)) for m in members],
+                )
+            ),
+            timeout=10,
+        )
+
+    async def revoked() -> set[str]:
+        listed = await env.hub.auth.ListRevocations(auth_pb2.ListRevocationsRequest(), timeout=10)
+        return {r.session_id for r in listed.revocations}
+
+    await pharmacy([TITULAR, other])
+    by_titular, by_other = await _open(env), await _open(env, user=other)
+    own = await env.login(TITULAR)  # the titular's own session
+    print_ = fingerprint(env.key(TITULAR).public_key())
+    done = await env.auth.RevokeCredential(
+        auth_pb2.RevokeCredentialRequest(
+            subject=auth_pb2.Subject(kind=PROVIDER, id=TITULAR), fingerprint=print_
+        ),
+        timeout=10,
+    )
+    assert done.ended_sessions == 2
+    assert await revoked() == {by_titular.session_id, own.session_id}
+
+    # The other pharmacist leaves the pharmacy: the session they opened ends.
+    await pharmacy([TITULAR])
+    assert await revoked() == {by_titular.session_id, own.session_id, by_other.session_id}
+
+    # A pharmacist's validity ends: the sessions they opened end.
+    await pharmacy([TITULAR, other])
+    again = await _open(env, user=other)
+    await env.provider(other, end=TODAY - dt.timedelta(days=1), niss=make_niss(dt.date(1974, 1, 1), 19))
+    assert again.session_id in await revoked()
