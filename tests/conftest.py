@@ -48,6 +48,7 @@ T = TypeVar("T")
 CLUSTER = {
     "bench/test_bench_smoke.py",
     "cluster/test_admin_path.py",
+    "cluster/test_cluster_invoicing.py",
     "cluster/test_cluster_story.py",
     "cluster/test_cluster_supervision.py",
     "cluster/test_crash.py",
