@@ -1203,14 +1203,17 @@ def admin_patient_add(
 def admin_organisation_add(
     inami: Annotated[str, typer.Argument(help="INAMI number of the organisation")],
     name: Annotated[str, typer.Option(help="its name")],
-    kind: Annotated[str, typer.Option(help="medical-house or group-practice")] = "medical-house",
+    kind: Annotated[
+        str, typer.Option(help="medical-house, group-practice or pharmacy (its members: its pharmacists)")
+    ] = "medical-house",
     member: Annotated[list[str] | None, typer.Option(help="INAMI of a member provider (repeat)")] = None,
     start: Annotated[str | None, typer.Option("--from", help="since (default 2000-01-01)")] = None,
     wait: Annotated[bool, typer.Option(help="wait until all insurers know it")] = True,
     data: DataOpt = DEFAULT_DATA,
     as_json: JsonOpt = False,
 ) -> None:
-    """Add (or update) a medical house or group practice with its members; the insurers follow."""
+    """Add (or update) a medical house, group practice or pharmacy with its members; the insurers follow.
+    A pharmacy's session needs its key too: `mycarenet admin credential add INAMI --kind organisation`."""
     from mycarenet_sdk.admin import DEFAULT_VALID_FROM
 
     since = _parse_date(start) or DEFAULT_VALID_FROM

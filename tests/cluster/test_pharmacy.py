@@ -34,7 +34,7 @@ from mycarenet_core.dates import to_proto
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_pb2 as ins
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_ins
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2_grpc as oa_ins_grpc
-from mycarenet_core.identifiers import make_niss
+from mycarenet_core.identifiers import Profession, make_inami, make_niss
 from tests.cluster.cluster_support import Cluster, cli, free_base_port
 from tests.cluster.test_sandbox_chaos import provider_client
 from tests.oa_node import test_rules_insurability as worked
@@ -151,6 +151,14 @@ def test_the_cli_logs_in_as_a_pharmacy_and_asks_for_a_newborn(
     answer = cli(cluster.data, session, "pharmacy", "rights", "--member", demo["newborn"])
     assert answer["commitment"]["pharmacist_inami"] == demo["pharmacist"]
     assert answer["commitment"]["provider_inami"] == demo["pharmacy"]
+    # The administrator's path: a new pharmacy with the demo pharmacist, its key, its session.
+    pharmacy, admin = make_inami(Profession.ORGANISATION, 77_001, "300"), tmp_path / "admin.json"
+    cli(cluster.data, admin, "admin", "organisation", "add", pharmacy, "--name", "Pharmacie Neuve", "--kind",
+        "pharmacy", "--member", demo["pharmacist"])  # fmt: skip
+    cli(cluster.data, admin, "admin", "credential", "add", pharmacy, "--kind", "organisation")
+    cli(cluster.data, session, "login", pharmacy, "--pharmacist", demo["pharmacist"])
+    answer = cli(cluster.data, session, "pharmacy", "rights", demo["patient"])
+    assert answer["commitment"]["provider_inami"] == pharmacy
 
 
 async def test_an_invoice_line_accepted_and_one_with_a_forged_agreement_number(
