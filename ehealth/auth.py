@@ -252,7 +252,9 @@ class Authenticator:
         """Open a session for the subject of the answered challenge (under the principal's mandate when one
         is named). Its token lives ``lifetime_seconds`` (at most the configured maximum), and no longer than
         the subject's validity, the mandate and the principal's validity: a token never outlives what it
-        was issued for."""
+        was issued for. A pharmacy's session (seed 003 §8.2.2.1) also needs the answered challenge of one of
+        its pharmacists today (``user_challenge_id``): the token names them as its ``user``, the session
+        records them (and their key) and lives no longer than their validity."""
         challenge = await self._consume_challenge(challenge_id)
         kind, subject_id = challenge.subject_kind, challenge.subject_id
         pharmacy = kind == ORGANISATION and _is_pharmacy(subject_id)
