@@ -89,7 +89,9 @@ async def test_a_notification_at_the_insurer_moves_the_relation_at_ehealth(
 
         await node.notify(GP_A, PATIENT, reference="n-1")
         await follower.wait_for(1, within=15)
-        assert await dmg_holders(ehealth, PATIENT) == [(GP_A, TODAY, None)]
+        # The relation ends with the holding: 31 December of the contact year + 2 (issue 14).
+        end = dt.date(TODAY.year + 2, 12, 31)
+        assert await dmg_holders(ehealth, PATIENT) == [(GP_A, TODAY, end)]
         assert await may_see(ehealth, GP_A, PATIENT, TODAY)
         assert not await may_see(ehealth, GP_B, PATIENT, TODAY)
 
@@ -108,11 +110,11 @@ async def test_a_notification_at_the_insurer_moves_the_relation_at_ehealth(
         assert follower.applied == 2  # only what it had missed
         assert await dmg_holders(ehealth, PATIENT) == [
             (GP_A, TODAY, later - dt.timedelta(days=1)),
-            (GP_B, later, None),
+            (GP_B, later, end),
         ]
         assert await may_see(ehealth, GP_B, PATIENT, later)
         assert not await may_see(ehealth, GP_A, PATIENT, later)
-        assert await dmg_holders(ehealth, PATIENT_2) == [(GP_A, later, None)]
+        assert await dmg_holders(ehealth, PATIENT_2) == [(GP_A, later, end)]
 
         # The insurer restarts on the same port; eHealth reconnects and goes on from where it was.
         port = node.app.port
@@ -128,7 +130,7 @@ async def test_a_notification_at_the_insurer_moves_the_relation_at_ehealth(
         node.clock.set(NOW + dt.timedelta(days=15))
         await node.notify(GP_A, PATIENT, contact=again, today=again, reference="n-4")
         await follower.wait_for(4, within=20)
-        assert (await dmg_holders(ehealth, PATIENT))[-1] == (GP_A, again, None)
+        assert (await dmg_holders(ehealth, PATIENT))[-1] == (GP_A, again, end)
     finally:
         if ehealth is not None:
             await ehealth.stop(0)
