@@ -246,7 +246,9 @@ class InvoicingOperations:
     # --- the answers of eFact lines ----------------------------------------------------------------------
 
     async def answer_pending(self, limit: int = BATCH) -> int:
-        """Answer the stored lines not answered yet (oldest first); the number answered."""
+        """Answer the stored lines not answered yet (oldest first); the number answered. A line that cannot be
+        answered now (the database busy, a fault) is left pending for the next pass and does not hold up the
+        lines behind it."""
         async with self._sessions() as session:
             rows = (
                 (
@@ -260,9 +262,17 @@ class InvoicingOperations:
                 .scalars()
                 .all()
             )
+        answered = 0
         for row in rows:
-            await self._answer(row)
-        return len(rows)
+            try:
+                await self._answer(row)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("eFact line %s of %s left pending", row.line_number, row.batch_reference)
+                continue
+            answered += 1
+        return answered
 
     async def _answer(self, row: m.InvoiceLineRow) -> None:
         line = Line(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
@@ -31,6 +32,7 @@ from sqlalchemy import select
 from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import FixedClock, OffsetClock, moved_offset
 from mycarenet_core.codes import McnCode
+from mycarenet_core.errors import unavailable
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2 as inv
@@ -242,3 +244,32 @@ async def test_the_check_runs_when_the_sandbox_clock_moves(database_url: str) ->
         assert fee.recovered_on == dt.date(2026, 4, 1)
     finally:
         await stop_node(started)
+
+
+async def test_a_line_that_fails_for_a_passing_reason_stays_pending_and_holds_up_nothing(node: Node) -> None:
+    """The database busy for one line: it is not answered as a rejection; the next line is answered, and it
+    is answered once the fault is gone (the next pass)."""
+    operations = node.app.dmg
+    real = operations.register_contact
+    failures = {"left": 1}
+
+    async def flaky(event: Any, entry: Any) -> Any:
+        if event.niss == PATIENT and failures["left"]:
+            failures["left"] -= 1
+            raise unavailable("DATABASE_BUSY", "the database is busy")
+        return await real(event, entry)
+
+    operations.register_contact = flaky  # type: ignore[method-assign]
+    request = oainv.AcceptInvoiceLinesRequest(
+        context=context(GP_A, reference="flaky"),
+        hub_reference="EFACT-F",
+        lines=[line(1, PATIENT, GP_A, TODAY), line(2, PATIENT_2, GP_A, TODAY)],
+    )
+    await stub(node).AcceptInvoiceLines(request, timeout=10)
+    found = await answers(node, 2)
+    # the second line was answered first (it did not wait), the first once the fault was gone, accepted
+    assert [(a.invoice_answer.line_number, a.invoice_answer.result) for a in found] == [
+        (2, dmg_pb2.INVOICE_LINE_RESULT_ACCEPTED),
+        (1, dmg_pb2.INVOICE_LINE_RESULT_ACCEPTED),
+    ]
+    assert failures["left"] == 0
