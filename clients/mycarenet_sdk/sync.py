@@ -17,10 +17,11 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
     mandate_pb2,
     therapeutic_relation_pb2,
 )
+from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2
 from mycarenet_core.gen.mycarenet.sandbox.v1 import chaos_pb2
 from mycarenet_sdk.admin import AdminClient, CadastrePosition, ClockState, ProviderAdded, connect_admin
-from mycarenet_sdk.client import Client, Session, connect
+from mycarenet_sdk.client import Client, InvoiceLine, Session, connect
 
 
 class SyncClient:
@@ -64,6 +65,14 @@ class SyncClient:
 
     def enrol(self, **kwargs: Any) -> dmg_service_pb2.EnrolDmgResponse:
         return self._runner.run(self._client.enrol(**kwargs))
+
+    def post_invoices(
+        self, lines: Sequence[InvoiceLine], **kwargs: Any
+    ) -> invoicing_service_pb2.PostInvoiceBatchResponse:
+        return self._runner.run(self._client.post_invoices(lines, **kwargs))
+
+    def send_attest(self, niss: str, **kwargs: Any) -> invoicing_service_pb2.SendAttestResponse:
+        return self._runner.run(self._client.send_attest(niss, **kwargs))
 
     def post_patient_list(
         self, *, reference_date: dt.date, **kwargs: Any
