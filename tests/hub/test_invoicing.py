@@ -348,3 +348,40 @@ async def test_a_third_party_mandated_for_invoicing_posts_for_the_physician(mesh
         invoicing(mesh).PostInvoiceBatch(batch, metadata=bearer(await session(other)), timeout=10)
     )
     assert (error.reason, error.code) == ("MANDATE_NOT_COVERING", McnCode.PROVIDER_NOT_ENTITLED)
+
+
+async def test_no_acknowledgement_while_an_insurer_of_the_batch_is_down_then_a_repost_completes(
+    mesh: Mesh,
+) -> None:
+    """An invoice counts as received only once acknowledged (seed 001 annex 4): with insurer 200 down the
+    batch gets no acknowledgement (UNAVAILABLE), though insurer 100 stored its line; posted again once 200 is
+    back, it is acknowledged, and 100's line is neither stored nor answered twice."""
+    gp_a = mesh.people["gp_a"]
+    token = await mesh.login(gp_a)
+    day = TODAY - dt.timedelta(days=1)
+    batch = inv.PostInvoiceBatchRequest(
+        requester_reference="while-down",
+        lines=[line(1, mesh.members["p100"].niss, gp_a, day), line(2, mesh.members["p200"].niss, gp_a, day)],
+    )
+    await mesh.stop_oa("200")
+    error = await rejected(invoicing(mesh).PostInvoiceBatch(batch, metadata=bearer(token), timeout=10))
+    assert error.status is grpc.StatusCode.UNAVAILABLE
+    await mesh.start_oa("200")
+    deadline = time.monotonic() + 15
+    while True:  # as provider software does: post again after the retry delay until acknowledged
+        try:
+            answer = await invoicing(mesh).PostInvoiceBatch(batch, metadata=bearer(token), timeout=10)
+            break
+        except grpc.aio.AioRpcError as failed:
+            if failed.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    assert answer.technical_ack.result == dmg_pb2.TECHNICAL_ACK_RESULT_SUCCESS
+    replies = await wait_for(mesh, token, dmg_pb2.MESSAGE_KIND_INVOICE_ANSWER, 2)
+    assert sorted((r.insurer_code, r.invoice_answer.line_number) for r in replies) == [("100", 1), ("200", 2)]
+    await asyncio.sleep(0.5)
+    assert len(await messages(mesh, token, dmg_pb2.MESSAGE_KIND_INVOICE_ANSWER)) == 2
+    for code in ("100", "200"):
+        async with mesh.oas[code].sessions() as session:
+            stored = await session.execute(select(func.count()).select_from(m.InvoiceLineRow))
+            assert stored.scalar_one() == 1
