@@ -214,7 +214,7 @@ async def test_a_batch_spans_insurers_and_a_bad_line_is_rejected_alone(mesh: Mes
         [(p100, day), (mover, dt.date(2024, 6, 1))]
     )
     # the batch posted again with its second line (insurer 200's first) changed: 158, on that line
-    lines[1].contact_date.CopyFrom(to_proto(day - dt.timedelta(days=1)))
+    lines[1] = line(2, p200, gp_a, day - dt.timedelta(days=1))
     error = await rejected(
         invoicing(mesh).PostInvoiceBatch(
             inv.PostInvoiceBatchRequest(requester_reference="mixed", lines=lines),
