@@ -103,8 +103,12 @@ class ClusterHandle:
         return channel_credentials(self.desc.get("tls"))
 
     def population_size(self) -> int:
-        """The ``--population`` the cluster was seeded with (the seeder adds the demo patient)."""
-        members = int((self.desc.get("seed") or {}).get("members", 0))
+        """The ``--population`` the cluster was seeded with (the seeder adds the demo patient and the
+        newborns; a description written before it recorded the size has only the demo patient added)."""
+        seed = self.desc.get("seed") or {}
+        if "population" in seed:
+            return int(seed["population"])
+        members = int(seed.get("members", 0))
         if members <= 1:
             raise ClusterNotUp("the cluster description has no seed information; give --population")
         return members - 1

@@ -286,6 +286,9 @@ async def seed(
     results = await asyncio.gather(*(one(c, t) for c, t in oas.items() if not only or c in only))
     info: dict[str, object] = {
         "members": len(population.members),
+        # The --population asked for: the members but the demo patient and the newborns (what the bench
+        # regenerates the same population from).
+        "population": len(population.members) - 1 - len(population.newborns),
         "providers": len(population.providers),
         **cadastre,
         "history": dict(results),
