@@ -71,6 +71,13 @@ class OffsetClock:
         self._listeners.append(listener)
 
 
+def until_next_midnight(now: dt.datetime) -> float:
+    """Seconds from ``now`` to the next midnight in Brussels (at least one)."""
+    local = now.astimezone(BRUSSELS)
+    midnight = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), tzinfo=BRUSSELS)
+    return max(1.0, (midnight - now).total_seconds())
+
+
 class ClockBackwards(ValueError):
     """A move of the mesh clock to a date before the mesh date."""
 

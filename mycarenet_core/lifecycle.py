@@ -9,10 +9,13 @@ the database is disposed. A job that ends or fails unexpectedly is logged and st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+
+from mycarenet_core.clock import Clock, OffsetClock, until_next_midnight
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,8 @@ class _Spec:
 
 
 class Background:
-    """The background jobs of one process: :meth:`add` or :meth:`every`, then :meth:`start` / :meth:`stop`."""
+    """The background jobs of one process: :meth:`add`, :meth:`every` or :meth:`daily`, then :meth:`start` /
+    :meth:`stop`."""
 
     def __init__(self, owner: str) -> None:
         self.owner = owner
@@ -76,6 +80,27 @@ class Background:
                 await asyncio.sleep(seconds)
 
         self.add(name, periodic)
+
+    def daily(self, name: str, clock: Clock, job: Callable[[], Awaitable[object]]) -> None:
+        """A job of the mesh's day: run now, then again at each midnight in Brussels and each time a movable
+        clock moves (woken by the move, no polling); a failure is logged and waits for the next wake-up."""
+        moved = asyncio.Event()
+        if isinstance(clock, OffsetClock):
+            clock.listen(moved.set)
+
+        async def each_day() -> None:
+            while True:
+                moved.clear()
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("%s: %s failed; run again at the next wake-up", self.owner, name)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(moved.wait(), until_next_midnight(clock.now()))
+
+        self.add(name, each_day)
 
     def _spawn(self, spec: _Spec) -> asyncio.Task[None]:
         return asyncio.create_task(self._supervise(spec), name=f"{self.owner}: {spec.name}")

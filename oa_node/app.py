@@ -229,9 +229,7 @@ class OaNodeApp(ServiceApp):
             outbox=outbox,
             period_months=unbilled_contact_months,
         )
-        background.add("check after payment", self.fee_checks.run)
-        if isinstance(clock, OffsetClock):
-            clock.listen(self.fee_checks.clock_moved)
+        background.daily("check after payment", clock, self.fee_checks.run_once)
         self.holdings = HoldingFeed(self.reads, holders)
         self.insurability = InsurabilityOperations(insurer_code=insurer_code, reads=self.reads)
         # The a-posteriori purpose check of the insurability consultations (seed 003 §7.3): its findings go
@@ -244,9 +242,7 @@ class OaNodeApp(ServiceApp):
             outbox=outbox,
             rule=purpose,
         )
-        background.add("purpose check", self.purpose.run)
-        if isinstance(clock, OffsetClock):
-            clock.listen(self.purpose.clock_moved)
+        background.daily("purpose check", clock, self.purpose.run_once)
         server = MeshServer(
             name,
             [

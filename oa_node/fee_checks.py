@@ -21,7 +21,6 @@ opened stays (only the fee is recovered); a contact registered after the recover
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -41,7 +40,6 @@ from oa_node import models as m
 from oa_node.audit import AuditTrail
 from oa_node.feeds import Wakeup
 from oa_node.repositories import DmgFileRepository, MemberRepository, OutboxRepository, ReferenceRepository
-from oa_node.year_end import until_next_midnight
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +115,8 @@ class FeeChecks:
         self._audit = audit
         self._outbox = outbox
         self.months = period_months
-        self._moved = asyncio.Event()
         self._running = asyncio.Lock()
         self.ran = asyncio.Event()
-
-    def clock_moved(self) -> None:
-        """The movable clock's listener: wake :meth:`run` up."""
-        self._moved.set()
 
     async def candidates(self, today: dt.date) -> list[str]:
         """Patients with an unrecovered notification fee whose contact may be past its deadline (a month has
@@ -216,14 +209,6 @@ class FeeChecks:
             "payload": message.SerializeToString(),
             "created_at": now,
         }
-
-    async def run(self) -> None:
-        """The background job: check, then sleep until the clock moves or the next mesh midnight."""
-        while True:
-            self._moved.clear()
-            await self.run_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), until_next_midnight(self._clock.now()))
 
 
 __all__ = ["DEFAULT_PERIOD_MONTHS", "FeeChecks", "Recovery", "billing_deadline", "unbilled_notification_fees"]

@@ -29,7 +29,6 @@ give none).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections import defaultdict
@@ -48,7 +47,6 @@ from oa_node import models as m
 from oa_node.audit import AuditTrail
 from oa_node.feeds import Wakeup
 from oa_node.repositories import OutboxRepository
-from oa_node.year_end import until_next_midnight
 
 log = logging.getLogger(__name__)
 
@@ -174,12 +172,7 @@ class PurposeChecks:
         self.rule = rule or PurposeRule()
         self.roles = tuple(roles)
         self.lookback = dt.timedelta(days=lookback_days)
-        self._moved = asyncio.Event()
         self._running = asyncio.Lock()
-
-    def clock_moved(self) -> None:
-        """The movable clock's listener: wake :meth:`run` up."""
-        self._moved.set()
 
     async def run_once(self) -> int:
         """Check every period due on the mesh date and not checked yet (within the look-back); the number of
@@ -296,17 +289,6 @@ class PurposeChecks:
             "payload": message.SerializeToString(),
             "created_at": now,
         }
-
-    async def run(self) -> None:
-        """The background job: check, then sleep until the clock moves or the next mesh midnight."""
-        while True:
-            self._moved.clear()
-            try:
-                await self.run_once()
-            except Exception:  # a database hiccup: the next turn checks again
-                log.exception("purpose check failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), until_next_midnight(self._clock.now()))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

@@ -24,7 +24,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from mycarenet_core.clock import BRUSSELS, Clock
+from mycarenet_core.clock import Clock, until_next_midnight
 from mycarenet_core.db import transaction
 from oa_node import controls as c
 from oa_node import models as m
@@ -40,13 +40,6 @@ def years_due(first_day: dt.date, today: dt.date, done: Collection[int]) -> list
     """The years whose 31 December the node lived through (on or after ``first_day``) and that are over on
     ``today``, not yet run (``done``), oldest first."""
     return [year for year in range(first_day.year, today.year) if year not in done][:MAX_YEARS]
-
-
-def until_next_midnight(now: dt.datetime) -> float:
-    """Seconds from ``now`` to the next midnight in Brussels (at least one)."""
-    local = now.astimezone(BRUSSELS)
-    midnight = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time(), tzinfo=BRUSSELS)
-    return max(1.0, (midnight - now).total_seconds())
 
 
 async def record_origin(sessions: async_sessionmaker[AsyncSession], today: dt.date) -> dt.date:
@@ -144,4 +137,4 @@ class YearEnds:
                 await asyncio.wait_for(self._moved.wait(), until_next_midnight(self._clock.now()))
 
 
-__all__ = ["MAX_YEARS", "YearEnds", "record_origin", "until_next_midnight", "years_due"]
+__all__ = ["MAX_YEARS", "YearEnds", "record_origin", "years_due"]

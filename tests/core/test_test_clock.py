@@ -19,10 +19,11 @@ from mycarenet_core.clock import (
     SystemClock,
     clock_from_setting,
     moved_offset,
+    until_next_midnight,
 )
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2 as pb
-from oa_node.year_end import until_next_midnight, years_due
+from oa_node.year_end import years_due
 
 SUMMER = dt.datetime(2026, 7, 1, 8, 30, tzinfo=dt.UTC)  # 10:30 in Brussels (CEST)
 
