@@ -18,7 +18,7 @@ from oa_node import models as m
 from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.repositories import CadastreRepository, OrganisationData, ReferenceRepository
 
-_ORGANISATION_ROLES = frozenset({Role.MEDICAL_HOUSE, Role.GROUP_PRACTICE})
+_ORGANISATION_ROLES = frozenset({Role.MEDICAL_HOUSE, Role.GROUP_PRACTICE, Role.PHARMACY})
 MAX_ENTRIES = 10_000
 MAX_MEMBERSHIPS = 10_000
 
@@ -95,7 +95,7 @@ def parse_organisations(request: rd_pb2.UpsertOrganisationsRequest) -> list[Orga
                 check.add(
                     f"{field}.organisation.inami",
                     McnCode.VALUE_NOT_ALLOWED,
-                    "not a medical house or group practice",
+                    "not a medical house, group practice or pharmacy",
                 )
             data.append(
                 OrganisationData(

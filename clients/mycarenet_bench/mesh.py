@@ -235,8 +235,9 @@ class Workload:
     patients: list[Patient]
     notify_patients: list[Patient]
     gps: list[str]
-    pharmacists: list[str] = field(default_factory=list)
-    """Pharmacists with a key: the insurability and rights scenarios call as them."""
+    pharmacies: list[tuple[str, str]] = field(default_factory=list)
+    """(pharmacy, the pharmacist who opens its session), both with a key: the insurability and rights
+    scenarios call in pharmacy sessions, as pharmacists do (seed 003 §8.2.2.1-3)."""
 
 
 def build_workload(size: int, today: dt.date, seed: int, keys: Path) -> Workload:
@@ -266,10 +267,15 @@ def build_workload(size: int, today: dt.date, seed: int, keys: Path) -> Workload
     gps = sorted({p.gp for p in patients if by_inami[p.gp].role == "gp"})
     if not patients or not gps:
         raise RuntimeError("no usable patient in the population (are the keys in <data>/keys?)")
-    pharmacists = sorted(
-        p.inami for p in pop.providers if p.role == "pharmacist" and (keys / f"{p.inami}.pem").is_file()
+    pharmacies = sorted(
+        (org.inami, org.members[0])
+        for org in pop.organisations
+        if org.kind == "pharmacy"
+        and org.members
+        and (keys / f"{org.inami}.pem").is_file()
+        and (keys / f"{org.members[0]}.pem").is_file()
     )
-    return Workload(patients, notify or patients, gps, pharmacists)
+    return Workload(patients, notify or patients, gps, pharmacies)
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -331,31 +337,40 @@ class Mesh:
             await channel.close(None)
         await self._ehealth.close(None)
 
-    async def login(self, inami: str) -> str:
+    async def login(self, inami: str, pharmacist: str = "") -> str:
+        """A session of ``inami`` (a pharmacy's, opened by ``pharmacist``, when one is given)."""
         key = load_private_key(self.handle.keys / f"{inami}.pem")
+        kind = auth_pb2.SUBJECT_KIND_ORGANISATION if pharmacist else auth_pb2.SUBJECT_KIND_PROVIDER
         challenge = await self._auth.CreateChallenge(
-            auth_pb2.CreateChallengeRequest(
-                subject=auth_pb2.Subject(kind=auth_pb2.SUBJECT_KIND_PROVIDER, id=inami)
-            ),
-            timeout=30,
+            auth_pb2.CreateChallengeRequest(subject=auth_pb2.Subject(kind=kind, id=inami)), timeout=30
         )
-        session = await self._auth.CreateSession(
-            auth_pb2.CreateSessionRequest(
-                challenge_id=challenge.challenge_id, signature=key.sign(challenge.nonce)
-            ),
-            timeout=30,
+        request = auth_pb2.CreateSessionRequest(
+            challenge_id=challenge.challenge_id, signature=key.sign(challenge.nonce)
         )
+        if pharmacist:
+            user = await self._auth.CreateChallenge(
+                auth_pb2.CreateChallengeRequest(
+                    subject=auth_pb2.Subject(kind=auth_pb2.SUBJECT_KIND_PROVIDER, id=pharmacist)
+                ),
+                timeout=30,
+            )
+            request.user_challenge_id = user.challenge_id
+            request.user_signature = load_private_key(self.handle.keys / f"{pharmacist}.pem").sign(user.nonce)
+        session = await self._auth.CreateSession(request, timeout=30)
         self.tokens[inami] = session.token
         return session.token
 
-    async def login_all(self, inamis: Sequence[str], concurrency: int = 8) -> None:
+    async def login_all(
+        self, inamis: Sequence[str], concurrency: int = 8, *, pharmacies: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """Log every provider of ``inamis`` in, and every pharmacy of ``pharmacies`` with its pharmacist."""
         sem = asyncio.Semaphore(concurrency)
 
-        async def one(inami: str) -> None:
+        async def one(inami: str, pharmacist: str = "") -> None:
             async with sem:
-                await self.login(inami)
+                await self.login(inami, pharmacist)
 
-        await asyncio.gather(*(one(i) for i in inamis))
+        await asyncio.gather(*(one(i) for i in inamis), *(one(o, p) for o, p in pharmacies))
 
     def _stubs(
         self,
@@ -442,10 +457,10 @@ class Mesh:
                 record,
             )
         elif name in ("insurability", "rights"):
-            if not wl.pharmacists:
-                raise RuntimeError("no pharmacist with a key in <data>/keys (a cluster seeded before them?)")
+            if not wl.pharmacies:
+                raise RuntimeError("no pharmacy with a key in <data>/keys (a cluster seeded before them?)")
             p = self.rng.choice(wl.patients)
-            who = self.rng.choice(wl.pharmacists)
+            who, _pharmacist = self.rng.choice(wl.pharmacies)
             stub = self._insurability[self._next]
             selector = common_pb2.PatientSelector(niss=p.niss)
             if name == "insurability":

@@ -319,7 +319,7 @@ async def run(cfg: RunConfig, handle: ClusterHandle, *, log: Any = print) -> dic
     )
     try:
         log(f"login: {len(workload.gps)} GPs; {len(workload.patients)} patients")
-        await mesh.login_all([*workload.gps, *workload.pharmacists])
+        await mesh.login_all(workload.gps, pharmacies=workload.pharmacies)
 
         def ignore(_: Result) -> None:
             return None

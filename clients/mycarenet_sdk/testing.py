@@ -255,6 +255,15 @@ class InProcessMesh:
         await client.login(provider.inami, provider.key, **kwargs)
         return client
 
+    async def login_pharmacy(self, pharmacy: MeshProvider, pharmacist: MeshProvider) -> Client:
+        """A new client in ``pharmacy``'s session, opened by ``pharmacist`` (a member of it): how a pharmacist
+        consults insurability and rights (seed 003 §8.2.2.1-3)."""
+        client = self.client()
+        await client.login(
+            pharmacy.inami, pharmacy.key, kind="organisation", pharmacist=(pharmacist.inami, pharmacist.key)
+        )
+        return client
+
     # --- what the administrator does ---------------------------------------------------------------
 
     async def add_provider(
@@ -293,6 +302,26 @@ class InProcessMesh:
             finally:
                 await client.close()
         return provider
+
+    async def add_pharmacy(
+        self, pharmacists: list[MeshProvider], *, inami: str | None = None, name: str = "Pharmacie du Centre"
+    ) -> MeshProvider:
+        """Write a pharmacy (an organisation with its credential key, ``<folder>/keys/<inami>.pem``) whose
+        members are ``pharmacists``, and return once every insurer knows it; log in to it with
+        :meth:`login_pharmacy`."""
+        inami = inami or make_inami(Profession.ORGANISATION, 55_000 + next(self._sequence), "300")
+        key_file = self.folder / "keys" / f"{inami}.pem"
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        await self.admin.add_organisation(
+            inami,
+            name=name,
+            kind="pharmacy",
+            members=[p.inami for p in pharmacists],
+            wait=True,
+            wait_seconds=self.timeout,
+        )
+        await self.admin.register_credential(inami, kind="organisation", key_file=key_file)
+        return MeshProvider(inami, "", name, "", key_file, load_private_key(key_file))
 
     async def add_patient(
         self,

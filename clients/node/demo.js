@@ -4,8 +4,9 @@
 //   node clients/node/demo.js --cluster var/cluster/cluster.json [--wait 30]
 //
 // GP B logs in, consults the demo patient (GP A holds the DMG), notifies (B takes it over); GP A logs in,
-// finds the closure in the mailbox and confirms it; the demo pharmacist reads the patient's insurability and
-// rights (a payment commitment). First, two calls the trust model refuses (no session;
+// finds the closure in the mailbox and confirms it; the demo pharmacist, in its pharmacy's session (the
+// pharmacy's key and the pharmacist's second signature), reads the patient's insurability and rights (a
+// payment commitment). First, two calls the trust model refuses (no session;
 // a key registration with the shared client certificate), with their decoded google.rpc.Status. Reads the addresses, the client certificate (mutual
 // TLS), the providers' keys and the demo identities from the cluster description. Prints one JSON object
 // per step on stdout; exits 1 on the first failure.
@@ -28,7 +29,7 @@ const desc = JSON.parse(readFileSync(args.cluster, "utf8"));
 const address = (role) => desc.processes.find((p) => p.role === role).address;
 const tls = desc.tls ?? {};
 const keyOf = (inami) => readFileSync(path.join(desc.keys, `${inami}.pem`), "utf8");
-const { patient, gp_a: gpA, gp_b: gpB, pharmacist } = desc.demo;
+const { patient, gp_a: gpA, gp_b: gpB, pharmacist, pharmacy } = desc.demo;
 const today = desc.today;
 
 const step = (name, fields) => console.log(JSON.stringify({ step: name, ...fields }));
@@ -120,8 +121,12 @@ async function main() {
     const left = (await a.messages()).filter((m) => m.message_id === closure.message_id);
     step("confirm", { confirmed_count: confirmed.confirmed_count, still_pending: left.length });
 
-    // The demo pharmacist: the patient's insurability, then the rights with a payment commitment.
-    await p.login(pharmacist, keyOf(pharmacist));
+    // The demo pharmacist, in the pharmacy's session: the patient's insurability, then the rights with a
+    // payment commitment.
+    await p.login(pharmacy, keyOf(pharmacy), {
+      kind: "SUBJECT_KIND_ORGANISATION",
+      pharmacist: [pharmacist, keyOf(pharmacist)],
+    });
     const member = await p.insurability({ niss: patient, date: today });
     step("insurability", {
       insurer_code: member.member_data.insurer_code,

@@ -137,8 +137,10 @@ export class Client {
     });
   }
 
-  /** Log in at eHealth: sign the challenge's nonce with the subject's Ed25519 private key (PEM). */
-  async login(subjectId, privateKeyPem, { kind = "SUBJECT_KIND_PROVIDER" } = {}) {
+  /** Log in at eHealth: sign the challenge's nonce with the subject's Ed25519 private key (PEM). A pharmacy's
+   * session (kind "SUBJECT_KIND_ORGANISATION") is opened by one of its pharmacists, who signs a second
+   * challenge: `pharmacist: [inami, privateKeyPem]` (seed 003 §8.2.2.1-3). */
+  async login(subjectId, privateKeyPem, { kind = "SUBJECT_KIND_PROVIDER", pharmacist = null } = {}) {
     const challenge = await this.call(
       this.auth,
       "CreateChallenge",
@@ -147,12 +149,19 @@ export class Client {
     );
     // Ed25519 signs the message itself: no digest algorithm (null).
     const signature = sign(null, challenge.nonce, createPrivateKey(privateKeyPem));
-    const reply = await this.call(
-      this.auth,
-      "CreateSession",
-      { challenge_id: challenge.challenge_id, signature },
-      { auth: false },
-    );
+    const request = { challenge_id: challenge.challenge_id, signature };
+    if (pharmacist) {
+      const [userId, userKeyPem] = pharmacist;
+      const second = await this.call(
+        this.auth,
+        "CreateChallenge",
+        { subject: { kind: "SUBJECT_KIND_PROVIDER", id: userId } },
+        { auth: false },
+      );
+      request.user_challenge_id = second.challenge_id;
+      request.user_signature = sign(null, second.nonce, createPrivateKey(userKeyPem));
+    }
+    const reply = await this.call(this.auth, "CreateSession", request, { auth: false });
     this.session = { token: reply.token, session_id: reply.session_id, subject_id: subjectId };
     return this.session;
   }

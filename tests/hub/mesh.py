@@ -89,6 +89,11 @@ ROLE: dict[str, common_pb2.ProviderRole.ValueType] = {
 }
 
 
+PHARMACY = make_inami(Profession.ORGANISATION, 50_007, "300")
+"""The pharmacy whose session the pharmacist opens (seed 003 §8.2.2.1): a pharmacist consults only in it."""
+PHARMACY_KEY = Ed25519PrivateKey.generate()
+
+
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
@@ -305,6 +310,35 @@ class Mesh:
     async def seed_ehealth(self) -> None:
         cadastre = cadastre_pb2_grpc.CadastreServiceStub(self.ehealth_admin)
         since = common_pb2.Period(start=to_proto(D(2000, 1, 1)))
+        await self._seed_people(cadastre, since)
+        # The pharmacy of the pharmacist, with its organisation key (seed 003 §8.2.2.1).
+        await cadastre.UpsertOrganisation(
+            cadastre_pb2.UpsertOrganisationRequest(
+                organisation=cadastre_pb2.Organisation(
+                    inami=PHARMACY,
+                    kind=cadastre_pb2.ORGANISATION_KIND_PHARMACY,
+                    name="Pharmacie Test",
+                    validity=since,
+                    members=[
+                        cadastre_pb2.OrganisationMember(inami=self.people["pharmacist"].inami, period=since)
+                    ],
+                )
+            ),
+            timeout=10,
+        )
+        await auth_pb2_grpc.AuthServiceStub(self.ehealth_admin).RegisterCredential(
+            auth_pb2.RegisterCredentialRequest(
+                subject=auth_pb2.Subject(kind=auth_pb2.SUBJECT_KIND_ORGANISATION, id=PHARMACY),
+                public_key_pem=PHARMACY_KEY.public_key()
+                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                .decode(),
+            ),
+            timeout=10,
+        )
+
+    async def _seed_people(
+        self, cadastre: cadastre_pb2_grpc.CadastreServiceStub, since: common_pb2.Period
+    ) -> None:
         for p in self.people.values():
             await cadastre.UpsertProvider(
                 cadastre_pb2.UpsertProviderRequest(
@@ -334,6 +368,24 @@ class Mesh:
                         supervisor_inami=p.supervisor,
                     )
                     for p in self.people.values()
+                ]
+            ),
+            timeout=10,
+        )
+        await ref.UpsertOrganisations(
+            rd.UpsertOrganisationsRequest(
+                organisations=[
+                    rd.KnownOrganisation(
+                        organisation=common_pb2.Provider(
+                            inami=PHARMACY, role=common_pb2.PROVIDER_ROLE_PHARMACY, last_name="Pharmacie Test"
+                        ),
+                        members=[
+                            rd.OrganisationMembership(
+                                member_inami=self.people["pharmacist"].inami,
+                                period=common_pb2.Period(start=to_proto(D(2000, 1, 1))),
+                            )
+                        ],
+                    )
                 ]
             ),
             timeout=10,
@@ -468,6 +520,34 @@ class Mesh:
                 audience=audience,
                 lifetime_seconds=lifetime_seconds,
                 principal_inami=principal,
+            ),
+            timeout=10,
+        )
+        return session.token
+
+    async def login_pharmacy(self) -> str:
+        """The pharmacy's session, opened by its pharmacist (the pharmacy's key, then the pharmacist's
+        signature of a second challenge, as the eID does: seed 003 §8.2.2.1-3)."""
+        auth = auth_pb2_grpc.AuthServiceStub(self.ehealth_channel)
+        pharmacist = self.people["pharmacist"]
+        org = await auth.CreateChallenge(
+            auth_pb2.CreateChallengeRequest(
+                subject=auth_pb2.Subject(kind=auth_pb2.SUBJECT_KIND_ORGANISATION, id=PHARMACY)
+            ),
+            timeout=10,
+        )
+        user = await auth.CreateChallenge(
+            auth_pb2.CreateChallengeRequest(
+                subject=auth_pb2.Subject(kind=auth_pb2.SUBJECT_KIND_PROVIDER, id=pharmacist.inami)
+            ),
+            timeout=10,
+        )
+        session = await auth.CreateSession(
+            auth_pb2.CreateSessionRequest(
+                challenge_id=org.challenge_id,
+                signature=PHARMACY_KEY.sign(org.nonce),
+                user_challenge_id=user.challenge_id,
+                user_signature=pharmacist.key.sign(user.nonce),
             ),
             timeout=10,
         )

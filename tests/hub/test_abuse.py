@@ -26,7 +26,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2 as oa_intake
 from mycarenet_core.gen.mycarenet.oa.v1 import intake_service_pb2_grpc as oa_intake_grpc
 from mycarenet_core.identifiers import make_niss
 from oa_node.purpose import PurposeRule
-from tests.hub.mesh import FAST, GENEROUS, MemberSpec, Mesh, bearer, running_mesh
+from tests.hub.mesh import FAST, GENEROUS, PHARMACY, MemberSpec, Mesh, bearer, running_mesh
 
 D = dt.date
 TIGHT = AbuseConfig(window=dt.timedelta(minutes=60), max_distinct_patients=3, exclusion=dt.timedelta(days=30))
@@ -75,16 +75,15 @@ async def notices(mesh: Mesh, token: str) -> list[dmg_pb2.MailboxMessage]:
 async def test_warning_then_exclusion_then_admitted_again_and_it_survives_a_restart(tmp_path: Path) -> None:
     async with running_mesh(tmp_path, insurers=("100",), relations_for=()) as mesh:
         stub = await seed(mesh)
-        pharmacist = mesh.people["pharmacist"]
-        token = await mesh.login(pharmacist)
+        token = await mesh.login_pharmacy()
         # Four distinct patients within the hour (a mix of both services): the fourth is answered, and the
-        # finding is a warning in the pharmacist's mailbox.
+        # finding is a warning in the pharmacy's mailbox.
         for niss in PATIENTS[:3]:
             await member_data(stub, token, niss)
         await rights(stub, token, PATIENTS[3], mesh.clock.today())
         [warning] = await notices(mesh, token)
         notice = warning.usage_notice
-        assert warning.recipient_inami == pharmacist.inami
+        assert warning.recipient_inami == PHARMACY  # the pharmacy, requester of record
         assert warning.insurer_code == ""
         assert notice.finding == dmg_pb2.USAGE_FINDING_DISTINCT_PATIENTS
         assert notice.consequence == dmg_pb2.USAGE_CONSEQUENCE_WARNING
@@ -94,7 +93,7 @@ async def test_warning_then_exclusion_then_admitted_again_and_it_survives_a_rest
 
         # A repeat ten days later: excluded for 30 days, told in the mailbox and on every call.
         mesh.clock.advance(dt.timedelta(days=10))
-        token = await mesh.login(pharmacist)
+        token = await mesh.login_pharmacy()
         for niss in PATIENTS[:4]:
             await member_data(stub, token, niss)
         exclusion = [m for m in await notices(mesh, token) if m.message_id != warning.message_id]
@@ -129,7 +128,7 @@ async def test_warning_then_exclusion_then_admitted_again_and_it_survives_a_rest
 
         # Once the exclusion ends, admitted again.
         mesh.clock.advance(dt.timedelta(days=30))
-        token = await mesh.login(pharmacist)
+        token = await mesh.login_pharmacy()
         await member_data(stub, token, PATIENTS[0])
 
 
@@ -138,8 +137,8 @@ async def test_a_repeat_after_365_days_is_a_warning_and_an_honest_provider_is_ne
 ) -> None:
     async with running_mesh(tmp_path, insurers=("100",), relations_for=()) as mesh:
         stub = await seed(mesh)
-        pharmacist, dentist = mesh.people["pharmacist"], mesh.people["dentist"]
-        token = await mesh.login(pharmacist)
+        dentist = mesh.people["dentist"]
+        token = await mesh.login_pharmacy()
         for niss in PATIENTS[:4]:
             await member_data(stub, token, niss)
         # An honest dentist: three patients, each many times (once per contact), over the day.
@@ -150,7 +149,7 @@ async def test_a_repeat_after_365_days_is_a_warning_and_an_honest_provider_is_ne
             mesh.clock.advance(dt.timedelta(minutes=30))
 
         mesh.clock.advance(dt.timedelta(days=366))
-        token = await mesh.login(pharmacist)
+        token = await mesh.login_pharmacy()
         for niss in PATIENTS[:4]:
             await member_data(stub, token, niss)
         consequences = [m.usage_notice.consequence for m in await notices(mesh, token)]

@@ -20,7 +20,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2 as ms
 from mycarenet_core.gen.mycarenet.oa.v1 import membership_service_pb2_grpc as ms_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_ins
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2_grpc as oa_ins_grpc
-from tests.hub.mesh import TODAY, Mesh, bearer, running_mesh
+from tests.hub.mesh import PHARMACY, TODAY, Mesh, bearer, running_mesh
 
 D = dt.date
 PREFERENTIAL = ins.InsurabilityStatus(ct1="111", ct2="111", preferential_rate=True)
@@ -80,7 +80,7 @@ async def test_member_data_and_the_payment_commitment_through_the_hub(tmp_path: 
     async with running_mesh(tmp_path, insurers=("100", "200")) as mesh:
         niss = await _give_statuses(mesh)
         hub = pub_grpc.InsurabilityServiceStub(mesh.channel(mesh.hub_port))
-        pharmacist = bearer(await mesh.login(mesh.people["pharmacist"]))
+        pharmacist = bearer(await mesh.login_pharmacy())
         # The back office reads back what it wrote.
         admin = ms_grpc.MembershipServiceStub(mesh.channel(mesh.oa_ports["100"], "admin"))
         kept = (
@@ -116,7 +116,8 @@ async def test_member_data_and_the_payment_commitment_through_the_hub(tmp_path: 
             to_proto(D(2025, 3, 31)),
         )
         assert commitment.status == GENERAL
-        assert commitment.provider_inami == mesh.people["pharmacist"].inami
+        assert commitment.provider_inami == PHARMACY  # the pharmacy, requester of record (seed 003 §5.1)
+        assert commitment.pharmacist_inami == mesh.people["pharmacist"].inami
         assert commitment.consulted_on == to_proto(TODAY)
         assert commitment.agreement_number.startswith("100-")
         data = rights.member_data
@@ -191,7 +192,7 @@ async def test_refusals_change_nothing_and_name_the_field(tmp_path: Path) -> Non
     async with running_mesh(tmp_path, insurers=("100",)) as mesh:
         niss = await _give_statuses(mesh)
         hub = pub_grpc.InsurabilityServiceStub(mesh.channel(mesh.hub_port))
-        pharmacist = bearer(await mesh.login(mesh.people["pharmacist"]))
+        pharmacist = bearer(await mesh.login_pharmacy())
         gp = bearer(await mesh.login(mesh.people["gp_a"]))
         patient = common_pb2.PatientSelector(niss=niss)
 
@@ -203,6 +204,17 @@ async def test_refusals_change_nothing_and_name_the_field(tmp_path: Path) -> Non
                 timeout=10,
             )
         assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        # A pharmacist consults only in a pharmacy's session (seed 003 §8.2.2.1, §11.3.1), never alone.
+        alone = bearer(await mesh.login(mesh.people["pharmacist"]))
+        for call in (
+            hub.ConsultRights(
+                pub.ConsultRightsRequest(patient=patient, dispensing_date=to_proto(TODAY)), metadata=alone
+            ),
+            hub.GetMemberData(pub.GetMemberDataRequest(patient=patient), metadata=alone),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as own_session:
+                await call
+            assert own_session.value.code() is grpc.StatusCode.PERMISSION_DENIED
         assert (
             await hub.GetMemberData(pub.GetMemberDataRequest(patient=patient), metadata=gp, timeout=10)
         ).member_data
@@ -320,12 +332,11 @@ async def test_the_insurer_validates_a_pharmacys_invoice_lines(tmp_path: Path) -
     async with running_mesh(tmp_path, insurers=("100",)) as mesh:
         niss = await _give_statuses(mesh)
         hub = pub_grpc.InsurabilityServiceStub(mesh.channel(mesh.hub_port))
-        pharmacist = mesh.people["pharmacist"]
         rights = await hub.ConsultRights(
             pub.ConsultRightsRequest(
                 patient=common_pb2.PatientSelector(niss=niss), dispensing_date=to_proto(TODAY)
             ),
-            metadata=bearer(await mesh.login(pharmacist)),
+            metadata=bearer(await mesh.login_pharmacy()),
             timeout=10,
         )
         commitment = rights.commitment
@@ -361,7 +372,7 @@ async def test_the_insurer_validates_a_pharmacys_invoice_lines(tmp_path: Path) -
             fields: dict[str, object] = {
                 "line_id": line_id,
                 "niss": niss,
-                "provider_inami": pharmacist.inami,
+                "provider_inami": PHARMACY,
                 "dispensing_date": to_proto(TODAY),
                 "status": GENERAL,
                 "basis": oa_ins.CONSULTATION_BASIS_CONSULTED_AT_DISPENSING,

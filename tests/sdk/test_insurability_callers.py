@@ -37,7 +37,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "specialist": (OK, "PERMISSION_DENIED PROVIDER_NOT_ENTITLED"),
     "dentist": (OK, "PERMISSION_DENIED PROVIDER_NOT_ENTITLED"),
     "physiotherapist": (OK, "PERMISSION_DENIED PROVIDER_NOT_ENTITLED"),
-    "pharmacist alone": (OK, OK),
+    # A pharmacist consults only in a pharmacy's session (seed 003 §8.2.2.1, §11.3.1).
+    "pharmacist alone": ("PERMISSION_DENIED PROVIDER_NOT_ENTITLED",) * 2,
     "pharmacy session": (OK, OK),
     "medical house": (OK, "PERMISSION_DENIED PROVIDER_NOT_ENTITLED"),
     "mandated for INSURABILITY": (OK, OK),

@@ -24,8 +24,9 @@ async def test_reuse_with_the_hub_down(tmp_path: Path) -> None:
         pharmacist = await mesh.add_provider(
             make_inami(Profession.PHARMACIST, 40_001, "001"), first_name="Paul", last_name="Apotheker"
         )
+        pharmacy = await mesh.add_pharmacy([pharmacist])
         patient = await mesh.add_patient(insurer="300")
-        client = await mesh.login(pharmacist)
+        client = await mesh.login_pharmacy(pharmacy, pharmacist)
         stored: list[StoredCommitment] = []
 
         # Online: the rights, and a commitment to 30 days (110/110 to the end of next year by default).
@@ -74,6 +75,7 @@ async def test_the_worked_examples_of_seed_003_end_to_end(tmp_path: Path) -> Non
     """Seed 003 §11.1 through the hub: the mesh on 12 November 2011, then on 25 December 2011 (example 6)."""
     async with InProcessMesh(tmp_path, insurers=("300",), today=dt.date(2011, 11, 12)) as mesh:
         pharmacist = await mesh.add_provider(make_inami(Profession.PHARMACIST, 40_002, "001"))
+        pharmacy = await mesh.add_pharmacy([pharmacist])
         patients = {}
         for example, _consulted, _dispensing, spans, _coverage, _until in EXAMPLES:
             periods = []
@@ -86,7 +88,7 @@ async def test_the_worked_examples_of_seed_003_end_to_end(tmp_path: Path) -> Non
         for example, consulted, dispensing, _spans, coverage, until in EXAMPLES:
             if mesh.today != d(consulted):
                 mesh.clock.advance(d(consulted) - mesh.today)
-            async with await mesh.login(pharmacist) as client:
+            async with await mesh.login_pharmacy(pharmacy, pharmacist) as client:
                 answer = await client.consult_rights(patients[example].niss, dispensing_date=d(dispensing))
             stored = stored_from(patients[example].niss, answer.commitment)
             assert (stored.coverage_start, stored.coverage_end) == (d(coverage[0]), d(coverage[1])), example

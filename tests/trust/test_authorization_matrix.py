@@ -75,6 +75,7 @@ CALLERS = [
     Caller("client + specialist", "client", "specialist", Role.SPECIALIST),
     Caller("client + dentist", "client", "dentist", Role.DENTIST),
     Caller("client + pharmacist", "client", "pharmacist", Role.PHARMACIST),
+    Caller("client + pharmacy session", "client", "pharmacy", Role.PHARMACY),
     Caller(
         "client + person under the GP's mandate",
         "client",

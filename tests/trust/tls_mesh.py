@@ -82,6 +82,12 @@ def people() -> dict[str, Person]:
             "pharmacist", make_inami(Profession.PHARMACIST, 20005, "000"), niss=make_niss(D(1973, 1, 1), 19)
         ),
         Person("secretary", make_niss(D(1980, 5, 5), 21), kind=auth_pb2.SUBJECT_KIND_PERSON),
+        # The pharmacist's pharmacy: its session, opened by the pharmacist (seed 003 §8.2.2.1-3).
+        Person(
+            "pharmacy",
+            make_inami(Profession.ORGANISATION, 20006, "300"),
+            kind=auth_pb2.SUBJECT_KIND_ORGANISATION,
+        ),
     ]
     out[1].supervisor = gp
     return {p.name: p for p in out}
@@ -110,20 +116,27 @@ class TlsMesh:
             self.channels[key] = open_channel(self.addresses[process], credentials=self.credentials(identity))
         return self.channels[key]
 
-    async def login(self, person: Person, principal: str = "") -> str:
+    async def login(self, person: Person, principal: str = "", user: Person | None = None) -> str:
+        """A session of ``person`` (under ``principal``'s mandate when given; opened by ``user`` for a
+        pharmacy, who signs a second challenge)."""
         auth = auth_pb2_grpc.AuthServiceStub(self.channel("ehealth", "client"))
         challenge = await auth.CreateChallenge(
             auth_pb2.CreateChallengeRequest(subject=auth_pb2.Subject(kind=person.kind, id=person.subject)),
             timeout=10,
         )
-        session = await auth.CreateSession(
-            auth_pb2.CreateSessionRequest(
-                challenge_id=challenge.challenge_id,
-                signature=person.key.sign(challenge.nonce),
-                principal_inami=principal,
-            ),
-            timeout=10,
+        request = auth_pb2.CreateSessionRequest(
+            challenge_id=challenge.challenge_id,
+            signature=person.key.sign(challenge.nonce),
+            principal_inami=principal,
         )
+        if user is not None:
+            second = await auth.CreateChallenge(
+                auth_pb2.CreateChallengeRequest(subject=auth_pb2.Subject(kind=user.kind, id=user.subject)),
+                timeout=10,
+            )
+            request.user_challenge_id = second.challenge_id
+            request.user_signature = user.key.sign(second.nonce)
+        session = await auth.CreateSession(request, timeout=10)
         return session.token
 
     async def close(self) -> None:
@@ -155,6 +168,23 @@ async def seed(mesh: TlsMesh, mandated_services: Sequence[Service]) -> None:
                 timeout=10,
             )
         else:
+            if person.kind == auth_pb2.SUBJECT_KIND_ORGANISATION:
+                await cadastre.UpsertOrganisation(
+                    cadastre_pb2.UpsertOrganisationRequest(
+                        organisation=cadastre_pb2.Organisation(
+                            inami=person.subject,
+                            kind=cadastre_pb2.ORGANISATION_KIND_PHARMACY,
+                            name=person.name,
+                            validity=since,
+                            members=[
+                                cadastre_pb2.OrganisationMember(
+                                    inami=mesh.people["pharmacist"].subject, period=since
+                                )
+                            ],
+                        )
+                    ),
+                    timeout=10,
+                )
             await auth.RegisterCredential(
                 auth_pb2.RegisterCredentialRequest(
                     subject=auth_pb2.Subject(kind=person.kind, id=person.subject),
@@ -177,7 +207,8 @@ async def seed(mesh: TlsMesh, mandated_services: Sequence[Service]) -> None:
         timeout=10,
     )
     for person in mesh.people.values():
-        mesh.tokens[person.name] = await mesh.login(person)
+        user = mesh.people["pharmacist"] if person.kind == auth_pb2.SUBJECT_KIND_ORGANISATION else None
+        mesh.tokens[person.name] = await mesh.login(person, user=user)
     mesh.tokens["secretary_for_gp"] = await mesh.login(secretary, principal=gp.subject)
 
 

@@ -132,7 +132,7 @@ Global___OrganisationMembership: _TypeAlias = OrganisationMembership  # noqa: Y0
 
 @_typing.final
 class KnownOrganisation(_message.Message):
-    """A group practice or medical house known to the insurer."""
+    """A group practice, medical house or pharmacy known to the insurer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -140,7 +140,7 @@ class KnownOrganisation(_message.Message):
     MEMBERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def organisation(self) -> _common_pb2.Provider:
-        """The organisation (INAMI, role MEDICAL_HOUSE or GROUP_PRACTICE, name)."""
+        """The organisation (INAMI, role MEDICAL_HOUSE, GROUP_PRACTICE or PHARMACY, name)."""
 
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrganisationMembership]:
