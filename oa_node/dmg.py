@@ -59,6 +59,7 @@ from oa_node.repositories import (
     OutboxRepository,
     ReferenceRepository,
     RequestRecordRepository,
+    outbox_row,
 )
 from oa_node.repositories.consult import requester
 
@@ -563,15 +564,7 @@ class DmgOperations:
                 now=now,
             )
             stamp_trace_context(proto)  # the delivery and the pick-up link back to this request
-            rows.append(
-                {
-                    "message_id": message_id,
-                    "recipient_inami": message.recipient,
-                    "kind": int(proto.kind),
-                    "payload": proto.SerializeToString(),
-                    "created_at": now,
-                }
-            )
+            rows.append(outbox_row(proto, now))
         await OutboxRepository(session).add(rows)
         written.outbox += len(rows)
         # Last: the holder feed's head row is locked from here to the commit.

@@ -39,7 +39,13 @@ from oa_node import convert, rules
 from oa_node import models as m
 from oa_node.audit import AuditTrail
 from oa_node.feeds import Wakeup
-from oa_node.repositories import DmgFileRepository, MemberRepository, OutboxRepository, ReferenceRepository
+from oa_node.repositories import (
+    DmgFileRepository,
+    MemberRepository,
+    OutboxRepository,
+    ReferenceRepository,
+    outbox_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +208,7 @@ class FeeChecks:
             fee_recovery=payload,
             content_hash=hashlib.sha256(payload.SerializeToString(deterministic=True)).hexdigest(),
         )
-        return {
-            "message_id": message.message_id,
-            "recipient_inami": payment.beneficiary,
-            "kind": int(message.kind),
-            "payload": message.SerializeToString(),
-            "created_at": now,
-        }
+        return outbox_row(message, now)
 
 
 __all__ = ["DEFAULT_PERIOD_MONTHS", "FeeChecks", "Recovery", "billing_deadline", "unbilled_notification_fees"]

@@ -49,7 +49,7 @@ from oa_node import models as m
 from oa_node.audit import AuditEntry, AuditTrail, context_fields, peer_of
 from oa_node.dmg import DmgOperations
 from oa_node.feeds import SAFETY_TIMEOUT, Wakeup
-from oa_node.repositories import OutboxRepository, ReferenceRepository
+from oa_node.repositories import OutboxRepository, ReferenceRepository, outbox_row
 
 log = logging.getLogger(__name__)
 
@@ -331,17 +331,7 @@ class InvoicingOperations:
                 .values(answered=True, answered_at=now)
             )
             if done.rowcount:  # type: ignore[attr-defined]
-                await OutboxRepository(session).add(
-                    [
-                        {
-                            "message_id": message.message_id,
-                            "recipient_inami": row.requester_inami,
-                            "kind": int(message.kind),
-                            "payload": message.SerializeToString(),
-                            "created_at": now,
-                        }
-                    ]
-                )
+                await OutboxRepository(session).add([outbox_row(message, now)])
         self._outbox.set()
 
 

@@ -46,7 +46,7 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from oa_node import models as m
 from oa_node.audit import AuditTrail
 from oa_node.feeds import Wakeup
-from oa_node.repositories import OutboxRepository
+from oa_node.repositories import OutboxRepository, outbox_row
 
 log = logging.getLogger(__name__)
 
@@ -282,13 +282,7 @@ class PurposeChecks:
             created_time=_ts(now),
             usage_notice=notice,
         )
-        return {
-            "message_id": message.message_id,
-            "recipient_inami": use.provider,
-            "kind": int(message.kind),
-            "payload": message.SerializeToString(),
-            "created_at": now,
-        }
+        return outbox_row(message, now)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:

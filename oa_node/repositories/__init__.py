@@ -5,7 +5,7 @@ are SQLAlchemy Core statements built once, at import."""
 from .consult import ConsultRepository, PatientOnDay, Registration
 from .dmg_files import DmgFileRepository, HolderYearEntry, LoadedFile
 from .members import FeedEntry, MemberData, MemberRepository, MemberRow, Period, UpsertResult, covers
-from .records import OutboxRepository, RequestRecordRepository
+from .records import OutboxRepository, RequestRecordRepository, outbox_row
 from .reference import CadastreRepository, EnrolmentRepository, OrganisationData, ReferenceRepository
 
 __all__ = [
@@ -28,4 +28,5 @@ __all__ = [
     "RequestRecordRepository",
     "UpsertResult",
     "covers",
+    "outbox_row",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import bindparam, false, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from oa_node import models as m
 
 _records = m.table_of(m.RequestRecord)
@@ -146,6 +147,17 @@ class RequestRecordRepository:
                 }
             ],
         )
+
+
+def outbox_row(message: dmg_pb2.MailboxMessage, now: dt.datetime) -> dict[str, Any]:
+    """The outbox row of a mailbox message (what :meth:`OutboxRepository.add` takes)."""
+    return {
+        "message_id": message.message_id,
+        "recipient_inami": message.recipient_inami,
+        "kind": int(message.kind),
+        "payload": message.SerializeToString(),
+        "created_at": now,
+    }
 
 
 class OutboxRepository:
