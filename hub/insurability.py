@@ -18,9 +18,12 @@ from typing import Any
 import grpc
 
 from hub import requests
+from hub.audit import AuditEntry
 from hub.services import HubCore
+from hub.upstream import OaClient
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2 as pub
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2_grpc as pub_grpc
+from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_pb
 from mycarenet_core.sessions import Caller, service_name
 from mycarenet_core.trust import current_grant
@@ -67,19 +70,24 @@ class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
     def __init__(self, core: HubCore) -> None:
         self.core = core
 
+    async def _routed(self, asked: Asked, entry: AuditEntry) -> tuple[OaClient, context_pb2.RequestContext]:
+        """The patient's insurer at the date asked (the abuse control first), and the context the insurer is
+        asked in: who asks, and whether only for a rejected invoice line (a tarification office)."""
+        core = self.core
+        caller = core.caller(entry)
+        oa, _niss = await core.abuse.guarded(caller, core.routed(caller, asked.patient, asked.on, entry))
+        asked_as = core.request_context(caller, asked.reference)
+        asked_as.rejected_invoices_only = rejected_invoices_only(caller)
+        return oa, asked_as
+
     async def GetMemberData(
         self, request: pub.GetMemberDataRequest, context: Context
     ) -> pub.GetMemberDataResponse:
         core = self.core
         async with core.handling("GetMemberData", request.requester_reference) as entry:
-            caller = core.caller(entry)
-            asked = member_data(request, core.clock.today())
             remaining = context.time_remaining()
-            oa, _niss = await core.abuse.guarded(caller, core.routed(caller, asked.patient, asked.on, entry))
-            call = oa_pb.GetMemberDataRequest(
-                context=core.request_context(caller, asked.reference), request=request
-            )
-            call.context.rejected_invoices_only = rejected_invoices_only(caller)
+            oa, asked_as = await self._routed(member_data(request, core.clock.today()), entry)
+            call = oa_pb.GetMemberDataRequest(context=asked_as, request=request)
             answer = await oa.call(
                 lambda t: oa.insurability.GetMemberData(call, timeout=t, wait_for_ready=False), remaining
             )
@@ -92,14 +100,9 @@ class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
     ) -> pub.ConsultRightsResponse:
         core = self.core
         async with core.handling("ConsultRights", request.requester_reference) as entry:
-            caller = core.caller(entry)
-            asked = rights(request)
             remaining = context.time_remaining()
-            oa, _niss = await core.abuse.guarded(caller, core.routed(caller, asked.patient, asked.on, entry))
-            call = oa_pb.ConsultRightsRequest(
-                context=core.request_context(caller, asked.reference), request=request
-            )
-            call.context.rejected_invoices_only = rejected_invoices_only(caller)
+            oa, asked_as = await self._routed(rights(request), entry)
+            call = oa_pb.ConsultRightsRequest(context=asked_as, request=request)
             answer = await oa.call(
                 lambda t: oa.insurability.ConsultRights(call, timeout=t, wait_for_ready=False), remaining
             )
