@@ -64,6 +64,10 @@ NONCE_BYTES = 32
 # The verifier's per-call question (every call made with a session): one read of a unique index.
 _REVOKED = select(REVOCATION.c.sequence).where(REVOCATION.c.session_id == bindparam("session_id"))
 
+MAX_PUBLISHED_KEYS = 16
+"""GetSigningKeys answers at most 16 keys (its documented maximum): the current, the next and the retired
+keys whose tokens may still be valid."""
+
 
 @dataclass(frozen=True)
 class AuthLimits:
@@ -131,6 +135,16 @@ class Authenticator:
         async with self._key_lock, self.db.transaction() as session:
             keys = SigningKeyRepository(session)
             now = self.clock.now()
+            published = await keys.published(now - self.limits.max_token_lifetime)
+            if len(published) >= MAX_PUBLISHED_KEYS:
+                # GetSigningKeys answers at most 16 keys: one more rotation would hide a key that still
+                # verifies live tokens. Wait until the oldest retired key's tokens have expired.
+                raise business_error(
+                    McnCode.VALUE_NOT_ALLOWED,
+                    "TOO_MANY_SIGNING_KEYS",
+                    f"{len(published)} signing keys are published (at most {MAX_PUBLISHED_KEYS}): rotate "
+                    "again once the oldest retired key's tokens have expired",
+                )
             current, upcoming = await keys.current(), await keys.next()
             if current is not None:
                 current.state, current.retire_time = RETIRED, now

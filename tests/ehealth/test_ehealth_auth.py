@@ -322,3 +322,19 @@ async def test_bad_subjects_are_invalid_argument(
     error = await rpc_error(env.challenge(subject_id, kind))
     assert error.status == grpc.StatusCode.INVALID_ARGUMENT
     assert [(v.field, v.code) for v in error.violations] == [(field, code)]
+
+
+async def test_rotations_stop_at_sixteen_published_keys_until_old_tokens_expire(env: Env) -> None:
+    """GetSigningKeys answers at most 16 keys: a rotation that would publish a 17th is refused (and changes
+    nothing) until the oldest retired key's tokens have expired."""
+    for _ in range(14):  # current + next + 14 retired = 16
+        await env.auth.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=10)
+    before = await env.published_keys()
+    assert len(before) == 16
+    error = await rpc_error(env.auth.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=10))
+    assert (error.status, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TOO_MANY_SIGNING_KEYS")
+    assert await env.published_keys() == before
+    env.clock.advance(12 * HOUR + dt.timedelta(seconds=1))  # every retired key's tokens have expired
+    rotated = await env.auth.RotateSigningKey(auth_pb2.RotateSigningKeyRequest(), timeout=10)
+    assert rotated.key.state == auth_pb2.SIGNING_KEY_STATE_CURRENT
+    assert len(await env.published_keys()) == 3
