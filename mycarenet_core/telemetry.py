@@ -317,6 +317,8 @@ class SampledGauge:
 # --- interceptors ---------------------------------------------------------------------------------------
 
 REFERENCE_FIELDS = ("requester_reference", "context.requester_reference")
+MAX_SPAN_REFERENCE = 200
+"""The requester reference's documented maximum: a longer one is cut in the span (and refused by the call)."""
 PATIENT_FIELDS = ("patient.niss", "patient_niss")
 
 
@@ -335,8 +337,8 @@ def request_attributes(request: Any, patient_key: bytes | None) -> dict[str, str
     out: dict[str, str] = {}
     for path in REFERENCE_FIELDS:
         value = _field(request, path)
-        if value:
-            out["mycarenet.requester_reference"] = str(value)
+        if value:  # bounded: a span is recorded before the request's limits refuse a huge one
+            out["mycarenet.requester_reference"] = str(value)[:MAX_SPAN_REFERENCE]
             break
     if patient_key is None:
         return out

@@ -63,6 +63,9 @@ def test_a_key_is_needed_to_export_traces_and_nothing_else(monkeypatch: pytest.M
     assert telemetry.request_attributes(request, key)["mycarenet.patient"] == telemetry.pseudonymise(
         NISS, key
     )
+    # A huge requester reference (refused by the call's limits, after its span began) is cut in the span.
+    huge = dmg_service_pb2.ConsultDmgRequest(requester_reference="x" * 1_000_000)
+    assert telemetry.request_attributes(huge, None)["mycarenet.requester_reference"] == "x" * 200
 
 
 def test_the_key_comes_from_its_file_or_variable(tmp_path: Path) -> None:
