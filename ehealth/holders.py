@@ -105,8 +105,8 @@ class HolderMoves:
         if found is not None:
             return int(found)
         with contextlib.suppress(IntegrityError):  # another process made it at the same moment
-            async with self.db.engine.begin() as conn:
-                await conn.execute(
+            async with self.db.transaction() as session:  # through the write gate, like every write
+                await session.execute(
                     insert(POSITION).values(
                         insurer_code=insurer, applied_sequence=0, update_time=self.logs.clock.now()
                     )
