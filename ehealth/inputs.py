@@ -564,9 +564,10 @@ CESSATION_CAUSES: dict[int, str] = {
 }
 
 
-def cessation_request(request: mandate_pb2.EndMandatesOnCessationRequest) -> tuple[str, str, dt.date | None]:
-    """(subject id, cause name, the day or None for today). The subject is an INAMI number or a NISS (11
-    digits) or an enterprise number (10 digits), as mandates store them: digits only."""
+def cessation_request(request: mandate_pb2.EndMandatesOnCessationRequest) -> tuple[str, dt.date | None]:
+    """(subject id, the day or None for today). The subject is an INAMI number or a NISS (11 digits) or an
+    enterprise number (10 digits), as mandates store them: digits only. The cause is required (the
+    authentic source's fact) and checked; every cause has the same effect."""
     with Checker() as check:
         raw = request.subject_id.strip().translate(str.maketrans("", "", ".-/ "))
         subject = raw
@@ -580,7 +581,6 @@ def cessation_request(request: mandate_pb2.EndMandatesOnCessationRequest) -> tup
                 McnCode.BAD_FORMAT,
                 "an INAMI number or NISS (11 digits), or an enterprise number (10)",
             )
-        cause = check.enum("cause", request.cause, CESSATION_CAUSES, required=True)
+        check.enum("cause", request.cause, CESSATION_CAUSES, required=True)
         day = check.optional_date("date", request.date)
-    assert cause is not None
-    return subject, cause, day
+    return subject, day

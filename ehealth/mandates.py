@@ -147,12 +147,11 @@ class Mandates:
             ended = await log.end_sessions(col(SessionRow.mandate_id) == mandate_id)
             return (await _records(repo, [row]))[0], ended
 
-    async def end_on_cessation(
-        self, subject: str, cause: str, day: dt.date | None
-    ) -> tuple[list[MandateRecord], int]:
+    async def end_on_cessation(self, subject: str, day: dt.date | None) -> tuple[list[MandateRecord], int]:
         """End every mandate given by or to ``subject`` that runs on or after ``day`` (today when None): its
-        last day becomes the day before (a mandate starting on or after ``day`` is cancelled). The mandates
-        as they are now, and the number of sessions ended."""
+        last day becomes the day before (a mandate starting on or after ``day`` is cancelled). Death,
+        bankruptcy and liquidation have the same effect (seed 001 §4). The mandates as they are now, and the
+        number of sessions ended."""
         note(subject=subject)
         day = day or self.clock.today()
         async with self.logs.transaction() as log:

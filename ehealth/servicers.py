@@ -320,8 +320,8 @@ class MandateServicer(mandate_pb2_grpc.MandateServiceServicer):
     async def EndMandatesOnCessation(
         self, request: mandate_pb2.EndMandatesOnCessationRequest, context: Context
     ) -> mandate_pb2.EndMandatesOnCessationResponse:
-        subject, cause, day = inputs.cessation_request(request)
-        ended, sessions = await self.mandates.end_on_cessation(subject, cause, day)
+        subject, day = inputs.cessation_request(request)
+        ended, sessions = await self.mandates.end_on_cessation(subject, day)
         return mandate_pb2.EndMandatesOnCessationResponse(
             ended=[convert.mandate_to_proto(m) for m in ended], sessions_ended=sessions
         )
