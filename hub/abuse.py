@@ -36,9 +36,8 @@ import enum
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 from opentelemetry import metrics
@@ -49,12 +48,10 @@ from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.models import AbuseStrike
 from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
-from mycarenet_core.errors import MeshError, permission_denied
+from mycarenet_core.errors import permission_denied
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
-from mycarenet_core.sessions import Caller
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 EXCLUDED_REASON = "SYSTEMATIC_CONSULTATION_EXCLUDED"
 FINDING_NAMES = {
@@ -260,20 +257,6 @@ class AbuseControl:
             f"excluded from the insurability services until {until.isoformat()} for systematic "
             "consultation (a repeat within 365 days of a warning; see the usage notices in your mailbox)",
         ).with_metadata(excluded_until=until.isoformat())
-
-    async def guarded(self, caller: Caller, routing: Coroutine[Any, Any, tuple[T, str]]) -> tuple[T, str]:
-        """The hook of an insurability handler: refuse an excluded requester of record, else route (the
-        ``routing`` of the handler) and count the patient routed in the requester's window; a finding
-        records a strike (and its notice) before the call goes on."""
-        provider, now = caller.requester_inami, self.clock.now()
-        try:
-            self.admit(provider, now)
-        except MeshError:
-            routing.close()
-            raise
-        routed = await routing
-        await self.consulted(provider, routed[1], now)
-        return routed
 
     async def consulted(self, provider: str, patient: str, now: dt.datetime) -> Strike | None:
         """Count ``patient`` in the provider's window; past the threshold, a finding (the strike)."""

@@ -228,27 +228,27 @@ class HubApp(ServiceApp):
             [
                 Service(
                     dmg_service_pb2_grpc.add_DmgServiceServicer_to_server,
-                    DmgServicer(core),
+                    DmgServicer(core, trust_table),
                     "mycarenet.dmg.v1.DmgService",
                 ),
                 Service(
                     mailbox_service_pb2_grpc.add_MailboxServiceServicer_to_server,
-                    MailboxServicer(core),
+                    MailboxServicer(core, trust_table),
                     "mycarenet.dmg.v1.MailboxService",
                 ),
                 Service(
                     insurability_service_pb2_grpc.add_InsurabilityServiceServicer_to_server,
-                    InsurabilityServicer(core),
+                    InsurabilityServicer(core, trust_table),
                     "mycarenet.insurability.v1.InsurabilityService",
                 ),
                 Service(
                     invoicing_service_pb2_grpc.add_InvoicingServiceServicer_to_server,
-                    InvoicingServicer(core),
+                    InvoicingServicer(core, trust_table),
                     "mycarenet.invoicing.v1.InvoicingService",
                 ),
                 Service(
                     mailbox_intake_service_pb2_grpc.add_MailboxIntakeServiceServicer_to_server,
-                    MailboxIntakeServicer(core),
+                    MailboxIntakeServicer(core, trust_table),
                     "mycarenet.hub.v1.MailboxIntakeService",
                 ),
             ],

@@ -3,10 +3,12 @@ executor, mandate, session, RPC, OA, outcome, codes, time. Rows are written by g
 (:class:`~mycarenet_core.audit.AuditWriter`): a call answers once its row is committed, so nothing
 acknowledged is missing from the audit, and the rows of concurrent calls share one batched INSERT.
 
-A call that reaches its handler is recorded by the handler (:meth:`AuditLog.record`), which knows the
-requester reference, the insurers and the MyCareNet codes of the answer. A call refused before its handler
-(wrong certificate, no or bad token, a role or mandate outside the trust table) is recorded from the trust
-interceptor's :class:`~mycarenet_core.trust.CallRecord` (:meth:`AuditLog.observe`): every call has its row.
+A call that reaches its handler is recorded by the handler (:meth:`AuditLog.record`, as the RPC's ``audit``
+in ``mycarenet_core/trust.toml`` says: every call, its failures only, or none; :mod:`hub.policy`), which
+knows the requester reference, the insurers and the MyCareNet codes of the answer. A call refused before
+its handler (wrong certificate, no or bad token, a role or mandate outside the trust table) is recorded from
+the trust interceptor's :class:`~mycarenet_core.trust.CallRecord` (:meth:`AuditLog.observe`), whatever its
+RPC's ``audit``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from hub.auth import Caller, request_reference
 from hub.models import AuditRecord
 from mycarenet_core.audit import AuditWriter, answers, joined, outcome_of
 from mycarenet_core.clock import Clock
-from mycarenet_core.trust import CallRecord, current_peer
+from mycarenet_core.trust import Auditing, CallRecord, current_peer
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +91,11 @@ class AuditLog:
         self.writer = AuditWriter(engine, INSERT, name="hub")
 
     @contextlib.asynccontextmanager
-    async def record(self, rpc: str) -> AsyncIterator[AuditEntry]:
+    async def record(self, rpc: str, audit: Auditing = Auditing.CALL) -> AsyncIterator[AuditEntry]:
         """Audit the enclosed handler with its real outcome (OK, the MeshError's status, reason and codes,
         UNAVAILABLE DATABASE_BUSY, DEADLINE_EXCEEDED, CANCELLED; INTERNAL only for a bug); the call goes on
-        (answers) once the row is committed."""
+        (answers) once the row is committed. With ``audit`` FAILURES, only a failed call has a row; with
+        NONE, no row (nor the interceptor's: the call was admitted)."""
         entry = AuditEntry(rpc)
         _handled.set(True)
         started = time.monotonic()
@@ -103,23 +106,24 @@ class AuditLog:
             failure = error
             raise
         finally:
-            outcome, reason, codes = outcome_of(failure)
-            row = _who(entry.caller)
-            row.update(
-                time=self._clock.now(),
-                rpc=rpc,
-                peer=_peer_name()[:20],
-                requester_reference=entry.requester_reference[:200],
-                insurer_code=",".join(entry.insurer_codes)[:30],
-                outcome=outcome[:30],
-                reason=reason[:60],
-                codes=joined(codes)[:60],
-                duration_ms=(time.monotonic() - started) * 1000,
-            )
-            if answers(failure):
-                await self.writer.write(row)
-            else:
-                self.writer.add(row)  # nobody is answered: written with the next batch
+            if audit is Auditing.CALL or (audit is Auditing.FAILURES and failure is not None):
+                outcome, reason, codes = outcome_of(failure)
+                row = _who(entry.caller)
+                row.update(
+                    time=self._clock.now(),
+                    rpc=rpc,
+                    peer=_peer_name()[:20],
+                    requester_reference=entry.requester_reference[:200],
+                    insurer_code=",".join(entry.insurer_codes)[:30],
+                    outcome=outcome[:30],
+                    reason=reason[:60],
+                    codes=joined(codes)[:60],
+                    duration_ms=(time.monotonic() - started) * 1000,
+                )
+                if answers(failure):
+                    await self.writer.write(row)
+                else:
+                    self.writer.add(row)  # nobody is answered: written with the next batch
 
     def observe(self, call: CallRecord) -> asyncio.Future[None] | None:
         """The trust interceptor's record of a call: a row when the handler did not write one (the call was

@@ -2,7 +2,8 @@
 pharmacist's rights consultation with payment commitment (seed 003 §5, §6).
 
 Same path as a consult: the trust table admits the caller (a provider's session, or one under a mandate
-for INSURABILITY), the request is parsed, the provider is throttled, the patient routed to their insurer at
+for INSURABILITY), the request is parsed, an excluded provider is refused (the abuse control,
+:mod:`hub.abuse`), the provider is throttled, the patient routed to their insurer at
 the date asked (by NISS, or by mutuality for a member number, seed 003 §4.3), and the insurer answers from
 its own database. No therapeutic relation is asked for: pharmacists and dentists have none; the rules of
 use (a patient actually treated, once per contact, never systematically; seed 001 annex 2, seed 003 §7)
@@ -15,21 +16,15 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from hub import requests
-from hub.audit import AuditEntry
-from hub.services import HubCore
+from hub.policy import Call, Servicer, rpc
 from hub.upstream import OaClient
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2 as pub
-from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2_grpc as pub_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_insurability_service_pb2 as oa_pb
 from mycarenet_core.sessions import Caller, service_name
 from mycarenet_core.trust import current_grant
 from mycarenet_core.validation import Checker
-
-Context = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -66,49 +61,54 @@ def rejected_invoices_only(caller: Caller) -> bool:
     return bool(caller.principal) and bool(grant.restricted_service) and grant.service not in covered
 
 
-class InsurabilityServicer(pub_grpc.InsurabilityServiceServicer):
-    def __init__(self, core: HubCore) -> None:
-        self.core = core
+def not_excluded(servicer: InsurabilityServicer, call: Call[Any], asked: Asked) -> None:
+    """An excluded requester of record is refused (:meth:`hub.abuse.AbuseControl.admit`) before its request
+    costs a token."""
+    core = servicer.core
+    core.abuse.admit(call.caller.requester_inami, core.clock.now())
 
-    async def _routed(self, asked: Asked, entry: AuditEntry) -> tuple[OaClient, context_pb2.RequestContext]:
-        """The patient's insurer at the date asked (the abuse control first), and the context the insurer is
-        asked in: who asks, and whether only for a rejected invoice line (a tarification office)."""
-        core = self.core
-        caller = core.caller(entry)
-        oa, _niss = await core.abuse.guarded(caller, core.routed(caller, asked.patient, asked.on, entry))
+
+class InsurabilityServicer(Servicer):
+    SERVICE = pub.DESCRIPTOR.services_by_name["InsurabilityService"]
+
+    async def _routed(self, call: Call[Any], asked: Asked) -> tuple[OaClient, context_pb2.RequestContext]:
+        """The patient's insurer at the date asked (counted by the abuse control), and the context the
+        insurer is asked in: who asks, and whether only for a rejected invoice line (a tarification
+        office)."""
+        core, caller = self.core, call.caller
+        oa, niss = await core.routed(asked.patient, asked.on, call.entry)
+        await core.abuse.consulted(caller.requester_inami, niss, core.clock.now())
         asked_as = core.request_context(caller, asked.reference)
         asked_as.rejected_invoices_only = rejected_invoices_only(caller)
         return oa, asked_as
 
+    @rpc(lambda self, call: member_data(call.request, self.core.clock.today()), guard=not_excluded)
     async def GetMemberData(
-        self, request: pub.GetMemberDataRequest, context: Context
+        self, call: Call[pub.GetMemberDataRequest], asked: Asked
     ) -> pub.GetMemberDataResponse:
-        core = self.core
-        async with core.handling("GetMemberData", request.requester_reference) as entry:
-            remaining = context.time_remaining()
-            oa, asked_as = await self._routed(member_data(request, core.clock.today()), entry)
-            call = oa_pb.GetMemberDataRequest(context=asked_as, request=request)
-            answer = await oa.call(
-                lambda t: oa.insurability.GetMemberData(call, timeout=t, wait_for_ready=False), remaining
-            )
-            return pub.GetMemberDataResponse(
-                requester_reference=request.requester_reference, member_data=answer.member_data
-            )
+        remaining = call.remaining()
+        oa, asked_as = await self._routed(call, asked)
+        request = oa_pb.GetMemberDataRequest(context=asked_as, request=call.request)
+        answer = await oa.call(
+            lambda t: oa.insurability.GetMemberData(request, timeout=t, wait_for_ready=False), remaining
+        )
+        return pub.GetMemberDataResponse(
+            requester_reference=call.request.requester_reference, member_data=answer.member_data
+        )
 
+    @rpc(lambda self, call: rights(call.request), guard=not_excluded)
     async def ConsultRights(
-        self, request: pub.ConsultRightsRequest, context: Context
+        self, call: Call[pub.ConsultRightsRequest], asked: Asked
     ) -> pub.ConsultRightsResponse:
-        core = self.core
-        async with core.handling("ConsultRights", request.requester_reference) as entry:
-            remaining = context.time_remaining()
-            oa, asked_as = await self._routed(rights(request), entry)
-            call = oa_pb.ConsultRightsRequest(context=asked_as, request=request)
-            answer = await oa.call(
-                lambda t: oa.insurability.ConsultRights(call, timeout=t, wait_for_ready=False), remaining
-            )
-            response = pub.ConsultRightsResponse(
-                requester_reference=request.requester_reference, member_data=answer.member_data
-            )
-            if answer.HasField("commitment"):
-                response.commitment.CopyFrom(answer.commitment)
-            return response
+        remaining = call.remaining()
+        oa, asked_as = await self._routed(call, asked)
+        request = oa_pb.ConsultRightsRequest(context=asked_as, request=call.request)
+        answer = await oa.call(
+            lambda t: oa.insurability.ConsultRights(request, timeout=t, wait_for_ready=False), remaining
+        )
+        response = pub.ConsultRightsResponse(
+            requester_reference=call.request.requester_reference, member_data=answer.member_data
+        )
+        if answer.HasField("commitment"):
+            response.commitment.CopyFrom(answer.commitment)
+        return response

@@ -3,7 +3,8 @@ provider's own way of bringing a contact to the patient's insurer (seed 001 anne
 
 The path of a notify: the trust table admits the caller (a physician who bills contacts, a medical house,
 or a third party mandated for INVOICING); the request is parsed with the core ``Checker`` (every field
-violation at once, nothing forwarded); the provider is throttled; each contact is routed by NISS to the
+violation at once, nothing forwarded); the provider is throttled as the trust table declares (a batch: one
+token per insurer its lines go to; an attest: one); each contact is routed by NISS to the
 patient's insurer at the contact date (:mod:`hub.routing`).
 
 * eFact: the lines of a batch are grouped by insurer and each insurer's part is sent to it
@@ -30,11 +31,10 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-import grpc
-
 from hub import requests
 from hub.audit import AuditEntry
 from hub.auth import Caller
+from hub.policy import Call, Servicer, rpc
 from hub.services import HubCore
 from hub.upstream import OaClient
 from mycarenet_core.codes import McnCode
@@ -42,13 +42,12 @@ from mycarenet_core.errors import MeshError, invalid_argument
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2 as pub
-from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2_grpc as pub_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2 as oa_pb
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2_grpc as oa_grpc
 from mycarenet_core.identifiers import Role
+from mycarenet_core.trust import TABLE, TrustTable
 from mycarenet_core.validation import Checker
 
-Context = grpc.aio.ServicerContext[Any, Any]
 MAX_LINES = 500
 _LINE = re.compile(r"^lines\[(\d+)\]")
 CONTACT_CODE_LENGTH = 32
@@ -59,6 +58,18 @@ class Batch:
     reference: str
     lines: list[tuple[int, pub.InvoiceLine]]
     """(index in the request, line), the line's NISS normalised."""
+
+
+@dataclass(frozen=True)
+class RoutedBatch:
+    """A parsed batch with its lines grouped by the insurer of their patient at their contact date."""
+
+    batch: Batch
+    routed: dict[str, list[tuple[int, pub.InvoiceLine]]]
+    unrouted: list[common_pb2.AckItem]
+    """An item (120) for each line no insurer covers."""
+    insurers: list[str]
+    """The insurers the lines go to, in order (the throttle takes one token each, at least one)."""
 
 
 @dataclass(frozen=True)
@@ -137,9 +148,11 @@ def _in_request(field: str, indexes: list[int]) -> str:
     return f"lines[{indexes[int(found.group(1))]}]{field[found.end() :]}"
 
 
-class InvoicingServicer(pub_grpc.InvoicingServiceServicer):
-    def __init__(self, core: HubCore) -> None:
-        self.core = core
+class InvoicingServicer(Servicer):
+    SERVICE = pub.DESCRIPTOR.services_by_name["InvoicingService"]
+
+    def __init__(self, core: HubCore, table: TrustTable = TABLE) -> None:
+        super().__init__(core, table)
         self._stubs: dict[str, oa_grpc.OaInvoicingServiceAsyncStub] = {}
 
     def _stub(self, oa: OaClient) -> oa_grpc.OaInvoicingServiceAsyncStub:
@@ -148,37 +161,29 @@ class InvoicingServicer(pub_grpc.InvoicingServiceServicer):
             stub = self._stubs[oa.insurer_code] = oa_grpc.OaInvoicingServiceStub(oa.channel)
         return stub
 
+    @rpc(lambda self, call: self._route(parse_batch(call.request, call.caller, self.core.clock.today())))
     async def PostInvoiceBatch(
-        self, request: pub.PostInvoiceBatchRequest, context: Context
+        self, call: Call[pub.PostInvoiceBatchRequest], asked: RoutedBatch
     ) -> pub.PostInvoiceBatchResponse:
-        core = self.core
-        async with core.handling("PostInvoiceBatch", request.requester_reference) as entry:
-            caller = core.caller(entry)
-            batch = parse_batch(request, caller, core.clock.today())
-            remaining = context.time_remaining()
-            reference = hub_reference(caller.requester_inami, batch.reference)
-            routed, unrouted = self._route(batch)
-            entry.insurer_codes = sorted(routed)
-            core.throttle.take(caller.requester_inami, cost=max(1, len(routed)))
-            ctx = core.request_context(caller, batch.reference)
-            await asyncio.gather(
-                *(
-                    self._send(code, lines, ctx, reference, remaining)
-                    for code, lines in sorted(routed.items())
-                )
+        caller, remaining = call.caller, call.remaining()
+        reference = hub_reference(caller.requester_inami, asked.batch.reference)
+        ctx = self.core.request_context(caller, asked.batch.reference)
+        await asyncio.gather(
+            *(
+                self._send(code, lines, ctx, reference, remaining)
+                for code, lines in sorted(asked.routed.items())
             )
-            tack = dmg_pb2.TechnicalAck(
-                reference=reference, result=dmg_pb2.TECHNICAL_ACK_RESULT_SUCCESS, items=unrouted[:100]
-            )
-            return pub.PostInvoiceBatchResponse(
-                requester_reference=request.requester_reference,
-                technical_ack=tack,
-                insurer_codes=sorted(routed),
-            )
+        )
+        tack = dmg_pb2.TechnicalAck(
+            reference=reference, result=dmg_pb2.TECHNICAL_ACK_RESULT_SUCCESS, items=asked.unrouted[:100]
+        )
+        return pub.PostInvoiceBatchResponse(
+            requester_reference=call.request.requester_reference,
+            technical_ack=tack,
+            insurer_codes=asked.insurers,
+        )
 
-    def _route(
-        self, batch: Batch
-    ) -> tuple[dict[str, list[tuple[int, pub.InvoiceLine]]], list[common_pb2.AckItem]]:
+    def _route(self, batch: Batch) -> RoutedBatch:
         """The lines by insurer at their contact date (with their index in the request), and an item (120)
         for each line no insurer covers."""
         routed: dict[str, list[tuple[int, pub.InvoiceLine]]] = {}
@@ -197,7 +202,7 @@ class InvoicingServicer(pub_grpc.InvoicingServiceServicer):
                 )
                 continue
             routed.setdefault(code, []).append((i, line))
-        return routed, unrouted
+        return RoutedBatch(batch, routed, unrouted, sorted(routed))
 
     async def _send(
         self,
@@ -222,19 +227,16 @@ class InvoicingServicer(pub_grpc.InvoicingServiceServicer):
                 [replace(v, field=_in_request(v.field, [i for i, _ in lines])) for v in error.violations]
             ) from None
 
-    async def SendAttest(self, request: pub.SendAttestRequest, context: Context) -> pub.SendAttestResponse:
-        core = self.core
-        async with core.handling("SendAttest", request.requester_reference) as entry:
-            caller = core.caller(entry)
-            asked = parse_attest(request, caller, core.clock.today())
-            answer, code = await self._attest(caller, asked, request, entry, context.time_remaining())
-            return pub.SendAttestResponse(
-                requester_reference=request.requester_reference,
-                insurer_code=code,
-                acknowledgement=common_pb2.Acknowledgement(complete=True),
-                replayed=answer.replayed,
-                message_ids=answer.message_ids,
-            )
+    @rpc(lambda self, call: parse_attest(call.request, call.caller, self.core.clock.today()))
+    async def SendAttest(self, call: Call[pub.SendAttestRequest], asked: Attest) -> pub.SendAttestResponse:
+        answer, code = await self._attest(call.caller, asked, call.request, call.entry, call.remaining())
+        return pub.SendAttestResponse(
+            requester_reference=call.request.requester_reference,
+            insurer_code=code,
+            acknowledgement=common_pb2.Acknowledgement(complete=True),
+            replayed=answer.replayed,
+            message_ids=answer.message_ids,
+        )
 
     async def _attest(
         self,
@@ -245,7 +247,7 @@ class InvoicingServicer(pub_grpc.InvoicingServiceServicer):
         remaining: float | None,
     ) -> tuple[oa_pb.RegisterAttestResponse, str]:
         patient = requests.PatientRef(common_pb2.PatientSelector(niss=asked.niss), niss=asked.niss)
-        oa, _niss = await self.core.routed(caller, patient, asked.on, entry)
+        oa, _niss = await self.core.routed(patient, asked.on, entry)
         stub = self._stub(oa)
         attest = pub.SendAttestRequest()
         attest.CopyFrom(request)

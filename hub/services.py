@@ -1,11 +1,12 @@
 """The hub's domain (:class:`HubCore`) and its servicers, which are proto → domain call → proto.
 
 Who may call what (certificate, session, roles, mandated service) is settled before a handler runs, by the
-trust interceptor over ``mycarenet_core/trust.toml``; a handler takes the verified session from it, parses
-its request with the core ``Checker`` (:mod:`hub.requests`: every field violation at once), and calls the
-domain, which applies the scope rules of its own: the requester's own mailbox, a therapeutic relation with
-the patient (:mod:`hub.relations`), an insurer delivering only its own messages. Every call is audited
-(:meth:`HubCore.handling`).
+trust interceptor over ``mycarenet_core/trust.toml``; the same table declares each RPC's throttle and audit,
+which the method's handler enforces (:mod:`hub.policy`): it records the call, parses its request with the
+parser its step names (:mod:`hub.requests`: every field violation at once), takes the throttle's tokens,
+and runs the step, which calls the domain; the domain applies the scope rules of its own: the requester's
+own mailbox, a therapeutic relation with the patient (:mod:`hub.relations`), an insurer delivering only its
+own messages.
 
 Public face: ``mycarenet.dmg.v1.DmgService`` and ``MailboxService``; internal face:
 ``mycarenet.hub.v1.MailboxIntakeService`` (OA outbox relays).
@@ -20,18 +21,17 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-import grpc
 from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from hub import requests
 from hub.abuse import AbuseControl
 from hub.audit import AuditEntry, AuditLog
-from hub.auth import Caller, TokenVerifier, current_peer, session_caller
+from hub.auth import Caller, TokenVerifier, current_peer
 from hub.mailbox import MailboxNotifier, MailboxRepository
 from hub.patient_list import PatientListWorker
+from hub.policy import Call, Servicer, rpc
 from hub.relations import RelationCheck
 from hub.routing import RoutingIndex, RoutingRepository
 from hub.throttle import Throttle
@@ -40,23 +40,12 @@ from mycarenet_core import dates
 from mycarenet_core.clock import Clock
 from mycarenet_core.codes import McnCode
 from mycarenet_core.db import transaction
-from mycarenet_core.errors import (
-    MeshError,
-    not_found,
-    permission_denied,
-    unauthenticated,
-    unavailable,
-)
+from mycarenet_core.errors import MeshError, not_found, permission_denied, unauthenticated, unavailable
 from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
-from mycarenet_core.gen.mycarenet.dmg.v1 import (
-    dmg_pb2,
-    dmg_service_pb2_grpc,
-    mailbox_service_pb2_grpc,
-)
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_service_pb2 as pub
 from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as intake
-from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb
 from mycarenet_core.identifiers import INSURER_CODES
@@ -64,7 +53,6 @@ from mycarenet_core.telemetry import message_links
 from mycarenet_core.validation import paginate
 
 log = logging.getLogger(__name__)
-Context = grpc.aio.ServicerContext[Any, Any]
 WATCH_BATCH = 200
 
 
@@ -88,24 +76,6 @@ class HubCore:
     tracer: trace.Tracer = field(default_factory=trace.NoOpTracer)
 
     # --- shared steps -------------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def handling(self, rpc: str, reference: str = "") -> AsyncIterator[AuditEntry]:
-        """Audit the call and put the requester reference in every error's metadata. The throttle tokens
-        the call takes are given back if it fails through no fault of its caller (hub/throttle.py)."""
-        try:
-            with self.throttle.charging():
-                async with self.audit.record(rpc) as entry:
-                    entry.requester_reference = reference
-                    yield entry
-        except MeshError as error:
-            raise error.with_metadata(requester_reference=reference) from None
-
-    def caller(self, entry: AuditEntry) -> Caller:
-        """The session the trust interceptor verified for this call, recorded in its audit row."""
-        caller = session_caller()
-        entry.caller = caller
-        return caller
 
     def request_context(self, caller: Caller, reference: str) -> context_pb2.RequestContext:
         """Who asks, for the insurer. A provider's reference is optional but for a notify (its idempotency
@@ -168,17 +138,16 @@ class HubCore:
         entry: AuditEntry,
         remaining: float | None,
     ) -> tuple[OaClient, str]:
-        """The steps of a call about one patient: throttle, route, the therapeutic relation; the insurer
-        to ask and the patient's NISS."""
-        oa, niss = await self.routed(caller, patient, on, entry)
+        """The steps of a call about one patient: route, the therapeutic relation; the insurer to ask and
+        the patient's NISS."""
+        oa, niss = await self.routed(patient, on, entry)
         await self.relations.require(caller.requester_inami, niss, remaining)
         return oa, niss
 
     async def routed(
-        self, caller: Caller, patient: requests.PatientRef, on: dt.date, entry: AuditEntry
+        self, patient: requests.PatientRef, on: dt.date, entry: AuditEntry
     ) -> tuple[OaClient, str]:
-        """Throttle the provider, then route the patient: the insurer to ask and the patient's NISS."""
-        self.throttle.take(caller.requester_inami)
+        """Route the patient (the call's throttle is taken): the insurer to ask and the patient's NISS."""
         code, niss = await self.resolve(patient, on)
         entry.insurer_codes = [code]
         return self.oa(code), niss
@@ -319,116 +288,98 @@ class HubCore:
         return intake.DeliverMessagesResponse(stored_ids=result.stored, duplicate_ids=result.duplicates)
 
 
-class DmgServicer(dmg_service_pb2_grpc.DmgServiceServicer):
-    def __init__(self, core: HubCore) -> None:
-        self.core = core
+class DmgServicer(Servicer):
+    SERVICE = pub.DESCRIPTOR.services_by_name["DmgService"]
 
-    async def ConsultDmg(self, request: pub.ConsultDmgRequest, context: Context) -> pub.ConsultDmgResponse:
-        core = self.core
-        async with core.handling("ConsultDmg", request.requester_reference) as entry:
-            caller = core.caller(entry)
-            asked = requests.consult(request, caller)
-            answer = await core.consult(caller, asked, entry, context.time_remaining())
-            return pub.ConsultDmgResponse(
-                requester_reference=request.requester_reference,
-                patient=answer.patient,
-                insurer_code=answer.insurer_code or entry.insurer_codes[0],
-                holding=answer.holding if answer.HasField("holding") else None,
-                payment_made_this_year=answer.payment_made_this_year,
-                acknowledgement=common_pb2.Acknowledgement(complete=True),
-                requester_payment=answer.requester_payment if answer.HasField("requester_payment") else None,
-            )
+    @rpc(lambda self, call: requests.consult(call.request, call.caller))
+    async def ConsultDmg(
+        self, call: Call[pub.ConsultDmgRequest], asked: requests.Consult
+    ) -> pub.ConsultDmgResponse:
+        answer = await self.core.consult(call.caller, asked, call.entry, call.remaining())
+        return pub.ConsultDmgResponse(
+            requester_reference=call.request.requester_reference,
+            patient=answer.patient,
+            insurer_code=answer.insurer_code or call.entry.insurer_codes[0],
+            holding=answer.holding if answer.HasField("holding") else None,
+            payment_made_this_year=answer.payment_made_this_year,
+            acknowledgement=common_pb2.Acknowledgement(complete=True),
+            requester_payment=answer.requester_payment if answer.HasField("requester_payment") else None,
+        )
 
-    async def NotifyDmg(self, request: pub.NotifyDmgRequest, context: Context) -> pub.NotifyDmgResponse:
-        core = self.core
-        async with core.handling("NotifyDmg", request.requester_reference) as entry:
-            caller = core.caller(entry)
-            asked = requests.notify(request, caller)
-            answer = await core.notify(caller, asked, entry, context.time_remaining())
-            return pub.NotifyDmgResponse(
-                requester_reference=request.requester_reference,
-                patient=answer.patient,
-                insurer_code=answer.insurer_code or entry.insurer_codes[0],
-                holder=answer.holder,
-                start_date=answer.start_date,
-                end_date=answer.end_date,
-                payment=answer.payment,
-                acknowledgement=common_pb2.Acknowledgement(complete=True),
-                replayed=answer.replayed,
-            )
+    @rpc(lambda self, call: requests.notify(call.request, call.caller))
+    async def NotifyDmg(
+        self, call: Call[pub.NotifyDmgRequest], asked: requests.Notify
+    ) -> pub.NotifyDmgResponse:
+        answer = await self.core.notify(call.caller, asked, call.entry, call.remaining())
+        return pub.NotifyDmgResponse(
+            requester_reference=call.request.requester_reference,
+            patient=answer.patient,
+            insurer_code=answer.insurer_code or call.entry.insurer_codes[0],
+            holder=answer.holder,
+            start_date=answer.start_date,
+            end_date=answer.end_date,
+            payment=answer.payment,
+            acknowledgement=common_pb2.Acknowledgement(complete=True),
+            replayed=answer.replayed,
+        )
 
-    async def EnrolDmg(self, request: pub.EnrolDmgRequest, context: Context) -> pub.EnrolDmgResponse:
-        core = self.core
-        async with core.handling("EnrolDmg", request.requester_reference) as entry:
-            caller = core.caller(entry)
-            asked = requests.enrol(request, core.oas, core.clock)
-            outcomes = await core.enrol(caller, asked, entry, context.time_remaining())
-            return pub.EnrolDmgResponse(requester_reference=request.requester_reference, outcomes=outcomes)
+    @rpc(lambda self, call: requests.enrol(call.request, self.core.oas, self.core.clock))
+    async def EnrolDmg(self, call: Call[pub.EnrolDmgRequest], asked: requests.Enrol) -> pub.EnrolDmgResponse:
+        outcomes = await self.core.enrol(call.caller, asked, call.entry, call.remaining())
+        return pub.EnrolDmgResponse(requester_reference=call.request.requester_reference, outcomes=outcomes)
 
 
-class MailboxServicer(mailbox_service_pb2_grpc.MailboxServiceServicer):
-    def __init__(self, core: HubCore) -> None:
-        self.core = core
+class MailboxServicer(Servicer):
+    SERVICE = mbx.DESCRIPTOR.services_by_name["MailboxService"]
 
+    @rpc(lambda self, call: requests.post_list(call.request, self.core.oas, self.core.clock))
     async def PostPatientList(
-        self, request: mbx.PostPatientListRequest, context: Context
+        self, call: Call[mbx.PostPatientListRequest], asked: requests.ListPost
     ) -> mbx.PostPatientListResponse:
         core = self.core
-        async with core.handling("PostPatientList", request.requester_reference) as entry:
-            caller = core.caller(entry)
-            asked = requests.post_list(request, core.oas, core.clock)
-            entry.insurer_codes = asked.insurers
-            # One throttle token per insurer the list asks (hub/throttle.py).
-            core.throttle.take(caller.requester_inami, cost=len(asked.insurers))
-            tack = await core.lists.post(
-                core.request_context(caller, asked.reference), asked.year, asked.insurers
-            )
-            return mbx.PostPatientListResponse(
-                requester_reference=request.requester_reference, technical_ack=tack
-            )
+        tack = await core.lists.post(
+            core.request_context(call.caller, asked.reference), asked.year, asked.insurers
+        )
+        return mbx.PostPatientListResponse(
+            requester_reference=call.request.requester_reference, technical_ack=tack
+        )
 
-    async def GetMessages(self, request: mbx.GetMessagesRequest, context: Context) -> mbx.GetMessagesResponse:
-        core = self.core
-        async with core.handling("GetMessages") as entry:
-            caller = core.caller(entry)
-            messages, token = await core.messages(caller, requests.message_page(request))
-            return mbx.GetMessagesResponse(messages=messages, next_page_token=token)
+    @rpc(lambda self, call: requests.message_page(call.request))
+    async def GetMessages(
+        self, call: Call[mbx.GetMessagesRequest], page: requests.MessagePage
+    ) -> mbx.GetMessagesResponse:
+        messages, token = await self.core.messages(call.caller, page)
+        return mbx.GetMessagesResponse(messages=messages, next_page_token=token)
 
+    @rpc(lambda self, call: requests.watch_kinds(call.request))
     async def WatchMessages(
-        self, request: mbx.WatchMessagesRequest, context: Context
+        self, call: Call[mbx.WatchMessagesRequest], kinds: list[int]
     ) -> AsyncIterator[mbx.WatchMessagesResponse]:
-        core = self.core
-        async with core.handling("WatchMessages") as entry:
-            caller = core.caller(entry)
-            kinds = requests.watch_kinds(request)
-        async for message in core.watch(caller, kinds):
+        async for message in self.core.watch(call.caller, kinds):
             yield mbx.WatchMessagesResponse(message=message)
 
+    @rpc(lambda self, call: requests.confirm(call.request))
     async def ConfirmMessages(
-        self, request: mbx.ConfirmMessagesRequest, context: Context
+        self, call: Call[mbx.ConfirmMessagesRequest], asked: requests.Confirm
     ) -> mbx.ConfirmMessagesResponse:
-        core = self.core
-        async with core.handling("ConfirmMessages") as entry:
-            caller = core.caller(entry)
-            return await core.confirm(caller, requests.confirm(request))
+        return await self.core.confirm(call.caller, asked)
 
 
-class MailboxIntakeServicer(mailbox_intake_service_pb2_grpc.MailboxIntakeServiceServicer):
-    def __init__(self, core: HubCore) -> None:
-        self.core = core
+class MailboxIntakeServicer(Servicer):
+    SERVICE = intake.DESCRIPTOR.services_by_name["MailboxIntakeService"]
 
+    # The request is parsed by the step, once the insurer is known to deliver its own messages.
+    @rpc(lambda self, call: call.request)
     async def DeliverMessages(
-        self, request: intake.DeliverMessagesRequest, context: Context
+        self, call: Call[intake.DeliverMessagesRequest], request: intake.DeliverMessagesRequest
     ) -> intake.DeliverMessagesResponse:
-        core = self.core
-        async with core.handling("DeliverMessages") as entry:
-            code = request.insurer_code
-            entry.insurer_codes = [code]
-            # The trust table lets only insurer nodes in; each delivers only the messages of the insurer its
-            # certificate names (without TLS: the oa-XXX it declares), never another's.
-            peer = current_peer()
-            if code in INSURER_CODES and peer.insurer_code != code:
-                raise permission_denied(
-                    "NOT_THIS_INSURER", f"{peer.name} delivers only its own messages, not those of oa-{code}"
-                )
-            return await core.deliver(code, requests.delivery(request))
+        code = request.insurer_code
+        call.entry.insurer_codes = [code]
+        # The trust table lets only insurer nodes in; each delivers only the messages of the insurer its
+        # certificate names (without TLS: the oa-XXX it declares), never another's.
+        peer = current_peer()
+        if code in INSURER_CODES and peer.insurer_code != code:
+            raise permission_denied(
+                "NOT_THIS_INSURER", f"{peer.name} delivers only its own messages, not those of oa-{code}"
+            )
+        return await self.core.deliver(code, requests.delivery(request))

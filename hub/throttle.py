@@ -3,22 +3,21 @@
 Sized so that a GP's normal use (a few patients an hour, a burst when opening a day's files) never meets it,
 while software that consults systematically does: sustained ``rate`` calls per second after a ``burst``.
 
-What costs a token: each patient-bound call (consult, notify: one insurer asked), and each
-``PostPatientList``, one token per insurer the list asks (its fan-out: a list to the seven insurers costs
-seven), taken when the post is received, a repeat of a posted reference included.
+What costs a token is declared per RPC in ``mycarenet_core/trust.toml`` (its ``throttle``) and taken by the
+RPC's handler once its request is parsed (:mod:`hub.policy`): each patient-bound call (consult, notify,
+insurability, an attest: one insurer asked), and each ``PostPatientList`` or ``PostInvoiceBatch``, one token
+per insurer the list asks or the batch is routed to (its fan-out: a list to the seven insurers costs
+seven), a repeat of a posted reference included.
 
-A failed attempt that is not the caller's fault gives its tokens back: a call that ends UNAVAILABLE or
-DEADLINE_EXCEEDED (an insurer or eHealth down or slow, a restart), or with the hub's database busy. The
-hub runs each call inside :meth:`Throttle.charging`, which remembers the tokens the call took and returns
-them when the call fails so; any other outcome (an answer, a refusal of the caller's input) keeps them.
+A failed attempt that is not the caller's fault gives its tokens back (:func:`not_the_callers_fault`): a
+call that ends UNAVAILABLE or DEADLINE_EXCEEDED (an insurer or eHealth down or slow, a restart), or with the
+hub's database busy; any other outcome (an answer, a refusal of the caller's input) keeps them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -28,11 +27,6 @@ from mycarenet_core.errors import MeshError, resource_exhausted
 # Failures that are not the caller's doing: the tokens of the attempt are given back.
 NOT_THE_CALLERS_FAULT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 NOT_THE_CALLERS_REASONS = frozenset({"DATABASE_BUSY"})
-
-# The tokens taken by the call running in this task (set by Throttle.charging).
-_charged: contextvars.ContextVar[list[tuple[Throttle, str, float]] | None] = contextvars.ContextVar(
-    "throttle_charged", default=None
-)
 
 
 def not_the_callers_fault(error: BaseException) -> bool:
@@ -62,10 +56,9 @@ class Throttle:
         self._now = monotonic
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill time)
 
-    def take(self, key: str, cost: int = 1) -> None:
-        """Take ``cost`` tokens of ``key``'s bucket, or raise RESOURCE_EXHAUSTED THROTTLED (taking none).
-        Inside :meth:`charging`, the call remembers them (given back if it fails through no fault of its
-        caller)."""
+    def take(self, key: str, cost: int = 1) -> float:
+        """Take ``cost`` tokens of ``key``'s bucket (at least one, at most a full bucket) and return how many,
+        or raise RESOURCE_EXHAUSTED THROTTLED (taking none)."""
         now = self._now()
         rate, burst = self.config.rate, float(self.config.burst)
         tokens, last = self._buckets.get(key, (burst, now))
@@ -81,11 +74,9 @@ class Throttle:
                 retry_after_seconds=round(wait, 3),
             )
         self._buckets[key] = (tokens - need, now)
-        charged = _charged.get()
-        if charged is not None:
-            charged.append((self, key, need))
         if len(self._buckets) > self.config.max_tracked:
             self._forget_full(now)
+        return need
 
     def give_back(self, key: str, tokens: float) -> None:
         """Return ``tokens`` to ``key``'s bucket (never above the burst)."""
@@ -93,23 +84,6 @@ class Throttle:
         rate, burst = self.config.rate, float(self.config.burst)
         held, last = self._buckets.get(key, (burst, now))
         self._buckets[key] = (min(burst, held + (now - last) * rate + tokens), now)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def charging() -> Iterator[None]:
-        """Run one call: the tokens it takes (of any throttle) are given back when it fails through no
-        fault of its caller (:func:`not_the_callers_fault`)."""
-        charged: list[tuple[Throttle, str, float]] = []
-        token = _charged.set(charged)
-        try:
-            yield
-        except BaseException as error:
-            if not_the_callers_fault(error):
-                for throttle, key, tokens in charged:
-                    throttle.give_back(key, tokens)
-            raise
-        finally:
-            _charged.reset(token)
 
     def _forget_full(self, now: float) -> None:
         """Drop buckets that have refilled completely (they hold no information)."""

@@ -7,6 +7,11 @@ a person under a mandate the provider gave) and, with a session, the roles and t
 (:func:`current_peer`, :func:`current_grant`, :func:`current_session`) for the handler's own scope rules
 ("only its own relations"). README's table is generated from the same file (``scripts/trust_table.py``).
 
+Next to the grants, an RPC declares what its server does with an admitted call: its ``throttle`` (the unit
+its tokens are counted in, :class:`Throttling`) and its ``audit`` (which calls leave a row,
+:class:`Auditing`). A server enforces them with one wrapper per method built from the table (the hub:
+:mod:`hub.policy`); a method that declares one declares both, and an unknown value is a load error.
+
 Without TLS (development only: ``--insecure``) no certificate exists; a caller then declares the
 certificate kind it stands for in the ``x-mcn-peer`` metadata (default ``client``), which is exactly as
 trustworthy as a plaintext network is. Health and reflection stay open to every peer the CA vouches for.
@@ -25,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -36,6 +41,7 @@ from mycarenet_core.sessions import Caller, TokenVerifier, bearer_token, service
 TABLE_PATH = Path(__file__).with_name("trust.toml")
 PEER_METADATA = "x-mcn-peer"
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+E = TypeVar("E", bound=enum.StrEnum)
 
 
 class Certificate(enum.StrEnum):
@@ -55,6 +61,28 @@ class SessionNeed(enum.StrEnum):
     NONE = "none"
     PROVIDER = "provider"
     MANDATED = "mandated"
+
+
+class Throttling(enum.StrEnum):
+    """What an admitted call costs in the throttle of its requester of record (taken once the request is
+    parsed, given back when the call fails through no fault of its caller)."""
+
+    NONE = "none"
+    CALL = "call"
+    """One token per call."""
+    INSURER = "insurer"
+    """One token per insurer the call goes to: the insurers its request asks, or the insurers its request is
+    routed to (at least one); the parsed request names them (``insurers``) and the audit row records them."""
+
+
+class Auditing(enum.StrEnum):
+    """Which admitted calls leave an audit row (a refusal of the trust model always leaves one)."""
+
+    CALL = "call"
+    """A row for every call, with its outcome (a watch stream: when it opens, with the opening's outcome)."""
+    FAILURES = "failures"
+    """A row for a call that fails only."""
+    NONE = "none"
 
 
 @dataclass(frozen=True)
@@ -77,6 +105,9 @@ class Policy:
 
     method: str
     grants: Mapping[Certificate, Grant]
+    throttle: Throttling | None = None
+    """None: not declared (a server that enforces the policy refuses to serve the method)."""
+    audit: Auditing | None = None
 
     @property
     def service(self) -> str:
@@ -92,6 +123,8 @@ class TrustTable:
     certificates: Mapping[Certificate, str]
     sessions: Mapping[SessionNeed, str]
     policies: Mapping[str, Policy]
+    throttles: Mapping[Throttling, str] = field(default_factory=dict)
+    audits: Mapping[Auditing, str] = field(default_factory=dict)
 
     def for_service(self, prefix: str) -> list[Policy]:
         """The policies of the methods whose full name starts with ``/<prefix>``."""
@@ -99,10 +132,13 @@ class TrustTable:
 
 
 def load_table(path: Path = TABLE_PATH) -> TrustTable:
-    """Parse and check the table (unknown kinds, duplicate methods or grants are errors)."""
+    """Parse and check the table (unknown kinds, throttle units or audits, duplicate methods or grants, a
+    throttle without an audit or the reverse, a throttle on a call without a session are errors)."""
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     certificates = {Certificate(k): str(v) for k, v in data["certificates"].items()}
     sessions = {SessionNeed(k): str(v) for k, v in data["sessions"].items()}
+    throttles = {Throttling(k): str(v) for k, v in data.get("throttles", {}).items()}
+    audits = {Auditing(k): str(v) for k, v in data.get("audits", {}).items()}
     policies: dict[str, Policy] = {}
     for entry in data["rpc"]:
         method = str(entry["method"])
@@ -127,8 +163,29 @@ def load_table(path: Path = TABLE_PATH) -> TrustTable:
             if grant.restricted_service and grant.session is not SessionNeed.MANDATED:
                 raise ValueError(f"{path}: {method}: a restricted service needs a mandated grant")
             grants[grant.certificate] = grant
-        policies[method] = Policy(method, grants)
-    return TrustTable(certificates, sessions, policies)
+        unknown = set(entry) - {"method", "grants", "throttle", "audit"}
+        if unknown:
+            raise ValueError(f"{path}: {method}: unknown keys {sorted(unknown)}")
+        if ("throttle" in entry) != ("audit" in entry):
+            raise ValueError(f"{path}: {method}: a method declares its throttle and its audit, or neither")
+        throttle = _declared(Throttling, entry.get("throttle"), path, method)
+        if throttle not in (None, Throttling.NONE) and any(
+            g.session is SessionNeed.NONE for g in grants.values()
+        ):
+            raise ValueError(f"{path}: {method}: a throttle counts per requester: its grants need a session")
+        audit = _declared(Auditing, entry.get("audit"), path, method)
+        policies[method] = Policy(method, grants, throttle, audit)
+    return TrustTable(certificates, sessions, policies, throttles, audits)
+
+
+def _declared(kind: type[E], value: object, path: Path, method: str) -> E | None:
+    if value is None:
+        return None
+    try:
+        return kind(str(value))
+    except ValueError:
+        allowed = ", ".join(repr(str(v)) for v in kind)
+        raise ValueError(f"{path}: {method}: {value!r} is no {kind.__name__} ({allowed})") from None
 
 
 TABLE = load_table()
@@ -435,12 +492,14 @@ def _with(details: Any, extra: tuple[tuple[str, str], ...]) -> Any:
 
 __all__ = [
     "TABLE",
+    "Auditing",
     "CallRecord",
     "Certificate",
     "Grant",
     "Peer",
     "Policy",
     "SessionNeed",
+    "Throttling",
     "TrustInterceptor",
     "TrustTable",
     "all_methods",

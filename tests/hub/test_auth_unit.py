@@ -3,6 +3,7 @@ breaker (no servers)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -10,15 +11,31 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from hub.audit import AuditLog
 from hub.auth import CachingTokenVerifier, Caller, TokenVerifier, bearer_token, require_supervisor
+from hub.services import HubCore, MailboxServicer
 from hub.throttle import Throttle, ThrottleConfig
 from hub.upstream import CircuitBreaker
 from mycarenet_core.clock import FixedClock
-from mycarenet_core.errors import MeshError
+from mycarenet_core.dates import to_proto
+from mycarenet_core.errors import MeshError, permission_denied, unavailable
+from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
+from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.identifiers import Profession, make_inami
-from mycarenet_core.trust import TABLE, Certificate, check_session
+from mycarenet_core.trust import (
+    TABLE,
+    Auditing,
+    CallRecord,
+    Certificate,
+    Peer,
+    Throttling,
+    TrustTable,
+    _session,
+    check_session,
+)
 
 NOW = dt.datetime(2025, 3, 4, 10, 0, tzinfo=dt.UTC)
 KEY = Ed25519PrivateKey.generate()
@@ -300,3 +317,136 @@ async def test_the_cache_is_bounded_and_emptied_when_the_keys_are_fetched_again(
     clock.advance(dt.timedelta(hours=2))  # expired entries go with the periodic clean-up
     verifier.forget_expired()
     assert verifier.cached == 0
+
+
+# --- each RPC's throttle and audit, as the trust table declares them (hub/policy.py) ----------------------
+
+
+class Rows:
+    """An audit writer that keeps the rows it is given."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any], *, awaited: bool = False) -> None:
+        self.rows.append(row)
+
+    async def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+
+
+class Lists:
+    """The patient-list worker: answers, or fails as an insurer down would."""
+
+    def __init__(self) -> None:
+        self.failure: MeshError | None = None
+
+    async def post(self, context: Any, year: int, insurers: list[str]) -> dmg_pb2.TechnicalAck:
+        if self.failure is not None:
+            raise self.failure
+        return dmg_pb2.TechnicalAck(reference="t")
+
+
+def policy_core(burst: int = 10) -> HubCore:
+    audit = AuditLog(create_async_engine("sqlite+aiosqlite://"), FixedClock(NOW))
+    audit.writer = Rows()  # type: ignore[assignment]
+    fields: dict[str, Any] = dict.fromkeys(
+        ("sessions", "verifier", "index", "ehealth", "relations", "notifier", "abuse")
+    )
+    return HubCore(
+        clock=FixedClock(NOW),
+        throttle=Throttle(ThrottleConfig(rate=0, burst=burst), monotonic=lambda: 0.0),
+        oas=dict.fromkeys(("100", "200", "300", "400")),  # type: ignore[arg-type]
+        audit=audit,
+        lists=Lists(),  # type: ignore[arg-type]
+        **fields,
+    )
+
+
+def declaring(method: str, throttle: Throttling | None, audit: Auditing | None) -> TrustTable:
+    """The trust table with ``method`` declaring ``throttle`` and ``audit`` instead."""
+    policy = dataclasses.replace(TABLE.policies[method], throttle=throttle, audit=audit)
+    return dataclasses.replace(TABLE, policies={**TABLE.policies, method: policy})
+
+
+def patient_list(*insurers: str) -> mbx.PostPatientListRequest:
+    return mbx.PostPatientListRequest(
+        requester_reference="list-1", reference_date=to_proto(NOW.date()), insurer_codes=insurers
+    )
+
+
+async def post(servicer: MailboxServicer, request: mbx.PostPatientListRequest) -> Any:
+    _session.set(caller(GP))  # as the trust interceptor leaves it
+    handler: Any = servicer.PostPatientList
+    return await handler(request, None)
+
+
+def tokens_left(core: HubCore) -> float:
+    return core.throttle._buckets[GP][0] if GP in core.throttle._buckets else core.throttle.config.burst
+
+
+@pytest.mark.parametrize(
+    ("throttle", "taken"), [(Throttling.INSURER, 3), (Throttling.CALL, 1), (Throttling.NONE, 0)]
+)
+async def test_a_method_takes_the_tokens_its_table_declares(throttle: Throttling, taken: int) -> None:
+    core = policy_core()
+    table = declaring(PATIENT_LIST, throttle, Auditing.CALL)
+    await post(MailboxServicer(core, table), patient_list("100", "200", "300"))
+    assert tokens_left(core) == 10 - taken
+
+
+async def test_a_patient_list_pays_per_insurer_records_them_and_gets_them_back_when_not_its_fault() -> None:
+    core = policy_core()
+    servicer = MailboxServicer(core)  # the real table: one token per insurer asked
+    await post(servicer, patient_list("100", "200", "300"))
+    await post(servicer, patient_list())  # none asked: every insurer served (four here)
+    assert tokens_left(core) == 10 - 3 - 4
+    rows: Any = core.audit.writer
+    assert [(r["rpc"], r["insurer_code"], r["requester_reference"]) for r in rows.rows] == [
+        ("PostPatientList", "100,200,300", "list-1"),
+        ("PostPatientList", "100,200,300,400", "list-1"),
+    ]
+    core.lists.failure = unavailable("OA_UNAVAILABLE", "down")  # type: ignore[attr-defined]
+    with pytest.raises(MeshError) as err:
+        await post(servicer, patient_list("100", "200"))
+    assert err.value.metadata["requester_reference"] == "list-1"
+    assert tokens_left(core) == 3  # given back
+    core.lists.failure = permission_denied("NOPE", "refused")  # type: ignore[attr-defined]
+    with pytest.raises(MeshError):
+        await post(servicer, patient_list("100", "200"))
+    assert tokens_left(core) == 1  # the caller's fault: kept
+    with pytest.raises(MeshError) as err:
+        await post(servicer, patient_list("100", "999"))  # a bad request costs nothing
+    assert (err.value.status.name, tokens_left(core)) == ("INVALID_ARGUMENT", 1)
+    with pytest.raises(MeshError) as err:
+        await post(servicer, patient_list("100", "200"))
+    assert (err.value.reason, tokens_left(core)) == ("THROTTLED", 1)
+
+
+@pytest.mark.parametrize(
+    ("audit", "rows_if_ok", "rows_if_failed"),
+    [(Auditing.CALL, 1, 1), (Auditing.FAILURES, 0, 1), (Auditing.NONE, 0, 0)],
+)
+async def test_a_method_writes_the_audit_rows_its_table_declares(
+    audit: Auditing, rows_if_ok: int, rows_if_failed: int
+) -> None:
+    core = policy_core()
+    servicer = MailboxServicer(core, declaring(PATIENT_LIST, Throttling.INSURER, audit))
+    rows: Any = core.audit.writer
+    await post(servicer, patient_list("100"))
+    assert len(rows.rows) == rows_if_ok
+    with pytest.raises(MeshError):
+        await post(servicer, patient_list("999"))
+    assert len(rows.rows) == rows_if_ok + rows_if_failed
+    # the call was handled: the trust interceptor's record of it adds no row either
+    assert core.audit.observe(CallRecord(PATIENT_LIST, Peer.from_name("client"), caller(GP), "OK")) is None
+
+
+def test_a_hub_method_without_a_throttle_and_audit_is_not_served() -> None:
+    with pytest.raises(ValueError, match="declares no throttle and audit"):
+        MailboxServicer(policy_core(), declaring(PATIENT_LIST, None, None))
+    table = dataclasses.replace(
+        TABLE, policies={m: p for m, p in TABLE.policies.items() if m != PATIENT_LIST}
+    )
+    with pytest.raises(ValueError, match="not in the trust table"):
+        MailboxServicer(policy_core(), table)

@@ -41,7 +41,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import (
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2 as intake
 from mycarenet_core.gen.mycarenet.hub.v1 import mailbox_intake_service_pb2_grpc
 from mycarenet_core.identifiers import Role, make_niss
-from mycarenet_core.trust import TABLE, Certificate, Policy, TrustTable
+from mycarenet_core.trust import TABLE, Certificate
 from tests.hub.helpers import consult_request, notify_request, rejected
 from tests.hub.mesh import FAST, TODAY, Mesh, Person, bearer, running_mesh
 
@@ -232,11 +232,8 @@ async def test_roles_come_from_the_trust_table_only(
     policy = TABLE.policies[CONSULT]
     client = policy.grants[Certificate.CLIENT]
     narrower = dataclasses.replace(client, roles=frozenset({Role.GENERAL_PRACTITIONER}))
-    table = TrustTable(
-        TABLE.certificates,
-        TABLE.sessions,
-        {**TABLE.policies, CONSULT: Policy(CONSULT, {Certificate.CLIENT: narrower})},
-    )
+    narrow = dataclasses.replace(policy, grants={Certificate.CLIENT: narrower})
+    table = dataclasses.replace(TABLE, policies={**TABLE.policies, CONSULT: narrow})
     assert mesh.ehealth is not None
     other = await HubApp.create(
         database_url=f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('narrow') / 'hub.db'}",

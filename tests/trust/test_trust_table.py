@@ -8,7 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from mycarenet_core.trust import TABLE, Certificate, Peer, SessionNeed, all_methods, load_table
+from ehealth.audit import ALWAYS
+from hub.insurability import InsurabilityServicer
+from hub.invoicing import InvoicingServicer
+from hub.services import DmgServicer, MailboxIntakeServicer, MailboxServicer
+from mycarenet_core.trust import (
+    TABLE,
+    Auditing,
+    Certificate,
+    Peer,
+    SessionNeed,
+    Throttling,
+    all_methods,
+    load_table,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,6 +64,68 @@ def test_a_malformed_table_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match="nobody"):
         load_table(bad)
+
+
+HUB_SERVICERS = (DmgServicer, MailboxServicer, InsurabilityServicer, InvoicingServicer, MailboxIntakeServicer)
+
+
+def test_every_hub_rpc_declares_its_throttle_and_audit() -> None:
+    methods = [f"/{s.SERVICE.full_name}/{m.name}" for s in HUB_SERVICERS for m in s.SERVICE.methods]
+    assert len(methods) == 12
+    undeclared = [m for m in methods if TABLE.policies[m].throttle is None or TABLE.policies[m].audit is None]
+    assert undeclared == []
+    # the units the hub's code used before they were declared here (issue 13): tokens per call or per insurer
+    per = {m.rsplit("/", 1)[1]: TABLE.policies[m].throttle for m in methods}
+    assert {name for name, unit in per.items() if unit is Throttling.INSURER} == {
+        "PostPatientList",
+        "PostInvoiceBatch",
+    }
+    assert {name for name, unit in per.items() if unit is Throttling.CALL} == {
+        "ConsultDmg",
+        "NotifyDmg",
+        "GetMemberData",
+        "ConsultRights",
+        "SendAttest",
+    }
+    assert all(TABLE.policies[m].audit is Auditing.CALL for m in methods)
+
+
+def test_ehealths_audit_is_what_the_table_declares() -> None:
+    """eHealth audits every call of the methods declared ``call`` and the failures of the others."""
+    ehealth = {m: p for m, p in TABLE.policies.items() if m.startswith("/mycarenet.ehealth.")}
+    assert {m for m, p in ehealth.items() if p.audit is Auditing.CALL} == ALWAYS
+    assert {p.audit for m, p in ehealth.items() if m not in ALWAYS} == {Auditing.FAILURES}
+    assert {p.throttle for p in ehealth.values()} == {Throttling.NONE}
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        ('throttle = "patient"\naudit = "call"', "'patient' is no Throttling"),
+        ('throttle = "call"\naudit = "sometimes"', "'sometimes' is no Auditing"),
+        ('throttle = "call"', "its throttle and its audit, or neither"),
+        ('audit = "none"', "its throttle and its audit, or neither"),
+        ('throttle = "none"\naudit = "call"\ncost = "insurers"', "unknown keys"),
+    ],
+)
+def test_a_table_with_an_unknown_or_half_policy_is_refused(tmp_path: Path, keys: str, error: str) -> None:
+    text = (ROOT / "mycarenet_core" / "trust.toml").read_text()
+    bad = tmp_path / "trust.toml"
+    grant = 'grants = [{ certificate = "client", session = "provider" }]'
+    bad.write_text(f'{text}\n[[rpc]]\nmethod = "/x.Y/Z"\n{grant}\n{keys}\n')
+    with pytest.raises(ValueError, match=error):
+        load_table(bad)
+
+
+def test_a_throttle_needs_a_session_to_count_for(tmp_path: Path) -> None:
+    text = (ROOT / "mycarenet_core" / "trust.toml").read_text()
+    table = tmp_path / "trust.toml"
+    rpc = '\n[[rpc]]\nmethod = "/x.Y/Z"\ngrants = [{ certificate = "hub", session = "none" }]\n'
+    table.write_text(text + rpc + 'throttle = "none"\naudit = "none"\n')
+    assert load_table(table).policies["/x.Y/Z"].throttle is Throttling.NONE
+    table.write_text(text + rpc + 'throttle = "call"\naudit = "none"\n')
+    with pytest.raises(ValueError, match="grants need a session"):
+        load_table(table)
 
 
 @pytest.mark.parametrize(
