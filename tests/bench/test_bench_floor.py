@@ -335,6 +335,16 @@ def test_report_carries_the_ratios_to_the_floor_at_each_level_and_the_targets() 
     assert p50_target["met"] is (p50_target["value"] <= 1.5)
     rate = targets["consult throughput at 16 in flight / floor's"]
     assert rate["met"] is (rate["value"] >= 0.7)
+    # Issue 13's own floor (the chain with the check hop) is judged too, each goal naming its floor.
+    issue_p50 = targets["consult p50 at 1 in flight / floor_check (issue 13's floor) p50"]
+    assert (issue_p50["value"], issue_p50["floor"]) == (
+        step_consult["ratio_to_floor_check"]["p50"],
+        "floor_check",
+    )
+    assert issue_p50["met"] is (issue_p50["value"] <= 1.5)
+    issue_rate = targets["consult throughput at 16 in flight / floor_check (issue 13's floor)'s"]
+    assert issue_rate["value"] == loaded["ratio_to_floor_check"]["throughput"]
+    assert (rate["floor"], issue_rate["floor"]) == ("floor", "floor_check")
     idle = targets["idle OA node CPU-ms per second (the busiest of them)"]
     assert (idle["value"], idle["met"]) == (0.8, True)
     page = render_html(report)
