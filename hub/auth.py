@@ -21,7 +21,7 @@ from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.identifiers import Role
 from mycarenet_core.server import replace_behavior
 from mycarenet_core.sessions import ROLE_TO_PROTO, Caller, TokenVerifier, bearer_token
-from mycarenet_core.trust import TrustInterceptor, current_peer, require_session
+from mycarenet_core.trust import TrustInterceptor, current_peer
 
 # The requester reference of the running call's request, for the audit row of a refusal made before the
 # handler (which would otherwise not know it).
@@ -154,12 +154,6 @@ def _echo(error: MeshError, request: Any) -> MeshError:
     return error.with_metadata(requester_reference=_reference(request))
 
 
-def session_caller() -> Caller:
-    """The verified session of the running call (its grant asked for one): the requester of record is the
-    principal under a mandate, else the provider who logged in."""
-    return require_session()
-
-
 def require_supervisor(caller: Caller, supervisor_inami: str) -> None:
     """A GP in training notifies under a supervisor: INVALID_ARGUMENT 100 on ``supervisor_inami`` without."""
     if caller.role is Role.GP_IN_TRAINING and not supervisor_inami:
@@ -179,5 +173,4 @@ __all__ = [
     "bearer_token",
     "current_peer",
     "require_supervisor",
-    "session_caller",
 ]

@@ -15,10 +15,10 @@ method's handler, built once from the method's policy, which runs every call in 
    (its ``insurers``, recorded in the row), taken from the requester of record's bucket;
 5. the step (for a watch stream: the items are sent after the row is written, as the stream opened).
 
-A call that fails through no fault of its caller gives its tokens back (:func:`hub.throttle.not_the_
-callers_fault`); every error of the call carries the request's requester reference in its metadata. A
-servicer whose service has an RPC without a step, or without a throttle and audit in the table, is refused
-(the hub does not start).
+A call that fails through no fault of its caller gives its tokens back
+(:func:`hub.throttle.not_the_callers_fault`); every error of the call carries the request's requester
+reference in its metadata. A servicer whose service has an RPC without a step, or without a throttle and
+audit in the table, is refused (the hub does not start).
 """
 
 from __future__ import annotations
@@ -33,9 +33,17 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from hub.audit import AuditEntry
 from hub.throttle import not_the_callers_fault
-from mycarenet_core.errors import MeshError, unauthenticated
+from mycarenet_core.errors import MeshError
 from mycarenet_core.sessions import Caller
-from mycarenet_core.trust import TABLE, Auditing, Policy, Throttling, TrustTable, current_session
+from mycarenet_core.trust import (
+    TABLE,
+    Auditing,
+    Policy,
+    Throttling,
+    TrustTable,
+    current_session,
+    require_session,
+)
 
 if TYPE_CHECKING:
     from hub.services import HubCore
@@ -58,9 +66,7 @@ class Call(Generic[Request]):
     def caller(self) -> Caller:
         """The verified session of the call (its grant asked for one)."""
         caller = self.entry.caller
-        if caller is None:
-            raise unauthenticated("MISSING_TOKEN", "this call needs a session")
-        return caller
+        return require_session() if caller is None else caller  # without one: UNAUTHENTICATED
 
     def remaining(self) -> float | None:
         """The seconds left before the call's deadline."""
