@@ -15,16 +15,19 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from hub.audit import AuditLog
 from hub.auth import CachingTokenVerifier, Caller, TokenVerifier, bearer_token, require_supervisor
+from hub.insurability import InsurabilityServicer
 from hub.services import HubCore, MailboxServicer
 from hub.throttle import Throttle, ThrottleConfig
 from hub.upstream import CircuitBreaker
 from mycarenet_core.clock import FixedClock
 from mycarenet_core.dates import to_proto
 from mycarenet_core.errors import MeshError, permission_denied, unavailable
+from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
-from mycarenet_core.identifiers import Profession, make_inami
+from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2 as ins
+from mycarenet_core.identifiers import Profession, make_inami, make_niss
 from mycarenet_core.trust import (
     TABLE,
     Auditing,
@@ -450,3 +453,35 @@ def test_a_hub_method_without_a_throttle_and_audit_is_not_served() -> None:
     )
     with pytest.raises(ValueError, match="not in the trust table"):
         MailboxServicer(policy_core(), table)
+
+
+class Excluding:
+    """The abuse control, excluding every provider."""
+
+    def admit(self, provider: str, now: dt.datetime) -> None:
+        raise permission_denied("SYSTEMATIC_CONSULTATION_EXCLUDED", "excluded")
+
+
+async def test_the_request_is_parsed_then_guarded_before_the_throttle_is_taken() -> None:
+    """An insurability call: a bad request is INVALID_ARGUMENT even from an excluded provider, and an
+    excluded provider's call costs no token (its table declares one per call)."""
+    core = policy_core()
+    core.abuse = Excluding()  # type: ignore[assignment]
+    handler: Any = InsurabilityServicer(core).GetMemberData
+    _session.set(caller(GP))
+    patient = common_pb2.PatientSelector(niss=make_niss(dt.date(1980, 1, 2), 5))
+    with pytest.raises(MeshError) as err:
+        await handler(ins.GetMemberDataRequest(requester_reference="m-1"), None)
+    assert err.value.status.name == "INVALID_ARGUMENT"
+    with pytest.raises(MeshError) as err:
+        await handler(ins.GetMemberDataRequest(requester_reference="m-2", patient=patient), None)
+    assert (err.value.reason, err.value.metadata["requester_reference"]) == (
+        "SYSTEMATIC_CONSULTATION_EXCLUDED",
+        "m-2",
+    )
+    assert tokens_left(core) == 10
+    rows: Any = core.audit.writer
+    assert [(r["rpc"], r["outcome"]) for r in rows.rows] == [
+        ("GetMemberData", "INVALID_ARGUMENT"),
+        ("GetMemberData", "PERMISSION_DENIED"),
+    ]
