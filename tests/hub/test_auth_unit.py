@@ -16,6 +16,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from hub.audit import AuditLog
 from hub.auth import CachingTokenVerifier, Caller, TokenVerifier, bearer_token, require_supervisor
 from hub.insurability import InsurabilityServicer
+from hub.invoicing import InvoicingServicer
+from hub.routing import RoutingIndex, make_span
 from hub.services import HubCore, MailboxServicer
 from hub.throttle import Throttle, ThrottleConfig
 from hub.upstream import CircuitBreaker
@@ -27,6 +29,7 @@ from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import mailbox_service_pb2 as mbx
 from mycarenet_core.gen.mycarenet.ehealth.v1 import auth_pb2
 from mycarenet_core.gen.mycarenet.insurability.v1 import insurability_service_pb2 as ins
+from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2 as inv
 from mycarenet_core.identifiers import Profession, make_inami, make_niss
 from mycarenet_core.trust import (
     TABLE,
@@ -485,3 +488,50 @@ async def test_the_request_is_parsed_then_guarded_before_the_throttle_is_taken()
         ("GetMemberData", "INVALID_ARGUMENT"),
         ("GetMemberData", "PERMISSION_DENIED"),
     ]
+
+
+class NoDeadline:
+    """A servicer context without a deadline."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+class Refusing:
+    """An insurer node refusing every call (the caller's fault: the tokens are kept)."""
+
+    def __init__(self, code: str) -> None:
+        self.insurer_code = code
+
+    async def call(self, attempt: Any, remaining: float | None) -> Any:
+        raise permission_denied("NOPE", "refused")
+
+
+async def test_an_invoice_batch_pays_one_token_per_insurer_its_lines_are_routed_to() -> None:
+    core = policy_core()
+    core.oas = {code: Refusing(code) for code in ("100", "200")}  # type: ignore[misc]
+    core.index = RoutingIndex()
+    on = NOW.date()
+    patients = [make_niss(dt.date(1970, 1, 1), n) for n in (1, 2, 3, 4)]
+    for niss, code in zip(patients, ("200", "100", "200"), strict=False):  # the fourth: no insurer
+        core.index.replace(int(niss), code, [make_span(code, on - dt.timedelta(days=30), None)])
+    servicer = InvoicingServicer(core)
+    servicer._stubs = {"100": object(), "200": object()}  # type: ignore[dict-item]
+    lines = [
+        inv.InvoiceLine(
+            line_number=n + 1,
+            patient_niss=niss,
+            provider_inami=GP,
+            contact_date=to_proto(on),
+            nomenclature_code="101076",
+            amount=common_pb2.Money(currency_code="EUR", amount="25.00"),
+        )
+        for n, niss in enumerate(patients)
+    ]
+    _session.set(caller(GP))
+    handler: Any = servicer.PostInvoiceBatch
+    with pytest.raises(MeshError) as err:
+        await handler(inv.PostInvoiceBatchRequest(requester_reference="b-1", lines=lines), NoDeadline())
+    assert (err.value.reason, tokens_left(core)) == ("NOPE", 10 - 2)
+    rows: Any = core.audit.writer
+    assert [(r["rpc"], r["insurer_code"]) for r in rows.rows] == [("PostInvoiceBatch", "100,200")]
