@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
+from mycarenet_core.codes import McnCode
+
+from .errors import DmgRuleError
 from .model import TariffCategory
 
 PAPER_DMG_CODE = "102771"
@@ -81,8 +84,14 @@ def tariff_source(year: int) -> str:
     return "seed 002" if year in SEED_TARIFF_YEARS else "illustrative"
 
 
-class TariffMissingError(LookupError):
-    """The tariff table has no amount for a year: a configuration error, not a business rejection."""
+class TariffMissingError(DmgRuleError):
+    """The tariff table has no amount for a year (before its first): the DMG did not exist then (it began
+    in 2010 in the sandbox's table), so a fee of that year is refused with 145, never an internal error."""
+
+    def __init__(self, year: int, first: int | None, field: str | None = None) -> None:
+        since = f" (the tariff table starts in {first})" if first is not None else ""
+        super().__init__(McnCode.DATE_TOO_OLD, f"no DMG tariff for {year}{since}", field)
+        self.year = year
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +108,23 @@ class TariffTable:
         """The day before which a fee of ``year`` and ``category`` is not paid, if any."""
         return self.payable_from.get((year, category))
 
+    @property
+    def first_year(self) -> int | None:
+        """The first year with a STANDARD fee; None for an empty table."""
+        return min((y for y in self.amounts if TariffCategory.STANDARD in self.amounts[y]), default=None)
+
+    def require(self, year: int, field: str) -> None:
+        """Refuse (145, on ``field``) an event of a year before the table's first: no fee could be paid."""
+        first = self.first_year
+        if first is None or year < first:
+            raise TariffMissingError(year, first, field)
+
     def amount(self, year: int, category: TariffCategory) -> Decimal:
         """The fee of ``year`` for ``category`` (seed 002). A fee stays in force until the next one: a
         year after the table's last has the last year's amounts (the sandbox clock may run past it)."""
         in_force = [y for y in self.amounts if y <= year and TariffCategory.STANDARD in self.amounts[y]]
         if not in_force:
-            raise TariffMissingError(f"no DMG tariff for {year}")
+            raise TariffMissingError(year, self.first_year)
         by_category = self.amounts[max(in_force)]
         return by_category.get(category, by_category[TariffCategory.STANDARD])
 

@@ -222,6 +222,7 @@ def _check_notified_contact_date(contact_date: date, processing_date: date, ctx:
     limit = ctx.max_notification_delay_days
     if limit is not None and (processing_date - contact_date).days > limit:
         raise DmgRuleError(McnCode.CONTACT_TOO_OLD, f"contact more than {limit} days ago", "contact_date")
+    ctx.tariffs.require(contact_date.year, "contact_date")
 
 
 def _check_takeover(file: DmgFile, holder: str, contact_date: date) -> None:
@@ -263,6 +264,7 @@ def register_contact(
     _check_contact_code(code, ctx)
     if contact_date > submission_date:
         raise DmgRuleError(McnCode.DATE_IN_FUTURE, "contact after its submission", "contact_date")
+    ctx.tariffs.require(contact_date.year, "contact_date")
     if any((c.provider, c.contact_date, c.code) == (provider, contact_date, code) for c in file.contacts):
         raise DmgRuleError(McnCode.DUPLICATE_CONTACT, "contact already registered", "contact_date")
     contact = Contact(provider=provider, contact_date=contact_date, code=code, submitted_on=submission_date)
@@ -398,6 +400,7 @@ def register_paper_attestation(
     """
     if attestation_date > submission_date:
         raise DmgRuleError(McnCode.DATE_IN_FUTURE, "attestation after its submission", "attestation_date")
+    ctx.tariffs.require(attestation_date.year, "attestation_date")
     if any((a.provider, a.attestation_date) == (provider, attestation_date) for a in file.attestations):
         raise DmgRuleError(
             McnCode.DUPLICATE_CONTACT, "102771 already registered for this date", "attestation_date"

@@ -124,3 +124,25 @@ async def test_intake_for_an_unknown_patient_is_120(node: Node) -> None:
     error = await rpc_error(node.contact(GP_A, OUTSIDER, dt.date(2024, 3, 1), dt.date(2024, 3, 5), "inv-x"))
     assert error.status == grpc.StatusCode.INVALID_ARGUMENT
     assert error.codes == (120,)
+
+
+async def test_an_event_before_the_tariff_table_is_145_on_its_date_and_changes_nothing(node: Node) -> None:
+    # The back office's input, not an internal error: no DMG fee existed before the table's first year.
+    before = await snapshot(node.app)
+    paper = intake_pb2.RegisterPaperAttestationRequest(
+        intake_reference="paper-2008",
+        patient_niss=PATIENT,
+        provider_inami=GP_NOT_ENROLLED,
+        attestation_date=d(dt.date(2008, 2, 1)),
+        submission_date=d(dt.date(2008, 3, 1)),
+    )
+    error = await rpc_error(node.intake.RegisterPaperAttestation(paper, timeout=10))
+    assert (error.status, error.codes) == (grpc.StatusCode.INVALID_ARGUMENT, (145,))
+    assert [v.field for v in error.violations] == ["attestation_date"]
+    assert "2010" in error.violations[0].description
+    error = await rpc_error(
+        node.contact(GP_A, PATIENT, dt.date(2009, 2, 3), dt.date(2009, 2, 10), "inv-2009")
+    )
+    assert (error.status, error.codes) == (grpc.StatusCode.INVALID_ARGUMENT, (145,))
+    assert [v.field for v in error.violations] == ["contact_date"]
+    assert await snapshot(node.app) == before
