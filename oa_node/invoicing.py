@@ -245,34 +245,42 @@ class InvoicingOperations:
 
     # --- the answers of eFact lines ----------------------------------------------------------------------
 
-    async def answer_pending(self, limit: int = BATCH) -> int:
-        """Answer the stored lines not answered yet (oldest first); the number answered. A line that cannot be
-        answered now (the database busy, a fault) is left pending for the next pass and does not hold up the
-        lines behind it."""
-        async with self._sessions() as session:
-            rows = (
-                (
-                    await session.execute(
-                        select(m.InvoiceLineRow)
-                        .where(m.InvoiceLineRow.answered == False)  # type: ignore[arg-type]  # noqa: E712
-                        .order_by(m.InvoiceLineRow.id)  # type: ignore[arg-type]
-                        .limit(limit)
+    async def answer_pending(self, limit: int | None = None) -> int:
+        """Answer the stored lines not answered yet (oldest first), every one of them once per pass, read a
+        page of ``limit`` (:data:`BATCH`) at a time; the number answered. A line that cannot be answered now
+        (the database busy, a fault) is left pending for the next pass and holds up none of the lines
+        behind it, however many fail."""
+        size = limit or BATCH
+        after, answered = 0, 0
+        while True:
+            async with self._sessions() as session:
+                rows = (
+                    (
+                        await session.execute(
+                            select(m.InvoiceLineRow)
+                            .where(
+                                m.InvoiceLineRow.answered == False,  # type: ignore[arg-type]  # noqa: E712
+                                m.InvoiceLineRow.id > after,  # type: ignore[arg-type,operator]
+                            )
+                            .order_by(m.InvoiceLineRow.id)  # type: ignore[arg-type]
+                            .limit(size)
+                        )
                     )
+                    .scalars()
+                    .all()
                 )
-                .scalars()
-                .all()
-            )
-        answered = 0
-        for row in rows:
-            try:
-                await self._answer(row)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("eFact line %s of %s left pending", row.line_number, row.batch_reference)
-                continue
-            answered += 1
-        return answered
+            for row in rows:
+                try:
+                    await self._answer(row)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("eFact line %s of %s left pending", row.line_number, row.batch_reference)
+                    continue
+                answered += 1
+            if len(rows) < size:
+                return answered
+            after = rows[-1].id or 0
 
     async def _answer(self, row: m.InvoiceLineRow) -> None:
         line = Line(

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf import duration_pb2
 from node_support import (
     GP_A,
@@ -39,6 +40,7 @@ from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2 as i
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2 as oainv
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2_grpc as oainv_grpc
 from mycarenet_core.gen.mycarenet.sandbox.v1 import clock_pb2, clock_pb2_grpc
+from oa_node import invoicing
 from oa_node import models as m
 from oa_node.app import OaNodeApp
 from oa_node.invoicing import parse_lines
@@ -273,3 +275,36 @@ async def test_a_line_that_fails_for_a_passing_reason_stays_pending_and_holds_up
         (1, dmg_pb2.INVOICE_LINE_RESULT_ACCEPTED),
     ]
     assert failures["left"] == 0
+
+
+async def test_lines_that_always_fail_do_not_hold_up_those_behind_them(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More failing lines than the worker reads at once: every pass still reaches the lines behind them."""
+    monkeypatch.setattr(invoicing, "BATCH", 2)
+    operations = node.app.dmg
+    real = operations.register_contact
+
+    async def broken(event: Any, entry: Any) -> Any:
+        if event.niss == PATIENT:
+            raise RuntimeError("a line this node cannot answer")
+        return await real(event, entry)
+
+    operations.register_contact = broken  # type: ignore[method-assign]
+    days = [TODAY - dt.timedelta(days=n) for n in range(3)]
+    request = oainv.AcceptInvoiceLinesRequest(
+        context=context(GP_A, reference="poison"),
+        hub_reference="EFACT-P",
+        lines=[
+            *(line(n + 1, PATIENT, GP_A, on) for n, on in enumerate(days)),
+            line(4, PATIENT_2, GP_A, TODAY),
+        ],
+    )
+    await stub(node).AcceptInvoiceLines(request, timeout=10)
+    found = await answers(node, 1)
+    assert [(a.invoice_answer.line_number, a.invoice_answer.patient_niss) for a in found] == [(4, PATIENT_2)]
+    async with node.app.sessions() as session:
+        pending = (
+            await session.execute(select(m.InvoiceLineRow).where(m.InvoiceLineRow.answered == False))  # type: ignore[arg-type]  # noqa: E712
+        ).scalars()
+        assert sorted(row.line_number for row in pending) == [1, 2, 3]  # left pending, never lost
