@@ -18,7 +18,7 @@ method's handler, built once from the method's policy, which runs every call in 
 A call that fails through no fault of its caller gives its tokens back
 (:func:`hub.throttle.not_the_callers_fault`); every error of the call carries the request's requester
 reference in its metadata. A servicer whose service has an RPC without a step, or without a throttle and
-audit in the table, is refused (the hub does not start).
+audit in the table (:meth:`~mycarenet_core.trust.TrustTable.declared`), is refused (the hub does not start).
 """
 
 from __future__ import annotations
@@ -120,24 +120,19 @@ class Servicer:
 
     def __init__(self, core: HubCore, table: TrustTable = TABLE) -> None:
         self.core = core
-        for method in self.SERVICE.methods:
+        for method, policy in table.declared(self.SERVICE):
             step = getattr(type(self), method.name, None)
             spec = getattr(step, _RPC, None)
             if step is None or not isinstance(spec, Rpc):
                 raise TypeError(f"{type(self).__name__}.{method.name} is not marked with @rpc")
-            full = f"/{self.SERVICE.full_name}/{method.name}"
-            policy = table.policies.get(full)
-            if policy is None:
-                raise ValueError(f"{full} is not in the trust table")
             setattr(self, method.name, handler(self, method, step, spec, policy))
 
 
 def handler(
     servicer: Servicer, method: MethodDescriptor, step: Callable[..., Any], spec: Rpc, policy: Policy
 ) -> Callable[..., Any]:
-    """The handler of one method, enforcing ``policy`` around ``step`` (built once, at start)."""
-    if policy.throttle is None or policy.audit is None:
-        raise ValueError(f"{policy.method} declares no throttle and audit in the trust table")
+    """The handler of one method, enforcing ``policy`` (a declared one: :meth:`TrustTable.declared`) around
+    ``step`` (built once, at start)."""
     streaming = method.server_streaming
     if streaming != inspect.isasyncgenfunction(step) or method.client_streaming:
         raise TypeError(f"{policy.method}: the step's kind does not match the RPC's")

@@ -7,10 +7,11 @@ a person under a mandate the provider gave) and, with a session, the roles and t
 (:func:`current_peer`, :func:`current_grant`, :func:`current_session`) for the handler's own scope rules
 ("only its own relations"). README's table is generated from the same file (``scripts/trust_table.py``).
 
-Next to the grants, an RPC declares what its server does with an admitted call: its ``throttle`` (the unit
-its tokens are counted in, :class:`Throttling`) and its ``audit`` (which calls leave a row,
-:class:`Auditing`). A server enforces them with one wrapper per method built from the table (the hub:
-:mod:`hub.policy`); a method that declares one declares both, and an unknown value is a load error.
+Next to the grants, every RPC declares what its server does with an admitted call: its ``throttle`` (the
+unit its tokens are counted in, :class:`Throttling`) and its ``audit`` (which calls leave a row,
+:class:`Auditing`); a method without both, or with an unknown value, is a load error. A server enforces them
+with one handler per method built once from the table (:meth:`TrustTable.declared` gives a service's
+methods with their policies; the hub: :mod:`hub.policy`, the insurer nodes: :mod:`oa_node.servicers`).
 
 Without TLS (development only: ``--insecure``) no certificate exists; a caller then declares the
 certificate kind it stands for in the ``x-mcn-peer`` metadata (default ``client``), which is exactly as
@@ -33,6 +34,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from mycarenet_core.errors import McnCode, MeshError, permission_denied, unauthenticated
 from mycarenet_core.identifiers import Role
@@ -106,7 +108,8 @@ class Policy:
     method: str
     grants: Mapping[Certificate, Grant]
     throttle: Throttling | None = None
-    """None: not declared (a server that enforces the policy refuses to serve the method)."""
+    """None: not declared, only in a table built by hand (:func:`load_table` requires both; a server that
+    enforces the policy refuses to serve the method)."""
     audit: Auditing | None = None
 
     @property
@@ -130,10 +133,24 @@ class TrustTable:
         """The policies of the methods whose full name starts with ``/<prefix>``."""
         return [p for m, p in self.policies.items() if m.startswith(f"/{prefix}")]
 
+    def declared(self, service: ServiceDescriptor) -> list[tuple[MethodDescriptor, Policy]]:
+        """Each method of ``service`` with its policy, for a server building its handlers at start; a
+        method missing from the table, or without a throttle and an audit, is an error (no start)."""
+        declared = []
+        for method in service.methods:
+            full = f"/{service.full_name}/{method.name}"
+            policy = self.policies.get(full)
+            if policy is None:
+                raise ValueError(f"{full} is not in the trust table")
+            if policy.throttle is None or policy.audit is None:
+                raise ValueError(f"{full} declares no throttle and audit in the trust table")
+            declared.append((method, policy))
+        return declared
+
 
 def load_table(path: Path = TABLE_PATH) -> TrustTable:
     """Parse and check the table (unknown kinds, throttle units or audits, duplicate methods or grants, a
-    throttle without an audit or the reverse, a throttle on a call without a session are errors)."""
+    method without its throttle or its audit, a throttle on a call without a session are errors)."""
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     certificates = {Certificate(k): str(v) for k, v in data["certificates"].items()}
     sessions = {SessionNeed(k): str(v) for k, v in data["sessions"].items()}
@@ -166,21 +183,18 @@ def load_table(path: Path = TABLE_PATH) -> TrustTable:
         unknown = set(entry) - {"method", "grants", "throttle", "audit"}
         if unknown:
             raise ValueError(f"{path}: {method}: unknown keys {sorted(unknown)}")
-        if ("throttle" in entry) != ("audit" in entry):
-            raise ValueError(f"{path}: {method}: a method declares its throttle and its audit, or neither")
-        throttle = _declared(Throttling, entry.get("throttle"), path, method)
-        if throttle not in (None, Throttling.NONE) and any(
-            g.session is SessionNeed.NONE for g in grants.values()
-        ):
+        missing = [key for key in ("throttle", "audit") if key not in entry]
+        if missing:
+            raise ValueError(f"{path}: {method}: no {missing[0]} (every RPC declares its throttle and audit)")
+        throttle = _declared(Throttling, entry["throttle"], path, method)
+        if throttle is not Throttling.NONE and any(g.session is SessionNeed.NONE for g in grants.values()):
             raise ValueError(f"{path}: {method}: a throttle counts per requester: its grants need a session")
-        audit = _declared(Auditing, entry.get("audit"), path, method)
+        audit = _declared(Auditing, entry["audit"], path, method)
         policies[method] = Policy(method, grants, throttle, audit)
     return TrustTable(certificates, sessions, policies, throttles, audits)
 
 
-def _declared(kind: type[E], value: object, path: Path, method: str) -> E | None:
-    if value is None:
-        return None
+def _declared(kind: type[E], value: object, path: Path, method: str) -> E:
     try:
         return kind(str(value))
     except ValueError:

@@ -103,8 +103,9 @@ def test_ehealths_audit_is_what_the_table_declares() -> None:
     [
         ('throttle = "patient"\naudit = "call"', "'patient' is no Throttling"),
         ('throttle = "call"\naudit = "sometimes"', "'sometimes' is no Auditing"),
-        ('throttle = "call"', "its throttle and its audit, or neither"),
-        ('audit = "none"', "its throttle and its audit, or neither"),
+        ('throttle = "call"', "no audit \\(every RPC declares"),
+        ('audit = "none"', "no throttle \\(every RPC declares"),
+        ("", "no throttle \\(every RPC declares"),
         ('throttle = "none"\naudit = "call"\ncost = "insurers"', "unknown keys"),
     ],
 )
@@ -115,6 +116,16 @@ def test_a_table_with_an_unknown_or_half_policy_is_refused(tmp_path: Path, keys:
     bad.write_text(f'{text}\n[[rpc]]\nmethod = "/x.Y/Z"\n{grant}\n{keys}\n')
     with pytest.raises(ValueError, match=error):
         load_table(bad)
+
+
+def test_every_rpc_of_every_service_declares_its_throttle_and_audit() -> None:
+    """The loader refuses a method without them (above); README shows no undeclared column."""
+    assert all(p.throttle is not None and p.audit is not None for p in TABLE.policies.values())
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("<!-- trust-table:begin") : readme.index("<!-- trust-table:end")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and line.count(" | ") >= 4]
+    assert len(rows) == len(TABLE.policies) + 1  # and the header
+    assert [r for r in rows if r.endswith(" | — | — |")] == []
 
 
 def test_a_throttle_needs_a_session_to_count_for(tmp_path: Path) -> None:
