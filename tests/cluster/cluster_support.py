@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
+# Members seeded by default: the demo actors (GPs A and B, the demo patient, the pharmacy and its pharmacist,
+# the newborns) are always there, and a cluster's start (its seeding) grows with the population: a test that
+# needs more members says so.
+POPULATION = 40
+SHARED_TODAY = "2026-11-20"  # the date the shared cluster starts at (tests/cluster/conftest.py)
 
 
 def free_base_port(*, metrics: bool = False) -> int:
@@ -45,7 +50,7 @@ class Cluster:
         data: Path,
         base_port: int,
         database_template: str | None = None,
-        population: int = 300,
+        population: int = POPULATION,
         *,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
