@@ -59,7 +59,17 @@ CLUSTER = {
     "cluster/test_sandbox_chaos.py",
     "telemetry/test_cluster_telemetry.py",
 }
-CLUSTER_FIXTURES = {"cluster", "small_cluster", "sqlite_cluster"}
+CLUSTER_FIXTURES = {"cluster", "insecure_cluster", "shared_cluster", "sqlite_cluster"}
+# The tests on the one cluster of ``shared_cluster`` (tests/cluster/conftest.py), in the order they run, at
+# the end of the session, one after the other: none kills a process nor stops the cluster, each has providers
+# and patients of its own (the demo actors are the Node client's), and the last one moves the clock. A test
+# using that fixture and not listed here is a collection error.
+SHARED = [
+    "cluster/test_admin_path.py::test_the_admin_path_under_mutual_tls",
+    "cluster/test_node_client.py::test_node_client_plays_login_consult_notify_mailbox",
+    # last: it moves the clock
+    "cluster/test_cluster_invoicing.py::test_s1_by_efact_and_eattest_and_the_check_after_payment",
+]
 DATABASE_FIXTURES = {"database_url", "module_database_url"}
 INTEGRATION = {
     # in-process servers (the mesh, one service, stand-ins), proxies, subprocesses of the bench
@@ -206,7 +216,7 @@ def classify(module: str, test: str, fixtures: set[str]) -> str | None:
 def stale_entries() -> list[str]:
     """List entries that name no file or folder any more."""
     out = []
-    for entry in sorted(CLUSTER | INTEGRATION | UNIT | DATABASE_PER_MODULE | SLOW):
+    for entry in sorted(CLUSTER | INTEGRATION | UNIT | DATABASE_PER_MODULE | SLOW | set(SHARED)):
         if not (TESTS / entry.split("::")[0]).exists():
             out.append(entry)
     return out
@@ -217,12 +227,20 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if stale:
         raise pytest.UsageError(f"tests/conftest.py lists tests that do not exist any more: {stale}")
     unknown: set[str] = set()
+    shared: dict[Any, int] = {}  # the tests on the shared cluster: their place in SHARED
     for item in items:
         path = Path(str(item.path)).resolve()
         if not path.is_relative_to(TESTS):
             continue  # not ours (e.g. a doctest of another root)
         module = path.relative_to(TESTS).as_posix()
         test = getattr(item, "originalname", None) or item.name.split("[")[0]
+        if "shared_cluster" in getattr(item, "fixturenames", ()):
+            if f"{module}::{test}" not in SHARED:
+                raise pytest.UsageError(
+                    f"{module}::{test} uses shared_cluster but is not listed in SHARED (tests/conftest.py), "
+                    "in the order the shared cluster's tests run"
+                )
+            shared[item] = SHARED.index(f"{module}::{test}")
         given = [kind for kind in KINDS if item.get_closest_marker(kind) is not None]
         kind = given[0] if given else classify(module, test, set(getattr(item, "fixturenames", ())))
         if kind is None:
@@ -242,6 +260,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             "tests not classified as unit, integration or cluster (add them to UNIT, INTEGRATION or "
             f"CLUSTER in tests/conftest.py): {', '.join(sorted(unknown))}"
         )
+    # The shared cluster's tests last, in their order: the cluster starts before the first and stops after the
+    # last (the end of the session), and the clock moves only once every other one is done with it.
+    items[:] = [item for item in items if item not in shared] + sorted(shared, key=shared.__getitem__)
 
 
 class NotAUnitTest(AssertionError):

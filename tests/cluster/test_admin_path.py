@@ -10,8 +10,8 @@
   mandate and consult, never beyond it (no notify), and `mandate revoke` ends that session's rights;
 * `mycarenet credential revoke` ends the GP's own credential: its session and any new login fail.
 
-Runs under mutual TLS (the cluster's admin certificate) and on an `--insecure` mesh (every tool declares
-the identity it stands for).
+Runs under mutual TLS (the cluster's admin certificate; on the shared cluster, with a GP, a patient and a
+person of its own) and on an `--insecure` mesh of its own (every tool declares the identity it stands for).
 """
 
 from __future__ import annotations
@@ -20,13 +20,22 @@ import datetime as dt
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mycarenet_core.identifiers import INSURER_CODES, Profession, make_inami, make_niss, parse_inami
-from tests.cluster.cluster_support import Cluster, cli, cli_refused, free_base_port, run_cli, wait_for
+from tests.cluster.cluster_support import (
+    SHARED_TODAY,
+    Cluster,
+    cli,
+    cli_refused,
+    free_base_port,
+    run_cli,
+    wait_for,
+)
 
-TODAY = "2026-11-20"
+TODAY = SHARED_TODAY
 YESTERDAY = (dt.date.fromisoformat(TODAY) - dt.timedelta(days=1)).isoformat()
 GP = make_inami(Profession.PHYSICIAN, 90_001, "003")  # not in the seeded population
 GP_NISS = make_niss(dt.date(1979, 3, 14), 61)
@@ -34,21 +43,33 @@ PATIENT = make_niss(dt.date(1990, 5, 17), 123)
 SECRETARY = make_niss(dt.date(1985, 7, 30), 34)  # a person, no INAMI: acts only under a mandate
 
 
-@pytest.fixture(params=["tls", "insecure"])
-def small_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    extra = ["--insecure"] if request.param == "insecure" else []
-    c = Cluster(tmp_path / "data", free_base_port(), population=40, extra_args=extra)
+@pytest.fixture
+def insecure_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path / "data", free_base_port(), extra_args=["--insecure"])
     try:
         yield c
     finally:
         c.down()
 
 
-def test_a_vendor_sets_up_a_test_case_with_the_admin_path(small_cluster: Cluster, tmp_path: Path) -> None:
+def test_the_admin_path_under_mutual_tls(
+    shared_cluster: tuple[Cluster, dict[str, Any]], tmp_path: Path
+) -> None:
+    cluster, desc = shared_cluster  # the GP, the patient and the person are this test's own
+    assert desc["today"] == TODAY
+    a_vendor_sets_up_a_test_case_with_the_admin_path(cluster, desc, tmp_path)
+
+
+def test_the_admin_path_on_an_insecure_mesh(insecure_cluster: Cluster, tmp_path: Path) -> None:
+    a_vendor_sets_up_a_test_case_with_the_admin_path(insecure_cluster, insecure_cluster.up(TODAY), tmp_path)
+
+
+def a_vendor_sets_up_a_test_case_with_the_admin_path(
+    cluster: Cluster, desc: dict[str, Any], tmp_path: Path
+) -> None:
     assert parse_inami(GP).role.name == "GENERAL_PRACTITIONER"
-    desc = small_cluster.up(TODAY)
-    data = small_cluster.data
-    insecure = "--insecure" in small_cluster.extra_args
+    data = cluster.data
+    insecure = "--insecure" in cluster.extra_args
     if insecure:
         assert desc["tls"] is None
     else:

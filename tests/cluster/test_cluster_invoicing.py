@@ -3,7 +3,8 @@ mutual TLS: a GP plays S1 on its own (notify, then next year's first contact by 
 answer and the GMD-EXTENSION in its inbox; then by `mycarenet eattest` for another patient), and the check
 after payment runs when the sandbox clock moves past the billing deadline of a notified contact never
 invoiced (the fee recovered, the message in the inbox). SQLite only: the insurer's storage of all this is
-tested on both back ends by the integration tests."""
+tested on both back ends by the integration tests. On the shared cluster, with a GP and patients of its own,
+after the cluster's other tests (it moves the clock)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ def inbox(data: Path, session: Path, kind: str) -> list[Any]:
     return found
 
 
-def test_s1_by_efact_and_eattest_and_the_check_after_payment(sqlite_cluster: Cluster, tmp_path: Path) -> None:
-    cluster = sqlite_cluster
-    cluster.up("2026-11-20")
+def test_s1_by_efact_and_eattest_and_the_check_after_payment(
+    shared_cluster: tuple[Cluster, dict[str, Any]], tmp_path: Path
+) -> None:
+    cluster, _ = shared_cluster  # the last of the shared cluster's tests: it moves the clock
+    assert cli(cluster.data, tmp_path / "admin.json", "clock", "show")["today"] == "2026-11-20"
     data, admin, gp = cluster.data, tmp_path / "admin.json", tmp_path / "gp.json"
     cli(data, admin, "admin", "provider", "add", GP, "--first", "Dr", "--last", "Facture", "--niss", GP_NISS)
     cli(data, gp, "login", GP)

@@ -1,6 +1,7 @@
 """The Node.js client (clients/node, built only from protos/) against a real local cluster under mutual
 TLS with the cluster's client certificate: it logs in (Ed25519 challenge signature), consults, notifies,
-and reads and confirms its mailbox."""
+and reads and confirms its mailbox. On the shared cluster, whose demo actors (GPs A and B, the demo patient,
+the demo pharmacy) are this test's alone."""
 
 from __future__ import annotations
 
@@ -8,36 +9,27 @@ import datetime as dt
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.cluster.cluster_support import Cluster, free_base_port
+from tests.cluster.cluster_support import SHARED_TODAY, Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "clients" / "node"
-TODAY = "2026-11-20"
+TODAY = SHARED_TODAY
 
 
-@pytest.fixture
-def sqlite_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "data", free_base_port(), population=120)
-    try:
-        yield c
-    finally:
-        c.down()
-
-
-def test_node_client_plays_login_consult_notify_mailbox(sqlite_cluster: Cluster) -> None:
+def test_node_client_plays_login_consult_notify_mailbox(
+    shared_cluster: tuple[Cluster, dict[str, Any]],
+) -> None:
     node = shutil.which("node")
     assert node, "node is needed (./dev test installs the Node client's packages)"
     assert (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir(), "run ./dev test (npm ci)"
-    desc = sqlite_cluster.up(TODAY)
+    cluster, desc = shared_cluster  # the demo actors are this test's own on the shared cluster
+    assert desc["today"] == TODAY
     assert desc["tls"], "the cluster runs under mutual TLS"
     done = subprocess.run(
-        [node, str(NODE_CLIENT / "demo.js"), "--cluster", str(sqlite_cluster.data / "cluster.json")],
+        [node, str(NODE_CLIENT / "demo.js"), "--cluster", str(cluster.data / "cluster.json")],
         capture_output=True,
         timeout=120,
         check=False,
