@@ -40,7 +40,7 @@ from mycarenet_core.reads import HotReads
 from mycarenet_core.server import MeshServer, Service
 from mycarenet_core.service import Closer, ServiceApp, mesh_credentials
 from mycarenet_core.telemetry import Telemetry
-from mycarenet_core.trust import TrustInterceptor
+from mycarenet_core.trust import TABLE, TrustInterceptor, TrustTable
 from oa_node import models as m
 from oa_node import rules
 from oa_node.audit import AuditTrail
@@ -50,7 +50,7 @@ from oa_node.fee_checks import DEFAULT_PERIOD_MONTHS, FeeChecks
 from oa_node.feeds import SAFETY_TIMEOUT, FeedSignal, Wakeup
 from oa_node.holdings import HoldingFeed
 from oa_node.insurability import InsurabilityOperations
-from oa_node.invoicing import InvoiceLines, InvoicingOperations, OaInvoicingServicer
+from oa_node.invoicing import InvoiceLines, InvoicingOperations
 from oa_node.membership import MembershipOperations
 from oa_node.purpose import PurposeChecks, PurposeRule
 from oa_node.reference import ReferenceOperations
@@ -62,6 +62,7 @@ from oa_node.servicers import (
     MembershipServicer,
     OaDmgServicer,
     OaInsurabilityServicer,
+    OaInvoicingServicer,
     ReferenceDataServicer,
 )
 from oa_node.settings import OaSettings
@@ -111,6 +112,7 @@ class OaNodeApp(ServiceApp):
         purpose: PurposeRule | None = None,
         max_notification_delay_days: int | None = 7,
         unbilled_contact_months: int = DEFAULT_PERIOD_MONTHS,
+        trust_table: TrustTable = TABLE,
     ) -> None:
         name = f"oa-{insurer_code}"
         self.insurer_code = insurer_code
@@ -248,37 +250,37 @@ class OaNodeApp(ServiceApp):
             [
                 Service(
                     oa_grpc.add_OaDmgServiceServicer_to_server,
-                    OaDmgServicer(self.dmg, self.audit),
+                    OaDmgServicer(self.dmg, self.audit, trust_table),
                     SERVICE_NAMES["dmg"],
                 ),
                 Service(
                     intake_grpc.add_InvoicingIntakeServiceServicer_to_server,
-                    InvoicingIntakeServicer(self.dmg, self.audit),
+                    InvoicingIntakeServicer(self.dmg, self.audit, trust_table),
                     SERVICE_NAMES["intake"],
                 ),
                 Service(
                     ms_grpc.add_MembershipServiceServicer_to_server,
-                    MembershipServicer(self.membership, self.audit),
+                    MembershipServicer(self.membership, self.audit, trust_table),
                     SERVICE_NAMES["membership"],
                 ),
                 Service(
                     rd_grpc.add_ReferenceDataServiceServicer_to_server,
-                    ReferenceDataServicer(self.reference, self.audit),
+                    ReferenceDataServicer(self.reference, self.audit, trust_table),
                     SERVICE_NAMES["reference"],
                 ),
                 Service(
                     hf_grpc.add_HoldingFeedServiceServicer_to_server,
-                    HoldingFeedServicer(self.holdings),
+                    HoldingFeedServicer(self.holdings, self.audit, trust_table),
                     SERVICE_NAMES["holdings"],
                 ),
                 Service(
                     ins_grpc.add_OaInsurabilityServiceServicer_to_server,
-                    OaInsurabilityServicer(self.insurability, self.audit),
+                    OaInsurabilityServicer(self.insurability, self.audit, trust_table),
                     SERVICE_NAMES["insurability"],
                 ),
                 Service(
                     oainv_grpc.add_OaInvoicingServiceServicer_to_server,
-                    OaInvoicingServicer(self.invoicing, self.audit),
+                    OaInvoicingServicer(self.invoicing, self.audit, trust_table),
                     SERVICE_NAMES["invoicing"],
                 ),
             ],
@@ -286,8 +288,11 @@ class OaNodeApp(ServiceApp):
             # Telemetry first, so that refused peers are traced and counted too.
             interceptors=[*(telemetry.server_interceptors if telemetry else ())],
             # The trust table: the certificate (under mutual TLS) or the declared kind (plaintext,
-            # development only) must have a grant for the RPC; refusals are audited.
-            trust=TrustInterceptor(secure=server_credentials is not None, observe=self.audit.observe),
+            # development only) must have a grant for the RPC; refusals are audited. The servicers audit
+            # each call as the same table declares.
+            trust=TrustInterceptor(
+                secure=server_credentials is not None, table=trust_table, observe=self.audit.observe
+            ),
         )
         # The watch streams end first when the node stops, so that they do not hold the grace period.
         super().__init__(
@@ -341,6 +346,7 @@ class OaNodeApp(ServiceApp):
         purpose: PurposeRule | None = None,
         max_notification_delay_days: int | None = 7,
         unbilled_contact_months: int = DEFAULT_PERIOD_MONTHS,
+        trust_table: TrustTable = TABLE,
     ) -> OaNodeApp:
         """Open the database (migrating the schema to head) and build the node; nothing listens yet.
 
@@ -351,6 +357,8 @@ class OaNodeApp(ServiceApp):
         ``max_notification_delay_days``: code 166, a notification's contact at most this many days old (None:
         no limit); the production service's rule, which the seeds do not state.
         ``unbilled_contact_months``: the check after payment's period (:mod:`oa_node.fee_checks`).
+        ``trust_table``: who may call what, and which calls leave an audit row (``trust.toml``'s, by
+        default).
         With ``telemetry`` (built with ``attributes={"mycarenet.oa": code}``): server spans and metrics,
         database spans, the relay's and the follower's client spans, delivery spans, the outbox backlog
         gauge."""
@@ -378,4 +386,5 @@ class OaNodeApp(ServiceApp):
             purpose=purpose,
             max_notification_delay_days=max_notification_delay_days,
             unbilled_contact_months=unbilled_contact_months,
+            trust_table=trust_table,
         )

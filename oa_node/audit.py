@@ -2,7 +2,11 @@
 record), who executed it (executor, mandate, session), when, and how it ended (status, MyCareNet codes,
 incidents met while processing).
 
-How durable a row is depends on what the request did:
+Which requests have a row is the trust table's word (``mycarenet_core/trust.toml``): an RPC declares its
+``audit`` (every call, its failures, none), and its row is named after it (:mod:`oa_node.servicers` opens
+each call's :meth:`AuditTrail.call` from its method's declaration); the node's own jobs (the eFact lines,
+the year ends, the checks) audit under their own names, every run. How durable a row is depends on what the
+request did:
 
 * a request that changed something (notify, intake, enrolment, member and reference upserts) writes
   its row in the SAME transaction as the change (:meth:`AuditTrail.transaction`): the row is exactly as
@@ -33,7 +37,7 @@ from mycarenet_core.clock import Clock
 from mycarenet_core.db import transaction
 from mycarenet_core.errors import MeshError
 from mycarenet_core.gen.mycarenet.oa.v1 import context_pb2
-from mycarenet_core.trust import CallRecord, current_peer
+from mycarenet_core.trust import Auditing, CallRecord, current_peer
 from oa_node import models as m
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,8 @@ class AuditEntry:
     started: float = field(default_factory=time.monotonic)
     stored: bool = False
     """True once the row was written in the transaction of the request's change."""
+    audit: Auditing = Auditing.CALL
+    """Which outcomes have a row: every one (``call``), a failure only, none."""
 
     def row(self, *, at: dt.datetime, status: str, codes: str) -> dict[str, Any]:
         return {
@@ -133,15 +139,20 @@ class AuditTrail:
     # --- recording ----------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def call(self, rpc: str, fields: dict[str, Any]) -> AsyncIterator[AuditEntry]:
-        """Audit the enclosed request: its row is written with its outcome (OK; REJECTED with the status
-        and codes of a MeshError; CANCELLED; ERROR with UNAVAILABLE DATABASE_BUSY, DEADLINE_EXCEEDED or,
-        for a bug, INTERNAL), unless the request's own transaction already wrote it. The request answers
-        once the row is committed; a cancelled one does not wait."""
-        entry = AuditEntry(rpc, fields)
+    async def call(
+        self, rpc: str, fields: dict[str, Any], audit: Auditing = Auditing.CALL
+    ) -> AsyncIterator[AuditEntry]:
+        """Audit the enclosed request as ``audit`` says: its row is written with its outcome (OK, unless
+        ``audit`` is ``failures``; REJECTED with the status and codes of a MeshError; CANCELLED; ERROR with
+        UNAVAILABLE DATABASE_BUSY, DEADLINE_EXCEEDED or, for a bug, INTERNAL), unless the request's own
+        transaction already wrote it; with ``none``, never. The request answers once the row is
+        committed; a cancelled one does not wait."""
+        entry = AuditEntry(rpc, fields, audit=audit)
         try:
             yield entry
         except BaseException as error:
+            if audit is Auditing.NONE:
+                raise
             status, _reason, codes = outcome_of(error)
             if isinstance(error, MeshError):
                 entry.outcome = "REJECTED"
@@ -158,17 +169,19 @@ class AuditTrail:
                 self.writer.add(row)
             raise
         else:
-            if not entry.stored:
+            if audit is Auditing.CALL and not entry.stored:
                 await self.writer.write(self._row(entry, "OK", ""))
 
     @contextlib.asynccontextmanager
     async def transaction(self, entry: AuditEntry) -> AsyncIterator[AsyncSession]:
         """A session in ONE transaction whose audit row (OK) is written in it, last, when the work
-        succeeds; on failure everything rolls back and :meth:`call` writes the rejection instead."""
+        succeeds and the entry's RPC audits every call; on failure everything rolls back and :meth:`call`
+        writes the rejection instead."""
         entry.stored = False
         async with transaction(self._sessions) as session:
             yield session
-            await session.execute(INSERT_AUDIT, [self._row(entry, "OK", "")])
+            if entry.audit is Auditing.CALL:
+                await session.execute(INSERT_AUDIT, [self._row(entry, "OK", "")])
         entry.stored = True
 
     def queue(self, entry: AuditEntry, status: str, codes: str) -> None:

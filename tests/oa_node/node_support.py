@@ -31,6 +31,7 @@ from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grp
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2 as rd_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import reference_data_service_pb2_grpc as rd_grpc
 from mycarenet_core.identifiers import Profession, make_inami, make_niss
+from mycarenet_core.trust import TABLE, TrustTable
 from oa_node import models as m
 from oa_node.app import OaNodeApp
 
@@ -162,6 +163,7 @@ async def start_node(
     ehealth: str | None = None,
     clock: FixedClock | None = None,
     max_notification_delay_days: int = 7,
+    trust_table: TrustTable = TABLE,
 ) -> Node:
     clock = clock or FixedClock(dt.datetime(2024, 3, 15, 10, 0, tzinfo=dt.UTC))
     app = await OaNodeApp.create(
@@ -171,6 +173,7 @@ async def start_node(
         hub_intake_target=hub,
         ehealth_target=ehealth,
         max_notification_delay_days=max_notification_delay_days,
+        trust_table=trust_table,
     )
     port = await app.start("127.0.0.1:0")
     channel = open_channel(f"127.0.0.1:{port}", identity="hub")

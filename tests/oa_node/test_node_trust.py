@@ -5,9 +5,11 @@ nothing and is audited, and provider software never reaches the node."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -18,6 +20,7 @@ from node_support import (
     BANK,
     GP_A,
     GP_NOT_ENROLLED,
+    OUTSIDER,
     PATIENT,
     PATIENT_2,
     TODAY,
@@ -25,11 +28,16 @@ from node_support import (
     by_niss,
     context,
     d,
+    member,
     node,
+    provider,
     rpc_error,
+    seed,
     snapshot,
+    start_node,
+    stop_node,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mycarenet_core.channels import open_channel
 from mycarenet_core.clock import FixedClock
@@ -45,9 +53,10 @@ from mycarenet_core.gen.mycarenet.oa.v1 import (
 )
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2 as oa_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_dmg_service_pb2_grpc as oa_grpc
-from mycarenet_core.trust import TABLE, Peer
+from mycarenet_core.trust import TABLE, Auditing, Peer, Throttling, TrustTable
 from oa_node import models as m
 from oa_node.app import SERVICE_NAMES, OaNodeApp
+from oa_node.servicers import HoldingFeedServicer, OaDmgServicer, Servicer
 
 __all__ = ["node"]
 
@@ -218,3 +227,160 @@ async def test_the_back_office_cannot_notify_and_the_refusal_is_audited(node: No
 
     reply = await _dmg_calls()["NotifyDmg"](node.dmg)  # the hub may
     assert reply.holder.inami == GP_A
+
+
+# --- each RPC's audit, as the trust table declares it (oa_node/servicers.py) ------------------------------
+
+RPC_NAMES = {method.name for method in METHODS}
+
+
+def declared_audit(name: str) -> Auditing | None:
+    """The audit the trust table declares for the node's RPC ``name``."""
+    (policy,) = [p for p in TABLE.for_service("mycarenet.oa.v1.") if p.name == name]
+    return policy.audit
+
+
+def declaring(audit: Auditing, *names: str) -> TrustTable:
+    """The trust table with the node's RPCs ``names`` declaring ``audit`` instead."""
+    policies = dict(TABLE.policies)
+    for policy in TABLE.for_service("mycarenet.oa.v1."):
+        if policy.name in names:
+            policies[policy.method] = dataclasses.replace(policy, audit=audit)
+    return dataclasses.replace(TABLE, policies=policies)
+
+
+async def last_audit_id(app: OaNodeApp) -> int:
+    async with app.sessions() as session:
+        return (await session.execute(select(func.max(m.AuditRecord.id)))).scalar_one() or 0
+
+
+async def rpc_rows(app: OaNodeApp, after: int) -> list[tuple[str, str]]:
+    """(rpc, outcome) of the audit rows of RPCs written after row ``after`` (the node's jobs left out)."""
+    async with app.sessions() as session:
+        stmt = select(m.AuditRecord).where(m.AuditRecord.id > after).order_by(m.AuditRecord.id)  # type: ignore[arg-type]
+        return [(r.rpc, r.outcome) for r in (await session.execute(stmt)).scalars() if r.rpc in RPC_NAMES]
+
+
+def consult(niss: str) -> oa_pb2.ConsultDmgRequest:
+    return oa_pb2.ConsultDmgRequest(context=context(GP_A), patient=by_niss(niss), request_date=d(TODAY))
+
+
+async def test_each_rpc_declared_call_writes_a_row_named_after_it_and_one_declared_none_writes_none(
+    node: Node,
+) -> None:
+    audited = ("ConsultDmg", "NotifyDmg", "GetEnrolment", "ListHoldings", "UpsertProviders")
+    assert {name: declared_audit(name) for name in (*audited, "GetMember", "ListTariffs")} == {
+        **dict.fromkeys(audited, Auditing.CALL),
+        "GetMember": Auditing.NONE,
+        "ListTariffs": Auditing.NONE,
+    }
+    after = await last_audit_id(node.app)
+    await node.dmg.ConsultDmg(consult(PATIENT), timeout=10)
+    await node.notify(GP_A, PATIENT_2, reference="named")
+    await node.dmg.GetEnrolment(oa_pb2.GetEnrolmentRequest(inami=GP_A), timeout=10)
+    await node.dmg.ListHoldings(oa_pb2.ListHoldingsRequest(context=context(GP_A), year=2024), timeout=10)
+    await node.reference.UpsertProviders(
+        reference_data_service_pb2.UpsertProvidersRequest(providers=[provider(GP_A)]), timeout=10
+    )
+    await node.members.GetMember(
+        membership_service_pb2.GetMemberRequest(patient=by_niss(PATIENT)), timeout=10
+    )
+    await node.reference.ListTariffs(reference_data_service_pb2.ListTariffsRequest(year=2024), timeout=10)
+    missing = membership_service_pb2.GetMemberRequest(patient=by_niss(OUTSIDER))
+    assert (await rpc_error(node.members.GetMember(missing, timeout=10))).status == grpc.StatusCode.NOT_FOUND
+    assert await rpc_rows(node.app, after) == [(name, "OK") for name in audited]
+
+
+@pytest.mark.parametrize(
+    ("audit", "expected"),
+    [
+        (
+            Auditing.CALL,
+            [
+                ("ConsultDmg", "OK"),
+                ("ConsultDmg", "REJECTED"),
+                ("NotifyDmg", "OK"),
+                ("NotifyDmg", "REJECTED"),
+                ("GetMember", "OK"),
+            ],
+        ),
+        (Auditing.FAILURES, [("ConsultDmg", "REJECTED"), ("NotifyDmg", "REJECTED")]),
+        (Auditing.NONE, []),
+    ],
+)
+async def test_the_node_writes_the_rows_its_table_declares(
+    pg_admin_url: str, database_url: str, audit: Auditing, expected: list[tuple[str, str]]
+) -> None:
+    """A read (ConsultDmg, group commit), a change (NotifyDmg, its row in its own transaction) and a read
+    the real table does not audit (GetMember), each called once successfully and once not."""
+    node = await start_node(
+        database_url, trust_table=declaring(audit, "ConsultDmg", "NotifyDmg", "GetMember")
+    )
+    try:
+        await seed(node)
+        after = await last_audit_id(node.app)
+        await node.dmg.ConsultDmg(consult(PATIENT), timeout=10)
+        await rpc_error(node.dmg.ConsultDmg(consult("12345"), timeout=10))
+        await node.notify(GP_A, reference="declared")
+        await rpc_error(node.notify(GP_A, reference="late", contact=TODAY + dt.timedelta(days=1)))
+        request = membership_service_pb2.GetMemberRequest(patient=by_niss(PATIENT))
+        await node.members.GetMember(request, timeout=10)
+        assert await rpc_rows(node.app, after) == expected
+    finally:
+        await stop_node(node)
+
+
+async def test_a_change_declared_call_writes_its_row_in_its_own_transaction(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As durable as the change: the rows of NotifyDmg and UpsertMembers are not the group-commit writer's
+    (a read's, ConsultDmg's, is)."""
+    assert declared_audit("NotifyDmg") is declared_audit("UpsertMembers") is Auditing.CALL
+    writer = node.app.audit.writer
+    through_writer: list[str] = []
+    write = writer.write
+
+    async def recording(row: dict[str, Any]) -> None:
+        through_writer.append(row["rpc"])
+        await write(row)
+
+    monkeypatch.setattr(writer, "write", recording)
+    after = await last_audit_id(node.app)
+    await node.notify(GP_A, PATIENT_2, reference="durable")
+    update = membership_service_pb2.UpsertMembersRequest(
+        members=[member(PATIENT_2, start=dt.date(2000, 1, 1))]
+    )
+    await node.members.UpsertMembers(update, timeout=10)
+    await node.dmg.ConsultDmg(consult(PATIENT), timeout=10)
+    assert await rpc_rows(node.app, after) == [
+        ("NotifyDmg", "OK"),
+        ("UpsertMembers", "OK"),
+        ("ConsultDmg", "OK"),
+    ]
+    assert through_writer == ["ConsultDmg"]
+
+
+@pytest.mark.parametrize(
+    ("servicer", "policy", "error"),
+    [
+        (OaDmgServicer, {"throttle": Throttling.CALL}, "throttles nothing"),
+        (HoldingFeedServicer, {"audit": Auditing.CALL}, "audits no stream"),
+        (HoldingFeedServicer, {"audit": None}, "declares no throttle and audit"),
+        (HoldingFeedServicer, None, "not in the trust table"),
+    ],
+)
+def test_a_table_the_node_cannot_follow_is_refused(
+    servicer: type[Servicer], policy: dict[str, Any] | None, error: str
+) -> None:
+    """The node throttles nothing and audits no stream: it does not start rather than ignore the table."""
+    name = "ConsultDmg" if servicer is OaDmgServicer else "WatchHolderChanges"
+    (method,) = [p.method for p in TABLE.for_service("mycarenet.oa.v1.") if p.name == name]
+    policies = dict(TABLE.policies)
+    if policy is None:
+        del policies[method]
+    else:
+        policies[method] = dataclasses.replace(policies[method], **policy)
+    table = dataclasses.replace(TABLE, policies=policies)
+    with pytest.raises(ValueError, match=error):
+        servicer(None, SimpleNamespace(call=None), table)  # type: ignore[arg-type]
+    servicer(None, SimpleNamespace(call=None), TABLE)  # type: ignore[arg-type]
