@@ -3,14 +3,16 @@
 (eHealth's clock), which method, and the outcome with its reason.
 
 The trust interceptor hands every call it saw to :meth:`AuditLog.observe` (refusals included, before any
-handler ran); the handlers add what only they know with :func:`note` (who logged in, whose relation or
-mandate it was). Rows are written by group commit (:class:`~mycarenet_core.audit.AuditWriter`, one
-multi-row INSERT per batch, SQLAlchemy Core): the interceptor waits for the commit of a call's row before
-the call answers, so nothing acknowledged is missing from the audit (issue 17), even when the process is
-killed outright; :meth:`AuditLog.run` is the writer, a background job of the process, and
-:meth:`AuditLog.close` (a closer of the process) writes what is left. Writes that do not come through an
-RPC (the DMG moves read from the insurers' feeds) add their row in their own transaction
-(:func:`audit_row`).
+handler ran), which keeps every call of a method the trust table (``mycarenet_core/trust.toml``) declares
+``audit = "call"`` (the login and every write) and every call that fails, whatever its method declares
+(successful reads are not audited: the hub audits the requests that caused them); the handlers add what only
+they know with :func:`note` (who logged in, whose relation or mandate it was). Rows are written by group
+commit (:class:`~mycarenet_core.audit.AuditWriter`, one multi-row INSERT per batch, SQLAlchemy Core): the
+interceptor waits for the commit of a call's row before the call answers, so nothing acknowledged is missing
+from the audit (issue 17), even when the process is killed outright; :meth:`AuditLog.run` is the writer, a
+background job of the process, and :meth:`AuditLog.close` (a closer of the process) writes what is left.
+Writes that do not come through an RPC (the DMG moves read from the insurers' feeds) add their row in their
+own transaction (:func:`audit_row`).
 """
 
 from __future__ import annotations
@@ -27,30 +29,11 @@ from ehealth.models import AUDIT
 from ehealth.store import Database
 from mycarenet_core.audit import AuditWriter
 from mycarenet_core.clock import Clock
-from mycarenet_core.trust import CallRecord
+from mycarenet_core.trust import TABLE, Auditing, CallRecord, Throttling, TrustTable
 
 log = logging.getLogger(__name__)
 
 PACKAGE = "/mycarenet.ehealth.v1."
-# Methods audited whatever their outcome: the login and every write. Any other call is audited when refused
-# or failed (successful reads are not: the hub audits the requests that caused them).
-ALWAYS = frozenset(
-    f"{PACKAGE}{name}"
-    for name in (
-        "AuthService/CreateSession",
-        "AuthService/Logout",
-        "AuthService/RegisterCredential",
-        "AuthService/RevokeCredential",
-        "AuthService/RotateSigningKey",
-        "CadastreService/UpsertProvider",
-        "CadastreService/UpsertOrganisation",
-        "TherapeuticRelationService/RegisterRelation",
-        "TherapeuticRelationService/RevokeRelation",
-        "TherapeuticRelationService/TransferDmgRelation",
-        "MandateService/CreateMandate",
-        "MandateService/RevokeMandate",
-    )
-)
 FIELDS = ("executor_kind", "executor_id", "requester_inami", "mandate_id", "session_id", "subject")
 
 _notes: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("ehealth_audit", default=None)
@@ -94,14 +77,26 @@ def audit_row(
 class AuditLog:
     """Audit rows from the trust interceptor's records, written by group commit."""
 
-    def __init__(self, db: Database, clock: Clock, *, interval: float = 0.0, batch: int = 500) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        interval: float = 0.0,
+        batch: int = 500,
+        table: TrustTable = TABLE,
+    ) -> None:
         # ``interval`` and ``batch`` are kept for the callers' sake: the writer writes as soon as it is free.
         self._clock = clock
         self.writer = AuditWriter(db.engine, _INSERT, name="ehealth")
+        for policy in table.for_service(PACKAGE[1:]):
+            if policy.throttle not in (None, Throttling.NONE):
+                raise ValueError(f"{policy.method}: eHealth throttles nothing (the hub does)")
+        self.always = frozenset(m for m, p in table.policies.items() if p.audit is Auditing.CALL)
+        """The methods whose every call has its row (the table's ``call``), read once."""
 
-    @staticmethod
-    def wanted(record: CallRecord) -> bool:
-        return record.outcome != "OK" or record.method in ALWAYS
+    def wanted(self, record: CallRecord) -> bool:
+        return record.outcome != "OK" or record.method in self.always
 
     def observe(self, record: CallRecord) -> asyncio.Future[None] | None:
         """The trust interceptor's hook: queue the row of a call worth auditing; the future is done once
@@ -147,4 +142,4 @@ class AuditLog:
         await self.writer.close()
 
 
-__all__ = ["ALWAYS", "FIELDS", "AuditLog", "audit_row", "note"]
+__all__ = ["FIELDS", "AuditLog", "audit_row", "note"]

@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from ehealth.audit import ALWAYS
+from ehealth.audit import AuditLog
 from hub.insurability import InsurabilityServicer
 from hub.invoicing import InvoicingServicer
 from hub.services import DmgServicer, MailboxIntakeServicer, MailboxServicer
+from mycarenet_core.clock import FixedClock
 from mycarenet_core.trust import (
     TABLE,
     Auditing,
+    CallRecord,
     Certificate,
     Peer,
     SessionNeed,
     Throttling,
+    TrustTable,
     all_methods,
     load_table,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+REGISTER_RELATION = "TherapeuticRelationService/RegisterRelation"
 
 
 def test_every_rpc_of_every_service_is_in_the_table_and_nothing_else() -> None:
@@ -90,12 +99,106 @@ def test_every_hub_rpc_declares_its_throttle_and_audit() -> None:
     assert all(TABLE.policies[m].audit is Auditing.CALL for m in methods)
 
 
-def test_ehealths_audit_is_what_the_table_declares() -> None:
-    """eHealth audits every call of the methods declared ``call`` and the failures of the others."""
-    ehealth = {m: p for m, p in TABLE.policies.items() if m.startswith("/mycarenet.ehealth.")}
-    assert {m for m, p in ehealth.items() if p.audit is Auditing.CALL} == ALWAYS
-    assert {p.audit for m, p in ehealth.items() if m not in ALWAYS} == {Auditing.FAILURES}
+def test_ehealth_audits_every_login_and_write_and_throttles_nothing() -> None:
+    """What eHealth's code did before the table said it (ehealth/audit.py now reads it): every call of the
+    login and of each write, the failures of the others (a failed call has its row there, whatever its
+    method declares: none is declared none)."""
+    ehealth = {p.name: p for p in TABLE.for_service("mycarenet.ehealth.v1.")}
+    assert {name for name, p in ehealth.items() if p.audit is Auditing.CALL} == {
+        "CreateSession",
+        "Logout",
+        "RegisterCredential",
+        "RevokeCredential",
+        "RotateSigningKey",
+        "UpsertProvider",
+        "UpsertOrganisation",
+        "RegisterRelation",
+        "RevokeRelation",
+        "TransferDmgRelation",
+        "CreateMandate",
+        "RevokeMandate",
+    }
+    assert {p.audit for p in ehealth.values() if p.audit is not Auditing.CALL} == {Auditing.FAILURES}
     assert {p.throttle for p in ehealth.values()} == {Throttling.NONE}
+
+
+def test_the_sandbox_and_the_insurer_nodes_throttle_nothing_and_their_audit_is_their_codes() -> None:
+    """Declared as the code did before the table said it: the sandbox's services audit nothing; an insurer
+    node audits every call of its RPCs but its reads for the back office, the hub and eHealth's feeds."""
+    sandbox = TABLE.for_service("mycarenet.sandbox.v1.")
+    assert {(p.throttle, p.audit) for p in sandbox} == {(Throttling.NONE, Auditing.NONE)}
+    node = TABLE.for_service("mycarenet.oa.v1.")
+    assert {p.throttle for p in node} == {Throttling.NONE}
+    assert {p.name for p in node if p.audit is not Auditing.CALL} == {
+        "GetMember",
+        "ListAffiliationChanges",
+        "WatchAffiliationChanges",
+        "GetCadastrePosition",
+        "ListTariffs",
+        "ListHolderChanges",
+        "WatchHolderChanges",
+    }
+    assert {p.audit for p in node if p.audit is not Auditing.CALL} == {Auditing.NONE}
+
+
+class Rows:
+    """An audit writer that keeps the rows it is given."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any], *, awaited: bool = False) -> None:
+        self.rows.append(row)
+
+
+def kept(table: TrustTable, outcome: str) -> set[str]:
+    """The eHealth methods whose call ending with ``outcome`` has its row, under ``table``."""
+    log = AuditLog(
+        SimpleNamespace(engine=create_async_engine("sqlite+aiosqlite://")),
+        FixedClock(dt.datetime(2025, 3, 3, 9, tzinfo=dt.UTC)),
+        table=table,
+    )
+    log.writer = Rows()  # type: ignore[assignment]
+    methods = [p.method for p in table.for_service("mycarenet.ehealth.v1.")]
+    for method in methods:
+        log.observe(
+            CallRecord(method, Peer.from_name("admin"), None, outcome, "" if outcome == "OK" else "X")
+        )
+    return {"/mycarenet.ehealth.v1." + row["method"] for row in log.writer.rows}  # type: ignore[attr-defined]
+
+
+def declaring(table: TrustTable, changes: dict[str, Auditing]) -> TrustTable:
+    """``table`` with the eHealth methods ``changes`` names declaring the audit it gives."""
+    policies = dict(table.policies)
+    for name, audit in changes.items():
+        method = f"/mycarenet.ehealth.v1.{name}"
+        policies[method] = dataclasses.replace(policies[method], audit=audit)
+    return dataclasses.replace(table, policies=policies)
+
+
+def test_a_successful_call_has_its_row_when_its_method_is_declared_call_and_a_failed_one_always() -> None:
+    ehealth = {p.method: p.audit for p in TABLE.for_service("mycarenet.ehealth.v1.")}
+    assert f"/mycarenet.ehealth.v1.{REGISTER_RELATION}" in kept(TABLE, "OK")
+    assert kept(TABLE, "OK") == {m for m, audit in ehealth.items() if audit is Auditing.CALL}
+    assert kept(TABLE, "PERMISSION_DENIED") == set(ehealth)
+    # the table is the source: declare a write's audit as failures and a read's as call
+    changed = declaring(
+        TABLE,
+        {REGISTER_RELATION: Auditing.FAILURES, "TherapeuticRelationService/ListRelations": Auditing.CALL},
+    )
+    assert kept(changed, "OK") ^ kept(TABLE, "OK") == {
+        f"/mycarenet.ehealth.v1.{REGISTER_RELATION}",
+        "/mycarenet.ehealth.v1.TherapeuticRelationService/ListRelations",
+    }
+    assert kept(changed, "PERMISSION_DENIED") == set(ehealth)
+
+
+def test_a_table_that_throttles_an_ehealth_method_is_refused() -> None:
+    policies = dict(TABLE.policies)
+    method = f"/mycarenet.ehealth.v1.{REGISTER_RELATION}"
+    policies[method] = dataclasses.replace(policies[method], throttle=Throttling.CALL)
+    with pytest.raises(ValueError, match="eHealth throttles nothing"):
+        kept(dataclasses.replace(TABLE, policies=policies), "OK")
 
 
 @pytest.mark.parametrize(
