@@ -42,11 +42,10 @@ from mycarenet_core.gen.mycarenet.common.v1 import common_pb2
 from mycarenet_core.gen.mycarenet.dmg.v1 import dmg_pb2
 from mycarenet_core.gen.mycarenet.invoicing.v1 import invoicing_service_pb2 as inv_pb2
 from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2 as oainv_pb2
-from mycarenet_core.gen.mycarenet.oa.v1 import oa_invoicing_service_pb2_grpc as oainv_grpc
 from mycarenet_core.validation import Checker
 from oa_node import controls as c
 from oa_node import models as m
-from oa_node.audit import AuditEntry, AuditTrail, context_fields, peer_of
+from oa_node.audit import AuditEntry, AuditTrail
 from oa_node.dmg import DmgOperations
 from oa_node.feeds import SAFETY_TIMEOUT, Wakeup
 from oa_node.repositories import OutboxRepository, ReferenceRepository, outbox_row
@@ -372,26 +371,4 @@ class InvoiceLines:
             await self._ops.wakeup.wait(self._interval)
 
 
-class OaInvoicingServicer(oainv_grpc.OaInvoicingServiceServicer):
-    """proto -> typed request -> domain call -> proto, in the call's audit record."""
-
-    def __init__(self, operations: InvoicingOperations, audit: AuditTrail) -> None:
-        self._ops = operations
-        self._audit = audit
-
-    async def AcceptInvoiceLines(
-        self, request: oainv_pb2.AcceptInvoiceLinesRequest, context: Context
-    ) -> oainv_pb2.AcceptInvoiceLinesResponse:
-        fields = context_fields(request.context, peer_of(context))
-        async with self._audit.call("AcceptInvoiceLines", fields) as entry:
-            return await self._ops.accept(parse_lines(request), entry)
-
-    async def RegisterAttest(
-        self, request: oainv_pb2.RegisterAttestRequest, context: Context
-    ) -> oainv_pb2.RegisterAttestResponse:
-        fields = context_fields(request.context, peer_of(context))
-        async with self._audit.call("RegisterAttest", fields) as entry:
-            return await self._ops.attest(parse_attest(request), entry)
-
-
-__all__ = ["InvoiceLines", "InvoicingOperations", "OaInvoicingServicer", "parse_attest", "parse_lines"]
+__all__ = ["InvoiceLines", "InvoicingOperations", "parse_attest", "parse_lines"]
