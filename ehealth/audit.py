@@ -29,7 +29,7 @@ from ehealth.models import AUDIT
 from ehealth.store import Database
 from mycarenet_core.audit import AuditWriter
 from mycarenet_core.clock import Clock
-from mycarenet_core.trust import TABLE, Auditing, CallRecord, Throttling, TrustTable
+from mycarenet_core.trust import TABLE, CallRecord, Throttling, TrustTable
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +92,11 @@ class AuditLog:
         for policy in table.for_service(PACKAGE[1:]):
             if policy.throttle not in (None, Throttling.NONE):
                 raise ValueError(f"{policy.method}: eHealth throttles nothing (the hub does)")
-        self.always = frozenset(m for m, p in table.policies.items() if p.audit is Auditing.CALL)
-        """The methods whose every call has its row (the table's ``call``), read once."""
+        self.audits = {m: p.audit for m, p in table.policies.items()}
+        """Each method's declared audit (``call``, ``failures``, ``none``), read once."""
 
     def wanted(self, record: CallRecord) -> bool:
-        return record.outcome != "OK" or record.method in self.always
+        return record.audited(self.audits.get(record.method))
 
     def observe(self, record: CallRecord) -> asyncio.Future[None] | None:
         """The trust interceptor's hook: queue the row of a call worth auditing; the future is done once

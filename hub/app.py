@@ -155,7 +155,7 @@ class HubApp(ServiceApp):
         cache = RelationIndex()
         relations = RelationFollower(ehealth, cache)
         organisations = OrganisationFollower(ehealth, cache)
-        audit = AuditLog(engine, clock, every=tuning.audit_seconds)
+        audit = AuditLog(engine, clock, every=tuning.audit_seconds, table=trust_table)
         control = AbuseControl(
             sessions, notifier, clock, abuse, meter=telemetry.meter if telemetry is not None else None
         )

@@ -29,7 +29,7 @@ from hub.auth import Caller, request_reference
 from hub.models import AuditRecord
 from mycarenet_core.audit import AuditWriter, answers, joined, outcome_of
 from mycarenet_core.clock import Clock
-from mycarenet_core.trust import Auditing, CallRecord, current_peer
+from mycarenet_core.trust import TABLE, Auditing, CallRecord, TrustTable, current_peer
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +85,14 @@ class AuditLog:
     the commit of a refusal's row to wait for. :meth:`run` is the writer job, :meth:`flush` writes what is
     queued (also the last time, on a clean stop)."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, every: float = 0.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, clock: Clock, *, every: float = 0.0, table: TrustTable = TABLE
+    ) -> None:
         # ``every`` is kept for the tuning's sake: the writer now writes as soon as it is free.
         self._clock = clock
         self.writer = AuditWriter(engine, INSERT, name="hub")
+        self._audits = {m: p.audit for m, p in table.policies.items()}
+        """Each method's declared audit, for the calls no policy wrapper handled (the sandbox's services)."""
 
     @contextlib.asynccontextmanager
     async def record(self, rpc: str, audit: Auditing = Auditing.CALL) -> AsyncIterator[AuditEntry]:
@@ -129,7 +133,7 @@ class AuditLog:
         """The trust interceptor's record of a call: a row when the handler did not write one (the call was
         refused before it), with who called, the session when it verified, the outcome and the reason. The
         future is done once the row is committed (the interceptor waits for it before answering)."""
-        if _handled.get():
+        if _handled.get() or not call.audited(self._audits.get(call.method)):
             return None
         row = _who(call.session)
         row.update(

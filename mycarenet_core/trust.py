@@ -319,6 +319,15 @@ class CallRecord:
     reason: str = ""
     codes: tuple[int, ...] = ()  # the MyCareNet codes of a refusal (140 ...)
     when: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    admitted: bool = False
+    """The trust model let the call in (its handler ran): the RPC's declared audit decides whether it has a
+    row. A call refused here always has one."""
+
+    def audited(self, audit: Auditing | None) -> bool:
+        """Whether this call has an audit row under its RPC's declared ``audit``."""
+        if not self.admitted or audit is Auditing.CALL:
+            return True
+        return audit is Auditing.FAILURES and self.outcome != "OK"
 
 
 Observer = Callable[[CallRecord], "Awaitable[None] | None"]
@@ -405,7 +414,7 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             check_session(grant, session)
         return peer, grant, session
 
-    async def _record(self, method: str, context: Any, error: BaseException | None) -> None:
+    async def _record(self, method: str, context: Any, error: BaseException | None, admitted: bool) -> None:
         if self.observe is None:
             return
         peer = _peer.get() or Peer(None, "")
@@ -418,7 +427,8 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             code = context.code() if hasattr(context, "code") else None
             outcome = code.name if isinstance(code, grpc.StatusCode) else "CANCELLED"
             reason = type(error).__name__
-        pending = self.observe(CallRecord(method, peer, _session.get(), outcome, reason, codes))
+        record = CallRecord(method, peer, _session.get(), outcome, reason, codes, admitted=admitted)
+        pending = self.observe(record)
         if pending is not None and not isinstance(error, (asyncio.CancelledError, GeneratorExit)):
             await asyncio.shield(pending)
 
@@ -438,14 +448,16 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def unary(request: Any, context: Any) -> Any:
                 error: BaseException | None = None
+                admitted = False
                 try:
                     await admit(method, context)
+                    admitted = True
                     return await inner(request, context)
                 except BaseException as failed:
                     error = failed
                     raise
                 finally:
-                    await record(method, context, error)
+                    await record(method, context, error, admitted)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary,
@@ -457,15 +469,17 @@ class TrustInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 error: BaseException | None = None
+                admitted = False
                 try:
                     await admit(method, context)
+                    admitted = True
                     async for item in inner_stream(request, context):
                         yield item
                 except BaseException as failed:
                     error = failed
                     raise
                 finally:
-                    await record(method, context, error)
+                    await record(method, context, error, admitted)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream,

@@ -535,3 +535,24 @@ async def test_an_invoice_batch_pays_one_token_per_insurer_its_lines_are_routed_
     assert (err.value.reason, tokens_left(core)) == ("NOPE", 10 - 2)
     rows: Any = core.audit.writer
     assert [(r["rpc"], r["insurer_code"]) for r in rows.rows] == [("PostInvoiceBatch", "100,200")]
+
+
+def test_a_call_no_wrapper_handled_has_its_row_as_its_rpc_declares_and_a_refusal_always() -> None:
+    """The sandbox's services the hub serves (no policy wrapper): the interceptor's record is the only row,
+    and the table's audit decides it, as for the hub's own RPCs; a call the trust model refused has one."""
+    clock = "/mycarenet.sandbox.v1.ProcessClockService/GetOffset"
+    assert TABLE.policies[clock].audit is Auditing.NONE
+
+    def rows(table: TrustTable, outcome: str, *, admitted: bool) -> list[str]:
+        audit = AuditLog(create_async_engine("sqlite+aiosqlite://"), FixedClock(NOW), table=table)
+        audit.writer = Rows()  # type: ignore[assignment]
+        audit.observe(CallRecord(clock, Peer.from_name("admin"), None, outcome, admitted=admitted))
+        return [row["outcome"] for row in audit.writer.rows]  # type: ignore[attr-defined]
+
+    assert rows(TABLE, "OK", admitted=True) == []
+    assert rows(TABLE, "INVALID_ARGUMENT", admitted=True) == []
+    assert rows(TABLE, "PERMISSION_DENIED", admitted=False) == ["PERMISSION_DENIED"]
+    failures = declaring(clock, Throttling.NONE, Auditing.FAILURES)
+    assert rows(failures, "OK", admitted=True) == []
+    assert rows(failures, "INVALID_ARGUMENT", admitted=True) == ["INVALID_ARGUMENT"]
+    assert rows(declaring(clock, Throttling.NONE, Auditing.CALL), "OK", admitted=True) == ["OK"]

@@ -151,8 +151,9 @@ class Rows:
         self.rows.append(row)
 
 
-def kept(table: TrustTable, outcome: str) -> set[str]:
-    """The eHealth methods whose call ending with ``outcome`` has its row, under ``table``."""
+def kept(table: TrustTable, outcome: str, *, admitted: bool = True) -> set[str]:
+    """The eHealth methods whose call ending with ``outcome`` has its row, under ``table`` (``admitted``: the
+    trust model let it in; otherwise it refused it)."""
     log = AuditLog(
         SimpleNamespace(engine=create_async_engine("sqlite+aiosqlite://")),
         FixedClock(dt.datetime(2025, 3, 3, 9, tzinfo=dt.UTC)),
@@ -162,7 +163,14 @@ def kept(table: TrustTable, outcome: str) -> set[str]:
     methods = [p.method for p in table.for_service("mycarenet.ehealth.v1.")]
     for method in methods:
         log.observe(
-            CallRecord(method, Peer.from_name("admin"), None, outcome, "" if outcome == "OK" else "X")
+            CallRecord(
+                method,
+                Peer.from_name("admin"),
+                None,
+                outcome,
+                "" if outcome == "OK" else "X",
+                admitted=admitted,
+            )
         )
     return {"/mycarenet.ehealth.v1." + row["method"] for row in log.writer.rows}  # type: ignore[attr-defined]
 
@@ -191,6 +199,15 @@ def test_a_successful_call_has_its_row_when_its_method_is_declared_call_and_a_fa
         "/mycarenet.ehealth.v1.TherapeuticRelationService/ListRelations",
     }
     assert kept(changed, "PERMISSION_DENIED") == set(ehealth)
+
+
+def test_a_method_declared_unaudited_has_rows_only_for_the_calls_the_trust_model_refuses() -> None:
+    method = f"/mycarenet.ehealth.v1.{REGISTER_RELATION}"
+    silent = declaring(TABLE, {REGISTER_RELATION: Auditing.NONE})
+    assert method in kept(TABLE, "INVALID_ARGUMENT")
+    assert method not in kept(silent, "INVALID_ARGUMENT")  # admitted, failed in its handler: no row
+    assert method not in kept(silent, "OK")
+    assert method in kept(silent, "PERMISSION_DENIED", admitted=False)  # refused by the trust model: its row
 
 
 def test_a_table_that_throttles_an_ehealth_method_is_refused() -> None:
