@@ -50,7 +50,6 @@ CLUSTER = {
     "cluster/test_admin_path.py",
     "cluster/test_cluster_invoicing.py",
     "cluster/test_cluster_story.py",
-    "cluster/test_cluster_supervision.py",
     "cluster/test_crash.py",
     "cluster/test_scenarios.py",
     "cluster/test_node_client.py",

@@ -1,7 +1,11 @@
-"""Chaos on a running cluster, through the sandbox's ChaosService (the ``mycarenet chaos`` CLI and the SDK):
+"""The cluster supervises its processes (a crashed node is restarted, `status --json` describes the mesh),
+and chaos on a running cluster through the sandbox's ChaosService (the ``mycarenet chaos`` CLI and the SDK):
 a killed OA node stays down for its duration and comes back serving; a latency fault shows in the call times
 and heals by itself; an error-rate fault answers its code; a non-admin caller is refused; and ``down`` exits
-non-zero when the cluster does not stop in time."""
+non-zero when the cluster does not stop in time, then stops everything.
+
+One cluster (SQLite: the back end has no part in it) for the module's two tests, in their order: the crash
+first (no process restarted before it), then the chaos, which ends with ``down``."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +40,7 @@ def status(data: Path) -> dict[str, Any]:
         timeout=60,
         check=False,
     )
+    assert done.returncode in (0, 3), done.stderr.decode()
     loaded: dict[str, Any] = json.loads(done.stdout)
     return loaded
 
@@ -77,18 +83,38 @@ def down(data: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Any:
-    c = Cluster(tmp_path / "data", free_base_port(), population=50)
+@pytest.fixture(scope="module")
+def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, dict[str, Any]]]:
+    c = Cluster(tmp_path_factory.mktemp("chaos") / "data", free_base_port())
     try:
-        yield c
+        yield c, c.up(TODAY)
     finally:
         c.down()
 
 
-def test_chaos_on_the_running_cluster(sqlite_cluster: Cluster, tmp_path: Path) -> None:
-    cluster = sqlite_cluster  # the back end has no part in it: SQLite only
-    desc = cluster.up(TODAY)
+def test_a_killed_node_is_restarted(supervised: tuple[Cluster, dict[str, Any]]) -> None:
+    cluster, desc = supervised
+    by_name = {p["name"]: p for p in desc["processes"]}
+    assert set(by_name) == {"ehealth", "hub", *(f"oa-{c}" for c in (100, 200, 300, 400, 500, 600, 900))}
+    assert desc["tls"]
+    assert Path(desc["tls"]["ca"]).is_file()
+    victim = by_name["oa-200"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    def restarted() -> dict[str, Any] | None:
+        now = {p["name"]: p for p in status(cluster.data)["processes"]}
+        oa = now["oa-200"]
+        ok = oa["pid"] != victim and oa["restarts"] == 1 and oa["health"] == "SERVING"
+        return now if ok else None
+
+    now = wait_for(restarted, timeout=60)
+    assert now, status(cluster.data)
+    assert all(p["health"] == "SERVING" for p in now.values())
+    assert all(p["restarts"] == 0 for name, p in now.items() if name != "oa-200")
+
+
+def test_chaos_on_the_running_cluster(supervised: tuple[Cluster, dict[str, Any]], tmp_path: Path) -> None:
+    cluster, desc = supervised  # after test_a_killed_node_is_restarted: it ends with down
     data, session = cluster.data, tmp_path / "session.json"
     demo = desc["demo"]  # the demo patient is affiliated with insurer 100
     victim = process(data, "oa-100")
@@ -197,6 +223,7 @@ def test_chaos_on_the_running_cluster(sqlite_cluster: Cluster, tmp_path: Path) -
 
     # `down` exits 1 when the cluster is still running after its timeout (here: a paused supervisor)...
     assert cluster.proc is not None
+    pids = [p["pid"] for p in status(data)["processes"]]
     os.kill(cluster.proc.pid, signal.SIGSTOP)
     try:
         stuck = down(data, "--timeout", "1")
@@ -204,7 +231,14 @@ def test_chaos_on_the_running_cluster(sqlite_cluster: Cluster, tmp_path: Path) -
         os.kill(cluster.proc.pid, signal.SIGCONT)
     assert stuck.returncode == 1
     assert b"still running" in stuck.stdout
-    # ... and 0 once everything stopped.
+    # ... and 0 once everything stopped: every process of the mesh is gone.
     done = down(data)
     assert done.returncode == 0, done.stdout.decode()
     assert cluster.proc.wait(30) == 0
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"process {pid} still runs after down")
+    assert status(data) == {"up": False}
