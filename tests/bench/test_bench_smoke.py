@@ -16,7 +16,7 @@ from mycarenet_core.identifiers import INSURER_CODES as INSURERS
 
 
 def test_short_run_against_a_started_cluster(tmp_path: Path) -> None:
-    cluster = StartedCluster(tmp_path / "data", population=150, today="2026-11-20", timeout=240)
+    cluster = StartedCluster(tmp_path / "data", population=60, today="2026-11-20", timeout=240)
     handle = cluster.start()
     try:
         assert handle.desc["sandbox"]["address"], "faults go through the cluster's chaos API"

@@ -31,7 +31,7 @@ from tests.cluster.cluster_support import Cluster, free_base_port, wait_for
 from tests.cluster.test_sandbox_chaos import provider_client
 
 TODAY = dt.date(2026, 11, 20)
-POPULATION = 60
+POPULATION = 40  # 20 patients of insurer 100 besides the demo patient
 PATIENTS = 16  # of insurer 100, each taken over four times (gp_a, gp_b, gp_a, gp_b)
 KILLS = [(1.5, "oa-100"), (4.5, "hub"), (7.5, "oa-100"), (10.5, "hub")]  # (after seconds, whom)
 DOWN = 2.0  # seconds a killed process stays down before the supervisor starts it again
