@@ -161,6 +161,10 @@ SLOW = {
     "oa_node/test_node_year_ends.py::test_time_running_past_midnight_on_31_december_runs_the_year_end",
     "telemetry/test_mesh_telemetry.py::test_fan_out_errors_per_oa_metrics_and_no_niss_in_clear",
     "trust/test_authorization_matrix.py::test_every_rpc_of_every_service_for_every_kind_of_caller",
+    "trust/test_rpc_fuzz.py::test_every_rpc_answers_generated_input_without_internal_errors_or_writes",
+    "sdk/test_pharmacy_rights.py::test_the_worked_examples_of_seed_003_end_to_end",
+    "oa_node/test_node_cadastre_ehealth.py::test_one_registration_at_the_cadastre_lets_a_gp_enrol_at_all_seven_insurers",
+    "core/test_keepalive.py::test_an_idle_watch_stream_keeps_its_connection",
 }
 QUICK = "(unit or integration) and not postgres and not slow"
 
