@@ -5,8 +5,9 @@ GP A holds the DMG; the patient goes to GP B; B consults (sees A, a payment made
 (without payment); A finds the closure in its inbox; next year B's first contact is registered and B finds
 the prolongation.
 
-It runs twice: on SQLite files (the default) and on PostgreSQL, one database per process created by the
-cluster from ``--database-template`` (a prefix of its own, dropped at the end).
+It runs on SQLite files, the default of ``./dev up``. The same cluster on PostgreSQL (one database per process
+created from ``--database-template``) plays the twelve SPEC stories in test_scenarios.py; every database step
+of the story runs on both back ends in the integration tests.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ TODAY = "2026-11-20"
 NEXT_YEAR = "2027-01-20"
 
 
-def test_seed_story_through_the_cli(cluster: Cluster, tmp_path: Path) -> None:
+def test_seed_story_through_the_cli(sqlite_cluster: Cluster, tmp_path: Path) -> None:
+    cluster = sqlite_cluster
     desc = cluster.up(TODAY)
     assert {p["health"] for p in desc["processes"]} == {"SERVING"}
     assert len(desc["processes"]) == 9
     backends = {p["database_url"].split(":", 1)[0] for p in desc["processes"]}
-    assert backends == ({"postgresql"} if cluster.database_template else {"sqlite+aiosqlite"})
+    assert backends == {"sqlite+aiosqlite"}
     demo = desc["demo"]
     data, patient, gp_a, gp_b = cluster.data, demo["patient"], demo["gp_a"], demo["gp_b"]
     session_a, session_b = tmp_path / "a.json", tmp_path / "b.json"

@@ -1,5 +1,6 @@
 """The twelve SPEC §5 scenario files (scenarios/spec5) played by `mycarenet scenario run` on ONE real cluster
-(issue 15; on SQLite files and on PostgreSQL, as every cluster test), then a copy of S2 with a deliberately
+(issue 15; on PostgreSQL, one database per process: the seed story of test_cluster_story.py plays the same
+cluster on SQLite files), then a copy of S2 with a deliberately
 wrong expectation: the run exits non-zero with a readable report of expected vs actual, and a valid JUnit
 XML file.
 
@@ -39,11 +40,14 @@ def scenario_run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.parametrize("cluster", ["postgres"], indirect=True)
 def test_the_twelve_spec_stories_pass_on_one_cluster_and_a_wrong_one_fails(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     assert len(SCENARIOS) == 12
-    cluster.up(TODAY)
+    desc = cluster.up(TODAY)
+    # every process on a PostgreSQL database of its own, made by the cluster from --database-template
+    assert {p["database_url"].split(":", 1)[0] for p in desc["processes"]} == {"postgresql"}
     data = cluster.data
 
     started = time.monotonic()
