@@ -149,7 +149,7 @@ UNIT = {
     "trust/test_trust_table.py",
 }
 KINDS = ("unit", "integration", "cluster")
-# The unit and integration tests that take 4 s or more on a quiet box (marker ``slow``): left out of the quick
+# The unit and integration tests that take 2 s or more on a quiet box (marker ``slow``): left out of the quick
 # loop with the PostgreSQL runs of the others (``./dev test --quick``); every run of the whole suite has them.
 SLOW = {
     "bench/test_bench_faults.py::test_pause_then_resume_and_kill",
@@ -165,6 +165,21 @@ SLOW = {
     "sdk/test_pharmacy_rights.py::test_the_worked_examples_of_seed_003_end_to_end",
     "oa_node/test_node_cadastre_ehealth.py::test_one_registration_at_the_cadastre_lets_a_gp_enrol_at_all_seven_insurers",
     "core/test_keepalive.py::test_an_idle_watch_stream_keeps_its_connection",
+    "sdk/test_insurability_callers.py::test_every_caller_kind_on_both_insurability_services",
+    "hub/test_routing_faults.py::test_an_oa_down_fails_fast_for_its_patients_only_and_recovers",
+    "hub/test_tokens_throttle.py::test_failed_attempts_give_their_tokens_back_and_a_patient_list_costs_one_per_insurer",
+    "sdk/test_pharmacy_session.py::test_a_pharmacy_session_opened_by_its_pharmacist",
+    "hub/test_invoicing.py::test_no_acknowledgement_while_an_insurer_of_the_batch_is_down_then_a_repost_completes",
+    "hub/test_relation_move.py::test_a_notify_through_the_hub_moves_the_dmg_relation_through_the_insurers_feed",
+    "core/test_patient_key.py::test_a_server_exporting_traces_without_a_key_refuses_to_start",
+    "hub/test_relation_move.py::test_a_notify_the_insurer_committed_after_the_hub_died_moves_the_relation_all_the_same",
+    "bench/test_bench_floor.py::test_the_floor_runs_in_child_processes_over_mutual_tls_with_cpu_per_process",
+    "ehealth/test_ehealth_holder_feed.py::test_live_bursts_and_an_unusable_change",
+    "bench/test_bench_report.py::test_baseline_in_process",
+    "sdk/test_medical_house.py::test_a_medical_house_enrols_consults_and_notifies_its_contracted_patient",
+    "sdk/test_in_process_mesh.py::test_under_mutual_tls_and_with_an_insurer_down_then_back",
+    "sdk/test_invoicing_sdk.py::test_s1_by_efact_then_by_eattest",
+    "sdk/test_in_process_mesh.py::test_a_vendor_plays_consult_notify_and_the_mailbox",
 }
 QUICK = "(unit or integration) and not postgres and not slow"
 
